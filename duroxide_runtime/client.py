@@ -1,0 +1,184 @@
+"""``Client``: start, observe and steer instances in any store.
+
+A client needs only the store, so it works in processes that run no
+runtime. Waiting is cheap: in the process that runs the instance a
+completion wakes waiters at once; otherwise the wait re-reads the store at a
+short, bounded interval.
+
+Example::
+
+    client = Client(store)
+    await client.start_orchestration("inst-1", "Hello", "World")
+    status = await client.wait_for_orchestration("inst-1", timedelta(seconds=10))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+
+from .errors import InstanceNotFoundError, PayloadError, PayloadTooLargeError
+from .history import HistoryEvent
+from .messages import CancelRequest, ExternalEvent, StartOrchestration
+from .options import RuntimeOptions, to_seconds
+from .providers.base import TERMINAL, InstanceRecord, Provider
+from .status import InstanceInfo, OrchestrationStatus
+
+__all__ = ["Client"]
+
+_log = logging.getLogger("duroxide.client")
+#: Upper bound on the re-read interval while waiting on a store another process writes.
+_MAX_POLL = 0.25
+
+
+class Client:
+    """Client of one store. Payloads are strings, passed through untouched."""
+
+    def __init__(self, store: Provider, *, max_payload_bytes: int = RuntimeOptions.max_payload_bytes) -> None:
+        self.store = store
+        self._max_payload = max_payload_bytes
+
+    async def start_orchestration(self, instance_id: str, name: str, input: str = "", *,
+                                  version: str | None = None) -> None:
+        """Create instance ``instance_id`` running orchestration ``name`` with ``input``.
+
+        ``version`` pins a version (default: the runtime's version policy picks).
+        Raises :class:`InstanceAlreadyExistsError` if the id is taken (nothing changes);
+        an unregistered ``name`` fails the instance after the runtime's retries.
+        """
+        for what, value in (("instance_id", instance_id), ("name", name), ("input", input)):
+            _require_str(value, what)
+        if version is not None:
+            _require_str(version, "version")
+        if not instance_id or not name:
+            raise PayloadError("instance_id and name must not be empty", fix="pass non-empty strings")
+        self._check_size(input, "input")
+        await self.store.create_instance(StartOrchestration(instance_id=instance_id, name=name,
+                                                            version=version, input=input))
+
+    async def raise_event(self, instance_id: str, name: str, data: str = "") -> bool:
+        """Deliver external event ``name`` to a running instance.
+
+        Returns ``True`` when delivered (kept until a wait consumes it) and ``False``
+        when the instance has already finished (a no-op, logged). Raises
+        :class:`InstanceNotFoundError` for an unknown id.
+        """
+        _require_str(instance_id, "instance_id")
+        _require_str(name, "name")
+        _require_str(data, "data")
+        self._check_size(data, "event data")
+        record = await self.store.send(ExternalEvent(instance_id=instance_id, name=name, data=data))
+        return self._delivered(record, instance_id, "raise_event")
+
+    async def cancel_instance(self, instance_id: str, reason: str = "cancelled") -> bool:
+        """Ask a running instance to end Failed with a cancellation error carrying ``reason``.
+
+        Cascades to its sub-orchestrations and signals its running activities.
+        Returns ``False`` (a no-op) if it already finished; raises
+        :class:`InstanceNotFoundError` for an unknown id. Repeating it is harmless.
+        """
+        _require_str(instance_id, "instance_id")
+        _require_str(reason, "reason")
+        record = await self.store.send(CancelRequest(instance_id=instance_id, reason=reason))
+        return self._delivered(record, instance_id, "cancel_instance")
+
+    async def get_orchestration_status(self, instance_id: str) -> OrchestrationStatus[str]:
+        """Current status (``NotFound`` for an unknown id)."""
+        return _status_of(await self.store.get_instance(instance_id))
+
+    status = get_orchestration_status
+
+    async def wait_for_orchestration(self, instance_id: str,
+                                     timeout: timedelta | float = 30.0) -> OrchestrationStatus[str]:
+        """Wait until the instance is Completed or Failed, or ``timeout`` passes.
+
+        Returns the status at that moment: a terminal one, or ``Running``/``Pending``
+        on timeout, or ``NotFound`` for an unknown id.
+        """
+        deadline = time.monotonic() + to_seconds(timeout, "timeout")
+        poll = 0.005
+        while True:
+            status = await self.get_orchestration_status(instance_id)
+            remaining = deadline - time.monotonic()
+            if status.is_terminal or isinstance(status, OrchestrationStatus.NotFound) or remaining <= 0:
+                return status
+            await self.store.signals.wait_instance(instance_id, min(poll, remaining))
+            poll = min(_MAX_POLL, poll * 2)
+
+    async def get_instance_info(self, instance_id: str) -> InstanceInfo:
+        """Metadata of an instance; raises :class:`InstanceNotFoundError` if unknown."""
+        record = await self.store.get_instance(instance_id)
+        if record is None:
+            raise InstanceNotFoundError(instance_id, "get_instance_info")
+        return _info_of(record)
+
+    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[HistoryEvent]:
+        """Events of the current execution (or of ``execution_id``); raises for an unknown id.
+
+        An unreadable stored row raises :class:`CorruptHistoryError`.
+        """
+        if await self.store.get_instance(instance_id) is None:
+            raise InstanceNotFoundError(instance_id, "read_history")
+        return await self.store.read_history(instance_id, execution_id)
+
+    async def list_executions(self, instance_id: str) -> list[int]:
+        """Execution ids of an instance (more than one after continue-as-new)."""
+        return await self.store.list_executions(instance_id)
+
+    async def list_instances(self, *, status: str | None = None, name: str | None = None,
+                             limit: int = 1000) -> list[InstanceInfo]:
+        """Instances, newest first, filtered by status and/or name."""
+        return [_info_of(r) for r in await self.store.list_instances(status=status, name=name, limit=limit)]
+
+    async def purge(self, instance_id: str, *, force: bool = False) -> list[str]:
+        """Delete a finished instance, its children, history and messages; returns the ids deleted.
+
+        A running instance is refused with :class:`InstanceStillRunningError` unless ``force``.
+        """
+        return await self.store.purge_instance(instance_id, force=force)
+
+    def _check_size(self, value: str, what: str) -> None:
+        size = len(value.encode())
+        if size > self._max_payload:
+            raise PayloadTooLargeError(f"{what} is {size} bytes, over the limit of {self._max_payload}",
+                                       fix="store large data elsewhere and pass a reference")
+
+    @staticmethod
+    def _delivered(record: InstanceRecord | None, instance_id: str, operation: str) -> bool:
+        if record is None:
+            raise InstanceNotFoundError(instance_id, operation)
+        if record.status in TERMINAL:
+            _log.info("%s: instance %r already %s; nothing was done", operation, instance_id, record.status)
+            return False
+        return True
+
+
+def _require_str(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise PayloadError(f"{what} must be str, got {type(value).__name__}",
+                           fix="encode it first (e.g. json.dumps(value)), or use the typed helpers of @orchestration")
+
+
+def _status_of(record: InstanceRecord | None) -> OrchestrationStatus[str]:
+    if record is None:
+        return OrchestrationStatus.NotFound()
+    if record.status == "Completed":
+        return OrchestrationStatus.Completed(output=record.output or "", custom_status=record.custom_status)
+    if record.status == "Failed":
+        text = record.error.to_text() if record.error else "unknown error"
+        return OrchestrationStatus.Failed(error=text, details=record.error, custom_status=record.custom_status)
+    if record.status == "Pending":
+        return OrchestrationStatus.Pending(custom_status=record.custom_status)
+    return OrchestrationStatus.Running(custom_status=record.custom_status)
+
+
+def _info_of(r: InstanceRecord) -> InstanceInfo:
+    return InstanceInfo(r.instance_id, r.name, r.version, r.status, r.execution_id, r.output,
+                        r.error.to_text() if r.error else None, r.custom_status, r.created_at_ms,
+                        r.updated_at_ms, r.parent_instance_id)
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)

@@ -1,0 +1,280 @@
+"""``OrchestrationContext``: the API orchestration code uses to do durable work.
+
+Every method that schedules work returns a :class:`DurableFuture` (an
+``asyncio.Future`` bound to the orchestration's deterministic loop), so
+durable work composes with ``await``, ``asyncio.gather``, ``asyncio.wait``
+and the context's own ``select``/``join``.
+
+Example::
+
+    async def hello(ctx: OrchestrationContext, name: str) -> str:
+        ctx.trace("INFO", f"greeting {name}")
+        greeting = await ctx.schedule_activity("Greet", name)
+        idx, done = await ctx.select2(ctx.schedule_wait("cancel"), ctx.schedule_timer(5))
+        return greeting if idx == 1 else "cancelled"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from .errors import ActivityTimeoutError, ConfigurationError, DurableTaskFailed
+from .options import RetryPolicy, to_seconds
+
+if TYPE_CHECKING:
+    from .replay import Execution
+
+__all__ = ["OrchestrationContext", "DurableFuture", "ContinueAsNewSignal"]
+
+_T = TypeVar("_T")
+
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
+           "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+trace_logger = logging.getLogger("duroxide.orchestration")
+
+
+class ContinueAsNewSignal(BaseException):
+    """Raised by ``ctx.continue_as_new`` to end the current execution.
+
+    A ``BaseException`` so that ``except Exception`` in user code does not swallow it.
+    """
+
+
+class DurableFuture(asyncio.Future[_T]):
+    """The result of one durable action (activity, timer, child, event wait, system call).
+
+    ``kind`` and ``event_id`` say which history event it belongs to. Cancelling it
+    (for example because it lost a ``select``) cancels the remote work.
+    """
+
+    def __init__(self, execution: Execution, kind: str, event_id: int, detail: str) -> None:
+        super().__init__(loop=execution.loop)
+        self._execution = execution
+        self.kind = kind
+        self.event_id = event_id
+        self.detail = detail
+        #: Position in the order completions were applied; decides select winners.
+        self.completion_seq = 0
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if self.done():
+            return False
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._execution.on_future_cancelled(self)
+        return cancelled
+
+    def __repr__(self) -> str:
+        return f"<DurableFuture {self.kind} #{self.event_id} {self.detail}>"
+
+
+class OrchestrationContext:
+    """Deterministic, replay-safe API for one orchestration execution.
+
+    Obtained as the first argument of an orchestration function; never built by users.
+    """
+
+    def __init__(self, execution: Execution) -> None:
+        self._x = execution
+
+    # -- identity ----------------------------------------------------------------
+
+    @property
+    def instance_id(self) -> str:
+        """The instance this execution belongs to."""
+        return self._x.instance_id
+
+    @property
+    def execution_id(self) -> int:
+        """1 for the first execution, +1 at each ``continue_as_new``."""
+        return self._x.execution_id
+
+    @property
+    def orchestration_name(self) -> str:
+        """Registered name of the running orchestration."""
+        return self._x.name
+
+    @property
+    def orchestration_version(self) -> str:
+        """Version of the running orchestration (fixed for the execution)."""
+        return self._x.version
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code re-runs history recorded in an earlier turn."""
+        return self._x.replaying
+
+    # -- durable work ------------------------------------------------------------
+
+    def schedule_activity(self, name: str, input: str = "", *, retry: RetryPolicy | None = None,
+                          timeout: timedelta | float | None = None) -> asyncio.Future[str]:
+        """Run activity ``name`` with ``input``; the future yields its result string.
+
+        With ``retry``, failed attempts are retried after durable back-off timers;
+        with ``timeout``, an attempt that has not finished in time fails with
+        :class:`ActivityTimeoutError` (and its activity is cancelled).
+
+        Example::
+
+            receipt = await ctx.schedule_activity("Charge", order_json, retry=RetryPolicy(5))
+        """
+        if retry is None and timeout is None:
+            return self._x.schedule("activity", name=name, input=input)
+        limit = None if timeout is None else to_seconds(timeout, "timeout")
+        return self._x.loop.create_task(self._activity_with_policy(name, input, retry or RetryPolicy(1), limit))
+
+    async def _activity_with_policy(self, name: str, input: str, retry: RetryPolicy, limit: float | None) -> str:
+        attempt = 1
+        while True:
+            try:
+                call = self._x.schedule("activity", name=name, input=input)
+                if limit is None:
+                    return await call
+                idx, done = await self.select2(call, self.schedule_timer(limit))
+                if idx == 1:
+                    raise ActivityTimeoutError(name, limit)
+                return done.result()
+            except DurableTaskFailed:
+                if attempt >= retry.max_attempts:
+                    raise
+                await self.schedule_timer(retry.backoff_after(attempt))
+                attempt += 1
+
+    def schedule_timer(self, delay: timedelta | float) -> DurableFuture[None]:
+        """A durable timer that fires after ``delay`` (a timedelta or seconds); survives restarts."""
+        seconds = to_seconds(delay, "timer delay")
+        return self._x.schedule("timer", fire_at_ms=self._x.now_ms + round(seconds * 1000))
+
+    def schedule_wait(self, name: str) -> DurableFuture[str]:
+        """Wait for external event ``name`` (raised with ``client.raise_event``).
+
+        Events raised before the wait are kept and delivered FIFO, one per wait.
+        """
+        return self._x.schedule("wait", name=name)
+
+    wait_for_event = schedule_wait
+
+    def schedule_sub_orchestration(self, name: str, input: str = "", *, instance_id: str | None = None,
+                                   version: str | None = None) -> DurableFuture[str]:
+        """Run orchestration ``name`` as a child and wait for its output.
+
+        ``instance_id`` defaults to ``"<parent id>::sub::<event id>"``; ``version``
+        defaults to the version policy's choice. A failed child raises
+        :class:`SubOrchestrationFailed` here.
+        """
+        return self._x.schedule("sub", name=name, input=input, instance_id=instance_id, version=version)
+
+    def start_orchestration(self, name: str, instance_id: str, input: str = "", *,
+                            version: str | None = None) -> None:
+        """Start a detached orchestration (fire and forget; its result is not awaited)."""
+        self._x.schedule("detached", name=name, input=input, instance_id=instance_id, version=version)
+
+    def new_guid(self) -> DurableFuture[str]:
+        """A new random GUID string, recorded once and replayed verbatim."""
+        return self._x.schedule("system", op="guid", make=lambda: str(uuid.uuid4()))
+
+    def utc_now(self) -> DurableFuture[datetime]:
+        """The current UTC time (aware datetime), recorded once and replayed verbatim."""
+        fut: DurableFuture[Any] = self._x.schedule(
+            "system", op="utcnow", make=lambda: str(self._x.wall_clock_ms()),
+            convert=lambda v: datetime.fromtimestamp(int(v) / 1000, tz=timezone.utc))
+        return fut
+
+    # -- composition -------------------------------------------------------------
+
+    async def select2(self, first: Awaitable[Any], second: Awaitable[Any]) -> tuple[int, asyncio.Future[Any]]:
+        """Wait for the first of two durable futures; return ``(index, future)``.
+
+        The winner is the one whose completion is earliest in history; the loser
+        is cancelled (its activity or child is cancelled too). ``future.result()``
+        returns the value or raises its error.
+        """
+        return await self.select(first, second)
+
+    async def select(self, *awaitables: Awaitable[Any]) -> tuple[int, asyncio.Future[Any]]:
+        """Like :meth:`select2` for any number of futures."""
+        if not awaitables:
+            raise ConfigurationError("select() needs at least one future", fix="pass one or more futures")
+        futures = [self._as_future(a) for a in awaitables]
+        if not any(f.done() for f in futures):
+            waiter = self._x.loop.create_future()
+
+            def _wake(_: asyncio.Future[Any]) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            for f in futures:
+                f.add_done_callback(_wake)
+            try:
+                await waiter
+            finally:
+                for f in futures:
+                    f.remove_done_callback(_wake)
+        winner = min((f for f in futures if f.done()), key=_completion_order)
+        for f in futures:
+            if f is not winner:
+                self._x.release_loser(f)
+        return futures.index(winner), winner
+
+    async def join(self, awaitables: Iterable[Awaitable[_T]]) -> list[_T]:
+        """Wait for all; results in the given order; raises the first failure."""
+        return list(await asyncio.gather(*(self._as_future(a) for a in awaitables)))
+
+    def _as_future(self, aw: Awaitable[Any]) -> asyncio.Future[Any]:
+        if isinstance(aw, asyncio.Future):
+            return aw
+        return asyncio.ensure_future(aw, loop=self._x.loop)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def continue_as_new(self, input: str, *, version: str | None = None) -> NoReturn:
+        """End this execution and start the next one with ``input`` (history starts afresh).
+
+        ``version`` picks the next execution's version (default: the version policy's choice).
+        Custom status and unconsumed events carry over; pending work does not.
+        """
+        self._x.request_continue_as_new(input, version)
+        raise ContinueAsNewSignal()
+
+    def set_custom_status(self, status: str | None) -> None:
+        """Publish a short progress string, shown by ``client.get_instance_info``."""
+        self._x.set_custom_status(status)
+
+    def trace(self, level: str, message: str, **fields: Any) -> None:
+        """Log through ``logging`` once (never again on replay), with instance fields attached.
+
+        Example::
+
+            ctx.trace("INFO", "charged", order_id=order_id)
+        """
+        if self._x.replaying:
+            return
+        lvl = _LEVELS.get(level.upper())
+        if lvl is None:
+            raise ConfigurationError(f"unknown trace level {level!r}", fix="use DEBUG, INFO, WARN or ERROR")
+        trace_logger.log(lvl, message, extra={**self._x.log_fields(), **fields})
+
+    def trace_info(self, message: str, **fields: Any) -> None:
+        """``trace("INFO", ...)``."""
+        self.trace("INFO", message, **fields)
+
+    def trace_warn(self, message: str, **fields: Any) -> None:
+        """``trace("WARN", ...)``."""
+        self.trace("WARN", message, **fields)
+
+    def trace_error(self, message: str, **fields: Any) -> None:
+        """``trace("ERROR", ...)``."""
+        self.trace("ERROR", message, **fields)
+
+    def trace_debug(self, message: str, **fields: Any) -> None:
+        """``trace("DEBUG", ...)``."""
+        self.trace("DEBUG", message, **fields)
+
+
+def _completion_order(f: asyncio.Future[Any]) -> int:
+    return getattr(f, "completion_seq", 0)

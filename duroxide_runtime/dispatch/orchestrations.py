@@ -1,0 +1,273 @@
+"""The orchestration dispatcher: fetch locked instances in batches, run their turns, commit.
+
+Each pipeline loops: fetch up to ``orchestration_batch_size`` instances, read
+the histories the instance cache lacks (one round trip for the batch), run
+every turn (pure CPU on the deterministic loops), and commit all the turns
+in one store transaction. Idle pipelines sleep until an in-process wake-up,
+the next timer, or ``poll_interval`` (for work from other processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import CorruptHistoryError, ErrorDetails, PoisonMessageError, UnknownOrchestrationError
+from ..history import Event, HistoryEvent
+from ..messages import StartOrchestration, SubOrchestrationResult
+from ..options import RuntimeOptions
+from ..providers.base import TERMINAL, InstanceUpdate, OrchestrationItem, Provider, TurnCommit, now_ms
+from ..registry import OrchestrationRegistry
+from ..replay import Execution
+
+__all__ = ["OrchestrationDispatcher", "InstanceCache"]
+
+_log = logging.getLogger("duroxide.dispatcher")
+
+
+class InstanceCache:
+    """Live executions kept between turns (LRU, bounded by ``instance_cache_size``)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: collections.OrderedDict[str, Execution] = collections.OrderedDict()
+
+    def get(self, instance_id: str, execution_id: int, history_len: int) -> Execution | None:
+        ex = self._items.get(instance_id)
+        if ex is None:
+            return None
+        if ex.execution_id != execution_id or len(ex.history) != history_len or ex.outcome is not None:
+            self.evict(instance_id)
+            return None
+        self._items.move_to_end(instance_id)
+        return ex
+
+    def put(self, ex: Execution) -> None:
+        if self._capacity <= 0:
+            ex.dispose()
+            return
+        self._items[ex.instance_id] = ex
+        self._items.move_to_end(ex.instance_id)
+        while len(self._items) > self._capacity:
+            _, old = self._items.popitem(last=False)
+            old.dispose()
+
+    def evict(self, instance_id: str) -> None:
+        ex = self._items.pop(instance_id, None)
+        if ex is not None:
+            ex.dispose()
+
+    def clear(self) -> None:
+        for iid in list(self._items):
+            self.evict(iid)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class _Abandon:
+    item: OrchestrationItem
+    delay: float
+
+
+class OrchestrationDispatcher:
+    """Runs orchestration turns; see the module docstring."""
+
+    def __init__(self, store: Provider, registry: OrchestrationRegistry, options: RuntimeOptions) -> None:
+        self.store = store
+        self.registry = registry
+        self.options = options
+        self.cache = InstanceCache(0 if options.replay_from_scratch else options.instance_cache_size)
+        self._executions: dict[str, Execution] = {}
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """One pipeline; several may run at once (instances are locked per turn)."""
+        failures = 0
+        while not stopping.is_set():
+            try:
+                fetched = await self.store.fetch_orchestration_items(
+                    self.options.orchestration_batch_size, self.options.orchestration_lock_timeout)
+                if not fetched.items:
+                    timeout = self.options.poll_interval
+                    if fetched.next_due_ms is not None:
+                        timeout = min(timeout, max(0.0, (fetched.next_due_ms - now_ms()) / 1000))
+                    await self.store.signals.wait_orchestrator(timeout)
+                    continue
+                await self._process(fetched.items)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - store trouble must never kill the runtime
+                failures += 1
+                _log.exception("orchestration dispatcher: store error (retrying)")
+                await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
+
+    async def _process(self, items: Sequence[OrchestrationItem]) -> None:
+        wanted = [(i.instance_id, i.instance.execution_id) for i in items if self._needs_history(i)]
+        histories = await self.store.read_histories(wanted) if wanted else {}
+        now = now_ms()
+        commits: list[TurnCommit] = []
+        abandons: list[_Abandon] = []
+        for item in items:
+            try:
+                result = self._turn(item, histories.get(item.instance_id), now)
+            except Exception:  # noqa: BLE001 - an engine bug fails one turn, not the runtime
+                _log.exception("instance %r: turn failed; it will be retried", item.instance_id)
+                self.cache.evict(item.instance_id)
+                result = _Abandon(item, self._backoff(item))
+            if isinstance(result, _Abandon):
+                abandons.append(result)
+            else:
+                commits.append(result)
+        if commits:
+            try:
+                outcomes = await self.store.commit_turns(commits)
+            except Exception:
+                for c in commits:
+                    self._forget(c.instance_id)
+                raise
+            for commit, ok in zip(commits, outcomes):
+                if not ok:
+                    _log.warning("instance %r: lock lost before commit; the turn will be redone", commit.instance_id)
+                    self._forget(commit.instance_id)
+                else:
+                    self._after_commit(commit.instance_id)
+        for a in abandons:
+            await self.store.abandon_orchestration_item(a.item.instance_id, a.item.lock_token, a.delay)
+
+    def _needs_history(self, item: OrchestrationItem) -> bool:
+        inst = item.instance
+        if inst is None or inst.status in TERMINAL or item.history_len == 0:
+            return False
+        if item.dequeue_count > self.options.max_attempts:
+            return True
+        return self.cache.get(item.instance_id, inst.execution_id, item.history_len) is None
+
+    def _backoff(self, item: OrchestrationItem) -> float:
+        o = self.options
+        return min(o.unknown_name_max_backoff, o.unknown_name_backoff * 2 ** max(0, item.dequeue_count - 1))
+
+    def _forget(self, instance_id: str) -> None:
+        ex = self._executions.pop(instance_id, None)
+        if ex is not None:
+            ex.dispose()
+        self.cache.evict(instance_id)
+
+    def _after_commit(self, instance_id: str) -> None:
+        ex = self._executions.pop(instance_id, None)
+        if ex is None:
+            return
+        if ex.outcome is None:
+            self.cache.put(ex)
+        else:
+            self.cache.evict(instance_id)
+            ex.dispose()
+
+    # -- one turn ------------------------------------------------------------------
+
+    def _turn(self, item: OrchestrationItem, history: list[HistoryEvent] | Exception | None,
+              now: int) -> TurnCommit | _Abandon:
+        inst = item.instance
+        commit = TurnCommit(item.instance_id, item.lock_token, inst.execution_id if inst else 0,
+                            consumed=[m.id for m in item.messages])
+        if inst is None or inst.status in TERMINAL:
+            return commit  # purged or finished: late messages are consumed and dropped
+        exec_id = inst.execution_id
+        messages = [m.message for m in item.messages
+                    if getattr(m.message, "execution_id", exec_id) == exec_id]
+        start = next((m for m in messages if isinstance(m, StartOrchestration)), None)
+
+        if isinstance(history, Exception):
+            return self._fail(commit, item, [], history if isinstance(history, CorruptHistoryError)
+                              else CorruptHistoryError(item.instance_id, str(history)))
+        stored = history or []
+        if item.dequeue_count > self.options.max_attempts:
+            cause = self._unknown_cause(stored, start)
+            return self._fail(commit, item, stored, PoisonMessageError(
+                f"instance {item.instance_id!r}: its messages were delivered {item.dequeue_count} times "
+                f"without a successful turn (max_attempts={self.options.max_attempts})"
+                + (f"; {cause}" if cause else ""),
+                fix="see the runtime log for the error of each attempt; fix the code or registration"))
+
+        ex = self.cache.get(item.instance_id, exec_id, item.history_len)
+        if ex is None:
+            if stored:
+                started = stored[0]
+                if not isinstance(started, Event.OrchestrationStarted):
+                    return self._fail(commit, item, stored, CorruptHistoryError(
+                        item.instance_id, "first event is not OrchestrationStarted"))
+                name, version = started.name, started.version
+            elif start is not None:
+                name, version = start.name, start.version or self.registry.pick_version(start.name) or "?"
+            else:
+                return commit  # nothing started this execution; stray messages are dropped
+            fn = self.registry.get(name, version)
+            if fn is None:
+                # Rolling deploys: another node may know it; back off, poison eventually.
+                _log.warning("instance %r: %s", item.instance_id,
+                             UnknownOrchestrationError(name, version, self.registry.names()).message)
+                return _Abandon(item, self._backoff(item))
+            ex = Execution(fn, item.instance_id, exec_id, name, version, self.options)
+            ex.begin_turn(now)
+            if stored:
+                ex.replay(stored)
+            else:
+                assert start is not None
+                ex.start(start, version)
+                messages = [m for m in messages if m is not start]
+        else:
+            ex.begin_turn(now)
+        for msg in messages:
+            ex.deliver(msg)
+        self._executions[item.instance_id] = ex
+        out = ex.take_output()
+        commit.new_events = out.new_events
+        commit.activities = out.activities
+        commit.messages = out.messages
+        commit.cancelled_activities = out.cancelled_activities
+        outcome = ex.outcome
+        status, next_exec = "Running", exec_id
+        if outcome is not None:
+            if outcome.status == "ContinuedAsNew":
+                next_exec = exec_id + 1
+            else:
+                status = outcome.status
+        commit.update = InstanceUpdate(
+            name=ex.name, version=ex.version, execution_id=next_exec, status=status,
+            output=outcome.output if outcome else None, error=outcome.error if outcome else None,
+            custom_status=out.custom_status, custom_status_changed=out.custom_status_changed)
+        return commit
+
+    def _unknown_cause(self, stored: list[HistoryEvent], start: StartOrchestration | None) -> str:
+        first = stored[0] if stored else None
+        name = first.name if isinstance(first, Event.OrchestrationStarted) else (start.name if start else None)
+        version = first.version if isinstance(first, Event.OrchestrationStarted) else (start.version if start else None)
+        if name is None:
+            return ""
+        resolved = version or self.registry.pick_version(name)
+        if resolved is None or self.registry.get(name, resolved) is None:
+            return UnknownOrchestrationError(name, resolved, self.registry.names()).message
+        return ""
+
+    def _fail(self, commit: TurnCommit, item: OrchestrationItem, stored: list[HistoryEvent],
+              error: Exception) -> TurnCommit:
+        """End the instance Failed without running its code (poison, corrupt history)."""
+        _log.error("instance %r failed: %s", item.instance_id, error)
+        self.cache.evict(item.instance_id)
+        inst = item.instance
+        assert inst is not None
+        details = ErrorDetails(type(error).__name__, str(error))
+        commit.new_events = [Event.OrchestrationFailed(event_id=item.history_len + 1, timestamp_ms=now_ms(),
+                                                       details=details)]
+        started = stored[0] if stored and isinstance(stored[0], Event.OrchestrationStarted) else None
+        if started is not None and started.parent_instance_id and started.parent_event_id:
+            commit.messages = [(SubOrchestrationResult(
+                instance_id=started.parent_instance_id, execution_id=started.parent_execution_id or 1,
+                event_id=started.parent_event_id, error=details), None)]
+        commit.update = InstanceUpdate(name=inst.name, version=inst.version or "?", execution_id=inst.execution_id,
+                                       status="Failed", error=details)
+        return commit

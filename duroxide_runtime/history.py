@@ -1,0 +1,223 @@
+"""History events: the durable record an orchestration is replayed from.
+
+Each execution of an instance has its own history, a list of events with
+``event_id`` 1, 2, 3, ... in the order they were recorded. *Schedule* events
+(``ActivityScheduled``, ``TimerCreated``, ...) are written when orchestration
+code asks for work; *completion* events name the schedule they complete in
+``source_event_id``.
+
+The variants live on :class:`Event` so they read as in the design and can be
+matched::
+
+    for event in await client.read_history("order-1"):
+        match event:
+            case Event.ActivityScheduled(name=name, input=payload):
+                print(event.event_id, "scheduled", name, payload)
+            case Event.ActivityCompleted(source_event_id=sid, result=result):
+                print(event.event_id, "completed", sid, result)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+
+from .errors import CorruptHistoryError, ErrorDetails
+
+__all__ = ["Event", "HistoryEvent", "encode_event", "decode_event", "SCHEDULE_KINDS"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEvent:
+    """Base of every history event: its position and when it was recorded (ms since epoch)."""
+
+    event_id: int
+    timestamp_ms: int = 0
+
+    #: True for events written when orchestration code schedules work.
+    is_schedule: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Completion(HistoryEvent):
+    source_event_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Failure(_Completion):
+    details: ErrorDetails
+
+    @property
+    def error(self) -> str:
+        """The failure as one line: ``"Type: message"``."""
+        return self.details.to_text()
+
+
+class _EventNamespace(type):
+    # `isinstance(x, Event)` should mean "is a history event", though the
+    # variants are reached as attributes of the `Event` namespace.
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, HistoryEvent)
+
+
+class Event(metaclass=_EventNamespace):
+    """Namespace of history event variants (see the module docstring for matching)."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationStarted(HistoryEvent):
+        """First event of every execution."""
+
+        name: str
+        version: str
+        input: str
+        parent_instance_id: str | None = None
+        parent_execution_id: int | None = None
+        parent_event_id: int | None = None
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationCompleted(HistoryEvent):
+        """The orchestration returned ``output``."""
+
+        output: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationFailed(HistoryEvent):
+        """The orchestration ended with an error (exception, cancellation, poison...)."""
+
+        details: ErrorDetails
+
+        @property
+        def error(self) -> str:
+            """The failure as one line: ``"Type: message"``."""
+            return self.details.to_text()
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationContinuedAsNew(HistoryEvent):
+        """The execution ended; the next one starts with ``input``."""
+
+        input: str
+        version: str | None = None
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationCancelRequested(HistoryEvent):
+        """``cancel_instance`` reached the instance."""
+
+        reason: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class ActivityScheduled(HistoryEvent):
+        """Orchestration code called an activity."""
+
+        is_schedule: ClassVar[bool] = True
+        name: str
+        input: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class ActivityCompleted(_Completion):
+        """An activity returned ``result``."""
+
+        result: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class ActivityFailed(_Failure):
+        """An activity raised."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class TimerCreated(HistoryEvent):
+        """A durable timer was started; it fires at ``fire_at_ms``."""
+
+        is_schedule: ClassVar[bool] = True
+        fire_at_ms: int
+
+    @dataclass(frozen=True, kw_only=True)
+    class TimerFired(_Completion):
+        """A durable timer fired."""
+
+        fire_at_ms: int
+
+    @dataclass(frozen=True, kw_only=True)
+    class SubOrchestrationScheduled(HistoryEvent):
+        """Orchestration code started a child orchestration it waits for."""
+
+        is_schedule: ClassVar[bool] = True
+        name: str
+        version: str | None
+        instance_id: str
+        input: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class SubOrchestrationCompleted(_Completion):
+        """A child orchestration completed with ``result``."""
+
+        result: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class SubOrchestrationFailed(_Failure):
+        """A child orchestration failed."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationChained(HistoryEvent):
+        """Orchestration code started a detached orchestration (fire and forget)."""
+
+        is_schedule: ClassVar[bool] = True
+        name: str
+        version: str | None
+        instance_id: str
+        input: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class EventSubscribed(HistoryEvent):
+        """Orchestration code waits for the external event ``name``."""
+
+        is_schedule: ClassVar[bool] = True
+        name: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class EventRaised(HistoryEvent):
+        """An external event arrived (delivered FIFO per name to waits)."""
+
+        name: str
+        data: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class SystemCall(HistoryEvent):
+        """A recorded non-deterministic value (``new_guid``, ``utc_now``)."""
+
+        is_schedule: ClassVar[bool] = True
+        op: str
+        value: str
+
+
+_VARIANTS: dict[str, type[HistoryEvent]] = {
+    name: cls
+    for name, cls in vars(Event).items()
+    if isinstance(cls, type) and issubclass(cls, HistoryEvent)
+}
+
+#: Names of the schedule variants, matched by order on replay.
+SCHEDULE_KINDS = frozenset(n for n, c in _VARIANTS.items() if c.is_schedule)
+
+
+def encode_event(event: HistoryEvent) -> bytes:
+    """Serialize one event to JSON bytes (``{"type": ..., fields...}``)."""
+    body: dict[str, Any] = {"type": type(event).__name__}
+    for f in dataclasses.fields(event):
+        body[f.name] = getattr(event, f.name)
+    return orjson.dumps(body)
+
+
+def decode_event(raw: bytes | str, *, instance_id: str = "?") -> HistoryEvent:
+    """Parse one stored event; unreadable rows raise :class:`CorruptHistoryError`."""
+    try:
+        body = orjson.loads(raw)
+        cls = _VARIANTS[body.pop("type")]
+        details = body.get("details")
+        if details is not None:
+            body["details"] = ErrorDetails(**details)
+        return cls(**body)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        preview = raw[:80] if isinstance(raw, (bytes, str)) else raw
+        raise CorruptHistoryError(instance_id, f"{type(exc).__name__} {exc} in row {preview!r}") from exc

@@ -1,0 +1,158 @@
+"""Queue messages: what travels between client, orchestrations and activity workers.
+
+Orchestrator messages are addressed to one instance and consumed by a turn;
+``ActivityWork`` sits in the worker queue. Completions carry the
+``execution_id`` and ``event_id`` of the schedule they answer, so answers to
+an older execution are recognised and dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+
+from .errors import ErrorDetails
+
+__all__ = [
+    "OrchestratorMessage",
+    "StartOrchestration",
+    "ActivityResult",
+    "TimerFired",
+    "SubOrchestrationResult",
+    "ExternalEvent",
+    "CancelRequest",
+    "PoisonNotice",
+    "ActivityWork",
+    "encode_message",
+    "decode_message",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrchestratorMessage:
+    """Base of every message for an instance's orchestrator queue."""
+
+    instance_id: str
+    kind: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartOrchestration(OrchestratorMessage):
+    """Start an execution (a new instance, a child, or the next execution after continue-as-new)."""
+
+    kind: ClassVar[str] = "start"
+    name: str
+    version: str | None
+    input: str
+    execution_id: int = 1
+    parent_instance_id: str | None = None
+    parent_execution_id: int | None = None
+    parent_event_id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivityResult(OrchestratorMessage):
+    """An activity finished: ``result`` when it returned, ``error`` when it raised."""
+
+    kind: ClassVar[str] = "activity_result"
+    execution_id: int
+    event_id: int
+    result: str | None = None
+    error: ErrorDetails | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimerFired(OrchestratorMessage):
+    """A durable timer is due (the message becomes visible at ``fire_at_ms``)."""
+
+    kind: ClassVar[str] = "timer"
+    execution_id: int
+    event_id: int
+    fire_at_ms: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubOrchestrationResult(OrchestratorMessage):
+    """A child finished; addressed to the parent instance."""
+
+    kind: ClassVar[str] = "sub_result"
+    execution_id: int
+    event_id: int
+    result: str | None = None
+    error: ErrorDetails | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExternalEvent(OrchestratorMessage):
+    """``raise_event`` delivered an event to the instance."""
+
+    kind: ClassVar[str] = "event"
+    name: str
+    data: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRequest(OrchestratorMessage):
+    """``cancel_instance`` (or a cancelling parent) asks the instance to end."""
+
+    kind: ClassVar[str] = "cancel"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoisonNotice(OrchestratorMessage):
+    """A worker gave up on an activity message; the instance must fail."""
+
+    kind: ClassVar[str] = "poison"
+    execution_id: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivityWork:
+    """One activity call waiting in the worker queue."""
+
+    kind: ClassVar[str] = "activity"
+    instance_id: str
+    execution_id: int
+    event_id: int
+    name: str
+    input: str
+
+
+_KINDS: dict[str, type[Any]] = {
+    c.kind: c
+    for c in (
+        StartOrchestration,
+        ActivityResult,
+        TimerFired,
+        SubOrchestrationResult,
+        ExternalEvent,
+        CancelRequest,
+        PoisonNotice,
+        ActivityWork,
+    )
+}
+
+
+def encode_message(msg: OrchestratorMessage | ActivityWork) -> bytes:
+    """Serialize a message to JSON bytes."""
+    body: dict[str, Any] = {"k": msg.kind}
+    for f in dataclasses.fields(msg):
+        body[f.name] = getattr(msg, f.name)
+    return orjson.dumps(body)
+
+
+def decode_message(raw: bytes | str) -> Any:
+    """Parse a stored message (raises ``ValueError`` on garbage)."""
+    try:
+        body = orjson.loads(raw)
+        cls = _KINDS[body.pop("k")]
+        if body.get("error") is not None:
+            body["error"] = ErrorDetails(**body["error"])
+        return cls(**body)
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable queue message {raw[:80]!r}: {exc}") from exc

@@ -1,0 +1,119 @@
+"""Runtime configuration, with the defaults documented in one place.
+
+Example::
+
+    rt = await (Runtime.builder()
+          .store(store)
+          .orchestrations(orchs)
+          .activities(acts)
+          .options(RuntimeOptions(activity_concurrency=32, max_attempts=5))
+          .start())
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .errors import ConfigurationError
+
+__all__ = ["RuntimeOptions", "RetryPolicy", "to_seconds"]
+
+
+def to_seconds(value: timedelta | float | int, what: str) -> float:
+    """Accept a ``timedelta`` or a number of seconds; reject negatives with a clear error."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ConfigurationError(
+            f"{what} must be a timedelta or a number of seconds, got {type(value).__name__}",
+            fix=f"pass e.g. timedelta(seconds=5) or 5.0 as {what}",
+        )
+    if seconds < 0:
+        raise ConfigurationError(f"{what} must not be negative (got {seconds})", fix=f"pass {what} >= 0")
+    return float(seconds)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an activity call is retried inside the orchestration (durably, with timers).
+
+    Attempt ``n`` (1-based) that fails waits ``initial_backoff * backoff_coefficient**(n-1)``
+    seconds, capped at ``max_backoff``, before attempt ``n+1``.
+
+    Example::
+
+        await ctx.schedule_activity("Charge", data, retry=RetryPolicy(max_attempts=5))
+    """
+
+    max_attempts: int = 3
+    initial_backoff: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_backoff: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("RetryPolicy.max_attempts must be >= 1", fix="use max_attempts=1 for no retry")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.backoff_coefficient < 1:
+            raise ConfigurationError(
+                "RetryPolicy backoffs must be >= 0 and backoff_coefficient >= 1",
+                fix="e.g. RetryPolicy(initial_backoff=1.0, backoff_coefficient=2.0)",
+            )
+
+    def backoff_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        return min(self.max_backoff, self.initial_backoff * self.backoff_coefficient ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Every tunable of the runtime. All durations are in seconds.
+
+    Defaults suit one process on SQLite; each field says why it exists.
+    """
+
+    #: Turns processed together: a fetch locks up to this many instances and
+    #: their results are committed in one transaction (amortises store round trips).
+    orchestration_batch_size: int = 64
+    #: Concurrent fetch/replay/commit pipelines for orchestrations.
+    orchestration_concurrency: int = 2
+    #: Activities running at once in this process (async and thread-pool ones).
+    activity_concurrency: int = 64
+    #: Threads for plain ``def`` activities (they must not block the event loop).
+    activity_threads: int = 16
+    #: How long a fetched instance stays locked before another dispatcher may take it.
+    orchestration_lock_timeout: float = 5.0
+    #: How long a fetched activity stays locked; renewed while it runs.
+    activity_lock_timeout: float = 30.0
+    #: A message fetched more than this many times fails its instance as poison.
+    max_attempts: int = 10
+    #: Back-off for work that cannot be handled yet (unregistered name): doubles per attempt.
+    unknown_name_backoff: float = 0.05
+    #: Upper bound on back-off for unregistered names.
+    unknown_name_max_backoff: float = 2.0
+    #: Idle wait between store polls when no in-process wake-up arrives (other
+    #: processes may enqueue work); in-process work wakes dispatchers at once.
+    poll_interval: float = 0.2
+    #: Live instances kept in memory between turns (O(new events) per turn).
+    #: 0 disables the cache: every turn replays from scratch.
+    instance_cache_size: int = 10_000
+    #: Replay from scratch at every turn, and check it against the cached
+    #: instance; for tests that must prove determinism.
+    replay_from_scratch: bool = False
+    #: Largest input/output/event payload, in UTF-8 bytes.
+    max_payload_bytes: int = 1024 * 1024
+    #: Largest custom status, in UTF-8 bytes.
+    max_custom_status_bytes: int = 16 * 1024
+    #: Most events one execution may record; use continue_as_new for longer runs.
+    max_history_events: int = 50_000
+    #: How long ``shutdown`` waits for running activities before abandoning them
+    #: (abandoned work is delivered again; nothing is lost).
+    shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("orchestration_batch_size", "orchestration_concurrency", "activity_concurrency",
+                     "activity_threads", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"RuntimeOptions.{name} must be >= 1", fix=f"set {name} to 1 or more")
+        for name in ("orchestration_lock_timeout", "activity_lock_timeout", "poll_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"RuntimeOptions.{name} must be > 0", fix=f"set {name} to a positive number of seconds")

@@ -1,0 +1,277 @@
+"""``InMemoryProvider``: the whole store in Python dicts, for tests and experiments.
+
+Same semantics as the durable providers (it passes the same conformance
+suite), but nothing survives the process.
+
+Example::
+
+    store = InMemoryProvider()
+    rt = await Runtime.builder().store(store).orchestrations(orchs).activities(acts).start()
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ..errors import InstanceAlreadyExistsError, InstanceStillRunningError
+from ..history import HistoryEvent
+from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
+from .base import (
+    TERMINAL, FetchResult, child_rejection, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit,
+    WakeSignals, WorkCompletion, WorkLease, now_ms,
+)
+
+__all__ = ["InMemoryProvider"]
+
+
+@dataclass
+class _Queued:
+    id: int
+    message: OrchestratorMessage
+    visible_at: int
+    dequeue_count: int = 0
+    lock_token: str | None = None
+
+
+@dataclass
+class _Work:
+    id: int
+    work: ActivityWork
+    visible_at: int
+    dequeue_count: int = 0
+    lock_token: str | None = None
+    locked_until: int = 0
+    cancelled: bool = False
+
+
+class InMemoryProvider(Provider):
+    """A non-durable provider held in memory (one process)."""
+
+    def __init__(self) -> None:
+        self.signals = WakeSignals()
+        self._ids = itertools.count(1)
+        self._instances: dict[str, InstanceRecord] = {}
+        self._history: dict[tuple[str, int], list[HistoryEvent]] = {}
+        self._queue: dict[int, _Queued] = {}
+        self._locks: dict[str, tuple[str, int]] = {}
+        self._work: dict[int, _Work] = {}
+
+    # -- client side -------------------------------------------------------------
+
+    async def create_instance(self, start: StartOrchestration) -> None:
+        if start.instance_id in self._instances:
+            raise InstanceAlreadyExistsError(start.instance_id)
+        self._create_row(start)
+        self._enqueue(start, None)
+        self.signals.notify_orchestrator()
+
+    async def send(self, message: OrchestratorMessage) -> InstanceRecord | None:
+        record = self._instances.get(message.instance_id)
+        if record is not None and record.status not in TERMINAL:
+            self._enqueue(message, None)
+            self.signals.notify_orchestrator()
+        return record
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        return self._instances.get(instance_id)
+
+    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[HistoryEvent]:
+        if execution_id is None:
+            record = self._instances.get(instance_id)
+            if record is None:
+                return []
+            execution_id = record.execution_id
+        return list(self._history.get((instance_id, execution_id), ()))
+
+    async def list_executions(self, instance_id: str) -> list[int]:
+        return sorted(e for (i, e) in self._history if i == instance_id)
+
+    async def list_instances(self, *, status: str | None = None, name: str | None = None,
+                             limit: int = 1000) -> list[InstanceRecord]:
+        rows = [r for r in self._instances.values()
+                if (status is None or r.status == status) and (name is None or r.name == name)]
+        rows.sort(key=lambda r: (r.created_at_ms, r.instance_id), reverse=True)
+        return rows[:limit]
+
+    async def purge_instance(self, instance_id: str, *, force: bool = False) -> list[str]:
+        record = self._instances.get(instance_id)
+        if record is None:
+            return []
+        if record.status not in TERMINAL and not force:
+            raise InstanceStillRunningError(instance_id)
+        doomed = [instance_id]
+        for child in list(self._instances.values()):
+            if child.parent_instance_id == instance_id:
+                doomed += await self.purge_instance(child.instance_id, force=True)
+        self._instances.pop(instance_id, None)
+        self._locks.pop(instance_id, None)
+        for key in [k for k in self._history if k[0] == instance_id]:
+            del self._history[key]
+        for qid in [q.id for q in self._queue.values() if q.message.instance_id == instance_id]:
+            del self._queue[qid]
+        for wid in [w.id for w in self._work.values() if w.work.instance_id == instance_id]:
+            del self._work[wid]
+        self.signals.notify_instance(instance_id)
+        return doomed
+
+    # -- orchestration dispatcher --------------------------------------------------
+
+    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
+        now = now_ms()
+        chosen: dict[str, list[_Queued]] = {}
+        next_due: int | None = None
+        for q in self._queue.values():
+            iid = q.message.instance_id
+            if q.visible_at > now:
+                next_due = q.visible_at if next_due is None else min(next_due, q.visible_at)
+                continue
+            lock = self._locks.get(iid)
+            if lock is not None and lock[1] > now and iid not in chosen:
+                continue
+            if iid not in chosen:
+                if len(chosen) >= max_items:
+                    continue
+                chosen[iid] = []
+            chosen[iid].append(q)
+        items = []
+        for iid, queued in chosen.items():
+            token = uuid.uuid4().hex
+            self._locks[iid] = (token, now + int(lock_timeout * 1000))
+            for q in queued:
+                q.dequeue_count += 1
+                q.lock_token = token
+            record = self._instances.get(iid)
+            hlen = len(self._history.get((iid, record.execution_id), ())) if record else 0
+            items.append(OrchestrationItem(
+                iid, token, [QueuedMessage(q.id, q.message) for q in queued], record, hlen,
+                max(q.dequeue_count for q in queued)))
+        return FetchResult(items, next_due)
+
+    async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:
+        return {iid: list(self._history.get((iid, ex), ())) for iid, ex in keys}
+
+    async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
+        results = []
+        for c in commits:
+            lock = self._locks.get(c.instance_id)
+            if lock is None or lock[0] != c.lock_token:
+                results.append(False)
+                continue
+            self._apply_commit(c)
+            results.append(True)
+        self.signals.notify_orchestrator()
+        self.signals.notify_worker()
+        return results
+
+    def _apply_commit(self, c: TurnCommit) -> None:
+        now = now_ms()
+        for qid in c.consumed:
+            self._queue.pop(qid, None)
+        if c.new_events:
+            self._history.setdefault((c.instance_id, c.execution_id), []).extend(c.new_events)
+        for work in c.activities:
+            wid = next(self._ids)
+            self._work[wid] = _Work(wid, work, now)
+        for event_id in c.cancelled_activities:
+            for w in list(self._work.values()):
+                if (w.work.instance_id, w.work.execution_id, w.work.event_id) == (c.instance_id, c.execution_id, event_id):
+                    if w.lock_token is None:
+                        del self._work[w.id]
+                    else:
+                        w.cancelled = True
+        for msg, visible_at in c.messages:
+            if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
+                if msg.instance_id in self._instances:
+                    self._reject_child(msg)
+                    continue
+                self._create_row(msg)
+            self._enqueue(msg, visible_at)
+        if c.update is not None:
+            u = c.update
+            old = self._instances.get(c.instance_id)
+            if old is not None:
+                self._instances[c.instance_id] = replace(
+                    old, name=u.name, version=u.version, execution_id=u.execution_id, status=u.status,
+                    output=u.output, error=u.error,
+                    custom_status=u.custom_status if u.custom_status_changed else old.custom_status,
+                    updated_at_ms=now)
+                if u.status in TERMINAL:
+                    self.signals.notify_instance(c.instance_id)
+        self._locks.pop(c.instance_id, None)
+
+    def _reject_child(self, start: StartOrchestration) -> None:
+        answer = child_rejection(start)
+        if answer is not None:
+            self._enqueue(answer, None)
+
+    async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
+        lock = self._locks.get(instance_id)
+        if lock is None or lock[0] != lock_token:
+            return
+        visible = now_ms() + int(delay * 1000)
+        for q in self._queue.values():
+            if q.lock_token == lock_token:
+                q.lock_token = None
+                q.visible_at = max(q.visible_at, visible)
+        del self._locks[instance_id]
+        self.signals.notify_orchestrator()
+
+    # -- activity workers ----------------------------------------------------------
+
+    async def fetch_work_items(self, max_items: int, lock_timeout: float) -> list[WorkLease]:
+        now = now_ms()
+        leases = []
+        for w in self._work.values():
+            if len(leases) >= max_items:
+                break
+            if w.visible_at > now or (w.lock_token is not None and w.locked_until > now):
+                continue
+            w.lock_token = uuid.uuid4().hex
+            w.locked_until = now + int(lock_timeout * 1000)
+            w.dequeue_count += 1
+            leases.append(WorkLease(w.lock_token, w.work, w.dequeue_count))
+        return leases
+
+    async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
+        for done in completions:
+            for w in list(self._work.values()):
+                if w.lock_token == done.lock_token:
+                    del self._work[w.id]
+            record = self._instances.get(done.result.instance_id)
+            if record is not None and record.status not in TERMINAL:
+                self._enqueue(done.result, None)
+        self.signals.notify_orchestrator()
+
+    async def abandon_work_item(self, lock_token: str, delay: float) -> None:
+        for w in self._work.values():
+            if w.lock_token == lock_token:
+                w.lock_token = None
+                w.locked_until = 0
+                w.visible_at = now_ms() + int(delay * 1000)
+        self.signals.notify_worker()
+
+    async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
+        for w in self._work.values():
+            if w.lock_token == lock_token:
+                record = self._instances.get(w.work.instance_id)
+                if (w.cancelled or record is None or record.status in TERMINAL
+                        or record.execution_id != w.work.execution_id):
+                    return False
+                w.locked_until = now_ms() + int(lock_timeout * 1000)
+                return True
+        return False
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _create_row(self, start: StartOrchestration) -> None:
+        now = now_ms()
+        self._instances[start.instance_id] = InstanceRecord(
+            start.instance_id, start.name, start.version, start.execution_id, "Pending",
+            created_at_ms=now, updated_at_ms=now, parent_instance_id=start.parent_instance_id)
+
+    def _enqueue(self, message: OrchestratorMessage, visible_at: int | None) -> None:
+        qid = next(self._ids)
+        self._queue[qid] = _Queued(qid, message, visible_at if visible_at is not None else 0)

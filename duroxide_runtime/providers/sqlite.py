@@ -1,0 +1,541 @@
+"""``SqliteProvider``: the embedded default store (SQLite in WAL mode, through aiosqlite).
+
+Why it is fast: each store operation is one plain-``sqlite3`` function run on
+aiosqlite's connection thread, so a whole transaction (a batch of many
+turns, say) costs one thread hop instead of one per statement. Busy or
+locked databases (another process writing) are retried, never reported as
+a failure of an instance.
+
+Example::
+
+    store = await SqliteProvider.new("sqlite:///var/lib/app/duroxide.db")   # file, created if missing
+    store = SqliteProvider.in_memory()                                       # private in-memory database
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
+
+import aiosqlite
+import orjson
+
+from ..errors import (
+    ConfigurationError, CorruptHistoryError, ErrorDetails, InstanceAlreadyExistsError, InstanceStillRunningError,
+    StoreError,
+)
+from ..history import HistoryEvent, decode_event, encode_event
+from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
+from .base import (
+    TERMINAL, FetchResult, child_rejection, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
+    WorkCompletion, WorkLease, now_ms,
+)
+
+__all__ = ["SqliteProvider"]
+
+_log = logging.getLogger("duroxide.sqlite")
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT, execution_id INTEGER NOT NULL,
+    status TEXT NOT NULL, output TEXT, error BLOB, custom_status TEXT,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, parent_instance_id TEXT);
+CREATE INDEX IF NOT EXISTS ix_instances_parent ON instances(parent_instance_id);
+CREATE INDEX IF NOT EXISTS ix_instances_created ON instances(created_at);
+CREATE TABLE IF NOT EXISTS history (
+    instance_id TEXT NOT NULL, execution_id INTEGER NOT NULL, event_id INTEGER NOT NULL, event BLOB NOT NULL,
+    PRIMARY KEY (instance_id, execution_id, event_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orchestrator_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, message BLOB NOT NULL,
+    visible_at INTEGER NOT NULL, dequeue_count INTEGER NOT NULL DEFAULT 0, lock_token TEXT);
+CREATE INDEX IF NOT EXISTS ix_oq_visible ON orchestrator_queue(visible_at);
+CREATE INDEX IF NOT EXISTS ix_oq_instance ON orchestrator_queue(instance_id, visible_at);
+CREATE TABLE IF NOT EXISTS instance_locks (
+    instance_id TEXT PRIMARY KEY, lock_token TEXT NOT NULL, locked_until INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS worker_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, execution_id INTEGER NOT NULL,
+    event_id INTEGER NOT NULL, message BLOB NOT NULL, visible_at INTEGER NOT NULL,
+    lock_token TEXT, locked_until INTEGER NOT NULL DEFAULT 0, dequeue_count INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS ix_wq_visible ON worker_queue(visible_at);
+CREATE INDEX IF NOT EXISTS ix_wq_call ON worker_queue(instance_id, execution_id, event_id);
+CREATE INDEX IF NOT EXISTS ix_wq_token ON worker_queue(lock_token);
+"""
+
+_INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
+                  "created_at, updated_at, parent_instance_id")
+
+
+def _path_from_url(url: str) -> str:
+    if url in (":memory:", "sqlite::memory:", "sqlite://:memory:", "sqlite:///:memory:"):
+        return ":memory:"
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://"):]
+    elif url.startswith("sqlite:"):
+        path = url[len("sqlite:"):]
+    elif "://" in url:
+        raise ConfigurationError(f"{url!r} is not a SQLite URL",
+                                 fix="use 'sqlite:///absolute/path.db', 'sqlite:relative.db' or a plain file path")
+    else:
+        path = url
+    path = path.split("?", 1)[0]
+    if not path:
+        raise ConfigurationError(f"SQLite URL {url!r} names no file", fix="use e.g. 'sqlite:///tmp/app.db'")
+    return path
+
+
+def _row_to_instance(row: Sequence[Any]) -> InstanceRecord:
+    error = ErrorDetails(**orjson.loads(row[6])) if row[6] else None
+    return InstanceRecord(row[0], row[1], row[2], row[3], row[4], row[5], error, row[7], row[8], row[9], row[10])
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class SqliteProvider(Provider):
+    """A durable store in one SQLite file (or a private in-memory database)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.signals = WakeSignals()
+        self._db: aiosqlite.Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    @classmethod
+    async def new(cls, url: str) -> SqliteProvider:
+        """Open (creating if missing) the database at ``url`` and migrate its schema."""
+        provider = cls(_path_from_url(url))
+        await provider._connect()
+        return provider
+
+    @classmethod
+    def in_memory(cls) -> SqliteProvider:
+        """A private in-memory SQLite database; connects on first use (``await`` it to connect now)."""
+        return cls(":memory:")
+
+    def __await__(self) -> Generator[Any, None, SqliteProvider]:
+        return self._connect().__await__()
+
+    async def _connect(self) -> SqliteProvider:
+        if self._db is not None:
+            return self
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._db is None:
+                if self.path != ":memory:":
+                    parent = os.path.dirname(os.path.abspath(self.path))
+                    os.makedirs(parent, exist_ok=True)
+                pending = aiosqlite.connect(self.path, isolation_level=None, timeout=30.0,
+                                            check_same_thread=False)
+                # A forgotten close() must not keep the program alive; SQLite's
+                # journal makes dying mid-transaction safe.
+                thread = getattr(pending, "_thread", None)
+                if thread is not None:
+                    thread.daemon = True
+                db = await pending
+                if not hasattr(db, "_execute"):
+                    raise ConfigurationError("this aiosqlite version lacks Connection._execute",
+                                             fix="install aiosqlite>=0.20,<0.23 (see pyproject.toml)")
+                self._db = db
+                await self._run(self._migrate)
+        return self
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+            conn.execute(statement)
+        row = conn.execute("SELECT version FROM duroxide_schema").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO duroxide_schema(version) VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            conn.execute("ROLLBACK")
+            raise ConfigurationError(
+                f"database {self.path!r} has schema version {row[0]}, newer than this duroxide ({SCHEMA_VERSION})",
+                fix="upgrade duroxide on this machine")
+        conn.execute("COMMIT")
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(conn)`` on the connection thread (one hop), retrying while the database is busy."""
+        if self._db is None:
+            await self._connect()
+        db = self._db
+        assert db is not None
+        delay = 0.005
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return await db._execute(_in_thread, fn, db)  # type: ignore[no-any-return]
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"SQLite error on {self.path!r}: {exc}",
+                                     fix="check the file's permissions and free disk space") from exc
+                _log.debug("database busy; retrying in %.3fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(0.5, delay * 2)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    # -- client side -------------------------------------------------------------
+
+    async def create_instance(self, start: StartOrchestration) -> None:
+        def op(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (start.instance_id,)).fetchone():
+                    return False
+                _insert_instance(conn, start)
+                _enqueue(conn, start, None)
+                return True
+
+        if not await self._run(op):
+            raise InstanceAlreadyExistsError(start.instance_id)
+        self.signals.notify_orchestrator()
+
+    async def send(self, message: OrchestratorMessage) -> InstanceRecord | None:
+        def op(conn: sqlite3.Connection) -> InstanceRecord | None:
+            with _transaction(conn):
+                record = _get_instance(conn, message.instance_id)
+                if record is not None and record.status not in TERMINAL:
+                    _enqueue(conn, message, None)
+                return record
+
+        record = await self._run(op)
+        self.signals.notify_orchestrator()
+        return record
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        return await self._run(lambda conn: _get_instance(conn, instance_id))
+
+    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[HistoryEvent]:
+        def op(conn: sqlite3.Connection) -> list[HistoryEvent]:
+            exec_id = execution_id
+            if exec_id is None:
+                row = conn.execute("SELECT execution_id FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
+                if row is None:
+                    return []
+                exec_id = row[0]
+            return _load_history(conn, instance_id, exec_id)
+
+        return await self._run(op)
+
+    async def list_executions(self, instance_id: str) -> list[int]:
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT DISTINCT execution_id FROM history WHERE instance_id=? ORDER BY execution_id",
+            (instance_id,)).fetchall())
+        return [r[0] for r in rows]
+
+    async def list_instances(self, *, status: str | None = None, name: str | None = None,
+                             limit: int = 1000) -> list[InstanceRecord]:
+        clauses, args = [], []
+        if status is not None:
+            clauses.append("status=?")
+            args.append(status)
+        if name is not None:
+            clauses.append("name=?")
+            args.append(name)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_INSTANCE_COLS} FROM instances {where} ORDER BY created_at DESC, instance_id DESC LIMIT ?"
+        rows = await self._run(lambda conn: conn.execute(sql, (*args, limit)).fetchall())
+        return [_row_to_instance(r) for r in rows]
+
+    async def purge_instance(self, instance_id: str, *, force: bool = False) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str] | None:
+            with _transaction(conn):
+                record = _get_instance(conn, instance_id)
+                if record is None:
+                    return []
+                if record.status not in TERMINAL and not force:
+                    return None
+                doomed, frontier = [instance_id], [instance_id]
+                while frontier:
+                    marks = ",".join("?" * len(frontier))
+                    frontier = [r[0] for r in conn.execute(
+                        f"SELECT instance_id FROM instances WHERE parent_instance_id IN ({marks})", frontier)]
+                    doomed += frontier
+                for iid in doomed:
+                    for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue"):
+                        conn.execute(f"DELETE FROM {table} WHERE instance_id=?", (iid,))
+                return doomed
+
+        doomed = await self._run(op)
+        if doomed is None:
+            raise InstanceStillRunningError(instance_id)
+        for iid in doomed:
+            self.signals.notify_instance(iid)
+        return doomed
+
+    # -- orchestration dispatcher --------------------------------------------------
+
+    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
+        lock_ms = int(lock_timeout * 1000)
+
+        def op(conn: sqlite3.Connection) -> FetchResult:
+            now = now_ms()
+            with _transaction(conn):
+                candidates = [r[0] for r in conn.execute(
+                    "SELECT q.instance_id FROM orchestrator_queue q "
+                    "LEFT JOIN instance_locks l ON l.instance_id = q.instance_id AND l.locked_until > ? "
+                    "WHERE q.visible_at <= ? AND l.instance_id IS NULL "
+                    "GROUP BY q.instance_id ORDER BY MIN(q.id) LIMIT ?", (now, now, max_items))]
+                items = []
+                for iid in candidates:
+                    token = uuid.uuid4().hex
+                    conn.execute("INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) "
+                                 "VALUES (?,?,?)", (iid, token, now + lock_ms))
+                    conn.execute("UPDATE orchestrator_queue SET lock_token=?, dequeue_count=dequeue_count+1 "
+                                 "WHERE instance_id=? AND visible_at<=?", (token, iid, now))
+                    rows = conn.execute("SELECT id, message, dequeue_count FROM orchestrator_queue "
+                                        "WHERE lock_token=? ORDER BY id", (token,)).fetchall()
+                    messages, dequeues = [], 0
+                    for qid, raw, count in rows:
+                        dequeues = max(dequeues, count)
+                        try:
+                            messages.append(QueuedMessage(qid, decode_message(raw)))
+                        except ValueError:
+                            _log.error("instance %r: dropping unreadable queue message %s", iid, qid)
+                            conn.execute("DELETE FROM orchestrator_queue WHERE id=?", (qid,))
+                    record = _get_instance(conn, iid)
+                    hlen = 0
+                    if record is not None:
+                        hlen = conn.execute("SELECT COALESCE(MAX(event_id), 0) FROM history "
+                                            "WHERE instance_id=? AND execution_id=?",
+                                            (iid, record.execution_id)).fetchone()[0]
+                    items.append(OrchestrationItem(iid, token, messages, record, hlen, dequeues))
+                next_due = None
+                if not items:
+                    next_due = conn.execute("SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?",
+                                            (now,)).fetchone()[0]
+                return FetchResult(items, next_due)
+
+        return await self._run(op)
+
+    async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:
+        def op(conn: sqlite3.Connection) -> dict[str, list[HistoryEvent] | Exception]:
+            out: dict[str, list[HistoryEvent] | Exception] = {}
+            for iid, exec_id in keys:
+                try:
+                    out[iid] = _load_history(conn, iid, exec_id)
+                except CorruptHistoryError as exc:
+                    out[iid] = exc
+            return out
+
+        return await self._run(op)
+
+    async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
+        def op(conn: sqlite3.Connection) -> list[bool]:
+            results = []
+            with _transaction(conn):
+                for c in commits:
+                    row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
+                                       (c.instance_id,)).fetchone()
+                    if row is None or row[0] != c.lock_token:
+                        results.append(False)
+                        continue
+                    conn.execute("SAVEPOINT turn")
+                    try:
+                        _apply_commit(conn, c)
+                        conn.execute("RELEASE turn")
+                        results.append(True)
+                    except sqlite3.OperationalError:
+                        raise  # busy: the whole batch is retried
+                    except Exception:  # noqa: BLE001 - one bad turn must not sink the batch
+                        _log.exception("instance %r: commit failed; the turn will be redone", c.instance_id)
+                        conn.execute("ROLLBACK TO turn")
+                        conn.execute("RELEASE turn")
+                        results.append(False)
+            return results
+
+        results = await self._run(op)
+        self.signals.notify_orchestrator()
+        if any(c.activities for c in commits):
+            self.signals.notify_worker()
+        for c, ok in zip(commits, results):
+            if ok and c.update is not None and c.update.status in TERMINAL:
+                self.signals.notify_instance(c.instance_id)
+        return results
+
+    async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
+                                   (instance_id,)).fetchone()
+                if row is None or row[0] != lock_token:
+                    return
+                visible = now_ms() + int(delay * 1000)
+                conn.execute("UPDATE orchestrator_queue SET lock_token=NULL, visible_at=MAX(visible_at, ?) "
+                             "WHERE lock_token=?", (visible, lock_token))
+                conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (instance_id,))
+
+        await self._run(op)
+        self.signals.notify_orchestrator()
+
+    # -- activity workers ----------------------------------------------------------
+
+    async def fetch_work_items(self, max_items: int, lock_timeout: float) -> list[WorkLease]:
+        lock_ms = int(lock_timeout * 1000)
+
+        def op(conn: sqlite3.Connection) -> list[WorkLease]:
+            now = now_ms()
+            with _transaction(conn):
+                rows = conn.execute(
+                    "SELECT id, message, dequeue_count FROM worker_queue WHERE visible_at <= ? "
+                    "AND (lock_token IS NULL OR locked_until <= ?) AND cancelled = 0 ORDER BY id LIMIT ?",
+                    (now, now, max_items)).fetchall()
+                leases = []
+                for wid, raw, count in rows:
+                    token = uuid.uuid4().hex
+                    conn.execute("UPDATE worker_queue SET lock_token=?, locked_until=?, dequeue_count=? WHERE id=?",
+                                 (token, now + lock_ms, count + 1, wid))
+                    try:
+                        leases.append(WorkLease(token, decode_message(raw), count + 1))
+                    except ValueError:
+                        _log.error("dropping unreadable activity message %s", wid)
+                        conn.execute("DELETE FROM worker_queue WHERE id=?", (wid,))
+                return leases
+
+        return await self._run(op)
+
+    async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                for done in completions:
+                    conn.execute("DELETE FROM worker_queue WHERE lock_token=?", (done.lock_token,))
+                    row = conn.execute("SELECT status FROM instances WHERE instance_id=?",
+                                       (done.result.instance_id,)).fetchone()
+                    if row is not None and row[0] not in TERMINAL:
+                        _enqueue(conn, done.result, None)
+
+        await self._run(op)
+        self.signals.notify_orchestrator()
+
+    async def abandon_work_item(self, lock_token: str, delay: float) -> None:
+        visible = now_ms() + int(delay * 1000)
+        await self._run(lambda conn: conn.execute(
+            "UPDATE worker_queue SET lock_token=NULL, locked_until=0, visible_at=? WHERE lock_token=?",
+            (visible, lock_token)))
+        self.signals.notify_worker()
+
+    async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                row = conn.execute(
+                    "SELECT w.cancelled, i.status, i.execution_id, w.execution_id FROM worker_queue w "
+                    "LEFT JOIN instances i ON i.instance_id = w.instance_id WHERE w.lock_token=?",
+                    (lock_token,)).fetchone()
+                if row is None or row[0] or row[1] is None or row[1] in TERMINAL or row[2] != row[3]:
+                    return False
+                conn.execute("UPDATE worker_queue SET locked_until=? WHERE lock_token=?",
+                             (now_ms() + int(lock_timeout * 1000), lock_token))
+                return True
+
+        return await self._run(op)
+
+
+# -- helpers that run on the connection thread --------------------------------------
+
+
+def _in_thread(fn: Callable[[sqlite3.Connection], _T], db: aiosqlite.Connection) -> _T:
+    return fn(db._conn)
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): one writer, no upgrade deadlocks."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+def _get_instance(conn: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
+    row = conn.execute(f"SELECT {_INSTANCE_COLS} FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
+    return _row_to_instance(row) if row else None
+
+
+def _load_history(conn: sqlite3.Connection, instance_id: str, execution_id: int) -> list[HistoryEvent]:
+    rows = conn.execute("SELECT event FROM history WHERE instance_id=? AND execution_id=? ORDER BY event_id",
+                        (instance_id, execution_id)).fetchall()
+    return [decode_event(r[0], instance_id=instance_id) for r in rows]
+
+
+def _insert_instance(conn: sqlite3.Connection, start: StartOrchestration) -> None:
+    now = now_ms()
+    conn.execute("INSERT INTO instances(instance_id, name, version, execution_id, status, created_at, updated_at, "
+                 "parent_instance_id) VALUES (?,?,?,?, 'Pending', ?, ?, ?)",
+                 (start.instance_id, start.name, start.version, start.execution_id, now, now,
+                  start.parent_instance_id))
+
+
+def _enqueue(conn: sqlite3.Connection, message: OrchestratorMessage, visible_at: int | None) -> None:
+    conn.execute("INSERT INTO orchestrator_queue(instance_id, message, visible_at) VALUES (?,?,?)",
+                 (message.instance_id, encode_message(message), visible_at or 0))
+
+
+def _apply_commit(conn: sqlite3.Connection, c: TurnCommit) -> None:
+    if c.consumed:
+        conn.executemany("DELETE FROM orchestrator_queue WHERE id=?", [(i,) for i in c.consumed])
+    if c.new_events:
+        conn.executemany("INSERT INTO history(instance_id, execution_id, event_id, event) VALUES (?,?,?,?)",
+                         [(c.instance_id, c.execution_id, e.event_id, encode_event(e)) for e in c.new_events])
+    if c.activities:
+        now = now_ms()
+        conn.executemany(
+            "INSERT INTO worker_queue(instance_id, execution_id, event_id, message, visible_at) VALUES (?,?,?,?,?)",
+            [(w.instance_id, w.execution_id, w.event_id, encode_message(w), now) for w in c.activities])
+    for event_id in c.cancelled_activities:
+        key = (c.instance_id, c.execution_id, event_id)
+        conn.execute("DELETE FROM worker_queue WHERE instance_id=? AND execution_id=? AND event_id=? "
+                     "AND lock_token IS NULL", key)
+        conn.execute("UPDATE worker_queue SET cancelled=1 WHERE instance_id=? AND execution_id=? AND event_id=?", key)
+    for msg, visible_at in c.messages:
+        if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
+            if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (msg.instance_id,)).fetchone():
+                _reject_child(conn, msg)
+                continue
+            _insert_instance(conn, msg)
+        _enqueue(conn, msg, visible_at)
+    u = c.update
+    if u is not None:
+        error = orjson.dumps(u.error) if u.error is not None else None
+        if u.custom_status_changed:
+            conn.execute("UPDATE instances SET name=?, version=?, execution_id=?, status=?, output=?, error=?, "
+                         "custom_status=?, updated_at=? WHERE instance_id=?",
+                         (u.name, u.version, u.execution_id, u.status, u.output, error, u.custom_status,
+                          now_ms(), c.instance_id))
+        else:
+            conn.execute("UPDATE instances SET name=?, version=?, execution_id=?, status=?, output=?, error=?, "
+                         "updated_at=? WHERE instance_id=?",
+                         (u.name, u.version, u.execution_id, u.status, u.output, error, now_ms(), c.instance_id))
+    conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (c.instance_id,))
+
+
+def _reject_child(conn: sqlite3.Connection, start: StartOrchestration) -> None:
+    answer = child_rejection(start)
+    if answer is not None:
+        _enqueue(conn, answer, None)

@@ -1,0 +1,152 @@
+"""``Runtime``: the dispatchers of one process, and its builder.
+
+Example::
+
+    rt = await (Runtime.builder()
+          .store(store)
+          .activities(ActivityRegistry.builder().register("Greet", greet).build())
+          .orchestrations(OrchestrationRegistry.builder().register("Hello", hello).build())
+          .start())
+    ...
+    await rt.shutdown()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .client import Client
+from .dispatch.activities import ActivityWorker
+from .dispatch.orchestrations import OrchestrationDispatcher
+from .errors import ConfigurationError
+from .options import RuntimeOptions
+from .providers.base import Provider
+from .registry import ActivityRegistry, OrchestrationRegistry
+
+__all__ = ["Runtime", "RuntimeBuilder"]
+
+_log = logging.getLogger("duroxide.runtime")
+
+#: Hooks the macro layer installs so that ``discover_*()`` can find decorated functions.
+activity_discovery: list[Callable[[], ActivityRegistry]] = []
+orchestration_discovery: list[Callable[[], OrchestrationRegistry]] = []
+
+
+class RuntimeBuilder:
+    """Collects the store, registries and options; ``await .start()`` runs the runtime."""
+
+    def __init__(self) -> None:
+        self._store: Provider | None = None
+        self._activities = ActivityRegistry({})
+        self._orchestrations = OrchestrationRegistry({})
+        self._options = RuntimeOptions()
+
+    def store(self, store: Provider) -> RuntimeBuilder:
+        """The store to run on (required)."""
+        if not isinstance(store, Provider):
+            raise ConfigurationError(f"store must be a Provider, got {type(store).__name__}",
+                                     fix="pass SqliteProvider / InMemoryProvider / PostgresProvider")
+        self._store = store
+        return self
+
+    def activities(self, registry: ActivityRegistry) -> RuntimeBuilder:
+        """Add a manual activity registry (mixes with discovery)."""
+        self._activities = self._activities.merged(registry)
+        return self
+
+    def orchestrations(self, registry: OrchestrationRegistry) -> RuntimeBuilder:
+        """Add a manual orchestration registry (mixes with discovery)."""
+        self._orchestrations = self._orchestrations.merged(registry)
+        return self
+
+    def discover_activities(self) -> RuntimeBuilder:
+        """Add every ``@activity`` function (needs ``duroxide_macros``)."""
+        self._require_discovery(activity_discovery, "discover_activities")
+        for source in activity_discovery:
+            self._activities = self._activities.merged(source())
+        return self
+
+    def discover_orchestrations(self) -> RuntimeBuilder:
+        """Add every ``@orchestration`` function (needs ``duroxide_macros``)."""
+        self._require_discovery(orchestration_discovery, "discover_orchestrations")
+        for source in orchestration_discovery:
+            self._orchestrations = self._orchestrations.merged(source())
+        return self
+
+    def options(self, options: RuntimeOptions) -> RuntimeBuilder:
+        """Runtime options (defaults: ``RuntimeOptions()``)."""
+        self._options = options
+        return self
+
+    async def start(self) -> Runtime:
+        """Start the dispatchers and return the running runtime."""
+        if self._store is None:
+            raise ConfigurationError("Runtime.builder() has no store", fix="call .store(provider) before .start()")
+        rt = Runtime(self._store, self._activities, self._orchestrations, self._options)
+        rt._start()
+        return rt
+
+    @staticmethod
+    def _require_discovery(sources: list[Callable[[], object]], what: str) -> None:
+        if not sources:
+            try:
+                import duroxide_macros  # noqa: F401 - importing registers the discovery hooks
+            except ImportError as exc:
+                raise ConfigurationError(f"{what}() needs the duroxide_macros package",
+                                         fix="install duroxide with its macros, or register functions manually") from exc
+
+
+class Runtime:
+    """The running dispatchers of this process over one store."""
+
+    def __init__(self, store: Provider, activities: ActivityRegistry, orchestrations: OrchestrationRegistry,
+                 options: RuntimeOptions) -> None:
+        self.store = store
+        self.options = options
+        self.activity_registry = activities
+        self.orchestration_registry = orchestrations
+        self._dispatcher = OrchestrationDispatcher(store, orchestrations, options)
+        self._worker = ActivityWorker(store, activities, options)
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @staticmethod
+    def builder() -> RuntimeBuilder:
+        """Start building a runtime."""
+        return RuntimeBuilder()
+
+    def client(self) -> Client:
+        """A client of this runtime's store."""
+        return Client(self.store, max_payload_bytes=self.options.max_payload_bytes)
+
+    def _start(self) -> None:
+        for i in range(self.options.orchestration_concurrency):
+            self._tasks.append(asyncio.create_task(self._dispatcher.run(self._stopping),
+                                                   name=f"duroxide-orchestrations-{i}"))
+        self._tasks.append(asyncio.create_task(self._worker.run(self._stopping), name="duroxide-activities"))
+        self._flusher = asyncio.create_task(self._worker.flush_results(self._stopping), name="duroxide-results")
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop taking work, let running activities finish (up to ``grace`` seconds),
+        record their results, and stop. Unfinished work is redelivered later; nothing is lost."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.store.signals.notify_orchestrator()
+        self.store.signals.notify_worker()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._worker.drain(self.options.shutdown_grace if grace is None else grace)
+        try:
+            await asyncio.wait_for(self._flusher, timeout=10)
+        except asyncio.TimeoutError:
+            _log.error("shutdown: activity results could not be recorded in 10 s; they will be redone")
+            self._flusher.cancel()
+        self._dispatcher.cache.clear()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
