@@ -1,0 +1,104 @@
+"""Shared test helpers: stores, a runtime harness, history normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from duroxide_runtime import (
+    ActivityRegistry,
+    Client,
+    Event,
+    HistoryEvent,
+    InMemoryProvider,
+    OrchestrationRegistry,
+    OrchestrationStatus,
+    Provider,
+    Runtime,
+    RuntimeOptions,
+    SqliteProvider,
+)
+
+PROVIDERS = ["memory", "sqlite"]
+REPLAY_MODES = ["cached", "from_scratch"]
+
+#: Fast settings for tests: short poison back-off, short waits.
+TEST_OPTIONS = dict(unknown_name_backoff=0.01, unknown_name_max_backoff=0.05, poll_interval=0.05)
+
+
+async def make_store(kind: str, tmp_path: Path) -> Provider:
+    """A fresh, empty store of the given kind."""
+    if kind == "memory":
+        return InMemoryProvider()
+    if kind == "sqlite":
+        return await SqliteProvider.new(f"sqlite://{tmp_path / 'test.db'}")
+    raise ValueError(kind)
+
+
+OrchFn = Callable[..., Awaitable[str]]
+
+
+class Harness:
+    """A store, a client and (once started) a runtime, in one replay mode."""
+
+    def __init__(self, store: Provider, replay_mode: str) -> None:
+        self.store = store
+        self.replay_mode = replay_mode
+        self.client = Client(store)
+        self.runtime: Runtime | None = None
+
+    def options(self, **overrides: Any) -> RuntimeOptions:
+        """Test options in this harness's replay mode, with ``overrides``."""
+        base: dict[str, Any] = {**TEST_OPTIONS, "replay_from_scratch": self.replay_mode == "from_scratch"}
+        base.update(overrides)
+        return RuntimeOptions(**base)
+
+    async def start(self, orchestrations: Mapping[str, OrchFn] | OrchestrationRegistry,
+                    activities: Mapping[str, Callable[..., Any]] | ActivityRegistry | None = None,
+                    **overrides: Any) -> Runtime:
+        """Start a runtime with the given functions (dicts are registered by name at 1.0.0)."""
+        if not isinstance(orchestrations, OrchestrationRegistry):
+            ob = OrchestrationRegistry.builder()
+            for name, fn in orchestrations.items():
+                ob.register(name, fn)
+            orchestrations = ob.build()
+        if activities is None:
+            activities = {}
+        if not isinstance(activities, ActivityRegistry):
+            ab = ActivityRegistry.builder()
+            for name, afn in activities.items():
+                ab.register(name, afn)
+            activities = ab.build()
+        self.runtime = await (Runtime.builder().store(self.store).orchestrations(orchestrations)
+                              .activities(activities).options(self.options(**overrides)).start())
+        return self.runtime
+
+    async def stop(self) -> None:
+        """Shut the runtime down (if started)."""
+        if self.runtime is not None:
+            await self.runtime.shutdown(grace=2)
+            self.runtime = None
+
+    async def run(self, instance_id: str, name: str, input: str = "",
+                  timeout: float = 15.0) -> OrchestrationStatus[str]:
+        """Start an instance and wait for it to finish."""
+        await self.client.start_orchestration(instance_id, name, input)
+        return await self.client.wait_for_orchestration(instance_id, timedelta(seconds=timeout))
+
+
+def normalize(history: list[HistoryEvent]) -> list[tuple[Any, ...]]:
+    """History without timestamps and random values, for comparing runs."""
+    out = []
+    for e in history:
+        fields = {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name != "timestamp_ms"}
+        if isinstance(e, Event.SystemCall):
+            fields["value"] = "<value>"
+        if isinstance(e, (Event.TimerCreated, Event.TimerFired)):
+            fields["fire_at_ms"] = "<time>"
+        if "details" in fields and fields["details"] is not None:
+            fields["details"] = (fields["details"].error_type, fields["details"].message)
+        out.append((type(e).__name__, tuple(sorted(fields.items(), key=lambda kv: kv[0]))))
+    return out
