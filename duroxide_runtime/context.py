@@ -134,11 +134,11 @@ class OrchestrationContext:
             try:
                 call = self._x.schedule("activity", name=name, input=input)
                 if limit is None:
-                    return await call
+                    return str(await call)
                 idx, done = await self.select2(call, self.schedule_timer(limit))
                 if idx == 1:
                     raise ActivityTimeoutError(name, limit)
-                return done.result()
+                return str(done.result())
             except DurableTaskFailed:
                 if attempt >= retry.max_attempts:
                     raise

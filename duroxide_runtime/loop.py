@@ -100,18 +100,18 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
 
     # -- scheduling --------------------------------------------------------------
 
-    def call_soon(self, callback: Callable[..., object], *args: Any,
+    def call_soon(self, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                   context: contextvars.Context | None = None) -> asyncio.Handle:
         self._check_open()
         handle = asyncio.Handle(callback, args, self, context=context)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any,
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                    context: contextvars.Context | None = None) -> asyncio.TimerHandle:
         return self.call_at(self.time() + delay, callback, *args, context=context)
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                 context: contextvars.Context | None = None) -> asyncio.TimerHandle:
         self._check_open()
         handle = _DurableTimerHandle(when, callback, args, self, context)

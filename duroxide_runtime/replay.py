@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from .context import ContinueAsNewSignal, DurableFuture, OrchestrationContext
 from .errors import (
@@ -126,7 +126,8 @@ class Execution:
         self.name = name
         self.version = version
         self.options = options
-        self.loop = OrchestrationLoop(self)
+        # The I/O methods are generated in loop.py (they all raise), which mypy cannot see.
+        self.loop = OrchestrationLoop(self)  # type: ignore[abstract]
         self.ctx = OrchestrationContext(self)
         self.history: list[HistoryEvent] = []
         self.replaying = False
@@ -293,7 +294,7 @@ class Execution:
             if isinstance(event, Event.SubOrchestrationScheduled):
                 spec["instance_id"] = event.instance_id
         elif self._unapplied_prior:
-            return self._abort(NonDeterminismError(
+            self._abort(NonDeterminismError(
                 f"replay of {self.instance_id!r}: the code schedules {_describe_spec(kind, spec)} "
                 "where history has no such call"))
         else:
@@ -373,11 +374,12 @@ class Execution:
             cls = Event.SubOrchestrationScheduled if kind == "sub" else Event.OrchestrationChained
             self._record(cls(event_id=event_id, timestamp_ms=ts, name=spec["name"], version=spec["version"],
                              instance_id=child, input=spec["input"]))
-            parent = ({"parent_instance_id": x.instance_id, "parent_execution_id": x.execution_id,
-                       "parent_event_id": event_id} if kind == "sub" else {})
-            self._out.messages.append((StartOrchestration(instance_id=child, name=spec["name"],
-                                                          version=spec["version"], input=spec["input"],
-                                                          **parent), None))
+            is_sub = kind == "sub"
+            self._out.messages.append((StartOrchestration(
+                instance_id=child, name=spec["name"], version=spec["version"], input=spec["input"],
+                parent_instance_id=x.instance_id if is_sub else None,
+                parent_execution_id=x.execution_id if is_sub else None,
+                parent_event_id=event_id if is_sub else None), None))
         elif kind == "wait":
             self._record(Event.EventSubscribed(event_id=event_id, timestamp_ms=ts, name=spec["name"]))
         elif kind == "system":
@@ -401,7 +403,7 @@ class Execution:
                 f"replay of {self.instance_id!r}: expected {_describe(event)} (event {event.event_id}) "
                 f"from history, but the code scheduled {_describe_spec(kind, spec)}"))
 
-    def _abort(self, error: DuroxideError) -> Any:
+    def _abort(self, error: DuroxideError) -> NoReturn:
         self._fail_fatal(error)
         raise _ReplayAborted()
 

@@ -14,8 +14,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .client import Client
 from .dispatch.activities import ActivityWorker
@@ -89,10 +90,10 @@ class RuntimeBuilder:
         return rt
 
     @staticmethod
-    def _require_discovery(sources: list[Callable[[], object]], what: str) -> None:
+    def _require_discovery(sources: Sequence[Callable[[], object]], what: str) -> None:
         if not sources:
             try:
-                import duroxide_macros  # noqa: F401 - importing registers the discovery hooks
+                importlib.import_module("duroxide_macros")  # importing it registers the discovery hooks
             except ImportError as exc:
                 raise ConfigurationError(f"{what}() needs the duroxide_macros package",
                                          fix="install duroxide with its macros, or register functions manually") from exc

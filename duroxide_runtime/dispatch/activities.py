@@ -14,6 +14,7 @@ import contextvars
 import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from ..activity import ActivityContext, _current
 from ..errors import ErrorDetails, PayloadError, UnknownActivityError
@@ -110,13 +111,14 @@ class ActivityWorker:
             renew.cancel()
         self._results.put_nowait(WorkCompletion(lease.lock_token, outcome))
 
-    async def _invoke(self, fn: object, data: str, actx: ActivityContext) -> object:
+    async def _invoke(self, fn: Any, data: str, actx: ActivityContext) -> object:
         token = _current.set(actx)
         try:
             if inspect.iscoroutinefunction(fn):
-                return await fn(data)  # type: ignore[operator]
+                return await fn(data)
             ctx = contextvars.copy_context()
-            result = await asyncio.get_running_loop().run_in_executor(self._threads, ctx.run, fn, data)
+            result: object = await asyncio.get_running_loop().run_in_executor(
+                self._threads, lambda: ctx.run(fn, data))
             if inspect.isawaitable(result):
                 result = await result
             return result

@@ -107,7 +107,8 @@ class OrchestrationDispatcher:
                 await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
 
     async def _process(self, items: Sequence[OrchestrationItem]) -> None:
-        wanted = [(i.instance_id, i.instance.execution_id) for i in items if self._needs_history(i)]
+        wanted = [(i.instance_id, i.instance.execution_id) for i in items
+                  if i.instance is not None and self._needs_history(i)]
         histories = await self.store.read_histories(wanted) if wanted else {}
         now = now_ms()
         commits: list[TurnCommit] = []
@@ -149,7 +150,7 @@ class OrchestrationDispatcher:
 
     def _backoff(self, item: OrchestrationItem) -> float:
         o = self.options
-        return min(o.unknown_name_max_backoff, o.unknown_name_backoff * 2 ** max(0, item.dequeue_count - 1))
+        return float(min(o.unknown_name_max_backoff, o.unknown_name_backoff * 2 ** max(0, item.dequeue_count - 1)))
 
     def _forget(self, instance_id: str) -> None:
         ex = self._executions.pop(instance_id, None)

@@ -223,7 +223,7 @@ class InMemoryProvider(Provider):
 
     async def fetch_work_items(self, max_items: int, lock_timeout: float) -> list[WorkLease]:
         now = now_ms()
-        leases = []
+        leases: list[WorkLease] = []
         for w in self._work.values():
             if len(leases) >= max_items:
                 break

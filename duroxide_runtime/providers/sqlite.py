@@ -180,7 +180,7 @@ class SqliteProvider(Provider):
         deadline = time.monotonic() + 120
         while True:
             try:
-                return await db._execute(_in_thread, fn, db)  # type: ignore[no-any-return]
+                return await db._execute(_in_thread, fn, db)  # type: ignore[no-any-return, no-untyped-call]
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     raise StoreError(f"SQLite error on {self.path!r}: {exc}",
