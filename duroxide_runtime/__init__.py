@@ -53,6 +53,7 @@ from .history import Event, HistoryEvent
 from .options import RetryPolicy, RuntimeOptions
 from .providers.base import Provider
 from .providers.memory import InMemoryProvider
+from .providers.postgres import PostgresProvider
 from .providers.sqlite import SqliteProvider
 from .registry import ActivityRegistry, OrchestrationRegistry, VersionPolicy
 from .runtime import Runtime, RuntimeBuilder
@@ -65,7 +66,7 @@ __all__ = [
     "InstanceStillRunningError", "LockLostError", "NonDeterminismError", "NonDeterministicOperationError",
     "PayloadError", "PayloadTooLargeError", "PoisonMessageError", "StoreError", "SubOrchestrationFailed",
     "UnknownActivityError", "UnknownOrchestrationError", "Event", "HistoryEvent", "RetryPolicy",
-    "RuntimeOptions", "Provider", "InMemoryProvider", "SqliteProvider", "ActivityRegistry",
+    "RuntimeOptions", "Provider", "InMemoryProvider", "SqliteProvider", "PostgresProvider", "ActivityRegistry",
     "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "OrchestrationStatus",
 ]
 

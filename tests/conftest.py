@@ -9,7 +9,7 @@ import pytest
 
 from duroxide_runtime import Provider
 
-from .support import PROVIDERS, REPLAY_MODES, Harness, make_store
+from .support import PROVIDERS, REPLAY_MODES, Harness, drop_store, make_store
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -17,7 +17,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     """A fresh store of each provider kind."""
     s = await make_store(request.param, tmp_path)
     yield s
-    await s.close()
+    await drop_store(s)
 
 
 @pytest.fixture(params=REPLAY_MODES)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +25,8 @@ from duroxide_runtime import (
 )
 
 PROVIDERS = ["memory", "sqlite"]
+#: The PostgreSQL server tests use; CI fails (never skips) when it is unreachable.
+PG_URL = os.environ.get("DUROXIDE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPLAY_MODES = ["cached", "from_scratch"]
 
 #: Fast settings for tests: short poison back-off, short waits.
@@ -35,7 +39,20 @@ async def make_store(kind: str, tmp_path: Path) -> Provider:
         return InMemoryProvider()
     if kind == "sqlite":
         return await SqliteProvider.new(f"sqlite://{tmp_path / 'test.db'}")
+    if kind == "postgres":
+        from duroxide_runtime.providers.postgres import PostgresProvider
+
+        # Each test in its own schema, dropped by drop_store().
+        return await PostgresProvider.new(PG_URL, schema=f"t_{uuid.uuid4().hex[:16]}")
     raise ValueError(kind)
+
+
+async def drop_store(store: Provider) -> None:
+    """Close a store made by make_store, deleting a PostgreSQL test schema."""
+    drop = getattr(store, "drop_schema", None)
+    if drop is not None:
+        await drop()
+    await store.close()
 
 
 OrchFn = Callable[..., Awaitable[str]]

@@ -1,0 +1,592 @@
+"""``PostgresProvider``: one PostgreSQL database shared by many runtime processes on many machines.
+
+* Work distribution: fetches lock queue rows with ``FOR UPDATE SKIP LOCKED``
+  (concurrent fetchers pass each other by) and claim instances with a lease
+  row (``instance_locks``) that expires, so a killed process's work is taken
+  over after its lease runs out. Lease times use the database clock, so
+  machines with skewed clocks still agree.
+* Wake-ups: commits ``NOTIFY`` on three channels (orchestrator work, activity
+  work, finished instances); one listening connection per provider turns them
+  into in-process wake-ups. Waits stay bounded, so a lost notification costs
+  at most one poll interval.
+* Connection loss: every operation runs in a transaction that is retried on
+  a fresh connection when the old one dropped (``pg_terminate_backend``, a
+  failover, a restart); the listener reconnects by itself.
+* Schema: versioned migrations applied under an advisory lock, so several
+  processes may start at once.
+
+Example::
+
+    store = await PostgresProvider.new("postgresql://postgres@127.0.0.1/app", schema="orders")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+
+from ..errors import (
+    ConfigurationError, CorruptHistoryError, ErrorDetails, InstanceAlreadyExistsError, InstanceStillRunningError,
+    StoreError,
+)
+from ..history import HistoryEvent, decode_event, encode_event
+from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
+from .base import (
+    TERMINAL, FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
+    WorkCompletion, WorkLease, child_rejection,
+)
+
+__all__ = ["PostgresProvider"]
+
+_log = logging.getLogger("duroxide.postgres")
+_T = TypeVar("_T")
+#: asyncpg connections (and pool proxies) are untyped; one alias says so in one place.
+_Conn = Any
+
+#: Errors after which the operation is retried on a new connection.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+_MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE IF NOT EXISTS {s}.instances (
+    instance_id text PRIMARY KEY, name text NOT NULL, version text, execution_id bigint NOT NULL,
+    status text NOT NULL, output text, error bytea, custom_status text,
+    created_at bigint NOT NULL, updated_at bigint NOT NULL, parent_instance_id text);
+CREATE INDEX IF NOT EXISTS ix_instances_parent ON {s}.instances(parent_instance_id);
+CREATE INDEX IF NOT EXISTS ix_instances_created ON {s}.instances(created_at);
+CREATE TABLE IF NOT EXISTS {s}.history (
+    instance_id text NOT NULL, execution_id bigint NOT NULL, event_id bigint NOT NULL, event bytea NOT NULL,
+    PRIMARY KEY (instance_id, execution_id, event_id));
+CREATE TABLE IF NOT EXISTS {s}.orchestrator_queue (
+    id bigserial PRIMARY KEY, instance_id text NOT NULL, message bytea NOT NULL,
+    visible_at bigint NOT NULL, dequeue_count integer NOT NULL DEFAULT 0, lock_token text);
+CREATE INDEX IF NOT EXISTS ix_oq_visible ON {s}.orchestrator_queue(visible_at);
+CREATE INDEX IF NOT EXISTS ix_oq_instance ON {s}.orchestrator_queue(instance_id);
+CREATE TABLE IF NOT EXISTS {s}.instance_locks (
+    instance_id text PRIMARY KEY, lock_token text NOT NULL, locked_until bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.worker_queue (
+    id bigserial PRIMARY KEY, instance_id text NOT NULL, execution_id bigint NOT NULL, event_id bigint NOT NULL,
+    message bytea NOT NULL, visible_at bigint NOT NULL, lock_token text, locked_until bigint NOT NULL DEFAULT 0,
+    dequeue_count integer NOT NULL DEFAULT 0, cancelled boolean NOT NULL DEFAULT false);
+CREATE INDEX IF NOT EXISTS ix_wq_visible ON {s}.worker_queue(visible_at);
+CREATE INDEX IF NOT EXISTS ix_wq_call ON {s}.worker_queue(instance_id, execution_id, event_id);
+CREATE INDEX IF NOT EXISTS ix_wq_token ON {s}.worker_queue(lock_token);
+CREATE OR REPLACE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql VOLATILE
+    AS 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint';
+"""),
+]
+
+_INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
+                  "created_at, updated_at, parent_instance_id")
+
+
+def _record(row: asyncpg.Record) -> InstanceRecord:
+    error = ErrorDetails(**orjson.loads(row["error"])) if row["error"] else None
+    return InstanceRecord(row["instance_id"], row["name"], row["version"], row["execution_id"], row["status"],
+                          row["output"], error, row["custom_status"], row["created_at"], row["updated_at"],
+                          row["parent_instance_id"])
+
+
+class PostgresProvider(Provider):
+    """A durable store in PostgreSQL, safe for many processes on many machines."""
+
+    def __init__(self, url: str, schema: str, pool_size: int) -> None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+            raise ConfigurationError(f"schema name {schema!r} is not a plain lower-case SQL identifier",
+                                     fix="use letters, digits and underscores, e.g. schema='duroxide'")
+        self.url = url
+        self.schema = schema
+        self.signals = WakeSignals()
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._closed = False
+        s = schema
+        self._channels = {f"{s}_orch": self.signals.notify_orchestrator, f"{s}_work": self.signals.notify_worker}
+        self._done_channel = f"{s}_done"
+
+    @classmethod
+    async def new(cls, url: str, *, schema: str = "duroxide", pool_size: int = 10) -> PostgresProvider:
+        """Connect, migrate the schema (safe when several processes start at once) and listen for wake-ups."""
+        provider = cls(url, schema, pool_size)
+        try:
+            provider._pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size,
+                                                       command_timeout=60)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}",
+                             fix="check that the server runs and the URL (host, port, user, database) is right; "
+                                 "for tests set DUROXIDE_PG_URL") from exc
+        await provider._migrate()
+        provider._listener = asyncio.create_task(provider._listen(), name="duroxide-pg-listener")
+        return provider
+
+    async def _migrate(self) -> None:
+        s = self.schema
+        key = zlib.crc32(f"duroxide:{s}".encode())
+
+        async def op(conn: _Conn) -> None:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations "
+                               "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            current = await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {s}.schema_migrations")
+            newest = _MIGRATIONS[-1][0]
+            if current > newest:
+                raise ConfigurationError(
+                    f"schema {s!r} is at migration {current}, newer than this duroxide ({newest})",
+                    fix="upgrade duroxide on this node before it joins the cluster")
+            for version, sql in _MIGRATIONS:
+                if version > current:
+                    await conn.execute(sql.format(s=s))
+                    await conn.execute(f"INSERT INTO {s}.schema_migrations(version) VALUES ($1)", version)
+
+        await self._tx(op)
+
+    async def _tx(self, fn: Callable[[_Conn], Awaitable[_T]]) -> _T:
+        """Run ``fn`` in a transaction; retry on a new connection if the connection was lost."""
+        if self._pool is None:
+            raise StoreError("PostgresProvider is closed", fix="create a new one with PostgresProvider.new(url)")
+        delay = 0.01
+        for attempt in range(30):
+            try:
+                async with self._pool.acquire() as conn:
+                    async with conn.transaction():
+                        return await fn(conn)
+            except _TRANSIENT as exc:
+                if self._closed:
+                    raise StoreError("PostgresProvider is closed", fix="create a new one") from exc
+                _log.warning("PostgreSQL connection trouble (%s: %s); retrying (attempt %d)",
+                             type(exc).__name__, exc, attempt + 1)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+        raise StoreError("PostgreSQL stayed unreachable for about 30 s",
+                         fix="check the database server and the network; the runtime keeps retrying")
+
+    async def _listen(self) -> None:
+        """Keep one LISTEN connection alive; reconnect when it drops."""
+        delay = 0.05
+        while not self._closed:
+            conn: _Conn = None
+            try:
+                conn = await asyncpg.connect(self.url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                for channel, notify in self._channels.items():
+                    await conn.add_listener(channel, lambda *_a, _n=notify: _n())
+                await conn.add_listener(self._done_channel,
+                                        lambda _c, _p, _ch, payload: self.signals.notify_instance(payload))
+                delay = 0.05
+                # A notification may have been missed while we were away: wake everyone once.
+                self.signals.notify_orchestrator()
+                self.signals.notify_worker()
+                await lost.wait()
+            except asyncio.CancelledError:
+                break
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any error
+                _log.debug("LISTEN connection failed (%s); reconnecting", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    try:
+                        await asyncio.wait_for(conn.close(), 2)
+                    except Exception:  # noqa: BLE001
+                        conn.terminate()
+            if not self._closed:
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            self._listener = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    # -- client side -------------------------------------------------------------
+
+    async def create_instance(self, start: StartOrchestration) -> None:
+        s = self.schema
+
+        async def op(conn: _Conn) -> bool:
+            inserted = await conn.fetchval(
+                f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, updated_at,"
+                f" parent_instance_id) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5)"
+                " ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
+                start.instance_id, start.name, start.version, start.execution_id, start.parent_instance_id)
+            if not inserted:
+                return False
+            await self._enqueue(conn, [(start, None)])
+            return True
+
+        if not await self._tx(op):
+            raise InstanceAlreadyExistsError(start.instance_id)
+        self.signals.notify_orchestrator()
+
+    async def send(self, message: OrchestratorMessage) -> InstanceRecord | None:
+        s = self.schema
+
+        async def op(conn: _Conn) -> InstanceRecord | None:
+            row = await conn.fetchrow(f"SELECT {_INSTANCE_COLS} FROM {s}.instances WHERE instance_id=$1 FOR SHARE",
+                                      message.instance_id)
+            record = _record(row) if row else None
+            if record is not None and record.status not in TERMINAL:
+                await self._enqueue(conn, [(message, None)])
+            return record
+
+        record = await self._tx(op)
+        self.signals.notify_orchestrator()
+        return record
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        row = await self._tx(lambda conn: conn.fetchrow(
+            f"SELECT {_INSTANCE_COLS} FROM {self.schema}.instances WHERE instance_id=$1", instance_id))
+        return _record(row) if row else None
+
+    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[HistoryEvent]:
+        s = self.schema
+
+        async def op(conn: _Conn) -> list[HistoryEvent]:
+            exec_id = execution_id
+            if exec_id is None:
+                exec_id = await conn.fetchval(f"SELECT execution_id FROM {s}.instances WHERE instance_id=$1",
+                                              instance_id)
+                if exec_id is None:
+                    return []
+            return await self._load_history(conn, instance_id, exec_id)
+
+        return await self._tx(op)
+
+    async def list_executions(self, instance_id: str) -> list[int]:
+        rows = await self._tx(lambda conn: conn.fetch(
+            f"SELECT DISTINCT execution_id FROM {self.schema}.history WHERE instance_id=$1 ORDER BY execution_id",
+            instance_id))
+        return [r[0] for r in rows]
+
+    async def list_instances(self, *, status: str | None = None, name: str | None = None,
+                             limit: int = 1000) -> list[InstanceRecord]:
+        rows = await self._tx(lambda conn: conn.fetch(
+            f"SELECT {_INSTANCE_COLS} FROM {self.schema}.instances WHERE ($1::text IS NULL OR status=$1) "
+            "AND ($2::text IS NULL OR name=$2) ORDER BY created_at DESC, instance_id DESC LIMIT $3",
+            status, name, limit))
+        return [_record(r) for r in rows]
+
+    async def purge_instance(self, instance_id: str, *, force: bool = False) -> list[str]:
+        s = self.schema
+
+        async def op(conn: _Conn) -> list[str] | None:
+            status = await conn.fetchval(f"SELECT status FROM {s}.instances WHERE instance_id=$1 FOR UPDATE",
+                                         instance_id)
+            if status is None:
+                return []
+            if status not in TERMINAL and not force:
+                return None
+            rows = await conn.fetch(
+                f"WITH RECURSIVE tree(id) AS (SELECT $1::text UNION SELECT i.instance_id FROM {s}.instances i "
+                "JOIN tree t ON i.parent_instance_id = t.id) SELECT id FROM tree", instance_id)
+            doomed = [r[0] for r in rows]
+            for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue"):
+                await conn.execute(f"DELETE FROM {s}.{table} WHERE instance_id = ANY($1::text[])", doomed)
+            for iid in doomed:
+                await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, iid)
+            return doomed
+
+        doomed = await self._tx(op)
+        if doomed is None:
+            raise InstanceStillRunningError(instance_id)
+        return doomed
+
+    # -- orchestration dispatcher --------------------------------------------------
+
+    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
+        s = self.schema
+        lock_ms = int(lock_timeout * 1000)
+
+        async def op(conn: _Conn) -> FetchResult:
+            now = await conn.fetchval(f"SELECT {s}.now_ms()")
+            # Lock visible messages of unleased instances; concurrent fetchers skip them.
+            rows = await conn.fetch(
+                f"SELECT q.instance_id FROM {s}.orchestrator_queue q WHERE q.visible_at <= $1 AND NOT EXISTS "
+                f"(SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > $1) "
+                "ORDER BY q.id LIMIT $2 FOR UPDATE OF q SKIP LOCKED", now, max_items * 8)
+            wanted: list[str] = []
+            for r in rows:
+                if r[0] not in wanted:
+                    wanted.append(r[0])
+                    if len(wanted) == max_items:
+                        break
+            if not wanted:
+                due = await conn.fetchval(f"SELECT MIN(visible_at) FROM {s}.orchestrator_queue WHERE visible_at > $1",
+                                          now)
+                return FetchResult([], None if due is None else due + (_local_ms() - now))
+            tokens = [uuid.uuid4().hex for _ in wanted]
+            claimed = await conn.fetch(
+                f"INSERT INTO {s}.instance_locks AS l(instance_id, lock_token, locked_until) "
+                "SELECT c.i, c.t, $3::bigint FROM unnest($1::text[], $2::text[]) AS c(i, t) "
+                "ON CONFLICT (instance_id) DO UPDATE SET lock_token = EXCLUDED.lock_token, "
+                "locked_until = EXCLUDED.locked_until WHERE l.locked_until <= $4 RETURNING instance_id, lock_token",
+                wanted, tokens, now + lock_ms, now)
+            if not claimed:
+                return FetchResult([])
+            ids = [r[0] for r in claimed]
+            toks = [r[1] for r in claimed]
+            msg_rows = await conn.fetch(
+                f"UPDATE {s}.orchestrator_queue q SET lock_token = c.t, dequeue_count = q.dequeue_count + 1 "
+                "FROM unnest($1::text[], $2::text[]) AS c(i, t) WHERE q.instance_id = c.i AND q.visible_at <= $3 "
+                "RETURNING q.id, q.instance_id, q.message, q.dequeue_count", ids, toks, now)
+            inst_rows = await conn.fetch(
+                f"SELECT {_INSTANCE_COLS}, (SELECT COALESCE(MAX(h.event_id), 0) FROM {s}.history h "
+                "WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id) AS hlen "
+                f"FROM {s}.instances i WHERE instance_id = ANY($1::text[])", ids)
+            by_instance: dict[str, list[asyncpg.Record]] = {}
+            for m in sorted(msg_rows, key=lambda m: m["id"]):
+                by_instance.setdefault(m["instance_id"], []).append(m)
+            records = {r["instance_id"]: r for r in inst_rows}
+            items = []
+            for iid, token in zip(ids, toks):
+                messages, dequeues = [], 0
+                for m in by_instance.get(iid, []):
+                    dequeues = max(dequeues, m["dequeue_count"])
+                    try:
+                        messages.append(QueuedMessage(m["id"], decode_message(m["message"])))
+                    except ValueError:
+                        _log.error("instance %r: dropping unreadable queue message %s", iid, m["id"])
+                        await conn.execute(f"DELETE FROM {s}.orchestrator_queue WHERE id=$1", m["id"])
+                row = records.get(iid)
+                items.append(OrchestrationItem(iid, token, messages, _record(row) if row else None,
+                                               row["hlen"] if row else 0, dequeues))
+            return FetchResult(items)
+
+        return await self._tx(op)
+
+    async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:
+        s = self.schema
+
+        async def op(conn: _Conn) -> dict[str, list[HistoryEvent] | Exception]:
+            rows = await conn.fetch(
+                f"SELECT h.instance_id, h.event FROM {s}.history h JOIN unnest($1::text[], $2::bigint[]) AS k(i, e) "
+                "ON h.instance_id = k.i AND h.execution_id = k.e ORDER BY h.instance_id, h.event_id",
+                [k[0] for k in keys], [k[1] for k in keys])
+            out: dict[str, list[HistoryEvent] | Exception] = {k[0]: [] for k in keys}
+            for r in rows:
+                iid = r["instance_id"]
+                events = out[iid]
+                if isinstance(events, Exception):
+                    continue
+                try:
+                    events.append(decode_event(r["event"], instance_id=iid))
+                except CorruptHistoryError as exc:
+                    out[iid] = exc
+            return out
+
+        return await self._tx(op)
+
+    async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
+        async def op(conn: _Conn) -> list[bool]:
+            results = []
+            for c in commits:
+                held = await conn.fetchval(
+                    f"SELECT lock_token FROM {self.schema}.instance_locks WHERE instance_id=$1 FOR UPDATE",
+                    c.instance_id)
+                if held != c.lock_token:
+                    results.append(False)
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint: one bad turn must not sink the batch
+                        await self._apply_commit(conn, c)
+                    results.append(True)
+                except _TRANSIENT:
+                    raise
+                except asyncpg.PostgresError:
+                    _log.exception("instance %r: commit failed; the turn will be redone", c.instance_id)
+                    results.append(False)
+            return results
+
+        results = await self._tx(op)
+        # NOTIFY reaches other processes; this process need not wait for the round trip.
+        self.signals.notify_orchestrator()
+        if any(c.activities for c in commits):
+            self.signals.notify_worker()
+        for c, ok in zip(commits, results):
+            if ok and c.update is not None and c.update.status in TERMINAL:
+                self.signals.notify_instance(c.instance_id)
+        return results
+
+    async def _apply_commit(self, conn: _Conn, c: TurnCommit) -> None:
+        s = self.schema
+        if c.consumed:
+            await conn.execute(f"DELETE FROM {s}.orchestrator_queue WHERE id = ANY($1::bigint[])", c.consumed)
+        if c.new_events:
+            await conn.executemany(
+                f"INSERT INTO {s}.history(instance_id, execution_id, event_id, event) VALUES ($1,$2,$3,$4)",
+                [(c.instance_id, c.execution_id, e.event_id, encode_event(e)) for e in c.new_events])
+        if c.activities:
+            await conn.executemany(
+                f"INSERT INTO {s}.worker_queue(instance_id, execution_id, event_id, message, visible_at) "
+                "VALUES ($1,$2,$3,$4,0)",
+                [(w.instance_id, w.execution_id, w.event_id, encode_message(w)) for w in c.activities])
+            await conn.execute("SELECT pg_notify($1, '')", f"{s}_work")
+        if c.cancelled_activities:
+            args = (c.instance_id, c.execution_id, c.cancelled_activities)
+            await conn.execute(f"DELETE FROM {s}.worker_queue WHERE instance_id=$1 AND execution_id=$2 "
+                               "AND event_id = ANY($3::bigint[]) AND lock_token IS NULL", *args)
+            await conn.execute(f"UPDATE {s}.worker_queue SET cancelled=true WHERE instance_id=$1 AND execution_id=$2 "
+                               "AND event_id = ANY($3::bigint[])", *args)
+        outgoing: list[tuple[OrchestratorMessage, int | None]] = []
+        for msg, visible_at in c.messages:
+            if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
+                created = await conn.fetchval(
+                    f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, "
+                    f"updated_at, parent_instance_id) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5) "
+                    "ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
+                    msg.instance_id, msg.name, msg.version, msg.execution_id, msg.parent_instance_id)
+                if not created:
+                    answer = child_rejection(msg)
+                    if answer is not None:
+                        outgoing.append((answer, None))
+                    continue
+            outgoing.append((msg, visible_at))
+        await self._enqueue(conn, outgoing)
+        u = c.update
+        if u is not None:
+            error = orjson.dumps(u.error) if u.error is not None else None
+            await conn.execute(
+                f"UPDATE {s}.instances SET name=$2, version=$3, execution_id=$4, status=$5, output=$6, error=$7, "
+                f"custom_status = CASE WHEN $8 THEN $9 ELSE custom_status END, updated_at={s}.now_ms() "
+                "WHERE instance_id=$1",
+                c.instance_id, u.name, u.version, u.execution_id, u.status, u.output, error,
+                u.custom_status_changed, u.custom_status)
+            if u.status in TERMINAL:
+                await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, c.instance_id)
+        await conn.execute(f"DELETE FROM {s}.instance_locks WHERE instance_id=$1", c.instance_id)
+
+    async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
+        s = self.schema
+
+        async def op(conn: _Conn) -> None:
+            held = await conn.fetchval(f"SELECT lock_token FROM {s}.instance_locks WHERE instance_id=$1 FOR UPDATE",
+                                       instance_id)
+            if held != lock_token:
+                return
+            await conn.execute(
+                f"UPDATE {s}.orchestrator_queue SET lock_token=NULL, "
+                f"visible_at = GREATEST(visible_at, {s}.now_ms() + $2) WHERE lock_token=$1",
+                lock_token, int(delay * 1000))
+            await conn.execute(f"DELETE FROM {s}.instance_locks WHERE instance_id=$1", instance_id)
+            await conn.execute("SELECT pg_notify($1, '')", f"{s}_orch")
+
+        await self._tx(op)
+
+    # -- activity workers ----------------------------------------------------------
+
+    async def fetch_work_items(self, max_items: int, lock_timeout: float) -> list[WorkLease]:
+        s = self.schema
+
+        async def op(conn: _Conn) -> list[WorkLease]:
+            rows = await conn.fetch(
+                f"UPDATE {s}.worker_queue w SET lock_token = md5(random()::text || w.id::text), "
+                f"locked_until = {s}.now_ms() + $2, dequeue_count = w.dequeue_count + 1 "
+                f"WHERE w.id IN (SELECT id FROM {s}.worker_queue WHERE visible_at <= {s}.now_ms() "
+                f"AND (lock_token IS NULL OR locked_until <= {s}.now_ms()) AND NOT cancelled "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING w.id, w.lock_token, w.message, w.dequeue_count",
+                max_items, int(lock_timeout * 1000))
+            leases = []
+            for r in sorted(rows, key=lambda r: r["id"]):
+                try:
+                    leases.append(WorkLease(r["lock_token"], decode_message(r["message"]), r["dequeue_count"]))
+                except ValueError:
+                    _log.error("dropping unreadable activity message %s", r["id"])
+                    await conn.execute(f"DELETE FROM {s}.worker_queue WHERE id=$1", r["id"])
+            return leases
+
+        return await self._tx(op)
+
+    async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
+        s = self.schema
+
+        async def op(conn: _Conn) -> None:
+            await conn.execute(f"DELETE FROM {s}.worker_queue WHERE lock_token = ANY($1::text[])",
+                               [d.lock_token for d in completions])
+            targets = list({d.result.instance_id for d in completions})
+            live = {r[0] for r in await conn.fetch(
+                f"SELECT instance_id FROM {s}.instances WHERE instance_id = ANY($1::text[]) "
+                "AND status NOT IN ('Completed', 'Failed')", targets)}
+            await self._enqueue(conn, [(d.result, None) for d in completions if d.result.instance_id in live])
+
+        await self._tx(op)
+        self.signals.notify_orchestrator()
+
+    async def abandon_work_item(self, lock_token: str, delay: float) -> None:
+        s = self.schema
+
+        async def op(conn: _Conn) -> None:
+            await conn.execute(f"UPDATE {s}.worker_queue SET lock_token=NULL, locked_until=0, "
+                               f"visible_at={s}.now_ms() + $2 WHERE lock_token=$1", lock_token, int(delay * 1000))
+            await conn.execute("SELECT pg_notify($1, '')", f"{s}_work")
+
+        await self._tx(op)
+
+    async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
+        s = self.schema
+
+        async def op(conn: _Conn) -> bool:
+            renewed = await conn.fetchval(
+                f"UPDATE {s}.worker_queue w SET locked_until = {s}.now_ms() + $2 FROM {s}.instances i "
+                "WHERE w.lock_token=$1 AND NOT w.cancelled AND i.instance_id = w.instance_id "
+                "AND i.status NOT IN ('Completed', 'Failed') AND i.execution_id = w.execution_id RETURNING 1",
+                lock_token, int(lock_timeout * 1000))
+            return bool(renewed)
+
+        return await self._tx(op)
+
+    # -- helpers -------------------------------------------------------------------
+
+    async def _enqueue(self, conn: _Conn, messages: Sequence[tuple[OrchestratorMessage, int | None]]) -> None:
+        if not messages:
+            return
+        await conn.executemany(
+            f"INSERT INTO {self.schema}.orchestrator_queue(instance_id, message, visible_at) VALUES ($1,$2,$3)",
+            [(m.instance_id, encode_message(m), v or 0) for m, v in messages])
+        await conn.execute("SELECT pg_notify($1, '')", f"{self.schema}_orch")
+
+    async def _load_history(self, conn: _Conn, instance_id: str, execution_id: int) -> list[HistoryEvent]:
+        rows = await conn.fetch(f"SELECT event FROM {self.schema}.history WHERE instance_id=$1 AND execution_id=$2 "
+                                "ORDER BY event_id", instance_id, execution_id)
+        return [decode_event(r[0], instance_id=instance_id) for r in rows]
+
+    async def drop_schema(self) -> None:
+        """Delete this provider's schema and everything in it (tests and teardown)."""
+        await self._tx(lambda conn: conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
+
+
+def _local_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
