@@ -5,14 +5,17 @@ times; we print the median and [min-max]. A baseline measured in the same
 run (plain aiosqlite write transactions, one per await) puts the figures in
 proportion to what this machine's disk and thread hops allow right now.
 
-    python benchmarks/run.py            # all workloads, 5 runs each
+    python benchmarks/run.py                    # all workloads on SQLite, 5 runs each
     python benchmarks/run.py W2 --runs 3
+    python benchmarks/run.py --store postgres   # DUROXIDE_PG_URL, default the local server
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import uuid
 import statistics
 import tempfile
 import time
@@ -28,8 +31,13 @@ from duroxide_runtime import (
     OrchestrationRegistry,
     OrchestrationStatus,
     Runtime,
+    PostgresProvider,
+    Provider,
     SqliteProvider,
 )
+
+STORE = "sqlite"
+PG_URL = os.environ.get("DUROXIDE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def noop(data: str) -> str:
@@ -56,14 +64,25 @@ async def one_timer(ctx: OrchestrationContext, data: str) -> str:
     return "done"
 
 
-async def _runtime(path: Path) -> tuple[SqliteProvider, Runtime, Client]:
-    store = await SqliteProvider.new(f"sqlite://{path / 'bench.db'}")
+async def _runtime(path: Path) -> tuple[Provider, Runtime, Client]:
+    store: Provider
+    if STORE == "postgres":
+        store = await PostgresProvider.new(PG_URL, schema=f"bench_{uuid.uuid4().hex[:12]}")
+    else:
+        store = await SqliteProvider.new(f"sqlite://{path / 'bench.db'}")
     orchestrations = (OrchestrationRegistry.builder().register("One", one_activity)
                       .register("Three", three_activities).register("FanOut", fan_out)
                       .register("Timer", one_timer).build())
     rt = await (Runtime.builder().store(store).orchestrations(orchestrations)
                 .activities(ActivityRegistry.builder().register("Noop", noop).build()).start())
     return store, rt, Client(store)
+
+
+async def _close(rt: Runtime, store: Provider) -> None:
+    await rt.shutdown()
+    if isinstance(store, PostgresProvider):
+        await store.drop_schema()
+    await store.close()
 
 
 def _ok(status: OrchestrationStatus[str]) -> None:
@@ -81,8 +100,7 @@ async def w1(path: Path) -> float:
         _ok(await client.wait_for_orchestration(f"w1-{i}", 30))
         if i:  # the first one warms the caches
             times.append((time.perf_counter() - t0) * 1000)
-    await rt.shutdown()
-    await store.close()
+    await _close(rt, store)
     return statistics.median(times)
 
 
@@ -94,8 +112,7 @@ async def w2(path: Path) -> float:
     for i in range(300):
         _ok(await client.wait_for_orchestration(f"w2-{i}", 120))
     elapsed = time.perf_counter() - t0
-    await rt.shutdown()
-    await store.close()
+    await _close(rt, store)
     return 300 / elapsed
 
 
@@ -106,8 +123,7 @@ async def w3(path: Path) -> float:
     await client.start_orchestration("w3", "FanOut", "")
     _ok(await client.wait_for_orchestration("w3", 120))
     elapsed = time.perf_counter() - t0
-    await rt.shutdown()
-    await store.close()
+    await _close(rt, store)
     return elapsed
 
 
@@ -118,8 +134,7 @@ async def w4(path: Path) -> float:
     await client.start_orchestration("w4", "Timer", "")
     _ok(await client.wait_for_orchestration("w4", 30))
     elapsed = time.perf_counter() - t0
-    await rt.shutdown()
-    await store.close()
+    await _close(rt, store)
     return (elapsed - 1.0) * 1000
 
 
@@ -160,7 +175,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", default=["baseline", "W1", "W2", "W3", "W4"])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
+    global STORE
+    STORE = args.store
+    print(f"store: {STORE}")
     results: dict[str, float] = {}
     for name in args.workloads:
         values = await measure(name, args.runs)
