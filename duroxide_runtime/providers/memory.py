@@ -227,7 +227,7 @@ class InMemoryProvider(Provider):
         for w in self._work.values():
             if len(leases) >= max_items:
                 break
-            if w.visible_at > now or (w.lock_token is not None and w.locked_until > now):
+            if w.visible_at > now or w.cancelled or (w.lock_token is not None and w.locked_until > now):
                 continue
             w.lock_token = uuid.uuid4().hex
             w.locked_until = now + int(lock_timeout * 1000)

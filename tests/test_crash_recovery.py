@@ -1,0 +1,267 @@
+"""Crash recovery: SIGKILL a runtime process repeatedly, then finish on a fresh one.
+
+200 ``CrashFlow`` instances (3 sequential activities, a durable timer, a fan-out
+of 2 activities; see ``tests/crash_worker.py``) run on one SQLite file. Worker
+subprocesses are killed with SIGKILL at random moments, 4-5 times; a last
+worker then finishes everything. Checked afterwards, through the public API
+and the workers' side-effects ledger:
+
+* every instance is Completed with the output computed independently;
+* each history has event ids 1..n, one execution, every schedule completed
+  exactly once by a completion of the right kind (nothing recorded twice);
+* every activity result in history is the right one for its input;
+* every completed activity call ran at least once (the ledger), and every
+  ledger entry belongs to a call recorded in history (no phantom work).
+  Re-running an activity after a kill is allowed (at-least-once).
+
+Reproduce a run with ``DUROXIDE_CRASH_SEED=<seed>`` (printed in every failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from duroxide_runtime import Client, Event, HistoryEvent, SqliteProvider
+
+from .crash_worker import ORCHESTRATION, expected_output, make_input, step_result, branch_result
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+WORKER = Path(__file__).with_name("crash_worker.py")
+INSTANCES = 200
+READY_TIMEOUT = 60.0
+FINAL_TIMEOUT = 120.0
+
+
+class WorkerProcess:
+    """One ``crash_worker.py`` subprocess; its stderr goes to a log file."""
+
+    def __init__(self, number: int, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.number = number
+        self.proc = proc
+        self.log_path = log_path
+
+    @classmethod
+    async def spawn(cls, number: int, db: Path, ledger: Path, logs: Path) -> WorkerProcess:
+        log_path = logs / f"worker-{number}.log"
+        with open(log_path, "wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(WORKER), str(db), str(ledger),
+                stdout=asyncio.subprocess.PIPE, stderr=log, cwd=str(WORKER.parent.parent))
+        worker = cls(number, proc, log_path)
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"worker {number} not ready in {READY_TIMEOUT}s\n{worker.log_tail()}") from None
+        if not line.startswith(b"READY"):
+            await proc.wait()
+            raise AssertionError(f"worker {number} did not start (rc={proc.returncode}, "
+                                 f"stdout={line!r})\n{worker.log_tail()}")
+        return worker
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return f"--- {self.log_path.name} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
+
+    async def sigkill(self) -> int:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        return await self.proc.wait()
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode if self.proc.returncode is not None else -1
+
+
+async def _status_counts(client: Client) -> collections.Counter[str]:
+    return collections.Counter(i.status for i in await client.list_instances(limit=10 * INSTANCES))
+
+
+def _read_ledger(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _expected_activity_result(name: str, raw: str) -> str:
+    iid, n, value = raw.rsplit("|", 2)
+    fn = step_result if name == "Step" else branch_result
+    return str(fn(iid, int(n), int(value)))
+
+
+_COMPLETION_KIND = {
+    Event.ActivityCompleted: Event.ActivityScheduled,
+    Event.ActivityFailed: Event.ActivityScheduled,
+    Event.TimerFired: Event.TimerCreated,
+}
+
+
+def _history_problems(iid: str, history: list[HistoryEvent], expected: str) -> list[str]:
+    """Everything wrong with one completed instance's history (empty list: all good)."""
+    problems: list[str] = []
+    ids = [e.event_id for e in history]
+    if ids != list(range(1, len(history) + 1)):
+        problems.append(f"event ids are not 1..{len(history)}: {ids}")
+    if not history or not isinstance(history[0], Event.OrchestrationStarted):
+        problems.append("first event is not OrchestrationStarted")
+    if sum(isinstance(e, Event.OrchestrationStarted) for e in history) != 1:
+        problems.append("OrchestrationStarted recorded more than once")
+    terminal = [e for e in history if isinstance(e, (Event.OrchestrationCompleted, Event.OrchestrationFailed))]
+    if len(terminal) != 1 or terminal[0] is not history[-1]:
+        problems.append(f"expected exactly one terminal event, last: {terminal}")
+    elif not isinstance(terminal[0], Event.OrchestrationCompleted) or terminal[0].output != expected:
+        problems.append(f"terminal event {terminal[0]!r}, expected output {expected}")
+    schedules = {e.event_id: e for e in history if e.is_schedule}
+    completions: collections.Counter[int] = collections.Counter()
+    for e in history:
+        kind = _COMPLETION_KIND.get(type(e))
+        if kind is None:
+            continue
+        source = e.source_event_id  # type: ignore[attr-defined]
+        completions[source] += 1
+        if not isinstance(schedules.get(source), kind):
+            problems.append(f"event {e.event_id} ({type(e).__name__}) completes {schedules.get(source)!r}")
+        if isinstance(e, Event.ActivityFailed):
+            problems.append(f"activity failed: {e!r}")
+        if isinstance(e, Event.ActivityCompleted):
+            sched = schedules.get(source)
+            if isinstance(sched, Event.ActivityScheduled) and \
+                    e.result != _expected_activity_result(sched.name, sched.input):
+                problems.append(f"event {e.event_id}: wrong result {e.result!r} for {sched!r}")
+    for sid, sched in schedules.items():
+        if completions[sid] != 1:
+            problems.append(f"schedule event {sid} ({type(sched).__name__}) completed {completions[sid]} times")
+    kinds = collections.Counter(type(e).__name__ for e in schedules.values())
+    if kinds != {"ActivityScheduled": 5, "TimerCreated": 1}:
+        problems.append(f"unexpected schedules: {dict(kinds)}")
+    return problems
+
+
+async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
+    seed = int(os.environ.get("DUROXIDE_CRASH_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    tag = f"[seed={seed}; rerun with DUROXIDE_CRASH_SEED={seed}]"
+    db, ledger, logs = tmp_path / "crash.db", tmp_path / "ledger.jsonl", tmp_path / "logs"
+    logs.mkdir()
+    t0 = time.monotonic()
+
+    store = await SqliteProvider.new(f"sqlite://{db}")
+    client = Client(store)
+    inputs = {f"crash-{i:03d}": make_input(i, seed) for i in range(INSTANCES)}
+    ids = list(inputs)
+    half = INSTANCES // 2
+
+    async def start(batch: list[str]) -> None:
+        for iid in batch:
+            await client.start_orchestration(iid, ORCHESTRATION, inputs[iid])
+
+    workers: list[WorkerProcess] = []
+    final: WorkerProcess | None = None
+    kills: list[str] = []
+    done_at_kill: list[int] = []
+    try:
+        # Half the instances exist before any runtime; the rest are started while the first one runs.
+        await start(ids[:half])
+        n_kills = rng.randint(4, 5)
+        for k in range(n_kills):
+            worker = await WorkerProcess.spawn(k, db, ledger, logs)
+            workers.append(worker)
+            starter = asyncio.create_task(start(ids[half:])) if k == 0 else None
+            delay = rng.uniform(0.2, 1.5)
+            await asyncio.sleep(delay)
+            rc = await worker.sigkill()
+            assert rc == -signal.SIGKILL, f"{tag} worker {k} exited with {rc} before the kill\n{worker.log_tail()}"
+            if starter is not None:
+                await starter
+            counts = await _status_counts(client)
+            kills.append(f"kill {k}: {delay:.2f}s after READY, {dict(counts)}")
+            done_at_kill.append(counts.get("Completed", 0))
+        assert done_at_kill[0] < INSTANCES, f"{tag} the first kill interrupted no work: {kills}"
+
+        # A fresh runtime finishes everything.
+        final = await WorkerProcess.spawn(n_kills, db, ledger, logs)
+        t_final = time.monotonic()
+        deadline = t_final + FINAL_TIMEOUT
+        while True:
+            counts = await _status_counts(client)
+            if counts.get("Completed", 0) + counts.get("Failed", 0) >= INSTANCES or time.monotonic() > deadline:
+                break
+            assert final.proc.returncode is None, f"{tag} final worker died\n{final.log_tail()}"
+            await asyncio.sleep(0.25)
+        final_secs = time.monotonic() - t_final
+        rc = await final.stop()
+        assert rc == 0, f"{tag} final worker exited with {rc}\n{final.log_tail()}"
+    except BaseException:
+        for w in workers + ([final] if final else []):
+            if w.proc.returncode is None:
+                w.proc.kill()
+                await w.proc.wait()
+        raise
+
+    summary = f"{tag} kills: {kills}; final run {final_secs:.1f}s; total {time.monotonic() - t0:.1f}s"
+
+    # -- every instance completed with the right output -------------------------------
+    records = {i.instance_id: i for i in await client.list_instances(limit=10 * INSTANCES)}
+    assert sorted(records) == sorted(ids), f"{summary}: instances lost or invented"
+    wrong = {iid: (r.status, r.output, r.error) for iid, r in records.items()
+             if r.status != "Completed" or r.output != expected_output(iid, inputs[iid])}
+    assert not wrong, (f"{summary}: {len(wrong)} instances not Completed with the expected output, e.g. "
+                       f"{dict(list(wrong.items())[:5])}\n{final.log_tail()}")
+
+    # -- histories: nothing recorded twice, everything completed once -------------------
+    ledger_rows = _read_ledger(ledger)
+    executions: collections.Counter[tuple[str, int, int]] = collections.Counter()
+    for row in ledger_rows:
+        executions[(row["instance_id"], row["execution_id"], row["event_id"])] += 1
+    scheduled: dict[tuple[str, int, int], Event.ActivityScheduled] = {}
+    bad: dict[str, list[str]] = {}
+    for iid in ids:
+        history = await client.read_history(iid)
+        problems = _history_problems(iid, history, expected_output(iid, inputs[iid]))
+        if await client.list_executions(iid) != [1]:
+            problems.append(f"executions: {await client.list_executions(iid)}")
+        for e in history:
+            if isinstance(e, Event.ActivityScheduled):
+                scheduled[(iid, 1, e.event_id)] = e
+                if executions[(iid, 1, e.event_id)] < 1:
+                    problems.append(f"activity event {e.event_id} completed in history but never ran (ledger)")
+        if problems:
+            bad[iid] = problems + [f"history: {[type(e).__name__ + '#' + str(e.event_id) for e in history]}"]
+    assert not bad, f"{summary}: {len(bad)} bad histories, e.g. {dict(list(bad.items())[:3])}"
+
+    # -- the ledger: only calls that history records, with the right inputs and results ---
+    phantom = [row for row in ledger_rows
+               if (row["instance_id"], row["execution_id"], row["event_id"]) not in scheduled
+               or scheduled[(row["instance_id"], row["execution_id"], row["event_id"])].input != row["input"]
+               or scheduled[(row["instance_id"], row["execution_id"], row["event_id"])].name != row["activity"]
+               or row["result"] != _expected_activity_result(row["activity"], row["input"])]
+    assert not phantom, f"{summary}: ledger entries matching no scheduled call: {phantom[:5]}"
+    assert len(scheduled) == 5 * INSTANCES, summary
+
+    reruns = sum(n - 1 for n in executions.values() if n > 1)
+    redelivered = sum(1 for row in ledger_rows if row["attempt"] > 1)
+    print(f"\n{summary}; activity executions {len(ledger_rows)} for {len(scheduled)} calls "
+          f"({reruns} re-runs, {redelivered} on a redelivery)")
+    await store.close()

@@ -1,0 +1,874 @@
+"""Provider conformance: the store contract, tested directly through the ``Provider`` interface.
+
+Runs unchanged on every provider in ``support.PROVIDERS`` (no Runtime, no
+provider internals). Each test pins a behaviour the runtime relies on:
+peek-lock delivery with instance-level exclusivity, atomic turn commits,
+lock expiry and redelivery, activity leases, continue-as-new executions,
+purge rules and in-process wake-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from duroxide_runtime.errors import ErrorDetails, InstanceAlreadyExistsError, InstanceStillRunningError
+from duroxide_runtime.history import Event, HistoryEvent
+from duroxide_runtime.messages import (
+    ActivityResult, ActivityWork, CancelRequest, ExternalEvent, PoisonNotice, StartOrchestration, SubOrchestrationResult,
+    TimerFired,
+)
+from duroxide_runtime.providers.base import (
+    InstanceUpdate, OrchestrationItem, Provider, TurnCommit, WorkCompletion, now_ms,
+)
+
+#: Short lock used to provoke expiry, and a sleep comfortably longer than it.
+SHORT_LOCK = 0.05
+PAST_SHORT_LOCK = 0.15
+LONG_LOCK = 30.0
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def start_msg(iid: str, name: str = "Orch", input: str = "in", **kw: object) -> StartOrchestration:
+    return StartOrchestration(instance_id=iid, name=name, version="1.0.0", input=input, **kw)  # type: ignore[arg-type]
+
+
+def started(event_id: int = 1, name: str = "Orch", input: str = "in") -> HistoryEvent:
+    return Event.OrchestrationStarted(event_id=event_id, timestamp_ms=now_ms(), name=name, version="1.0.0",
+                                      input=input)
+
+
+def running(name: str = "Orch", execution_id: int = 1, **kw: object) -> InstanceUpdate:
+    return InstanceUpdate(name=name, version="1.0.0", execution_id=execution_id, status="Running", **kw)  # type: ignore[arg-type]
+
+
+def completed(output: str = "done", name: str = "Orch", execution_id: int = 1) -> InstanceUpdate:
+    return InstanceUpdate(name=name, version="1.0.0", execution_id=execution_id, status="Completed", output=output)
+
+
+def activity(iid: str, event_id: int, execution_id: int = 1, name: str = "Act", input: str = "x") -> ActivityWork:
+    return ActivityWork(instance_id=iid, execution_id=execution_id, event_id=event_id, name=name, input=input)
+
+
+def event_msg(iid: str, name: str = "ev", data: str = "d") -> ExternalEvent:
+    return ExternalEvent(instance_id=iid, name=name, data=data)
+
+
+def commit_for(item: OrchestrationItem, execution_id: int = 1, **kw: object) -> TurnCommit:
+    """A commit consuming every message of ``item``."""
+    return TurnCommit(instance_id=item.instance_id, lock_token=item.lock_token, execution_id=execution_id,
+                      consumed=[m.id for m in item.messages], **kw)  # type: ignore[arg-type]
+
+
+async def fetch_items(store: Provider, max_items: int = 100, lock_timeout: float = LONG_LOCK) -> dict[str, OrchestrationItem]:
+    result = await store.fetch_orchestration_items(max_items, lock_timeout)
+    by_id = {i.instance_id: i for i in result.items}
+    assert len(by_id) == len(result.items), "an instance appeared twice in one fetch"
+    return by_id
+
+
+async def fetch_one(store: Provider, iid: str, lock_timeout: float = LONG_LOCK) -> OrchestrationItem:
+    items = await fetch_items(store, lock_timeout=lock_timeout)
+    assert iid in items, f"expected an item for {iid!r}, got {sorted(items)}"
+    return items[iid]
+
+
+async def commit_one(store: Provider, commit: TurnCommit) -> None:
+    assert await store.commit_turns([commit]) == [True]
+
+
+async def begin(store: Provider, iid: str, *, activities: list[ActivityWork] | None = None,
+                name: str = "Orch") -> None:
+    """Create ``iid`` and commit its first turn (Started [+ ActivityScheduled...], status Running)."""
+    await store.create_instance(start_msg(iid, name=name))
+    item = await fetch_one(store, iid)
+    events: list[HistoryEvent] = [started(name=name)]
+    for w in activities or []:
+        events.append(Event.ActivityScheduled(event_id=w.event_id, timestamp_ms=now_ms(), name=w.name,
+                                              input=w.input))
+    await commit_one(store, commit_for(item, new_events=events, activities=list(activities or []),
+                                       update=running(name=name)))
+
+
+async def next_turn(store: Provider, iid: str, lock_timeout: float = LONG_LOCK) -> OrchestrationItem:
+    """Provoke a turn for a running instance (by raising an event) and lock it."""
+    assert await store.send(event_msg(iid, "poke")) is not None
+    return await fetch_one(store, iid, lock_timeout)
+
+
+async def finish(store: Provider, iid: str, output: str = "done") -> None:
+    item = await next_turn(store, iid)
+    eid = item.history_len + 1
+    await commit_one(store, commit_for(item, new_events=[
+        Event.OrchestrationCompleted(event_id=eid, timestamp_ms=now_ms(), output=output)],
+        update=completed(output)))
+
+
+# -- create_instance / send / get_instance ---------------------------------------------
+
+
+async def test_create_instance_makes_pending_row_and_enqueues_start(store: Provider) -> None:
+    before = now_ms()
+    start = start_msg("i1", input="hello")
+    await store.create_instance(start)
+    rec = await store.get_instance("i1")
+    assert rec is not None
+    assert (rec.instance_id, rec.name, rec.version, rec.execution_id, rec.status) == ("i1", "Orch", "1.0.0", 1,
+                                                                                        "Pending")
+    assert rec.parent_instance_id is None and rec.output is None and rec.error is None
+    assert rec.created_at_ms >= before - 1000
+    item = await fetch_one(store, "i1")
+    assert [m.message for m in item.messages] == [start]
+    assert item.instance is not None and item.instance.status == "Pending"
+    assert item.history_len == 0
+    assert item.dequeue_count == 1
+    assert await store.get_instance("missing") is None
+
+
+async def test_create_existing_instance_raises_and_leaves_original_untouched(store: Provider) -> None:
+    await store.create_instance(start_msg("i1", name="First", input="one"))
+    with pytest.raises(InstanceAlreadyExistsError):
+        await store.create_instance(start_msg("i1", name="Second", input="two"))
+    rec = await store.get_instance("i1")
+    assert rec is not None and rec.name == "First"
+    item = await fetch_one(store, "i1")
+    assert [m.message for m in item.messages] == [start_msg("i1", name="First", input="one")]
+
+    # Also once it has run to completion: the id stays taken.
+    await commit_one(store, commit_for(item, new_events=[started(name="First", input="one")],
+                                       update=completed(name="First")))
+    with pytest.raises(InstanceAlreadyExistsError):
+        await store.create_instance(start_msg("i1", name="Second"))
+    rec = await store.get_instance("i1")
+    assert rec is not None and rec.status == "Completed" and rec.name == "First"
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+
+
+async def test_send_returns_record_and_enqueues_for_live_instance(store: Provider) -> None:
+    await begin(store, "i1")
+    rec = await store.send(event_msg("i1", "a", "1"))
+    assert rec is not None and rec.instance_id == "i1" and rec.status == "Running"
+    assert rec == await store.get_instance("i1")
+    await store.send(event_msg("i1", "b", "2"))
+    await store.send(event_msg("i1", "a", "3"))
+    item = await fetch_one(store, "i1")
+    # FIFO: messages in the order they were sent.
+    assert [m.message for m in item.messages] == [event_msg("i1", "a", "1"), event_msg("i1", "b", "2"),
+                                                   event_msg("i1", "a", "3")]
+
+
+async def test_send_to_unknown_instance_returns_none_and_enqueues_nothing(store: Provider) -> None:
+    assert await store.send(event_msg("ghost")) is None
+    result = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert result.items == []
+    assert await store.get_instance("ghost") is None
+    # Creating the id later must not surface the earlier message.
+    await store.create_instance(start_msg("ghost"))
+    item = await fetch_one(store, "ghost")
+    assert [type(m.message) for m in item.messages] == [StartOrchestration]
+
+
+async def test_send_to_terminal_instance_returns_record_and_enqueues_nothing(store: Provider) -> None:
+    await begin(store, "i1")
+    await finish(store, "i1")
+    rec = await store.send(event_msg("i1"))
+    assert rec is not None and rec.status == "Completed"
+    rec = await store.send(CancelRequest(instance_id="i1", reason="late"))
+    assert rec is not None and rec.status == "Completed"
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+
+
+# -- fetch_orchestration_items ------------------------------------------------------------
+
+
+async def test_locked_instance_is_not_fetched_again_but_others_are(store: Provider) -> None:
+    await store.create_instance(start_msg("a"))
+    first = await fetch_items(store)
+    assert list(first) == ["a"]
+    await store.create_instance(start_msg("b"))
+    await store.send(event_msg("a"))  # visible, but "a" is locked
+    second = await fetch_items(store)
+    assert list(second) == ["b"]
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+
+
+async def test_messages_arriving_during_a_turn_wait_for_the_next_one(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    item = await fetch_one(store, "i1")
+    late = event_msg("i1", "late", "x")
+    await store.send(late)
+    assert [type(m.message) for m in item.messages] == [StartOrchestration]
+    await commit_one(store, commit_for(item, new_events=[started()], update=running()))
+    nxt = await fetch_one(store, "i1")
+    assert [m.message for m in nxt.messages] == [late]
+    assert nxt.dequeue_count == 1
+    assert nxt.history_len == 1
+    assert nxt.lock_token != item.lock_token
+
+
+async def test_lock_expiry_redelivers_with_new_token_and_higher_dequeue_count(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    first = await fetch_one(store, "i1", lock_timeout=SHORT_LOCK)
+    assert first.dequeue_count == 1
+    assert (await store.fetch_orchestration_items(10, SHORT_LOCK)).items == []
+    await asyncio.sleep(PAST_SHORT_LOCK)
+    second = await fetch_one(store, "i1", lock_timeout=LONG_LOCK)
+    assert second.lock_token != first.lock_token
+    assert second.dequeue_count == 2
+    assert [m.message for m in second.messages] == [m.message for m in first.messages]
+    # The old token can no longer commit; the new one can.
+    assert await store.commit_turns([commit_for(first, new_events=[started()], update=running())]) == [False]
+    await commit_one(store, commit_for(second, new_events=[started()], update=running()))
+    assert len(await store.read_history("i1")) == 1
+
+
+async def test_fetch_respects_max_items(store: Provider) -> None:
+    for iid in ("a", "b", "c"):
+        await store.create_instance(start_msg(iid))
+        await store.send(event_msg(iid))
+    first = await store.fetch_orchestration_items(2, LONG_LOCK)
+    assert len(first.items) == 2
+    # Each item carries all of its instance's visible messages.
+    assert all(len(i.messages) == 2 for i in first.items)
+    second = await store.fetch_orchestration_items(2, LONG_LOCK)
+    assert len(second.items) == 1
+    ids = {i.instance_id for i in first.items} | {i.instance_id for i in second.items}
+    assert ids == {"a", "b", "c"}
+    one = await store.fetch_orchestration_items(1, LONG_LOCK)
+    assert one.items == []
+
+
+async def test_delayed_message_is_invisible_until_due_and_next_due_is_reported(store: Provider) -> None:
+    await begin(store, "i1")
+    item = await next_turn(store, "i1")
+    fire_at = now_ms() + 300
+    timer = TimerFired(instance_id="i1", execution_id=1, event_id=3, fire_at_ms=fire_at)
+    await commit_one(store, commit_for(item, new_events=[
+        Event.EventRaised(event_id=2, timestamp_ms=now_ms(), name="poke", data="d"),
+        Event.TimerCreated(event_id=3, timestamp_ms=now_ms(), fire_at_ms=fire_at)],
+        messages=[(timer, fire_at)], update=running()))
+    early = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert early.items == []
+    assert early.next_due_ms == fire_at
+    await asyncio.sleep((fire_at - now_ms()) / 1000 + 0.05)
+    due = await fetch_one(store, "i1")
+    assert [m.message for m in due.messages] == [timer]
+    assert now_ms() >= fire_at
+
+
+async def test_next_due_is_none_when_nothing_is_pending(store: Provider) -> None:
+    result = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert result.items == [] and result.next_due_ms is None
+
+
+# -- commit_turns ----------------------------------------------------------------------------
+
+
+async def test_commit_appends_history_consumes_enqueues_and_updates(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    item = await fetch_one(store, "i1")
+    fire_at = now_ms() + 60_000
+    events = [started(), Event.ActivityScheduled(event_id=2, timestamp_ms=now_ms(), name="Act", input="x"),
+              Event.TimerCreated(event_id=3, timestamp_ms=now_ms(), fire_at_ms=fire_at)]
+    work = activity("i1", 2)
+    timer = TimerFired(instance_id="i1", execution_id=1, event_id=3, fire_at_ms=fire_at)
+    await commit_one(store, commit_for(item, new_events=events, activities=[work], messages=[(timer, fire_at)],
+                                       update=running(custom_status="step1", custom_status_changed=True)))
+    assert await store.read_history("i1") == events
+    assert await store.read_history("i1", 1) == events
+    rec = await store.get_instance("i1")
+    assert rec is not None and rec.status == "Running" and rec.custom_status == "step1"
+    assert rec.version == "1.0.0" and rec.execution_id == 1
+    leases = await store.fetch_work_items(10, LONG_LOCK)
+    assert [lease.work for lease in leases] == [work]
+    assert leases[0].dequeue_count == 1
+    # Start consumed; timer not yet due; lock released (nothing visible, nothing locked).
+    result = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert result.items == [] and result.next_due_ms == fire_at
+
+
+async def test_commit_releases_the_lock(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    item = await fetch_one(store, "i1", lock_timeout=LONG_LOCK)
+    await commit_one(store, commit_for(item, new_events=[started()], update=running()))
+    await store.send(event_msg("i1"))
+    nxt = await fetch_one(store, "i1")  # immediately, not after the 30 s lock
+    assert [type(m.message) for m in nxt.messages] == [ExternalEvent]
+
+
+async def test_commit_consumes_only_listed_messages(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    await store.send(event_msg("i1", "e1"))
+    item = await fetch_one(store, "i1")
+    assert len(item.messages) == 2
+    start_id = item.messages[0].id
+    await commit_one(store, TurnCommit(instance_id="i1", lock_token=item.lock_token, execution_id=1,
+                                       consumed=[start_id], new_events=[started()], update=running()))
+    nxt = await fetch_one(store, "i1")
+    assert [m.message for m in nxt.messages] == [event_msg("i1", "e1")]
+
+
+async def test_history_event_ids_and_history_len_across_turns(store: Provider) -> None:
+    await begin(store, "i1")
+    item = await next_turn(store, "i1")
+    assert item.history_len == 1
+    more = [Event.EventRaised(event_id=2, timestamp_ms=now_ms(), name="poke", data="d"),
+            Event.SystemCall(event_id=3, timestamp_ms=now_ms(), op="guid", value="abc")]
+    await commit_one(store, commit_for(item, new_events=more, update=running()))
+    item = await next_turn(store, "i1")
+    assert item.history_len == 3
+    history = await store.read_history("i1")
+    assert [e.event_id for e in history] == [1, 2, 3]
+    assert history[1:] == more
+    await store.abandon_orchestration_item("i1", item.lock_token, 0)
+
+
+async def test_custom_status_written_only_when_changed(store: Provider) -> None:
+    await begin(store, "i1")
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, update=running(custom_status="a", custom_status_changed=True)))
+    assert (await store.get_instance("i1")).custom_status == "a"  # type: ignore[union-attr]
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, update=running(custom_status=None, custom_status_changed=False)))
+    assert (await store.get_instance("i1")).custom_status == "a"  # type: ignore[union-attr]
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, update=running(custom_status="zzz", custom_status_changed=False)))
+    assert (await store.get_instance("i1")).custom_status == "a"  # type: ignore[union-attr]
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, update=running(custom_status=None, custom_status_changed=True)))
+    assert (await store.get_instance("i1")).custom_status is None  # type: ignore[union-attr]
+
+
+async def test_failed_update_stores_error_details(store: Provider) -> None:
+    await begin(store, "i1")
+    item = await next_turn(store, "i1")
+    details = ErrorDetails("ValueError", "boom", "Traceback ...")
+    await commit_one(store, commit_for(item, new_events=[
+        Event.OrchestrationFailed(event_id=2, timestamp_ms=now_ms(), details=details)],
+        update=InstanceUpdate(name="Orch", version="1.0.0", execution_id=1, status="Failed", error=details)))
+    rec = await store.get_instance("i1")
+    assert rec is not None and rec.status == "Failed" and rec.error == details and rec.output is None
+    last = (await store.read_history("i1"))[-1]
+    assert isinstance(last, Event.OrchestrationFailed) and last.details == details
+
+
+async def test_child_start_creates_child_row_with_parent(store: Provider) -> None:
+    await store.create_instance(start_msg("parent"))
+    item = await fetch_one(store, "parent")
+    child_start = StartOrchestration(instance_id="child", name="Child", version="2.0.0", input="ci",
+                                     parent_instance_id="parent", parent_execution_id=1, parent_event_id=2)
+    await commit_one(store, commit_for(item, new_events=[
+        started(), Event.SubOrchestrationScheduled(event_id=2, timestamp_ms=now_ms(), name="Child",
+                                                   version="2.0.0", instance_id="child", input="ci")],
+        messages=[(child_start, None)], update=running()))
+    child = await store.get_instance("child")
+    assert child is not None
+    assert (child.name, child.version, child.status, child.parent_instance_id) == ("Child", "2.0.0", "Pending",
+                                                                                   "parent")
+    citem = await fetch_one(store, "child")
+    assert [m.message for m in citem.messages] == [child_start]
+
+
+async def test_child_with_taken_id_fails_back_to_parent(store: Provider) -> None:
+    await begin(store, "taken", name="Other")
+    await store.create_instance(start_msg("parent"))
+    item = await fetch_one(store, "parent")
+    clash = StartOrchestration(instance_id="taken", name="Child", version="1.0.0", input="ci",
+                               parent_instance_id="parent", parent_execution_id=1, parent_event_id=2)
+    await commit_one(store, commit_for(item, new_events=[
+        started(), Event.SubOrchestrationScheduled(event_id=2, timestamp_ms=now_ms(), name="Child",
+                                                   version="1.0.0", instance_id="taken", input="ci")],
+        messages=[(clash, None)], update=running()))
+    # The existing instance is untouched and gets no message.
+    taken = await store.get_instance("taken")
+    assert taken is not None and taken.name == "Other" and taken.parent_instance_id is None
+    items = await fetch_items(store)
+    assert "taken" not in items
+    msgs = [m.message for m in items["parent"].messages]
+    assert len(msgs) == 1
+    answer = msgs[0]
+    assert isinstance(answer, SubOrchestrationResult)
+    assert (answer.instance_id, answer.execution_id, answer.event_id) == ("parent", 1, 2)
+    assert answer.result is None and answer.error is not None
+    assert answer.error.error_type == "InstanceAlreadyExistsError"
+
+
+async def test_stale_lock_token_commit_returns_false_and_changes_nothing(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    stale = await fetch_one(store, "i1", lock_timeout=SHORT_LOCK)
+    await asyncio.sleep(PAST_SHORT_LOCK)
+    fresh = await fetch_one(store, "i1", lock_timeout=LONG_LOCK)
+    child = StartOrchestration(instance_id="kid", name="Child", version="1.0.0", input="",
+                               parent_instance_id="i1", parent_execution_id=1, parent_event_id=3)
+    bad = commit_for(stale, new_events=[started(), Event.ActivityScheduled(event_id=2, timestamp_ms=now_ms(),
+                                                                        name="Act", input="x")],
+                     activities=[activity("i1", 2)], messages=[(child, None)],
+                     update=completed("stale"))
+    assert await store.commit_turns([bad]) == [False]
+    assert await store.read_history("i1") == []
+    assert await store.list_executions("i1") == []
+    rec = await store.get_instance("i1")
+    assert rec is not None and rec.status == "Pending" and rec.output is None
+    assert await store.get_instance("kid") is None
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    # The fresh lock still holds and still works; the start message was not consumed.
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+    await commit_one(store, commit_for(fresh, new_events=[started()], update=running()))
+    assert len(await store.read_history("i1")) == 1
+
+
+async def test_token_commits_at_most_once(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    item = await fetch_one(store, "i1")
+    c = commit_for(item, new_events=[started()], update=running())
+    await commit_one(store, c)
+    again = commit_for(item, new_events=[Event.EventRaised(event_id=2, timestamp_ms=now_ms(), name="x", data="")],
+                       update=completed())
+    assert await store.commit_turns([again]) == [False]
+    assert len(await store.read_history("i1")) == 1
+    assert (await store.get_instance("i1")).status == "Running"  # type: ignore[union-attr]
+
+
+async def test_batch_with_stale_and_valid_commit_applies_only_the_valid_one(store: Provider) -> None:
+    await store.create_instance(start_msg("a"))
+    stale_a = await fetch_one(store, "a", lock_timeout=SHORT_LOCK)
+    await asyncio.sleep(PAST_SHORT_LOCK)
+    await store.create_instance(start_msg("b"))
+    items = await fetch_items(store)
+    assert set(items) == {"a", "b"}
+    results = await store.commit_turns([
+        commit_for(stale_a, new_events=[started()], activities=[activity("a", 2)], update=running()),
+        commit_for(items["b"], new_events=[started()], activities=[activity("b", 2)], update=running()),
+    ])
+    assert results == [False, True]
+    assert await store.read_history("a") == []
+    assert (await store.get_instance("a")).status == "Pending"  # type: ignore[union-attr]
+    assert len(await store.read_history("b")) == 1
+    assert (await store.get_instance("b")).status == "Running"  # type: ignore[union-attr]
+    assert [lease.work.instance_id for lease in await store.fetch_work_items(10, LONG_LOCK)] == ["b"]
+    # "a" is still locked by its fresh token, which still commits.
+    assert await store.commit_turns([commit_for(items["a"], new_events=[started()], update=running())]) == [True]
+
+
+async def test_batch_commits_many_instances(store: Provider) -> None:
+    for iid in ("a", "b", "c"):
+        await store.create_instance(start_msg(iid))
+    items = await fetch_items(store)
+    results = await store.commit_turns([commit_for(items[i], new_events=[started()], update=running())
+                                        for i in ("a", "b", "c")])
+    assert results == [True, True, True]
+    histories = await store.read_histories([("a", 1), ("b", 1), ("c", 1), ("nobody", 1)])
+    for iid in ("a", "b", "c"):
+        assert histories[iid] == await store.read_history(iid)
+        assert len(histories[iid]) == 1  # type: ignore[arg-type]
+    assert histories.get("nobody", []) == []
+
+
+# -- abandon_orchestration_item ------------------------------------------------------------
+
+
+async def test_abandon_releases_with_delay_and_keeps_messages(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    item = await fetch_one(store, "i1")
+    # A wrong token changes nothing: the instance stays locked.
+    await store.abandon_orchestration_item("i1", "not-the-token", 0)
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+    before = now_ms()
+    await store.abandon_orchestration_item("i1", item.lock_token, 0.3)
+    hidden = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert hidden.items == []
+    assert hidden.next_due_ms is not None and before + 250 <= hidden.next_due_ms <= now_ms() + 350
+    await asyncio.sleep(0.35)
+    again = await fetch_one(store, "i1")
+    assert [m.message for m in again.messages] == [m.message for m in item.messages]
+    assert again.dequeue_count == 2
+    assert await store.commit_turns([commit_for(item, new_events=[started()])]) == [False]
+    await commit_one(store, commit_for(again, new_events=[started()], update=running()))
+
+
+async def test_abandon_without_delay_is_immediately_fetchable(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    item = await fetch_one(store, "i1")
+    await store.abandon_orchestration_item("i1", item.lock_token, 0)
+    again = await fetch_one(store, "i1")
+    assert again.lock_token != item.lock_token and again.dequeue_count == 2
+
+
+async def test_abandon_with_superseded_token_does_not_unlock_new_holder(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    stale = await fetch_one(store, "i1", lock_timeout=SHORT_LOCK)
+    await asyncio.sleep(PAST_SHORT_LOCK)
+    fresh = await fetch_one(store, "i1", lock_timeout=LONG_LOCK)
+    await store.abandon_orchestration_item("i1", stale.lock_token, 0)
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+    await commit_one(store, commit_for(fresh, new_events=[started()], update=running()))
+
+
+# -- executions / continue-as-new ------------------------------------------------------------
+
+
+async def test_continue_as_new_moves_to_next_execution_and_keeps_old_history(store: Provider) -> None:
+    await begin(store, "i1")
+    item = await next_turn(store, "i1")
+    can = Event.OrchestrationContinuedAsNew(event_id=2, timestamp_ms=now_ms(), input="next")
+    nxt_start = StartOrchestration(instance_id="i1", name="Orch", version="1.0.0", input="next", execution_id=2)
+    await commit_one(store, commit_for(item, new_events=[can], messages=[(nxt_start, None)],
+                                       update=running(execution_id=2)))
+    rec = await store.get_instance("i1")
+    assert rec is not None and rec.execution_id == 2 and rec.status == "Running"
+    old = await store.read_history("i1", 1)
+    assert [type(e).__name__ for e in old] == ["OrchestrationStarted", "OrchestrationContinuedAsNew"]
+    assert await store.read_history("i1") == []  # current execution has no events yet
+    assert await store.list_executions("i1") == [1]
+
+    item2 = await fetch_one(store, "i1")
+    assert [m.message for m in item2.messages] == [nxt_start]
+    assert item2.instance is not None and item2.instance.execution_id == 2
+    assert item2.history_len == 0
+    first2 = Event.OrchestrationStarted(event_id=1, timestamp_ms=now_ms(), name="Orch", version="1.0.0",
+                                        input="next")
+    await commit_one(store, commit_for(item2, execution_id=2, new_events=[first2], update=running(execution_id=2)))
+    assert await store.read_history("i1") == [first2]
+    assert await store.read_history("i1", 2) == [first2]
+    assert await store.read_history("i1", 1) == old
+    assert await store.list_executions("i1") == [1, 2]
+    hs = await store.read_histories([("i1", 1)])
+    assert hs["i1"] == old
+    item3 = await next_turn(store, "i1")
+    assert item3.history_len == 1
+
+
+async def test_read_history_of_unknown_instance_is_empty(store: Provider) -> None:
+    assert await store.read_history("nope") == []
+    assert await store.read_history("nope", 3) == []
+    assert await store.list_executions("nope") == []
+
+
+# -- activity work queue ---------------------------------------------------------------------
+
+
+async def test_work_lease_is_exclusive(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2), activity("i1", 3)])
+    one = await store.fetch_work_items(1, LONG_LOCK)
+    assert len(one) == 1
+    rest = await store.fetch_work_items(10, LONG_LOCK)
+    assert len(rest) == 1
+    assert {one[0].work.event_id, rest[0].work.event_id} == {2, 3}
+    assert one[0].lock_token != rest[0].lock_token
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+
+
+async def test_work_lease_expiry_redelivers_with_dequeue_count(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    first = await store.fetch_work_items(10, SHORT_LOCK)
+    assert len(first) == 1 and first[0].dequeue_count == 1
+    assert await store.fetch_work_items(10, SHORT_LOCK) == []
+    await asyncio.sleep(PAST_SHORT_LOCK)
+    second = await store.fetch_work_items(10, LONG_LOCK)
+    assert len(second) == 1
+    assert second[0].work == first[0].work
+    assert second[0].dequeue_count == 2
+    assert second[0].lock_token != first[0].lock_token
+    # The lost lease cannot be renewed; the current one can.
+    assert await store.renew_work_item(first[0].lock_token, LONG_LOCK) is False
+    assert await store.renew_work_item(second[0].lock_token, LONG_LOCK) is True
+
+
+async def test_renew_extends_the_lease(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    lease = (await store.fetch_work_items(10, 0.2))[0]
+    await asyncio.sleep(0.1)
+    assert await store.renew_work_item(lease.lock_token, 1.0) is True
+    await asyncio.sleep(0.15)  # past the original 0.2 s lease
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    assert await store.renew_work_item("unknown-token", 1.0) is False
+
+
+async def test_abandon_work_item_delay_is_honoured(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    lease = (await store.fetch_work_items(10, LONG_LOCK))[0]
+    await store.abandon_work_item(lease.lock_token, 0.3)
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    await asyncio.sleep(0.35)
+    again = await store.fetch_work_items(10, LONG_LOCK)
+    assert len(again) == 1 and again[0].work == lease.work and again[0].dequeue_count == 2
+
+
+async def test_complete_work_enqueues_result_and_removes_item(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    lease = (await store.fetch_work_items(10, SHORT_LOCK))[0]
+    result = ActivityResult(instance_id="i1", execution_id=1, event_id=2, result="42")
+    await store.complete_work_items([WorkCompletion(lease.lock_token, result)])
+    item = await fetch_one(store, "i1")
+    assert [m.message for m in item.messages] == [result]
+    await asyncio.sleep(PAST_SHORT_LOCK)  # even after the lease would have expired
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    assert await store.renew_work_item(lease.lock_token, LONG_LOCK) is False
+
+
+async def test_complete_work_batch_and_error_result(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2), activity("i1", 3)])
+    leases = sorted(await store.fetch_work_items(10, LONG_LOCK), key=lambda lease: lease.work.event_id)
+    ok = ActivityResult(instance_id="i1", execution_id=1, event_id=2, result="r")
+    bad = ActivityResult(instance_id="i1", execution_id=1, event_id=3,
+                         error=ErrorDetails("RuntimeError", "nope", "tb"))
+    await store.complete_work_items([WorkCompletion(leases[0].lock_token, ok),
+                                     WorkCompletion(leases[1].lock_token, bad)])
+    item = await fetch_one(store, "i1")
+    assert sorted((m.message for m in item.messages), key=lambda m: m.event_id) == [ok, bad]  # type: ignore[attr-defined]
+
+
+async def test_poison_notice_completion_is_enqueued(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    lease = (await store.fetch_work_items(10, LONG_LOCK))[0]
+    notice = PoisonNotice(instance_id="i1", execution_id=1, reason="delivered too often")
+    await store.complete_work_items([WorkCompletion(lease.lock_token, notice)])
+    item = await fetch_one(store, "i1")
+    assert [m.message for m in item.messages] == [notice]
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+
+
+async def test_completion_for_terminal_instance_enqueues_nothing(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    lease = (await store.fetch_work_items(10, SHORT_LOCK))[0]
+    await finish(store, "i1")
+    assert await store.renew_work_item(lease.lock_token, LONG_LOCK) is False
+    result = ActivityResult(instance_id="i1", execution_id=1, event_id=2, result="late")
+    await store.complete_work_items([WorkCompletion(lease.lock_token, result)])
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+    await asyncio.sleep(PAST_SHORT_LOCK)
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+
+
+async def test_renew_fails_after_continue_as_new(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    lease = (await store.fetch_work_items(10, LONG_LOCK))[0]
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, new_events=[
+        Event.OrchestrationContinuedAsNew(event_id=3, timestamp_ms=now_ms(), input="")],
+        messages=[(StartOrchestration(instance_id="i1", name="Orch", version="1.0.0", input="", execution_id=2),
+                   None)], update=running(execution_id=2)))
+    assert await store.renew_work_item(lease.lock_token, LONG_LOCK) is False
+
+
+async def test_cancelled_activities_delete_unleased_work(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2), activity("i1", 3)])
+    await begin(store, "other", activities=[activity("other", 2)])
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, cancelled_activities=[2], update=running()))
+    leases = await store.fetch_work_items(10, LONG_LOCK)
+    assert sorted((lease.work.instance_id, lease.work.event_id) for lease in leases) == [("i1", 3), ("other", 2)]
+
+
+async def test_cancelled_activities_only_match_the_commit_execution(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    item = await next_turn(store, "i1")
+    # Execution 2 cancels its event 2: the execution-1 work item is a different call.
+    await commit_one(store, commit_for(item, execution_id=2, cancelled_activities=[2], update=running()))
+    leases = await store.fetch_work_items(10, LONG_LOCK)
+    assert [(lease.work.execution_id, lease.work.event_id) for lease in leases] == [(1, 2)]
+
+
+async def test_cancelling_leased_activity_makes_renew_fail(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2), activity("i1", 3)])
+    leases = {lease.work.event_id: lease for lease in await store.fetch_work_items(10, LONG_LOCK)}
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, cancelled_activities=[2], update=running()))
+    assert await store.renew_work_item(leases[2].lock_token, LONG_LOCK) is False
+    assert await store.renew_work_item(leases[3].lock_token, LONG_LOCK) is True
+
+
+async def test_cancelled_leased_activity_is_not_redelivered_after_lease_expiry(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    lease = (await store.fetch_work_items(10, SHORT_LOCK))[0]
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, cancelled_activities=[2], update=running()))
+    await asyncio.sleep(PAST_SHORT_LOCK)  # the worker died without completing
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    assert lease.work.event_id == 2
+
+
+# -- purge_instance ------------------------------------------------------------------------------
+
+
+async def test_purge_running_instance_requires_force(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    with pytest.raises(InstanceStillRunningError):
+        await store.purge_instance("i1")
+    rec = await store.get_instance("i1")
+    assert rec is not None and rec.status == "Running"
+    assert len(await store.read_history("i1")) == 2
+    await store.create_instance(start_msg("pending"))
+    with pytest.raises(InstanceStillRunningError):
+        await store.purge_instance("pending")
+    assert await store.get_instance("pending") is not None
+
+
+async def test_purge_terminal_instance_removes_everything(store: Provider) -> None:
+    await begin(store, "i1")
+    await finish(store, "i1")
+    assert await store.purge_instance("i1") == ["i1"]
+    assert await store.get_instance("i1") is None
+    assert await store.read_history("i1", 1) == []
+    assert await store.list_executions("i1") == []
+    assert await store.list_instances() == []
+    assert await store.purge_instance("i1") == []
+    assert await store.purge_instance("never-existed") == []
+
+
+async def test_forced_purge_removes_queued_messages_and_work(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    await store.send(event_msg("i1"))
+    item = await next_turn(store, "i1")  # locked at purge time
+    await store.send(event_msg("i1", "queued"))
+    assert await store.purge_instance("i1", force=True) == ["i1"]
+    assert await store.get_instance("i1") is None
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    # An in-flight commit cannot resurrect the instance.
+    assert await store.commit_turns([commit_for(item, new_events=[
+        Event.EventRaised(event_id=3, timestamp_ms=now_ms(), name="ev", data="d")],
+        activities=[activity("i1", 4)], update=running())]) == [False]
+    assert await store.get_instance("i1") is None
+    assert await store.read_history("i1", 1) == []
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    # Re-creating the id starts clean: only the new start message, empty history.
+    await store.create_instance(start_msg("i1", input="again"))
+    fresh = await fetch_one(store, "i1")
+    assert [m.message for m in fresh.messages] == [start_msg("i1", input="again")]
+    assert fresh.history_len == 0 and fresh.dequeue_count == 1
+
+
+async def _spawn_child(store: Provider, parent: str, child: str, event_id: int) -> None:
+    item = await next_turn(store, parent)
+    start = StartOrchestration(instance_id=child, name="Child", version="1.0.0", input="",
+                               parent_instance_id=parent, parent_execution_id=1, parent_event_id=event_id)
+    await commit_one(store, commit_for(item, new_events=[
+        Event.SubOrchestrationScheduled(event_id=event_id, timestamp_ms=now_ms(), name="Child",
+                                        version="1.0.0", instance_id=child, input="")],
+        messages=[(start, None)], update=running()))
+    citem = await fetch_one(store, child)
+    await commit_one(store, commit_for(citem, new_events=[started(name="Child", input="")],
+                                       update=running(name="Child")))
+
+
+async def test_purge_cascades_to_children_and_grandchildren(store: Provider) -> None:
+    await begin(store, "p")
+    await _spawn_child(store, "p", "c", 2)
+    await _spawn_child(store, "c", "g", 3)
+    await begin(store, "bystander")
+    with pytest.raises(InstanceStillRunningError):
+        await store.purge_instance("p")
+    assert await store.get_instance("c") is not None
+    deleted = await store.purge_instance("p", force=True)
+    assert sorted(deleted) == ["c", "g", "p"]
+    for iid in ("p", "c", "g"):
+        assert await store.get_instance(iid) is None
+        assert await store.list_executions(iid) == []
+    assert [r.instance_id for r in await store.list_instances()] == ["bystander"]
+    assert len(await store.read_history("bystander")) == 1
+
+
+async def test_purge_of_finished_tree_without_force(store: Provider) -> None:
+    await begin(store, "p")
+    await _spawn_child(store, "p", "c", 2)
+    await finish(store, "c")
+    await finish(store, "p")
+    assert sorted(await store.purge_instance("p")) == ["c", "p"]
+    assert await store.get_instance("c") is None
+
+
+# -- list_instances -----------------------------------------------------------------------------
+
+
+async def test_list_instances_filters_and_orders_newest_first(store: Provider) -> None:
+    for iid, name in (("a", "Alpha"), ("b", "Beta"), ("c", "Alpha")):
+        await store.create_instance(start_msg(iid, name=name))
+        await asyncio.sleep(0.005)
+    items = await fetch_items(store)
+    await commit_one(store, commit_for(items["b"], new_events=[started(name="Beta")], update=completed(name="Beta")))
+    await store.abandon_orchestration_item("a", items["a"].lock_token, 0)
+    await store.abandon_orchestration_item("c", items["c"].lock_token, 0)
+    assert [r.instance_id for r in await store.list_instances()] == ["c", "b", "a"]
+    assert [r.instance_id for r in await store.list_instances(name="Alpha")] == ["c", "a"]
+    assert [r.instance_id for r in await store.list_instances(status="Completed")] == ["b"]
+    assert [r.instance_id for r in await store.list_instances(status="Pending")] == ["c", "a"]
+    assert [r.instance_id for r in await store.list_instances(status="Pending", name="Beta")] == []
+    assert [r.instance_id for r in await store.list_instances(limit=2)] == ["c", "b"]
+    b = (await store.list_instances(status="Completed"))[0]
+    assert b == await store.get_instance("b") and b.output == "done"
+
+
+# -- wake signals ------------------------------------------------------------------------------------
+
+
+async def _drain(wait: object) -> None:
+    await wait(0)  # type: ignore[operator]
+
+
+async def test_notify_instance_wakes_wait_instance(store: Provider) -> None:
+    waiter = asyncio.create_task(store.signals.wait_instance("i1", 5))
+    other = asyncio.create_task(store.signals.wait_instance("i2", 5))
+    await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    store.signals.notify_instance("i1")
+    await asyncio.wait_for(waiter, 1)
+    assert time.monotonic() - t0 < 1
+    await asyncio.sleep(0.02)
+    assert not other.done()
+    store.signals.notify_instance("i2")
+    await asyncio.wait_for(other, 1)
+
+
+async def test_terminal_commit_wakes_instance_waiters(store: Provider) -> None:
+    await begin(store, "i1")
+    item = await next_turn(store, "i1")
+    waiter = asyncio.create_task(store.signals.wait_instance("i1", 5))
+    await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    await commit_one(store, commit_for(item, new_events=[
+        Event.OrchestrationCompleted(event_id=2, timestamp_ms=now_ms(), output="x")], update=completed("x")))
+    await asyncio.wait_for(waiter, 2)
+    assert time.monotonic() - t0 < 2
+
+
+async def test_purge_wakes_instance_waiters(store: Provider) -> None:
+    await begin(store, "i1")
+    waiter = asyncio.create_task(store.signals.wait_instance("i1", 5))
+    await asyncio.sleep(0.01)
+    await store.purge_instance("i1", force=True)
+    await asyncio.wait_for(waiter, 2)
+
+
+async def test_enqueueing_wakes_the_dispatchers(store: Provider) -> None:
+    await _drain(store.signals.wait_orchestrator)
+    orch = asyncio.create_task(store.signals.wait_orchestrator(5))
+    await asyncio.sleep(0.01)
+    await store.create_instance(start_msg("i1"))
+    await asyncio.wait_for(orch, 2)
+
+    item = await fetch_one(store, "i1")
+    await _drain(store.signals.wait_worker)
+    worker = asyncio.create_task(store.signals.wait_worker(5))
+    await asyncio.sleep(0.01)
+    await commit_one(store, commit_for(item, new_events=[started()], activities=[activity("i1", 2)],
+                                       update=running()))
+    await asyncio.wait_for(worker, 2)
+
+    lease = (await store.fetch_work_items(10, LONG_LOCK))[0]
+    await _drain(store.signals.wait_orchestrator)
+    orch = asyncio.create_task(store.signals.wait_orchestrator(5))
+    await asyncio.sleep(0.01)
+    await store.complete_work_items([WorkCompletion(
+        lease.lock_token, ActivityResult(instance_id="i1", execution_id=1, event_id=2, result="r"))])
+    await asyncio.wait_for(orch, 2)
+
+    await _drain(store.signals.wait_orchestrator)
+    orch = asyncio.create_task(store.signals.wait_orchestrator(5))
+    await asyncio.sleep(0.01)
+    await store.send(event_msg("i1"))
+    await asyncio.wait_for(orch, 2)
