@@ -245,35 +245,39 @@ class OrchestrationContext:
         """Publish a short progress string, shown by ``client.get_instance_info``."""
         self._x.set_custom_status(status)
 
-    def trace(self, level: str, message: str, **fields: Any) -> None:
+    def trace(self, level: str, message: str, /, *args: Any, **fields: Any) -> None:
         """Log through ``logging`` once (never again on replay), with instance fields attached.
+
+        ``args`` fill ``{}`` placeholders of ``message`` (``str.format``); keyword
+        ``fields`` become structured fields of the log record.
 
         Example::
 
-            ctx.trace("INFO", "charged", order_id=order_id)
+            ctx.trace("INFO", "charged {} for {}", amount, order_id, order_id=order_id)
         """
         if self._x.replaying:
             return
         lvl = _LEVELS.get(level.upper())
         if lvl is None:
             raise ConfigurationError(f"unknown trace level {level!r}", fix="use DEBUG, INFO, WARN or ERROR")
-        trace_logger.log(lvl, message, extra={**self._x.log_fields(), **fields})
+        text = message.format(*args) if args else message
+        trace_logger.log(lvl, text, extra={**self._x.log_fields(), **fields})
 
-    def trace_info(self, message: str, **fields: Any) -> None:
+    def trace_info(self, message: str, /, *args: Any, **fields: Any) -> None:
         """``trace("INFO", ...)``."""
-        self.trace("INFO", message, **fields)
+        self.trace("INFO", message, *args, **fields)
 
-    def trace_warn(self, message: str, **fields: Any) -> None:
+    def trace_warn(self, message: str, /, *args: Any, **fields: Any) -> None:
         """``trace("WARN", ...)``."""
-        self.trace("WARN", message, **fields)
+        self.trace("WARN", message, *args, **fields)
 
-    def trace_error(self, message: str, **fields: Any) -> None:
+    def trace_error(self, message: str, /, *args: Any, **fields: Any) -> None:
         """``trace("ERROR", ...)``."""
-        self.trace("ERROR", message, **fields)
+        self.trace("ERROR", message, *args, **fields)
 
-    def trace_debug(self, message: str, **fields: Any) -> None:
+    def trace_debug(self, message: str, /, *args: Any, **fields: Any) -> None:
         """``trace("DEBUG", ...)``."""
-        self.trace("DEBUG", message, **fields)
+        self.trace("DEBUG", message, *args, **fields)
 
 
 def _completion_order(f: asyncio.Future[Any]) -> int:

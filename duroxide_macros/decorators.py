@@ -1,0 +1,484 @@
+"""``@activity`` and ``@orchestration``: register at decoration time, carry typed helpers.
+
+Example::
+
+    @activity(typed=True)
+    async def charge_payment(order: Order, amount: float) -> str: ...
+
+    @orchestration
+    async def process_order(ctx: OrchestrationContext, order: Order) -> Receipt:
+        txn = await durable(charge_payment(order, order.total))   # -> charge_payment.call(ctx, ...)
+        ...
+
+    receipt = await process_order.run(client, "order-1", order, timeout=30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+import typing
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from duroxide_runtime import (
+    Client,
+    HistoryEvent,
+    InstanceInfo,
+    InstanceNotFoundError,
+    OrchestrationContext,
+    OrchestrationStatus,
+)
+from duroxide_runtime.errors import ConfigurationError, DuroxideError, ErrorDetails
+from duroxide_runtime.loop import OrchestrationLoop
+from duroxide_runtime.options import to_seconds
+from duroxide_runtime.registry import DEFAULT_VERSION
+
+from .ambient import ambient_client
+from .codec import Codec, encode_value
+from .discovery import register_activity, register_orchestration
+
+__all__ = ["activity", "orchestration", "Activity", "AsyncActivity", "SyncActivity", "Orchestration",
+           "OrchestrationFailedError",
+           "DurableNotExpandedError"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+I = TypeVar("I")  # noqa: E741 - the orchestration's input type
+O = TypeVar("O")  # noqa: E741 - the orchestration's output type
+
+
+class DurableNotExpandedError(ConfigurationError):
+    """A ``durable(...)`` form ran without being rewritten by the import hook."""
+
+    code = "DURABLE_NOT_EXPANDED"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} reached run time unexpanded: the duroxide import hook did not rewrite this module",
+            fix="make `import duroxide_macros.install` the first line of your program (before this module is "
+                "imported), or call the explicit form: `await fn.call(ctx, args...)`")
+
+
+class OrchestrationFailedError(DuroxideError):
+    """``run()`` / ``call`` result of an orchestration that ended Failed (or did not finish in time)."""
+
+    code = "ORCHESTRATION_FAILED"
+
+    def __init__(self, instance_id: str, error: str, details: ErrorDetails | None = None) -> None:
+        self.instance_id = instance_id
+        self.error = error
+        self.details = details
+        super().__init__(f"orchestration {instance_id!r} failed: {error}")
+
+
+def _in_orchestration() -> bool:
+    try:
+        return isinstance(asyncio.get_running_loop(), OrchestrationLoop)
+    except RuntimeError:
+        return False
+
+
+def _typed_future(ctx: OrchestrationContext, fut: Awaitable[str], codec: Codec[R] | None) -> Awaitable[R]:
+    if codec is None:
+        return fut  # type: ignore[return-value]  # untyped: R is str
+
+    async def decode() -> R:
+        return codec.decode(await fut)
+
+    return asyncio.ensure_future(decode(), loop=ctx._x.loop)
+
+
+class Activity(Generic[P, R]):
+    """A registered activity; ``call(ctx, ...)`` schedules it from an orchestration.
+
+    Calling it directly runs the function (handy in unit tests) - except inside
+    an orchestration, where work must go through ``durable(...)``.
+    """
+
+    def __init__(self, fn: Callable[P, Any], *, name: str | None, typed: bool) -> None:
+        self.fn = fn
+        self._call_any: Callable[..., Any] = fn
+        self.name = name or fn.__name__
+        self.typed = typed
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        sig = inspect.signature(fn)
+        self._params = list(sig.parameters.values())
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in self._params):
+            raise ConfigurationError(f"activity {self.name!r}: *args/**kwargs parameters cannot be typed",
+                                     fix="declare each parameter with its type")
+        self._signature = sig
+        self._registered: Callable[[str], Any] | None = None
+        if typed:
+            hints = typing.get_type_hints(fn)
+            self._arg_codecs = [Codec[Any](hints.get(p.name, Any), f"argument {p.name!r} of activity {self.name!r}")
+                                for p in self._params]
+            self._args_codec = (None if len(self._params) == 1 else
+                                Codec[Any](tuple[tuple(hints.get(p.name, Any) for p in self._params)],  # type: ignore[misc]
+                                           f"arguments of activity {self.name!r}"))
+            self._result_codec: Codec[Any] | None = Codec[Any](hints.get("return", Any),
+                                                               f"result of activity {self.name!r}")
+        else:
+            if len(self._params) != 1:
+                raise ConfigurationError(
+                    f"untyped activity {self.name!r} must take exactly one str parameter",
+                    fix="use @activity(typed=True) for several or typed parameters")
+            self._result_codec = None
+
+    def _direct(self, *args: Any, **kwargs: Any) -> Any:
+        if _in_orchestration():
+            raise DurableNotExpandedError(f"calling activity {self.name!r} directly inside an orchestration")
+        return self._call_any(*args, **kwargs)
+
+    def encode_input(self, *args: Any, **kwargs: Any) -> str:
+        """The input string the runtime stores for this call (raises PayloadError if not encodable)."""
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(f"activity {self.name!r}: {exc}", fix="pass the declared arguments") from exc
+        bound.apply_defaults()
+        values = list(bound.arguments.values())
+        if not self.typed:
+            if not isinstance(values[0], str):
+                raise ConfigurationError(
+                    f"untyped activity {self.name!r} takes a str, got {type(values[0]).__name__}",
+                    fix="pass a str, or declare it @activity(typed=True)")
+            return str(values[0])
+        if len(values) == 1:
+            return self._arg_codecs[0].encode(values[0])
+        return "[" + ",".join(c.encode(v) for c, v in zip(self._arg_codecs, values)) + "]"
+
+    def call(self, ctx: OrchestrationContext, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        """Schedule this activity from orchestration ``ctx``; await the result (typed)."""
+        fut = ctx.schedule_activity(self.name, self.encode_input(*args, **kwargs))
+        return _typed_future(ctx, fut, self._result_codec)
+
+    async def invoke(self, input: str) -> str:
+        """The string-API entry the runtime registers for ``async def`` activities: decode, run, encode."""
+        return self._encode_result(await self._call_any(*self._decode_args(input)))
+
+    def invoke_sync(self, input: str) -> str:
+        """The same for plain ``def`` activities (the worker runs it in its thread pool)."""
+        return self._encode_result(self._call_any(*self._decode_args(input)))
+
+    def _decode_args(self, input: str) -> tuple[Any, ...]:
+        if not self.typed:
+            return (input,)
+        if len(self._params) == 1:
+            return (self._arg_codecs[0].decode(input),)
+        assert self._args_codec is not None
+        return tuple(self._args_codec.decode(input))
+
+    def _encode_result(self, result: Any) -> str:
+        if self._result_codec is not None:
+            return self._result_codec.encode(result)
+        if not isinstance(result, str):
+            raise ConfigurationError(f"untyped activity {self.name!r} returned {type(result).__name__}",
+                                     fix="return a str, or declare it @activity(typed=True)")
+        return result
+
+    def registered_function(self) -> Callable[[str], Any]:
+        """What goes into the ActivityRegistry: async stays async, plain def stays a thread-pool function.
+
+        The same object every time, so registering it twice is recognised as one registration.
+        """
+        if self._registered is None:
+            self._registered = self.invoke if self.is_async else self.invoke_sync
+        return self._registered
+
+    def __repr__(self) -> str:
+        return f"<activity {self.name!r}{' typed' if self.typed else ''}>"
+
+
+class AsyncActivity(Activity[P, R]):
+    """An ``async def`` activity; calling it directly returns its coroutine."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return self._direct(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class SyncActivity(Activity[P, R]):
+    """A plain ``def`` activity (runs in a worker thread); calling it directly runs it."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._direct(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class Orchestration(Generic[I, O]):
+    """A registered orchestration with typed client helpers (start, wait, run, ...)."""
+
+    def __init__(self, fn: Callable[[OrchestrationContext, I], Coroutine[Any, Any, O]], *, name: str | None,
+                 version: str) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.version = version
+        functools.update_wrapper(self, fn)
+        params = list(inspect.signature(fn).parameters.values())
+        if not params:
+            raise ConfigurationError(f"orchestration {self.name!r} has no context parameter",
+                                     fix="declare it as `async def f(ctx: OrchestrationContext, input: T) -> U`")
+        self._has_input = len(params) >= 2
+        hints = typing.get_type_hints(fn)
+        in_type = hints.get(params[1].name, Any) if self._has_input else type(None)
+        self._in = Codec[Any](in_type, f"input of orchestration {self.name!r}")
+        self._out = Codec[Any](hints.get("return", Any), f"output of orchestration {self.name!r}")
+        #: The string-API function registered with the runtime (one object, see Activity.registered_function).
+        self.registered_function: Callable[[OrchestrationContext, str], Coroutine[Any, Any, str]] = self.entry
+
+    def __call__(self, input: I) -> Awaitable[O]:
+        raise DurableNotExpandedError(f"calling orchestration {self.name!r} outside durable(...)")
+
+    async def entry(self, ctx: OrchestrationContext, input: str) -> str:
+        """The string-API entry the runtime registers: decode input, run, encode output."""
+        if self._has_input:
+            result = await self.fn(ctx, self._in.decode(input))
+        else:
+            result = await self.fn(ctx)  # type: ignore[call-arg]
+        return self._out.encode(result)
+
+    def encode_input(self, input: I) -> str:
+        """The stored input string for ``input``."""
+        return self._in.encode(input) if self._has_input else "null"
+
+    # -- inside orchestrations -----------------------------------------------------
+
+    def call(self, ctx: OrchestrationContext, input: I, *, instance_id: str | None = None,
+             version: str | None = None) -> Awaitable[O]:
+        """Run as a sub-orchestration of ``ctx``; await its typed output."""
+        fut = ctx.schedule_sub_orchestration(self.name, self.encode_input(input), instance_id=instance_id,
+                                             version=version)
+        return _typed_future(ctx, fut, self._out)
+
+    # -- client helpers (client may be omitted inside duroxide_main) -----------------
+
+    def _bind(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+              names: tuple[str, ...], defaults: dict[str, Any] | None = None) -> tuple[Client, dict[str, Any]]:
+        """Split ``(client?, *args, **kwargs)`` of a helper into the client and named values."""
+        client = kwargs.pop("client", None)
+        if client is None and args and isinstance(args[0], Client):
+            client, args = args[0], args[1:]
+        if len(args) > len(names):
+            raise TypeError(f"{self.name}.{method}() takes at most {len(names)} arguments after the client")
+        values = {**(defaults or {}), **dict(zip(names, args))}
+        for key, value in kwargs.items():
+            if key not in names:
+                raise TypeError(f"{self.name}.{method}() got an unexpected keyword argument {key!r}")
+            values[key] = value
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise TypeError(f"{self.name}.{method}() is missing {', '.join(missing)}")
+        return (client if client is not None else ambient_client()), values
+
+    @overload
+    async def start(self, client: Client, instance_id: str, input: I, *, version: str | None = None) -> None: ...
+    @overload
+    async def start(self, instance_id: str, input: I, *, version: str | None = None) -> None: ...
+
+    async def start(self, *args: Any, **kwargs: Any) -> None:
+        """Start instance ``instance_id`` with typed ``input``."""
+        version = kwargs.pop("version", None)
+        client, v = self._bind("start", args, kwargs, ("instance_id", "input"))
+        await client.start_orchestration(v["instance_id"], self.name, self.encode_input(v["input"]),
+                                         version=version or self.version)
+
+    @overload
+    async def wait(self, client: Client, instance_id: str,
+                   timeout: timedelta | float = 30.0) -> OrchestrationStatus[O]: ...
+    @overload
+    async def wait(self, instance_id: str, timeout: timedelta | float = 30.0) -> OrchestrationStatus[O]: ...
+
+    async def wait(self, *args: Any, **kwargs: Any) -> OrchestrationStatus[O]:
+        """Wait up to ``timeout`` for the instance to finish; the status carries the typed output."""
+        client, v = self._bind("wait", args, kwargs, ("instance_id", "timeout"), {"timeout": 30.0})
+        return self._typed(await client.wait_for_orchestration(v["instance_id"], v["timeout"]))
+
+    @overload
+    async def status(self, client: Client, instance_id: str) -> OrchestrationStatus[O]: ...
+    @overload
+    async def status(self, instance_id: str) -> OrchestrationStatus[O]: ...
+
+    async def status(self, *args: Any, **kwargs: Any) -> OrchestrationStatus[O]:
+        """Current status, with the typed output once completed."""
+        client, v = self._bind("status", args, kwargs, ("instance_id",))
+        return self._typed(await client.get_orchestration_status(v["instance_id"]))
+
+    @overload
+    async def cancel(self, client: Client, instance_id: str, reason: str = "cancelled") -> bool: ...
+    @overload
+    async def cancel(self, instance_id: str, reason: str = "cancelled") -> bool: ...
+
+    async def cancel(self, *args: Any, **kwargs: Any) -> bool:
+        """Cancel the instance (see ``Client.cancel_instance``)."""
+        client, v = self._bind("cancel", args, kwargs, ("instance_id", "reason"), {"reason": "cancelled"})
+        return await client.cancel_instance(v["instance_id"], v["reason"])
+
+    @overload
+    async def run(self, client: Client, instance_id: str, input: I, timeout: timedelta | float = 30.0) -> O: ...
+    @overload
+    async def run(self, instance_id: str, input: I, timeout: timedelta | float = 30.0) -> O: ...
+
+    async def run(self, *args: Any, **kwargs: Any) -> O:
+        """Start and wait; return the typed output or raise :class:`OrchestrationFailedError`."""
+        client, v = self._bind("run", args, kwargs, ("instance_id", "input", "timeout"), {"timeout": 30.0})
+        instance_id = v["instance_id"]
+        await client.start_orchestration(instance_id, self.name, self.encode_input(v["input"]), version=self.version)
+        return self._output_or_raise(instance_id, await self.wait(client, instance_id, v["timeout"]))
+
+    @overload
+    async def poll_until_complete(self, client: Client, instance_id: str, timeout: timedelta | float,
+                                  poll_interval: timedelta | float = 1.0) -> OrchestrationStatus[O]: ...
+    @overload
+    async def poll_until_complete(self, instance_id: str, timeout: timedelta | float,
+                                  poll_interval: timedelta | float = 1.0) -> OrchestrationStatus[O]: ...
+
+    async def poll_until_complete(self, *args: Any, **kwargs: Any) -> OrchestrationStatus[O]:
+        """Re-read the status every ``poll_interval`` until it is final or ``timeout`` passes."""
+        client, v = self._bind("poll_until_complete", args, kwargs, ("instance_id", "timeout", "poll_interval"),
+                               {"poll_interval": 1.0})
+        instance_id = v["instance_id"]
+        deadline = time.monotonic() + to_seconds(v["timeout"], "timeout")
+        interval = to_seconds(v["poll_interval"], "poll_interval")
+        while True:
+            status = await self.status(client, instance_id)
+            if status.is_terminal or time.monotonic() >= deadline:
+                return status
+            await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    @overload
+    async def exists(self, client: Client, instance_id: str) -> bool: ...
+    @overload
+    async def exists(self, instance_id: str) -> bool: ...
+
+    async def exists(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether an instance with this id exists (any orchestration)."""
+        client, v = self._bind("exists", args, kwargs, ("instance_id",))
+        return await client.store.get_instance(v["instance_id"]) is not None
+
+    @overload
+    async def metadata(self, client: Client, instance_id: str) -> InstanceInfo: ...
+    @overload
+    async def metadata(self, instance_id: str) -> InstanceInfo: ...
+
+    async def metadata(self, *args: Any, **kwargs: Any) -> InstanceInfo:
+        """Instance metadata (raises ``InstanceNotFoundError`` if unknown)."""
+        client, v = self._bind("metadata", args, kwargs, ("instance_id",))
+        return await client.get_instance_info(v["instance_id"])
+
+    @overload
+    async def history(self, client: Client, instance_id: str) -> list[HistoryEvent]: ...
+    @overload
+    async def history(self, instance_id: str) -> list[HistoryEvent]: ...
+
+    async def history(self, *args: Any, **kwargs: Any) -> list[HistoryEvent]:
+        """Events of the current execution."""
+        client, v = self._bind("history", args, kwargs, ("instance_id",))
+        return await client.read_history(v["instance_id"])
+
+    @overload
+    async def raise_event(self, client: Client, instance_id: str, name: str, data: Any = None) -> bool: ...
+    @overload
+    async def raise_event(self, instance_id: str, name: str, data: Any = None) -> bool: ...
+
+    async def raise_event(self, *args: Any, **kwargs: Any) -> bool:
+        """Send external event ``name`` with ``data`` (a str is sent as is, anything else as JSON)."""
+        client, v = self._bind("raise_event", args, kwargs, ("instance_id", "name", "data"), {"data": None})
+        data, name = v["data"], v["name"]
+        text = data if isinstance(data, str) else encode_value(data, f"event {name!r}")
+        return await client.raise_event(v["instance_id"], name, text)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _typed(self, status: OrchestrationStatus[str]) -> OrchestrationStatus[O]:
+        if isinstance(status, OrchestrationStatus.Completed):
+            return OrchestrationStatus.Completed(output=self._out.decode(status.output),
+                                                 custom_status=status.custom_status)
+        return status  # type: ignore[return-value]  # the other variants carry no output
+
+    def _output_or_raise(self, instance_id: str, status: OrchestrationStatus[O]) -> O:
+        if isinstance(status, OrchestrationStatus.Completed):
+            return status.output  # type: ignore[no-any-return]
+        if isinstance(status, OrchestrationStatus.Failed):
+            raise OrchestrationFailedError(instance_id, status.error, status.details)
+        if isinstance(status, OrchestrationStatus.NotFound):
+            raise InstanceNotFoundError(instance_id, "run")
+        raise OrchestrationFailedError(instance_id, "did not finish within the timeout")
+
+    def __repr__(self) -> str:
+        return f"<orchestration {self.name!r} v{self.version}>"
+
+
+# -- the decorators -------------------------------------------------------------------
+
+
+@overload
+def activity(fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncActivity[P, R]: ...  # type: ignore[overload-overlap]
+@overload
+def activity(fn: Callable[P, R], /) -> SyncActivity[P, R]: ...
+@overload
+def activity(*, typed: bool = False, name: str | None = None,
+             instrument: bool = False) -> _ActivityDecorator: ...
+
+
+def activity(fn: Callable[..., Any] | None = None, /, *, typed: bool = False, name: str | None = None,
+             instrument: bool = False) -> Any:
+    """Declare an activity; registered under ``name`` (default: the function name) when decorated.
+
+    ``typed=True`` encodes arguments and result as JSON from the annotations;
+    without it the activity takes one ``str`` and returns a ``str``.
+    """
+    def wrap(f: Callable[..., Any]) -> Activity[Any, Any]:
+        cls = AsyncActivity if inspect.iscoroutinefunction(f) else SyncActivity
+        act: Activity[Any, Any] = cls(f, name=name, typed=typed)
+        register_activity(act)
+        return act
+
+    return wrap(fn) if fn is not None else _ActivityDecorator(wrap)
+
+
+class _ActivityDecorator:
+    """``@activity(...)`` with options; typed so checkers see the decorated signature."""
+
+    def __init__(self, wrap: Callable[[Callable[..., Any]], Activity[Any, Any]]) -> None:
+        self._wrap = wrap
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncActivity[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> SyncActivity[P, R]: ...
+
+    def __call__(self, fn: Callable[..., Any], /) -> Any:
+        return self._wrap(fn)
+
+
+@overload
+def orchestration(fn: Callable[[OrchestrationContext, I], Coroutine[Any, Any, O]], /) -> Orchestration[I, O]: ...
+@overload
+def orchestration(*, name: str | None = None, version: str = DEFAULT_VERSION) -> _OrchestrationDecorator: ...
+
+
+def orchestration(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+                  version: str = DEFAULT_VERSION) -> Any:
+    """Declare an orchestration (``async def f(ctx, input) -> output``), registered when decorated."""
+    def wrap(f: Callable[..., Any]) -> Orchestration[Any, Any]:
+        if not inspect.iscoroutinefunction(f):
+            raise ConfigurationError(f"orchestration {getattr(f, '__qualname__', f)!r} is not `async def`",
+                                     fix="declare it as `async def f(ctx: OrchestrationContext, input) -> output`")
+        orch: Orchestration[Any, Any] = Orchestration(f, name=name, version=version)
+        register_orchestration(orch)
+        return orch
+
+    return wrap(fn) if fn is not None else _OrchestrationDecorator(wrap)
+
+
+class _OrchestrationDecorator:
+    """``@orchestration(...)`` with options."""
+
+    def __init__(self, wrap: Callable[[Callable[..., Any]], Orchestration[Any, Any]]) -> None:
+        self._wrap = wrap
+
+    def __call__(self, fn: Callable[[OrchestrationContext, I], Coroutine[Any, Any, O]], /) -> Orchestration[I, O]:
+        return self._wrap(fn)

@@ -1,0 +1,115 @@
+"""The call forms: ``durable(...)``, ``durable_trace_*``, ``durable_newguid()``, ``durable_utcnow()``.
+
+The import hook rewrites them into explicit calls on the context in scope
+(``await durable(f(x))`` becomes ``await f.call(ctx, x)``). What is left here
+is what runs when a form was *not* rewritten:
+
+* ``durable(...)`` cannot work without its context, so it raises
+  :class:`DurableNotExpandedError` telling how to install the hook;
+* the trace, guid and time forms find the running orchestration by
+  themselves (its loop leads to its context), or the running activity, so
+  they behave the same rewritten or not.
+
+Type checkers see through ``durable``: ``durable(charge(order))`` has the
+activity's result type.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Coroutine
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from duroxide_runtime.activity import current_activity
+from duroxide_runtime.errors import ConfigurationError
+
+from .ambient import current_orchestration
+from .decorators import DurableNotExpandedError
+
+__all__ = [
+    "durable", "durable_trace_info", "durable_trace_warn", "durable_trace_error", "durable_trace_debug",
+    "durable_newguid", "durable_utcnow", "trace_info", "trace_warn", "trace_error", "trace_debug",
+    "orch_info", "orch_warn", "orch_error", "orch_debug", "durable_guid", "durable_now",
+]
+
+R = TypeVar("R")
+_plain_logger = logging.getLogger("duroxide.trace")
+
+
+@overload
+def durable(call: Coroutine[Any, Any, R], /) -> Awaitable[R]: ...
+@overload
+def durable(call: Awaitable[R], /) -> Awaitable[R]: ...
+@overload
+def durable(call: R, /) -> Awaitable[R]: ...
+
+
+def durable(call: Any, /) -> Any:
+    """Run an activity or sub-orchestration durably: ``await durable(charge_payment(order, total))``.
+
+    Rewritten at import time into ``charge_payment.call(ctx, order, total)``.
+    """
+    if isinstance(call, Coroutine):
+        call.close()  # never started: closing it keeps "never awaited" warnings away
+    raise DurableNotExpandedError("durable(...)")
+
+
+def _trace(level: str, fmt: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    message = fmt.format(*args) if args else fmt
+    ctx = current_orchestration()
+    if ctx is not None:
+        ctx.trace(level, message, **fields)
+        return
+    actx = current_activity()
+    if actx is not None:
+        actx.trace(level, message, **fields)
+        return
+    _plain_logger.log(logging.getLevelName("WARNING" if level == "WARN" else level), message, extra=fields)
+
+
+def durable_trace_info(fmt: str, /, *args: Any, **fields: Any) -> None:
+    """Log at INFO once (never on replay): ``durable_trace_info("order {}", order.id, order_id=order.id)``."""
+    _trace("INFO", fmt, args, fields)
+
+
+def durable_trace_warn(fmt: str, /, *args: Any, **fields: Any) -> None:
+    """Log at WARNING once (never on replay)."""
+    _trace("WARN", fmt, args, fields)
+
+
+def durable_trace_error(fmt: str, /, *args: Any, **fields: Any) -> None:
+    """Log at ERROR once (never on replay)."""
+    _trace("ERROR", fmt, args, fields)
+
+
+def durable_trace_debug(fmt: str, /, *args: Any, **fields: Any) -> None:
+    """Log at DEBUG once (never on replay)."""
+    _trace("DEBUG", fmt, args, fields)
+
+
+def _ctx(form: str) -> Any:
+    ctx = current_orchestration()
+    if ctx is None:
+        raise ConfigurationError(f"{form} was called outside an orchestration",
+                                 fix="use it only inside an @orchestration function")
+    return ctx
+
+
+def durable_newguid() -> Awaitable[str]:
+    """A GUID recorded once and replayed verbatim: ``guid = await durable_newguid()``."""
+    return _ctx("durable_newguid()").new_guid()  # type: ignore[no-any-return]
+
+
+def durable_utcnow() -> Awaitable[datetime]:
+    """The current UTC time, recorded once and replayed verbatim: ``now = await durable_utcnow()``."""
+    return _ctx("durable_utcnow()").utc_now()  # type: ignore[no-any-return]
+
+
+# Aliases, so that every spelling of the design runs.
+trace_info = orch_info = durable_trace_info
+trace_warn = orch_warn = durable_trace_warn
+trace_error = orch_error = durable_trace_error
+trace_debug = orch_debug = durable_trace_debug
+durable_guid = durable_newguid
+durable_now = durable_utcnow

@@ -1,0 +1,46 @@
+"""Everything a program needs: ``from duroxide_macros.prelude import *``."""
+
+from datetime import timedelta
+
+from duroxide_runtime import (
+    ActivityContext,
+    ActivityFailed,
+    ActivityRegistry,
+    Client,
+    DurableTaskFailed,
+    Event,
+    InMemoryProvider,
+    InstanceInfo,
+    NonDeterminismError,
+    OrchestrationContext,
+    OrchestrationRegistry,
+    OrchestrationStatus,
+    PostgresProvider,
+    Provider,
+    RetryPolicy,
+    Runtime,
+    RuntimeOptions,
+    SqliteProvider,
+    SubOrchestrationFailed,
+    VersionPolicy,
+    activity_context,
+)
+
+from . import (
+    Activity, AsyncActivity, DurableNotExpandedError, Orchestration, OrchestrationFailedError, SyncActivity,
+    activity, durable, durable_guid, durable_newguid, durable_now, durable_trace_debug, durable_trace_error,
+    durable_trace_info, durable_trace_warn, durable_utcnow, orch_debug, orch_error, orch_info, orch_warn,
+    orchestration, trace_debug, trace_error, trace_info, trace_warn,
+)
+from .main import duroxide_main
+
+__all__ = [
+    "timedelta", "ActivityContext", "ActivityFailed", "ActivityRegistry", "Client", "DurableTaskFailed", "Event",
+    "InMemoryProvider", "InstanceInfo", "NonDeterminismError", "OrchestrationContext", "OrchestrationRegistry",
+    "OrchestrationStatus", "PostgresProvider", "Provider", "RetryPolicy", "Runtime", "RuntimeOptions",
+    "SqliteProvider", "SubOrchestrationFailed", "VersionPolicy", "activity_context", "duroxide_main",
+    "Activity", "AsyncActivity", "DurableNotExpandedError", "Orchestration", "OrchestrationFailedError",
+    "SyncActivity", "activity", "durable", "durable_guid", "durable_newguid", "durable_now", "durable_trace_debug",
+    "durable_trace_error", "durable_trace_info", "durable_trace_warn", "durable_utcnow", "orch_debug", "orch_error",
+    "orch_info", "orch_warn", "orchestration", "trace_debug", "trace_error", "trace_info", "trace_warn",
+]

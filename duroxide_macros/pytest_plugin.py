@@ -1,0 +1,47 @@
+"""pytest plugin (entry point ``pytest11``): the import hook for test modules, and fixtures.
+
+Fixtures, each cleaned up after its test:
+
+* ``duroxide_store`` - a fresh :class:`InMemoryProvider`;
+* ``duroxide_runtime`` - a started runtime over it with discovery;
+* ``duroxide_client`` - a client of that store.
+
+Example::
+
+    async def test_hello(duroxide_runtime, duroxide_client):
+        assert await hello_world.run(duroxide_client, "t1", "World") == "Hello, World!"
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from duroxide_runtime import Client, InMemoryProvider, Runtime
+
+from .hook import install
+
+install()  # test modules that use the forms are rewritten (pytest's assertion rewriting is kept)
+
+
+@pytest.fixture
+async def duroxide_store() -> AsyncIterator[InMemoryProvider]:
+    """A fresh in-memory store."""
+    store = InMemoryProvider()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def duroxide_runtime(duroxide_store: InMemoryProvider) -> AsyncIterator[Runtime]:
+    """A started runtime with every decorated activity and orchestration."""
+    rt = await Runtime.builder().store(duroxide_store).discover_activities().discover_orchestrations().start()
+    yield rt
+    await rt.shutdown(grace=2)
+
+
+@pytest.fixture
+async def duroxide_client(duroxide_store: InMemoryProvider) -> Client:
+    """A client of the fixture store."""
+    return Client(duroxide_store)
