@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from typing import Any
 
 from duroxide_runtime import Client, OrchestrationContext
 from duroxide_runtime.errors import ConfigurationError
 from duroxide_runtime.loop import OrchestrationLoop
 
-__all__ = ["current_orchestration", "ambient_client", "set_ambient_client"]
+__all__ = ["current_orchestration", "ambient_client", "set_ambient_client", "client"]
 
 _client: contextvars.ContextVar[Client | None] = contextvars.ContextVar("duroxide_client", default=None)
 
@@ -45,3 +46,30 @@ def ambient_client() -> Client:
 def set_ambient_client(client: Client | None) -> contextvars.Token[Client | None]:
     """Make ``client`` the ambient client (``duroxide_main`` does this)."""
     return _client.set(client)
+
+
+class _AmbientClient(Client):
+    """A client that is whatever client is ambient when it is used (see :data:`client`)."""
+
+    def __init__(self) -> None:  # no store of its own: it borrows the ambient client's
+        pass
+
+    @property
+    def store(self) -> Any:
+        return ambient_client().store
+
+    @store.setter
+    def store(self, value: Any) -> None:
+        raise AttributeError("the ambient client's store is the one duroxide_main set up")
+
+    @property
+    def _max_payload(self) -> int:  # type: ignore[override]
+        return ambient_client()._max_payload
+
+    def __repr__(self) -> str:
+        return "<ambient duroxide client>"
+
+
+#: ``client`` in scope inside ``@duroxide_main`` (``from duroxide_macros.prelude import *``):
+#: it forwards to the client that ``duroxide_main`` set up for the running body.
+client: Client = _AmbientClient()

@@ -197,7 +197,8 @@ class Activity(Generic[P, R]):
 class AsyncActivity(Activity[P, R]):
     """An ``async def`` activity; calling it directly returns its coroutine."""
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+    # Awaitable (not Coroutine[Any, Any, R]) so that durable(...) resolves its overload without Any.
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return self._direct(*args, **kwargs)  # type: ignore[no-any-return]
 
 

@@ -38,11 +38,9 @@ _plain_logger = logging.getLogger("duroxide.trace")
 
 
 @overload
-def durable(call: Coroutine[Any, Any, R], /) -> Awaitable[R]: ...
+def durable(call: Awaitable[R], /) -> Awaitable[R]: ...  # async activity or orchestration
 @overload
-def durable(call: Awaitable[R], /) -> Awaitable[R]: ...
-@overload
-def durable(call: R, /) -> Awaitable[R]: ...
+def durable(call: R, /) -> Awaitable[R]: ...  # plain `def` activity
 
 
 def durable(call: Any, /) -> Any:

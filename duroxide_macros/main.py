@@ -119,7 +119,6 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], provider: str,
                         .options(options or RuntimeOptions()).start())
             client = rt.client()
             token = set_ambient_client(client)
-            body.__globals__["client"] = client  # `client` in scope, as in the design
             return await body()
         finally:
             if token is not None:

@@ -32,13 +32,14 @@ from . import (
     durable_trace_info, durable_trace_warn, durable_utcnow, orch_debug, orch_error, orch_info, orch_warn,
     orchestration, trace_debug, trace_error, trace_info, trace_warn,
 )
+from .ambient import client
 from .main import duroxide_main
 
 __all__ = [
     "timedelta", "ActivityContext", "ActivityFailed", "ActivityRegistry", "Client", "DurableTaskFailed", "Event",
     "InMemoryProvider", "InstanceInfo", "NonDeterminismError", "OrchestrationContext", "OrchestrationRegistry",
     "OrchestrationStatus", "PostgresProvider", "Provider", "RetryPolicy", "Runtime", "RuntimeOptions",
-    "SqliteProvider", "SubOrchestrationFailed", "VersionPolicy", "activity_context", "duroxide_main",
+    "SqliteProvider", "SubOrchestrationFailed", "VersionPolicy", "activity_context", "duroxide_main", "client",
     "Activity", "AsyncActivity", "DurableNotExpandedError", "Orchestration", "OrchestrationFailedError",
     "SyncActivity", "activity", "durable", "durable_guid", "durable_newguid", "durable_now", "durable_trace_debug",
     "durable_trace_error", "durable_trace_info", "durable_trace_warn", "durable_utcnow", "orch_debug", "orch_error",

@@ -1,0 +1,61 @@
+"""Human in the loop: a large order waits for a manager's approval (an external event).
+
+Run:  python examples/approval.py
+The approval is raised before the orchestration waits for it: it is kept and delivered.
+"""
+
+import duroxide_macros.install  # noqa: F401
+
+import json
+from dataclasses import dataclass
+
+from duroxide_macros.prelude import *
+
+
+@dataclass
+class Order:
+    id: str
+    total: float
+
+
+@dataclass
+class Approval:
+    approved: bool
+    manager: str
+
+
+@activity(typed=True)
+async def fulfil(order: Order) -> str:
+    return f"FULFILLED-{order.id}"
+
+
+@orchestration
+async def process_large_order(ctx: OrchestrationContext, order: Order) -> str:
+    if order.total > 10000.0:
+        ctx.set_custom_status("waiting for approval")
+        raw = await ctx.schedule_wait("approval")
+        decision = Approval(**json.loads(raw))
+        durable_trace_info("Received approval from {}: {}", decision.manager, decision.approved)
+        if not decision.approved:
+            return f"REJECTED by {decision.manager}"
+        ctx.set_custom_status(f"approved by {decision.manager}")
+    return await durable(fulfil(order))
+
+
+@duroxide_main
+async def main() -> None:
+    await process_large_order.start("order-big", Order("B1", 25000.0))
+    await process_large_order.start("order-small", Order("S1", 50.0))
+    info = await process_large_order.metadata("order-big")
+    print("status:", info.status)
+    await process_large_order.raise_event("order-big", "approval", Approval(True, "Alice"))
+    match await process_large_order.wait("order-big", 10):
+        case OrchestrationStatus.Completed(output=out, custom_status=custom):
+            print(f"big: {out} ({custom})")
+        case other:
+            print(f"big: {other}")
+    print("small:", await process_large_order.run("order-small-again", Order("S2", 10.0), timeout=10))
+
+
+if __name__ == "__main__":
+    main()
