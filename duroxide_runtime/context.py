@@ -215,7 +215,7 @@ class OrchestrationContext:
             finally:
                 for f in futures:
                     f.remove_done_callback(_wake)
-        winner = min((f for f in futures if f.done()), key=_completion_order)
+        winner = min((f for f in futures if f.done()), key=self._x.completion_order)
         for f in futures:
             if f is not winner:
                 self._x.release_loser(f)
@@ -278,7 +278,3 @@ class OrchestrationContext:
     def trace_debug(self, message: str, /, *args: Any, **fields: Any) -> None:
         """``trace("DEBUG", ...)``."""
         self.trace("DEBUG", message, *args, **fields)
-
-
-def _completion_order(f: asyncio.Future[Any]) -> int:
-    return getattr(f, "completion_seq", 0)

@@ -41,6 +41,8 @@ class TimerSource(Protocol):
 
     def durable_timer_at(self, when: float) -> asyncio.Future[Any]: ...
 
+    def on_task_done(self, task: asyncio.Future[Any]) -> None: ...
+
 
 class _DurableTimerHandle(asyncio.TimerHandle):
     """A ``call_at`` handle backed by a durable timer future."""
@@ -139,6 +141,7 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
                     context: contextvars.Context | None = None) -> asyncio.Task[_T]:
         self._check_open()
         task: asyncio.Task[_T] = asyncio.Task(coro, loop=self, name=name, context=context)
+        task.add_done_callback(self._timers.on_task_done)  # completion order decides select winners
         self._tasks.append(task)
         return task
 

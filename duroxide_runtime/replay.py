@@ -24,6 +24,7 @@ import asyncio
 import collections
 import logging
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -145,6 +146,7 @@ class Execution:
         self._buffered: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._delivered: dict[int, tuple[str, str]] = {}
         self._seq = 0
+        self._task_seq: weakref.WeakKeyDictionary[asyncio.Future[Any], int] = weakref.WeakKeyDictionary()
         self._fatal: DuroxideError | None = None
         self._continue: tuple[str, str | None] | None = None
         self._turn_now_ms = 0
@@ -257,6 +259,16 @@ class Execution:
 
     def durable_timer_at(self, when: float) -> asyncio.Future[Any]:
         return self.schedule("timer", fire_at_ms=max(self.now_ms, round(when * 1000)))
+
+    def on_task_done(self, task: asyncio.Future[Any]) -> None:
+        self._seq += 1
+        self._task_seq[task] = self._seq
+
+    def completion_order(self, fut: asyncio.Future[Any]) -> int:
+        """When ``fut`` finished, relative to every other completion of this execution."""
+        if isinstance(fut, DurableFuture):
+            return fut.completion_seq
+        return self._task_seq.get(fut, 0)
 
     def log_fields(self) -> dict[str, Any]:
         return {"instance_id": self.instance_id, "execution_id": self.execution_id,

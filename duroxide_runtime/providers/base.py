@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+
+import orjson
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from ..messages import (
 __all__ = [
     "Provider", "InstanceRecord", "InstanceUpdate", "OrchestrationItem", "QueuedMessage", "TurnCommit",
     "WorkLease", "WorkCompletion", "FetchResult", "WakeSignals", "TERMINAL", "now_ms", "child_rejection",
+    "decode_error_details",
 ]
 
 #: Statuses after which an instance takes no more work.
@@ -37,6 +40,17 @@ TERMINAL = frozenset({"Completed", "Failed"})
 def now_ms() -> int:
     """Wall-clock milliseconds since the epoch (store timestamps, timer due times)."""
     return int(time.time() * 1000)
+
+
+def decode_error_details(raw: bytes | str | None) -> ErrorDetails | None:
+    """The stored error column of an instance; an unreadable one becomes a placeholder, not a crash."""
+    if not raw:
+        return None
+    try:
+        return ErrorDetails(**orjson.loads(raw))
+    except (orjson.JSONDecodeError, TypeError):
+        # One unreadable row must not stop every fetch that reads it.
+        return ErrorDetails("CorruptHistoryError", f"the stored error is unreadable: {raw[:80]!r}")
 
 
 def child_rejection(start: StartOrchestration) -> SubOrchestrationResult | None:

@@ -42,7 +42,7 @@ from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     TERMINAL, FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
-    WorkCompletion, WorkLease, child_rejection,
+    WorkCompletion, WorkLease, child_rejection, decode_error_details,
 )
 
 __all__ = ["PostgresProvider"]
@@ -102,7 +102,7 @@ _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, err
 
 
 def _record(row: asyncpg.Record) -> InstanceRecord:
-    error = ErrorDetails(**orjson.loads(row["error"])) if row["error"] else None
+    error = decode_error_details(row["error"])
     return InstanceRecord(row["instance_id"], row["name"], row["version"], row["execution_id"], row["status"],
                           row["output"], error, row["custom_status"], row["created_at"], row["updated_at"],
                           row["parent_instance_id"])

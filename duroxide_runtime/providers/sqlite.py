@@ -33,7 +33,7 @@ from ..errors import (
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    TERMINAL, FetchResult, child_rejection, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
+    TERMINAL, FetchResult, child_rejection, decode_error_details, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
     WorkCompletion, WorkLease, now_ms,
 )
 
@@ -94,7 +94,7 @@ def _path_from_url(url: str) -> str:
 
 
 def _row_to_instance(row: Sequence[Any]) -> InstanceRecord:
-    error = ErrorDetails(**orjson.loads(row[6])) if row[6] else None
+    error = decode_error_details(row[6])
     return InstanceRecord(row[0], row[1], row[2], row[3], row[4], row[5], error, row[7], row[8], row[9], row[10])
 
 
