@@ -90,6 +90,9 @@ class RuntimeOptions:
     unknown_name_backoff: float = 0.05
     #: Upper bound on back-off for unregistered names.
     unknown_name_max_backoff: float = 2.0
+    #: An activity this node does not know is left to nodes that do for this long
+    #: (rolling deploys); after that this node takes it, backs off, and finally poisons it.
+    foreign_activity_delay: float = 1.0
     #: Idle wait between store polls when no in-process wake-up arrives (other
     #: processes may enqueue work); in-process work wakes dispatchers at once.
     poll_interval: float = 0.2

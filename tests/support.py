@@ -30,7 +30,8 @@ PG_URL = os.environ.get("DUROXIDE_PG_URL", "postgresql://postgres@127.0.0.1:5432
 REPLAY_MODES = ["cached", "from_scratch"]
 
 #: Fast settings for tests: short poison back-off, short waits.
-TEST_OPTIONS = dict(unknown_name_backoff=0.01, unknown_name_max_backoff=0.05, poll_interval=0.05)
+TEST_OPTIONS = dict(unknown_name_backoff=0.01, unknown_name_max_backoff=0.05, poll_interval=0.05,
+                    foreign_activity_delay=0.2)
 
 
 async def make_store(kind: str, tmp_path: Path) -> Provider:

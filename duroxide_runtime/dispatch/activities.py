@@ -38,7 +38,7 @@ class ActivityWorker:
         self._threads = ThreadPoolExecutor(options.activity_threads, thread_name_prefix="duroxide-activity")
         self._running: dict[asyncio.Task[None], tuple[WorkLease, ActivityContext]] = {}
         self._results: asyncio.Queue[WorkCompletion] = asyncio.Queue()
-        self._flushed = asyncio.Event()
+        self._known = frozenset(registry.names())
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and start work until ``stopping`` is set."""
@@ -50,7 +50,9 @@ class ActivityWorker:
                                    return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                leases = await self.store.fetch_work_items(free, self.options.activity_lock_timeout)
+                leases = await self.store.fetch_work_items(
+                    free, self.options.activity_lock_timeout, known_names=self._known,
+                    foreign_delay=self.options.foreign_activity_delay)
                 failures = 0
             except asyncio.CancelledError:
                 raise

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import CorruptHistoryError, ErrorDetails, PoisonMessageError, UnknownOrchestrationError
 from ..history import Event, HistoryEvent
-from ..messages import StartOrchestration, SubOrchestrationResult
+from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestrationResult, TimerFired
 from ..options import RuntimeOptions
 from ..providers.base import TERMINAL, InstanceUpdate, OrchestrationItem, Provider, TurnCommit, now_ms
 from ..registry import OrchestrationRegistry
@@ -222,7 +222,7 @@ class OrchestrationDispatcher:
                 messages = [m for m in messages if m is not start]
         else:
             ex.begin_turn(now)
-        for msg in messages:
+        for msg in _timers_in_due_order(messages):
             ex.deliver(msg)
         self._executions[item.instance_id] = ex
         out = ex.take_output()
@@ -272,3 +272,18 @@ class OrchestrationDispatcher:
         commit.update = InstanceUpdate(name=inst.name, version=inst.version or "?", execution_id=inst.execution_id,
                                        status="Failed", error=details)
         return commit
+
+
+def _timers_in_due_order(messages: list[OrchestratorMessage]) -> list[OrchestratorMessage]:
+    """Timers that fell due together (say, after a restart) fire in due order, not enqueue order.
+
+    Other messages keep their places; only the timers among them are reordered.
+    """
+    slots = [i for i, m in enumerate(messages) if isinstance(m, TimerFired)]
+    if len(slots) < 2:
+        return messages
+    ordered = sorted((messages[i] for i in slots), key=lambda m: (m.fire_at_ms, m.event_id))  # type: ignore[attr-defined]
+    result = list(messages)
+    for i, timer in zip(slots, ordered):
+        result[i] = timer
+    return result

@@ -18,7 +18,7 @@ import time
 
 import orjson
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import ErrorDetails
@@ -287,8 +287,16 @@ class Provider(ABC):
     # -- activity workers ----------------------------------------------------------
 
     @abstractmethod
-    async def fetch_work_items(self, max_items: int, lock_timeout: float) -> list[WorkLease]:
-        """Lock up to ``max_items`` visible activity calls."""
+    async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
+                               known_names: Collection[str] | None = None,
+                               foreign_delay: float = 1.0) -> list[WorkLease]:
+        """Lock up to ``max_items`` visible activity calls.
+
+        With ``known_names``, calls of other activities are taken only once they
+        have been visible for ``foreign_delay`` seconds: during a rolling deploy a
+        node that knows the activity gets it first, and a name no node knows still
+        reaches a worker (which backs off and finally poisons it).
+        """
 
     @abstractmethod
     async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import InstanceAlreadyExistsError, InstanceStillRunningError
@@ -174,7 +174,7 @@ class InMemoryProvider(Provider):
             self._history.setdefault((c.instance_id, c.execution_id), []).extend(c.new_events)
         for work in c.activities:
             wid = next(self._ids)
-            self._work[wid] = _Work(wid, work, now)
+            self._work[wid] = _Work(wid, work, now)  # visible_at: the oldest moment it could run
         for event_id in c.cancelled_activities:
             for w in list(self._work.values()):
                 if (w.work.instance_id, w.work.execution_id, w.work.event_id) == (c.instance_id, c.execution_id, event_id):
@@ -221,13 +221,18 @@ class InMemoryProvider(Provider):
 
     # -- activity workers ----------------------------------------------------------
 
-    async def fetch_work_items(self, max_items: int, lock_timeout: float) -> list[WorkLease]:
+    async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
+                               known_names: Collection[str] | None = None,
+                               foreign_delay: float = 1.0) -> list[WorkLease]:
         now = now_ms()
+        foreign_before = now - int(foreign_delay * 1000)
         leases: list[WorkLease] = []
         for w in self._work.values():
             if len(leases) >= max_items:
                 break
             if w.visible_at > now or w.cancelled or (w.lock_token is not None and w.locked_until > now):
+                continue
+            if known_names is not None and w.work.name not in known_names and w.visible_at > foreign_before:
                 continue
             w.lock_token = uuid.uuid4().hex
             w.locked_until = now + int(lock_timeout * 1000)

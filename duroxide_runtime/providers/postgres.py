@@ -28,7 +28,7 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -95,6 +95,8 @@ CREATE INDEX IF NOT EXISTS ix_wq_token ON {s}.worker_queue(lock_token);
 CREATE OR REPLACE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql VOLATILE
     AS 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint';
 """),
+    # Activity names on work items, so workers can prefer what they know (rolling deploys).
+    (2, "ALTER TABLE {s}.worker_queue ADD COLUMN IF NOT EXISTS name text NOT NULL DEFAULT ''"),
 ]
 
 _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
@@ -447,9 +449,9 @@ class PostgresProvider(Provider):
                 [(c.instance_id, c.execution_id, e.event_id, encode_event(e)) for e in c.new_events])
         if c.activities:
             await conn.executemany(
-                f"INSERT INTO {s}.worker_queue(instance_id, execution_id, event_id, message, visible_at) "
-                "VALUES ($1,$2,$3,$4,0)",
-                [(w.instance_id, w.execution_id, w.event_id, encode_message(w)) for w in c.activities])
+                f"INSERT INTO {s}.worker_queue(instance_id, execution_id, event_id, name, message, visible_at) "
+                f"VALUES ($1,$2,$3,$4,$5,{s}.now_ms())",
+                [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w)) for w in c.activities])
             await conn.execute("SELECT pg_notify($1, '')", f"{s}_work")
         if c.cancelled_activities:
             args = (c.instance_id, c.execution_id, c.cancelled_activities)
@@ -504,8 +506,11 @@ class PostgresProvider(Provider):
 
     # -- activity workers ----------------------------------------------------------
 
-    async def fetch_work_items(self, max_items: int, lock_timeout: float) -> list[WorkLease]:
+    async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
+                               known_names: Collection[str] | None = None,
+                               foreign_delay: float = 1.0) -> list[WorkLease]:
         s = self.schema
+        names = None if known_names is None else sorted(known_names)
 
         async def op(conn: _Conn) -> list[WorkLease]:
             rows = await conn.fetch(
@@ -513,8 +518,9 @@ class PostgresProvider(Provider):
                 f"locked_until = {s}.now_ms() + $2, dequeue_count = w.dequeue_count + 1 "
                 f"WHERE w.id IN (SELECT id FROM {s}.worker_queue WHERE visible_at <= {s}.now_ms() "
                 f"AND (lock_token IS NULL OR locked_until <= {s}.now_ms()) AND NOT cancelled "
+                f"AND ($3::text[] IS NULL OR name = ANY($3::text[]) OR visible_at <= {s}.now_ms() - $4) "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING w.id, w.lock_token, w.message, w.dequeue_count",
-                max_items, int(lock_timeout * 1000))
+                max_items, int(lock_timeout * 1000), names, int(foreign_delay * 1000))
             leases = []
             for r in sorted(rows, key=lambda r: r["id"]):
                 try:

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -42,7 +42,7 @@ __all__ = ["SqliteProvider"]
 _log = logging.getLogger("duroxide.sqlite")
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS worker_queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, execution_id INTEGER NOT NULL,
     event_id INTEGER NOT NULL, message BLOB NOT NULL, visible_at INTEGER NOT NULL,
     lock_token TEXT, locked_until INTEGER NOT NULL DEFAULT 0, dequeue_count INTEGER NOT NULL DEFAULT 0,
-    cancelled INTEGER NOT NULL DEFAULT 0);
+    cancelled INTEGER NOT NULL DEFAULT 0, name TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS ix_wq_visible ON worker_queue(visible_at);
 CREATE INDEX IF NOT EXISTS ix_wq_call ON worker_queue(instance_id, execution_id, event_id);
 CREATE INDEX IF NOT EXISTS ix_wq_token ON worker_queue(lock_token);
@@ -163,6 +163,12 @@ class SqliteProvider(Provider):
         row = conn.execute("SELECT version FROM duroxide_schema").fetchone()
         if row is None:
             conn.execute("INSERT INTO duroxide_schema(version) VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] < 2:
+            # v2: activity names on work items, so workers can prefer what they know.
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(worker_queue)")}
+            if "name" not in columns:
+                conn.execute("ALTER TABLE worker_queue ADD COLUMN name TEXT NOT NULL DEFAULT ''")
+            conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
             raise ConfigurationError(
@@ -389,16 +395,21 @@ class SqliteProvider(Provider):
 
     # -- activity workers ----------------------------------------------------------
 
-    async def fetch_work_items(self, max_items: int, lock_timeout: float) -> list[WorkLease]:
+    async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
+                               known_names: Collection[str] | None = None,
+                               foreign_delay: float = 1.0) -> list[WorkLease]:
         lock_ms = int(lock_timeout * 1000)
+        names = None if known_names is None else orjson.dumps(sorted(known_names)).decode()
 
         def op(conn: sqlite3.Connection) -> list[WorkLease]:
             now = now_ms()
             with _transaction(conn):
                 rows = conn.execute(
                     "SELECT id, message, dequeue_count FROM worker_queue WHERE visible_at <= ? "
-                    "AND (lock_token IS NULL OR locked_until <= ?) AND cancelled = 0 ORDER BY id LIMIT ?",
-                    (now, now, max_items)).fetchall()
+                    "AND (lock_token IS NULL OR locked_until <= ?) AND cancelled = 0 "
+                    "AND (? IS NULL OR name IN (SELECT value FROM json_each(?)) OR visible_at <= ?) "
+                    "ORDER BY id LIMIT ?",
+                    (now, now, names, names, now - int(foreign_delay * 1000), max_items)).fetchall()
                 leases = []
                 for wid, raw, count in rows:
                     token = uuid.uuid4().hex
@@ -506,8 +517,9 @@ def _apply_commit(conn: sqlite3.Connection, c: TurnCommit) -> None:
     if c.activities:
         now = now_ms()
         conn.executemany(
-            "INSERT INTO worker_queue(instance_id, execution_id, event_id, message, visible_at) VALUES (?,?,?,?,?)",
-            [(w.instance_id, w.execution_id, w.event_id, encode_message(w), now) for w in c.activities])
+            "INSERT INTO worker_queue(instance_id, execution_id, event_id, name, message, visible_at) "
+            "VALUES (?,?,?,?,?,?)",
+            [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w), now) for w in c.activities])
     for event_id in c.cancelled_activities:
         key = (c.instance_id, c.execution_id, event_id)
         conn.execute("DELETE FROM worker_queue WHERE instance_id=? AND execution_id=? AND event_id=? "
