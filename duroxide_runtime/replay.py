@@ -79,6 +79,13 @@ _SCHEDULE_KIND = {
 }
 
 
+_TERMINAL_EVENTS: dict[type[HistoryEvent], str] = {
+    Event.OrchestrationCompleted: "Completed",
+    Event.OrchestrationFailed: "Failed",
+    Event.OrchestrationContinuedAsNew: "ContinuedAsNew",
+}
+
+
 class _ReplayAborted(BaseException):
     """Unwinds orchestration code after a fatal replay error; user code cannot catch it by accident."""
 
@@ -312,6 +319,8 @@ class Execution:
         else:
             event_id = len(self.history) + 1
             self._record_schedule(kind, event_id, spec)
+            if self.outcome is not None:
+                raise _ReplayAborted()  # the history limit ended the execution
         fut: DurableFuture[Any] = DurableFuture(self, kind, event_id, spec.get("name") or spec.get("op") or "")
         self._kind_of[event_id] = kind
         if kind == "system":
@@ -355,7 +364,8 @@ class Execution:
 
     # -- internals ---------------------------------------------------------------
 
-    def _record(self, event: HistoryEvent) -> None:
+    def _record(self, event: HistoryEvent) -> bool:
+        """Append a new event (and apply it); ``False`` if the execution ended (history limit)."""
         self.history.append(event)
         self._out.new_events.append(event)
         if len(self.history) > self.options.max_history_events and self.outcome is None:
@@ -363,29 +373,33 @@ class Execution:
                 "HistoryTooLongError",
                 f"execution has more than {self.options.max_history_events} events; "
                 "use ctx.continue_as_new to start a fresh history")))
-            return
+            return False
         if not event.is_schedule:
             self._apply(event)
+        return True
 
     def _record_schedule(self, kind: str, event_id: int, spec: dict[str, Any]) -> None:
         ts = self._turn_now_ms
         x = self
         if kind == "activity":
-            self._record(Event.ActivityScheduled(event_id=event_id, timestamp_ms=ts, name=spec["name"],
-                                                 input=spec["input"]))
+            if not self._record(Event.ActivityScheduled(event_id=event_id, timestamp_ms=ts, name=spec["name"],
+                                                        input=spec["input"])):
+                return
             self._out.activities.append(ActivityWork(instance_id=x.instance_id, execution_id=x.execution_id,
                                                      event_id=event_id, name=spec["name"], input=spec["input"]))
         elif kind == "timer":
             fire_at = spec["fire_at_ms"]
-            self._record(Event.TimerCreated(event_id=event_id, timestamp_ms=ts, fire_at_ms=fire_at))
+            if not self._record(Event.TimerCreated(event_id=event_id, timestamp_ms=ts, fire_at_ms=fire_at)):
+                return
             self._out.messages.append((TimerFired(instance_id=x.instance_id, execution_id=x.execution_id,
                                                   event_id=event_id, fire_at_ms=fire_at), fire_at))
         elif kind in ("sub", "detached"):
             child = spec["instance_id"] or f"{x.instance_id}::sub::{event_id}"
             spec["instance_id"] = child
             cls = Event.SubOrchestrationScheduled if kind == "sub" else Event.OrchestrationChained
-            self._record(cls(event_id=event_id, timestamp_ms=ts, name=spec["name"], version=spec["version"],
-                             instance_id=child, input=spec["input"]))
+            if not self._record(cls(event_id=event_id, timestamp_ms=ts, name=spec["name"],
+                                    version=spec["version"], instance_id=child, input=spec["input"])):
+                return
             is_sub = kind == "sub"
             self._out.messages.append((StartOrchestration(
                 instance_id=child, name=spec["name"], version=spec["version"], input=spec["input"],
@@ -548,6 +562,10 @@ class Execution:
         if self.outcome is not None:
             return
         self.outcome = outcome
+        last = self.history[-1] if self.history else None
+        if (self.replaying and self._fatal is None and last is not None
+                and _TERMINAL_EVENTS.get(type(last)) == outcome.status):
+            return  # a finished history ending the same way: its end and its messages are recorded
         ts = self._turn_now_ms
         nid = len(self.history) + 1
         if outcome.status == "Completed":
