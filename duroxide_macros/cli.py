@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
+import importlib.machinery
+import tokenize
 import os
 import sys
 
@@ -19,15 +20,26 @@ __all__ = ["main"]
 
 
 def _resolve(target: str) -> str:
+    """A file path, or the source file of a dotted module name - found without importing anything."""
     if os.path.exists(target):
         return target
-    try:
-        spec = importlib.util.find_spec(target)
-    except (ImportError, ValueError) as exc:
-        raise SystemExit(f"duroxide-expand: cannot find module {target!r}: {exc}") from exc
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        raise SystemExit(f"duroxide-expand: {target!r} is neither a file nor a Python source module")
-    return spec.origin
+    search: list[str] | None = [os.getcwd(), *sys.path]  # like `python -m`: the current directory first
+    origin = None
+    for part in target.split("."):
+        if search is None:
+            origin = None
+            break
+        spec = importlib.machinery.PathFinder.find_spec(part, search)
+        if spec is None:
+            origin = None
+            break
+        origin = spec.origin
+        locations = spec.submodule_search_locations
+        search = list(locations) if locations is not None else None
+    if origin is None or not origin.endswith(".py"):
+        raise SystemExit(f"duroxide-expand: {target!r} is neither a file nor a Python source module "
+                         "on the path (run it from the project directory, or pass the file)")
+    return origin
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="only report problems (exit 1 if any)")
     args = parser.parse_args(argv)
     path = _resolve(args.target)
-    with open(path, encoding="utf-8") as f:
+    with tokenize.open(path) as f:  # honours the file's coding declaration
         source = f.read()
     result = expand(source, path)
     for problem in result.problems:

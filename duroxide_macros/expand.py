@@ -198,7 +198,7 @@ class _Rewriter(cst.CSTTransformer):
                                     "OrchestrationContext)")
             return updated
         if len(updated.args) != 1 or updated.args[0].keyword is not None or updated.args[0].star:
-            self._problem(original, "durable() takes exactly one call, e.g. durable(charge_payment(order))")
+            self._problem(original, "durable() takes exactly one call (fix: durable(charge_payment(order)))")
             return updated
         inner = updated.args[0].value
         if not isinstance(inner, cst.Call):
@@ -273,7 +273,7 @@ def expand(source: str, path: str = "<string>") -> Expansion:
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
-        return Expansion(source, [Problem(path, exc.raw_line, exc.raw_column + 1, f"syntax error: {exc.message}")])
+        return Expansion(source, [Problem(path, exc.editor_line, exc.editor_column, f"syntax error: {exc.message}")])
     survey = _Survey()
     module.visit(survey)
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)

@@ -83,7 +83,7 @@ def _pytest_rewriter(fullname: str, path: Sequence[str] | None) -> Any:
 
 def compile_source(source: bytes, path: str, pytest_hook: Any = None) -> types.CodeType:
     """Expand ``source`` and compile it for ``path`` (raises DurableExpansionError on problems)."""
-    result = expand(source.decode("utf-8"), path)
+    result = expand(importlib.util.decode_source(source), path)
     if result.problems:
         raise DurableExpansionError(result.problems)
     if pytest_hook is not None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from duroxide_runtime import Client, InMemoryProvider, PostgresProvider, Provider, Runtime, RuntimeOptions
+from duroxide_runtime import InMemoryProvider, PostgresProvider, Provider, Runtime, RuntimeOptions
 from duroxide_runtime import SqliteProvider
 from duroxide_runtime.errors import ConfigurationError
 

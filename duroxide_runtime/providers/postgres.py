@@ -35,7 +35,7 @@ import asyncpg
 import orjson
 
 from ..errors import (
-    ConfigurationError, CorruptHistoryError, ErrorDetails, InstanceAlreadyExistsError, InstanceStillRunningError,
+    ConfigurationError, CorruptHistoryError, InstanceAlreadyExistsError, InstanceStillRunningError,
     StoreError,
 )
 from ..history import HistoryEvent, decode_event, encode_event

@@ -27,7 +27,7 @@ import aiosqlite
 import orjson
 
 from ..errors import (
-    ConfigurationError, CorruptHistoryError, ErrorDetails, InstanceAlreadyExistsError, InstanceStillRunningError,
+    ConfigurationError, CorruptHistoryError, InstanceAlreadyExistsError, InstanceStillRunningError,
     StoreError,
 )
 from ..history import HistoryEvent, decode_event, encode_event

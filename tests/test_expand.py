@@ -1,0 +1,657 @@
+"""The rewrite itself (``duroxide_macros.expand``), its import-time checks, and ``duroxide-expand``.
+
+Pure source-to-source tests call :func:`expand` directly; the import-time
+errors go through the real import hook (installed by the pytest plugin) on
+real files in ``tmp_path``; the CLI and the "not expanded" error run in
+subprocesses.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+
+import duroxide_macros.forms as forms
+from duroxide_macros import DurableNotExpandedError
+from duroxide_macros.expand import FORM_NAMES, expand, uses_forms
+from duroxide_macros.hook import DurableExpansionError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "macros"
+EXPAND_CLI = Path(sys.executable).with_name("duroxide-expand")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONOPTIMIZE", "PYTHONPATH")}
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def _src(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def _lines_of(source: str, needle: str) -> int:
+    """1-based number of the only line containing ``needle``."""
+    hits = [i for i, line in enumerate(source.splitlines(), 1) if needle in line]
+    assert len(hits) == 1, (needle, hits)
+    return hits[0]
+
+
+# --------------------------------------------------------------------------------------
+# What the forms become
+# --------------------------------------------------------------------------------------
+
+def test_each_form_is_rewritten_onto_the_context_in_scope() -> None:
+    src = _src('''
+        from duroxide_macros.prelude import *
+
+        @orchestration
+        async def flow(ctx: OrchestrationContext, order: Order) -> str:
+            durable_trace_info("Processing order: {}", order.id, order_id=order.id)
+            durable_trace_warn("w")
+            durable_trace_error("e")
+            durable_trace_debug("d")
+            trace_info("ti")
+            orch_warn("ow")
+            payment = await durable(charge_payment(order, 12.5))
+            fut = durable(charge_payment(order, 1))
+            vm = await durable(provision_vm(order))
+            g1 = await durable_newguid()
+            g2 = await durable_guid()
+            t1 = await durable_utcnow()
+            t2 = await durable_now()
+            return payment
+    ''')
+    result = expand(src, "flow.py")
+    assert result.problems == []
+    out = result.code.splitlines()
+    assert out[4] == '    ctx.trace_info("Processing order: {}", order.id, order_id=order.id)'
+    assert out[5] == '    ctx.trace_warn("w")'
+    assert out[6] == '    ctx.trace_error("e")'
+    assert out[7] == '    ctx.trace_debug("d")'
+    assert out[8] == '    ctx.trace_info("ti")'
+    assert out[9] == '    ctx.trace_warn("ow")'
+    assert out[10] == "    payment = await (charge_payment.call(ctx, order, 12.5))"
+    assert out[11] == "    fut = (charge_payment.call(ctx, order, 1))"
+    assert out[12] == "    vm = await (provision_vm.call(ctx, order))"
+    assert out[13] == "    g1 = await ctx.new_guid()"
+    assert out[14] == "    g2 = await ctx.new_guid()"
+    assert out[15] == "    t1 = await ctx.utc_now()"
+    assert out[16] == "    t2 = await ctx.utc_now()"
+    assert result.rewrites == 13
+    # the result is valid Python
+    compile(result.code, "flow.py", "exec")
+
+
+def test_context_is_the_first_parameter_whatever_its_name() -> None:
+    src = _src('''
+        @orchestration(name="process_order", version="2.0.0")
+        async def flow_v2(octx, order):
+            durable_trace_info("x")
+            return await durable(charge(order))
+    ''')
+    result = expand(src)
+    assert result.problems == []
+    assert "    octx.trace_info(\"x\")" in result.code
+    assert "await (charge.call(octx, order))" in result.code
+    assert "ctx" not in result.code.replace("octx", "")
+
+
+def test_context_from_a_parameter_annotated_orchestration_context() -> None:
+    src = _src('''
+        import duroxide_runtime as dr
+
+        async def step(order, c: OrchestrationContext):
+            return await durable(charge(order))
+
+        async def step2(c2: "OrchestrationContext", order):
+            return await durable(charge(order, 2))
+
+        async def step3(self, order, c3: dr.OrchestrationContext):
+            g = await durable_newguid()
+            return await durable(charge(order, 3))
+    ''')
+    result = expand(src)
+    assert result.problems == []
+    assert "await (charge.call(c, order))" in result.code
+    assert "await (charge.call(c2, order, 2))" in result.code
+    assert "await (charge.call(c3, order, 3))" in result.code
+    assert "g = await c3.new_guid()" in result.code
+
+
+def test_closures_inside_an_orchestration_see_its_context() -> None:
+    src = _src('''
+        @orchestration
+        async def fan_out(my_ctx, items):
+            async def one(item):
+                durable_trace_info("item {}", item)
+                return await durable(handle(item))
+            def later(item):
+                return durable(handle(item, 2))
+            pick = lambda item: durable(handle(item, 3))
+            return await my_ctx.join([await one(i) for i in items])
+    ''')
+    result = expand(src)
+    assert result.problems == []
+    assert '        my_ctx.trace_info("item {}", item)' in result.code
+    assert "return await (handle.call(my_ctx, item))" in result.code
+    assert "return (handle.call(my_ctx, item, 2))" in result.code
+    assert "pick = lambda item: (handle.call(my_ctx, item, 3))" in result.code
+
+
+def test_trace_forms_in_activities_are_left_alone_but_durable_is_an_error() -> None:
+    src = _src('''
+        @activity(typed=True)
+        async def charge(order):
+            durable_trace_info("charging {}", order)
+            trace_warn("careful")
+            return "ok"
+
+        @activity
+        def blocking(s):
+            orch_error("boom {}", s)
+            return s
+    ''')
+    result = expand(src)
+    assert result.problems == []
+    assert result.code == src
+    bad = src + "\n@activity\nasync def nested(x):\n    return await durable(charge(x))\n"
+    problems = expand(bad, "acts.py").problems
+    assert len(problems) == 1
+    assert (problems[0].path, problems[0].line, problems[0].column) == ("acts.py", _lines_of(bad, "await durable"), 18)
+    assert "no OrchestrationContext in scope" in problems[0].message
+
+
+def test_activity_nested_in_an_orchestration_module_does_not_inherit_a_context() -> None:
+    # A context annotation in another function must not leak into an activity.
+    src = _src('''
+        async def helper(c: OrchestrationContext):
+            return await durable(a(1))
+
+        @activity
+        async def act(s):
+            durable_trace_info("in activity {}", s)
+            return s
+    ''')
+    result = expand(src)
+    assert result.problems == []
+    assert '    durable_trace_info("in activity {}", s)' in result.code.splitlines()
+
+
+def test_modules_without_forms_are_untouched() -> None:
+    plain = _src('''
+        import time
+
+        class Tracer:
+            def trace(self, msg):  # "durable" in a comment
+                return msg, "durable"
+    ''')
+    assert not uses_forms(plain)
+    assert uses_forms("x = await durable(f(1))")
+    assert uses_forms(b"durable_trace_info('x')")
+    # names that merely look like forms are not rewritten
+    lookalike = _src('''
+        import time
+
+        def durable_thing():
+            return time.time()
+
+        class Tracer:
+            def durable(self, x):
+                return self.durable(x), durable_thing(), "durable(x)"
+    ''')
+    for src in (plain, lookalike):
+        result = expand(src)
+        assert result.code == src and result.problems == [] and result.rewrites == 0
+
+
+# --------------------------------------------------------------------------------------
+# Line numbers
+# --------------------------------------------------------------------------------------
+
+def _form_spans(source: str) -> set[int]:
+    spans: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORM_NAMES:
+            assert node.end_lineno is not None
+            spans.update(range(node.lineno, node.end_lineno + 1))
+    return spans
+
+
+def _code_lines(code: types.CodeType) -> dict[str, set[int]]:
+    """Line numbers used by each (nested) code object, by qualified name."""
+    out: dict[str, set[int]] = {}
+    stack = [code]
+    while stack:
+        co = stack.pop()
+        out.setdefault(co.co_qualname, set()).update(line for _, _, line in co.co_lines() if line is not None)
+        stack.extend(c for c in co.co_consts if isinstance(c, types.CodeType))
+    return out
+
+
+def test_expand_keeps_every_line_number() -> None:
+    src = (FIXTURES / "multiline_orch.py").read_text()
+    result = expand(src, "multiline_orch.py")
+    assert result.problems == []
+    before, after = src.splitlines(keepends=True), result.code.splitlines(keepends=True)
+    assert len(after) == len(before)
+    spans = _form_spans(src)
+    assert spans, "the fixture must contain forms"
+    for number, (old, new) in enumerate(zip(before, after), 1):
+        if number not in spans:
+            assert new == old, f"line {number} changed although it has no form: {old!r} -> {new!r}"
+    # the first line of each form still holds the start of its replacement
+    first = _lines_of(src, "MARK:first_durable")
+    assert after[first - 1].startswith("    total = await (ln_add.call(")
+    # every argument stays on its own line
+    assert after[_lines_of(src, "MARK:arg_line") - 1].strip().endswith("ln_plain_helper(n),  # MARK:arg_line")
+
+
+def test_expanded_code_uses_only_the_original_lines() -> None:
+    """What tracers (coverage, pdb) see: code objects start and step on the user's lines."""
+    src = (FIXTURES / "multiline_orch.py").read_text()
+    original = _code_lines(compile(src, "m.py", "exec"))
+    rewritten = _code_lines(compile(expand(src, "m.py").code, "m.py", "exec"))
+    assert original.keys() == rewritten.keys()
+    for name, lines in rewritten.items():
+        assert lines <= original[name], f"{name}: lines {sorted(lines - original[name])} do not exist in the original"
+    orig_code = compile(src, "m.py", "exec")
+    new_code = compile(expand(src, "m.py").code, "m.py", "exec")
+    firsts = {c.co_name: c.co_firstlineno for c in orig_code.co_consts if isinstance(c, types.CodeType)}
+    assert firsts == {c.co_name: c.co_firstlineno for c in new_code.co_consts if isinstance(c, types.CodeType)}
+
+
+def test_awkward_spellings_stay_valid_and_keep_their_lines() -> None:
+    src = _src('''
+        @orchestration
+        async def o(ctx, a):
+            x = await durable(  # comment
+                act(a)
+            )
+            y = await durable(act(a),)
+            z = await durable((act(a)))
+            w = await durable(act(
+                await durable(act(1)),
+            ))
+            u = await durable(mod.sub.act(a, k=1))
+            t = await durable(act())
+            s = await durable(act(*args, **kw))
+            r = [await durable(act(i)) for i in a]
+            return x
+    ''')
+    result = expand(src)
+    assert result.problems == []
+    assert len(result.code.splitlines()) == len(src.splitlines())
+    compile(result.code, "o.py", "exec")
+    out = result.code.splitlines()
+    assert out[2] == "    x = await (  # comment"
+    assert out[3] == "        act.call(ctx, a)"
+    assert out[5] == "    y = await (act.call(ctx, a))"
+    assert out[6] == "    z = await ((act.call(ctx, a)))"
+    assert out[8].strip() == "ctx, await (act.call(ctx, 1)),"
+    assert out[10] == "    u = await (mod.sub.act.call(ctx, a, k=1))"
+    assert out[11] == "    t = await (act.call(ctx))"
+    assert out[12] == "    s = await (act.call(ctx, *args, **kw))"
+    assert out[13] == "    r = [await (act.call(ctx, i)) for i in a]"
+    assert "durable" not in result.code
+
+
+def test_problems_keep_the_original_positions_after_multiline_forms() -> None:
+    src = _src('''
+        import time
+
+        @orchestration
+        async def flow(ctx, n):
+            a = await durable(
+                act(
+                    n,
+                ),
+            )
+            b = time.time()
+            return a
+    ''')
+    problems = expand(src, "f.py").problems
+    assert [str(p) for p in problems] == [
+        f"f.py:{_lines_of(src, 'time.time()')}:9: `time.time()` is not deterministic and breaks replay "
+        "(fix: use await durable_utcnow() (or ctx.utc_now()))"]
+
+
+# --------------------------------------------------------------------------------------
+# Import-time checks
+# --------------------------------------------------------------------------------------
+
+BAD_CASES = {
+    "durable_without_context_at_module_level": (
+        "x = durable(charge(1))\n", "durable(", "no OrchestrationContext in scope", "fix"),
+    "durable_without_context_in_plain_function": (
+        "async def f(a):\n    return await durable(charge(a))\n", "durable(", "no OrchestrationContext in scope",
+        "@orchestration"),
+    "durable_of_a_non_call": (
+        "@orchestration\nasync def f(ctx, a):\n    return await durable(a)\n", "durable(a)", "got `a`",
+        "durable(my_activity(arg))"),
+    "durable_of_a_function_object": (
+        "@orchestration\nasync def f(ctx, a):\n    return await durable(charge)\n", "durable(charge)",
+        "got `charge`", "fix"),
+    "durable_of_plain_local_function": (
+        "def helper(x):\n    return x\n\n@orchestration\nasync def f(ctx, a):\n    return await durable(helper(a))\n",
+        "durable(helper", "'helper' is not an @activity or @orchestration", "decorate it"),
+    "durable_of_two_calls": (
+        "@orchestration\nasync def f(ctx, a):\n    return await durable(one(a), two(a))\n", "durable(one",
+        "exactly one call", "durable(charge_payment(order))"),
+    "newguid_without_context": (
+        "async def f():\n    return await durable_newguid()\n", "durable_newguid", "needs an orchestration context",
+        "@orchestration"),
+    "time_time": ("import time\n@orchestration\nasync def f(ctx, a):\n    t = time.time()\n", "time.time",
+                  "`time.time()` is not deterministic", "durable_utcnow"),
+    "datetime_now": ("from datetime import datetime\n@orchestration\nasync def f(ctx, a):\n    t = datetime.now()\n",
+                     "datetime.now", "`datetime.now()` is not deterministic", "durable_utcnow"),
+    "datetime_datetime_now": (
+        "import datetime\n@orchestration\nasync def f(ctx, a):\n    t = datetime.datetime.now()\n",
+        "datetime.datetime.now", "`datetime.datetime.now()` is not deterministic", "durable_utcnow"),
+    "uuid_uuid4": ("import uuid\n@orchestration\nasync def f(ctx, a):\n    return str(uuid.uuid4())\n", "uuid.uuid4",
+                   "`uuid.uuid4()` is not deterministic", "durable_newguid"),
+    "random_random": ("import random\n@orchestration\nasync def f(ctx, a):\n    return random.random()\n",
+                      "random.random", "`random.random()` is not deterministic", "fix"),
+    "random_choice": ("import random\n@orchestration\nasync def f(ctx, a):\n    return random.choice(a)\n",
+                      "random.choice", "`random.choice()` is not deterministic", "fix"),
+    "open": ("@orchestration\nasync def f(ctx, a):\n    with open(a) as fh:\n        return fh.read()\n", "open(",
+             "`open()` is not deterministic", "activity"),
+    "time_sleep": ("import time\n@orchestration\nasync def f(ctx, a):\n    time.sleep(1)\n", "time.sleep",
+                   "`time.sleep()` is not deterministic", "timer"),
+    "nondeterminism_in_a_closure": (
+        "import time\n@orchestration\nasync def f(ctx, a):\n    def g():\n        return time.time()\n    return g()\n",
+        "time.time", "`time.time()` is not deterministic", "durable_utcnow"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_each_misuse_is_reported_at_its_position_with_a_fix(case: str) -> None:
+    src, needle, message, fix = BAD_CASES[case]
+    problems = expand(src, "/src/app/m.py").problems
+    assert len(problems) == 1, problems
+    p = problems[0]
+    line = _lines_of(src, needle)
+    col = src.splitlines()[line - 1].index(needle) + 1
+    assert (p.path, p.line, p.column) == ("/src/app/m.py", line, col)
+    assert message in p.message
+    assert fix in p.message
+    assert "fix" in p.message or "e.g." in p.message  # says how to fix it
+    assert str(p).startswith(f"/src/app/m.py:{line}:{col}: ")
+
+
+@pytest.mark.parametrize("src, needle", [
+    ("@orchestration\ndef f(ctx, a):\n    return a\n", "must be `async def`"),
+    ("@orchestration(name='x')\ndef f(ctx, a):\n    return a\n", "must be `async def`"),
+    ("@orchestration\nasync def f():\n    return 1\n", "no context parameter"),
+])
+def test_bad_orchestration_signatures_are_reported(src: str, needle: str) -> None:
+    problems = expand(src, "m.py").problems
+    assert len(problems) == 1
+    p = problems[0]
+    assert needle in p.message and "fix" in p.message
+    # at the function (its decorator or its `def` line), first column
+    assert p.line in (1, 2) and p.column == 1
+
+
+def test_nondeterministic_calls_outside_orchestrations_are_fine() -> None:
+    src = _src('''
+        import time, random, uuid
+        from datetime import datetime
+
+        @activity
+        async def stamp(s):
+            time.sleep(0)
+            return f"{s} {time.time()} {datetime.now()} {uuid.uuid4()} {random.random()} {open(s)}"
+
+        def plain():
+            return time.time()
+
+        @orchestration
+        async def ok(ctx, s):
+            return await durable(stamp(s))
+    ''')
+    assert expand(src).problems == []
+
+
+def _write_module(tmp_path: Path, source: str) -> tuple[str, Path]:
+    name = f"m_{uuid.uuid4().hex[:10]}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    return name, path
+
+
+def test_importing_a_misusing_module_raises_with_every_problem(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _src('''
+        import time
+        from duroxide_macros.prelude import *
+
+        def helper(x):
+            return x
+
+        @orchestration
+        async def f(ctx, a):
+            t = time.time()
+            return await durable(helper(a))
+
+        @orchestration
+        def g(ctx, a):
+            return a
+
+        x = durable(helper(1))
+    ''')
+    name, path = _write_module(tmp_path, src)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    with pytest.raises(DurableExpansionError) as info:
+        importlib.import_module(name)
+    err = info.value
+    assert isinstance(err, SyntaxError)
+    assert name not in sys.modules
+    text = str(err)
+    expected = [
+        f"{path}:{_lines_of(src, 'time.time()')}:9: ",
+        f"{path}:{_lines_of(src, 'durable(helper(a))')}:18: ",
+        f"{path}:{_lines_of(src, 'x = durable')}:5: ",
+    ]
+    for prefix in expected:
+        assert prefix in text, text
+    assert len(err.problems) == 4  # + the non-async orchestration
+    g_def = _lines_of(src, "def g(")
+    assert any(p.line in (g_def - 1, g_def) and "async def" in p.message for p in err.problems)
+    # like a compiler error: filename and position of the first problem
+    assert err.filename == str(path) and err.lineno == min(p.line for p in err.problems)
+
+
+def test_durable_that_reaches_run_time_unexpanded_says_how_to_fix() -> None:
+    async def act() -> str:
+        return "x"
+
+    coro = act()
+    with pytest.raises(DurableNotExpandedError) as info:
+        forms.durable(coro)  # through the attribute: this test module is itself seen by the hook
+    msg = str(info.value)
+    assert "import duroxide_macros.install" in msg and "fix" in msg.lower()
+    assert coro.cr_frame is None  # closed, no "never awaited" warning
+
+
+def test_unexpanded_module_fails_the_instance_with_the_fix(tmp_path: Path) -> None:
+    """A program that forgot the install import: the orchestration fails with the fix, not a NameError."""
+    (tmp_path / "flows_noinstall.py").write_text(_src('''
+        from duroxide_macros.prelude import *
+
+        @activity(typed=True)
+        async def ne_double(x: int) -> int:
+            return 2 * x
+
+        @orchestration
+        async def ne_flow(ctx: OrchestrationContext, n: int) -> int:
+            return await durable(ne_double(n))
+    '''))
+    (tmp_path / "runner.py").write_text(_src('''
+        import asyncio, sys
+        from duroxide_macros.prelude import *
+        import flows_noinstall
+
+        async def main():
+            assert not any(type(f).__name__ == "DurableFinder" for f in sys.meta_path)
+            store = InMemoryProvider()
+            rt = await Runtime.builder().store(store).discover_activities().discover_orchestrations().start()
+            client = Client(store)
+            await flows_noinstall.ne_flow.start(client, "i1", 2)
+            status = await flows_noinstall.ne_flow.wait(client, "i1", 20)
+            print("STATUS", type(status).__name__)
+            print("ERROR", status.error)
+            await rt.shutdown()
+
+        asyncio.run(main())
+    '''))
+    proc = _run([sys.executable, "runner.py"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "STATUS Failed" in proc.stdout
+    assert "DurableNotExpandedError" in proc.stdout or "unexpanded" in proc.stdout
+    assert "import duroxide_macros.install" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------
+# duroxide-expand
+# --------------------------------------------------------------------------------------
+
+SIDE_EFFECT_MODULE = _src('''
+    from pathlib import Path
+    from duroxide_macros.prelude import *
+
+    Path(__file__).with_name("SIDE_EFFECT").write_text("the module ran")
+
+    @activity(typed=True)
+    async def charge(order: str, total: float) -> str:
+        return order
+
+    @orchestration
+    async def flow(ctx: OrchestrationContext, order: str) -> str:
+        durable_trace_info("order {}", order)
+        return await durable(charge(order, 1.5))
+''')
+
+
+def test_cli_prints_the_rewritten_source_without_running_the_module(tmp_path: Path) -> None:
+    target = tmp_path / "flows.py"
+    target.write_text(SIDE_EFFECT_MODULE)
+    proc = _run([str(EXPAND_CLI), str(target)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == expand(SIDE_EFFECT_MODULE, str(target)).code
+    assert "    return await (charge.call(ctx, order, 1.5))\n" in proc.stdout
+    assert '    ctx.trace_info("order {}", order)\n' in proc.stdout
+    assert not (tmp_path / "SIDE_EFFECT").exists()
+    assert not (tmp_path / "__pycache__").exists()
+
+
+def test_cli_diff(tmp_path: Path) -> None:
+    target = tmp_path / "flows.py"
+    target.write_text(SIDE_EFFECT_MODULE)
+    proc = _run([str(EXPAND_CLI), str(target), "--diff"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "-    return await durable(charge(order, 1.5))" in lines
+    assert "+    return await (charge.call(ctx, order, 1.5))" in lines
+    assert '+    ctx.trace_info("order {}", order)' in lines
+    assert sum(1 for line in lines if line.startswith("+") and not line.startswith("+++")) == 2
+    assert not (tmp_path / "SIDE_EFFECT").exists()
+
+
+def test_cli_check_lists_problems_and_fails(tmp_path: Path) -> None:
+    src = _src('''
+        import time, uuid
+        from pathlib import Path
+        from duroxide_macros.prelude import *
+
+        Path(__file__).with_name("SIDE_EFFECT").write_text("the module ran")
+
+        @orchestration
+        async def flow(ctx, order):
+            started = time.time()
+            key = uuid.uuid4()
+            return await durable(order)
+    ''')
+    target = tmp_path / "bad_flows.py"
+    target.write_text(src)
+    proc = _run([str(EXPAND_CLI), "--check", str(target)], tmp_path)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    for needle, col in (("time.time()", 15), ("uuid.uuid4()", 11), ("durable(order)", 18)):
+        assert f"{target}:{_lines_of(src, needle)}:{col}: " in out, out
+    assert "def flow" not in proc.stdout  # --check does not print the source
+    assert not (tmp_path / "SIDE_EFFECT").exists()
+    ok = tmp_path / "good_flows.py"
+    ok.write_text(SIDE_EFFECT_MODULE)
+    proc = _run([str(EXPAND_CLI), "--check", str(ok)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (tmp_path / "SIDE_EFFECT").exists()
+
+
+def _make_package(root: Path) -> Path:
+    pkg = root / "shop_app"
+    (pkg / "flows").mkdir(parents=True)
+    (pkg / "__init__.py").write_text('from pathlib import Path\nPath(__file__).with_name("PKG_INIT_RAN").touch()\n')
+    (pkg / "flows" / "__init__.py").write_text("")
+    (pkg / "flows" / "orders.py").write_text(SIDE_EFFECT_MODULE)
+    return pkg
+
+
+def test_cli_accepts_a_dotted_module_name(tmp_path: Path) -> None:
+    pkg = _make_package(tmp_path / "src")
+    proc = _run([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
+    assert proc.returncode == 0, proc.stderr
+    assert "    return await (charge.call(ctx, order, 1.5))\n" in proc.stdout
+    assert not (pkg / "flows" / "SIDE_EFFECT").exists()
+    proc = _run([str(EXPAND_CLI), "--check", "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cli_dotted_module_name_resolves_from_the_current_directory(tmp_path: Path) -> None:
+    """Like `python -m`, run from the project root without setting PYTHONPATH."""
+    _make_package(tmp_path)
+    proc = _run([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "    return await (charge.call(ctx, order, 1.5))\n" in proc.stdout
+
+
+def test_cli_dotted_module_name_runs_no_package_code(tmp_path: Path) -> None:
+    """Expanding a module must not run user code, including its parent packages' __init__."""
+    pkg = _make_package(tmp_path / "src")
+    proc = _run([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
+    assert proc.returncode == 0, proc.stderr
+    assert not (pkg / "PKG_INIT_RAN").exists(), "duroxide-expand executed shop_app/__init__.py"
+
+
+def test_cli_honours_the_source_encoding(tmp_path: Path) -> None:
+    target = tmp_path / "latin_flows.py"
+    target.write_bytes(b"# -*- coding: latin-1 -*-\nNAME = 'caf\xe9'\n@orchestration\nasync def f(ctx, s):\n"
+                       b"    return await durable(g(s))\n")
+    proc = _run([str(EXPAND_CLI), "--check", str(target)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([str(EXPAND_CLI), str(target)], cwd=tmp_path, env=_env(), capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "NAME = 'caf\u00e9'".encode() in proc.stdout or b"NAME = 'caf\xe9'" in proc.stdout
+    assert b"    return await (g.call(ctx, s))\n" in proc.stdout
+
+
+def test_cli_unknown_target_fails_cleanly(tmp_path: Path) -> None:
+    proc = _run([str(EXPAND_CLI), "no_such_module_xyz.sub"], tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "no_such_module_xyz" in proc.stderr
