@@ -108,8 +108,8 @@ class Runtime:
         self.options = options
         self.activity_registry = activities
         self.orchestration_registry = orchestrations
-        self._dispatcher = OrchestrationDispatcher(store, orchestrations, options)
         self._worker = ActivityWorker(store, activities, options)
+        self._dispatcher = OrchestrationDispatcher(store, orchestrations, options, self._worker.cancel_running)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

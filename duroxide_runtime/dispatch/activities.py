@@ -71,6 +71,15 @@ class ActivityWorker:
                 self._running[task] = (lease, actx)
                 task.add_done_callback(self._running_done)
 
+    def cancel_running(self, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
+        """Cancel calls of this process that their orchestration no longer waits for."""
+        wanted = set(event_ids)
+        for task, (lease, actx) in list(self._running.items()):
+            w = lease.work
+            if w.instance_id == instance_id and w.execution_id == execution_id and w.event_id in wanted:
+                actx._cancelled.set()
+                task.cancel()
+
     def _running_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
 

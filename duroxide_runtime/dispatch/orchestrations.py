@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import CorruptHistoryError, ErrorDetails, PoisonMessageError, UnknownOrchestrationError
@@ -77,8 +77,12 @@ class _Abandon:
 class OrchestrationDispatcher:
     """Runs orchestration turns; see the module docstring."""
 
-    def __init__(self, store: Provider, registry: OrchestrationRegistry, options: RuntimeOptions) -> None:
+    def __init__(self, store: Provider, registry: OrchestrationRegistry, options: RuntimeOptions,
+                 on_activities_cancelled: Callable[[str, int, list[int]], None] | None = None) -> None:
         self.store = store
+        #: Told of committed activity cancellations, so this process stops its own at once
+        #: (other processes notice at their next lease renewal).
+        self._on_activities_cancelled = on_activities_cancelled
         self.registry = registry
         self.options = options
         self.cache = InstanceCache(0 if options.replay_from_scratch else options.instance_cache_size)
@@ -137,6 +141,9 @@ class OrchestrationDispatcher:
                     self._forget(commit.instance_id)
                 else:
                     self._after_commit(commit.instance_id)
+                    if commit.cancelled_activities and self._on_activities_cancelled is not None:
+                        self._on_activities_cancelled(commit.instance_id, commit.execution_id,
+                                                      commit.cancelled_activities)
         for a in abandons:
             await self.store.abandon_orchestration_item(a.item.instance_id, a.item.lock_token, a.delay)
 
