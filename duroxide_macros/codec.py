@@ -14,11 +14,14 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+import sys
+import types
+import typing
 from typing import Any, Generic, TypeVar
 
 import orjson
+import typing_extensions
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from duroxide_runtime.errors import PayloadError
@@ -58,14 +61,22 @@ class Codec(Generic[T]):
     def __init__(self, annotation: Any, what: str = "payload") -> None:
         self.annotation = annotation
         self.what = what
-        self._adapter: TypeAdapter[T] = TypeAdapter(annotation)
+        self._adapter: TypeAdapter[T] = TypeAdapter(_portable(annotation))
 
     def encode(self, value: T) -> str:
-        """JSON text of ``value`` (checked against the annotation first, so bad values fail here)."""
-        if dataclasses.is_dataclass(value) or isinstance(value, (BaseModel, enum.Enum)):
-            return encode_value(value, self.what)
+        """JSON text of ``value``, checked against the annotation first so a wrong value fails here.
+
+        The check is strict (no "1" for an int): the call site is where a wrong type
+        is a bug, and nothing has been stored yet.
+        """
         try:
-            plain = self._adapter.dump_python(value, mode="json")
+            checked = self._adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            raise PayloadError(f"{self.what}: {type(value).__name__} value {_preview(value)} is not a "
+                               f"{self._name()}: {exc.errors()[0]['msg']}",
+                               fix=f"pass a value of type {self._name()}") from exc
+        try:
+            plain = self._adapter.dump_python(checked, mode="json")
         except Exception as exc:  # noqa: BLE001 - pydantic raises several kinds here
             raise PayloadError(f"{self.what}: cannot encode {type(value).__name__} as {self._name()} ({exc})",
                                fix=f"pass a value of type {self._name()}") from exc
@@ -81,3 +92,43 @@ class Codec(Generic[T]):
 
     def _name(self) -> str:
         return getattr(self.annotation, "__name__", None) or repr(self.annotation)
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _portable(annotation: Any) -> Any:
+    """``typing.TypedDict`` classes as ``typing_extensions.TypedDict`` (pydantic needs that before 3.12)."""
+    if sys.version_info >= (3, 12):
+        return annotation
+    return _convert_typeddicts(annotation, {})
+
+
+def _convert_typeddicts(tp: Any, seen: dict[Any, Any]) -> Any:
+    if isinstance(tp, type) and typing.is_typeddict(tp) and type(tp).__module__ == "typing":
+        if tp not in seen:
+            hints = typing.get_type_hints(tp)
+            fields = {name: _convert_typeddicts(hint, seen) for name, hint in hints.items()}
+            make: Any = typing_extensions.TypedDict  # the functional form, with a computed name
+            converted: Any = make(tp.__name__, fields, total=getattr(tp, "__total__", True))
+            converted.__required_keys__ = getattr(tp, "__required_keys__", frozenset())
+            converted.__optional_keys__ = getattr(tp, "__optional_keys__", frozenset())
+            seen[tp] = converted
+        return seen[tp]
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if not args or origin is None:
+        return tp
+    new_args = tuple(_convert_typeddicts(a, seen) for a in args)
+    if new_args == args:
+        return tp
+    if origin is typing.Union or origin is types.UnionType:
+        return typing.Union[new_args]
+    if origin is typing.Annotated:
+        return typing.Annotated[new_args]
+    try:
+        return tp.copy_with(new_args) if hasattr(tp, "copy_with") else origin[new_args]
+    except TypeError:
+        return tp

@@ -32,7 +32,7 @@ from duroxide_runtime import (
     OrchestrationContext,
     OrchestrationStatus,
 )
-from duroxide_runtime.errors import ConfigurationError, DuroxideError, ErrorDetails
+from duroxide_runtime.errors import ConfigurationError, DuroxideError, ErrorDetails, PayloadError
 from duroxide_runtime.loop import OrchestrationLoop
 from duroxide_runtime.options import to_seconds
 from duroxide_runtime.registry import DEFAULT_VERSION
@@ -144,7 +144,7 @@ class Activity(Generic[P, R]):
         values = list(bound.arguments.values())
         if not self.typed:
             if not isinstance(values[0], str):
-                raise ConfigurationError(
+                raise PayloadError(
                     f"untyped activity {self.name!r} takes a str, got {type(values[0]).__name__}",
                     fix="pass a str, or declare it @activity(typed=True)")
             return str(values[0])
@@ -159,19 +159,26 @@ class Activity(Generic[P, R]):
 
     async def invoke(self, input: str) -> str:
         """The string-API entry the runtime registers for ``async def`` activities: decode, run, encode."""
-        return self._encode_result(await self._call_any(*self._decode_args(input)))
+        args, kwargs = self._decode_args(input)
+        return self._encode_result(await self._call_any(*args, **kwargs))
 
     def invoke_sync(self, input: str) -> str:
         """The same for plain ``def`` activities (the worker runs it in its thread pool)."""
-        return self._encode_result(self._call_any(*self._decode_args(input)))
+        args, kwargs = self._decode_args(input)
+        return self._encode_result(self._call_any(*args, **kwargs))
 
-    def _decode_args(self, input: str) -> tuple[Any, ...]:
+    def _decode_args(self, input: str) -> tuple[list[Any], dict[str, Any]]:
+        """Decoded arguments, positional ones first, keyword-only ones by name."""
         if not self.typed:
-            return (input,)
+            return [input], {}
         if len(self._params) == 1:
-            return (self._arg_codecs[0].decode(input),)
-        assert self._args_codec is not None
-        return tuple(self._args_codec.decode(input))
+            values: list[Any] = [self._arg_codecs[0].decode(input)]
+        else:
+            assert self._args_codec is not None
+            values = list(self._args_codec.decode(input))
+        args = [v for p, v in zip(self._params, values) if p.kind is not p.KEYWORD_ONLY]
+        kwargs = {p.name: v for p, v in zip(self._params, values) if p.kind is p.KEYWORD_ONLY}
+        return args, kwargs
 
     def _encode_result(self, result: Any) -> str:
         if self._result_codec is not None:

@@ -66,7 +66,11 @@ _NONDETERMINISTIC: dict[tuple[str, ...], str] = {
 
 def uses_forms(source: bytes | str) -> bool:
     """Cheap pre-check: does the source mention any form? (Modules that don't are left alone.)"""
-    return bool(_FORMS_RE.search(source.encode() if isinstance(source, str) else source))
+    data = source.encode() if isinstance(source, str) else source
+    # Substring tests first: they reject almost every module far faster than the regex.
+    if b"durable" not in data and b"trace_" not in data and b"orch_" not in data:
+        return False
+    return bool(_FORMS_RE.search(data))
 
 
 @dataclass(frozen=True)

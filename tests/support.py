@@ -24,7 +24,7 @@ from duroxide_runtime import (
     SqliteProvider,
 )
 
-PROVIDERS = os.environ.get("DUROXIDE_TEST_PROVIDERS", "memory,sqlite").split(",")
+PROVIDERS = os.environ.get("DUROXIDE_TEST_PROVIDERS", "memory,sqlite,postgres").split(",")
 #: The PostgreSQL server tests use; CI fails (never skips) when it is unreachable.
 PG_URL = os.environ.get("DUROXIDE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPLAY_MODES = ["cached", "from_scratch"]

@@ -62,6 +62,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.InterfaceError,
+    # Raised when a pooled connection the server already closed is reused before
+    # asyncpg noticed ("cannot switch to state ..."); a fresh connection cures it.
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
@@ -173,8 +176,12 @@ class PostgresProvider(Provider):
         for attempt in range(30):
             try:
                 async with self._pool.acquire() as conn:
-                    async with conn.transaction():
-                        return await fn(conn)
+                    try:
+                        async with conn.transaction():
+                            return await fn(conn)
+                    except _TRANSIENT:
+                        conn.terminate()  # never hand a broken connection back to the pool
+                        raise
             except _TRANSIENT as exc:
                 if self._closed:
                     raise StoreError("PostgresProvider is closed", fix="create a new one") from exc
