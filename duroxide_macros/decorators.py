@@ -22,7 +22,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from duroxide_runtime import (
     Client,
@@ -260,6 +260,10 @@ class Orchestration(Generic[I, O]):
         fut = ctx.schedule_sub_orchestration(self.name, self.encode_input(input), instance_id=instance_id,
                                              version=version)
         return _typed_future(ctx, fut, self._out)
+
+    def continue_as_new(self, ctx: OrchestrationContext, input: I, *, version: str | None = None) -> NoReturn:
+        """End this execution and start the next one with typed ``input`` (see ``ctx.continue_as_new``)."""
+        ctx.continue_as_new(self.encode_input(input), version=version)
 
     # -- client helpers (client may be omitted inside duroxide_main) -----------------
 

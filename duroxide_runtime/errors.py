@@ -37,7 +37,6 @@ __all__ = [
     "CorruptHistoryError",
     "PoisonMessageError",
     "StoreError",
-    "LockLostError",
     "DurableTaskFailed",
     "ActivityFailed",
     "SubOrchestrationFailed",
@@ -133,7 +132,7 @@ class UnknownOrchestrationError(DuroxideError):
     def __init__(self, name: str, version: str | None, known: list[str]) -> None:
         self.name = name
         self.version = version
-        what = f"{name!r}" if version is None else f"{name!r} version {version!r}"
+        what = f"{name!r}" if not version else f"{name!r} version {version!r}"
         super().__init__(
             f"no orchestration {what} is registered in this runtime "
             f"(registered: {', '.join(sorted(known)) or 'none'})",
@@ -211,15 +210,6 @@ class StoreError(DuroxideError):
     """The store failed in a way retrying did not cure."""
 
     code = "STORE"
-
-
-class LockLostError(DuroxideError):
-    """A lock token expired or was taken over before its work was acknowledged.
-
-    The work is delivered again; nothing is lost.
-    """
-
-    code = "LOCK_LOST"
 
 
 @dataclass(frozen=True)
@@ -301,6 +291,10 @@ class ActivityTimeoutError(DurableTaskFailed):
 
 
 class OrchestrationCancelled(DuroxideError):
-    """The text an instance cancelled by ``cancel_instance`` ends with."""
+    """Names the failure of an instance ended by ``cancel_instance``.
+
+    Such an instance ends ``Failed`` with ``error_type == "OrchestrationCancelled"``
+    and the reason as message; the class exists so that code and docs can name it.
+    """
 
     code = "CANCELLED"

@@ -99,8 +99,8 @@ class RuntimeOptions:
     #: Live instances kept in memory between turns (O(new events) per turn).
     #: 0 disables the cache: every turn replays from scratch.
     instance_cache_size: int = 10_000
-    #: Replay from scratch at every turn, and check it against the cached
-    #: instance; for tests that must prove determinism.
+    #: Replay from scratch at every turn (the instance cache is off); for tests
+    #: that must prove determinism by comparing histories with the cached mode.
     replay_from_scratch: bool = False
     #: Largest input/output/event payload, in UTF-8 bytes.
     max_payload_bytes: int = 1024 * 1024

@@ -610,12 +610,16 @@ def _check_size(value: str, limit: int, what: str) -> None:
                                    fix="store large data elsewhere and pass a reference, or raise the limit in RuntimeOptions")
 
 
+_KIND_WORDS = {"activity": "activity", "timer": "a timer", "sub": "sub-orchestration",
+               "detached": "detached orchestration", "wait": "a wait for event", "system": "system call"}
+
+
 def _describe(event: HistoryEvent) -> str:
     kind = _SCHEDULE_KIND.get(type(event), type(event).__name__)
-    name = getattr(event, "name", None) or getattr(event, "op", None)
-    return f"{kind} {name!r}" + (f" with input {getattr(event, 'input')!r}" if hasattr(event, "input") else "")
+    return _describe_spec(kind, {k: getattr(event, k) for k in ("name", "op", "input") if hasattr(event, k)})
 
 
 def _describe_spec(kind: str, spec: dict[str, Any]) -> str:
     name = spec.get("name") or spec.get("op")
-    return f"{kind} {name!r}" + (f" with input {spec['input']!r}" if "input" in spec else "")
+    text = _KIND_WORDS.get(kind, kind) + (f" {name!r}" if name is not None else "")
+    return text + (f" with input {spec['input']!r}" if spec.get("input") is not None else "")

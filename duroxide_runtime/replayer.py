@@ -45,6 +45,7 @@ def replay_history(fn: OrchestrationFn, history: Sequence[HistoryEvent] | Path |
     The code may end earlier than the history (that is allowed); it may not
     make different durable calls, or end differently than a finished history says.
     """
+    fn = getattr(fn, "registered_function", fn)  # an @orchestration object: replay its string-API entry
     events = (history_from_json(Path(history).read_bytes(), instance_id=instance_id)
               if isinstance(history, (Path, str)) else list(history))
     if not events or not isinstance(events[0], Event.OrchestrationStarted):
@@ -56,7 +57,7 @@ def replay_history(fn: OrchestrationFn, history: Sequence[HistoryEvent] | Path |
         ex.replay(events)
         outcome = ex.outcome
         if outcome is not None and outcome.error is not None and outcome.error.error_type == "NonDeterminismError":
-            raise NonDeterminismError(outcome.error.message)
+            raise NonDeterminismError(outcome.error.message.split(". Fix: ")[0])
         recorded = next((e for e in events if isinstance(
             e, (Event.OrchestrationCompleted, Event.OrchestrationFailed, Event.OrchestrationContinuedAsNew))), None)
         if recorded is not None:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import asyncpg
 import pytest
 
 from duroxide_runtime import (
@@ -35,8 +36,9 @@ from duroxide_runtime import (
     VersionPolicy,
 )
 from duroxide_runtime.history import decode_event, encode_event
+from duroxide_runtime.providers.postgres import PostgresProvider
 
-from .support import Harness
+from .support import PG_URL, Harness
 
 # --------------------------------------------------------------------------- helpers
 
@@ -121,6 +123,21 @@ async def rewrite_history(h: Harness, iid: str, execution_id: int,
                                  [(iid, execution_id, e.event_id, encode_event(e)) for e in events])
         finally:
             conn.close()
+    elif isinstance(h.store, PostgresProvider):
+        conn = await asyncpg.connect(PG_URL)
+        s = h.store.schema
+        try:
+            rows = await conn.fetch(f"SELECT event FROM {s}.history WHERE instance_id=$1 AND execution_id=$2 "
+                                    "ORDER BY event_id", iid, execution_id)
+            events = change([decode_event(r[0]) for r in rows])
+            async with conn.transaction():
+                await conn.execute(f"DELETE FROM {s}.history WHERE instance_id=$1 AND execution_id=$2",
+                                   iid, execution_id)
+                await conn.executemany(f"INSERT INTO {s}.history(instance_id, execution_id, event_id, event) "
+                                       "VALUES ($1,$2,$3,$4)",
+                                       [(iid, execution_id, e.event_id, encode_event(e)) for e in events])
+        finally:
+            await conn.close()
     else:
         stored = h.store._history[(iid, execution_id)]  # type: ignore[attr-defined]
         stored[:] = change(list(stored))
@@ -563,6 +580,15 @@ async def test_corrupt_history_fails_that_instance_only(harness: Harness) -> Non
                              (b"\x00this is not an event",))
         finally:
             conn.close()
+        with pytest.raises(CorruptHistoryError):
+            await harness.client.read_history("bad")
+    elif isinstance(harness.store, PostgresProvider):
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f"UPDATE {harness.store.schema}.history SET event=$1 "
+                               "WHERE instance_id='bad' AND event_id=2", b"\x00this is not an event")
+        finally:
+            await conn.close()
         with pytest.raises(CorruptHistoryError):
             await harness.client.read_history("bad")
     else:

@@ -210,7 +210,7 @@ class OrchestrationDispatcher:
                         item.instance_id, "first event is not OrchestrationStarted"))
                 name, version = started.name, started.version
             elif start is not None:
-                name, version = start.name, start.version or self.registry.pick_version(start.name) or "?"
+                name, version = start.name, start.version or self.registry.pick_version(start.name) or ""
             else:
                 return commit  # nothing started this execution; stray messages are dropped
             fn = self.registry.get(name, version)

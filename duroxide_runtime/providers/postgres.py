@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -352,7 +351,7 @@ class PostgresProvider(Provider):
             if not wanted:
                 due = await conn.fetchval(f"SELECT MIN(visible_at) FROM {s}.orchestrator_queue WHERE visible_at > $1",
                                           now)
-                return FetchResult([], None if due is None else due + (_local_ms() - now))
+                return FetchResult([], due)  # timer due times are in the clock of the node that set them
             tokens = [uuid.uuid4().hex for _ in wanted]
             claimed = await conn.fetch(
                 f"INSERT INTO {s}.instance_locks AS l(instance_id, lock_token, locked_until) "
@@ -595,10 +594,6 @@ class PostgresProvider(Provider):
     async def drop_schema(self) -> None:
         """Delete this provider's schema and everything in it (tests and teardown)."""
         await self._tx(lambda conn: conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
-
-
-def _local_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _redact(url: str) -> str:
