@@ -352,6 +352,9 @@ class PostgresProvider(Provider):
                 due = await conn.fetchval(f"SELECT MIN(visible_at) FROM {s}.orchestrator_queue WHERE visible_at > $1",
                                           now)
                 return FetchResult([], due)  # timer due times are in the clock of the node that set them
+            # Two fetchers may want the same instance (each locked different messages of it):
+            # claiming in one global order makes one wait for the other instead of deadlocking.
+            wanted.sort()
             tokens = [uuid.uuid4().hex for _ in wanted]
             claimed = await conn.fetch(
                 f"INSERT INTO {s}.instance_locks AS l(instance_id, lock_token, locked_until) "
