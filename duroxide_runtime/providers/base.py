@@ -184,6 +184,15 @@ class WakeSignals:
             if not fut.done():
                 fut.set_result(None)
 
+    def after_commit(self, commits: Sequence[TurnCommit], results: Sequence[bool]) -> None:
+        """Wake what a batch of committed turns concerns: dispatchers, workers, waiting clients."""
+        self.notify_orchestrator()
+        if any(c.activities for c in commits):
+            self.notify_worker()
+        for c, ok in zip(commits, results):
+            if ok and c.update is not None and c.update.status in TERMINAL:
+                self.notify_instance(c.instance_id)
+
     async def wait_orchestrator(self, timeout: float) -> None:
         await _wait_event(self._orchestrator, timeout)
 

@@ -162,8 +162,7 @@ class InMemoryProvider(Provider):
                 continue
             self._apply_commit(c)
             results.append(True)
-        self.signals.notify_orchestrator()
-        self.signals.notify_worker()
+        self.signals.after_commit(commits, results)
         return results
 
     def _apply_commit(self, c: TurnCommit) -> None:
@@ -198,8 +197,6 @@ class InMemoryProvider(Provider):
                     output=u.output, error=u.error,
                     custom_status=u.custom_status if u.custom_status_changed else old.custom_status,
                     updated_at_ms=now)
-                if u.status in TERMINAL:
-                    self.signals.notify_instance(c.instance_id)
         self._locks.pop(c.instance_id, None)
 
     def _reject_child(self, start: StartOrchestration) -> None:

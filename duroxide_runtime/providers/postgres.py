@@ -440,12 +440,7 @@ class PostgresProvider(Provider):
 
         results = await self._tx(op)
         # NOTIFY reaches other processes; this process need not wait for the round trip.
-        self.signals.notify_orchestrator()
-        if any(c.activities for c in commits):
-            self.signals.notify_worker()
-        for c, ok in zip(commits, results):
-            if ok and c.update is not None and c.update.status in TERMINAL:
-                self.signals.notify_instance(c.instance_id)
+        self.signals.after_commit(commits, results)
         return results
 
     async def _apply_commit(self, conn: _Conn, c: TurnCommit) -> None:

@@ -370,12 +370,7 @@ class SqliteProvider(Provider):
             return results
 
         results = await self._run(op)
-        self.signals.notify_orchestrator()
-        if any(c.activities for c in commits):
-            self.signals.notify_worker()
-        for c, ok in zip(commits, results):
-            if ok and c.update is not None and c.update.status in TERMINAL:
-                self.signals.notify_instance(c.instance_id)
+        self.signals.after_commit(commits, results)
         return results
 
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
