@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import os
+import subprocess
+import textwrap
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -120,3 +125,35 @@ def normalize(history: list[HistoryEvent]) -> list[tuple[Any, ...]]:
             fields["details"] = (fields["details"].error_type, fields["details"].message)
         out.append((type(e).__name__, tuple(sorted(fields.items(), key=lambda kv: kv[0]))))
     return out
+
+
+async def eventually(fn: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``fn`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the variables that change how Python caches and finds modules."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONOPTIMIZE", "PYTHONPATH")}
+    env.update(extra)
+    return env
+
+
+def run_cmd(args: list[str], cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command in ``cwd`` with :func:`clean_env` plus ``env``; capture text output."""
+    return subprocess.run(args, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def dedent_src(text: str) -> str:
+    """A source snippet written indented in a test, as a module's text."""
+    return textwrap.dedent(text).lstrip("\n")

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,20 +38,7 @@ from duroxide_runtime import (
     VersionPolicy,
 )
 
-from .support import REPLAY_MODES, Harness
-
-
-async def eventually(fn: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+from .support import Harness, REPLAY_MODES, eventually
 
 
 async def count_events(client: Client, iid: str, kind: type) -> int:

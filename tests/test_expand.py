@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import ast
 import importlib
-import os
 import subprocess
 import sys
-import textwrap
 import types
 import uuid
 from pathlib import Path
@@ -28,20 +26,7 @@ from duroxide_macros.hook import DurableExpansionError
 FIXTURES = Path(__file__).parent / "fixtures" / "macros"
 EXPAND_CLI = Path(sys.executable).with_name("duroxide-expand")
 
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONOPTIMIZE", "PYTHONPATH")}
-    env.update(extra)
-    return env
-
-
-def _run(args: list[str], cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
-
-
-def _src(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
+from .support import clean_env, dedent_src, run_cmd
 
 
 def _lines_of(source: str, needle: str) -> int:
@@ -56,7 +41,7 @@ def _lines_of(source: str, needle: str) -> int:
 # --------------------------------------------------------------------------------------
 
 def test_each_form_is_rewritten_onto_the_context_in_scope() -> None:
-    src = _src('''
+    src = dedent_src('''
         from duroxide_macros.prelude import *
 
         @orchestration
@@ -98,7 +83,7 @@ def test_each_form_is_rewritten_onto_the_context_in_scope() -> None:
 
 
 def test_context_is_the_first_parameter_whatever_its_name() -> None:
-    src = _src('''
+    src = dedent_src('''
         @orchestration(name="process_order", version="2.0.0")
         async def flow_v2(octx, order):
             durable_trace_info("x")
@@ -112,7 +97,7 @@ def test_context_is_the_first_parameter_whatever_its_name() -> None:
 
 
 def test_context_from_a_parameter_annotated_orchestration_context() -> None:
-    src = _src('''
+    src = dedent_src('''
         import duroxide_runtime as dr
 
         async def step(order, c: OrchestrationContext):
@@ -134,7 +119,7 @@ def test_context_from_a_parameter_annotated_orchestration_context() -> None:
 
 
 def test_closures_inside_an_orchestration_see_its_context() -> None:
-    src = _src('''
+    src = dedent_src('''
         @orchestration
         async def fan_out(my_ctx, items):
             async def one(item):
@@ -154,7 +139,7 @@ def test_closures_inside_an_orchestration_see_its_context() -> None:
 
 
 def test_trace_forms_in_activities_are_left_alone_but_durable_is_an_error() -> None:
-    src = _src('''
+    src = dedent_src('''
         @activity(typed=True)
         async def charge(order):
             durable_trace_info("charging {}", order)
@@ -178,7 +163,7 @@ def test_trace_forms_in_activities_are_left_alone_but_durable_is_an_error() -> N
 
 def test_activity_nested_in_an_orchestration_module_does_not_inherit_a_context() -> None:
     # A context annotation in another function must not leak into an activity.
-    src = _src('''
+    src = dedent_src('''
         async def helper(c: OrchestrationContext):
             return await durable(a(1))
 
@@ -193,7 +178,7 @@ def test_activity_nested_in_an_orchestration_module_does_not_inherit_a_context()
 
 
 def test_modules_without_forms_are_untouched() -> None:
-    plain = _src('''
+    plain = dedent_src('''
         import time
 
         class Tracer:
@@ -204,7 +189,7 @@ def test_modules_without_forms_are_untouched() -> None:
     assert uses_forms("x = await durable(f(1))")
     assert uses_forms(b"durable_trace_info('x')")
     # names that merely look like forms are not rewritten
-    lookalike = _src('''
+    lookalike = dedent_src('''
         import time
 
         def durable_thing():
@@ -276,7 +261,7 @@ def test_expanded_code_uses_only_the_original_lines() -> None:
 
 
 def test_awkward_spellings_stay_valid_and_keep_their_lines() -> None:
-    src = _src('''
+    src = dedent_src('''
         @orchestration
         async def o(ctx, a):
             x = await durable(  # comment
@@ -311,7 +296,7 @@ def test_awkward_spellings_stay_valid_and_keep_their_lines() -> None:
 
 
 def test_problems_keep_the_original_positions_after_multiline_forms() -> None:
-    src = _src('''
+    src = dedent_src('''
         import time
 
         @orchestration
@@ -408,7 +393,7 @@ def test_bad_orchestration_signatures_are_reported(src: str, needle: str) -> Non
 
 
 def test_nondeterministic_calls_outside_orchestrations_are_fine() -> None:
-    src = _src('''
+    src = dedent_src('''
         import time, random, uuid
         from datetime import datetime
 
@@ -436,7 +421,7 @@ def _write_module(tmp_path: Path, source: str) -> tuple[str, Path]:
 
 def test_importing_a_misusing_module_raises_with_every_problem(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    src = _src('''
+    src = dedent_src('''
         import time
         from duroxide_macros.prelude import *
 
@@ -491,7 +476,7 @@ def test_durable_that_reaches_run_time_unexpanded_says_how_to_fix() -> None:
 
 def test_unexpanded_module_fails_the_instance_with_the_fix(tmp_path: Path) -> None:
     """A program that forgot the install import: the orchestration fails with the fix, not a NameError."""
-    (tmp_path / "flows_noinstall.py").write_text(_src('''
+    (tmp_path / "flows_noinstall.py").write_text(dedent_src('''
         from duroxide_macros.prelude import *
 
         @activity(typed=True)
@@ -502,7 +487,7 @@ def test_unexpanded_module_fails_the_instance_with_the_fix(tmp_path: Path) -> No
         async def ne_flow(ctx: OrchestrationContext, n: int) -> int:
             return await durable(ne_double(n))
     '''))
-    (tmp_path / "runner.py").write_text(_src('''
+    (tmp_path / "runner.py").write_text(dedent_src('''
         import asyncio, sys
         from duroxide_macros.prelude import *
         import flows_noinstall
@@ -520,7 +505,7 @@ def test_unexpanded_module_fails_the_instance_with_the_fix(tmp_path: Path) -> No
 
         asyncio.run(main())
     '''))
-    proc = _run([sys.executable, "runner.py"], tmp_path)
+    proc = run_cmd([sys.executable, "runner.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "STATUS Failed" in proc.stdout
     assert "DurableNotExpandedError" in proc.stdout or "unexpanded" in proc.stdout
@@ -531,7 +516,7 @@ def test_unexpanded_module_fails_the_instance_with_the_fix(tmp_path: Path) -> No
 # duroxide-expand
 # --------------------------------------------------------------------------------------
 
-SIDE_EFFECT_MODULE = _src('''
+SIDE_EFFECT_MODULE = dedent_src('''
     from pathlib import Path
     from duroxide_macros.prelude import *
 
@@ -551,7 +536,7 @@ SIDE_EFFECT_MODULE = _src('''
 def test_cli_prints_the_rewritten_source_without_running_the_module(tmp_path: Path) -> None:
     target = tmp_path / "flows.py"
     target.write_text(SIDE_EFFECT_MODULE)
-    proc = _run([str(EXPAND_CLI), str(target)], tmp_path)
+    proc = run_cmd([str(EXPAND_CLI), str(target)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expand(SIDE_EFFECT_MODULE, str(target)).code
     assert "    return await (charge.call(ctx, order, 1.5))\n" in proc.stdout
@@ -563,7 +548,7 @@ def test_cli_prints_the_rewritten_source_without_running_the_module(tmp_path: Pa
 def test_cli_diff(tmp_path: Path) -> None:
     target = tmp_path / "flows.py"
     target.write_text(SIDE_EFFECT_MODULE)
-    proc = _run([str(EXPAND_CLI), str(target), "--diff"], tmp_path)
+    proc = run_cmd([str(EXPAND_CLI), str(target), "--diff"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "-    return await durable(charge(order, 1.5))" in lines
@@ -574,7 +559,7 @@ def test_cli_diff(tmp_path: Path) -> None:
 
 
 def test_cli_check_lists_problems_and_fails(tmp_path: Path) -> None:
-    src = _src('''
+    src = dedent_src('''
         import time, uuid
         from pathlib import Path
         from duroxide_macros.prelude import *
@@ -589,7 +574,7 @@ def test_cli_check_lists_problems_and_fails(tmp_path: Path) -> None:
     ''')
     target = tmp_path / "bad_flows.py"
     target.write_text(src)
-    proc = _run([str(EXPAND_CLI), "--check", str(target)], tmp_path)
+    proc = run_cmd([str(EXPAND_CLI), "--check", str(target)], tmp_path)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     for needle, col in (("time.time()", 15), ("uuid.uuid4()", 11), ("durable(order)", 18)):
@@ -598,7 +583,7 @@ def test_cli_check_lists_problems_and_fails(tmp_path: Path) -> None:
     assert not (tmp_path / "SIDE_EFFECT").exists()
     ok = tmp_path / "good_flows.py"
     ok.write_text(SIDE_EFFECT_MODULE)
-    proc = _run([str(EXPAND_CLI), "--check", str(ok)], tmp_path)
+    proc = run_cmd([str(EXPAND_CLI), "--check", str(ok)], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (tmp_path / "SIDE_EFFECT").exists()
 
@@ -614,18 +599,18 @@ def _make_package(root: Path) -> Path:
 
 def test_cli_accepts_a_dotted_module_name(tmp_path: Path) -> None:
     pkg = _make_package(tmp_path / "src")
-    proc = _run([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
+    proc = run_cmd([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
     assert proc.returncode == 0, proc.stderr
     assert "    return await (charge.call(ctx, order, 1.5))\n" in proc.stdout
     assert not (pkg / "flows" / "SIDE_EFFECT").exists()
-    proc = _run([str(EXPAND_CLI), "--check", "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
+    proc = run_cmd([str(EXPAND_CLI), "--check", "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_cli_dotted_module_name_resolves_from_the_current_directory(tmp_path: Path) -> None:
     """Like `python -m`, run from the project root without setting PYTHONPATH."""
     _make_package(tmp_path)
-    proc = _run([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path)
+    proc = run_cmd([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "    return await (charge.call(ctx, order, 1.5))\n" in proc.stdout
 
@@ -633,7 +618,7 @@ def test_cli_dotted_module_name_resolves_from_the_current_directory(tmp_path: Pa
 def test_cli_dotted_module_name_runs_no_package_code(tmp_path: Path) -> None:
     """Expanding a module must not run user code, including its parent packages' __init__."""
     pkg = _make_package(tmp_path / "src")
-    proc = _run([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
+    proc = run_cmd([str(EXPAND_CLI), "shop_app.flows.orders"], tmp_path, PYTHONPATH=str(tmp_path / "src"))
     assert proc.returncode == 0, proc.stderr
     assert not (pkg / "PKG_INIT_RAN").exists(), "duroxide-expand executed shop_app/__init__.py"
 
@@ -642,16 +627,16 @@ def test_cli_honours_the_source_encoding(tmp_path: Path) -> None:
     target = tmp_path / "latin_flows.py"
     target.write_bytes(b"# -*- coding: latin-1 -*-\nNAME = 'caf\xe9'\n@orchestration\nasync def f(ctx, s):\n"
                        b"    return await durable(g(s))\n")
-    proc = _run([str(EXPAND_CLI), "--check", str(target)], tmp_path)
+    proc = run_cmd([str(EXPAND_CLI), "--check", str(target)], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([str(EXPAND_CLI), str(target)], cwd=tmp_path, env=_env(), capture_output=True, timeout=60)
+    proc = subprocess.run([str(EXPAND_CLI), str(target)], cwd=tmp_path, env=clean_env(), capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "NAME = 'caf\u00e9'".encode() in proc.stdout or b"NAME = 'caf\xe9'" in proc.stdout
     assert b"    return await (g.call(ctx, s))\n" in proc.stdout
 
 
 def test_cli_unknown_target_fails_cleanly(tmp_path: Path) -> None:
-    proc = _run([str(EXPAND_CLI), "no_such_module_xyz.sub"], tmp_path)
+    proc = run_cmd([str(EXPAND_CLI), "no_such_module_xyz.sub"], tmp_path)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "no_such_module_xyz" in proc.stderr

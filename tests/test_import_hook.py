@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -27,20 +26,7 @@ from duroxide_macros.hook import DurableFinder
 FIXTURES = Path(__file__).parent / "fixtures" / "macros"
 TAG = sys.implementation.cache_tag
 
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONOPTIMIZE", "PYTHONPATH")}
-    env.update(extra)
-    return env
-
-
-def _run(args: list[str], cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
-
-
-def _src(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
+from .support import clean_env, dedent_src, run_cmd
 
 
 def _mark(source: str, name: str) -> int:
@@ -57,7 +43,7 @@ def test_only_modules_using_forms_are_claimed(tmp_path: Path, monkeypatch: pytes
     tag = uuid.uuid4().hex[:8]
     plain, flows = f"plain_{tag}", f"flows_{tag}"
     (tmp_path / f"{plain}.py").write_text("import json\n\ndef dump(x):\n    return json.dumps(x)\n")
-    (tmp_path / f"{flows}.py").write_text(_src(f'''
+    (tmp_path / f"{flows}.py").write_text(dedent_src(f'''
         from duroxide_macros.prelude import *
 
         @activity
@@ -88,7 +74,7 @@ def test_only_modules_using_forms_are_claimed(tmp_path: Path, monkeypatch: pytes
 
 def test_install_import_claims_nothing_else_and_is_idempotent(tmp_path: Path) -> None:
     (tmp_path / "plainmod.py").write_text("X = 1\n")
-    (tmp_path / "runner.py").write_text(_src('''
+    (tmp_path / "runner.py").write_text(dedent_src('''
         import duroxide_macros.install
         import duroxide_macros.install
         import importlib, importlib.machinery, sys
@@ -100,7 +86,7 @@ def test_install_import_claims_nothing_else_and_is_idempotent(tmp_path: Path) ->
             print("LOADER", m.__name__, type(m.__spec__.loader) is importlib.machinery.SourceFileLoader)
         print("RAN ONCE")
     '''))
-    proc = _run([sys.executable, "runner.py"], tmp_path)
+    proc = run_cmd([sys.executable, "runner.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["FINDERS 1", "LOADER plainmod True", "LOADER colorsys True", "RAN ONCE"]
     # the plain module got an ordinary pyc and nothing else
@@ -110,7 +96,7 @@ def test_install_import_claims_nothing_else_and_is_idempotent(tmp_path: Path) ->
 def test_packages_and_relative_imports_of_rewritten_modules(tmp_path: Path) -> None:
     pkg = tmp_path / "shop"
     (pkg / "flows").mkdir(parents=True)
-    (pkg / "__init__.py").write_text(_src('''
+    (pkg / "__init__.py").write_text(dedent_src('''
         from duroxide_macros.prelude import *
 
         @orchestration
@@ -121,7 +107,7 @@ def test_packages_and_relative_imports_of_rewritten_modules(tmp_path: Path) -> N
     '''))
     (pkg / "flows" / "__init__.py").write_text("")
     (pkg / "flows" / "helpers.py").write_text("def up(s):\n    return s.upper()\n")
-    (pkg / "flows" / "acts.py").write_text(_src('''
+    (pkg / "flows" / "acts.py").write_text(dedent_src('''
         from duroxide_macros.prelude import *
         from . import helpers
 
@@ -130,7 +116,7 @@ def test_packages_and_relative_imports_of_rewritten_modules(tmp_path: Path) -> N
             durable_trace_info("acting")
             return helpers.up(s)
     '''))
-    (tmp_path / "run.py").write_text(_src('''
+    (tmp_path / "run.py").write_text(dedent_src('''
         import duroxide_macros.install
         import asyncio, importlib.machinery
         import shop, shop.flows.acts, shop.flows.helpers
@@ -148,7 +134,7 @@ def test_packages_and_relative_imports_of_rewritten_modules(tmp_path: Path) -> N
 
         asyncio.run(main())
     '''))
-    proc = _run([sys.executable, "run.py"], tmp_path)
+    proc = run_cmd([sys.executable, "run.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "shop shop False", "shop.flows.acts shop.flows False", "shop.flows.helpers shop.flows True",
@@ -173,7 +159,7 @@ def test_source_encoding_of_rewritten_modules_is_honoured(tmp_path: Path) -> Non
     (tmp_path / "run.py").write_text(
         "import duroxide_macros.install\nimport bom_flows, latin_flows\n"
         "print(bom_flows.NAME == latin_flows.NAME == 'caf\\u00e9')\n")
-    proc = _run([sys.executable, "run.py"], tmp_path)
+    proc = run_cmd([sys.executable, "run.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "True\n"
 
@@ -182,7 +168,7 @@ def test_source_encoding_of_rewritten_modules_is_honoured(tmp_path: Path) -> Non
 # The cache
 # --------------------------------------------------------------------------------------
 
-CACHE_MODULE = _src('''
+CACHE_MODULE = dedent_src('''
     from duroxide_macros.prelude import *
 
     VALUE = 1
@@ -206,7 +192,7 @@ CACHE_MODULE = _src('''
 ''')
 
 # Counts libcst parses (the expander's work) without touching duroxide's code.
-CACHE_RUNNER = _src('''
+CACHE_RUNNER = dedent_src('''
     import libcst
     _parse = libcst.parse_module
     _count = [0]
@@ -233,7 +219,7 @@ def _cache_project(tmp_path: Path) -> Path:
 
 
 def _load(proj: Path, *flags: str, **env: str) -> dict[str, str]:
-    proc = _run([sys.executable, *flags, "runner.py"], proj, **env)
+    proc = run_cmd([sys.executable, *flags, "runner.py"], proj, **env)
     assert proc.returncode == 0, proc.stderr
     return dict(line.split(" ", 1) for line in proc.stdout.splitlines())
 
@@ -327,7 +313,7 @@ def test_corrupt_cache_is_ignored_and_replaced(tmp_path: Path) -> None:
 
 def test_concurrent_first_imports_share_the_cache_safely(tmp_path: Path) -> None:
     proj = _cache_project(tmp_path)
-    procs = [subprocess.Popen([sys.executable, "runner.py"], cwd=proj, env=_env(), text=True,
+    procs = [subprocess.Popen([sys.executable, "runner.py"], cwd=proj, env=clean_env(), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
     for p in procs:
         out, err = p.communicate(timeout=60)
@@ -341,7 +327,7 @@ def test_concurrent_first_imports_share_the_cache_safely(tmp_path: Path) -> None
 # Line numbers: tracebacks, inspect, tracing (coverage), pdb
 # --------------------------------------------------------------------------------------
 
-LINES_RUNNER = _src('''
+LINES_RUNNER = dedent_src('''
     import duroxide_macros.install
     import asyncio, inspect, json, logging, sys
     import lines_mod
@@ -407,7 +393,7 @@ def test_tracebacks_inspect_and_tracing_point_at_the_users_lines(tmp_path: Path)
     (tmp_path / "runner.py").write_text(LINES_RUNNER)
     src = mod.read_text()
     lines = src.splitlines(keepends=True)
-    proc = _run([sys.executable, "runner.py"], tmp_path)
+    proc = run_cmd([sys.executable, "runner.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.splitlines()[-1])
     assert out["ok"] > 0
@@ -455,7 +441,7 @@ def test_pdb_breakpoint_on_a_user_line_stops_there(tmp_path: Path) -> None:
     mod = tmp_path / "lines_mod.py"
     shutil.copy(FIXTURES / "multiline_orch.py", mod)
     src = mod.read_text()
-    (tmp_path / "runner.py").write_text(_src('''
+    (tmp_path / "runner.py").write_text(dedent_src('''
         import duroxide_macros.install
         import asyncio, lines_mod
         from duroxide_macros.prelude import *
@@ -470,7 +456,7 @@ def test_pdb_breakpoint_on_a_user_line_stops_there(tmp_path: Path) -> None:
     '''))
     line = _mark(src, "orch_return")
     commands = f"break {mod}:{line}\ncontinue\np ('N_IS', n, second)\ncontinue\nquit\n"
-    proc = subprocess.run([sys.executable, "-m", "pdb", "runner.py"], cwd=tmp_path, env=_env(), input=commands,
+    proc = subprocess.run([sys.executable, "-m", "pdb", "runner.py"], cwd=tmp_path, env=clean_env(), input=commands,
                           capture_output=True, text=True, timeout=60)
     out = proc.stdout
     assert f"Breakpoint 1 at {mod}:{line}" in out, out
@@ -484,7 +470,7 @@ def test_pdb_breakpoint_on_a_user_line_stops_there(tmp_path: Path) -> None:
 # The main script
 # --------------------------------------------------------------------------------------
 
-MAIN_SCRIPT = _src('''
+MAIN_SCRIPT = dedent_src('''
     import duroxide_macros.install
     import asyncio
     from duroxide_macros.prelude import *
@@ -521,7 +507,7 @@ MAIN_SCRIPT = _src('''
 def test_main_script_is_rewritten_and_keeps_its_lines(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     app.write_text(MAIN_SCRIPT)
-    proc = _run([sys.executable, "app.py"], tmp_path)
+    proc = run_cmd([sys.executable, "app.py"], tmp_path)
     assert proc.stdout.splitlines() == ["BODY __main__", "RESULT 41"], proc.stderr
     assert proc.returncode == 1
     err = proc.stderr
@@ -532,7 +518,7 @@ def test_main_script_is_rewritten_and_keeps_its_lines(tmp_path: Path) -> None:
 
 
 def test_main_script_exit_code_and_plain_scripts(tmp_path: Path) -> None:
-    (tmp_path / "exits.py").write_text(_src('''
+    (tmp_path / "exits.py").write_text(dedent_src('''
         import duroxide_macros.install
         import sys
         from duroxide_macros.prelude import *
@@ -544,15 +530,15 @@ def test_main_script_exit_code_and_plain_scripts(tmp_path: Path) -> None:
 
         sys.exit(3)
     '''))
-    proc = _run([sys.executable, "exits.py"], tmp_path)
+    proc = run_cmd([sys.executable, "exits.py"], tmp_path)
     assert (proc.returncode, proc.stdout) == (3, "BODY\n"), proc.stderr
     (tmp_path / "plain.py").write_text("import duroxide_macros.install\nprint('PLAIN', __name__)\n")
-    proc = _run([sys.executable, "plain.py"], tmp_path)
+    proc = run_cmd([sys.executable, "plain.py"], tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "PLAIN __main__\n"), proc.stderr
 
 
 def test_main_script_misuse_is_reported_before_anything_runs(tmp_path: Path) -> None:
-    src = _src('''
+    src = dedent_src('''
         import duroxide_macros.install
         import time
         from duroxide_macros.prelude import *
@@ -565,7 +551,7 @@ def test_main_script_misuse_is_reported_before_anything_runs(tmp_path: Path) -> 
     ''')
     app = tmp_path / "bad_app.py"
     app.write_text(src)
-    proc = _run([sys.executable, "bad_app.py"], tmp_path)
+    proc = run_cmd([sys.executable, "bad_app.py"], tmp_path)
     assert proc.returncode != 0
     assert "BODY RAN" not in proc.stdout
     assert f"{app}:{_mark(src, 'bad_time')}:9: " in proc.stderr, proc.stderr
@@ -577,7 +563,7 @@ def test_main_script_misuse_is_reported_before_anything_runs(tmp_path: Path) -> 
 # pytest test modules
 # --------------------------------------------------------------------------------------
 
-PYTEST_MODULE = _src('''
+PYTEST_MODULE = dedent_src('''
     from duroxide_macros.prelude import *
 
     @activity(typed=True)
@@ -606,7 +592,7 @@ def test_pytest_modules_with_forms_keep_assertion_rewriting(tmp_path: Path) -> N
     (tmp_path / "test_flow.py").write_text(PYTEST_MODULE)
     line = _mark(PYTEST_MODULE, "failing_assert")
     for attempt in ("fresh", "cached"):
-        proc = _run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "test_flow.py"], tmp_path,
+        proc = run_cmd([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "test_flow.py"], tmp_path,
                     timeout=120)
         out = proc.stdout
         assert proc.returncode == 1, (attempt, out + proc.stderr)

@@ -9,12 +9,11 @@ once per provider (``env1``).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,23 +43,9 @@ from duroxide_runtime import (
 from duroxide_runtime.messages import ActivityResult
 from duroxide_runtime.providers.base import InstanceUpdate, TurnCommit, WorkCompletion, now_ms
 
-from .support import PROVIDERS, Harness, make_store
+from .support import Harness, PROVIDERS, eventually, make_store
 
 # -- helpers ------------------------------------------------------------------------
-
-
-async def eventually(fn: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``fn`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def registries(orchs: Mapping[str, Any], acts: Mapping[str, Any] | None = None
