@@ -57,7 +57,8 @@ class DurableExpansionError(SyntaxError):
 
 def _stdlib_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
-    return tuple(os.path.normcase(os.path.realpath(paths[k])) + os.sep for k in ("stdlib", "platstdlib"))
+    dirs = {p for k in ("stdlib", "platstdlib") for p in (paths[k], os.path.realpath(paths[k]))}
+    return tuple(os.path.normcase(d) + os.sep for d in dirs)
 
 
 _STDLIB = _stdlib_dirs()
@@ -95,6 +96,31 @@ def compile_source(source: bytes, path: str, pytest_hook: Any = None) -> types.C
         rewrite_asserts(tree, result.code.encode(), path, pytest_hook.config)
         return compile(tree, path, "exec", dont_inherit=True)
     return compile(result.code, path, "exec", dont_inherit=True)
+
+
+def _no_forms_marker(source_path: str, st: os.stat_result) -> str:
+    """An empty file whose name says "this source, at this mtime and size, uses no form".
+
+    Checking it costs one stat instead of reading and scanning the source, which
+    keeps the hook's cost for ordinary modules near zero; an edit changes the
+    name, so a stale verdict is never used.
+    """
+    return f"{cache_path(source_path)[:-4]}.{st.st_mtime_ns}-{st.st_size}.noforms"
+
+
+def _touch(path: str) -> None:
+    """Create a marker, removing the markers of earlier versions of the same source."""
+    folder, name = os.path.split(path)
+    stem = name.rsplit(".", 2)[0] + "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for old in os.listdir(folder):
+            if old.startswith(stem) and old.endswith(".noforms"):
+                os.unlink(os.path.join(folder, old))
+        with open(path, "wb"):
+            pass
+    except OSError:
+        pass  # a read-only tree only costs the scan next time
 
 
 class DurableLoader(importlib.abc.SourceLoader):
@@ -169,20 +195,49 @@ class DurableFinder(importlib.abc.MetaPathFinder):
                 or not isinstance(spec.loader, importlib.machinery.SourceFileLoader)):
             return None
         origin = spec.origin
-        real = os.path.normcase(os.path.realpath(origin))
-        if real.startswith(_STDLIB) and "-packages" + os.sep not in real:
+        if os.path.normcase(origin).startswith(_STDLIB) and "-packages" + os.sep not in origin:
             return None  # the standard library never uses the forms
         try:
+            st = os.stat(origin)
+            marker = _no_forms_marker(origin, st)
+            if os.path.exists(marker):  # seen before, unchanged, and without forms
+                return spec if self._only_trivial_finders_before_path_finder() else None
             with open(origin, "rb") as f:
                 source = f.read()
         except OSError:
             return None
         if not uses_forms(source):
-            return None
+            if not sys.dont_write_bytecode:
+                _touch(marker)
+            return spec if self._only_trivial_finders_before_path_finder() else None
         loader = DurableLoader(fullname, origin, source, _pytest_rewriter(fullname, path))
         new_spec = importlib.util.spec_from_file_location(fullname, origin, loader=loader,
                                                           submodule_search_locations=spec.submodule_search_locations)
         return new_spec
+
+
+    def _only_trivial_finders_before_path_finder(self) -> bool:
+        """Would the normal import system find exactly ``PathFinder``'s spec after us?
+
+        Then we hand that spec back instead of declining, which spares a second
+        lookup of the same file (the hook's main cost for modules without forms).
+        Any other finder in between (pytest's assertion rewriter, say) must get its turn.
+        """
+        seen_self = False
+        for finder in sys.meta_path:
+            if finder is self:
+                seen_self = True
+            elif finder is importlib.machinery.PathFinder:
+                return seen_self
+            elif seen_self and not _trivial_finder(finder):
+                return False
+        return False
+
+
+def _trivial_finder(finder: object) -> bool:
+    # Finders that only ever claim built-in, frozen or setuptools' own distutils modules.
+    return (finder in (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter)
+            or type(finder).__name__ == "DistutilsMetaFinder")
 
 
 _finder = DurableFinder()

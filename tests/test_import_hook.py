@@ -89,8 +89,13 @@ def test_install_import_claims_nothing_else_and_is_idempotent(tmp_path: Path) ->
     proc = run_cmd([sys.executable, "runner.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["FINDERS 1", "LOADER plainmod True", "LOADER colorsys True", "RAN ONCE"]
-    # the plain module got an ordinary pyc and nothing else
-    assert sorted(p.name for p in (tmp_path / "__pycache__").iterdir()) == [f"plainmod.{TAG}.pyc"]
+    # the plain module got an ordinary pyc, and the hook only an empty "no forms" verdict
+    # (so the next import does not read and scan its source again); no rewritten code
+    files = sorted(p.name for p in (tmp_path / "__pycache__").iterdir())
+    assert files[1] == f"plainmod.{TAG}.pyc"
+    assert files[0].startswith(f"plainmod.{TAG}.duroxide-") and files[0].endswith(".noforms")
+    assert (tmp_path / "__pycache__" / files[0]).stat().st_size == 0
+    assert len(files) == 2
 
 
 def test_packages_and_relative_imports_of_rewritten_modules(tmp_path: Path) -> None:
@@ -601,3 +606,32 @@ def test_pytest_modules_with_forms_keep_assertion_rewriting(tmp_path: Path) -> N
         assert "E       assert 1 == 2" in out, (attempt, out)
         assert f"test_flow.py:{line}: AssertionError" in out, (attempt, out)
     assert any("duroxide" in p.name for p in (tmp_path / "__pycache__").iterdir())
+
+
+def test_no_forms_verdict_is_dropped_when_the_source_changes(tmp_path: Path) -> None:
+    """A module once seen without forms is rewritten as soon as an edit adds one."""
+    mod = tmp_path / "laterforms.py"
+    mod.write_text("VALUE = 1\n")
+    runner = tmp_path / "runner.py"
+    runner.write_text(dedent_src('''
+        import duroxide_macros.install
+        import laterforms
+        print("USES", type(laterforms.__spec__.loader).__name__)
+    '''))
+    first = run_cmd([sys.executable, "runner.py"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["USES", "SourceFileLoader"]
+    mod.write_text(dedent_src('''
+        from duroxide_macros.prelude import *
+
+        @orchestration
+        async def later_orch(ctx, s: str) -> str:
+            return await durable(later_act(s))
+
+        @activity(typed=True)
+        async def later_act(s: str) -> str:
+            return s
+    '''))
+    second = run_cmd([sys.executable, "runner.py"], tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split() == ["USES", "DurableLoader"]  # the stale verdict names the old mtime/size
