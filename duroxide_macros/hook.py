@@ -3,8 +3,10 @@
 Modelled on pytest's assertion rewriter:
 
 * it claims only modules whose source mentions a form; every other module
-  (and the standard library, and duroxide itself) goes to the normal import
-  system untouched;
+  (and the standard library, and duroxide itself) is loaded by the normal
+  ``SourceFileLoader``, and an empty ``...duroxide-1.<mtime>-<size>.noforms``
+  file beside its ``.pyc`` remembers the verdict, so the source is not read
+  again until it changes;
 * it caches its output like bytecode, in ``__pycache__`` under its own file
   name (``mod.cpython-311.duroxide-1.pyc``, with ``.opt-N`` for ``-O``),
   keyed by a hash of the source; writes are atomic and errors writing are
