@@ -610,8 +610,8 @@ async def test_corrupt_history_fails_that_instance_only(harness: Harness) -> Non
 
 async def test_unreadable_instance_row_does_not_stop_other_instances(harness: Harness) -> None:
     """One instance's unreadable row (here its stored error) must not block the whole store."""
-    if not isinstance(harness.store, SqliteProvider):
-        pytest.skip("needs a store whose rows can be corrupted from outside")
+    if not isinstance(harness.store, (SqliteProvider, PostgresProvider)):
+        pytest.skip("the in-memory store keeps no serialized rows to corrupt")
 
     async def dies(ctx: OrchestrationContext, _: str) -> str:
         ctx.schedule_timer(0.05)  # still queued after the instance failed
@@ -624,12 +624,20 @@ async def test_unreadable_instance_row_does_not_stop_other_instances(harness: Ha
     await harness.start(orchs)
     assert isinstance(await harness.run("dead", "Dies"), OrchestrationStatus.Failed)
     await harness.stop()
-    conn = sqlite3.connect(harness.store.path, timeout=30)
-    try:
-        with conn:
-            conn.execute("UPDATE instances SET error=? WHERE instance_id='dead'", (b"\x00garbage",))
-    finally:
-        conn.close()
+    if isinstance(harness.store, SqliteProvider):
+        conn = sqlite3.connect(harness.store.path, timeout=30)
+        try:
+            with conn:
+                conn.execute("UPDATE instances SET error=? WHERE instance_id='dead'", (b"\x00garbage",))
+        finally:
+            conn.close()
+    else:
+        pg = await asyncpg.connect(PG_URL)
+        try:
+            await pg.execute(f"UPDATE {harness.store.schema}.instances SET error=$1 WHERE instance_id='dead'",
+                             b"\x00garbage")
+        finally:
+            await pg.close()
     await asyncio.sleep(0.1)  # the dead instance's timer message is due now
     await harness.start(orchs)
     await harness.client.start_orchestration("alive", "Ok", "fine")
