@@ -233,7 +233,8 @@ class Execution:
             self._finish(Outcome("Failed", error=ErrorDetails("PoisonMessageError", msg.reason)))
             return
         elif isinstance(msg, StartOrchestration):
-            _log.warning("instance %r: duplicate start for execution %s ignored", self.instance_id, msg.execution_id)
+            _log.warning("instance %r: duplicate start for execution %s ignored", self.instance_id, msg.execution_id,
+                         extra=self.log_fields())
         if event is not None:
             self._record(event)
 
@@ -440,10 +441,12 @@ class Execution:
     def _accepts(self, source_id: int, kind: str) -> bool:
         """Whether a new completion message should be recorded (drops stale and duplicate ones)."""
         if self._kind_of.get(source_id) != kind:
-            _log.warning("instance %r: %s completion for unknown event %s dropped", self.instance_id, kind, source_id)
+            _log.warning("instance %r: %s completion for unknown event %s dropped", self.instance_id, kind, source_id,
+                         extra=self.log_fields())
             return False
         if source_id in self._completed:
-            _log.info("instance %r: duplicate completion for event %s dropped", self.instance_id, source_id)
+            _log.info("instance %r: duplicate completion for event %s dropped", self.instance_id, source_id,
+                      extra=self.log_fields())
             return False
         return True
 
@@ -530,7 +533,7 @@ class Execution:
         self.loop.run_ready()
         stray = self.loop.take_exception()
         if stray is not None and self._fatal is None and not isinstance(stray, (_ReplayAborted, ContinueAsNewSignal)):
-            _log.debug("instance %r: error in a callback: %r", self.instance_id, stray)
+            _log.debug("instance %r: error in a callback: %r", self.instance_id, stray, extra=self.log_fields())
         if self._fatal is not None:
             self._finish(Outcome("Failed", error=ErrorDetails(type(self._fatal).__name__, str(self._fatal))))
         elif self._continue is not None:

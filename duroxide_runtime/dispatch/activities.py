@@ -95,7 +95,8 @@ class ActivityWorker:
             return
         fn = self.registry.get(work.name)
         if fn is None:
-            _log.warning("%s", UnknownActivityError(work.name, self.registry.names()).message)
+            _log.warning("%s", UnknownActivityError(work.name, self.registry.names()).message,
+                         extra=actx.log_fields())
             o = self.options
             delay = min(o.unknown_name_max_backoff, o.unknown_name_backoff * 2 ** max(0, lease.dequeue_count - 1))
             await self.store.abandon_work_item(lease.lock_token, delay)
@@ -143,7 +144,8 @@ class ActivityWorker:
             try:
                 alive = await self.store.renew_work_item(lease.lock_token, self.options.activity_lock_timeout)
             except Exception:  # noqa: BLE001 - a missed renewal is retried next interval
-                _log.warning("activity %r: lease renewal failed; retrying", lease.work.name, exc_info=True)
+                _log.warning("activity %r: lease renewal failed; retrying", lease.work.name, exc_info=True,
+                             extra=actx.log_fields())
                 continue
             if not alive:
                 actx._cancelled.set()

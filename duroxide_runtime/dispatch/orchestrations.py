@@ -121,7 +121,8 @@ class OrchestrationDispatcher:
             try:
                 result = self._turn(item, histories.get(item.instance_id), now)
             except Exception:  # noqa: BLE001 - an engine bug fails one turn, not the runtime
-                _log.exception("instance %r: turn failed; it will be retried", item.instance_id)
+                _log.exception("instance %r: turn failed; it will be retried", item.instance_id,
+                               extra=_fields(item))
                 self.cache.evict(item.instance_id)
                 result = _Abandon(item, self._backoff(item))
             if isinstance(result, _Abandon):
@@ -137,7 +138,8 @@ class OrchestrationDispatcher:
                 raise
             for commit, ok in zip(commits, outcomes):
                 if not ok:
-                    _log.warning("instance %r: lock lost before commit; the turn will be redone", commit.instance_id)
+                    _log.warning("instance %r: lock lost before commit; the turn will be redone", commit.instance_id,
+                                 extra={"instance_id": commit.instance_id, "execution_id": commit.execution_id})
                     self._forget(commit.instance_id)
                 else:
                     self._after_commit(commit.instance_id)
@@ -217,7 +219,8 @@ class OrchestrationDispatcher:
             if fn is None:
                 # Rolling deploys: another node may know it; back off, poison eventually.
                 _log.warning("instance %r: %s", item.instance_id,
-                             UnknownOrchestrationError(name, version, self.registry.names()).message)
+                             UnknownOrchestrationError(name, version, self.registry.names()).message,
+                             extra=_fields(item, name, version))
                 return _Abandon(item, self._backoff(item))
             ex = Execution(fn, item.instance_id, exec_id, name, version, self.options)
             ex.begin_turn(now)
@@ -264,7 +267,7 @@ class OrchestrationDispatcher:
     def _fail(self, commit: TurnCommit, item: OrchestrationItem, stored: list[HistoryEvent],
               error: Exception) -> TurnCommit:
         """End the instance Failed without running its code (poison, corrupt history)."""
-        _log.error("instance %r failed: %s", item.instance_id, error)
+        _log.error("instance %r failed: %s", item.instance_id, error, extra=_fields(item))
         self.cache.evict(item.instance_id)
         inst = item.instance
         assert inst is not None
@@ -294,3 +297,10 @@ def _timers_in_due_order(messages: list[OrchestratorMessage]) -> list[Orchestrat
     for i, timer in zip(slots, ordered):
         result[i] = timer
     return result
+
+
+def _fields(item: OrchestrationItem, name: str | None = None, version: str | None = None) -> dict[str, object]:
+    """Structured log fields of an instance's turn (``extra=`` of runtime log records)."""
+    inst = item.instance
+    return {"instance_id": item.instance_id, "execution_id": inst.execution_id if inst else None,
+            "orchestration": name or (inst.name if inst else None), "version": version or (inst.version if inst else None)}
