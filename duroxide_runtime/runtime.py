@@ -22,6 +22,7 @@ from .client import Client
 from .dispatch.activities import ActivityWorker
 from .dispatch.orchestrations import OrchestrationDispatcher
 from .errors import ConfigurationError
+from .observe import Observers, RuntimeObserver
 from .options import RuntimeOptions
 from .providers.base import Provider
 from .registry import ActivityRegistry, OrchestrationRegistry
@@ -43,6 +44,12 @@ class RuntimeBuilder:
         self._activities = ActivityRegistry({})
         self._orchestrations = OrchestrationRegistry({})
         self._options = RuntimeOptions()
+        self._observers: list[RuntimeObserver] = []
+
+    def observer(self, observer: RuntimeObserver) -> RuntimeBuilder:
+        """Add an observer of runtime events (metrics, tracing); several may be added."""
+        self._observers.append(observer)
+        return self
 
     def store(self, store: Provider) -> RuntimeBuilder:
         """The store to run on (required)."""
@@ -85,7 +92,8 @@ class RuntimeBuilder:
         """Start the dispatchers and return the running runtime."""
         if self._store is None:
             raise ConfigurationError("Runtime.builder() has no store", fix="call .store(provider) before .start()")
-        rt = Runtime(self._store, self._activities, self._orchestrations, self._options)
+        rt = Runtime(self._store, self._activities, self._orchestrations, self._options,
+                     Observers(self._observers))
         rt._start()
         return rt
 
@@ -103,13 +111,15 @@ class Runtime:
     """The running dispatchers of this process over one store."""
 
     def __init__(self, store: Provider, activities: ActivityRegistry, orchestrations: OrchestrationRegistry,
-                 options: RuntimeOptions) -> None:
+                 options: RuntimeOptions, observer: RuntimeObserver | None = None) -> None:
         self.store = store
         self.options = options
         self.activity_registry = activities
         self.orchestration_registry = orchestrations
-        self._worker = ActivityWorker(store, activities, options)
-        self._dispatcher = OrchestrationDispatcher(store, orchestrations, options, self._worker.cancel_running)
+        self.observer = observer or Observers()
+        self._worker = ActivityWorker(store, activities, options, self.observer)
+        self._dispatcher = OrchestrationDispatcher(store, orchestrations, options, self._worker.cancel_running,
+                                                   self.observer)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

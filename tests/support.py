@@ -10,7 +10,7 @@ import subprocess
 import textwrap
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from duroxide_runtime import (
     RuntimeOptions,
     SqliteProvider,
 )
+from duroxide_runtime.observe import RuntimeObserver
 
 PROVIDERS = os.environ.get("DUROXIDE_TEST_PROVIDERS", "memory,sqlite,postgres").split(",")
 #: The PostgreSQL server tests use; CI fails (never skips) when it is unreachable.
@@ -81,7 +82,7 @@ class Harness:
 
     async def start(self, orchestrations: Mapping[str, OrchFn] | OrchestrationRegistry,
                     activities: Mapping[str, Callable[..., Any]] | ActivityRegistry | None = None,
-                    **overrides: Any) -> Runtime:
+                    *, observers: Sequence[RuntimeObserver] = (), **overrides: Any) -> Runtime:
         """Start a runtime with the given functions (dicts are registered by name at 1.0.0)."""
         if not isinstance(orchestrations, OrchestrationRegistry):
             ob = OrchestrationRegistry.builder()
@@ -95,8 +96,11 @@ class Harness:
             for name, afn in activities.items():
                 ab.register(name, afn)
             activities = ab.build()
-        self.runtime = await (Runtime.builder().store(self.store).orchestrations(orchestrations)
-                              .activities(activities).options(self.options(**overrides)).start())
+        builder = (Runtime.builder().store(self.store).orchestrations(orchestrations)
+                   .activities(activities).options(self.options(**overrides)))
+        for observer in observers:
+            builder.observer(observer)
+        self.runtime = await builder.start()
         return self.runtime
 
     async def stop(self) -> None:

@@ -13,12 +13,14 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..activity import ActivityContext, _current
 from ..errors import ErrorDetails, PayloadError, UnknownActivityError
 from ..messages import ActivityResult, PoisonNotice
+from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
 from ..options import RuntimeOptions
 from ..providers.base import Provider, WorkCompletion, WorkLease
 from ..registry import ActivityRegistry
@@ -31,8 +33,10 @@ _log = logging.getLogger("duroxide.worker")
 class ActivityWorker:
     """Runs activities; see the module docstring."""
 
-    def __init__(self, store: Provider, registry: ActivityRegistry, options: RuntimeOptions) -> None:
+    def __init__(self, store: Provider, registry: ActivityRegistry, options: RuntimeOptions,
+                 observer: RuntimeObserver | None = None) -> None:
         self.store = store
+        self.observer = observer or RuntimeObserver()
         self.registry = registry
         self.options = options
         self._threads = ThreadPoolExecutor(options.activity_threads, thread_name_prefix="duroxide-activity")
@@ -102,6 +106,8 @@ class ActivityWorker:
             await self.store.abandon_work_item(lease.lock_token, delay)
             return
         renew = asyncio.create_task(self._keep_lease(lease, actx, asyncio.current_task()))
+        self.observer.activity_started(ActivityStarted(work.name, work.instance_id, lease.dequeue_count))
+        began = time.perf_counter()
         try:
             result = await self._invoke(fn, work.input, actx)
             if not isinstance(result, str):
@@ -121,6 +127,8 @@ class ActivityWorker:
                                      event_id=work.event_id, error=ErrorDetails.from_exception(exc))
         finally:
             renew.cancel()
+        self.observer.activity_finished(ActivityFinished(work.name, work.instance_id, outcome.error is None,
+                                                         time.perf_counter() - began))
         self._results.put_nowait(WorkCompletion(lease.lock_token, outcome))
 
     async def _invoke(self, fn: Any, data: str, actx: ActivityContext) -> object:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import CorruptHistoryError, ErrorDetails, PoisonMessageError, UnknownOrchestrationError
 from ..history import Event, HistoryEvent
+from ..observe import OrchestrationFinished, RuntimeObserver, TurnReplayed
+from ..observe import OrchestrationStarted as ObservedStart
 from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestrationResult, TimerFired
 from ..options import RuntimeOptions
 from ..providers.base import TERMINAL, InstanceUpdate, OrchestrationItem, Provider, TurnCommit, now_ms
@@ -78,8 +81,12 @@ class OrchestrationDispatcher:
     """Runs orchestration turns; see the module docstring."""
 
     def __init__(self, store: Provider, registry: OrchestrationRegistry, options: RuntimeOptions,
-                 on_activities_cancelled: Callable[[str, int, list[int]], None] | None = None) -> None:
+                 on_activities_cancelled: Callable[[str, int, list[int]], None] | None = None,
+                 observer: RuntimeObserver | None = None) -> None:
         self.store = store
+        self.observer = observer or RuntimeObserver()
+        #: What each uncommitted turn will report to the observer once it is committed.
+        self._reports: dict[str, list[object]] = {}
         #: Told of committed activity cancellations, so this process stops its own at once
         #: (other processes notice at their next lease renewal).
         self._on_activities_cancelled = on_activities_cancelled
@@ -162,12 +169,15 @@ class OrchestrationDispatcher:
         return float(min(o.unknown_name_max_backoff, o.unknown_name_backoff * 2 ** max(0, item.dequeue_count - 1)))
 
     def _forget(self, instance_id: str) -> None:
+        self._reports.pop(instance_id, None)
         ex = self._executions.pop(instance_id, None)
         if ex is not None:
             ex.dispose()
         self.cache.evict(instance_id)
 
     def _after_commit(self, instance_id: str) -> None:
+        for report in self._reports.pop(instance_id, ()):
+            _notify(self.observer, report)
         ex = self._executions.pop(instance_id, None)
         if ex is None:
             return
@@ -203,6 +213,7 @@ class OrchestrationDispatcher:
                 + (f"; {cause}" if cause else ""),
                 fix="see the runtime log for the error of each attempt; fix the code or registration"))
 
+        reports: list[object] = []
         ex = self.cache.get(item.instance_id, exec_id, item.history_len)
         if ex is None:
             if stored:
@@ -225,7 +236,9 @@ class OrchestrationDispatcher:
             ex = Execution(fn, item.instance_id, exec_id, name, version, self.options)
             ex.begin_turn(now)
             if stored:
+                started_at = time.perf_counter()
                 ex.replay(stored)
+                reports.append(TurnReplayed(name, item.instance_id, len(stored), time.perf_counter() - started_at))
             else:
                 assert start is not None
                 ex.start(start, version)
@@ -236,6 +249,8 @@ class OrchestrationDispatcher:
             ex.deliver(msg)
         self._executions[item.instance_id] = ex
         out = ex.take_output()
+        reports += _lifecycle_reports(ex, out.new_events)
+        self._reports[item.instance_id] = reports
         commit.new_events = out.new_events
         commit.activities = out.activities
         commit.messages = out.messages
@@ -304,3 +319,29 @@ def _fields(item: OrchestrationItem, name: str | None = None, version: str | Non
     inst = item.instance
     return {"instance_id": item.instance_id, "execution_id": inst.execution_id if inst else None,
             "orchestration": name or (inst.name if inst else None), "version": version or (inst.version if inst else None)}
+
+
+def _lifecycle_reports(ex: Execution, new_events: list[HistoryEvent]) -> list[object]:
+    """Observer reports for an execution that started or ended in this turn."""
+    reports: list[object] = []
+    for event in new_events:
+        if isinstance(event, Event.OrchestrationStarted):
+            reports.append(ObservedStart(ex.name, ex.version, ex.instance_id, ex.execution_id))
+        elif isinstance(event, (Event.OrchestrationCompleted, Event.OrchestrationFailed,
+                                Event.OrchestrationContinuedAsNew)):
+            began = ex.history[0].timestamp_ms if ex.history else event.timestamp_ms
+            error = event.details.error_type if isinstance(event, Event.OrchestrationFailed) else None
+            status = {Event.OrchestrationCompleted: "Completed", Event.OrchestrationFailed: "Failed"}.get(
+                type(event), "ContinuedAsNew")
+            reports.append(OrchestrationFinished(ex.name, ex.version, ex.instance_id, ex.execution_id, status,
+                                                 max(0.0, (event.timestamp_ms - began) / 1000), error))
+    return reports
+
+
+def _notify(observer: RuntimeObserver, report: object) -> None:
+    if isinstance(report, ObservedStart):
+        observer.orchestration_started(report)
+    elif isinstance(report, OrchestrationFinished):
+        observer.orchestration_finished(report)
+    elif isinstance(report, TurnReplayed):
+        observer.turn_replayed(report)

@@ -30,7 +30,7 @@ from ..messages import (
 __all__ = [
     "Provider", "InstanceRecord", "InstanceUpdate", "OrchestrationItem", "QueuedMessage", "TurnCommit",
     "WorkLease", "WorkCompletion", "FetchResult", "WakeSignals", "TERMINAL", "now_ms", "child_rejection",
-    "decode_error_details",
+    "decode_error_details", "QueueDepths",
 ]
 
 #: Statuses after which an instance takes no more work.
@@ -158,6 +158,20 @@ class FetchResult:
 
     items: list[OrchestrationItem]
     next_due_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class QueueDepths:
+    """How much work waits in a store (for metrics and operators)."""
+
+    #: Orchestrator messages visible now.
+    orchestrator: int
+    #: Orchestrator messages not due yet (durable timers, back-offs).
+    timers: int
+    #: Activity calls waiting or running.
+    worker: int
+    #: Instances that are Pending or Running.
+    active_instances: int
 
 
 class WakeSignals:
@@ -318,6 +332,10 @@ class Provider(ABC):
     @abstractmethod
     async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
         """Extend a lease; ``False`` if it was lost or the activity was cancelled."""
+
+    @abstractmethod
+    async def queue_depths(self) -> QueueDepths:
+        """Counts of waiting work and active instances."""
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from ..errors import InstanceAlreadyExistsError, InstanceStillRunningError
 from ..history import HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
-    TERMINAL, FetchResult, child_rejection, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit,
+    TERMINAL, FetchResult, QueueDepths, child_rejection, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit,
     WakeSignals, WorkCompletion, WorkLease, now_ms,
 )
 
@@ -265,6 +265,12 @@ class InMemoryProvider(Provider):
                 w.locked_until = now_ms() + int(lock_timeout * 1000)
                 return True
         return False
+
+    async def queue_depths(self) -> QueueDepths:
+        now = now_ms()
+        due = sum(1 for q in self._queue.values() if q.visible_at <= now)
+        return QueueDepths(due, len(self._queue) - due, len(self._work),
+                           sum(1 for r in self._instances.values() if r.status not in TERMINAL))
 
     # -- helpers -------------------------------------------------------------------
 

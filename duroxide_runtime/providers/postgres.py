@@ -41,7 +41,7 @@ from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     TERMINAL, FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
-    WorkCompletion, WorkLease, child_rejection, decode_error_details,
+    QueueDepths, WorkCompletion, WorkLease, child_rejection, decode_error_details,
 )
 
 __all__ = ["PostgresProvider"]
@@ -571,6 +571,19 @@ class PostgresProvider(Provider):
                 "AND i.status NOT IN ('Completed', 'Failed') AND i.execution_id = w.execution_id RETURNING 1",
                 lock_token, int(lock_timeout * 1000))
             return bool(renewed)
+
+        return await self._tx(op)
+
+    async def queue_depths(self) -> QueueDepths:
+        s = self.schema
+
+        async def op(conn: _Conn) -> QueueDepths:
+            row = await conn.fetchrow(
+                f"SELECT (SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at <= {s}.now_ms()) AS due, "
+                f"(SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at > {s}.now_ms()) AS later, "
+                f"(SELECT COUNT(*) FROM {s}.worker_queue) AS worker, "
+                f"(SELECT COUNT(*) FROM {s}.instances WHERE status IN ('Pending', 'Running')) AS active")
+            return QueueDepths(row["due"], row["later"], row["worker"], row["active"])
 
         return await self._tx(op)
 

@@ -33,7 +33,7 @@ from ..errors import (
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    TERMINAL, FetchResult, child_rejection, decode_error_details, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
+    TERMINAL, FetchResult, QueueDepths, child_rejection, decode_error_details, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
     WorkCompletion, WorkLease, now_ms,
 )
 
@@ -439,6 +439,9 @@ class SqliteProvider(Provider):
             (visible, lock_token)))
         self.signals.notify_worker()
 
+    async def queue_depths(self) -> QueueDepths:
+        return await self._run(_queue_depths)
+
     async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
@@ -456,6 +459,15 @@ class SqliteProvider(Provider):
 
 
 # -- helpers that run on the connection thread --------------------------------------
+
+
+def _queue_depths(conn: sqlite3.Connection) -> QueueDepths:
+    now = now_ms()
+    due, later = conn.execute("SELECT COALESCE(SUM(visible_at <= ?), 0), COALESCE(SUM(visible_at > ?), 0) "
+                              "FROM orchestrator_queue", (now, now)).fetchone()
+    worker = conn.execute("SELECT COUNT(*) FROM worker_queue").fetchone()[0]
+    active = conn.execute("SELECT COUNT(*) FROM instances WHERE status IN ('Pending', 'Running')").fetchone()[0]
+    return QueueDepths(due, later, worker, active)
 
 
 def _in_thread(fn: Callable[[sqlite3.Connection], _T], db: aiosqlite.Connection) -> _T:

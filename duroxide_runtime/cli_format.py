@@ -1,0 +1,201 @@
+"""Text and JSON rendering for the ``duroxide`` command-line tool (see :mod:`duroxide_runtime.cli`).
+
+Everything here is pure: it turns instances, statuses and history events into
+strings or JSON-ready objects, and draws the progress counter. Example::
+
+    for line in timeline(await client.read_history("order-1")):
+        print(line)
+    # #1  +0.0 ms     OrchestrationStarted process_order@1.0.0('{"id": 1}')
+    # #2  +1.0 ms     ActivityScheduled Charge('{"id": 1}')
+    # #3  +35.0 ms    ActivityCompleted #2 -> 'ok'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+
+from .errors import ErrorDetails
+from .history import Event, HistoryEvent, encode_event
+from .status import InstanceInfo
+
+__all__ = [
+    "JsonObject", "short", "format_time", "format_offset", "table", "instance_table", "instance_json",
+    "show_text", "show_json", "describe", "timeline", "event_json", "Progress",
+]
+
+#: A JSON object as the tool prints it.
+JsonObject = dict[str, Any]
+
+#: Longest payload shown inline in tables and timelines (``--json`` prints everything).
+PAYLOAD_WIDTH = 60
+#: Longest custom status shown in the ``list`` table.
+CUSTOM_STATUS_WIDTH = 40
+
+
+def short(text: str | None, width: int = PAYLOAD_WIDTH) -> str:
+    """``repr`` of a payload, cut to ``width`` characters with an ellipsis (``-`` for None)."""
+    if text is None:
+        return "-"
+    shown = repr(text)
+    return shown if len(shown) <= width else shown[: width - 4] + "...'"
+
+
+def format_time(ms: int) -> str:
+    """Milliseconds since the epoch as UTC ``YYYY-MM-DD HH:MM:SSZ``."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def format_offset(ms: float) -> str:
+    """A time relative to the start of an execution: ``+12.0 ms`` below a second, else ``+1.234 s``."""
+    sign = "-" if ms < 0 else "+"
+    ms = abs(ms)
+    return f"{sign}{ms:.1f} ms" if ms < 1000 else f"{sign}{ms / 1000:.3f} s"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = []
+    for cells in (headers, *rows):
+        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=True)] + [cells[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def instance_table(infos: Sequence[InstanceInfo]) -> str:
+    """The ``list`` table: id, name, version, status, execution, created, updated, custom status."""
+    headers = ("ID", "NAME", "VERSION", "STATUS", "EXEC", "CREATED", "UPDATED", "CUSTOM STATUS")
+    rows = [(i.instance_id, i.name, i.version or "-", i.status, str(i.execution_id), format_time(i.created_at_ms),
+             format_time(i.updated_at_ms), short(i.custom_status, CUSTOM_STATUS_WIDTH) if i.custom_status else "-")
+            for i in infos]
+    return table(headers, rows)
+
+
+def instance_json(info: InstanceInfo) -> JsonObject:
+    """An instance as a JSON object: the fields of :class:`InstanceInfo`."""
+    return dataclasses.asdict(info)
+
+
+def _details_json(details: ErrorDetails | None) -> JsonObject | None:
+    return dataclasses.asdict(details) if details is not None else None
+
+
+def show_json(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int]) -> JsonObject:
+    """``show --json``: the instance's fields, its execution ids and the error with its traceback."""
+    return {**instance_json(info), "executions": list(executions), "error_details": _details_json(details)}
+
+
+def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int]) -> str:
+    """``show``: one labelled line per field; output or error (with traceback) last."""
+    fields = [
+        ("instance", info.instance_id),
+        ("name", info.name),
+        ("version", info.version or "-"),
+        ("status", info.status),
+        ("custom status", info.custom_status if info.custom_status is not None else "-"),
+        ("execution", f"{info.execution_id} (executions: {', '.join(map(str, executions)) or '-'})"),
+        ("parent", info.parent_instance_id or "-"),
+        ("created", format_time(info.created_at_ms)),
+        ("updated", format_time(info.updated_at_ms)),
+    ]
+    if info.output is not None:
+        fields.append(("output", info.output))
+    if info.error is not None:
+        fields.append(("error", info.error))
+    lines = [f"{label + ':':<15}{value}" for label, value in fields]
+    if details is not None and details.traceback:
+        lines.append("traceback:")
+        lines += ["  " + line for line in details.traceback.rstrip("\n").splitlines()]
+    return "\n".join(lines)
+
+
+def _call(name: str, version: str | None, payload: str) -> str:
+    return f"{name}{'@' + version if version else ''}({short(payload)})"
+
+
+def describe(event: HistoryEvent, start_ms: int) -> str:
+    """What one event means, in a few words, e.g. ``ActivityCompleted #2 -> 'Hello'``."""
+    kind = type(event).__name__
+    match event:
+        case Event.OrchestrationStarted(name=name, version=version, input=payload, parent_instance_id=parent):
+            return f"{kind} {_call(name, version, payload)}" + (f" (child of {parent!r})" if parent else "")
+        case Event.OrchestrationCompleted(output=output):
+            return f"{kind} -> {short(output)}"
+        case Event.OrchestrationFailed(details=details):
+            return f"{kind} {details.to_text()}"
+        case Event.OrchestrationCancelRequested(reason=reason):
+            return f"{kind} {short(reason)}"
+        case Event.OrchestrationContinuedAsNew(input=payload, version=version):
+            return f"{kind} with {short(payload)}" + (f" at version {version}" if version else "")
+        case Event.ActivityScheduled(name=name, input=payload):
+            return f"{kind} {_call(name, None, payload)}"
+        case Event.ActivityCompleted(source_event_id=sid, result=result) | \
+                Event.SubOrchestrationCompleted(source_event_id=sid, result=result):
+            return f"{kind} #{sid} -> {short(result)}"
+        case Event.ActivityFailed(source_event_id=sid, details=details) | \
+                Event.SubOrchestrationFailed(source_event_id=sid, details=details):
+            return f"{kind} #{sid} {details.to_text()}"
+        case Event.TimerCreated(fire_at_ms=fire_at):
+            return f"{kind} fires at {format_offset(fire_at - start_ms)}"
+        case Event.TimerFired(source_event_id=sid):
+            return f"{kind} #{sid}"
+        case Event.SubOrchestrationScheduled(name=name, version=version, instance_id=iid, input=payload) | \
+                Event.OrchestrationChained(name=name, version=version, instance_id=iid, input=payload):
+            return f"{kind} {_call(name, version, payload)} as {iid!r}"
+        case Event.EventSubscribed(name=name):
+            return f"{kind} {name!r}"
+        case Event.EventRaised(name=name, data=data):
+            return f"{kind} {name!r} {short(data)}"
+        case Event.SystemCall(op=op, value=value):
+            return f"{kind} {op} = {short(value)}"
+        case _:
+            return kind
+
+
+def timeline(events: Sequence[HistoryEvent]) -> list[str]:
+    """One line per event: ``#id``, time since the execution started, and :func:`describe`."""
+    if not events:
+        return []
+    start = events[0].timestamp_ms
+    width = len(f"#{events[-1].event_id}")
+    return [f"{('#' + str(e.event_id)).rjust(width)}  {format_offset(e.timestamp_ms - start):<11}  "
+            f"{describe(e, start)}" for e in events]
+
+
+def event_json(event: HistoryEvent) -> JsonObject:
+    """An event as stored: ``{"type": "ActivityCompleted", "event_id": 3, ...}``."""
+    body: JsonObject = orjson.loads(encode_event(event))
+    return body
+
+
+class Progress:
+    """A one-line ``[#####.....] 12/40`` counter on a stream, redrawn in place; silent when disabled."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str, total: int, stream: TextIO, *, enabled: bool) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream
+        self.enabled = enabled and total > 0
+        self.done = 0
+
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` more items done and redraw."""
+        self.done += n
+        if self.enabled:
+            filled = self.WIDTH * min(self.done, self.total) // self.total
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        """End the line (if anything was drawn)."""
+        if self.enabled and self.done:
+            self.stream.write("\n")
+            self.stream.flush()

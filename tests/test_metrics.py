@@ -1,0 +1,88 @@
+"""Metric values after a real run: started/completed/failed, activity counts, retries, gauges, replay."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from duroxide_runtime import OrchestrationContext, OrchestrationStatus
+from duroxide_runtime.metrics import PrometheusMetrics
+
+from .support import Harness
+
+
+async def ok(x: str) -> str:
+    return x
+
+
+async def boom(x: str) -> str:
+    raise ValueError("boom")
+
+
+async def good(ctx: OrchestrationContext, x: str) -> str:
+    a = await ctx.schedule_activity("Ok", x)
+    b = await ctx.schedule_activity("Ok", a)
+    return b
+
+
+async def bad(ctx: OrchestrationContext, x: str) -> str:
+    return await ctx.schedule_activity("Boom", x)
+
+
+async def waits(ctx: OrchestrationContext, x: str) -> str:
+    await ctx.schedule_timer(3600)
+    return x
+
+
+def value(metrics: PrometheusMetrics, metric: str, /, **labels: str) -> float:
+    got = metrics.registry.get_sample_value(metric, labels)
+    return 0.0 if got is None else float(got)
+
+
+async def test_metrics_count_a_real_run(harness: Harness) -> None:
+    metrics = PrometheusMetrics()
+    await harness.start({"Good": good, "Bad": bad, "Waits": waits}, {"Ok": ok, "Boom": boom}, observers=[metrics])
+    for i in range(3):
+        assert await harness.run(f"g{i}", "Good", "x") == OrchestrationStatus.Completed(output="x")
+    assert isinstance(await harness.run("b", "Bad", "x"), OrchestrationStatus.Failed)
+    await harness.client.start_orchestration("w", "Waits", "x")
+    await harness.client.wait_for_orchestration("w", 0.3)
+
+    assert value(metrics, "duroxide_orchestration_started_total", name="Good", version="1.0.0") == 3
+    assert value(metrics, "duroxide_orchestration_completed_total", name="Good", version="1.0.0",
+                 status="Completed") == 3
+    assert value(metrics, "duroxide_orchestration_failed_total", name="Bad", error="ActivityFailed") == 1
+    assert value(metrics, "duroxide_orchestration_duration_seconds_count", name="Good", status="Completed") == 3
+    assert value(metrics, "duroxide_activity_started_total", name="Ok") == 6
+    assert value(metrics, "duroxide_activity_completed_total", name="Ok", outcome="success") == 6
+    assert value(metrics, "duroxide_activity_completed_total", name="Boom", outcome="failure") == 1
+    assert value(metrics, "duroxide_activity_duration_seconds_count", name="Ok") == 6
+    assert value(metrics, "duroxide_activity_retries_total", name="Ok") == 0
+
+    await metrics.sample(harness.store)
+    assert value(metrics, "duroxide_active_instances") == 1  # "w" waits on its timer
+    assert value(metrics, "duroxide_queue_depth", queue="timer") == 1
+    assert value(metrics, "duroxide_queue_depth", queue="worker") == 0
+    if harness.replay_mode == "from_scratch":
+        assert value(metrics, "duroxide_replay_duration_seconds_count", name="Good") >= 3
+
+
+async def test_metrics_are_served_over_http(unused_tcp_port: int) -> None:
+    metrics = PrometheusMetrics()
+    metrics.act_started.labels("X").inc()
+    metrics.serve(unused_tcp_port, addr="127.0.0.1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{unused_tcp_port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    assert 'duroxide_activity_started_total{name="X"} 1.0' in body
+    assert body == metrics.exposition() or "duroxide_queue_depth" in body
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
