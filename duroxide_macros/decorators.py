@@ -441,6 +441,8 @@ def activity(fn: Callable[..., Any] | None = None, /, *, typed: bool = False, na
 
     ``typed=True`` encodes arguments and result as JSON from the annotations;
     without it the activity takes one ``str`` and returns a ``str``.
+    ``instrument=True`` is accepted for the design's OpenTelemetry spans, which
+    are not implemented yet: it changes nothing today.
     """
     def wrap(f: Callable[..., Any]) -> Activity[Any, Any]:
         cls = AsyncActivity if inspect.iscoroutinefunction(f) else SyncActivity

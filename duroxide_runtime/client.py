@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import timedelta
@@ -178,7 +177,3 @@ def _info_of(r: InstanceRecord) -> InstanceInfo:
     return InstanceInfo(r.instance_id, r.name, r.version, r.status, r.execution_id, r.output,
                         r.error.to_text() if r.error else None, r.custom_status, r.created_at_ms,
                         r.updated_at_ms, r.parent_instance_id)
-
-
-async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(seconds)
