@@ -64,6 +64,14 @@ class StoreNotFoundError(DuroxideError):
     code = "NO_SUCH_DATABASE"
 
 
+#: How to act on an error from this tool (the errors' own fixes name the Python API).
+CLI_FIXES = {
+    "INSTANCE_NOT_FOUND": "check the instance id (`duroxide list` shows what exists) and that --store names "
+                          "the store the runtime uses",
+    "INSTANCE_RUNNING": "cancel it first (`duroxide cancel ID`) or pass --force",
+}
+
+
 class Aborted(DuroxideError):
     """The operator declined a confirmation; nothing was done."""
 
@@ -236,8 +244,8 @@ def _sqlite_path(spec: str) -> str:
 
 def check_sqlite_store(path: str) -> None:
     """Raise :class:`StoreNotFoundError` unless ``path`` is an existing duroxide SQLite store (read-only check)."""
-    fix = (f"check the path (relative paths start from {os.getcwd()}) and pass the file the runtime uses, "
-           f"with --store or {STORE_ENV}; this tool never creates a store")
+    fix = (f"check the path (relative paths start from the current directory) and pass the file the runtime "
+           f"uses, with --store or {STORE_ENV}; this tool never creates a store")
     if not os.path.isfile(path):
         raise StoreNotFoundError(f"no such database: {path}", fix=fix)
     uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
@@ -319,11 +327,12 @@ class Output:
 
     def error(self, exc: DuroxideError) -> None:
         """A typed error: ``error: message`` and ``fix: ...``, or a JSON object."""
+        fix = CLI_FIXES.get(exc.code, exc.fix)
         if self.json:
-            body = {"code": exc.code, "message": exc.message, "fix": exc.fix}
+            body = {"code": exc.code, "message": exc.message, "fix": fix}
             self.err.write(json.dumps(body, ensure_ascii=False) + "\n")
         else:
-            self.err.write(f"error: {exc.message}\n" + (f"fix: {exc.fix}\n" if exc.fix else ""))
+            self.err.write(f"error: {exc.message}\n" + (f"fix: {fix}\n" if fix else ""))
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -420,7 +429,10 @@ def _confirm(question: str, stdin: TextIO, err: TextIO) -> bool:
     """Ask on stderr, read one line from stdin; only ``y``/``yes`` agrees."""
     err.write(f"{question} [y/N] ")
     err.flush()
-    return stdin.readline().strip().lower() in ("y", "yes")
+    answer = stdin.readline()
+    if not answer.endswith("\n"):  # end of input: finish the prompt's line
+        err.write("\n")
+    return answer.strip().lower() in ("y", "yes")
 
 
 async def _purge_bulk(client: Client, opts: Options, out: Output) -> int:

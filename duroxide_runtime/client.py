@@ -134,9 +134,13 @@ class Client:
     async def purge(self, instance_id: str, *, force: bool = False) -> list[str]:
         """Delete a finished instance, its children, history and messages; returns the ids deleted.
 
-        A running instance is refused with :class:`InstanceStillRunningError` unless ``force``.
+        A running instance is refused with :class:`InstanceStillRunningError` unless ``force``;
+        an unknown id raises :class:`InstanceNotFoundError`, like every other call naming one.
         """
-        return await self.store.purge_instance(instance_id, force=force)
+        deleted = await self.store.purge_instance(instance_id, force=force)
+        if not deleted:
+            raise InstanceNotFoundError(instance_id, "purge")
+        return deleted
 
     def _check_size(self, value: str, what: str) -> None:
         size = len(value.encode())

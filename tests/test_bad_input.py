@@ -382,3 +382,9 @@ async def test_runtime_without_store_raises_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
         await client.wait_for_orchestration("x", "soon")  # type: ignore[arg-type]
     assert await client.wait_for_orchestration("x", timedelta(seconds=0)) == OrchestrationStatus.NotFound()
+
+
+async def test_purging_an_unknown_instance_is_a_typed_error(harness: Harness) -> None:
+    with pytest.raises(InstanceNotFoundError) as err:
+        await harness.client.purge("never-was")
+    assert "never-was" in str(err.value) and "Fix:" in str(err.value)

@@ -313,7 +313,7 @@ def _check_command(words: list[str], page: Path) -> str | None:
     if base in PYPROJECT["project"].get("scripts", {}):
         if not (VENV_BIN / base).exists():
             return f"console script {base} is not installed"
-        target = next((a for a in args if not a.startswith("-")), None)
+        target = next((a for a in args if not a.startswith("-")), None) if base == "duroxide-expand" else None
         if target and (ROOT / target).exists() is False and target not in _declared_files(page):
             if importlib.util.find_spec(target) is None:
                 return f"{base}: {target!r} is neither a file nor a module"
