@@ -239,15 +239,8 @@ class PostgresProvider(Provider):
     # -- client side -------------------------------------------------------------
 
     async def create_instance(self, start: StartOrchestration) -> None:
-        s = self.schema
-
         async def op(conn: _Conn) -> bool:
-            inserted = await conn.fetchval(
-                f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, updated_at,"
-                f" parent_instance_id) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5)"
-                " ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
-                start.instance_id, start.name, start.version, start.execution_id, start.parent_instance_id)
-            if not inserted:
+            if not await self._insert_instance(conn, start):
                 return False
             await self._enqueue(conn, [(start, None)])
             return True
@@ -466,12 +459,7 @@ class PostgresProvider(Provider):
         outgoing: list[tuple[OrchestratorMessage, int | None]] = []
         for msg, visible_at in c.messages:
             if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
-                created = await conn.fetchval(
-                    f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, "
-                    f"updated_at, parent_instance_id) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5) "
-                    "ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
-                    msg.instance_id, msg.name, msg.version, msg.execution_id, msg.parent_instance_id)
-                if not created:
+                if not await self._insert_instance(conn, msg):
                     answer = child_rejection(msg)
                     if answer is not None:
                         outgoing.append((answer, None))
@@ -588,6 +576,15 @@ class PostgresProvider(Provider):
         return await self._tx(op)
 
     # -- helpers -------------------------------------------------------------------
+
+    async def _insert_instance(self, conn: _Conn, start: StartOrchestration) -> bool:
+        """Create the instance row of ``start`` (Pending); ``False`` if the id is taken."""
+        s = self.schema
+        return bool(await conn.fetchval(
+            f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, updated_at,"
+            f" parent_instance_id) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5)"
+            " ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
+            start.instance_id, start.name, start.version, start.execution_id, start.parent_instance_id))
 
     async def _enqueue(self, conn: _Conn, messages: Sequence[tuple[OrchestratorMessage, int | None]]) -> None:
         if not messages:
