@@ -24,6 +24,7 @@ from .messages import CancelRequest, ExternalEvent, StartOrchestration
 from .options import RuntimeOptions, to_seconds
 from .providers.base import TERMINAL, InstanceRecord, Provider
 from .status import InstanceInfo, OrchestrationStatus
+from .tracecontext import current_traceparent
 
 __all__ = ["Client"]
 
@@ -55,7 +56,8 @@ class Client:
             raise PayloadError("instance_id and name must not be empty", fix="pass non-empty strings")
         self._check_size(input, "input")
         await self.store.create_instance(StartOrchestration(instance_id=instance_id, name=name,
-                                                            version=version, input=input))
+                                                            version=version, input=input,
+                                                            trace_context=current_traceparent()))
 
     async def raise_event(self, instance_id: str, name: str, data: str = "") -> bool:
         """Deliver external event ``name`` to a running instance.

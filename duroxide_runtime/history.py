@@ -76,6 +76,10 @@ class Event(metaclass=_EventNamespace):
         parent_instance_id: str | None = None
         parent_execution_id: int | None = None
         parent_event_id: int | None = None
+        #: W3C traceparent of this execution's span (its activities and children hang below it).
+        trace_context: str | None = None
+        #: W3C traceparent of whoever started it (a client's span, or the parent execution).
+        parent_trace_context: str | None = None
 
     @dataclass(frozen=True, kw_only=True)
     class OrchestrationCompleted(HistoryEvent):

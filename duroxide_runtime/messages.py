@@ -51,6 +51,8 @@ class StartOrchestration(OrchestratorMessage):
     parent_instance_id: str | None = None
     parent_execution_id: int | None = None
     parent_event_id: int | None = None
+    #: W3C traceparent of the starter (client span or parent execution), for tracing.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +123,8 @@ class ActivityWork:
     event_id: int
     name: str
     input: str
+    #: W3C traceparent of the calling execution, for tracing.
+    trace_context: str | None = None
 
 
 _KINDS: dict[str, type[Any]] = {

@@ -46,6 +46,12 @@ class OrchestrationFinished:
     status: str
     duration_s: float
     error_type: str | None = None
+    #: When the execution started and ended (ms since the epoch, from its history).
+    started_ms: int = 0
+    ended_ms: int = 0
+    #: Traceparents of the execution and of its starter (see ``tracecontext``).
+    trace_context: str | None = None
+    parent_trace_context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,10 @@ class ActivityStarted:
     name: str
     instance_id: str
     attempt: int
+    execution_id: int = 0
+    event_id: int = 0
+    #: Traceparent of the calling execution.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,9 @@ class ActivityFinished:
     instance_id: str
     ok: bool
     duration_s: float
+    execution_id: int = 0
+    event_id: int = 0
+    error_type: str | None = None
 
 
 class RuntimeObserver:

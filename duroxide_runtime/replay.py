@@ -54,6 +54,7 @@ from .messages import (
     TimerFired,
 )
 from .options import RuntimeOptions
+from .tracecontext import child_of
 
 __all__ = ["Execution", "Outcome", "TurnOutput", "OrchestrationFn"]
 
@@ -143,6 +144,9 @@ class Execution:
         self.now_ms = 0
         self.parent: tuple[str, int, int] | None = None
         self.custom_status: str | None = None
+        #: Trace context of this execution and of its starter (recorded in OrchestrationStarted).
+        self.trace_context: str | None = None
+        self.parent_trace_context: str | None = None
         self._main: asyncio.Task[Any] | None = None
         self._recorded: collections.deque[HistoryEvent] = collections.deque()
         self._unapplied_prior = 0
@@ -196,7 +200,8 @@ class Execution:
         self._record(Event.OrchestrationStarted(
             event_id=1, timestamp_ms=self._turn_now_ms, name=msg.name, version=version, input=msg.input,
             parent_instance_id=msg.parent_instance_id, parent_execution_id=msg.parent_execution_id,
-            parent_event_id=msg.parent_event_id))
+            parent_event_id=msg.parent_event_id, trace_context=child_of(msg.trace_context),
+            parent_trace_context=msg.trace_context))
 
     def deliver(self, msg: OrchestratorMessage) -> None:
         """Apply one new message (a no-op once the execution has ended)."""
@@ -387,7 +392,8 @@ class Execution:
                                                         input=spec["input"])):
                 return
             self._out.activities.append(ActivityWork(instance_id=x.instance_id, execution_id=x.execution_id,
-                                                     event_id=event_id, name=spec["name"], input=spec["input"]))
+                                                     event_id=event_id, name=spec["name"], input=spec["input"],
+                                                     trace_context=x.trace_context))
         elif kind == "timer":
             fire_at = spec["fire_at_ms"]
             if not self._record(Event.TimerCreated(event_id=event_id, timestamp_ms=ts, fire_at_ms=fire_at)):
@@ -406,7 +412,7 @@ class Execution:
                 instance_id=child, name=spec["name"], version=spec["version"], input=spec["input"],
                 parent_instance_id=x.instance_id if is_sub else None,
                 parent_execution_id=x.execution_id if is_sub else None,
-                parent_event_id=event_id if is_sub else None), None))
+                parent_event_id=event_id if is_sub else None, trace_context=x.trace_context), None))
         elif kind == "wait":
             self._record(Event.EventSubscribed(event_id=event_id, timestamp_ms=ts, name=spec["name"]))
         elif kind == "system":
@@ -453,6 +459,8 @@ class Execution:
     def _apply(self, event: HistoryEvent) -> None:
         self.now_ms = event.timestamp_ms
         if isinstance(event, Event.OrchestrationStarted):
+            self.trace_context = event.trace_context
+            self.parent_trace_context = event.parent_trace_context
             self.parent = ((event.parent_instance_id, event.parent_execution_id or 1, event.parent_event_id)
                            if event.parent_instance_id is not None and event.parent_event_id is not None else None)
             try:
@@ -589,7 +597,8 @@ class Execution:
                 input=outcome.next_input or "", execution_id=self.execution_id + 1,
                 parent_instance_id=self.parent[0] if self.parent else None,
                 parent_execution_id=self.parent[1] if self.parent else None,
-                parent_event_id=self.parent[2] if self.parent else None), None))
+                parent_event_id=self.parent[2] if self.parent else None,
+                trace_context=self.parent_trace_context), None))
             for name, queue in self._buffered.items():
                 for data in queue:
                     self._out.messages.append((ExternalEvent(instance_id=self.instance_id, name=name, data=data), None))

@@ -441,10 +441,15 @@ def _norm_value(v: Any) -> Any:
     return v
 
 
+# Fields that differ between two runs of the same program by design: times, and the
+# random trace ids a new execution draws (replay reuses the recorded ones).
+_PER_RUN = ("timestamp_ms", "trace_context", "parent_trace_context")
+
+
 def norm_event(e: HistoryEvent) -> tuple[Any, ...]:
-    """Event type, id and every field but the timestamp (error tracebacks left out)."""
+    """Event type, id and every field but per-run ones (error tracebacks left out)."""
     fields = tuple((f.name, _norm_value(getattr(e, f.name))) for f in dataclasses.fields(e)
-                   if f.name not in ("timestamp_ms",))
+                   if f.name not in _PER_RUN)
     return (type(e).__name__, *fields)
 
 
@@ -454,7 +459,8 @@ def norm_history(history: Sequence[HistoryEvent]) -> list[tuple[Any, ...]]:
 
 def _norm_msg(m: Any) -> Any:
     if dataclasses.is_dataclass(m):
-        return (type(m).__name__, tuple((f.name, _norm_value(getattr(m, f.name))) for f in dataclasses.fields(m)))
+        return (type(m).__name__, tuple((f.name, _norm_value(getattr(m, f.name))) for f in dataclasses.fields(m)
+                                        if f.name not in _PER_RUN))
     return m
 
 

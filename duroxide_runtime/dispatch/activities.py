@@ -106,7 +106,8 @@ class ActivityWorker:
             await self.store.abandon_work_item(lease.lock_token, delay)
             return
         renew = asyncio.create_task(self._keep_lease(lease, actx, asyncio.current_task()))
-        self.observer.activity_started(ActivityStarted(work.name, work.instance_id, lease.dequeue_count))
+        self.observer.activity_started(ActivityStarted(work.name, work.instance_id, lease.dequeue_count,
+                                                       work.execution_id, work.event_id, work.trace_context))
         began = time.perf_counter()
         try:
             result = await self._invoke(fn, work.input, actx)
@@ -127,8 +128,9 @@ class ActivityWorker:
                                      event_id=work.event_id, error=ErrorDetails.from_exception(exc))
         finally:
             renew.cancel()
-        self.observer.activity_finished(ActivityFinished(work.name, work.instance_id, outcome.error is None,
-                                                         time.perf_counter() - began))
+        self.observer.activity_finished(ActivityFinished(
+            work.name, work.instance_id, outcome.error is None, time.perf_counter() - began, work.execution_id,
+            work.event_id, outcome.error.error_type if outcome.error else None))
         self._results.put_nowait(WorkCompletion(lease.lock_token, outcome))
 
     async def _invoke(self, fn: Any, data: str, actx: ActivityContext) -> object:

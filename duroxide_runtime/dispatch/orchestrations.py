@@ -334,7 +334,9 @@ def _lifecycle_reports(ex: Execution, new_events: list[HistoryEvent]) -> list[ob
             status = {Event.OrchestrationCompleted: "Completed", Event.OrchestrationFailed: "Failed"}.get(
                 type(event), "ContinuedAsNew")
             reports.append(OrchestrationFinished(ex.name, ex.version, ex.instance_id, ex.execution_id, status,
-                                                 max(0.0, (event.timestamp_ms - began) / 1000), error))
+                                                 max(0.0, (event.timestamp_ms - began) / 1000), error,
+                                                 began, event.timestamp_ms, ex.trace_context,
+                                                 ex.parent_trace_context))
     return reports
 
 
