@@ -441,8 +441,9 @@ def activity(fn: Callable[..., Any] | None = None, /, *, typed: bool = False, na
 
     ``typed=True`` encodes arguments and result as JSON from the annotations;
     without it the activity takes one ``str`` and returns a ``str``.
-    ``instrument=True`` is accepted for the design's OpenTelemetry spans, which
-    are not implemented yet: it changes nothing today.
+    ``instrument=True`` is accepted as in the design; with
+    ``duroxide_runtime.tracing.OpenTelemetryTracing`` every activity attempt gets
+    its span (``activity.<name>``) whether or not it is set.
     """
     def wrap(f: Callable[..., Any]) -> Activity[Any, Any]:
         cls = AsyncActivity if inspect.iscoroutinefunction(f) else SyncActivity
