@@ -282,6 +282,11 @@ def expand(source: str, path: str = "<string>") -> Expansion:
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
+        try:  # Python's own message and position are the familiar ones (libcst's tokenizer gives none)
+            compile(source, path, "exec", dont_inherit=True)
+        except SyntaxError as py_exc:
+            return Expansion(source, [Problem(path, py_exc.lineno or 1, py_exc.offset or 1,
+                                              f"syntax error: {py_exc.msg}")])
         return Expansion(source, [Problem(path, exc.editor_line, exc.editor_column, f"syntax error: {exc.message}")])
     survey = _Survey()
     module.visit(survey)

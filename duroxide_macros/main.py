@@ -46,18 +46,20 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, T]], /) -> Callable[[], T
 @overload
 def duroxide_main(*, provider: str = "sqlite", db_path: str | os.PathLike[str] | None = None,
                   database_url: str | None = None, log_level: str = "info",
-                  options: RuntimeOptions | None = None
+                  options: RuntimeOptions | None = None, prometheus_port: int | None = None
                   ) -> Callable[[Callable[[], Coroutine[Any, Any, T]]], Callable[[], T]]: ...
 
 
 def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *, provider: str = "sqlite",
                   db_path: str | os.PathLike[str] | None = None, database_url: str | None = None,
-                  log_level: str = "info", options: RuntimeOptions | None = None) -> Any:
+                  log_level: str = "info", options: RuntimeOptions | None = None,
+                  prometheus_port: int | None = None) -> Any:
     """Turn ``async def main()`` into a plain function that runs the whole program.
 
     ``provider``: ``"sqlite"`` (default; ``db_path`` or a temp dir), ``"memory"``,
     ``"postgres"`` (``database_url`` or the ``DATABASE_URL`` environment variable), or
     ``"custom"`` (the module's ``async def duroxide_provider() -> Provider``).
+    ``prometheus_port``: serve the runtime's metrics on that port (needs the ``metrics`` extra).
     """
     if provider not in _PROVIDERS:
         raise ConfigurationError(f"duroxide_main(provider={provider!r}) is not a known provider",
@@ -73,7 +75,7 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
             if not logging.getLogger().handlers:
                 logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             try:
-                return asyncio.run(_main(body, provider, db_path, database_url, options))
+                return asyncio.run(_main(body, provider, db_path, database_url, options, prometheus_port))
             except KeyboardInterrupt:
                 _log.info("interrupted; shut down cleanly")
                 sys.exit(130)
@@ -109,18 +111,29 @@ async def _open_store(body: Callable[..., Any], provider: str, db_path: str | os
 
 async def _main(body: Callable[[], Coroutine[Any, Any, Any]], provider: str,
                 db_path: str | os.PathLike[str] | None, database_url: str | None,
-                options: RuntimeOptions | None) -> Any:
+                options: RuntimeOptions | None, prometheus_port: int | None) -> Any:
     with tempfile.TemporaryDirectory(prefix="duroxide-") as tmp:
         store = await _open_store(body, provider, db_path, database_url, tmp)
         rt: Runtime | None = None
         token = None
+        metrics = None
         try:
-            rt = await (Runtime.builder().store(store).discover_activities().discover_orchestrations()
-                        .options(options or RuntimeOptions()).start())
+            builder = (Runtime.builder().store(store).discover_activities().discover_orchestrations()
+                       .options(options or RuntimeOptions()))
+            if prometheus_port is not None:
+                from duroxide_runtime.metrics import PrometheusMetrics
+
+                metrics = PrometheusMetrics()
+                builder.observer(metrics)
+                metrics.serve(prometheus_port)
+                metrics.start_sampling(store)
+            rt = await builder.start()
             client = rt.client()
             token = set_ambient_client(client)
             return await body()
         finally:
+            if metrics is not None:
+                metrics.stop_sampling()
             if token is not None:
                 set_ambient_client(None)
             if rt is not None:

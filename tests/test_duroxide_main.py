@@ -21,7 +21,7 @@ import pytest
 
 from duroxide_runtime.errors import ConfigurationError
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+from .support import PG_URL, dedent_src, run_cmd
 
 HEADER = '''
 import duroxide_macros.install
@@ -315,3 +315,41 @@ def test_ctrl_c_exits_promptly_with_130(tmp_path: Path, wait: str) -> None:
     assert "Traceback" not in err, err
     assert "KeyboardInterrupt" not in err
     assert "RUNTIME SHUTDOWN Runtime" in out and "STORE CLOSED SqliteProvider" in out, out
+
+
+def test_prometheus_port_serves_the_runtime_metrics(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prog = tmp_path / "metrics_app.py"
+    prog.write_text(dedent_src(f'''
+        import duroxide_macros.install
+        import urllib.request
+        from duroxide_macros.prelude import *
+
+        @activity(typed=True)
+        async def pm_double(x: int) -> int:
+            return 2 * x
+
+        @orchestration
+        async def pm_flow(ctx: OrchestrationContext, x: int) -> int:
+            return await durable(pm_double(x))
+
+        @duroxide_main(provider="memory", prometheus_port={port})
+        async def main() -> None:
+            print("RESULT", await pm_flow.run("m1", 21, timeout=10))
+            body = urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            for line in body.splitlines():
+                if line.startswith(("duroxide_orchestration_started_total", "duroxide_activity_completed_total")):
+                    print("METRIC", line)
+
+        if __name__ == "__main__":
+            main()
+    '''))
+    proc = run_cmd([sys.executable, str(prog)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "RESULT 42" in proc.stdout
+    assert 'METRIC duroxide_orchestration_started_total{name="pm_flow",version="1.0.0"} 1.0' in proc.stdout
+    assert 'METRIC duroxide_activity_completed_total{name="pm_double",outcome="success"} 1.0' in proc.stdout
