@@ -640,3 +640,9 @@ def test_cli_unknown_target_fails_cleanly(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "no_such_module_xyz" in proc.stderr
+
+
+def test_a_syntax_error_is_reported_at_pythons_own_position() -> None:
+    problems = expand("x = 1\ny = 2\nz = 'a' \\ b\n", "broken.py").problems
+    assert [(p.line, p.column) for p in problems] == [(3, 10)]
+    assert problems[0].message.startswith("syntax error: unexpected character after line continuation")
