@@ -105,3 +105,29 @@ async def test_spans_form_one_trace_across_children_activities_and_a_restart(tmp
     assert parent_span.start_time is not None and parent_span.end_time is not None
     assert child_span.start_time is not None and child_span.start_time >= parent_span.start_time
     assert parent_span.end_time >= child_span.end_time  # type: ignore[operator]
+
+
+def test_one_trace_spans_two_operating_system_processes(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    worker = Path(__file__).with_name("otel_worker.py")
+    db, spans_file = tmp_path / "otel.db", tmp_path / "spans.jsonl"
+    for mode in ("start", "finish"):
+        proc = subprocess.run([sys.executable, str(worker), str(db), str(spans_file), mode],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    assert "STATUS Completed(output='HI!'" in proc.stdout
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    by_name: dict[str, list[dict[str, str]]] = {}
+    for s in spans:
+        by_name.setdefault(s["name"], []).append(s)
+    [request] = by_name["client-request"]
+    [parent_span] = by_name["orchestration.Parent"]
+    [child_span] = by_name["orchestration.Child"]
+    assert {s["trace_id"] for s in spans} == {request["trace_id"]}
+    assert parent_span["parent"] == request["span_id"]
+    assert child_span["parent"] == parent_span["span_id"]
+    assert sorted(a["parent"] for a in by_name["activity.Shout"]) == sorted(
+        [parent_span["span_id"], child_span["span_id"]])
