@@ -25,7 +25,6 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import pytest
 
 from duroxide_runtime import Client, Event, HistoryEvent, SqliteProvider
 
+from .worker_process import WorkerProcess
 from .crash_worker import ORCHESTRATION, expected_output, make_input, step_result, branch_result
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -42,57 +42,6 @@ WORKER = Path(__file__).with_name("crash_worker.py")
 INSTANCES = 200
 READY_TIMEOUT = 60.0
 FINAL_TIMEOUT = 120.0
-
-
-class WorkerProcess:
-    """One ``crash_worker.py`` subprocess; its stderr goes to a log file."""
-
-    def __init__(self, number: int, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.number = number
-        self.proc = proc
-        self.log_path = log_path
-
-    @classmethod
-    async def spawn(cls, number: int, db: Path, ledger: Path, logs: Path) -> WorkerProcess:
-        log_path = logs / f"worker-{number}.log"
-        with open(log_path, "wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(WORKER), str(db), str(ledger),
-                stdout=asyncio.subprocess.PIPE, stderr=log, cwd=str(WORKER.parent.parent))
-        worker = cls(number, proc, log_path)
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise AssertionError(f"worker {number} not ready in {READY_TIMEOUT}s\n{worker.log_tail()}") from None
-        if not line.startswith(b"READY"):
-            await proc.wait()
-            raise AssertionError(f"worker {number} did not start (rc={proc.returncode}, "
-                                 f"stdout={line!r})\n{worker.log_tail()}")
-        return worker
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return f"--- {self.log_path.name} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
-
-    async def sigkill(self) -> int:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        return await self.proc.wait()
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode if self.proc.returncode is not None else -1
 
 
 async def _status_counts(client: Client) -> collections.Counter[str]:
@@ -186,7 +135,7 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
         await start(ids[:half])
         n_kills = rng.randint(4, 5)
         for k in range(n_kills):
-            worker = await WorkerProcess.spawn(k, db, ledger, logs)
+            worker = await WorkerProcess.spawn(k, WORKER, [str(db), str(ledger)], logs, READY_TIMEOUT)
             workers.append(worker)
             starter = asyncio.create_task(start(ids[half:])) if k == 0 else None
             delay = rng.uniform(0.2, 1.5)
@@ -201,7 +150,7 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
         assert done_at_kill[0] < INSTANCES, f"{tag} the first kill interrupted no work: {kills}"
 
         # A fresh runtime finishes everything.
-        final = await WorkerProcess.spawn(n_kills, db, ledger, logs)
+        final = await WorkerProcess.spawn(n_kills, WORKER, [str(db), str(ledger)], logs, READY_TIMEOUT)
         t_final = time.monotonic()
         deadline = t_final + FINAL_TIMEOUT
         while True:

@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -56,6 +55,7 @@ from duroxide_runtime import (
     activity_context,
 )
 
+from .worker_process import WorkerProcess
 from .pg_cluster_worker import (
     CHILD,
     PARENT,
@@ -165,74 +165,6 @@ READY_TIMEOUT = 60.0
 FINAL_TIMEOUT = 75.0
 
 
-class WorkerProcess:
-    """One ``pg_cluster_worker.py`` subprocess; its stderr goes to a log file."""
-
-    def __init__(self, number: int, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.number = number
-        self.proc = proc
-        self.log_path = log_path
-
-    @classmethod
-    async def spawn(cls, number: int, url: str, schema: str, ledger: Path, logs: Path) -> WorkerProcess:
-        log_path = logs / f"worker-{number}.log"
-        with open(log_path, "wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(WORKER), url, schema, str(ledger),
-                stdout=asyncio.subprocess.PIPE, stderr=log, cwd=str(WORKER.parent.parent))
-        worker = cls(number, proc, log_path)
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise AssertionError(f"worker {number} not ready in {READY_TIMEOUT}s\n{worker.log_tail()}") from None
-        if not line.startswith(b"READY"):
-            await proc.wait()
-            raise AssertionError(f"worker {number} did not start (rc={proc.returncode}, stdout={line!r})\n"
-                                 f"{worker.log_tail()}")
-        return worker
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return f"--- {self.log_path.name} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
-
-    async def freeze(self) -> None:
-        """SIGSTOP, and wait until the process is really stopped (nothing more reaches the ledger)."""
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        for _ in range(1000):
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
-                    return
-            await asyncio.sleep(0.001)
-        raise AssertionError(f"worker {self.number} did not stop on SIGSTOP")
-
-    def thaw(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    async def sigkill(self) -> int:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        return await self.proc.wait()
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode if self.proc.returncode is not None else -1
-
-
 class _LedgerTail:
     """Follows the ledger as workers append to it: which calls each process has started, not ended."""
 
@@ -319,7 +251,7 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
         # finished ones).
         first = PARENTS // 5
         await asyncio.gather(*(start(iid) for iid in ids[:first]))
-        spawned = await asyncio.gather(*(WorkerProcess.spawn(n, PG_URL, schema, ledger, logs)
+        spawned = await asyncio.gather(*(WorkerProcess.spawn(n, WORKER, [PG_URL, schema, str(ledger)], logs, READY_TIMEOUT)
                                          for n in range(WORKERS)), return_exceptions=True)
         workers = [w for w in spawned if isinstance(w, WorkerProcess)]
         for w in spawned:
