@@ -33,6 +33,7 @@ import pytest
 
 from duroxide_runtime import Client, Event, HistoryEvent, SqliteProvider
 
+from .history_checks import history_problems
 from .worker_process import WorkerProcess
 from .crash_worker import ORCHESTRATION, expected_output, make_input, step_result, branch_result
 
@@ -60,52 +61,11 @@ def _expected_activity_result(name: str, raw: str) -> str:
     return str(fn(iid, int(n), int(value)))
 
 
-_COMPLETION_KIND = {
-    Event.ActivityCompleted: Event.ActivityScheduled,
-    Event.ActivityFailed: Event.ActivityScheduled,
-    Event.TimerFired: Event.TimerCreated,
-}
-
-
-def _history_problems(iid: str, history: list[HistoryEvent], expected: str) -> list[str]:
-    """Everything wrong with one completed instance's history (empty list: all good)."""
-    problems: list[str] = []
-    ids = [e.event_id for e in history]
-    if ids != list(range(1, len(history) + 1)):
-        problems.append(f"event ids are not 1..{len(history)}: {ids}")
-    if not history or not isinstance(history[0], Event.OrchestrationStarted):
-        problems.append("first event is not OrchestrationStarted")
-    if sum(isinstance(e, Event.OrchestrationStarted) for e in history) != 1:
-        problems.append("OrchestrationStarted recorded more than once")
-    terminal = [e for e in history if isinstance(e, (Event.OrchestrationCompleted, Event.OrchestrationFailed))]
-    if len(terminal) != 1 or terminal[0] is not history[-1]:
-        problems.append(f"expected exactly one terminal event, last: {terminal}")
-    elif not isinstance(terminal[0], Event.OrchestrationCompleted) or terminal[0].output != expected:
-        problems.append(f"terminal event {terminal[0]!r}, expected output {expected}")
-    schedules = {e.event_id: e for e in history if e.is_schedule}
-    completions: collections.Counter[int] = collections.Counter()
-    for e in history:
-        kind = _COMPLETION_KIND.get(type(e))
-        if kind is None:
-            continue
-        source = e.source_event_id  # type: ignore[attr-defined]
-        completions[source] += 1
-        if not isinstance(schedules.get(source), kind):
-            problems.append(f"event {e.event_id} ({type(e).__name__}) completes {schedules.get(source)!r}")
-        if isinstance(e, Event.ActivityFailed):
-            problems.append(f"activity failed: {e!r}")
-        if isinstance(e, Event.ActivityCompleted):
-            sched = schedules.get(source)
-            if isinstance(sched, Event.ActivityScheduled) and \
-                    e.result != _expected_activity_result(sched.name, sched.input):
-                problems.append(f"event {e.event_id}: wrong result {e.result!r} for {sched!r}")
-    for sid, sched in schedules.items():
-        if completions[sid] != 1:
-            problems.append(f"schedule event {sid} ({type(sched).__name__}) completed {completions[sid]} times")
-    kinds = collections.Counter(type(e).__name__ for e in schedules.values())
-    if kinds != {"ActivityScheduled": 5, "TimerCreated": 1}:
-        problems.append(f"unexpected schedules: {dict(kinds)}")
-    return problems
+def _check_activity_result(sched: HistoryEvent, done: HistoryEvent) -> str | None:
+    if isinstance(sched, Event.ActivityScheduled) and isinstance(done, Event.ActivityCompleted) and \
+            done.result != _expected_activity_result(sched.name, sched.input):
+        return f"wrong result {done.result!r} for {sched!r}"
+    return None
 
 
 async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
@@ -188,7 +148,8 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
     bad: dict[str, list[str]] = {}
     for iid in ids:
         history = await client.read_history(iid)
-        problems = _history_problems(iid, history, expected_output(iid, inputs[iid]))
+        problems = history_problems(history, expected_output(iid, inputs[iid]),
+                                    {"ActivityScheduled": 5, "TimerCreated": 1}, _check_activity_result)
         if await client.list_executions(iid) != [1]:
             problems.append(f"executions: {await client.list_executions(iid)}")
         for e in history:
