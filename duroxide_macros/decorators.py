@@ -36,6 +36,7 @@ from duroxide_runtime.errors import ConfigurationError, DuroxideError, ErrorDeta
 from duroxide_runtime.loop import OrchestrationLoop
 from duroxide_runtime.options import to_seconds
 from duroxide_runtime.registry import DEFAULT_VERSION
+from duroxide_runtime.status import StatusOf
 
 from .ambient import ambient_client
 from .codec import Codec, encode_value
@@ -47,6 +48,7 @@ __all__ = ["activity", "orchestration", "Activity", "AsyncActivity", "SyncActivi
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_NO_INPUT: Any = object()  # "no input passed" (a no-input orchestration's helpers take none)
 I = TypeVar("I")  # noqa: E741 - the orchestration's input type
 O = TypeVar("O")  # noqa: E741 - the orchestration's output type
 
@@ -56,11 +58,11 @@ class DurableNotExpandedError(ConfigurationError):
 
     code = "DURABLE_NOT_EXPANDED"
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, cause: str | None = None, fix: str | None = None) -> None:
         super().__init__(
-            f"{what} reached run time unexpanded: the duroxide import hook did not rewrite this module",
-            fix="make `import duroxide_macros.install` the first line of your program (before this module is "
-                "imported), or call the explicit form: `await fn.call(ctx, args...)`")
+            f"{what} reached run time unexpanded: {cause or 'the duroxide import hook did not rewrite this module'}",
+            fix=fix or "make `import duroxide_macros.install` the first line of your program (before this module "
+                       "is imported), or call the explicit form: `await fn.call(ctx, args...)`")
 
 
 class OrchestrationFailedError(DuroxideError):
@@ -82,6 +84,24 @@ def _in_orchestration() -> bool:
         return False
 
 
+def _where(fn: Callable[..., Any]) -> str:
+    """``function NAME at FILE:LINE``, for errors about a decorated function's declaration."""
+    code = getattr(fn, "__code__", None)
+    at = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    return f"function {getattr(fn, '__qualname__', fn)}{at}"
+
+
+def _type_hints(fn: Callable[..., Any], what: str) -> dict[str, Any]:
+    """The resolved annotations of ``fn``; an unresolvable one is a ConfigurationError naming it."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception as exc:  # noqa: BLE001 - NameError for a missing name, TypeError for a bad one, ...
+        raise ConfigurationError(f"{what}: the annotations of {_where(fn)} cannot be resolved "
+                                 f"({type(exc).__name__}: {exc})",
+                                 fix="define or import every type its annotations name before the function, "
+                                     "at module level") from None
+
+
 def _typed_future(ctx: OrchestrationContext, fut: Awaitable[str], codec: Codec[R] | None) -> Awaitable[R]:
     if codec is None:
         return fut  # type: ignore[return-value]  # untyped: R is str
@@ -90,6 +110,14 @@ def _typed_future(ctx: OrchestrationContext, fut: Awaitable[str], codec: Codec[R
         return codec.decode(await fut)
 
     return asyncio.ensure_future(decode(), loop=ctx._x.loop)
+
+
+def _reject_method(fn: Callable[..., Any], kind: str, name: str) -> None:
+    """Decorating a method would register a function the runtime must call without its instance."""
+    outer = fn.__qualname__.rpartition(".")[0]
+    if outer and not outer.endswith("<locals>"):
+        raise ConfigurationError(f"@{kind} {name!r} is defined as a method of {outer}; the runtime calls it "
+                                 "without an instance", fix="define it at module level, outside the class")
 
 
 class Activity(Generic[P, R]):
@@ -105,6 +133,7 @@ class Activity(Generic[P, R]):
         self.name = name or fn.__name__
         self.typed = typed
         self.is_async = inspect.iscoroutinefunction(fn)
+        _reject_method(fn, "activity", self.name)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         sig = inspect.signature(fn)
         self._params = list(sig.parameters.values())
@@ -114,14 +143,19 @@ class Activity(Generic[P, R]):
         self._signature = sig
         self._registered: Callable[[str], Any] | None = None
         if typed:
-            hints = typing.get_type_hints(fn)
-            self._arg_codecs = [Codec[Any](hints.get(p.name, Any), f"argument {p.name!r} of activity {self.name!r}")
+            hints = _type_hints(fn, f"activity {self.name!r}")
+            where = _where(fn)
+            self._arg_codecs = [Codec[Any](hints.get(p.name, Any), f"argument {p.name!r} of activity {self.name!r}",
+                                           root=p.name,
+                                           declared=f"parameter {p.name!r} of activity {self.name!r} ({where})")
                                 for p in self._params]
             self._args_codec = (None if len(self._params) == 1 else
                                 Codec[Any](tuple[tuple(hints.get(p.name, Any) for p in self._params)],  # type: ignore[misc]
-                                           f"arguments of activity {self.name!r}"))
-            self._result_codec: Codec[Any] | None = Codec[Any](hints.get("return", Any),
-                                                               f"result of activity {self.name!r}")
+                                           f"arguments of activity {self.name!r}", root="arguments",
+                                           item_names=[p.name for p in self._params]))
+            self._result_codec: Codec[Any] | None = Codec[Any](
+                hints.get("return", Any), f"result of activity {self.name!r}", root="result",
+                declared=f"return type of activity {self.name!r} ({where})")
         else:
             if len(self._params) != 1:
                 raise ConfigurationError(
@@ -229,15 +263,31 @@ class Orchestration(Generic[I, O]):
         if not params:
             raise ConfigurationError(f"orchestration {self.name!r} has no context parameter",
                                      fix="declare it as `async def f(ctx: OrchestrationContext, input: T) -> U`")
+        if len(params) > 2 or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            raise ConfigurationError(
+                f"orchestration {self.name!r} takes more than one input parameter; an orchestration gets one input",
+                fix="pass one dataclass, TypedDict or pydantic model that holds them all")
+        _reject_method(fn, "orchestration", self.name)
         self._has_input = len(params) >= 2
-        hints = typing.get_type_hints(fn)
+        hints = _type_hints(fn, f"orchestration {self.name!r}")
         in_type = hints.get(params[1].name, Any) if self._has_input else type(None)
-        self._in = Codec[Any](in_type, f"input of orchestration {self.name!r}")
-        self._out = Codec[Any](hints.get("return", Any), f"output of orchestration {self.name!r}")
+        in_name = params[1].name if self._has_input else "input"
+        self._in = Codec[Any](in_type, f"input of orchestration {self.name!r}", root=in_name,
+                              declared=f"parameter {in_name!r} of orchestration {self.name!r} ({_where(fn)})")
+        self._out = Codec[Any](hints.get("return", Any), f"output of orchestration {self.name!r}", root="output",
+                               declared=f"return type of orchestration {self.name!r} ({_where(fn)})")
         #: The string-API function registered with the runtime (one object, see Activity.registered_function).
         self.registered_function: Callable[[OrchestrationContext, str], Coroutine[Any, Any, str]] = self.entry
 
-    def __call__(self, input: I) -> Awaitable[O]:
+    # A no-input orchestration (``async def f(ctx) -> O``) is an ``Orchestration[None, O]``: its
+    # ``__call__``/``call``/``start``/``run``/``continue_as_new`` take no input (the overloads
+    # whose ``self`` is ``Orchestration[None, O]``); ``None`` is still accepted where the input goes.
+    @overload
+    def __call__(self: Orchestration[None, O], /) -> Awaitable[O]: ...
+    @overload
+    def __call__(self, input: I) -> Awaitable[O]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[O]:
         raise DurableNotExpandedError(f"calling orchestration {self.name!r} outside durable(...)")
 
     async def entry(self, ctx: OrchestrationContext, input: str) -> str:
@@ -250,18 +300,40 @@ class Orchestration(Generic[I, O]):
 
     def encode_input(self, input: I) -> str:
         """The stored input string for ``input``."""
-        return self._in.encode(input) if self._has_input else "null"
+        if input is _NO_INPUT:
+            if self._has_input:
+                raise TypeError(f"orchestration {self.name!r} takes an input")
+            return "null"
+        if not self._has_input:
+            if input is not None:
+                raise TypeError(f"orchestration {self.name!r} takes no input (got {type(input).__name__})")
+            return "null"
+        return self._in.encode(input)
 
     # -- inside orchestrations -----------------------------------------------------
 
+    @overload
+    def call(self: Orchestration[None, O], ctx: OrchestrationContext, /, *, instance_id: str | None = None,
+             version: str | None = None) -> Awaitable[O]: ...
+    @overload
     def call(self, ctx: OrchestrationContext, input: I, *, instance_id: str | None = None,
+             version: str | None = None) -> Awaitable[O]: ...
+
+    def call(self, ctx: OrchestrationContext, input: Any = _NO_INPUT, *, instance_id: str | None = None,
              version: str | None = None) -> Awaitable[O]:
         """Run as a sub-orchestration of ``ctx``; await its typed output."""
         fut = ctx.schedule_sub_orchestration(self.name, self.encode_input(input), instance_id=instance_id,
                                              version=version)
         return _typed_future(ctx, fut, self._out)
 
-    def continue_as_new(self, ctx: OrchestrationContext, input: I, *, version: str | None = None) -> NoReturn:
+    @overload
+    def continue_as_new(self: Orchestration[None, O], ctx: OrchestrationContext, /, *,
+                        version: str | None = None) -> NoReturn: ...
+    @overload
+    def continue_as_new(self, ctx: OrchestrationContext, input: I, *, version: str | None = None) -> NoReturn: ...
+
+    def continue_as_new(self, ctx: OrchestrationContext, input: Any = _NO_INPUT, *,
+                        version: str | None = None) -> NoReturn:
         """End this execution and start the next one with typed ``input`` (see ``ctx.continue_as_new``)."""
         ctx.continue_as_new(self.encode_input(input), version=version)
 
@@ -273,6 +345,15 @@ class Orchestration(Generic[I, O]):
         client = kwargs.pop("client", None)
         if client is None and args and isinstance(args[0], Client):
             client, args = args[0], args[1:]
+        if "input" in names and not self._has_input:
+            # No input to take: `input=None` (or a None in its place) is accepted and dropped.
+            names = tuple(n for n in names if n != "input")
+            if kwargs.get("input", _NO_INPUT) is None:
+                del kwargs["input"]
+            if len(args) > 1 and args[1] is None:
+                args = args[:1] + args[2:]
+            if "input" in kwargs or len(args) > len(names):
+                raise TypeError(f"{self.name}.{method}(): orchestration {self.name!r} takes no input")
         if len(args) > len(names):
             raise TypeError(f"{self.name}.{method}() takes at most {len(names)} arguments after the client")
         values = {**(defaults or {}), **dict(zip(names, args))}
@@ -289,31 +370,38 @@ class Orchestration(Generic[I, O]):
     async def start(self, client: Client, instance_id: str, input: I, *, version: str | None = None) -> None: ...
     @overload
     async def start(self, instance_id: str, input: I, *, version: str | None = None) -> None: ...
+    @overload
+    async def start(self: Orchestration[None, O], client: Client, instance_id: str, *,
+                    version: str | None = None) -> None: ...
+    @overload
+    async def start(self: Orchestration[None, O], instance_id: str, *, version: str | None = None) -> None: ...
 
     async def start(self, *args: Any, **kwargs: Any) -> None:
         """Start instance ``instance_id`` with typed ``input``."""
         version = kwargs.pop("version", None)
         client, v = self._bind("start", args, kwargs, ("instance_id", "input"))
-        await client.start_orchestration(v["instance_id"], self.name, self.encode_input(v["input"]),
+        await client.start_orchestration(v["instance_id"], self.name, self.encode_input(v.get("input", _NO_INPUT)),
                                          version=version or self.version)
 
+    # The status helpers return StatusOf[O] (OrchestrationStatus[O] as the union of its variants),
+    # so that mypy too keeps O through `case OrchestrationStatus.Completed(output=x)`.
     @overload
     async def wait(self, client: Client, instance_id: str,
-                   timeout: timedelta | float = 30.0) -> OrchestrationStatus[O]: ...
+                   timeout: timedelta | float = 30.0) -> StatusOf[O]: ...
     @overload
-    async def wait(self, instance_id: str, timeout: timedelta | float = 30.0) -> OrchestrationStatus[O]: ...
+    async def wait(self, instance_id: str, timeout: timedelta | float = 30.0) -> StatusOf[O]: ...
 
-    async def wait(self, *args: Any, **kwargs: Any) -> OrchestrationStatus[O]:
+    async def wait(self, *args: Any, **kwargs: Any) -> StatusOf[O]:
         """Wait up to ``timeout`` for the instance to finish; the status carries the typed output."""
         client, v = self._bind("wait", args, kwargs, ("instance_id", "timeout"), {"timeout": 30.0})
         return self._typed(await client.wait_for_orchestration(v["instance_id"], v["timeout"]))
 
     @overload
-    async def status(self, client: Client, instance_id: str) -> OrchestrationStatus[O]: ...
+    async def status(self, client: Client, instance_id: str) -> StatusOf[O]: ...
     @overload
-    async def status(self, instance_id: str) -> OrchestrationStatus[O]: ...
+    async def status(self, instance_id: str) -> StatusOf[O]: ...
 
-    async def status(self, *args: Any, **kwargs: Any) -> OrchestrationStatus[O]:
+    async def status(self, *args: Any, **kwargs: Any) -> StatusOf[O]:
         """Current status, with the typed output once completed."""
         client, v = self._bind("status", args, kwargs, ("instance_id",))
         return self._typed(await client.get_orchestration_status(v["instance_id"]))
@@ -332,22 +420,28 @@ class Orchestration(Generic[I, O]):
     async def run(self, client: Client, instance_id: str, input: I, timeout: timedelta | float = 30.0) -> O: ...
     @overload
     async def run(self, instance_id: str, input: I, timeout: timedelta | float = 30.0) -> O: ...
+    @overload
+    async def run(self: Orchestration[None, O], client: Client, instance_id: str,
+                  timeout: timedelta | float = 30.0) -> O: ...
+    @overload
+    async def run(self: Orchestration[None, O], instance_id: str, timeout: timedelta | float = 30.0) -> O: ...
 
     async def run(self, *args: Any, **kwargs: Any) -> O:
         """Start and wait; return the typed output or raise :class:`OrchestrationFailedError`."""
         client, v = self._bind("run", args, kwargs, ("instance_id", "input", "timeout"), {"timeout": 30.0})
         instance_id = v["instance_id"]
-        await client.start_orchestration(instance_id, self.name, self.encode_input(v["input"]), version=self.version)
+        await client.start_orchestration(instance_id, self.name, self.encode_input(v.get("input", _NO_INPUT)),
+                                         version=self.version)
         return self._output_or_raise(instance_id, await self.wait(client, instance_id, v["timeout"]))
 
     @overload
     async def poll_until_complete(self, client: Client, instance_id: str, timeout: timedelta | float,
-                                  poll_interval: timedelta | float = 1.0) -> OrchestrationStatus[O]: ...
+                                  poll_interval: timedelta | float = 1.0) -> StatusOf[O]: ...
     @overload
     async def poll_until_complete(self, instance_id: str, timeout: timedelta | float,
-                                  poll_interval: timedelta | float = 1.0) -> OrchestrationStatus[O]: ...
+                                  poll_interval: timedelta | float = 1.0) -> StatusOf[O]: ...
 
-    async def poll_until_complete(self, *args: Any, **kwargs: Any) -> OrchestrationStatus[O]:
+    async def poll_until_complete(self, *args: Any, **kwargs: Any) -> StatusOf[O]:
         """Re-read the status every ``poll_interval`` until it is final or ``timeout`` passes."""
         client, v = self._bind("poll_until_complete", args, kwargs, ("instance_id", "timeout", "poll_interval"),
                                {"poll_interval": 1.0})
@@ -404,15 +498,15 @@ class Orchestration(Generic[I, O]):
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _typed(self, status: OrchestrationStatus[str]) -> OrchestrationStatus[O]:
+    def _typed(self, status: OrchestrationStatus[str]) -> StatusOf[O]:
         if isinstance(status, OrchestrationStatus.Completed):
             return OrchestrationStatus.Completed(output=self._out.decode(status.output),
                                                  custom_status=status.custom_status)
         return status  # type: ignore[return-value]  # the other variants carry no output
 
-    def _output_or_raise(self, instance_id: str, status: OrchestrationStatus[O]) -> O:
+    def _output_or_raise(self, instance_id: str, status: StatusOf[O]) -> O:
         if isinstance(status, OrchestrationStatus.Completed):
-            return status.output  # type: ignore[no-any-return]
+            return status.output
         if isinstance(status, OrchestrationStatus.Failed):
             raise OrchestrationFailedError(instance_id, status.error, status.details)
         if isinstance(status, OrchestrationStatus.NotFound):
@@ -472,6 +566,8 @@ class _ActivityDecorator:
 @overload
 def orchestration(fn: Callable[[OrchestrationContext, I], Coroutine[Any, Any, O]], /) -> Orchestration[I, O]: ...
 @overload
+def orchestration(fn: Callable[[OrchestrationContext], Coroutine[Any, Any, O]], /) -> Orchestration[None, O]: ...
+@overload
 def orchestration(*, name: str | None = None, version: str = DEFAULT_VERSION) -> _OrchestrationDecorator: ...
 
 
@@ -495,5 +591,10 @@ class _OrchestrationDecorator:
     def __init__(self, wrap: Callable[[Callable[..., Any]], Orchestration[Any, Any]]) -> None:
         self._wrap = wrap
 
-    def __call__(self, fn: Callable[[OrchestrationContext, I], Coroutine[Any, Any, O]], /) -> Orchestration[I, O]:
+    @overload
+    def __call__(self, fn: Callable[[OrchestrationContext, I], Coroutine[Any, Any, O]], /) -> Orchestration[I, O]: ...
+    @overload
+    def __call__(self, fn: Callable[[OrchestrationContext], Coroutine[Any, Any, O]], /) -> Orchestration[None, O]: ...
+
+    def __call__(self, fn: Callable[..., Any], /) -> Any:
         return self._wrap(fn)

@@ -17,10 +17,12 @@ activity's result type.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Coroutine
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
+from duroxide_runtime import tracefmt
 from duroxide_runtime.activity import current_activity
 from duroxide_runtime.errors import ConfigurationError
 
@@ -50,24 +52,33 @@ def durable(call: Any, /) -> Any:
     """
     if isinstance(call, Coroutine):
         call.close()  # never started: closing it keeps "never awaited" warnings away
-    raise DurableNotExpandedError("durable(...)")
+    from .diagnose import not_expanded_cause  # the caller's module tells why it was not rewritten
+
+    raise DurableNotExpandedError("durable(...)", *not_expanded_cause(sys._getframe(1)))
 
 
 def _trace(level: str, fmt: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
-    message = fmt.format(*args) if args else fmt
+    # Formatting is left to the runtime (duroxide_runtime.tracefmt), so a form reads the
+    # same rewritten or not, and a bad format is logged with a warning instead of raising.
     ctx = current_orchestration()
     if ctx is not None:
-        ctx.trace(level, message, **fields)
+        ctx.trace(level, fmt, *args, **fields)
         return
     actx = current_activity()
     if actx is not None:
-        actx.trace(level, message, **fields)
+        actx.trace(level, fmt, *args, **fields)
         return
-    _plain_logger.log(logging.getLevelName("WARNING" if level == "WARN" else level), message, extra=fields)
+    tracefmt.emit(_plain_logger, tracefmt.level_number(level), fmt, args, fields, {})
 
 
 def durable_trace_info(fmt: str, /, *args: Any, **fields: Any) -> None:
-    """Log at INFO once (never on replay): ``durable_trace_info("order {}", order.id, order_id=order.id)``."""
+    """Log at INFO once (never on replay): ``durable_trace_info("order {}", order.id, order_id=order.id)``.
+
+    ``fmt`` is ``str.format`` with the design's ``{:?}`` (repr) and ``{:.2}`` (two
+    decimals); keyword fields go on the log record. It never raises: a format that
+    does not apply is logged as written, with a warning. The rules are in
+    :mod:`duroxide_runtime.tracefmt`; the other levels follow them too.
+    """
     _trace("INFO", fmt, args, fields)
 
 

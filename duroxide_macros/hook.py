@@ -2,17 +2,21 @@
 
 Modelled on pytest's assertion rewriter:
 
-* it claims only modules whose source mentions a form; every other module
-  (and the standard library, and duroxide itself) is loaded by the normal
-  ``SourceFileLoader``, and an empty ``...duroxide-1.<mtime>-<size>.noforms``
-  file beside its ``.pyc`` remembers the verdict, so the source is not read
-  again until it changes;
-* it caches its output like bytecode, in ``__pycache__`` under its own file
-  name (``mod.cpython-311.duroxide-1.pyc``, with ``.opt-N`` for ``-O``),
-  keyed by a hash of the source; writes are atomic and errors writing are
-  ignored; ``PYTHONDONTWRITEBYTECODE`` and ``sys.pycache_prefix`` are honoured;
+* it claims only modules that import from ``duroxide_macros`` (see
+  :mod:`duroxide_macros.ownership` for how that is decided, mostly without
+  reading a file); every other module, the standard library and duroxide
+  itself are loaded by Python's own loaders, and nothing is written for them;
+* it asks the finders after itself on ``sys.meta_path`` for the module (so
+  setuptools' editable-install finders and pytest's assertion rewriter keep
+  working) and hands their answer back untouched when the module is not ours;
+* it caches its output like bytecode (:mod:`duroxide_macros.cache`), in
+  ``__pycache__`` under its own file name; the cache is read even under
+  ``PYTHONDONTWRITEBYTECODE`` (which only stops writing, as for ``.pyc``);
+  libcst is imported only when a module must really be rewritten;
 * every line keeps its number, so tracebacks, ``inspect``, debuggers and
   coverage point at the user's own lines;
+* its loader is a :class:`importlib.machinery.SourceFileLoader`, so
+  ``importlib.resources`` and ``pkgutil.get_data`` work for rewritten packages;
 * test modules that pytest would assertion-rewrite get both rewrites.
 
 Problems found while expanding are raised as :class:`DurableExpansionError`
@@ -21,26 +25,23 @@ Problems found while expanding are raised as :class:`DurableExpansionError`
 
 from __future__ import annotations
 
-import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import marshal
-import os
 import sys
-import sysconfig
-import tempfile
 import types
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .expand import EXPANDER_VERSION, Problem, expand, uses_forms
+from . import cache, ownership
+from .cache import cache_path
+from .problems import Problem
 
-__all__ = ["DurableFinder", "DurableLoader", "DurableExpansionError", "install", "cache_path", "compile_source"]
+if TYPE_CHECKING:
+    from .expand import Expansion
 
-_MAGIC = b"DRXC" + importlib.util.MAGIC_NUMBER
-_SKIP_PREFIXES = ("duroxide_runtime", "duroxide_macros", "_pytest", "pytest", "pluggy", "libcst", "pydantic",
-                  "asyncpg", "aiosqlite", "orjson", "hypothesis", "typing_extensions")
+__all__ = ["DurableFinder", "DurableLoader", "DurableExpansionError", "install", "installed",
+           "imported_before_install", "cache_path", "compile_source", "load_code"]
 
 
 class DurableExpansionError(SyntaxError):
@@ -57,196 +58,178 @@ class DurableExpansionError(SyntaxError):
         return str(self.msg)
 
 
-def _stdlib_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    dirs = {p for k in ("stdlib", "platstdlib") for p in (paths[k], os.path.realpath(paths[k]))}
-    return tuple(os.path.normcase(d) + os.sep for d in dirs)
+def _pytest_flavour(pytest_hook: Any) -> str:
+    if pytest_hook is None:
+        return ""
+    import pytest
+
+    return f"pytest-{pytest.__version__}"  # its assertion rewriting changes between versions
 
 
-_STDLIB = _stdlib_dirs()
+def _expand(source: str, path: str, module: str | None) -> Expansion:
+    from .expand import expand  # libcst: imported only when a module really is rewritten
+
+    return expand(source, path, module=module)
 
 
-def cache_path(source_path: str) -> str:
-    """Where the rewritten code of ``source_path`` is cached (follows ``sys.pycache_prefix`` and ``-O``)."""
-    pyc = importlib.util.cache_from_source(source_path)
-    return f"{pyc[:-4]}.duroxide-{EXPANDER_VERSION}.pyc"
+def compile_source(source: bytes, path: str, pytest_hook: Any = None, *, module: str | None = None,
+                   extra_problems: Iterable[Problem] = (),
+                   optimize: int = -1) -> tuple[types.CodeType, tuple[str, ...]]:
+    """Expand ``source`` and compile it for ``path``: (code, the other files the expansion read).
 
-
-def _pytest_rewriter(fullname: str, path: Sequence[str] | None) -> Any:
-    """pytest's assertion-rewriting hook, if it would rewrite this module."""
-    for finder in sys.meta_path:
-        if type(finder).__name__ == "AssertionRewritingHook":
-            try:
-                if finder.find_spec(fullname, path) is not None:
-                    return finder
-            except Exception:  # noqa: BLE001 - pytest internals changed: fall back to our rewrite only
-                return None
-    return None
-
-
-def compile_source(source: bytes, path: str, pytest_hook: Any = None) -> types.CodeType:
-    """Expand ``source`` and compile it for ``path`` (raises DurableExpansionError on problems)."""
-    result = expand(importlib.util.decode_source(source), path)
-    if result.problems:
-        raise DurableExpansionError(result.problems)
+    Raises :class:`DurableExpansionError` listing ``extra_problems`` and the expansion's problems.
+    ``pytest_hook`` is pytest's assertion-rewriting hook, to apply its rewrite too.
+    """
+    result = _expand(importlib.util.decode_source(source), path, module)
+    problems = [*extra_problems, *result.problems]
+    if problems:
+        raise DurableExpansionError(problems)
+    dependencies = tuple(result.dependencies)
     if pytest_hook is not None:
         import ast
 
+        # pytest has no public API to assertion-rewrite a tree: its hook only rewrites
+        # the files it loads itself, and the text we compile is not the file's.
         from _pytest.assertion.rewrite import rewrite_asserts
 
         tree = ast.parse(result.code, path)
         rewrite_asserts(tree, result.code.encode(), path, pytest_hook.config)
-        return compile(tree, path, "exec", dont_inherit=True)
-    return compile(result.code, path, "exec", dont_inherit=True)
+        return compile(tree, path, "exec", dont_inherit=True, optimize=optimize), dependencies
+    return compile(result.code, path, "exec", dont_inherit=True, optimize=optimize), dependencies
 
 
-def _no_forms_marker(source_path: str, st: os.stat_result) -> str:
-    """An empty file whose name says "this source, at this mtime and size, uses no form".
+def load_code(source: bytes, path: str, *, module: str | None, pytest_hook: Any = None, main: bool = False,
+              force_write: bool = False, optimize: int | None = None) -> types.CodeType:
+    """The rewritten code of ``source``: from the cache, or expanded (and cached).
 
-    Checking it costs one stat instead of reading and scanning the source, which
-    keeps the hook's cost for ordinary modules near zero; an edit changes the
-    name, so a stale verdict is never used.
+    ``main``: the program's main script, whose statements above ``import
+    duroxide_macros.install`` are reported as problems too (it is cached apart, as
+    the cache never holds code with problems). The cache is written unless
+    ``PYTHONDONTWRITEBYTECODE`` is set (``force_write``: ``duroxide-expand
+    --compile``, which pre-builds caches for containers that set it).
     """
-    return f"{cache_path(source_path)[:-4]}.{st.st_mtime_ns}-{st.st_size}.noforms"
+    key = cache.cache_key(source, _pytest_flavour(pytest_hook) + ("main" if main else ""))
+    where = cache_path(path, optimize)
+    code = cache.read_cache(where, key, path)
+    if code is not None:
+        return code
+    extra: Iterable[Problem] = ()
+    if main:
+        from .mainscript import statements_before_install
+
+        extra = statements_before_install(source, path)
+    code, dependencies = compile_source(source, path, pytest_hook, module=module, extra_problems=extra,
+                                        optimize=-1 if optimize is None else optimize)
+    if force_write or not sys.dont_write_bytecode:
+        cache.write_cache(where, key, path, code, dependencies)
+    return code
 
 
-def _touch(path: str) -> None:
-    """Create a marker, removing the markers of earlier versions of the same source."""
-    folder, name = os.path.split(path)
-    stem = name.rsplit(".", 2)[0] + "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-        for old in os.listdir(folder):
-            if old.startswith(stem) and old.endswith(".noforms"):
-                os.unlink(os.path.join(folder, old))
-        with open(path, "wb"):
-            pass
-    except OSError:
-        pass  # a read-only tree only costs the scan next time
+class DurableLoader(importlib.machinery.SourceFileLoader):
+    """Loads one module that imports from ``duroxide_macros``: from the cache, or by expanding it.
 
+    A ``SourceFileLoader`` in every other respect (``get_data``, ``get_source``,
+    resource readers), so ``importlib.resources`` and ``pkgutil.get_data`` work.
+    """
 
-class DurableLoader(importlib.abc.SourceLoader):
-    """Loads one module whose source uses the forms: from the cache, or by expanding it."""
-
-    def __init__(self, fullname: str, path: str, source: bytes, pytest_hook: Any = None) -> None:
-        self.name = fullname
-        self.path = path
+    def __init__(self, fullname: str, path: str, source: bytes | None = None,
+                 code: types.CodeType | None = None, pytest_hook: Any = None) -> None:
+        super().__init__(fullname, path)
         self._source = source
+        self._code = code
         self._pytest_hook = pytest_hook
 
-    def get_filename(self, fullname: str | None = None) -> str:
-        return self.path
-
-    def get_data(self, path: str) -> bytes:
-        with open(path, "rb") as f:
-            return f.read()
-
     def get_code(self, fullname: str) -> types.CodeType:
-        source = self._source
-        digest = hashlib.blake2b(source, digest_size=16,
-                                 person=b"pytest" if self._pytest_hook else b"").digest()
-        cached = cache_path(self.path)
-        code = _read_cache(cached, digest)
-        if code is None:
-            code = compile_source(source, self.path, self._pytest_hook)
-            if not sys.dont_write_bytecode:
-                _write_cache(cached, digest, code)
-        return code
+        code, self._code = self._code, None
+        if code is not None:
+            return code
+        source, self._source = self._source, None
+        if source is None:  # a second exec of the same spec: read the file again
+            source = self.get_data(self.path)
+        return load_code(source, self.path, module=fullname, pytest_hook=self._pytest_hook)
 
 
-def _read_cache(path: str, digest: bytes) -> types.CodeType | None:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    head = len(_MAGIC)
-    if data[:head] != _MAGIC or data[head:head + 16] != digest:
-        return None
-    try:
-        code = marshal.loads(data[head + 16:])
-    except (EOFError, ValueError, TypeError):
-        return None
-    return code if isinstance(code, types.CodeType) else None
-
-
-def _write_cache(path: str, digest: bytes, code: types.CodeType) -> None:
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".duroxide-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC + digest + marshal.dumps(code))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass  # a read-only tree only costs the rewrite next time
+def _pytest_rewriter(loader: object) -> bool:
+    rewrite = sys.modules.get("_pytest.assertion.rewrite")
+    hook = getattr(rewrite, "AssertionRewritingHook", None)
+    return hook is not None and isinstance(loader, hook)
 
 
 class DurableFinder(importlib.abc.MetaPathFinder):
-    """Claims modules whose source uses a form; everything else goes to the normal finders."""
+    """Claims modules that import from ``duroxide_macros``; hands everything else back as found."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname.startswith(_SKIP_PREFIXES):
+        if ownership.skipped_by_name(fullname):
+            return None  # the import system asks the next finders, as if we were not there
+        found = self._next_spec(fullname, path, target)
+        if found is None:
             return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if (spec is None or spec.origin is None or not spec.origin.endswith(".py")
-                or not isinstance(spec.loader, importlib.machinery.SourceFileLoader)):
-            return None
+        spec, source_file, pytest_hook = found
         origin = spec.origin
-        if os.path.normcase(origin).startswith(_STDLIB) and "-packages" + os.sep not in origin:
-            return None  # the standard library never uses the forms
+        if not source_file or origin is None or not ownership.may_read(fullname, origin):
+            return spec
         try:
-            st = os.stat(origin)
-            marker = _no_forms_marker(origin, st)
-            if os.path.exists(marker):  # seen before, unchanged, and without forms
-                return spec if self._only_trivial_finders_before_path_finder() else None
-            with open(origin, "rb") as f:
+            with open(origin, "rb", buffering=0) as f:  # one read of the whole file, no buffer object
                 source = f.read()
         except OSError:
-            return None
-        if not uses_forms(source):
-            if not sys.dont_write_bytecode:
-                _touch(marker)
-            return spec if self._only_trivial_finders_before_path_finder() else None
-        loader = DurableLoader(fullname, origin, source, _pytest_rewriter(fullname, path))
-        new_spec = importlib.util.spec_from_file_location(fullname, origin, loader=loader,
-                                                          submodule_search_locations=spec.submodule_search_locations)
-        return new_spec
+            return spec
+        if not ownership.mentions_duroxide_macros(source):
+            return spec
+        # Rewritten before (this very source)? Then it is ours, and the cache has its code.
+        code = cache.read_cache(cache_path(origin), cache.cache_key(source, _pytest_flavour(pytest_hook)), origin)
+        if code is None and not ownership.imports_duroxide_macros(source):
+            return spec
+        loader = DurableLoader(fullname, origin, source, code, pytest_hook)
+        return importlib.util.spec_from_file_location(fullname, origin, loader=loader,
+                                                      submodule_search_locations=spec.submodule_search_locations)
 
+    def _next_spec(self, fullname: str, path: Sequence[str] | None,
+                   target: types.ModuleType | None
+                   ) -> tuple[importlib.machinery.ModuleSpec, bool, Any] | None:
+        """What the finders after us find: (spec, is it a plain source file, pytest's hook or None).
 
-    def _only_trivial_finders_before_path_finder(self) -> bool:
-        """Would the normal import system find exactly ``PathFinder``'s spec after us?
-
-        Then we hand that spec back instead of declining, which spares a second
-        lookup of the same file (the hook's main cost for modules without forms).
-        Any other finder in between (pytest's assertion rewriter, say) must get its turn.
+        Asking them ourselves (rather than only ``PathFinder``) keeps editable
+        installs' finders and pytest's rewriter in the game; handing their spec
+        back when the module is not ours spares the import system a second lookup
+        (it is the spec the import system would get if we declined).
         """
-        seen_self = False
-        for finder in sys.meta_path:
-            if finder is self:
-                seen_self = True
-            elif finder is importlib.machinery.PathFinder:
-                return seen_self
-            elif seen_self and not _trivial_finder(finder):
-                return False
-        return False
-
-
-def _trivial_finder(finder: object) -> bool:
-    # Finders that only ever claim built-in, frozen or setuptools' own distutils modules.
-    return (finder in (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter)
-            or type(finder).__name__ == "DistutilsMetaFinder")
+        meta = sys.meta_path
+        start = next((i + 1 for i, f in enumerate(meta) if f is self), 0)
+        for finder in meta[start:]:
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                return None  # a legacy finder: let the import system handle the rest in order
+            spec = find(fullname, path, target)
+            if spec is None:
+                continue
+            loader = spec.loader
+            if _pytest_rewriter(loader):
+                return spec, True, loader
+            # built-in, extension, namespace, zip, sourceless...: never ours
+            return spec, type(loader) is importlib.machinery.SourceFileLoader, None
+        return None
 
 
 _finder = DurableFinder()
+_modules_before: frozenset[str] | None = None
 
 
 def install() -> DurableFinder:
     """Put the finder first on ``sys.meta_path`` (idempotent)."""
+    global _modules_before
     if _finder not in sys.meta_path:
+        if _modules_before is None:  # remembered to explain a durable() that was not rewritten
+            _modules_before = frozenset(sys.modules)
         sys.meta_path.insert(0, _finder)
     return _finder
+
+
+def installed() -> bool:
+    """Is the hook on ``sys.meta_path``?"""
+    return _finder in sys.meta_path
+
+
+def imported_before_install(module: str) -> bool:
+    """Was ``module`` already imported when the hook was first installed?"""
+    return _modules_before is not None and module in _modules_before

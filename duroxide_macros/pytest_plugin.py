@@ -1,5 +1,8 @@
 """pytest plugin (entry point ``pytest11``): the import hook for test modules, and fixtures.
 
+Test modules that import from ``duroxide_macros`` are rewritten by the import
+hook (their ``durable(...)`` forms) and by pytest (their ``assert`` statements).
+
 Fixtures, each cleaned up after its test:
 
 * ``duroxide_store`` - a fresh :class:`InMemoryProvider`;
@@ -22,7 +25,10 @@ from duroxide_runtime import Client, InMemoryProvider, Runtime
 
 from .hook import install
 
-install()  # test modules that use the forms are rewritten (pytest's assertion rewriting is kept)
+# Test modules that import from duroxide_macros are rewritten, and keep pytest's assertion
+# rewriting (the hook finds pytest's rewriter after itself on sys.meta_path and applies both);
+# every other test module is left to pytest alone.
+install()
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from .errors import (
     OrchestrationCancelled,
     PayloadError,
     PayloadTooLargeError,
+    InvalidInputError,
     PoisonMessageError,
     StoreError,
     SubOrchestrationFailed,
@@ -57,17 +58,17 @@ from .providers.postgres import PostgresProvider
 from .providers.sqlite import SqliteProvider
 from .registry import ActivityRegistry, OrchestrationRegistry, VersionPolicy
 from .runtime import Runtime, RuntimeBuilder
-from .status import InstanceInfo, OrchestrationStatus
+from .status import InstanceInfo, OrchestrationStatus, StatusOf
 
 __all__ = [
     "ActivityContext", "activity_context", "Client", "DurableFuture", "OrchestrationContext",
     "ActivityFailed", "ActivityTimeoutError", "ConfigurationError", "CorruptHistoryError", "DuroxideError",
     "DurableTaskFailed", "ErrorDetails", "InstanceAlreadyExistsError", "InstanceNotFoundError",
     "InstanceStillRunningError", "NonDeterminismError", "NonDeterministicOperationError", "OrchestrationCancelled",
-    "PayloadError", "PayloadTooLargeError", "PoisonMessageError", "StoreError", "SubOrchestrationFailed",
+    "PayloadError", "PayloadTooLargeError", "InvalidInputError", "PoisonMessageError", "StoreError", "SubOrchestrationFailed",
     "UnknownActivityError", "UnknownOrchestrationError", "Event", "HistoryEvent", "RetryPolicy",
     "RuntimeOptions", "Provider", "InMemoryProvider", "SqliteProvider", "PostgresProvider", "ActivityRegistry",
-    "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "OrchestrationStatus",
+    "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "OrchestrationStatus", "StatusOf",
 ]
 
 __version__ = "0.1.0"

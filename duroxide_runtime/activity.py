@@ -18,13 +18,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import tracefmt
 from .errors import ConfigurationError
 
 __all__ = ["ActivityContext", "activity_context"]
 
 activity_logger = logging.getLogger("duroxide.activity")
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
-           "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
 
 @dataclass
@@ -48,12 +47,14 @@ class ActivityContext:
         return {"instance_id": self.instance_id, "execution_id": self.execution_id,
                 "activity": self.name, "event_id": self.event_id, "attempt": self.attempt}
 
-    def trace(self, level: str, message: str, **fields: Any) -> None:
-        """Log with this activity's fields attached."""
-        lvl = _LEVELS.get(level.upper())
-        if lvl is None:
-            raise ConfigurationError(f"unknown trace level {level!r}", fix="use DEBUG, INFO, WARN or ERROR")
-        activity_logger.log(lvl, message, extra={**self.log_fields(), **fields})
+    def trace(self, level: str, message: str, /, *args: Any, **fields: Any) -> None:
+        """Log with this activity's fields attached: ``actx.trace("INFO", "got {}", n, order_id=oid)``.
+
+        The same rules as ``OrchestrationContext.trace`` (see :mod:`duroxide_runtime.tracefmt`):
+        a format that does not apply is logged as written, with a warning, and
+        never fails the activity.
+        """
+        tracefmt.emit(activity_logger, tracefmt.level_number(level), message, args, fields, self.log_fields())
 
 
 _current: contextvars.ContextVar[ActivityContext | None] = contextvars.ContextVar("duroxide_activity", default=None)

@@ -19,6 +19,10 @@ the ``DUROXIDE_STORE`` environment variable. The tool never creates a store.
 ``--json`` prints machine-readable output on stdout, and errors as
 ``{"code", "message", "fix"}`` on stderr. Exit codes: 0 ok, 1 the operation
 failed, 2 the command line was wrong.
+
+Text output never writes stored text to the terminal as is: control
+characters (escape sequences, CR, LF, NUL, ...) in ids, names, custom status,
+outputs and errors are shown escaped (``\x1b``), see :func:`cli_format.inert`.
 """
 
 from __future__ import annotations
@@ -315,24 +319,46 @@ class Output:
     err: TextIO
 
     def emit(self, text: str, data: object) -> None:
-        """Print ``text``, or ``data`` as JSON in ``--json`` mode."""
+        """Print ``text`` (each line made inert), or ``data`` as JSON in ``--json`` mode."""
         if self.json:
-            self.out.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            self.out.write(_json_text(data, indent=2) + "\n")
         elif text:
-            self.out.write(text + "\n")
+            self.out.write(_inert_lines(text) + "\n")
 
     def note(self, text: str) -> None:
         """A remark for the operator, on stderr (also in ``--json`` mode)."""
-        self.err.write(text + "\n")
+        self.err.write(_inert_lines(text) + "\n")
 
     def error(self, exc: DuroxideError) -> None:
         """A typed error: ``error: message`` and ``fix: ...``, or a JSON object."""
         fix = CLI_FIXES.get(exc.code, exc.fix)
         if self.json:
             body = {"code": exc.code, "message": exc.message, "fix": fix}
-            self.err.write(json.dumps(body, ensure_ascii=False) + "\n")
+            self.err.write(_json_text(body) + "\n")
         else:
-            self.err.write(f"error: {exc.message}\n" + (f"fix: {fix}\n" if fix else ""))
+            self.err.write(f"error: {fmt.inert(exc.message)}\n" + (f"fix: {fmt.inert(fix)}\n" if fix else ""))
+
+
+def _json_text(data: object, indent: int | None = None) -> str:
+    """``data`` as JSON whose non-printable characters (DEL, C1 controls such as CSI, bidi
+    overrides, line separators) are ``\\u``-escaped too, so JSON on a terminal is inert as well."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(ch if ch == "\n" or ch.isprintable() else _json_escape(ch) for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _inert_lines(text: str) -> str:
+    """``text`` with each of its lines made inert (a last defence: fields are escaped where formatted)."""
+    return "\n".join(fmt.inert(line) for line in text.split("\n"))
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -370,7 +396,7 @@ async def cmd_history(client: Client, opts: Options, out: Output) -> int:
         raise DuroxideError(f"instance {instance_id!r} has no execution {execution}",
                             fix=f"pick one of: {', '.join(map(str, executions)) or 'none recorded yet'}")
     events = await client.read_history(instance_id, execution)
-    header = f"{instance_id} ({info.name}) execution {execution} of {len(executions)}, {info.status}"
+    header = f"{fmt.inert(instance_id)} ({fmt.inert(info.name)}) execution {execution} of {len(executions)}, {info.status}"
     out.emit("\n".join([header, *fmt.timeline(events)]), [fmt.event_json(e) for e in events])
     return EXIT_OK
 
@@ -378,11 +404,11 @@ async def cmd_history(client: Client, opts: Options, out: Output) -> int:
 async def _report_delivery(client: Client, out: Output, instance_id: str, delivered: bool, what: str) -> int:
     """Print whether a cancel/raise reached a running instance or found it finished."""
     if delivered:
-        out.emit(f"{what} {instance_id}", {"instance_id": instance_id, "delivered": True})
+        out.emit(f"{what} {fmt.inert(instance_id)}", {"instance_id": instance_id, "delivered": True})
     else:
         status = (await client.get_instance_info(instance_id)).status
         out.emit("", {"instance_id": instance_id, "delivered": False, "status": status})
-        out.note(f"{instance_id}: already {status}; nothing done")
+        out.note(f"{fmt.inert(instance_id)}: already {fmt.inert(status)}; nothing done")
     return EXIT_OK
 
 
@@ -413,7 +439,7 @@ async def _purge_one(client: Client, opts: Options, out: Output) -> int:
     purged = await client.purge(instance_id, force=bool(opts.args.force))
     if not purged:
         raise InstanceNotFoundError(instance_id, "purge")
-    out.emit(f"purged {len(purged)} instance(s): {', '.join(purged)}", {"purged": purged})
+    out.emit(f"purged {len(purged)} instance(s): {', '.join(map(fmt.inert, purged))}", {"purged": purged})
     return EXIT_OK
 
 

@@ -1,7 +1,12 @@
 """Text and JSON rendering for the ``duroxide`` command-line tool (see :mod:`duroxide_runtime.cli`).
 
 Everything here is pure: it turns instances, statuses and history events into
-strings or JSON-ready objects, and draws the progress counter. Example::
+strings or JSON-ready objects, and draws the progress counter. Stored text
+(ids, names, custom status, outputs, errors) is passed through :func:`inert`
+(or ``repr``) before it reaches the terminal, so escape sequences, CR, NUL or
+a newline in a stored value are shown as ``\x1b``, ``\r``, ``\x00``, ``\n``
+and can neither drive the terminal nor forge lines. ``--json`` output is
+JSON-escaped instead. Example::
 
     for line in timeline(await client.read_history("order-1")):
         print(line)
@@ -24,7 +29,7 @@ from .history import Event, HistoryEvent, encode_event
 from .status import InstanceInfo
 
 __all__ = [
-    "JsonObject", "short", "format_time", "format_offset", "table", "instance_table", "instance_json",
+    "JsonObject", "inert", "short", "format_time", "format_offset", "table", "instance_table", "instance_json",
     "show_text", "show_json", "describe", "timeline", "event_json", "Progress",
 ]
 
@@ -35,6 +40,28 @@ JsonObject = dict[str, Any]
 PAYLOAD_WIDTH = 60
 #: Longest custom status shown in the ``list`` table.
 CUSTOM_STATUS_WIDTH = 40
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(ch: str) -> str:
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def inert(text: str | None) -> str:
+    """``text`` with every character that is not printable (control and format characters,
+    escape sequences, CR, LF, NUL, bidi overrides, lone surrogates) shown as a Python escape
+    such as ``\x1b``; printable text, including all other Unicode, is unchanged. ``-`` for None.
+    """
+    if text is None:
+        return "-"
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
 
 
 def short(text: str | None, width: int = PAYLOAD_WIDTH) -> str:
@@ -70,7 +97,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def instance_table(infos: Sequence[InstanceInfo]) -> str:
     """The ``list`` table: id, name, version, status, execution, created, updated, custom status."""
     headers = ("ID", "NAME", "VERSION", "STATUS", "EXEC", "CREATED", "UPDATED", "CUSTOM STATUS")
-    rows = [(i.instance_id, i.name, i.version or "-", i.status, str(i.execution_id), format_time(i.created_at_ms),
+    rows = [(inert(i.instance_id), inert(i.name), inert(i.version or "-"), inert(i.status), str(i.execution_id),
+             format_time(i.created_at_ms),
              format_time(i.updated_at_ms), short(i.custom_status, CUSTOM_STATUS_WIDTH) if i.custom_status else "-")
             for i in infos]
     return table(headers, rows)
@@ -93,29 +121,29 @@ def show_json(info: InstanceInfo, details: ErrorDetails | None, executions: Sequ
 def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int]) -> str:
     """``show``: one labelled line per field; output or error (with traceback) last."""
     fields = [
-        ("instance", info.instance_id),
-        ("name", info.name),
-        ("version", info.version or "-"),
-        ("status", info.status),
-        ("custom status", info.custom_status if info.custom_status is not None else "-"),
+        ("instance", inert(info.instance_id)),
+        ("name", inert(info.name)),
+        ("version", inert(info.version or "-")),
+        ("status", inert(info.status)),
+        ("custom status", inert(info.custom_status)),
         ("execution", f"{info.execution_id} (executions: {', '.join(map(str, executions)) or '-'})"),
-        ("parent", info.parent_instance_id or "-"),
+        ("parent", inert(info.parent_instance_id or "-")),
         ("created", format_time(info.created_at_ms)),
         ("updated", format_time(info.updated_at_ms)),
     ]
     if info.output is not None:
-        fields.append(("output", info.output))
+        fields.append(("output", inert(info.output)))
     if info.error is not None:
-        fields.append(("error", info.error))
+        fields.append(("error", inert(info.error)))
     lines = [f"{label + ':':<15}{value}" for label, value in fields]
     if details is not None and details.traceback:
         lines.append("traceback:")
-        lines += ["  " + line for line in details.traceback.rstrip("\n").splitlines()]
+        lines += ["  " + inert(line) for line in details.traceback.rstrip("\n").split("\n")]
     return "\n".join(lines)
 
 
 def _call(name: str, version: str | None, payload: str) -> str:
-    return f"{name}{'@' + version if version else ''}({short(payload)})"
+    return f"{inert(name)}{'@' + inert(version) if version else ''}({short(payload)})"
 
 
 def describe(event: HistoryEvent, start_ms: int) -> str:
@@ -127,11 +155,11 @@ def describe(event: HistoryEvent, start_ms: int) -> str:
         case Event.OrchestrationCompleted(output=output):
             return f"{kind} -> {short(output)}"
         case Event.OrchestrationFailed(details=details):
-            return f"{kind} {details.to_text()}"
+            return f"{kind} {inert(details.to_text())}"
         case Event.OrchestrationCancelRequested(reason=reason):
             return f"{kind} {short(reason)}"
         case Event.OrchestrationContinuedAsNew(input=payload, version=version):
-            return f"{kind} with {short(payload)}" + (f" at version {version}" if version else "")
+            return f"{kind} with {short(payload)}" + (f" at version {inert(version)}" if version else "")
         case Event.ActivityScheduled(name=name, input=payload):
             return f"{kind} {_call(name, None, payload)}"
         case Event.ActivityCompleted(source_event_id=sid, result=result) | \
@@ -139,7 +167,7 @@ def describe(event: HistoryEvent, start_ms: int) -> str:
             return f"{kind} #{sid} -> {short(result)}"
         case Event.ActivityFailed(source_event_id=sid, details=details) | \
                 Event.SubOrchestrationFailed(source_event_id=sid, details=details):
-            return f"{kind} #{sid} {details.to_text()}"
+            return f"{kind} #{sid} {inert(details.to_text())}"
         case Event.TimerCreated(fire_at_ms=fire_at):
             return f"{kind} fires at {format_offset(fire_at - start_ms)}"
         case Event.TimerFired(source_event_id=sid):
@@ -152,7 +180,7 @@ def describe(event: HistoryEvent, start_ms: int) -> str:
         case Event.EventRaised(name=name, data=data):
             return f"{kind} {name!r} {short(data)}"
         case Event.SystemCall(op=op, value=value):
-            return f"{kind} {op} = {short(value)}"
+            return f"{kind} {inert(op)} = {short(value)}"
         case _:
             return kind
 

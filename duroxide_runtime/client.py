@@ -15,13 +15,18 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import timedelta
 
-from .errors import InstanceNotFoundError, PayloadError, PayloadTooLargeError
+from .errors import InstanceNotFoundError, InvalidInputError, PayloadTooLargeError
 from .history import HistoryEvent
+from .limits import (
+    MAX_EXECUTION_ID, MAX_ID_CHARS, MAX_LIST_LIMIT, MAX_NAME_CHARS, MAX_REASON_CHARS, MAX_VERSION_CHARS,
+    check_count, check_identifier, check_lookup_id, check_seconds, check_text,
+)
 from .messages import CancelRequest, ExternalEvent, StartOrchestration
-from .options import RuntimeOptions, to_seconds
+from .options import RuntimeOptions
 from .providers.base import TERMINAL, InstanceRecord, Provider
 from .status import InstanceInfo, OrchestrationStatus
 from .tracecontext import current_traceparent
@@ -31,10 +36,19 @@ __all__ = ["Client"]
 _log = logging.getLogger("duroxide.client")
 #: Upper bound on the re-read interval while waiting on a store another process writes.
 _MAX_POLL = 0.25
+#: Statuses ``list_instances(status=...)`` accepts.
+_STATUSES = ("Pending", "Running", "Completed", "Failed")
 
 
 class Client:
-    """Client of one store. Payloads are strings, passed through untouched."""
+    """Client of one store. Payloads are strings, passed through untouched.
+
+    Every argument is checked against :mod:`duroxide_runtime.limits` before the
+    store is touched: a wrong type raises :class:`PayloadError`, a value no
+    store can hold (NUL, lone surrogates, an over-long id, a count out of
+    range) raises :class:`InvalidInputError` naming the argument; a NaN or
+    negative duration raises :class:`ConfigurationError`, like every duration.
+    """
 
     def __init__(self, store: Provider, *, max_payload_bytes: int = RuntimeOptions.max_payload_bytes) -> None:
         self.store = store
@@ -48,12 +62,11 @@ class Client:
         Raises :class:`InstanceAlreadyExistsError` if the id is taken (nothing changes);
         an unregistered ``name`` fails the instance after the runtime's retries.
         """
-        for what, value in (("instance_id", instance_id), ("name", name), ("input", input)):
-            _require_str(value, what)
+        check_identifier(instance_id, "instance_id", MAX_ID_CHARS)
+        check_identifier(name, "name", MAX_NAME_CHARS)
         if version is not None:
-            _require_str(version, "version")
-        if not instance_id or not name:
-            raise PayloadError("instance_id and name must not be empty", fix="pass non-empty strings")
+            check_identifier(version, "version", MAX_VERSION_CHARS)
+        check_text(input, "input")
         self._check_size(input, "input")
         await self.store.create_instance(StartOrchestration(instance_id=instance_id, name=name,
                                                             version=version, input=input,
@@ -66,9 +79,9 @@ class Client:
         when the instance has already finished (a no-op, logged). Raises
         :class:`InstanceNotFoundError` for an unknown id.
         """
-        _require_str(instance_id, "instance_id")
-        _require_str(name, "name")
-        _require_str(data, "data")
+        check_lookup_id(instance_id)
+        check_identifier(name, "name", MAX_NAME_CHARS)
+        check_text(data, "data")
         self._check_size(data, "event data")
         record = await self.store.send(ExternalEvent(instance_id=instance_id, name=name, data=data))
         return self._delivered(record, instance_id, "raise_event")
@@ -80,13 +93,14 @@ class Client:
         Returns ``False`` (a no-op) if it already finished; raises
         :class:`InstanceNotFoundError` for an unknown id. Repeating it is harmless.
         """
-        _require_str(instance_id, "instance_id")
-        _require_str(reason, "reason")
+        check_lookup_id(instance_id)
+        check_text(reason, "reason", MAX_REASON_CHARS)
         record = await self.store.send(CancelRequest(instance_id=instance_id, reason=reason))
         return self._delivered(record, instance_id, "cancel_instance")
 
     async def get_orchestration_status(self, instance_id: str) -> OrchestrationStatus[str]:
         """Current status (``NotFound`` for an unknown id)."""
+        check_lookup_id(instance_id)
         return _status_of(await self.store.get_instance(instance_id))
 
     status = get_orchestration_status
@@ -96,9 +110,12 @@ class Client:
         """Wait until the instance is Completed or Failed, or ``timeout`` passes.
 
         Returns the status at that moment: a terminal one, or ``Running``/``Pending``
-        on timeout, or ``NotFound`` for an unknown id.
+        on timeout, or ``NotFound`` for an unknown id. ``timeout`` is a number of
+        seconds or a ``timedelta`` from 0 up (``math.inf`` waits until the end);
+        NaN and negative values raise :class:`ConfigurationError`.
         """
-        deadline = time.monotonic() + to_seconds(timeout, "timeout")
+        check_lookup_id(instance_id)
+        deadline = time.monotonic() + check_seconds(timeout, "timeout", maximum=math.inf, allow_infinite=True)
         poll = 0.005
         while True:
             status = await self.get_orchestration_status(instance_id)
@@ -110,6 +127,7 @@ class Client:
 
     async def get_instance_info(self, instance_id: str) -> InstanceInfo:
         """Metadata of an instance; raises :class:`InstanceNotFoundError` if unknown."""
+        check_lookup_id(instance_id)
         record = await self.store.get_instance(instance_id)
         if record is None:
             raise InstanceNotFoundError(instance_id, "get_instance_info")
@@ -120,17 +138,27 @@ class Client:
 
         An unreadable stored row raises :class:`CorruptHistoryError`.
         """
+        check_lookup_id(instance_id)
+        if execution_id is not None:
+            check_count(execution_id, "execution_id", 1, MAX_EXECUTION_ID)
         if await self.store.get_instance(instance_id) is None:
             raise InstanceNotFoundError(instance_id, "read_history")
         return await self.store.read_history(instance_id, execution_id)
 
     async def list_executions(self, instance_id: str) -> list[int]:
         """Execution ids of an instance (more than one after continue-as-new)."""
+        check_lookup_id(instance_id)
         return await self.store.list_executions(instance_id)
 
     async def list_instances(self, *, status: str | None = None, name: str | None = None,
                              limit: int = 1000) -> list[InstanceInfo]:
-        """Instances, newest first, filtered by status and/or name."""
+        """Instances, newest first, filtered by status and/or name; ``limit`` is 1 to 2**31-1."""
+        if status is not None and status not in _STATUSES:
+            raise InvalidInputError("status", f"is {repr(status)[:60]}, not one of {', '.join(_STATUSES)}",
+                                    fix="pass None or one of " + ", ".join(_STATUSES))
+        if name is not None:
+            check_lookup_id(name, "name")
+        check_count(limit, "limit", 1, MAX_LIST_LIMIT)
         return [_info_of(r) for r in await self.store.list_instances(status=status, name=name, limit=limit)]
 
     async def purge(self, instance_id: str, *, force: bool = False) -> list[str]:
@@ -139,6 +167,10 @@ class Client:
         A running instance is refused with :class:`InstanceStillRunningError` unless ``force``;
         an unknown id raises :class:`InstanceNotFoundError`, like every other call naming one.
         """
+        check_lookup_id(instance_id)
+        if not isinstance(force, bool):
+            raise InvalidInputError("force", f"must be True or False, got {type(force).__name__}",
+                                    fix="pass force=True or force=False")
         deleted = await self.store.purge_instance(instance_id, force=force)
         if not deleted:
             raise InstanceNotFoundError(instance_id, "purge")
@@ -158,12 +190,6 @@ class Client:
             _log.info("%s: instance %r already %s; nothing was done", operation, instance_id, record.status)
             return False
         return True
-
-
-def _require_str(value: object, what: str) -> None:
-    if not isinstance(value, str):
-        raise PayloadError(f"{what} must be str, got {type(value).__name__}",
-                           fix="encode it first (e.g. json.dumps(value)), or use the typed helpers of @orchestration")
 
 
 def _status_of(record: InstanceRecord | None) -> OrchestrationStatus[str]:

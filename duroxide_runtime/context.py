@@ -21,10 +21,14 @@ import logging
 import uuid
 from collections.abc import Awaitable, Iterable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
+from . import tracefmt
 from .errors import ActivityTimeoutError, ConfigurationError, DurableTaskFailed
-from .options import RetryPolicy, to_seconds
+from .limits import (
+    MAX_ID_CHARS, MAX_NAME_CHARS, MAX_VERSION_CHARS, check_identifier, check_seconds, check_text,
+)
+from .options import RetryPolicy
 
 if TYPE_CHECKING:
     from .replay import Execution
@@ -32,9 +36,11 @@ if TYPE_CHECKING:
 __all__ = ["OrchestrationContext", "DurableFuture", "ContinueAsNewSignal"]
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_C = TypeVar("_C")
+_D = TypeVar("_D")
 
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
-           "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 trace_logger = logging.getLogger("duroxide.orchestration")
 
 
@@ -123,9 +129,11 @@ class OrchestrationContext:
 
             receipt = await ctx.schedule_activity("Charge", order_json, retry=RetryPolicy(5))
         """
+        check_identifier(name, "activity name", MAX_NAME_CHARS)
+        check_text(input, "activity input")
         if retry is None and timeout is None:
             return self._x.schedule("activity", name=name, input=input)
-        limit = None if timeout is None else to_seconds(timeout, "timeout")
+        limit = None if timeout is None else check_seconds(timeout, "activity timeout")
         return self._x.loop.create_task(self._activity_with_policy(name, input, retry or RetryPolicy(1), limit))
 
     async def _activity_with_policy(self, name: str, input: str, retry: RetryPolicy, limit: float | None) -> str:
@@ -146,8 +154,11 @@ class OrchestrationContext:
                 attempt += 1
 
     def schedule_timer(self, delay: timedelta | float) -> DurableFuture[None]:
-        """A durable timer that fires after ``delay`` (a timedelta or seconds); survives restarts."""
-        seconds = to_seconds(delay, "timer delay")
+        """A durable timer that fires after ``delay`` (a timedelta or seconds); survives restarts.
+
+        ``delay`` is from 0 to 100 years; NaN, negative, infinite or larger ones raise :class:`ConfigurationError`.
+        """
+        seconds = check_seconds(delay, "timer delay")
         return self._x.schedule("timer", fire_at_ms=self._x.now_ms + round(seconds * 1000))
 
     def schedule_wait(self, name: str) -> DurableFuture[str]:
@@ -155,6 +166,7 @@ class OrchestrationContext:
 
         Events raised before the wait are kept and delivered FIFO, one per wait.
         """
+        check_identifier(name, "event name", MAX_NAME_CHARS)
         return self._x.schedule("wait", name=name)
 
     wait_for_event = schedule_wait
@@ -167,11 +179,13 @@ class OrchestrationContext:
         defaults to the version policy's choice. A failed child raises
         :class:`SubOrchestrationFailed` here.
         """
+        _check_start(name, input, instance_id, version, "sub-orchestration")
         return self._x.schedule("sub", name=name, input=input, instance_id=instance_id, version=version)
 
     def start_orchestration(self, name: str, instance_id: str, input: str = "", *,
                             version: str | None = None) -> None:
         """Start a detached orchestration (fire and forget; its result is not awaited)."""
+        _check_start(name, input, instance_id, version, "detached orchestration")
         self._x.schedule("detached", name=name, input=input, instance_id=instance_id, version=version)
 
     def new_guid(self) -> DurableFuture[str]:
@@ -187,14 +201,31 @@ class OrchestrationContext:
 
     # -- composition -------------------------------------------------------------
 
-    async def select2(self, first: Awaitable[Any], second: Awaitable[Any]) -> tuple[int, asyncio.Future[Any]]:
+    async def select2(self, first: Awaitable[_A], second: Awaitable[_B],
+                      ) -> tuple[Literal[0], asyncio.Future[_A]] | tuple[Literal[1], asyncio.Future[_B]]:
         """Wait for the first of two durable futures; return ``(index, future)``.
 
         The winner is the one whose completion is earliest in history; the loser
         is cancelled (its activity or child is cancelled too). ``future.result()``
-        returns the value or raises its error.
+        returns the value or raises its error. Type checkers narrow the future by
+        the index: ``match await ctx.select2(a, b): case (0, done): ...`` (or
+        ``r[0] == 0``) gives ``done`` the type of ``a``'s result.
         """
-        return await self.select(first, second)
+        return await self.select(first, second)  # type: ignore[return-value]  # index is 0 or 1
+
+    # Typed for checkers: the winner's future carries the union of the futures' result types.
+    @overload
+    async def select(self, a: Awaitable[_A], /) -> tuple[int, asyncio.Future[_A]]: ...
+    @overload
+    async def select(self, a: Awaitable[_A], b: Awaitable[_B], /) -> tuple[int, asyncio.Future[_A | _B]]: ...
+    @overload
+    async def select(self, a: Awaitable[_A], b: Awaitable[_B], c: Awaitable[_C], /,
+                     ) -> tuple[int, asyncio.Future[_A | _B | _C]]: ...
+    @overload
+    async def select(self, a: Awaitable[_A], b: Awaitable[_B], c: Awaitable[_C], d: Awaitable[_D], /,
+                     ) -> tuple[int, asyncio.Future[_A | _B | _C | _D]]: ...
+    @overload
+    async def select(self, *awaitables: Awaitable[_T]) -> tuple[int, asyncio.Future[_T]]: ...
 
     async def select(self, *awaitables: Awaitable[Any]) -> tuple[int, asyncio.Future[Any]]:
         """Like :meth:`select2` for any number of futures."""
@@ -238,30 +269,35 @@ class OrchestrationContext:
         ``version`` picks the next execution's version (default: the version policy's choice).
         Custom status and unconsumed events carry over; pending work does not.
         """
+        check_text(input, "continue_as_new input")
+        if version is not None:
+            check_identifier(version, "continue_as_new version", MAX_VERSION_CHARS)
         self._x.request_continue_as_new(input, version)
         raise ContinueAsNewSignal()
 
     def set_custom_status(self, status: str | None) -> None:
         """Publish a short progress string, shown by ``client.get_instance_info``."""
+        if status is not None:
+            check_text(status, "custom status")
         self._x.set_custom_status(status)
 
     def trace(self, level: str, message: str, /, *args: Any, **fields: Any) -> None:
         """Log through ``logging`` once (never again on replay), with instance fields attached.
 
-        ``args`` fill ``{}`` placeholders of ``message`` (``str.format``); keyword
-        ``fields`` become structured fields of the log record.
+        ``args`` fill the placeholders of ``message`` (``str.format``, plus ``{:?}``
+        for repr and ``{:.2}`` for two decimals); keyword ``fields`` become
+        attributes of the log record (a name ``logging`` uses, such as ``name``,
+        becomes ``field_name``; all are also in ``record.trace_fields``). A
+        format that does not apply is logged as written with its arguments and
+        a warning: a trace never fails the orchestration. See :mod:`duroxide_runtime.tracefmt`.
 
         Example::
 
-            ctx.trace("INFO", "charged {} for {}", amount, order_id, order_id=order_id)
+            ctx.trace("INFO", "charged ${:.2} for {}", amount, order_id, order_id=order_id)
         """
         if self._x.replaying:
             return
-        lvl = _LEVELS.get(level.upper())
-        if lvl is None:
-            raise ConfigurationError(f"unknown trace level {level!r}", fix="use DEBUG, INFO, WARN or ERROR")
-        text = message.format(*args) if args else message
-        trace_logger.log(lvl, text, extra={**self._x.log_fields(), **fields})
+        tracefmt.emit(trace_logger, tracefmt.level_number(level), message, args, fields, self._x.log_fields())
 
     def trace_info(self, message: str, /, *args: Any, **fields: Any) -> None:
         """``trace("INFO", ...)``."""
@@ -278,3 +314,13 @@ class OrchestrationContext:
     def trace_debug(self, message: str, /, *args: Any, **fields: Any) -> None:
         """``trace("DEBUG", ...)``."""
         self.trace("DEBUG", message, *args, **fields)
+
+
+def _check_start(name: object, input: object, instance_id: object, version: object, what: str) -> None:
+    """The limits of :mod:`duroxide_runtime.limits` for a child or detached start."""
+    check_identifier(name, f"{what} name", MAX_NAME_CHARS)
+    check_text(input, f"{what} input")
+    if instance_id is not None:
+        check_identifier(instance_id, f"{what} instance_id", MAX_ID_CHARS)
+    if version is not None:
+        check_identifier(version, f"{what} version", MAX_VERSION_CHARS)

@@ -27,6 +27,7 @@ __all__ = [
     "ConfigurationError",
     "PayloadError",
     "PayloadTooLargeError",
+    "InvalidInputError",
     "InstanceAlreadyExistsError",
     "InstanceNotFoundError",
     "InstanceStillRunningError",
@@ -81,6 +82,23 @@ class PayloadTooLargeError(PayloadError, ValueError):
     """A payload or custom status exceeds its configured limit."""
 
     code = "PAYLOAD_TOO_LARGE"
+
+
+class InvalidInputError(PayloadError, ValueError):
+    """A value is outside the limits every store can hold (see ``duroxide_runtime.limits``).
+
+    Raised at the call site, before anything is stored: an id, name, version,
+    reason or event name that is empty, too long or holds characters a store
+    cannot keep (NUL, lone surrogates, control characters in identifiers), a
+    payload with NUL or lone surrogates, a duration that is NaN or out of range.
+    ``field`` names the argument.
+    """
+
+    code = "INVALID_INPUT"
+
+    def __init__(self, field: str, problem: str, *, fix: str) -> None:
+        self.field = field
+        super().__init__(f"{field} {problem}", fix=fix)
 
 
 class InstanceAlreadyExistsError(DuroxideError):

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,6 +29,8 @@ def to_seconds(value: timedelta | float | int, what: str) -> float:
             f"{what} must be a timedelta or a number of seconds, got {type(value).__name__}",
             fix=f"pass e.g. timedelta(seconds=5) or 5.0 as {what}",
         )
+    if seconds != seconds:  # NaN: every comparison with it is False
+        raise ConfigurationError(f"{what} is NaN", fix=f"pass a number of seconds >= 0 as {what}")
     if seconds < 0:
         raise ConfigurationError(f"{what} must not be negative (got {seconds})", fix=f"pass {what} >= 0")
     return float(seconds)
@@ -53,9 +56,10 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigurationError("RetryPolicy.max_attempts must be >= 1", fix="use max_attempts=1 for no retry")
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.backoff_coefficient < 1:
+        if not (0 <= self.initial_backoff < math.inf and 0 <= self.max_backoff < math.inf
+                and 1 <= self.backoff_coefficient < math.inf):  # NaN fails every comparison
             raise ConfigurationError(
-                "RetryPolicy backoffs must be >= 0 and backoff_coefficient >= 1",
+                "RetryPolicy backoffs must be finite and >= 0, and backoff_coefficient finite and >= 1",
                 fix="e.g. RetryPolicy(initial_backoff=1.0, backoff_coefficient=2.0)",
             )
 
@@ -118,5 +122,5 @@ class RuntimeOptions:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"RuntimeOptions.{name} must be >= 1", fix=f"set {name} to 1 or more")
         for name in ("orchestration_lock_timeout", "activity_lock_timeout", "poll_interval"):
-            if getattr(self, name) <= 0:
+            if not 0 < getattr(self, name) < math.inf:  # also NaN
                 raise ConfigurationError(f"RuntimeOptions.{name} must be > 0", fix=f"set {name} to a positive number of seconds")

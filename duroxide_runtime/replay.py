@@ -24,6 +24,7 @@ import asyncio
 import collections
 import logging
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ from .messages import (
 from .options import RuntimeOptions
 from .tracecontext import child_of
 
-__all__ = ["Execution", "Outcome", "TurnOutput", "OrchestrationFn"]
+__all__ = ["Execution", "Outcome", "TurnOutput", "OrchestrationFn", "safe_error_details", "storable_text",
+           "text_problem"]
 
 _log = logging.getLogger("duroxide.replay")
 
@@ -111,6 +113,8 @@ class TurnOutput:
     #: (message, visible_at_ms or None for "now")
     messages: list[tuple[OrchestratorMessage, int | None]] = field(default_factory=list)
     cancelled_activities: list[int] = field(default_factory=list)
+    #: Event ids of timers whose TimerFired, queued in an earlier turn, must be deleted.
+    cancelled_timers: list[int] = field(default_factory=list)
     custom_status: str | None = None
     custom_status_changed: bool = False
 
@@ -135,6 +139,9 @@ class Execution:
         self.name = name
         self.version = version
         self.options = options
+        #: The instance row's incarnation (unique per creation of the id); the live cache
+        #: only reuses this execution for the same incarnation.
+        self.incarnation: str | None = None
         # The I/O methods are generated in loop.py (they all raise), which mypy cannot see.
         self.loop = OrchestrationLoop(self)  # type: ignore[abstract]
         self.ctx = OrchestrationContext(self)
@@ -153,6 +160,8 @@ class Execution:
         self._open: dict[int, DurableFuture[Any]] = {}
         self._kind_of: dict[int, str] = {}
         self._completed: set[int] = set()
+        #: Timers cancelled (select losers, wait_for timeouts not needed): their TimerFired is never recorded.
+        self._dropped_timers: set[int] = set()
         self._waits: dict[str, collections.deque[DurableFuture[Any]]] = collections.defaultdict(collections.deque)
         self._buffered: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._delivered: dict[int, tuple[str, str]] = {}
@@ -220,7 +229,12 @@ class Execution:
                          Event.ActivityFailed(event_id=nid, timestamp_ms=ts, source_event_id=msg.event_id,
                                               details=msg.error))
         elif isinstance(msg, TimerFired):
-            if self._accepts(msg.event_id, "timer"):
+            if msg.event_id in self._dropped_timers:
+                # Its deletion was committed with the turn that cancelled it, but a message
+                # fetched in the same batch as that turn's other messages still arrives.
+                _log.debug("instance %r: cancelled timer %s ignored", self.instance_id, msg.event_id,
+                           extra=self.log_fields())
+            elif self._accepts(msg.event_id, "timer"):
                 event = Event.TimerFired(event_id=nid, timestamp_ms=ts, source_event_id=msg.event_id,
                                          fire_at_ms=msg.fire_at_ms)
         elif isinstance(msg, SubOrchestrationResult):
@@ -351,9 +365,13 @@ class Execution:
             waits = self._waits.get(fut.detail)
             if waits and fut in waits:
                 waits.remove(fut)
+        if fut.kind == "timer":
+            self._dropped_timers.add(fut.event_id)  # also while replaying: a late TimerFired is then ignored
         if self.replaying or self.outcome is not None:
             return
-        if fut.kind == "activity":
+        if fut.kind == "timer":
+            self._drop_timer(fut.event_id)
+        elif fut.kind == "activity":
             self._out.cancelled_activities.append(fut.event_id)
         elif fut.kind == "sub":
             child = self._child_id(fut.event_id)
@@ -369,6 +387,19 @@ class Execution:
             self._buffered[name].appendleft(data)
 
     # -- internals ---------------------------------------------------------------
+
+    def _drop_timer(self, event_id: int) -> None:
+        """A timer nobody waits for must not fire (it would cost a turn and a TimerFired event).
+
+        Created in this turn: its TimerFired is not committed yet, so it is just left
+        out; created earlier: the turn's commit deletes the queued message.
+        """
+        before = len(self._out.messages)
+        self._out.messages = [(m, at) for m, at in self._out.messages
+                              if not (isinstance(m, TimerFired) and m.event_id == event_id
+                                      and m.execution_id == self.execution_id)]
+        if len(self._out.messages) == before and event_id not in self._out.cancelled_timers:
+            self._out.cancelled_timers.append(event_id)
 
     def _record(self, event: HistoryEvent) -> bool:
         """Append a new event (and apply it); ``False`` if the execution ended (history limit)."""
@@ -467,7 +498,7 @@ class Execution:
                 coro = self.fn(self.ctx, event.input)
                 self._main = self.loop.create_task(coro, name=f"orchestration {self.name}")
             except Exception as exc:  # noqa: BLE001 - the user's function failed to start
-                self._finish(Outcome("Failed", error=ErrorDetails.from_exception(exc)))
+                self._finish(Outcome("Failed", error=safe_error_details(exc)))
                 return
         elif type(event) in _COMPLETES:
             self._complete(event)
@@ -562,12 +593,12 @@ class Execution:
                     "or declare it with @orchestration for typed output")))
             try:
                 _check_size(result, self.options.max_payload_bytes, f"output of {self.name!r}")
-            except PayloadTooLargeError as err:
+            except PayloadError as err:  # too large, or text the store cannot hold
                 return Outcome("Failed", error=ErrorDetails.from_exception(err))
             return Outcome("Completed", output=result)
         if isinstance(exc, RuntimeError) and "attached to a different loop" in str(exc):
             exc = NonDeterministicOperationError("awaiting a future of another event loop (real I/O)")
-        return Outcome("Failed", error=ErrorDetails.from_exception(exc))
+        return Outcome("Failed", error=safe_error_details(exc))
 
     def _finish(self, outcome: Outcome) -> None:
         if self.outcome is not None:
@@ -591,6 +622,11 @@ class Execution:
                                                          version=outcome.next_version)
         self.history.append(terminal)
         self._out.new_events.append(terminal)
+        # Timers still pending belong to an execution that has ended: they must not fire into it.
+        for event_id, fut in list(self._open.items()):
+            if fut.kind == "timer":
+                self._dropped_timers.add(event_id)
+                self._drop_timer(event_id)
         if outcome.status == "ContinuedAsNew":
             self._out.messages.append((StartOrchestration(
                 instance_id=self.instance_id, name=self.name, version=outcome.next_version,
@@ -613,9 +649,67 @@ def _check_str(value: object, what: str) -> None:
     if not isinstance(value, str):
         raise PayloadError(f"{what} must be str, got {type(value).__name__}",
                            fix="encode it first (e.g. json.dumps(value)), or use the typed @activity/@orchestration helpers")
+    _check_text(value, what)
+
+
+def text_problem(text: str) -> str | None:
+    """Why a store cannot hold ``text`` (``None`` if it can).
+
+    Every store writes UTF-8; a lone surrogate (what ``os.fsdecode`` or
+    ``errors="surrogateescape"`` make of bytes that are not UTF-8) has no UTF-8
+    form, and would fail the whole write it is part of.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"it contains the lone surrogate {text[err.start]!r} at index {err.start}, which no store can "
+                "encode (text decoded with errors='surrogateescape', e.g. os.fsdecode() of bytes that are not UTF-8)")
+    return None
+
+
+def _check_text(value: str, what: str) -> None:
+    problem = text_problem(value)
+    if problem is not None:
+        raise PayloadError(f"{what} cannot be stored: {problem}",
+                           fix="pass valid Unicode text: decode bytes with errors='replace', or carry binary "
+                               "data as base64")
+
+
+def storable_text(text: str) -> str:
+    """``text`` with anything a store cannot encode made visible as an escape (``\\udcff``).
+
+    For diagnostics (error messages, tracebacks), where showing the text matters
+    more than keeping it byte for byte.
+    """
+    return text if text_problem(text) is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def safe_error_details(exc: BaseException) -> ErrorDetails:
+    """``ErrorDetails.from_exception`` that never raises and always gives storable text.
+
+    An exception's ``__str__`` is user code: it may raise, or return text with
+    lone surrogates. Either used to escape recording, so the call or turn was
+    redone until it was poisoned (issue 10, defects 1 and 10b); the error is
+    recorded with a fallback message instead.
+    """
+    kind = type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception as err:  # noqa: BLE001 - a broken __str__ must not stop recording the failure
+        message = f"<str() of this {kind} raised {type(err).__name__}; the message is lost>"
+    try:
+        # traceback.format_exception calls str(exc) too, but guards it itself.
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # noqa: BLE001 - diagnostics only
+        text = ""
+    return ErrorDetails(storable_text(kind), storable_text(message), storable_text(text))
 
 
 def _check_size(value: str, limit: int, what: str) -> None:
+    if isinstance(value, str):
+        _check_text(value, what)
     size = len(value) if len(value) * 4 <= limit else len(value.encode())
     if size > limit:
         raise PayloadTooLargeError(f"{what} is {size} bytes, over the limit of {limit}",

@@ -141,7 +141,14 @@ class Runtime:
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop taking work, let running activities finish (up to ``grace`` seconds),
-        record their results, and stop. Unfinished work is redelivered later; nothing is lost."""
+        record their results, and stop. Unfinished work is redelivered later; nothing is lost.
+
+        After ``grace``, ``async def`` activities are cancelled and their calls given back
+        at once. A plain ``def`` activity runs in a thread that cannot be interrupted:
+        giving its call back would let another process run it at the same time, so it
+        keeps its lease (renewed) until it returns, and this waits for it, logging what
+        it waits for (``duroxide.worker``, every 10 s).
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()

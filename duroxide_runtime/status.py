@@ -12,11 +12,11 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, Union
 
 from .errors import ErrorDetails
 
-__all__ = ["OrchestrationStatus", "InstanceInfo"]
+__all__ = ["OrchestrationStatus", "StatusOf", "InstanceInfo"]
 
 T = TypeVar("T")
 
@@ -24,6 +24,8 @@ T = TypeVar("T")
 class OrchestrationStatus(Generic[T]):
     """Where an instance stands; one of the variants below, each a dataclass."""
 
+    # The variants are module-level classes (Pending, Running, Completed, Failed, NotFound);
+    # the _-names below are their aliases, since inside this class body `Pending` is the attribute.
     Pending: ClassVar[type[_Pending]]
     Running: ClassVar[type[_Running]]
     Completed: ClassVar[type[_Completed[Any]]]
@@ -33,25 +35,25 @@ class OrchestrationStatus(Generic[T]):
     @property
     def is_terminal(self) -> bool:
         """True for Completed and Failed."""
-        return isinstance(self, (_Completed, _Failed))
+        return isinstance(self, (Completed, Failed))
 
 
 @dataclass(frozen=True)
-class _Pending(OrchestrationStatus[Any]):
+class Pending(OrchestrationStatus[Any]):
     """Started by the client; no turn has run yet."""
 
     custom_status: str | None = None
 
 
 @dataclass(frozen=True)
-class _Running(OrchestrationStatus[Any]):
+class Running(OrchestrationStatus[Any]):
     """Running (or waiting on durable work)."""
 
     custom_status: str | None = None
 
 
 @dataclass(frozen=True)
-class _Completed(OrchestrationStatus[T]):
+class Completed(OrchestrationStatus[T]):
     """Finished; ``output`` is what it returned."""
 
     output: T
@@ -59,7 +61,7 @@ class _Completed(OrchestrationStatus[T]):
 
 
 @dataclass(frozen=True)
-class _Failed(OrchestrationStatus[Any]):
+class Failed(OrchestrationStatus[Any]):
     """Ended with an error (exception, cancellation, poison, non-determinism)."""
 
     error: str
@@ -68,14 +70,25 @@ class _Failed(OrchestrationStatus[Any]):
 
 
 @dataclass(frozen=True)
-class _NotFound(OrchestrationStatus[Any]):
+class NotFound(OrchestrationStatus[Any]):
     """No such instance in the store."""
 
 
-for _cls, _name in ((_Pending, "Pending"), (_Running, "Running"), (_Completed, "Completed"),
-                    (_Failed, "Failed"), (_NotFound, "NotFound")):
-    _cls.__name__ = _cls.__qualname__ = _name
-    setattr(OrchestrationStatus, _name, _cls)
+_Pending = Pending
+_Running = Running
+_Completed = Completed
+_Failed = Failed
+_NotFound = NotFound
+for _cls in (Pending, Running, Completed, Failed, NotFound):
+    setattr(OrchestrationStatus, _cls.__name__, _cls)
+
+#: ``OrchestrationStatus[T]`` spelled as the union of its variants - what the typed helpers
+#: (``wait``, ``status``, ``poll_until_complete``) return. Both type checkers narrow a union by
+#: ``match``/``isinstance`` keeping ``Completed[T]``'s output type; from the class
+#: ``OrchestrationStatus[T]`` mypy narrows to ``Completed[Any]`` (it does not carry type
+#: arguments into a subclass), pyright to ``Completed[T]``. Annotate with ``StatusOf[T]``
+#: where mypy should see the output type after a ``match``.
+StatusOf: TypeAlias = Union[Pending, Running, Completed[T], Failed, NotFound]
 
 
 @dataclass(frozen=True)

@@ -72,13 +72,13 @@ async def process_order(ctx: OrchestrationContext, order: Order) -> Receipt:
     total = round(order.subtotal * (1 + TAX.get(order.state, 0.05)), 2)
     payment = durable(charge_payment(order.id, total))
     timeout = ctx.schedule_timer(timedelta(seconds=1))
-    winner, done = await ctx.select2(payment, timeout)
+    winner, _ = await ctx.select2(payment, timeout)
     if winner == 1:
         durable_trace_error("Payment timeout for {}", order.id)
         await durable(release_inventory(reservation))
         raise TimeoutError("Payment timeout")
     try:
-        transaction_id = done.result()
+        transaction_id = await payment  # it won: its result, or ActivityFailed
     except ActivityFailed as err:
         durable_trace_error("Payment failed: {}", err.message)
         await durable(release_inventory(reservation))

@@ -52,6 +52,8 @@ import duroxide_runtime.history
 import duroxide_runtime.replayer
 from duroxide_macros import decorators as macro_decorators
 from duroxide_macros import expand as macro_expand
+from duroxide_macros import lint as macro_lint
+from duroxide_macros.nondeterminism import RULES
 from duroxide_macros import hook as macro_hook
 
 pytestmark = pytest.mark.timeout(180)
@@ -433,20 +435,23 @@ def _literal_parts(node: ast.expr) -> list[str]:
 
 
 def test_troubleshooting_lists_every_hook_problem() -> None:
-    """Each problem message of the expander (its longest literal part) and each flagged call."""
+    """Each problem message of the expander and the lint (its longest literal part), and each lint rule."""
     text = " ".join((ROOT / "docs" / "troubleshooting.md").read_text().split())
-    tree = ast.parse(Path(macro_expand.__file__).read_text())
     missing = []
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and (isinstance(node.func, ast.Attribute) and node.func.attr == "_problem"
-                                            or isinstance(node.func, ast.Name) and node.func.id == "Problem")):
-            message = node.args[1] if node.func.__class__ is ast.Attribute else node.args[-1]
-            parts = sorted((" ".join(p.split()) for p in _literal_parts(message)), key=len)
-            if parts and parts[-1].strip(" ()`'") and parts[-1].strip() not in text:
-                missing.append(parts[-1].strip())
-    for call in macro_expand._NONDETERMINISTIC:
-        if f"{'.'.join(call)}()" not in text:
-            missing.append(f"{'.'.join(call)}()")
+    for module in (macro_expand, macro_lint):
+        tree = ast.parse(Path(module.__file__).read_text())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and (isinstance(node.func, ast.Attribute) and node.func.attr == "_problem"
+                                                or isinstance(node.func, ast.Name) and node.func.id == "Problem")):
+                message = node.args[1] if node.func.__class__ is ast.Attribute else node.args[-1]
+                parts = sorted((" ".join(p.split()) for p in _literal_parts(message)), key=len)
+                if parts and parts[-1].strip(" ()`'") and parts[-1].strip() not in text:
+                    missing.append(parts[-1].strip())
+    for rule in RULES:
+        shown = rule.name.replace("datetime.datetime.", "datetime.").replace("datetime.date.", "date.")
+        shown = shown.removeprefix("builtins.")
+        if f"`{shown}`" not in text and f"`{shown}()`" not in text:
+            missing.append(f"the rule for {rule.name}")
     assert not missing, "docs/troubleshooting.md does not mention:\n" + "\n".join(missing)
 
 

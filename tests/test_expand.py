@@ -17,16 +17,22 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import duroxide_macros.forms as forms
 from duroxide_macros import DurableNotExpandedError
-from duroxide_macros.expand import FORM_NAMES, expand, uses_forms
+from duroxide_macros.analysis import FORM_NAMES
+from duroxide_macros.expand import expand
 from duroxide_macros.hook import DurableExpansionError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "macros"
 EXPAND_CLI = Path(sys.executable).with_name("duroxide-expand")
 
 from .support import clean_env, dedent_src, run_cmd
+
+
+PRELUDE = "from duroxide_macros.prelude import *\n"
 
 
 def _lines_of(source: str, needle: str) -> int:
@@ -84,6 +90,7 @@ def test_each_form_is_rewritten_onto_the_context_in_scope() -> None:
 
 def test_context_is_the_first_parameter_whatever_its_name() -> None:
     src = dedent_src('''
+        from duroxide_macros.prelude import *
         @orchestration(name="process_order", version="2.0.0")
         async def flow_v2(octx, order):
             durable_trace_info("x")
@@ -98,6 +105,7 @@ def test_context_is_the_first_parameter_whatever_its_name() -> None:
 
 def test_context_from_a_parameter_annotated_orchestration_context() -> None:
     src = dedent_src('''
+        from duroxide_macros.prelude import *
         import duroxide_runtime as dr
 
         async def step(order, c: OrchestrationContext):
@@ -120,6 +128,7 @@ def test_context_from_a_parameter_annotated_orchestration_context() -> None:
 
 def test_closures_inside_an_orchestration_see_its_context() -> None:
     src = dedent_src('''
+        from duroxide_macros.prelude import *
         @orchestration
         async def fan_out(my_ctx, items):
             async def one(item):
@@ -140,6 +149,7 @@ def test_closures_inside_an_orchestration_see_its_context() -> None:
 
 def test_trace_forms_in_activities_are_left_alone_but_durable_is_an_error() -> None:
     src = dedent_src('''
+        from duroxide_macros.prelude import *
         @activity(typed=True)
         async def charge(order):
             durable_trace_info("charging {}", order)
@@ -164,6 +174,7 @@ def test_trace_forms_in_activities_are_left_alone_but_durable_is_an_error() -> N
 def test_activity_nested_in_an_orchestration_module_does_not_inherit_a_context() -> None:
     # A context annotation in another function must not leak into an activity.
     src = dedent_src('''
+        from duroxide_macros.prelude import *
         async def helper(c: OrchestrationContext):
             return await durable(a(1))
 
@@ -177,20 +188,22 @@ def test_activity_nested_in_an_orchestration_module_does_not_inherit_a_context()
     assert '    durable_trace_info("in activity {}", s)' in result.code.splitlines()
 
 
-def test_modules_without_forms_are_untouched() -> None:
+def test_modules_that_do_not_import_duroxide_macros_are_untouched() -> None:
     plain = dedent_src('''
         import time
 
         class Tracer:
             def trace(self, msg):  # "durable" in a comment
                 return msg, "durable"
+
+        @orchestration            # not ours: nothing imports it from duroxide_macros
+        async def flow(ctx, x):
+            return await durable(act(time.time()))
     ''')
-    assert not uses_forms(plain)
-    assert uses_forms("x = await durable(f(1))")
-    assert uses_forms(b"durable_trace_info('x')")
-    # names that merely look like forms are not rewritten
+    # names that merely look like forms are not rewritten, even in a module that imports duroxide
     lookalike = dedent_src('''
         import time
+        from duroxide_macros import activity
 
         def durable_thing():
             return time.time()
@@ -262,6 +275,7 @@ def test_expanded_code_uses_only_the_original_lines() -> None:
 
 def test_awkward_spellings_stay_valid_and_keep_their_lines() -> None:
     src = dedent_src('''
+        from duroxide_macros.prelude import *
         @orchestration
         async def o(ctx, a):
             x = await durable(  # comment
@@ -283,21 +297,22 @@ def test_awkward_spellings_stay_valid_and_keep_their_lines() -> None:
     assert len(result.code.splitlines()) == len(src.splitlines())
     compile(result.code, "o.py", "exec")
     out = result.code.splitlines()
-    assert out[2] == "    x = await (  # comment"
-    assert out[3] == "        act.call(ctx, a)"
-    assert out[5] == "    y = await (act.call(ctx, a))"
-    assert out[6] == "    z = await ((act.call(ctx, a)))"
-    assert out[8].strip() == "ctx, await (act.call(ctx, 1)),"
-    assert out[10] == "    u = await (mod.sub.act.call(ctx, a, k=1))"
-    assert out[11] == "    t = await (act.call(ctx))"
-    assert out[12] == "    s = await (act.call(ctx, *args, **kw))"
-    assert out[13] == "    r = [await (act.call(ctx, i)) for i in a]"
+    assert out[3] == "    x = await (  # comment"
+    assert out[4] == "        act.call(ctx, a)"
+    assert out[6] == "    y = await (act.call(ctx, a))"
+    assert out[7] == "    z = await ((act.call(ctx, a)))"
+    assert out[9].strip() == "ctx, await (act.call(ctx, 1)),"
+    assert out[11] == "    u = await (mod.sub.act.call(ctx, a, k=1))"
+    assert out[12] == "    t = await (act.call(ctx))"
+    assert out[13] == "    s = await (act.call(ctx, *args, **kw))"
+    assert out[14] == "    r = [await (act.call(ctx, i)) for i in a]"
     assert "durable" not in result.code
 
 
 def test_problems_keep_the_original_positions_after_multiline_forms() -> None:
     src = dedent_src('''
         import time
+        from duroxide_macros.prelude import *
 
         @orchestration
         async def flow(ctx, n):
@@ -311,8 +326,9 @@ def test_problems_keep_the_original_positions_after_multiline_forms() -> None:
     ''')
     problems = expand(src, "f.py").problems
     assert [str(p) for p in problems] == [
-        f"f.py:{_lines_of(src, 'time.time()')}:9: `time.time()` is not deterministic and breaks replay "
-        "(fix: use await durable_utcnow() (or ctx.utc_now()))"]
+        f"f.py:{_lines_of(src, 'time.time()')}:9: `time.time()` is not deterministic: `time.time` reads the "
+        "clock, which gives another value when the orchestration is replayed (fix: use await durable_utcnow() "
+        "(or ctx.utc_now()), recorded once and replayed)"]
 
 
 # --------------------------------------------------------------------------------------
@@ -366,6 +382,7 @@ BAD_CASES = {
 @pytest.mark.parametrize("case", list(BAD_CASES))
 def test_each_misuse_is_reported_at_its_position_with_a_fix(case: str) -> None:
     src, needle, message, fix = BAD_CASES[case]
+    src = PRELUDE + src
     problems = expand(src, "/src/app/m.py").problems
     assert len(problems) == 1, problems
     p = problems[0]
@@ -384,16 +401,17 @@ def test_each_misuse_is_reported_at_its_position_with_a_fix(case: str) -> None:
     ("@orchestration\nasync def f():\n    return 1\n", "no context parameter"),
 ])
 def test_bad_orchestration_signatures_are_reported(src: str, needle: str) -> None:
-    problems = expand(src, "m.py").problems
+    problems = expand(PRELUDE + src, "m.py").problems
     assert len(problems) == 1
     p = problems[0]
     assert needle in p.message and "fix" in p.message
     # at the function (its decorator or its `def` line), first column
-    assert p.line in (1, 2) and p.column == 1
+    assert p.line in (2, 3) and p.column == 1
 
 
 def test_nondeterministic_calls_outside_orchestrations_are_fine() -> None:
     src = dedent_src('''
+        from duroxide_macros.prelude import *
         import time, random, uuid
         from datetime import datetime
 
@@ -468,9 +486,12 @@ def test_durable_that_reaches_run_time_unexpanded_says_how_to_fix() -> None:
 
     coro = act()
     with pytest.raises(DurableNotExpandedError) as info:
-        forms.durable(coro)  # through the attribute: this test module is itself seen by the hook
+        unexpanded = getattr(forms, "durable")  # not bound by the import: this module is rewritten too
+        unexpanded(coro)
     msg = str(info.value)
-    assert "import duroxide_macros.install" in msg and "fix" in msg.lower()
+    # this module is rewritten, so the cause is the call through another name, and the fix says how
+    assert "was rewritten, but this call was not written `durable(...)`" in msg
+    assert "fix" in msg.lower() and "imported from duroxide_macros" in msg
     assert coro.cr_frame is None  # closed, no "never awaited" warning
 
 
@@ -625,7 +646,7 @@ def test_cli_dotted_module_name_runs_no_package_code(tmp_path: Path) -> None:
 
 def test_cli_honours_the_source_encoding(tmp_path: Path) -> None:
     target = tmp_path / "latin_flows.py"
-    target.write_bytes(b"# -*- coding: latin-1 -*-\nNAME = 'caf\xe9'\n@orchestration\nasync def f(ctx, s):\n"
+    target.write_bytes(b"# -*- coding: latin-1 -*-\nfrom duroxide_macros.prelude import *\nNAME = 'caf\xe9'\n@orchestration\nasync def f(ctx, s):\n"
                        b"    return await durable(g(s))\n")
     proc = run_cmd([str(EXPAND_CLI), "--check", str(target)], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -643,6 +664,491 @@ def test_cli_unknown_target_fails_cleanly(tmp_path: Path) -> None:
 
 
 def test_a_syntax_error_is_reported_at_pythons_own_position() -> None:
-    problems = expand("x = 1\ny = 2\nz = 'a' \\ b\n", "broken.py").problems
+    problems = expand("import duroxide_macros\ny = 2\nz = 'a' \\ b\n", "broken.py").problems
     assert [(p.line, p.column) for p in problems] == [(3, 10)]
     assert problems[0].message.startswith("syntax error: unexpected character after line continuation")
+
+
+# --------------------------------------------------------------------------------------
+# Forms are recognised by what they are bound to, never by spelling
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("imports, call", [
+    ("from duroxide_macros.prelude import *", "durable"),
+    ("from duroxide_macros import durable", "durable"),
+    ("from duroxide_macros import durable as d", "d"),
+    ("from duroxide_macros.prelude import durable as run_it", "run_it"),
+    ("import duroxide_macros as dx", "dx.durable"),
+    ("import duroxide_macros", "duroxide_macros.durable"),
+    ("import duroxide_macros.prelude", "duroxide_macros.prelude.durable"),
+])
+def test_every_binding_of_the_durable_form_is_rewritten(imports: str, call: str) -> None:
+    src = dedent_src(f'''
+        {imports}
+        from duroxide_macros import orchestration
+
+        @orchestration
+        async def flow(ctx, n):
+            return await {call}(charge(n))
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == []
+    assert "    return await (charge.call(ctx, n))" in result.code.splitlines()
+
+
+@pytest.mark.parametrize("alias, method", [
+    ("durable_trace_info", "trace_info"), ("trace_warn", "trace_warn"), ("orch_error", "trace_error"),
+    ("orch_debug", "trace_debug"), ("durable_guid", "new_guid"), ("durable_now", "utc_now"),
+    ("durable_newguid", "new_guid"), ("durable_utcnow", "utc_now"),
+])
+def test_aliases_of_the_spec_are_forms_through_any_binding(alias: str, method: str) -> None:
+    src = dedent_src(f'''
+        import duroxide_macros as dx
+        from duroxide_macros import {alias} as renamed
+
+        @dx.orchestration(name="x")
+        async def flow(c, n):
+            renamed()
+            dx.{alias}()
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == []
+    assert result.code.splitlines()[5:7] == [f"    c.{method}()", f"    c.{method}()"]
+
+
+@pytest.mark.parametrize("shadow", [
+    "durable = lambda call: call",                       # an assignment
+    "def durable(call):\n    return call",               # a def
+    "from mylib.helpers import durable",                 # an import from elsewhere
+    "import mylib.helpers as durable_mod\ndurable = durable_mod.durable",
+])
+def test_a_module_level_binding_shadows_the_star_import(shadow: str) -> None:
+    src = "from duroxide_macros.prelude import *\n" + shadow + "\n" + dedent_src('''
+
+        @orchestration
+        async def flow(ctx, n):
+            return await durable(charge(n))
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == [] and result.rewrites == 0
+    assert result.code == src
+
+
+def test_a_parameter_or_local_named_like_a_form_shadows_it() -> None:
+    src = dedent_src('''
+        from duroxide_macros.prelude import *
+
+        def helper(durable, items):
+            return [durable(i) for i in items]
+
+        async def runner(x):
+            durable_newguid = make_guid
+            return durable_newguid()
+
+        @orchestration
+        async def flow(ctx, n):
+            durable = compose(n)
+            return await durable(charge(n))
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == [] and result.rewrites == 0
+    assert result.code == src
+
+
+def test_a_method_or_attribute_called_durable_shadows_nothing() -> None:
+    src = dedent_src('''
+        from duroxide_macros.prelude import *
+
+        class Store:
+            def durable(self, x):
+                return self.durable(x)
+
+        @orchestration
+        async def flow(ctx, store):
+            store.durable(1)
+            return await durable(charge(store))
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == []
+    lines = result.code.splitlines()
+    assert lines[-2:] == ["    store.durable(1)", "    return await (charge.call(ctx, store))"]
+
+
+def test_decorators_are_recognised_by_binding_too() -> None:
+    src = dedent_src('''
+        import duroxide_macros as dx
+        from duroxide_macros import orchestration as flow_of, durable
+
+        @flow_of(version="2.0.0")
+        async def a(octx, n):
+            return await durable(charge(n))
+
+        @dx.orchestration
+        async def b(bctx, n):
+            return await durable(charge(n))
+
+        def orchestration(fn):          # someone else's decorator of the same name
+            return fn
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == []
+    assert "    return await (charge.call(octx, n))" in result.code
+    assert "    return await (charge.call(bctx, n))" in result.code
+    other = dedent_src('''
+        from duroxide_macros import durable
+        from mylib import orchestration
+
+        @orchestration
+        async def c(ctx, n):
+            return await durable(charge(n))
+    ''')
+    problems = expand(other, "m.py").problems
+    assert len(problems) == 1 and "no OrchestrationContext in scope" in problems[0].message
+
+
+# --------------------------------------------------------------------------------------
+# The context passed is the orchestration's own
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, needle, by", [
+    ("    return [await durable(notify(c)) for c in customers]\n", "durable(notify", "a comprehension variable"),
+    ("    f = lambda c: durable(notify(c))\n    return f\n", "durable(notify", "a parameter of a nested lambda"),
+    ("    async def one(c):\n        return await durable(notify(c))\n    return one\n", "durable(notify",
+     "a parameter of a nested lambda or function"),
+    ("    c = customers[0]\n    return await durable(notify(c))\n", "durable(notify", "an assignment"),
+    ("    for c in customers:\n        durable_trace_info('x')\n", "durable_trace_info", "an assignment"),
+])
+def test_a_rebound_context_name_is_reported_not_passed(body: str, needle: str, by: str) -> None:
+    src = PRELUDE + "@orchestration\nasync def send_all(c, customers):\n" + body
+    problems = expand(src, "m.py").problems
+    assert len(problems) == 1, problems
+    p = problems[0]
+    line = _lines_of(src, needle)
+    assert (p.line, p.column) == (line, src.splitlines()[line - 1].index(needle.split("(")[0]) + 1)
+    assert "the context of orchestration `send_all`" in p.message and by in p.message
+    assert "fix: rename" in p.message
+
+
+def test_comprehensions_and_closures_that_keep_the_name_pass_the_context() -> None:
+    src = PRELUDE + dedent_src('''
+        @orchestration
+        async def send_all(ctx, customers):
+            futures = [durable(notify(c)) for c in customers]
+            pick = lambda c: durable(notify(c))
+            return await ctx.join(futures)
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == []
+    assert "    futures = [(notify.call(ctx, c)) for c in customers]" in result.code
+    assert "    pick = lambda c: (notify.call(ctx, c))" in result.code
+
+
+# --------------------------------------------------------------------------------------
+# Misuse, reported at import with the fix
+# --------------------------------------------------------------------------------------
+
+MISUSE = {
+    "durable_of_durable": ("@orchestration\nasync def f(ctx, a):\n    return await durable(durable(charge(a)))\n",
+                           "durable(durable", "is itself a duroxide form", "durable(charge(order))"),
+    "durable_of_an_imported_plain_function": (
+        "from json import dumps\n@orchestration\nasync def f(ctx, a):\n    return await durable(dumps(a))\n",
+        "durable(dumps", "`json.dumps` is a standard-library function", "call it directly"),
+    "durable_of_asyncio_sleep": (
+        "import asyncio\n@orchestration\nasync def f(ctx, a):\n    await durable(asyncio.sleep(5))\n",
+        "durable(asyncio", "`asyncio.sleep` is a standard-library function", "await asyncio.sleep(...) directly"),
+    "durable_of_a_builtin": ("@orchestration\nasync def f(ctx, a):\n    return await durable(len(a))\n",
+                             "durable(len", "`len` is a builtin", "call it directly"),
+    "activity_as_method": ("class Shop:\n    @activity\n    async def charge(self, a):\n        return a\n",
+                           "async def charge", "@activity 'charge' is defined as a method", "module level"),
+    "orchestration_as_method": ("class Shop:\n    @orchestration\n    async def flow(self, ctx, a):\n        return a\n",
+                                "async def flow", "@orchestration 'flow' is defined as a method", "module level"),
+    "two_inputs": ("@orchestration\nasync def f(ctx, a, b):\n    return a\n", "async def",
+                   "takes more than one input parameter", "one dataclass"),
+    "star_inputs": ("@orchestration\nasync def f(ctx, *items):\n    return items\n", "async def",
+                    "takes more than one input parameter", "one dataclass"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISUSE))
+def test_each_misuse_of_the_forms_and_decorators_is_reported(case: str) -> None:
+    src, needle, message, fix = MISUSE[case]
+    src = PRELUDE + src
+    problems = expand(src, "/src/app/m.py", "app.m").problems
+    assert len(problems) == 1, problems
+    p = problems[0]
+    line = _lines_of(src, needle)
+    assert (p.line, p.column) == (line, src.splitlines()[line - 1].index(needle) + 1)
+    assert message in p.message and fix in p.message, p.message
+
+
+def test_an_imported_activity_is_not_confused_with_a_method_of_the_same_name(tmp_path: Path) -> None:
+    pkg = tmp_path / "shopx"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "acts.py").write_text(PRELUDE + "@activity\nasync def act(s):\n    return s\n\ndef plain(s):\n    return s\n")
+    flows = pkg / "flows.py"
+    flows.write_text(PRELUDE + dedent_src('''
+        from .acts import act, plain
+
+        class Helper:
+            def act(self):
+                return 1
+
+        @orchestration
+        async def f(ctx, s):
+            a = await durable(act(s))
+            return await durable(plain(s))
+    '''))
+    result = expand(flows.read_text(), str(flows), "shopx.flows")
+    assert [p.message for p in result.problems] == [
+        "durable(plain(...)): 'plain' is not an @activity or @orchestration (fix: decorate it, or call it directly)"]
+    assert result.problems[0].line == _lines_of(flows.read_text(), "durable(plain")
+    assert "    a = await (act.call(ctx, s))" in result.code
+
+
+def test_explicit_call_style_modules_get_the_same_checks() -> None:
+    """What duroxide-expand prints is checked like the forms it came from."""
+    src = PRELUDE + dedent_src('''
+        import time
+
+        @orchestration
+        async def f(ctx, a, b):
+            t = time.time()
+            return await charge.call(ctx, a)
+    ''')
+    messages = [p.message for p in expand(src, "m.py").problems]
+    assert len(messages) == 2
+    assert "more than one input parameter" in messages[0] and "`time.time` reads the clock" in messages[1]
+
+
+# --------------------------------------------------------------------------------------
+# The determinism lint, by qualified name
+# --------------------------------------------------------------------------------------
+
+LINT_CASES = {
+    "from_time_import_time": ("from time import time", "t = time()", "time.time"),
+    "random_as_r": ("import random as r", "x = r.random()", "random.random"),
+    "from_random_import_randint": ("from random import randint", "x = randint(1, 6)", "random.randint"),
+    "alias_of_datetime_now": ("from datetime import datetime\nnow = datetime.now", "t = now()",
+                              "datetime.datetime.now"),
+    "os_urandom": ("import os", "b = os.urandom(8)", "os.urandom"),
+    "secrets": ("import secrets", "k = secrets.token_hex(8)", "secrets.token_hex"),
+    "monotonic": ("import time", "t = time.monotonic()", "time.monotonic"),
+    "perf_counter": ("from time import perf_counter as pc", "t = pc()", "time.perf_counter"),
+    "datetime_today": ("import datetime as dt", "t = dt.datetime.today()", "datetime.datetime.today"),
+    "datetime_utcnow": ("from datetime import datetime", "t = datetime.utcnow()", "datetime.datetime.utcnow"),
+    "date_today": ("from datetime import date", "t = date.today()", "datetime.date.today"),
+    "uuid1": ("import uuid", "u = uuid.uuid1()", "uuid.uuid1"),
+    "uuid4": ("from uuid import uuid4", "u = uuid4()", "uuid.uuid4"),
+    "open": ("", "f = open('x')", "builtins.open"),
+    "socket": ("import socket", "s = socket.create_connection(('h', 1))", "socket.create_connection"),
+    "subprocess": ("import subprocess", "subprocess.run(['ls'])", "subprocess.run"),
+    "urlopen": ("from urllib.request import urlopen", "r = urlopen('http://x')", "urllib.request.urlopen"),
+    "time_sleep": ("import time", "time.sleep(1)", "time.sleep"),
+}
+
+
+@pytest.mark.parametrize("case", list(LINT_CASES))
+def test_nondeterministic_calls_are_found_by_qualified_name(case: str) -> None:
+    imports, stmt, qualified = LINT_CASES[case]
+    src = PRELUDE + imports + "\n@orchestration\nasync def f(ctx, a):\n    " + stmt + "\n    return a\n"
+    problems = expand(src, "m.py").problems
+    assert len(problems) == 1, problems
+    p = problems[0]
+    call_col = 5 + (stmt.index("= ") + 2 if "= " in stmt else 0)
+    assert (p.line, p.column) == (_lines_of(src, stmt), call_col)
+    assert f"`{qualified}`" in p.message and "fix: use" in p.message
+
+
+def test_no_false_positives_for_locals_and_attributes_named_like_modules() -> None:
+    src = PRELUDE + dedent_src('''
+        import random as rnd
+
+        class Clock:
+            def time(self):
+                return 0
+
+        @orchestration
+        async def f(ctx, state):
+            random = rnd.Random(42)          # a seeded generator: deterministic
+            time = Clock()
+            x = random.random() + time.time()
+            uuid = state.uuid
+            y = uuid.uuid4() if uuid else state.random.randint(1, 2)
+            open = state.open
+            return open(x, y)
+    ''')
+    assert expand(src, "m.py").problems == []
+
+
+def test_helpers_of_the_same_module_are_followed_transitively() -> None:
+    src = PRELUDE + dedent_src('''
+        import time
+
+        def stamp():
+            return time.time()
+
+        def label(x):
+            return f"{x}@{stamp()}"
+
+        def unused():
+            return time.time()
+
+        @orchestration
+        async def f(ctx, a):
+            return label(a)
+    ''')
+    problems = expand(src, "m.py").problems
+    assert len(problems) == 1, problems
+    p = problems[0]
+    assert (p.line, p.column) == (5, 12)  # in `stamp`, not in `unused`: only what the orchestration reaches
+    assert "in helper `stamp` (called from orchestration `f` at m.py:" in p.message
+    assert "`time.time` reads the clock" in p.message
+
+
+def test_helpers_in_other_modules_of_the_package_are_followed(tmp_path: Path) -> None:
+    pkg = tmp_path / "shopy"
+    (pkg / "util").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "util" / "__init__.py").write_text("")
+    clock = pkg / "util" / "clock.py"
+    clock.write_text("import uuid\n\ndef fresh_id():\n    return str(uuid.uuid4())\n")
+    helpers = pkg / "helpers.py"
+    helpers.write_text("from .util.clock import fresh_id\n\ndef order_key(o):\n    return o + fresh_id()\n")
+    flows = pkg / "flows.py"
+    flows.write_text(PRELUDE + dedent_src('''
+        import json
+        from shopy import helpers
+
+        @orchestration
+        async def f(ctx, o):
+            json.dumps(o)
+            return helpers.order_key(o)
+    '''))
+    result = expand(flows.read_text(), str(flows), "shopy.flows")
+    assert len(result.problems) == 1, result.problems
+    p = result.problems[0]
+    assert (p.path, p.line, p.column) == (str(clock), 4, 16)
+    assert "in helper `fresh_id` (called from orchestration `f` at " in p.message
+    assert "`uuid.uuid4` draws a random value" in p.message
+    assert set(result.dependencies) == {str(helpers), str(clock)}
+
+
+def test_code_outside_orchestrations_is_not_linted_and_activities_stop_the_walk(tmp_path: Path) -> None:
+    src = PRELUDE + dedent_src('''
+        import time
+
+        @activity
+        async def stamp(x):
+            return time.time()
+
+        def helper_for_activities():
+            return time.time()
+
+        @orchestration
+        async def f(ctx, a):
+            @activity
+            async def inner(y):
+                return time.time()
+            return await durable(stamp(a))
+    ''')
+    assert expand(src, "m.py").problems == []
+
+
+# --------------------------------------------------------------------------------------
+# Lines and identity
+# --------------------------------------------------------------------------------------
+
+def test_a_line_continuation_after_durable_keeps_every_line() -> None:
+    src = PRELUDE + dedent_src('''
+        @orchestration
+        async def f(ctx, a):
+            x = await durable \\
+                (charge(a))
+            y = await durable  \\
+              (  # why
+                charge(a, 2)
+              )
+            return x, y
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == []
+    before, after = src.splitlines(), result.code.splitlines()
+    assert len(before) == len(after)
+    assert after[_lines_of(src, "(charge(a))") - 1].strip() == "charge.call(ctx, a))"
+    assert after[_lines_of(src, "charge(a, 2)") - 1].strip() == "charge.call(ctx, a, 2)"
+    compile(result.code, "m.py", "exec")
+    assert _code_lines(compile(result.code, "m.py", "exec"))["f"] <= _code_lines(compile(src, "m.py", "exec"))["f"]
+
+
+def _installed_sources() -> list[Path]:
+    """A corpus of real-world modules: the standard library's and every installed distribution's."""
+    roots = {Path(p) for p in (ast.__file__, pytest.__file__)}
+    files: list[Path] = []
+    for root in sorted(roots):
+        files.extend(p for p in sorted(root.parent.rglob("*.py")) if p.stat().st_size < 40_000)
+    return files
+
+
+_CORPUS = _installed_sources()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_CORPUS), st.sampled_from(["comment", "import", "star"]))
+def test_expand_is_the_identity_on_modules_that_use_no_form(path: Path, how: str) -> None:
+    """Mentioning or importing duroxide_macros changes nothing in a module that uses none of its forms."""
+    try:
+        source = path.read_text(encoding="utf-8")
+        compile(source, str(path), "exec", dont_inherit=True)
+    except (UnicodeDecodeError, SyntaxError, ValueError):
+        return  # not a module Python itself would import
+    if "duroxide_macros" in source or "__future__" in source:
+        return
+    header = {"comment": "# duroxide_macros\n", "import": "import duroxide_macros\n",
+              "star": "from duroxide_macros.prelude import *\n"}[how]
+    if how == "star" and any(name in source for name in FORM_NAMES):
+        return  # an unbound name of a form would (rightly) become a form
+    text = header + source
+    result = expand(text, str(path))
+    assert result.problems == [] and result.rewrites == 0
+    assert result.code == text
+
+
+def test_a_line_break_between_durable_and_its_paren_inside_brackets_keeps_every_line() -> None:
+    src = PRELUDE + dedent_src('''
+        @orchestration
+        async def f(ctx, a):
+            x = (await durable
+                 (charge(a)))
+            y = (await durable  # why
+                 (  # because
+                    charge(a, 2)))
+            return x, y
+    ''')
+    result = expand(src, "m.py")
+    assert result.problems == []
+    assert len(result.code.splitlines()) == len(src.splitlines())
+    assert result.code.splitlines()[_lines_of(src, "(charge(a)))") - 1].strip() == "charge.call(ctx, a)))"
+    assert result.code.splitlines()[_lines_of(src, "charge(a, 2)") - 1].strip() == "charge.call(ctx, a, 2)))"
+    assert "# why" in result.code and "# because" in result.code
+    compile(result.code, "m.py", "exec")
+
+
+@pytest.mark.parametrize("src, needle", [
+    ("class Shop:\n    @activity\n    async def charge(self, x: str) -> str:\n        return x\n",
+     "@activity 'charge' is defined as a method of Shop"),
+    ("class Shop:\n    @orchestration\n    async def flow(self, ctx, x: str) -> str:\n        return x\n",
+     "takes more than one input parameter"),
+    ("@orchestration\nasync def flow(ctx, a: int, b: int) -> int:\n    return a\n",
+     "takes more than one input parameter"),
+    ("@orchestration\nasync def flow(ctx, *items: int) -> int:\n    return 1\n",
+     "takes more than one input parameter"),
+])
+def test_code_the_hook_never_saw_gets_the_same_errors_at_decoration(src: str, needle: str) -> None:
+    """exec'd code (a notebook, `python -c`) is not rewritten: the decorators check what they can."""
+    from duroxide_runtime.errors import ConfigurationError
+
+    namespace: dict[str, object] = {"__name__": f"nb_{uuid.uuid4().hex[:8]}"}
+    with pytest.raises(ConfigurationError) as info:
+        exec(compile(PRELUDE + src, "<notebook>", "exec"), namespace)
+    assert needle in str(info.value) and "fix" in str(info.value).lower()

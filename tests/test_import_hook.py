@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from duroxide_macros.expand import EXPANDER_VERSION
+from duroxide_macros.cache import EXPANDER_VERSION
 from duroxide_macros.hook import DurableFinder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "macros"
@@ -89,13 +89,10 @@ def test_install_import_claims_nothing_else_and_is_idempotent(tmp_path: Path) ->
     proc = run_cmd([sys.executable, "runner.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["FINDERS 1", "LOADER plainmod True", "LOADER colorsys True", "RAN ONCE"]
-    # the plain module got an ordinary pyc, and the hook only an empty "no forms" verdict
-    # (so the next import does not read and scan its source again); no rewritten code
+    # the plain module got an ordinary pyc and nothing else; the script (it imports duroxide_macros)
+    # got its rewritten code cached
     files = sorted(p.name for p in (tmp_path / "__pycache__").iterdir())
-    assert files[1] == f"plainmod.{TAG}.pyc"
-    assert files[0].startswith(f"plainmod.{TAG}.duroxide-") and files[0].endswith(".noforms")
-    assert (tmp_path / "__pycache__" / files[0]).stat().st_size == 0
-    assert len(files) == 2
+    assert files == [f"plainmod.{TAG}.pyc", f"runner.{TAG}.duroxide-{EXPANDER_VERSION}.pyc"]
 
 
 def test_packages_and_relative_imports_of_rewritten_modules(tmp_path: Path) -> None:
@@ -196,7 +193,9 @@ CACHE_MODULE = dedent_src('''
     FLOW_NAMES = cache_flow.__wrapped__.__code__.co_names
 ''')
 
-# Counts libcst parses (the expander's work) without touching duroxide's code.
+# Counts libcst parses (the expander's work) without touching duroxide's code. It installs
+# the hook with install() rather than `import duroxide_macros.install`, so that only
+# cachemod is rewritten (not this script, whose top would run twice).
 CACHE_RUNNER = dedent_src('''
     import libcst
     _parse = libcst.parse_module
@@ -206,7 +205,8 @@ CACHE_RUNNER = dedent_src('''
         return _parse(*args, **kwargs)
     libcst.parse_module = _counting
 
-    import duroxide_macros.install
+    from duroxide_macros.hook import install
+    install()
     import cachemod
     assert "durable" not in cachemod.FLOW_NAMES
     print("VALUE", cachemod.VALUE)
@@ -595,23 +595,37 @@ def test_pytest_modules_with_forms_keep_assertion_rewriting(tmp_path: Path) -> N
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     (tmp_path / "test_flow.py").write_text(PYTEST_MODULE)
+    # a test module that does not import duroxide_macros is pytest's alone
+    (tmp_path / "test_plain.py").write_text(dedent_src('''
+        """Not a duroxide_macros user."""
+        import sys
+
+        def test_loader_is_pytests():
+            assert type(sys.modules[__name__].__spec__.loader).__name__ == "AssertionRewritingHook"
+
+        def test_plain_fails():
+            assert [1, 2] == [1, 3]
+    '''))
     line = _mark(PYTEST_MODULE, "failing_assert")
     for attempt in ("fresh", "cached"):
-        proc = run_cmd([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "test_flow.py"], tmp_path,
-                    timeout=120)
+        proc = run_cmd([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "test_flow.py",
+                        "test_plain.py"], tmp_path, timeout=120)
         out = proc.stdout
         assert proc.returncode == 1, (attempt, out + proc.stderr)
-        assert "1 failed, 1 passed" in out, (attempt, out)
+        assert "2 failed, 2 passed" in out, (attempt, out)
+        assert "PASSED test_plain.py::test_loader_is_pytests" in out
+        assert "E       assert [1, 2] == [1, 3]" in out
         assert "PASSED test_flow.py::test_runs_an_orchestration" in out
         assert "E       assert 1 == 2" in out, (attempt, out)
         assert f"test_flow.py:{line}: AssertionError" in out, (attempt, out)
-    assert any("duroxide" in p.name for p in (tmp_path / "__pycache__").iterdir())
+    cached = [p.name for p in (tmp_path / "__pycache__").iterdir() if ".duroxide-" in p.name]
+    assert [name.split(".")[0] for name in cached] == ["test_flow"]
 
 
-def test_no_forms_verdict_is_dropped_when_the_source_changes(tmp_path: Path) -> None:
-    """A module once seen without forms is rewritten as soon as an edit adds one."""
+def test_a_module_is_claimed_as_soon_as_an_edit_imports_duroxide_macros(tmp_path: Path) -> None:
+    """Nothing is remembered about a module that is not ours: an edit that makes it ours is seen at once."""
     mod = tmp_path / "laterforms.py"
-    mod.write_text("VALUE = 1\n")
+    mod.write_text('"""Mentions duroxide_macros in a docstring only."""\nVALUE = 1\n')
     runner = tmp_path / "runner.py"
     runner.write_text(dedent_src('''
         import duroxide_macros.install
@@ -621,6 +635,8 @@ def test_no_forms_verdict_is_dropped_when_the_source_changes(tmp_path: Path) -> 
     first = run_cmd([sys.executable, "runner.py"], tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.split() == ["USES", "SourceFileLoader"]
+    assert sorted(p.name for p in (tmp_path / "__pycache__").iterdir()) == [
+        f"laterforms.{TAG}.pyc", f"runner.{TAG}.duroxide-{EXPANDER_VERSION}.pyc"]
     mod.write_text(dedent_src('''
         from duroxide_macros.prelude import *
 
@@ -634,4 +650,450 @@ def test_no_forms_verdict_is_dropped_when_the_source_changes(tmp_path: Path) -> 
     '''))
     second = run_cmd([sys.executable, "runner.py"], tmp_path)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.split() == ["USES", "DurableLoader"]  # the stale verdict names the old mtime/size
+    assert second.stdout.split() == ["USES", "DurableLoader"]
+
+
+# --------------------------------------------------------------------------------------
+# Import machinery: multiprocessing children, moved projects, resources, editable installs
+# --------------------------------------------------------------------------------------
+
+MP_SCRIPT = dedent_src('''
+    import duroxide_macros.install
+    import asyncio, multiprocessing as mp, os, sys
+    from duroxide_macros.prelude import *
+
+    @activity(typed=True)
+    async def mp_double(x: int) -> int:
+        return 2 * x
+
+    @orchestration
+    async def mp_flow(ctx: OrchestrationContext, n: int) -> int:
+        return await durable(mp_double(n)) + 1
+
+    async def run_flow(n: int) -> int:
+        store = InMemoryProvider()
+        rt = await Runtime.builder().store(store).discover_activities().discover_orchestrations().start()
+        try:
+            return await mp_flow.run(Client(store), f"i{n}", n, timeout=30)
+        finally:
+            await rt.shutdown()
+
+    def child(n, queue):
+        queue.put((__name__, asyncio.run(run_flow(n))))
+
+    if __name__ == "__main__":
+        os.chdir("/")  # the children must not depend on the directory the script was started from
+        for method in sys.argv[1:]:
+            ctx = mp.get_context(method)
+            queue = ctx.Queue()
+            proc = ctx.Process(target=child, args=(20, queue))
+            proc.start()
+            name, result = queue.get(timeout=60)
+            proc.join(60)
+            print(method, name, result, proc.exitcode)
+''')
+
+
+def test_spawn_and_forkserver_children_run_the_rewritten_main_script(tmp_path: Path) -> None:
+    """multiprocessing's children re-run the main script as __mp_main__: rewritten, so durable() works there."""
+    (tmp_path / "mp_app.py").write_text(MP_SCRIPT)
+    proc = run_cmd([sys.executable, "mp_app.py", "spawn", "forkserver"], tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["spawn __mp_main__ 41 0", "forkserver __mp_main__ 41 0"], proc.stderr
+    # python -m pkg.app: the children keep the package, so relative imports work there too
+    (tmp_path / "mp_pkg").mkdir()
+    (tmp_path / "mp_pkg" / "__init__.py").write_text("")
+    (tmp_path / "mp_pkg" / "consts.py").write_text("ADD = 2\n")
+    (tmp_path / "mp_pkg" / "app.py").write_text(
+        MP_SCRIPT.replace("import asyncio,", "from .consts import ADD\nimport asyncio,").replace(") + 1", ") + ADD"))
+    proc = run_cmd([sys.executable, "-m", "mp_pkg.app", "spawn"], tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["spawn __mp_main__ 42 0"], proc.stderr
+
+
+def test_moved_project_keeps_its_cache_and_reports_its_new_paths(tmp_path: Path) -> None:
+    """A project moved (or copied with its __pycache__) loads from the cache, with its new file names."""
+    src = tmp_path / "before"
+    src.mkdir()
+    (src / "moved_flows.py").write_text(dedent_src('''
+        from duroxide_macros.prelude import *
+
+        def boom():
+            raise LookupError("moved boom")  # MARK:moved_raise
+
+        @orchestration
+        async def moved_flow(ctx, s: str) -> str:
+            return await durable(moved_flow(s))
+    '''))
+    (src / "runner.py").write_text(dedent_src('''
+        import duroxide_macros.install
+        import sys, traceback
+        import moved_flows
+        print("LIBCST", "libcst" in sys.modules)
+        print("FILES", moved_flows.moved_flow.__wrapped__.__code__.co_filename == moved_flows.__file__,
+              moved_flows.boom.__code__.co_filename == moved_flows.__file__)
+        moved_flows.boom()
+    '''))
+    first = run_cmd([sys.executable, "runner.py"], src)
+    assert "LIBCST True" in first.stdout, first.stderr
+    dst = tmp_path / "after"
+    shutil.copytree(src, dst)  # copy2: the sources keep their mtimes, the caches come along
+    shutil.rmtree(src)
+    second = run_cmd([sys.executable, "runner.py"], dst)
+    assert second.stdout.splitlines() == ["LIBCST False", "FILES True True"], second.stderr
+    line = _mark((dst / "moved_flows.py").read_text(), "moved_raise")
+    assert f'File "{dst / "moved_flows.py"}", line {line}, in boom' in second.stderr
+    assert "before" not in second.stderr
+
+
+def test_resources_and_get_data_work_for_rewritten_packages(tmp_path: Path) -> None:
+    pkg = tmp_path / "respkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(FLOW_PKG_INIT)
+    (pkg / "data.txt").write_text("hello resources\n")
+    (tmp_path / "runner.py").write_text(dedent_src('''
+        import duroxide_macros.install
+        import importlib.resources, pkgutil
+        import respkg
+        print(type(respkg.__spec__.loader).__name__)
+        print(importlib.resources.files("respkg").joinpath("data.txt").read_text().strip())
+        print(pkgutil.get_data("respkg", "data.txt").decode().strip())
+        print(sorted(p.name for p in importlib.resources.files("respkg").iterdir() if p.name != "__pycache__"))
+    '''))
+    proc = run_cmd([sys.executable, "runner.py"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["DurableLoader", "hello resources", "hello resources",
+                                        "['__init__.py', 'data.txt']"]
+
+
+FLOW_PKG_INIT = dedent_src('''
+    from duroxide_macros.prelude import *
+
+    @activity
+    async def res_act(s: str) -> str:
+        return s
+
+    @orchestration
+    async def res_flow(ctx, s: str) -> str:
+        return await durable(res_act(s))
+''')
+
+
+def test_editable_install_top_level_module_is_rewritten_and_expandable(tmp_path: Path) -> None:
+    """setuptools' editable finder (a meta-path finder after ours) serves the module; we still rewrite it."""
+    proj = tmp_path / "edproj"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text(dedent_src('''
+        [build-system]
+        requires = ["setuptools>=64"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "edproj-duroxide-test"
+        version = "0.1"
+
+        [tool.setuptools]
+        py-modules = ["edflows"]
+    '''))
+    (proj / "edflows.py").write_text(dedent_src('''
+        from duroxide_macros.prelude import *
+
+        @activity(typed=True)
+        async def ed_act(x: int) -> int:
+            return x + 1
+
+        @orchestration
+        async def ed_flow(ctx, x: int) -> int:
+            return await durable(ed_act(x))
+    '''))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # the tmp venv sees this one's packages (duroxide, libcst...) through a .pth that adds its site dir
+    ours = sysconfig_purelib()
+    Path(site, "with_duroxide.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    install = run_cmd([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
+                       "-e", str(proj)], tmp_path, timeout=300)
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert any(p.name.startswith("__editable___edproj") for p in Path(site).iterdir())
+    work = tmp_path / "elsewhere"  # not the project directory: only the editable finder knows edflows
+    work.mkdir()
+    (work / "runner.py").write_text(dedent_src('''
+        import duroxide_macros.install
+        import asyncio, sys, edflows
+        from duroxide_macros.prelude import *
+
+        async def main():
+            store = InMemoryProvider()
+            rt = await Runtime.builder().store(store).discover_activities().discover_orchestrations().start()
+            print("RESULT", await edflows.ed_flow.run(Client(store), "e1", 41, timeout=30))
+            await rt.shutdown()
+
+        print(type(edflows.__spec__.loader).__name__, edflows.__file__)
+        asyncio.run(main())
+    '''))
+    proc = run_cmd([str(python), "runner.py"], work, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"DurableLoader {proj / 'edflows.py'}", "RESULT 42"]
+    expanded = run_cmd([str(python), "-m", "duroxide_macros.cli", "edflows"], work)
+    assert expanded.returncode == 0, expanded.stderr
+    assert "await (ed_act.call(ctx, x))" in expanded.stdout
+
+
+def sysconfig_purelib() -> str:
+    import sysconfig
+
+    return sysconfig.get_paths()["purelib"]
+
+
+def test_durable_followed_by_a_line_continuation_keeps_every_line(tmp_path: Path) -> None:
+    src = dedent_src('''
+        from duroxide_macros.prelude import *
+
+        def check(n):
+            if n == 0:
+                raise ZeroDivisionError("zero")  # MARK:lc_check
+            return n
+
+        @activity(typed=True)
+        async def lc_step(n: int) -> int:
+            return n
+
+        @orchestration
+        async def lc_flow(ctx, n: int) -> int:
+            a = await durable \\
+                (lc_step(check(n)))  # MARK:lc_arg
+            b = await durable \\
+                (
+                    lc_step(a)
+                )
+            if b == 7:
+                raise LookupError("seven")  # MARK:lc_raise
+            return b
+    ''')
+    (tmp_path / "lc_mod.py").write_text(src)
+    (tmp_path / "runner.py").write_text(dedent_src('''
+        import duroxide_macros.install
+        import asyncio, json, lc_mod
+        from duroxide_macros.prelude import *
+
+        async def main():
+            store = InMemoryProvider()
+            rt = await Runtime.builder().store(store).discover_activities().discover_orchestrations().start()
+            client, out = Client(store), {}
+            for n in (5, 0, 7):
+                await lc_mod.lc_flow.start(client, f"n{n}", n)
+                status = await lc_mod.lc_flow.wait(client, f"n{n}", 30)
+                out[n] = [type(status).__name__, getattr(status, "output", None),
+                          status.details.traceback if getattr(status, "details", None) else None]
+            await rt.shutdown()
+            print(json.dumps(out))
+
+        asyncio.run(main())
+    '''))
+    proc = run_cmd([sys.executable, "runner.py"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    mod = tmp_path / "lc_mod.py"
+    assert out["5"][:2] == ["Completed", 5]
+    assert out["0"][0] == "Failed"
+    assert _tb_lines(out["0"][2], mod, "lc_flow") == [_mark(src, "lc_arg")]
+    assert _tb_lines(out["0"][2], mod, "check") == [_mark(src, "lc_check")]
+    assert out["7"][0] == "Failed"
+    assert _tb_lines(out["7"][2], mod, "lc_flow") == [_mark(src, "lc_raise")]
+
+
+# --------------------------------------------------------------------------------------
+# The main script: code above the install line
+# --------------------------------------------------------------------------------------
+
+def test_code_above_the_install_line_is_reported_before_the_body_runs(tmp_path: Path) -> None:
+    src = dedent_src('''
+        #!/usr/bin/env python
+        """An app."""
+        from __future__ import annotations
+        import os
+        print("TOP RAN")  # MARK:top_print
+        LIMIT = 3  # MARK:top_assign
+        import duroxide_macros.install
+        from duroxide_macros.prelude import *
+        print("BODY RAN")
+    ''')
+    app = tmp_path / "above.py"
+    app.write_text(src)
+    proc = run_cmd([sys.executable, "above.py"], tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout == "TOP RAN\n"  # once, as Python ran it before the hook could; the body never ran
+    assert "DurableExpansionError: duroxide: 2 problem(s)" in proc.stderr
+    assert (f"{app}:{_mark(src, 'top_print')}:1: `print(\"TOP RAN\")  # MARK:top_print` runs before "
+            "`import duroxide_macros.install`, so it would run twice") in proc.stderr, proc.stderr
+    assert f"{app}:{_mark(src, 'top_assign')}:1: `LIMIT = 3" in proc.stderr
+    assert "(fix: make `import duroxide_macros.install` the first statement of the script" in proc.stderr
+    # docstring, comments, __future__ and other imports above it are fine
+    app.write_text(src.replace('print("TOP RAN")  # MARK:top_print\n', "").replace("LIMIT = 3  # MARK:top_assign\n", ""))
+    proc = run_cmd([sys.executable, "above.py"], tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "BODY RAN\n"), proc.stderr
+
+
+# --------------------------------------------------------------------------------------
+# A durable() that reaches run time unexpanded says why
+# --------------------------------------------------------------------------------------
+
+def _flow_module(name: str, header: str, call: str = "durable") -> str:
+    return header + dedent_src(f'''
+
+        @activity
+        async def {name}_act(s: str) -> str:
+            return s
+
+        @orchestration
+        async def {name}_flow(ctx, s: str) -> str:
+            return await {call}({name}_act(s))
+    ''')
+
+
+CALL_FLOWS = dedent_src('''
+    import asyncio, importlib, sys
+    from duroxide_macros import DurableNotExpandedError
+    for name in sys.argv[1:]:
+        mod = importlib.import_module(name + "_flows")
+        try:
+            asyncio.run(getattr(mod, name + "_flow").__wrapped__(None, "s"))
+        except DurableNotExpandedError as exc:
+            print(name, "|", exc)
+''')
+
+
+def test_unexpanded_durable_names_the_real_cause(tmp_path: Path) -> None:
+    prelude = "from duroxide_macros.prelude import *\n"
+    (tmp_path / "nohook_flows.py").write_text(_flow_module("nohook", prelude))
+    (tmp_path / "early_flows.py").write_text(_flow_module("early", prelude))
+    (tmp_path / "my_forms.py").write_text("from duroxide_macros import durable, activity, orchestration\n")
+    (tmp_path / "indirect_flows.py").write_text(_flow_module("indirect", "from my_forms import *\n"))
+    (tmp_path / "renamed_flows.py").write_text(
+        _flow_module("renamed", prelude + "FORMS = {'d': durable}\n", call="FORMS['d']"))
+    (tmp_path / "call_flows.py").write_text(CALL_FLOWS)
+    (tmp_path / "no_hook.py").write_text("import call_flows\n")
+    (tmp_path / "with_hook.py").write_text("import early_flows\nimport duroxide_macros.install\nimport call_flows\n")
+
+    plain = run_cmd([sys.executable, "no_hook.py", "nohook"], tmp_path)
+    hooked = run_cmd([sys.executable, "with_hook.py", "early", "indirect", "renamed"], tmp_path)
+    lines = dict(line.split(" | ", 1) for line in (plain.stdout + hooked.stdout).splitlines())
+    assert set(lines) == {"nohook", "early", "indirect", "renamed"}, plain.stderr + hooked.stderr
+    assert "the duroxide import hook is not installed. Fix: make `import duroxide_macros.install` the first " \
+           "line of your program's main script" in lines["nohook"]
+    assert "module 'early_flows' was imported before the import hook was installed. Fix: move " \
+           "`import duroxide_macros.install` above the import of 'early_flows'" in lines["early"]
+    assert "module 'indirect_flows' is not rewritten because it does not import from duroxide_macros" \
+           in lines["indirect"]
+    assert "`from duroxide_macros.prelude import *`" in lines["indirect"]
+    assert "module 'renamed_flows' was rewritten, but this call was not written `durable(...)`" in lines["renamed"]
+
+
+# --------------------------------------------------------------------------------------
+# Cost: libcst only when something must be rewritten; pre-built caches
+# --------------------------------------------------------------------------------------
+
+WARM_APP = dedent_src('''
+    import duroxide_macros.install
+    import sys
+    import warm_flows, warm_plain
+    from duroxide_macros.prelude import *
+
+    @orchestration
+    async def warm_main_flow(ctx, s: str) -> str:
+        return await durable(warm_flows.warm_act(s))
+
+    print("LIBCST", "libcst" in sys.modules)
+    print("REWRITTEN", "durable" not in warm_main_flow.__wrapped__.__code__.co_names,
+          type(warm_flows.__spec__.loader).__name__, type(warm_plain.__spec__.loader).__name__)
+''')
+
+
+def _warm_project(tmp_path: Path) -> Path:
+    proj = tmp_path / "warm"
+    proj.mkdir()
+    (proj / "warm_app.py").write_text(WARM_APP)
+    (proj / "warm_flows.py").write_text(dedent_src('''
+        from duroxide_macros.prelude import *
+
+        @activity
+        async def warm_act(s: str) -> str:
+            return s
+
+        @orchestration
+        async def warm_flow(ctx, s: str) -> str:
+            return await durable(warm_act(s))
+    '''))
+    (proj / "warm_plain.py").write_text("VALUE = 1\n")
+    return proj
+
+
+def _pycache(proj: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (proj / "__pycache__").iterdir()} \
+        if (proj / "__pycache__").exists() else {}
+
+
+def test_a_warm_start_never_imports_libcst(tmp_path: Path) -> None:
+    proj = _warm_project(tmp_path)
+    cold = run_cmd([sys.executable, "warm_app.py"], proj)
+    assert cold.stdout.splitlines() == ["LIBCST True", "REWRITTEN True DurableLoader SourceFileLoader"], cold.stderr
+    warm = run_cmd([sys.executable, "warm_app.py"], proj)
+    assert warm.stdout.splitlines() == ["LIBCST False", "REWRITTEN True DurableLoader SourceFileLoader"], warm.stderr
+
+
+def test_compile_prebuilds_caches_that_are_read_under_dont_write_bytecode(tmp_path: Path) -> None:
+    proj = _warm_project(tmp_path)
+    (proj / "sub").mkdir()
+    (proj / "sub" / "deep_flows.py").write_text(_flow_module("deep", "from duroxide_macros.prelude import *\n"))
+    (proj / "sub" / "notes.py").write_text("# duroxide_macros is mentioned here only\n")
+    compiled = run_cmd([sys.executable, "-m", "duroxide_macros.cli", "--compile", "."], proj,
+                       PYTHONDONTWRITEBYTECODE="1")  # --compile writes all the same: that is its job
+    assert compiled.returncode == 0, compiled.stderr
+    assert "3 module(s) cached, 2 left alone" in compiled.stdout, compiled.stdout
+    tag = f"{TAG}.duroxide-{EXPANDER_VERSION}.pyc"
+    assert sorted(_pycache(proj)) == [f"warm_app.{tag}", f"warm_flows.{tag}"]
+    assert sorted(p.name for p in (proj / "sub" / "__pycache__").iterdir()) == [f"deep_flows.{tag}"]
+    before = _pycache(proj)
+    run = run_cmd([sys.executable, "warm_app.py"], proj, PYTHONDONTWRITEBYTECODE="1")
+    assert run.stdout.splitlines() == ["LIBCST False", "REWRITTEN True DurableLoader SourceFileLoader"], run.stderr
+    assert _pycache(proj) == before  # read, and nothing written
+
+
+def test_compile_reports_problems_and_code_above_the_install_line(tmp_path: Path) -> None:
+    (tmp_path / "bad_main.py").write_text("X = 1\nimport duroxide_macros.install\n")
+    (tmp_path / "bad_flow.py").write_text(dedent_src('''
+        from duroxide_macros.prelude import *
+
+        async def nowhere(s):
+            return await durable(nowhere(s))
+    '''))
+    proc = run_cmd([sys.executable, "-m", "duroxide_macros.cli", "--compile", "bad_main.py", "bad_flow.py"],
+                   tmp_path)
+    assert proc.returncode == 1
+    assert f"{tmp_path / 'bad_main.py'}:1:1: `X = 1` runs before `import duroxide_macros.install`" in proc.stderr
+    assert f"{tmp_path / 'bad_flow.py'}:4:" in proc.stderr
+    assert "0 module(s) cached, 0 left alone (no duroxide_macros import), 2 with problems" in proc.stdout
+    assert not (tmp_path / "__pycache__").exists()
+
+
+def test_cache_is_stale_when_a_dependency_changes_or_vanishes(tmp_path: Path) -> None:
+    """Expansion.dependencies (files the lint read) are stamped in the cache; any change invalidates it."""
+    from duroxide_macros.cache import cache_key, read_cache, write_cache
+
+    mod, dep = tmp_path / "m.py", tmp_path / "helpers.py"
+    mod.write_text("X = 1\n")
+    dep.write_text("def h(): pass\n")
+    code = compile("X = 1\n", str(mod), "exec")
+    where, key = str(tmp_path / "m.cache"), cache_key(b"X = 1\n")
+    assert write_cache(where, key, str(mod), code, [str(dep)])
+    assert read_cache(where, key, str(mod)) is not None
+    assert read_cache(where, cache_key(b"X = 2\n"), str(mod)) is None  # other source
+    dep.write_text("def h(): return 1\n")  # changed
+    assert read_cache(where, key, str(mod)) is None
+    assert write_cache(where, key, str(mod), code, [str(dep)])
+    assert read_cache(where, key, str(mod)) is not None
+    dep.unlink()  # vanished
+    assert read_cache(where, key, str(mod)) is None

@@ -872,3 +872,66 @@ async def test_enqueueing_wakes_the_dispatchers(store: Provider) -> None:
     await asyncio.sleep(0.01)
     await store.send(event_msg("i1"))
     await asyncio.wait_for(orch, 2)
+
+
+# -- one set of input limits for every store (duroxide_runtime.limits) ------------------------
+
+#: Valid Unicode no store may alter: every control character but NUL, format and
+#: separator characters, combining marks, right-to-left text, noncharacters, astral planes.
+WILD_TEXT = ("".join(chr(c) for c in range(1, 32)) + "\x7f\x80\x85\x9b\x9f \u00a0\u200b\u200d\u202e\u2028\u2029"
+             "\ufeff\ufffe\uffff e\u0301 \u05e9\u05dc\u05d5\u05dd \u65e5\u672c\u8a9e \U0001f600\U0001f44d\U0001f3fd "
+             "\U000e0001\U0010ffff \\ ' \" % _ ?")
+
+
+async def test_valid_unicode_at_the_limits_is_stored_faithfully(store: Provider) -> None:
+    from duroxide_runtime.limits import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_VERSION_CHARS
+
+    iid = "\U0001f600" * MAX_ID_CHARS  # the longest id, 4 UTF-8 bytes a character (PostgreSQL index and NOTIFY)
+    name = "\u540d" * MAX_NAME_CHARS
+    version = "v" + "\u00e9" * (MAX_VERSION_CHARS - 1)
+    start = StartOrchestration(instance_id=iid, name=name, version=version, input=WILD_TEXT)
+    await store.create_instance(start)
+    rec = await store.get_instance(iid)
+    assert rec is not None and (rec.instance_id, rec.name, rec.version) == (iid, name, version)
+    item = await fetch_one(store, iid)
+    assert [m.message for m in item.messages] == [start]
+    events: list[HistoryEvent] = [
+        Event.OrchestrationStarted(event_id=1, timestamp_ms=now_ms(), name=name, version=version, input=WILD_TEXT),
+        Event.ActivityScheduled(event_id=2, timestamp_ms=now_ms(), name=name, input=WILD_TEXT)]
+    work = ActivityWork(instance_id=iid, execution_id=1, event_id=2, name=name, input=WILD_TEXT)
+    await commit_one(store, commit_for(item, new_events=events, activities=[work], update=InstanceUpdate(
+        name=name, version=version, execution_id=1, status="Running", custom_status=WILD_TEXT,
+        custom_status_changed=True)))
+    assert [lease.work for lease in await store.fetch_work_items(10, LONG_LOCK)] == [work]
+    assert await store.send(ExternalEvent(instance_id=iid, name=name, data=WILD_TEXT)) is not None
+    item = await fetch_one(store, iid)
+    assert [m.message for m in item.messages] == [ExternalEvent(instance_id=iid, name=name, data=WILD_TEXT)]
+    done = Event.OrchestrationCompleted(event_id=3, timestamp_ms=now_ms(), output=WILD_TEXT)
+    await commit_one(store, commit_for(item, new_events=[done], update=InstanceUpdate(
+        name=name, version=version, execution_id=1, status="Completed", output=WILD_TEXT)))  # NOTIFY names iid
+    rec = await store.get_instance(iid)
+    assert rec is not None and rec.status == "Completed"
+    assert (rec.output, rec.custom_status) == (WILD_TEXT, WILD_TEXT)
+    assert await store.read_history(iid) == [*events, done]
+    assert [r.instance_id for r in await store.list_instances(name=name)] == [iid]
+    assert await store.purge_instance(iid, force=False) == [iid]
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "a\ud800b", "a\x1bb", "a\nb", "x" * 10_000, ""],
+                         ids=["nul", "surrogate", "escape", "newline", "10000-chars", "empty"])
+async def test_the_client_refuses_what_a_store_cannot_hold_before_storing_it(store: Provider, bad: str) -> None:
+    from duroxide_runtime import Client
+    from duroxide_runtime.errors import InvalidInputError
+
+    client = Client(store)
+    for call, field in ((client.start_orchestration(bad, "Orch", "in"), "instance_id"),
+                        (client.start_orchestration("i1", bad, "in"), "name"),
+                        (client.start_orchestration("i1", "Orch", "in", version=bad), "version")):
+        with pytest.raises(InvalidInputError) as err:
+            await call
+        assert err.value.field == field and field in str(err.value) and err.value.fix
+    if bad in ("a\x00b", "a\ud800b"):  # payloads may hold any other character
+        with pytest.raises(InvalidInputError, match="input"):
+            await client.start_orchestration("i1", "Orch", bad)
+    assert await store.list_instances() == []
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
+import types
 import typing
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -495,6 +497,78 @@ async def tp_parent(ctx: OrchestrationContext, n: int) -> list[ChildOut]:
     return [first, second]
 
 
+# -- payload errors name the culprit ----------------------------------------------------------
+
+
+@dataclass
+class TpEarly:
+    later: TpLater  # defined below this class and below the activity that uses it
+
+
+@dataclass
+class TpBroken:
+    missing: TpNeverDefined  # type: ignore[name-defined]  # noqa: F821 - never defined anywhere
+
+
+@activity(typed=True)
+async def tp_uses_early(e: TpEarly) -> int:
+    return e.later.n
+
+
+@dataclass
+class TpLater:
+    n: int
+
+
+class TpPlain:
+    """A plain class: pydantic cannot turn it into JSON or back."""
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+
+
+@dataclass
+class TpLine:
+    sku: str
+    price: float
+    note: Any = None
+
+
+@dataclass
+class TpOrder:
+    id: str
+    items: list[TpLine]
+
+
+@activity(typed=True)
+async def tp_charge(order: TpOrder, currency: str = "EUR") -> float:
+    return sum(line.price for line in order.items)
+
+
+def tp_bad_order(which: str) -> TpOrder:
+    """An order whose third line is wrong in the way ``which`` says."""
+    bad: dict[str, TpLine] = {
+        "str-price": TpLine("C", "12.50"),  # type: ignore[arg-type]  # a str where a float is expected
+        "object-price": TpLine("C", object()),  # type: ignore[arg-type]
+        "object-in-note": TpLine("C", 3.0, note={"gift": [True, object()]}),  # Any, holding something un-encodable
+    }
+    return TpOrder("o-1", [TpLine("A", 1.0), TpLine("B", 2.0), bad[which]])
+
+
+@orchestration
+async def tp_charge_bad(ctx: OrchestrationContext, which: str) -> str:
+    try:
+        await durable(tp_charge(tp_bad_order(which)))
+    except PayloadError as exc:
+        return str(exc)
+    return "no error"
+
+
+@orchestration
+async def tp_charge_order(ctx: OrchestrationContext, order: TpOrder) -> float:
+    return await durable(tp_charge(order))
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
@@ -739,6 +813,9 @@ async def test_undecodable_payloads_give_payload_error_naming_the_cause(duroxide
         msg = status.details.message
         assert "input of orchestration 'tp_takes_bundle'" in msg
         assert "id" in msg and "color" in msg and "when" in msg  # each bad or missing field is named
+        # ... by its path from the parameter (b), in duroxide's words: no pydantic advice or URL
+        assert "b.id: Input should be a valid UUID" in msg and "b.when: Field required" in msg, msg
+        assert "errors.pydantic.dev" not in msg and "validation error" not in msg
         # 2. an activity argument of the wrong shape: the activity fails with PayloadError
         out = await tp_raw_to_typed.run(client, "dec-2", "[1, 2]", timeout=15)
         assert out[0] == "PayloadError" and out[2] == "tp_describe"
@@ -945,3 +1022,149 @@ async def test_typing_typeddict_is_supported(tmp_path: Path) -> None:
     async with running(store) as rt:
         out = await tp_plain_typeddict_orch.run(rt.client(), "ptd", {"source": "s", "attempts": 1}, timeout=15)
     assert out == {"source": "s!", "attempts": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# Payload errors name the culprit
+# ---------------------------------------------------------------------------------------------
+
+
+#: Pydantic's own error text (its advice and URLs); "pydantic models" in duroxide's fix is fine.
+PYDANTIC_WORDS = ("pydantic-core", "pydantic_core", "arbitrary_types_allowed", "__get_pydantic_core_schema__",
+                  "model_config", "errors.pydantic.dev", "https://", "validation error")
+
+
+def _declare_activity_with_socket_param() -> Any:
+    @activity(typed=True)
+    async def tp_cfg_socket(host: str, conn: socket.socket) -> int:
+        return 0
+    return tp_cfg_socket
+
+
+def _declare_activity_with_plain_param() -> Any:
+    @activity(typed=True)
+    async def tp_cfg_plain(order_id: str, thing: TpPlain) -> int:
+        return 0
+    return tp_cfg_plain
+
+
+def _declare_activity_with_lambda_param() -> Any:
+    @activity(typed=True)
+    def tp_cfg_lambda(callback: types.LambdaType) -> int:
+        return 0
+    return tp_cfg_lambda
+
+
+def _declare_activity_returning_plain_list() -> Any:
+    @activity(typed=True)
+    async def tp_cfg_returns(n: int) -> list[TpPlain]:
+        return []
+    return tp_cfg_returns
+
+
+def _declare_orchestration_with_socket_input() -> Any:
+    @orchestration
+    async def tp_cfg_orch_in(ctx: OrchestrationContext, conn: socket.socket) -> int:
+        return 0
+    return tp_cfg_orch_in
+
+
+def _declare_orchestration_returning_plain() -> Any:
+    @orchestration
+    async def tp_cfg_orch_out(ctx: OrchestrationContext, n: int) -> TpPlain:
+        return TpPlain(n)
+    return tp_cfg_orch_out
+
+
+PLAIN = f"{TpPlain.__module__}.TpPlain"  # pydantic names a class by its full path
+
+
+@pytest.mark.parametrize("declare,function,where,culprit", [
+    (_declare_activity_with_socket_param, "tp_cfg_socket", "parameter 'conn' of activity", "socket.socket"),
+    (_declare_activity_with_plain_param, "tp_cfg_plain", "parameter 'thing' of activity", PLAIN),
+    (_declare_activity_with_lambda_param, "tp_cfg_lambda", "parameter 'callback' of activity", "function"),
+    (_declare_activity_returning_plain_list, "tp_cfg_returns", "return type of activity", PLAIN),
+    (_declare_orchestration_with_socket_input, "tp_cfg_orch_in", "parameter 'conn' of orchestration",
+     "socket.socket"),
+    (_declare_orchestration_returning_plain, "tp_cfg_orch_out", "return type of orchestration", PLAIN),
+], ids=["socket-param", "plain-class-param", "lambda-type-param", "list-of-plain-return", "orchestration-input",
+        "orchestration-return"])
+def test_unserializable_annotation_is_a_configuration_error_at_decoration(
+        declare: Any, function: str, where: str, culprit: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        declare()
+    err = info.value
+    text = str(err)
+    # Names the function and the parameter (or the return), and the type at fault, with a fix ...
+    assert f"{where} '{function}'" in text and f"function {declare.__name__}.<locals>.{function} at " in text
+    assert f"type {culprit}" in text and "cannot be a JSON payload" in text
+    assert err.fix is not None and "dataclass" in err.fix
+    # ... in duroxide's words: none of pydantic's advice, no URL, no chained pydantic error.
+    assert not [w for w in PYDANTIC_WORDS if w in text], text
+    assert err.__cause__ is None and err.__suppress_context__
+    # Nothing half-declared was registered.
+    assert function not in discovered_activities().names()
+    assert function not in discovered_orchestrations().names()
+
+
+def test_unresolvable_annotation_is_a_configuration_error_naming_the_function() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        @activity(typed=True)
+        async def tp_cfg_missing(order: NoSuchType) -> int:  # type: ignore[name-defined]  # noqa: F821
+            return 0
+    text = str(info.value)
+    assert "activity 'tp_cfg_missing'" in text and "NoSuchType" in text and "define or import" in text
+
+
+@pytest.mark.parametrize("which,expected", [
+    ("str-price", "argument 'order' of activity 'tp_charge': order.items[2].price: Input should be a valid number, "
+                  "got str '12.50'. Fix: pass a value of type TpOrder (fix order.items[2].price)"),
+    ("object-price", "argument 'order' of activity 'tp_charge': order.items[2].price holds object <object object"),
+    ("object-in-note", "argument 'order' of activity 'tp_charge': order.items[2].note['gift'][1] holds object "),
+])
+async def test_encode_error_names_the_field_path(which: str, expected: str, duroxide_runtime: Runtime,
+                                                 duroxide_client: Client) -> None:
+    """In an orchestration: the error names the argument's path; nothing is scheduled."""
+    out = await tp_charge_bad.run(duroxide_client, f"path-{which}", which, timeout=15)
+    assert out.startswith(expected), out
+    if which != "str-price":
+        assert "cannot be encoded as JSON" in out and "Fix: put a JSON-friendly value in order.items[2]." in out
+    assert not [w for w in PYDANTIC_WORDS if w in out], out
+    history = await duroxide_client.read_history(f"path-{which}")
+    assert events_of(history, Event.ActivityScheduled) == []
+
+
+async def test_encode_error_names_the_field_path_at_the_client(duroxide_runtime: Runtime,
+                                                               duroxide_client: Client) -> None:
+    """Starting an instance with a bad input: the path starts at the orchestration's parameter."""
+    with pytest.raises(PayloadError) as info:
+        await tp_charge_order.start(duroxide_client, "path-client", tp_bad_order("str-price"))
+    assert str(info.value).startswith("input of orchestration 'tp_charge_order': order.items[2].price: "
+                                      "Input should be a valid number, got str '12.50'")
+    with pytest.raises(PayloadError, match=r"order\.items\[2\]\.note\['gift'\]\[1\] holds object"):
+        await tp_charge_order.start(duroxide_client, "path-client", tp_bad_order("object-in-note"))
+    assert await duroxide_client.list_instances() == []
+    # A good order still goes through.
+    assert await tp_charge_order.run(duroxide_client, "path-ok", TpOrder("o-2", [TpLine("A", 1.5)]),
+                                     timeout=15) == 1.5
+
+
+@orchestration
+async def tp_calls_early(ctx: OrchestrationContext, n: int) -> int:
+    return await durable(tp_uses_early(TpEarly(TpLater(n))))
+
+
+async def test_field_types_defined_later_work_and_undefined_ones_are_named(duroxide_runtime: Runtime,
+                                                                           duroxide_client: Client) -> None:
+    # A field type defined after the decorated function is fine: it exists by the first payload.
+    assert await tp_calls_early.run(duroxide_client, "early-1", 7, timeout=15) == 7
+    # One that never exists is a ConfigurationError naming it and the parameter, in duroxide's words.
+    @activity(typed=True)
+    async def tp_uses_broken(b: TpBroken) -> int:
+        return 0
+
+    with pytest.raises(ConfigurationError) as info:
+        tp_uses_broken.encode_input(TpBroken(1))
+    text = str(info.value)
+    assert "parameter 'b' of activity 'tp_uses_broken'" in text and "type TpNeverDefined (in TpBroken)" in text
+    assert not [w for w in PYDANTIC_WORDS if w in text], text

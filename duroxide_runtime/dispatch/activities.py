@@ -5,6 +5,14 @@ run on the event loop; plain ``def`` ones in a bounded thread pool so they
 never block it. While a call runs its lease is renewed; a renewal that
 fails (lease lost, call cancelled, instance ended) cancels the call.
 Results go through one batching writer: many completions, one transaction.
+A result the store cannot hold fails alone, as a typed error of that call;
+it never holds up the others (issue 10, defect 1).
+
+Shutdown lets running calls finish for a grace period, then interrupts the
+``async def`` ones and gives their leases back. A plain ``def`` call runs in
+a thread that nothing can interrupt: it keeps its lease, renewed, until it
+ends (its result is then recorded) or the process dies; shutdown logs what
+it waits for (issue 10, defect 4).
 """
 
 from __future__ import annotations
@@ -13,25 +21,63 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import queue
+import sqlite3
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from typing import Any
 
 from ..activity import ActivityContext, _current
-from ..errors import ErrorDetails, PayloadError, UnknownActivityError
+from ..errors import ErrorDetails, PayloadError, StoreError, UnknownActivityError
 from ..messages import ActivityResult, PoisonNotice
 from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
 from ..options import RuntimeOptions
 from ..providers.base import Provider, WorkCompletion, WorkLease
 from ..registry import ActivityRegistry
+from ..replay import safe_error_details, storable_text, text_problem
+from .orchestrations import raise_if_cancel_requested
 
-__all__ = ["ActivityWorker"]
+__all__ = ["ActivityWorker", "is_store_trouble"]
 
 _log = logging.getLogger("duroxide.worker")
+
+#: SQLSTATE classes that mean "the database is in trouble", not "this row is bad":
+#: connection (08), transaction rollback (40), resources (53), object state (55),
+#: operator intervention (57), system (58), internal (XX).
+_TROUBLE_SQLSTATES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
+
+
+def is_store_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot write anything now (retry everything later),
+    as opposed to one item it cannot take (fail that item alone)."""
+    if isinstance(exc, (StoreError, OSError, sqlite3.OperationalError)):
+        return True
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return state[:2] in _TROUBLE_SQLSTATES
+    # asyncpg's client-side errors (connection gone, protocol state) carry no SQLSTATE.
+    return type(exc).__module__.startswith("asyncpg")
+
+
+@dataclass
+class _Call:
+    """A running activity call: its lease, its context, and whether a thread runs it."""
+
+    lease: WorkLease
+    actx: ActivityContext
+    began: float
+    #: A plain ``def`` runs in a thread once this is set: it cannot be interrupted.
+    in_thread: bool = False
 
 
 class ActivityWorker:
     """Runs activities; see the module docstring."""
+
+    #: Seconds between the shutdown log lines naming the calls shutdown still waits for.
+    shutdown_log_interval = 10.0
 
     def __init__(self, store: Provider, registry: ActivityRegistry, options: RuntimeOptions,
                  observer: RuntimeObserver | None = None) -> None:
@@ -39,8 +85,8 @@ class ActivityWorker:
         self.observer = observer or RuntimeObserver()
         self.registry = registry
         self.options = options
-        self._threads = ThreadPoolExecutor(options.activity_threads, thread_name_prefix="duroxide-activity")
-        self._running: dict[asyncio.Task[None], tuple[WorkLease, ActivityContext]] = {}
+        self._threads = _ActivityThreads(options.activity_threads, "duroxide-activity")
+        self._running: dict[asyncio.Task[None], _Call] = {}
         self._results: asyncio.Queue[WorkCompletion] = asyncio.Queue()
         self._known = frozenset(registry.names())
 
@@ -48,6 +94,7 @@ class ActivityWorker:
         """Fetch and start work until ``stopping`` is set."""
         failures = 0
         while not stopping.is_set():
+            raise_if_cancel_requested()
             free = self.options.activity_concurrency - len(self._running)
             if free <= 0:
                 await asyncio.wait(list(self._running), timeout=self.options.poll_interval,
@@ -71,23 +118,25 @@ class ActivityWorker:
             for lease in leases:
                 w = lease.work
                 actx = ActivityContext(w.instance_id, w.execution_id, w.event_id, w.name, lease.dequeue_count)
-                task = asyncio.create_task(self._execute(lease, actx), name=f"activity {w.name}")
-                self._running[task] = (lease, actx)
+                call = _Call(lease, actx, time.monotonic())
+                task = asyncio.create_task(self._execute(call), name=f"activity {w.name}")
+                self._running[task] = call
                 task.add_done_callback(self._running_done)
 
     def cancel_running(self, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
         """Cancel calls of this process that their orchestration no longer waits for."""
         wanted = set(event_ids)
-        for task, (lease, actx) in list(self._running.items()):
-            w = lease.work
+        for task, call in list(self._running.items()):
+            w = call.lease.work
             if w.instance_id == instance_id and w.execution_id == execution_id and w.event_id in wanted:
-                actx._cancelled.set()
+                call.actx._cancelled.set()
                 task.cancel()
 
     def _running_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
 
-    async def _execute(self, lease: WorkLease, actx: ActivityContext) -> None:
+    async def _execute(self, call: _Call) -> None:
+        lease, actx = call.lease, call.actx
         work = lease.work
         if lease.dequeue_count > self.options.max_attempts:
             self._results.put_nowait(WorkCompletion(lease.lock_token, PoisonNotice(
@@ -110,22 +159,29 @@ class ActivityWorker:
                                                        work.execution_id, work.event_id, work.trace_context))
         began = time.perf_counter()
         try:
-            result = await self._invoke(fn, work.input, actx)
+            result = await self._invoke(fn, work.input, call)
             if not isinstance(result, str):
                 raise PayloadError(f"activity {work.name!r} returned {type(result).__name__}, but a string-API "
                                    "activity must return str",
                                    fix="return a str (e.g. json.dumps(value)), or use @activity(typed=True)")
+            problem = text_problem(result)
+            if problem is not None:
+                # Checked here, not left to the store: one result the store cannot
+                # encode used to fail every batch it was in, forever.
+                raise PayloadError(f"activity {work.name!r} returned text that cannot be stored: {problem}",
+                                   fix="return valid Unicode text: decode bytes with errors='replace', or "
+                                       "return binary data as base64")
             outcome = ActivityResult(instance_id=work.instance_id, execution_id=work.execution_id,
                                      event_id=work.event_id, result=result)
         except asyncio.CancelledError:
             if not actx.cancelled:
-                raise  # runtime shutdown: the lease is abandoned by the caller
+                raise  # runtime shutdown: drain() gives the lease back once this task has ended
             outcome = ActivityResult(instance_id=work.instance_id, execution_id=work.execution_id,
                                      event_id=work.event_id,
                                      error=ErrorDetails("ActivityCancelled", "the orchestration no longer waits for it"))
         except Exception as exc:  # noqa: BLE001 - the activity's own failure is its result
             outcome = ActivityResult(instance_id=work.instance_id, execution_id=work.execution_id,
-                                     event_id=work.event_id, error=ErrorDetails.from_exception(exc))
+                                     event_id=work.event_id, error=safe_error_details(exc))
         finally:
             renew.cancel()
         self.observer.activity_finished(ActivityFinished(
@@ -133,14 +189,18 @@ class ActivityWorker:
             work.event_id, outcome.error.error_type if outcome.error else None))
         self._results.put_nowait(WorkCompletion(lease.lock_token, outcome))
 
-    async def _invoke(self, fn: Any, data: str, actx: ActivityContext) -> object:
-        token = _current.set(actx)
+    async def _invoke(self, fn: Any, data: str, call: _Call) -> object:
+        token = _current.set(call.actx)
         try:
             if inspect.iscoroutinefunction(fn):
                 return await fn(data)
             ctx = contextvars.copy_context()
-            result: object = await asyncio.get_running_loop().run_in_executor(
-                self._threads, lambda: ctx.run(fn, data))
+            call.in_thread = True
+            try:
+                result: object = await asyncio.get_running_loop().run_in_executor(
+                    self._threads, lambda: ctx.run(fn, data))
+            finally:
+                call.in_thread = False
             if inspect.isawaitable(result):
                 result = await result
             return result
@@ -168,13 +228,17 @@ class ActivityWorker:
         failures = 0
         batch: list[WorkCompletion] = []
         while True:
+            raise_if_cancel_requested()
             if not batch:
                 getter = asyncio.ensure_future(self._results.get())
                 stop = asyncio.ensure_future(stopping.wait())
-                await asyncio.wait([getter, stop], return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                if not getter.done():
-                    getter.cancel()
+                try:
+                    await asyncio.wait([getter, stop], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                    if not getter.done():
+                        getter.cancel()
+                if not getter.done() or getter.cancelled():
                     if self._results.empty() and not self._running:
                         return
                     await asyncio.sleep(0.01)
@@ -188,21 +252,181 @@ class ActivityWorker:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - results are kept and retried, never dropped
-                failures += 1
-                _log.exception("activity worker: could not record %d results (retrying)", len(batch))
-                await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
+            except Exception as exc:  # noqa: BLE001 - results are kept and retried, never dropped
+                batch = await self._write_one_by_one(batch, exc)
+                if batch:
+                    failures += 1
+                    _log.exception("activity worker: could not record %d results (retrying)", len(batch))
+                    await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
+
+    async def _write_one_by_one(self, batch: list[WorkCompletion], error: Exception) -> list[WorkCompletion]:
+        """A batch of results failed: find the result the store cannot take, so it fails alone.
+
+        Each result is written by itself. One that still fails is replaced by a
+        typed failure of its call (``PayloadError``, which the orchestration gets
+        as ``ActivityFailed``); if even that cannot be written the store itself is
+        in trouble and the result is kept for the next retry. Returns the results
+        still to write.
+        """
+        if is_store_trouble(error):
+            return batch  # the store is down or busy: no result is to blame
+        retry: list[WorkCompletion] = []
+        for done in batch:
+            refused = await self._refused(done)
+            if refused is None:
+                continue  # written
+            if is_store_trouble(refused) or not isinstance(done.result, ActivityResult):
+                retry.append(done)
+                continue
+            failure = _unwritable(done, refused)
+            if await self._refused(failure) is None:
+                _log.error("activity result for instance %r (event %s) could not be stored (%s: %s); "
+                           "the call fails with PayloadError instead", done.result.instance_id,
+                           done.result.event_id, type(refused).__name__, storable_text(str(refused)),
+                           extra={"instance_id": done.result.instance_id})
+            else:
+                retry.append(done)  # not the result's fault after all
+        return retry
+
+    async def _refused(self, done: WorkCompletion) -> Exception | None:
+        """Write one result by itself; the error if the store refused it."""
+        try:
+            await self.store.complete_work_items([done])
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the caller decides whose fault it is
+            return exc
 
     async def drain(self, grace: float) -> None:
-        """Shutdown: let running calls finish for ``grace`` seconds, abandon the rest."""
+        """Shutdown: let running calls finish for ``grace`` seconds, then stop what can be stopped.
+
+        ``async def`` calls are cancelled; once one has stopped without a result its
+        lease is given back, so another process takes the call at once. A plain
+        ``def`` call runs in a thread that cannot be interrupted: giving its lease
+        back would let another process run the same call at the same time. It
+        keeps its lease (renewed as usual) until it ends, and its result is
+        recorded; this waits for it, logging every ``shutdown_log_interval``
+        seconds what it is waiting for.
+        """
         if self._running:
             await asyncio.wait(list(self._running), timeout=grace)
-        for task, (lease, _) in list(self._running.items()):
-            task.cancel()
-            try:
-                await self.store.abandon_work_item(lease.lock_token, 0)
-            except Exception:  # noqa: BLE001 - the lease expires anyway; the work is redelivered
-                _log.warning("could not abandon activity lease at shutdown", exc_info=True)
-        if self._running:
-            await asyncio.wait(list(self._running), timeout=1.0)
+        interrupted: dict[asyncio.Task[None], _Call] = {}
+        for task, call in list(self._running.items()):
+            if not call.in_thread:
+                task.cancel()
+                interrupted[task] = call
+        if interrupted:
+            await asyncio.wait(list(interrupted), timeout=1.0)
+        next_log = time.monotonic()
+        while self._running or interrupted:
+            for task in [t for t in interrupted if t.done()]:
+                call = interrupted.pop(task)
+                if task.cancelled():  # stopped without a result
+                    await self._give_back(call)
+            running = [t for t in self._running if not t.done()]
+            if not running:
+                await asyncio.sleep(0)  # let the done-callbacks of finished calls run
+                continue
+            now = time.monotonic()
+            if now >= next_log:
+                _log.warning("shutdown: waiting for %d running activity call(s): %s. A plain def activity runs "
+                             "in a thread that cannot be interrupted: it keeps its lease (renewed) until it "
+                             "returns, and its result is recorded", len(running),
+                             "; ".join(_describe(self._running[t]) for t in running),
+                             extra={"waiting_for": len(running)})
+                next_log = now + self.shutdown_log_interval
+            await asyncio.wait(running, timeout=max(0.01, next_log - now), return_when=asyncio.FIRST_COMPLETED)
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _give_back(self, call: _Call) -> None:
+        try:
+            await self.store.abandon_work_item(call.lease.lock_token, 0)
+        except Exception:  # noqa: BLE001 - the lease expires anyway; the work is redelivered
+            _log.warning("could not abandon activity lease at shutdown", exc_info=True, extra=call.actx.log_fields())
+
+
+class _ActivityThreads(Executor):
+    """A bounded pool of daemon threads for plain ``def`` activities (``run_in_executor`` needs only ``submit``).
+
+    Not ``ThreadPoolExecutor``: the interpreter joins its threads at exit, so a
+    process leaving without a graceful shutdown (an exception after ``start()``,
+    Ctrl-C) hung until every running activity returned, while nothing renewed
+    their leases any more (the event loop was gone) and another process could
+    run the same calls. Daemon threads end with the process; the leases of
+    their calls expire and the calls are redone (at least once), as after a crash.
+    """
+
+    def __init__(self, size: int, prefix: str) -> None:
+        self._size = size
+        self._prefix = prefix
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the activity thread pool is shut down")
+            self._jobs.put((future, lambda: fn(*args, **kwargs)))
+            if self._idle > 0:
+                self._idle -= 1  # that thread takes the job
+            elif self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._work, name=f"{self._prefix}-{self._threads}", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn()
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the threads once their current job ends; queued jobs are cancelled. Never waits:
+        a running activity cannot be interrupted, and drain() has already waited for it."""
+        with self._lock:
+            self._closed = True
+            threads = self._threads
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in range(threads):
+            self._jobs.put(None)
+
+
+def _describe(call: _Call) -> str:
+    w = call.lease.work
+    how = "in a thread" if call.in_thread else "async"
+    return (f"{w.name!r} of instance {w.instance_id!r} (event {w.event_id}, {how}, running for "
+            f"{time.monotonic() - call.began:.1f} s)")
+
+
+def _unwritable(done: WorkCompletion, exc: Exception) -> WorkCompletion:
+    """The typed failure that replaces an activity result the store refused."""
+    result = done.result
+    assert isinstance(result, ActivityResult)
+    err = PayloadError(
+        f"the activity finished, but the store could not record its "
+        f"{'result' if result.error is None else 'error'}: {type(exc).__name__}: {storable_text(str(exc))}",
+        fix="return text every store can hold (valid Unicode; see the limits in docs/runtime.md)")
+    return WorkCompletion(done.lock_token, ActivityResult(
+        instance_id=result.instance_id, execution_id=result.execution_id, event_id=result.event_id,
+        error=ErrorDetails("PayloadError", storable_text(str(err)))))

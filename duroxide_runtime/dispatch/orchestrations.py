@@ -13,10 +13,10 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import CorruptHistoryError, ErrorDetails, PoisonMessageError, UnknownOrchestrationError
+from ..errors import CorruptHistoryError, ErrorDetails, PayloadError, PoisonMessageError, UnknownOrchestrationError
 from ..history import Event, HistoryEvent
 from ..observe import OrchestrationFinished, RuntimeObserver, TurnReplayed
 from ..observe import OrchestrationStarted as ObservedStart
@@ -24,25 +24,47 @@ from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestration
 from ..options import RuntimeOptions
 from ..providers.base import TERMINAL, InstanceUpdate, OrchestrationItem, Provider, TurnCommit, now_ms
 from ..registry import OrchestrationRegistry
-from ..replay import Execution
+from ..replay import Execution, storable_text
 
-__all__ = ["OrchestrationDispatcher", "InstanceCache"]
+__all__ = ["OrchestrationDispatcher", "InstanceCache", "raise_if_cancel_requested"]
 
 _log = logging.getLogger("duroxide.dispatcher")
 
 
+def raise_if_cancel_requested() -> None:
+    """Stop a dispatcher loop whose task was cancelled, even if some await swallowed the cancel.
+
+    Python 3.11's ``asyncio.wait_for`` (used by asyncpg and aiosqlite callers alike)
+    returns normally when a cancel arrives together with the awaited result; a
+    loop that kept going would make ``asyncio.run()`` (an exception after
+    ``start()`` without ``shutdown()``, or Ctrl-C) wait forever for it.
+    ``Task.cancelling()`` still counts the request, so each loop checks it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
+        raise asyncio.CancelledError()
+
+
 class InstanceCache:
-    """Live executions kept between turns (LRU, bounded by ``instance_cache_size``)."""
+    """Live executions kept between turns (LRU, bounded by ``instance_cache_size``).
+
+    An entry is reused only for the same incarnation of its instance id: after a
+    purge and re-create (by any process) the new instance may reach the same
+    execution id and history length as the cached one, and would otherwise be
+    continued with the purged instance's state (issue 10, defect 3).
+    """
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._items: collections.OrderedDict[str, Execution] = collections.OrderedDict()
 
-    def get(self, instance_id: str, execution_id: int, history_len: int) -> Execution | None:
+    def get(self, instance_id: str, execution_id: int, history_len: int,
+            incarnation: str | None) -> Execution | None:
         ex = self._items.get(instance_id)
         if ex is None:
             return None
-        if ex.execution_id != execution_id or len(ex.history) != history_len or ex.outcome is not None:
+        if (incarnation is None or ex.incarnation != incarnation or ex.execution_id != execution_id
+                or len(ex.history) != history_len or ex.outcome is not None):
             self.evict(instance_id)
             return None
         self._items.move_to_end(instance_id)
@@ -99,6 +121,7 @@ class OrchestrationDispatcher:
         """One pipeline; several may run at once (instances are locked per turn)."""
         failures = 0
         while not stopping.is_set():
+            raise_if_cancel_requested()
             try:
                 fetched = await self.store.fetch_orchestration_items(
                     self.options.orchestration_batch_size, self.options.orchestration_lock_timeout)
@@ -143,8 +166,12 @@ class OrchestrationDispatcher:
                 for c in commits:
                     self._forget(c.instance_id)
                 raise
+            refused: list[TurnCommit] = []
+            by_id = {item.instance_id: item for item in items}
             for commit, ok in zip(commits, outcomes):
-                if not ok:
+                if not ok and commit.refused is not None:
+                    refused.append(self._refused(commit, by_id[commit.instance_id], histories))
+                elif not ok:
                     _log.warning("instance %r: lock lost before commit; the turn will be redone", commit.instance_id,
                                  extra={"instance_id": commit.instance_id, "execution_id": commit.execution_id})
                     self._forget(commit.instance_id)
@@ -153,8 +180,28 @@ class OrchestrationDispatcher:
                     if commit.cancelled_activities and self._on_activities_cancelled is not None:
                         self._on_activities_cancelled(commit.instance_id, commit.execution_id,
                                                       commit.cancelled_activities)
+            if refused:
+                # Still locked (the refused turn was rolled back, lock included): end those
+                # instances now. If even that is refused, the lock expires and poison follows.
+                await self.store.commit_turns(refused)
         for a in abandons:
             await self.store.abandon_orchestration_item(a.item.instance_id, a.item.lock_token, a.delay)
+
+    def _refused(self, commit: TurnCommit, item: OrchestrationItem,
+                 histories: Mapping[str, list[HistoryEvent] | Exception]) -> TurnCommit:
+        """The store refused a turn for its content: redoing it would fail the same way until
+        the instance is poisoned with no word of the cause. Fail it now, naming the cause."""
+        ex = self._executions.get(commit.instance_id)
+        stored = histories.get(commit.instance_id)
+        first = ex.history if ex is not None else (stored if isinstance(stored, list) else [])
+        self._forget(commit.instance_id)
+        failed = TurnCommit(commit.instance_id, item.lock_token, commit.execution_id,
+                            consumed=[m.id for m in item.messages])
+        return self._fail(failed, item, first[:1], PayloadError(
+            f"instance {commit.instance_id!r}: the store refused what this turn produced "
+            f"({storable_text(commit.refused or '')})",
+            fix="keep values the store cannot hold (NUL characters on PostgreSQL, lone surrogates) out of "
+                "outputs, inputs, event data and custom status; see 'Input limits' in docs/runtime.md"))
 
     def _needs_history(self, item: OrchestrationItem) -> bool:
         inst = item.instance
@@ -162,7 +209,7 @@ class OrchestrationDispatcher:
             return False
         if item.dequeue_count > self.options.max_attempts:
             return True
-        return self.cache.get(item.instance_id, inst.execution_id, item.history_len) is None
+        return self.cache.get(item.instance_id, inst.execution_id, item.history_len, inst.incarnation) is None
 
     def _backoff(self, item: OrchestrationItem) -> float:
         o = self.options
@@ -214,7 +261,7 @@ class OrchestrationDispatcher:
                 fix="see the runtime log for the error of each attempt; fix the code or registration"))
 
         reports: list[object] = []
-        ex = self.cache.get(item.instance_id, exec_id, item.history_len)
+        ex = self.cache.get(item.instance_id, exec_id, item.history_len, inst.incarnation)
         if ex is None:
             if stored:
                 started = stored[0]
@@ -234,6 +281,7 @@ class OrchestrationDispatcher:
                              extra=_fields(item, name, version))
                 return _Abandon(item, self._backoff(item))
             ex = Execution(fn, item.instance_id, exec_id, name, version, self.options)
+            ex.incarnation = inst.incarnation
             ex.begin_turn(now)
             if stored:
                 started_at = time.perf_counter()
@@ -255,6 +303,7 @@ class OrchestrationDispatcher:
         commit.activities = out.activities
         commit.messages = out.messages
         commit.cancelled_activities = out.cancelled_activities
+        commit.cancelled_timers = out.cancelled_timers
         outcome = ex.outcome
         status, next_exec = "Running", exec_id
         if outcome is not None:

@@ -25,12 +25,13 @@ from ..errors import ErrorDetails
 from ..history import HistoryEvent
 from ..messages import (
     ActivityResult, ActivityWork, OrchestratorMessage, PoisonNotice, StartOrchestration, SubOrchestrationResult,
+    TimerFired,
 )
 
 __all__ = [
     "Provider", "InstanceRecord", "InstanceUpdate", "OrchestrationItem", "QueuedMessage", "TurnCommit",
     "WorkLease", "WorkCompletion", "FetchResult", "WakeSignals", "TERMINAL", "now_ms", "child_rejection",
-    "decode_error_details", "QueueDepths",
+    "decode_error_details", "QueueDepths", "is_cancelled_timer",
 ]
 
 #: Statuses after which an instance takes no more work.
@@ -40,6 +41,12 @@ TERMINAL = frozenset({"Completed", "Failed"})
 def now_ms() -> int:
     """Wall-clock milliseconds since the epoch (store timestamps, timer due times)."""
     return int(time.time() * 1000)
+
+
+def is_cancelled_timer(message: object, commit: TurnCommit) -> bool:
+    """Whether a queued message is a ``TimerFired`` that ``commit`` cancels."""
+    return (isinstance(message, TimerFired) and message.instance_id == commit.instance_id
+            and message.execution_id == commit.execution_id and message.event_id in commit.cancelled_timers)
 
 
 def decode_error_details(raw: bytes | str | None) -> ErrorDetails | None:
@@ -79,6 +86,9 @@ class InstanceRecord:
     created_at_ms: int = 0
     updated_at_ms: int = 0
     parent_instance_id: str | None = None
+    #: Unique per creation of the id: a purged and re-created instance gets a new one, so
+    #: state kept for the old one (the dispatcher's live cache) can never match the new.
+    incarnation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +142,14 @@ class TurnCommit:
     messages: list[tuple[OrchestratorMessage, int | None]] = field(default_factory=list)
     #: Event ids of this execution's activities to cancel.
     cancelled_activities: list[int] = field(default_factory=list)
+    #: Event ids of this execution's timers whose queued ``TimerFired`` must be deleted
+    #: (a select loser, a timer of an execution that ended): they must never fire.
+    cancelled_timers: list[int] = field(default_factory=list)
     update: InstanceUpdate | None = None
+    #: Set by the provider when it rolled this turn back because of its content (a value
+    #: the store cannot hold), not a lost lock; the runtime then fails the instance with
+    #: this cause instead of redoing the same turn until it is poisoned.
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,8 +234,11 @@ class WakeSignals:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._instances.setdefault(instance_id, []).append(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
+            # that arrives together with the wake-up, and the caller then never stops.
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
             pass
         finally:
             waiters = self._instances.get(instance_id)
@@ -231,8 +251,12 @@ class WakeSignals:
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:
     if not event.is_set():
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+            # Not wait_for: on Python 3.11 it returns normally when the cancel of an idle
+            # dispatcher coincides with a wake-up, and asyncio.run() then waits forever
+            # for a task that ignored its cancel (issue 10, defect 5).
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
             pass
     event.clear()
 
@@ -301,7 +325,9 @@ class Provider(ABC):
 
     @abstractmethod
     async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
-        """Commit turns in one transaction where possible; ``False`` where the lock was lost."""
+        """Commit turns in one transaction where possible; ``False`` where the lock was lost,
+        or where the store refused that turn's content (then ``commit.refused`` says why;
+        the other turns of the batch are committed)."""
 
     @abstractmethod
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
@@ -323,7 +349,12 @@ class Provider(ABC):
 
     @abstractmethod
     async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
-        """Delete each leased item and enqueue its result for the instance, atomically."""
+        """Delete each leased item and enqueue its result for the instance, atomically.
+
+        A result whose lease no longer exists is dropped: its instance was purged
+        (and may have been created again under the same id, which must never get
+        the old instance's results), or another worker took the call over.
+        """
 
     @abstractmethod
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:

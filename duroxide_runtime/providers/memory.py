@@ -20,7 +20,7 @@ from ..errors import InstanceAlreadyExistsError, InstanceStillRunningError
 from ..history import HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
-    TERMINAL, FetchResult, QueueDepths, child_rejection, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit,
+    TERMINAL, FetchResult, QueueDepths, child_rejection, is_cancelled_timer, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit,
     WakeSignals, WorkCompletion, WorkLease, now_ms,
 )
 
@@ -181,6 +181,9 @@ class InMemoryProvider(Provider):
                         del self._work[w.id]
                     else:
                         w.cancelled = True
+        if c.cancelled_timers:
+            for q in [q for q in self._queue.values() if is_cancelled_timer(q.message, c)]:
+                del self._queue[q.id]
         for msg, visible_at in c.messages:
             if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
                 if msg.instance_id in self._instances:
@@ -239,9 +242,11 @@ class InMemoryProvider(Provider):
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
         for done in completions:
-            for w in list(self._work.values()):
-                if w.lock_token == done.lock_token:
-                    del self._work[w.id]
+            held = [w for w in self._work.values() if w.lock_token == done.lock_token]
+            for w in held:
+                del self._work[w.id]
+            if not held:
+                continue  # lease gone (purged, or taken over by another worker): the result is stale
             record = self._instances.get(done.result.instance_id)
             if record is not None and record.status not in TERMINAL:
                 self._enqueue(done.result, None)
@@ -278,7 +283,8 @@ class InMemoryProvider(Provider):
         now = now_ms()
         self._instances[start.instance_id] = InstanceRecord(
             start.instance_id, start.name, start.version, start.execution_id, "Pending",
-            created_at_ms=now, updated_at_ms=now, parent_instance_id=start.parent_instance_id)
+            created_at_ms=now, updated_at_ms=now, parent_instance_id=start.parent_instance_id,
+            incarnation=uuid.uuid4().hex)
 
     def _enqueue(self, message: OrchestratorMessage, visible_at: int | None) -> None:
         qid = next(self._ids)

@@ -41,7 +41,7 @@ from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     TERMINAL, FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
-    QueueDepths, WorkCompletion, WorkLease, child_rejection, decode_error_details,
+    QueueDepths, WorkCompletion, WorkLease, child_rejection, decode_error_details, is_cancelled_timer,
 )
 
 __all__ = ["PostgresProvider"]
@@ -99,17 +99,24 @@ CREATE OR REPLACE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql VOLATILE
 """),
     # Activity names on work items, so workers can prefer what they know (rolling deploys).
     (2, "ALTER TABLE {s}.worker_queue ADD COLUMN IF NOT EXISTS name text NOT NULL DEFAULT ''"),
+    # An incarnation per instance row, so a purged and re-created id never matches state
+    # a process cached for the old instance; existing rows get one each.
+    (3, """
+ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS incarnation text;
+UPDATE {s}.instances SET incarnation = md5(random()::text || clock_timestamp()::text || instance_id)
+    WHERE incarnation IS NULL;
+"""),
 ]
 
 _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
-                  "created_at, updated_at, parent_instance_id")
+                  "created_at, updated_at, parent_instance_id, incarnation")
 
 
 def _record(row: asyncpg.Record) -> InstanceRecord:
     error = decode_error_details(row["error"])
     return InstanceRecord(row["instance_id"], row["name"], row["version"], row["execution_id"], row["status"],
                           row["output"], error, row["custom_status"], row["created_at"], row["updated_at"],
-                          row["parent_instance_id"])
+                          row["parent_instance_id"], incarnation=row["incarnation"])
 
 
 class PostgresProvider(Provider):
@@ -426,8 +433,10 @@ class PostgresProvider(Provider):
                     results.append(True)
                 except _TRANSIENT:
                     raise
-                except asyncpg.PostgresError:
-                    _log.exception("instance %r: commit failed; the turn will be redone", c.instance_id)
+                except Exception as exc:  # noqa: BLE001 - a value the store refuses (or cannot encode) fails its turn only
+                    _log.warning("instance %r: the store refused the turn (%s: %s)", c.instance_id,
+                                 type(exc).__name__, exc)
+                    c.refused = f"{type(exc).__name__}: {exc}"
                     results.append(False)
             return results
 
@@ -456,6 +465,19 @@ class PostgresProvider(Provider):
                                "AND event_id = ANY($3::bigint[]) AND lock_token IS NULL", *args)
             await conn.execute(f"UPDATE {s}.worker_queue SET cancelled=true WHERE instance_id=$1 AND execution_id=$2 "
                                "AND event_id = ANY($3::bigint[])", *args)
+        if c.cancelled_timers:
+            # Timers the turn cancelled (a select loser, an ended execution) must never fire.
+            queued = await conn.fetch(f"SELECT id, message FROM {s}.orchestrator_queue WHERE instance_id=$1",
+                                      c.instance_id)
+            doomed = []
+            for row in queued:
+                try:
+                    if is_cancelled_timer(decode_message(row["message"]), c):
+                        doomed.append(row["id"])
+                except ValueError:
+                    continue  # unreadable rows are dropped (and logged) by the fetch that meets them
+            if doomed:
+                await conn.execute(f"DELETE FROM {s}.orchestrator_queue WHERE id = ANY($1::bigint[])", doomed)
         outgoing: list[tuple[OrchestratorMessage, int | None]] = []
         for msg, visible_at in c.messages:
             if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
@@ -528,13 +550,17 @@ class PostgresProvider(Provider):
         s = self.schema
 
         async def op(conn: _Conn) -> None:
-            await conn.execute(f"DELETE FROM {s}.worker_queue WHERE lock_token = ANY($1::text[])",
-                               [d.lock_token for d in completions])
-            targets = list({d.result.instance_id for d in completions})
+            # Only results whose lease still exists count: otherwise the instance was purged
+            # (perhaps created again under the same id), or another worker took the call over.
+            held = {r[0] for r in await conn.fetch(
+                f"DELETE FROM {s}.worker_queue WHERE lock_token = ANY($1::text[]) RETURNING lock_token",
+                [d.lock_token for d in completions])}
+            targets = list({d.result.instance_id for d in completions if d.lock_token in held})
             live = {r[0] for r in await conn.fetch(
                 f"SELECT instance_id FROM {s}.instances WHERE instance_id = ANY($1::text[]) "
                 "AND status NOT IN ('Completed', 'Failed')", targets)}
-            await self._enqueue(conn, [(d.result, None) for d in completions if d.result.instance_id in live])
+            await self._enqueue(conn, [(d.result, None) for d in completions
+                                       if d.lock_token in held and d.result.instance_id in live])
 
         await self._tx(op)
         self.signals.notify_orchestrator()
@@ -582,9 +608,10 @@ class PostgresProvider(Provider):
         s = self.schema
         return bool(await conn.fetchval(
             f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, updated_at,"
-            f" parent_instance_id) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5)"
+            f" parent_instance_id, incarnation) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5,$6)"
             " ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
-            start.instance_id, start.name, start.version, start.execution_id, start.parent_instance_id))
+            start.instance_id, start.name, start.version, start.execution_id, start.parent_instance_id,
+            uuid.uuid4().hex))
 
     async def _enqueue(self, conn: _Conn, messages: Sequence[tuple[OrchestratorMessage, int | None]]) -> None:
         if not messages:

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sqlite3
@@ -33,7 +34,7 @@ from ..errors import (
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    TERMINAL, FetchResult, QueueDepths, child_rejection, decode_error_details, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
+    TERMINAL, FetchResult, QueueDepths, child_rejection, decode_error_details, is_cancelled_timer, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
     WorkCompletion, WorkLease, now_ms,
 )
 
@@ -42,13 +43,13 @@ __all__ = ["SqliteProvider"]
 _log = logging.getLogger("duroxide.sqlite")
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
     instance_id TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT, execution_id INTEGER NOT NULL,
     status TEXT NOT NULL, output TEXT, error BLOB, custom_status TEXT,
-    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, parent_instance_id TEXT);
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, parent_instance_id TEXT, incarnation TEXT);
 CREATE INDEX IF NOT EXISTS ix_instances_parent ON instances(parent_instance_id);
 CREATE INDEX IF NOT EXISTS ix_instances_created ON instances(created_at);
 CREATE TABLE IF NOT EXISTS history (
@@ -72,7 +73,7 @@ CREATE INDEX IF NOT EXISTS ix_wq_token ON worker_queue(lock_token);
 """
 
 _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
-                  "created_at, updated_at, parent_instance_id")
+                  "created_at, updated_at, parent_instance_id, incarnation")
 
 
 def _path_from_url(url: str) -> str:
@@ -95,7 +96,68 @@ def _path_from_url(url: str) -> str:
 
 def _row_to_instance(row: Sequence[Any]) -> InstanceRecord:
     error = decode_error_details(row[6])
-    return InstanceRecord(row[0], row[1], row[2], row[3], row[4], row[5], error, row[7], row[8], row[9], row[10])
+    return InstanceRecord(row[0], row[1], row[2], row[3], row[4], row[5], error, row[7], row[8], row[9], row[10],
+                          incarnation=row[11])
+
+
+#: Columns each duroxide table must have; a table of that name without them belongs to something else.
+_REQUIRED_COLUMNS = {
+    "duroxide_schema": {"version"},
+    "instances": {"instance_id", "name", "version", "execution_id", "status", "output", "error", "custom_status",
+                  "created_at", "updated_at", "parent_instance_id"},
+    "history": {"instance_id", "execution_id", "event_id", "event"},
+    "orchestrator_queue": {"id", "instance_id", "message", "visible_at", "dequeue_count", "lock_token"},
+    "instance_locks": {"instance_id", "lock_token", "locked_until"},
+    "worker_queue": {"id", "instance_id", "execution_id", "event_id", "message", "visible_at", "lock_token",
+                     "locked_until", "dequeue_count", "cancelled"},
+}
+
+
+def _check_not_foreign(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a database whose tables share duroxide's names but not its columns (another application's)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    for table, needed in _REQUIRED_COLUMNS.items():
+        if table in tables:
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            missing = needed - have
+            if missing:
+                raise StoreError(
+                    f"SQLite database {path!r} is not a duroxide store: its table {table!r} lacks the columns "
+                    f"{', '.join(sorted(missing))} (another application's schema); nothing was changed",
+                    fix="give duroxide a file of its own (a new path is created on first use); "
+                        "never share a database file with another application")
+
+
+def _store_error(path: str, exc: BaseException) -> StoreError:
+    """A :class:`StoreError` naming what is wrong with the SQLite file at ``path``, and its own fix."""
+    text = str(exc)
+    low = text.lower()
+    if "not a database" in low or "encrypted" in low:
+        return StoreError(f"{path!r} is not a SQLite database ({text})",
+                          fix="point the store at duroxide's SQLite file, or at a new path (it is created); "
+                              "this file holds something else: do not reuse it")
+    if "malformed" in low or "corrupt" in low:
+        return StoreError(f"SQLite database {path!r} is corrupted ({text})",
+                          fix="restore the file from a backup, or move it aside and start a new store; "
+                              f"`sqlite3 {path} 'PRAGMA integrity_check'` shows the damage")
+    if "readonly" in low or "read-only" in low:
+        return StoreError(f"cannot write SQLite database {path!r}: the file or its directory is read-only ({text})",
+                          fix="make the file and its directory writable by this user (SQLite also writes "
+                              "FILE-wal and FILE-shm next to it), or use a writable path")
+    disk_full = "full" in low or "disk i/o" in low or getattr(exc, "errno", None) == errno.ENOSPC
+    if not disk_full and (isinstance(exc, OSError) or "unable to open" in low):
+        return StoreError(f"cannot open or create SQLite database {path!r} ({text})",
+                          fix="check that the directory exists and this user may create files in it "
+                              "(SQLite writes FILE, FILE-wal and FILE-shm), or use another path")
+    if disk_full:
+        return StoreError(f"SQLite cannot write {path!r}: {text}",
+                          fix="free disk space on the volume that holds the file (and check the disk), then retry")
+    if "no such table" in low or "no such column" in low or "has no column" in low:
+        return StoreError(f"SQLite database {path!r} does not have duroxide's schema ({text})",
+                          fix="give duroxide a file of its own; if another program changed its tables, "
+                              "restore the file from a backup")
+    return StoreError(f"SQLite error on {path!r}: {text}",
+                      fix="check the file's permissions and free disk space; the message above names the cause")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -134,22 +196,30 @@ class SqliteProvider(Provider):
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._db is None:
-                if self.path != ":memory:":
-                    parent = os.path.dirname(os.path.abspath(self.path))
-                    os.makedirs(parent, exist_ok=True)
-                pending = aiosqlite.connect(self.path, isolation_level=None, timeout=30.0,
-                                            check_same_thread=False)
-                # A forgotten close() must not keep the program alive; SQLite's
-                # journal makes dying mid-transaction safe.
-                thread = getattr(pending, "_thread", None)
-                if thread is not None:
-                    thread.daemon = True
-                db = await pending
+                try:
+                    if self.path != ":memory:":
+                        parent = os.path.dirname(os.path.abspath(self.path))
+                        os.makedirs(parent, exist_ok=True)
+                    pending = aiosqlite.connect(self.path, isolation_level=None, timeout=30.0,
+                                                check_same_thread=False)
+                    # A forgotten close() must not keep the program alive; SQLite's
+                    # journal makes dying mid-transaction safe.
+                    thread = getattr(pending, "_thread", None)
+                    if thread is not None:
+                        thread.daemon = True
+                    db = await pending
+                except (OSError, sqlite3.Error) as exc:
+                    raise _store_error(self.path, exc) from exc
                 if not hasattr(db, "_execute"):
                     raise ConfigurationError("this aiosqlite version lacks Connection._execute",
                                              fix="install aiosqlite>=0.20,<0.23 (see pyproject.toml)")
                 self._db = db
-                await self._run(self._migrate)
+                try:
+                    await self._run(self._migrate)
+                except BaseException:
+                    self._db = None
+                    await db.close()
+                    raise
         return self
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -158,16 +228,27 @@ class SqliteProvider(Provider):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("BEGIN IMMEDIATE")
+        try:
+            _check_not_foreign(conn, self.path)
+        except StoreError:
+            conn.execute("ROLLBACK")
+            raise
         for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
             conn.execute(statement)
         row = conn.execute("SELECT version FROM duroxide_schema").fetchone()
         if row is None:
             conn.execute("INSERT INTO duroxide_schema(version) VALUES (?)", (SCHEMA_VERSION,))
-        elif row[0] < 2:
+        elif row[0] < SCHEMA_VERSION:
             # v2: activity names on work items, so workers can prefer what they know.
             columns = {r[1] for r in conn.execute("PRAGMA table_info(worker_queue)")}
             if "name" not in columns:
                 conn.execute("ALTER TABLE worker_queue ADD COLUMN name TEXT NOT NULL DEFAULT ''")
+            # v3: an incarnation per instance row, so a purged and re-created id never
+            # matches state cached for the old instance; existing rows get one each.
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(instances)")}
+            if "incarnation" not in columns:
+                conn.execute("ALTER TABLE instances ADD COLUMN incarnation TEXT")
+            conn.execute("UPDATE instances SET incarnation = lower(hex(randomblob(16))) WHERE incarnation IS NULL")
             conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -187,10 +268,11 @@ class SqliteProvider(Provider):
         while True:
             try:
                 return await db._execute(_in_thread, fn, db)  # type: ignore[no-any-return, no-untyped-call]
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise StoreError(f"SQLite error on {self.path!r}: {exc}",
-                                     fix="check the file's permissions and free disk space") from exc
+            except sqlite3.DatabaseError as exc:
+                if not isinstance(exc, sqlite3.OperationalError) and type(exc) is not sqlite3.DatabaseError:
+                    raise  # IntegrityError, DataError...: about one item, not the file; the caller decides
+                if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)) or time.monotonic() > deadline:
+                    raise _store_error(self.path, exc) from exc
                 _log.debug("database busy; retrying in %.3fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(0.5, delay * 2)
@@ -362,8 +444,10 @@ class SqliteProvider(Provider):
                         results.append(True)
                     except sqlite3.OperationalError:
                         raise  # busy: the whole batch is retried
-                    except Exception:  # noqa: BLE001 - one bad turn must not sink the batch
-                        _log.exception("instance %r: commit failed; the turn will be redone", c.instance_id)
+                    except Exception as exc:  # noqa: BLE001 - one bad turn must not sink the batch
+                        _log.warning("instance %r: the store refused the turn (%s: %s)", c.instance_id,
+                                     type(exc).__name__, exc)
+                        c.refused = f"{type(exc).__name__}: {exc}"
                         conn.execute("ROLLBACK TO turn")
                         conn.execute("RELEASE turn")
                         results.append(False)
@@ -423,7 +507,10 @@ class SqliteProvider(Provider):
         def op(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 for done in completions:
-                    conn.execute("DELETE FROM worker_queue WHERE lock_token=?", (done.lock_token,))
+                    if not conn.execute("DELETE FROM worker_queue WHERE lock_token=?", (done.lock_token,)).rowcount:
+                        # The lease is gone: the instance was purged (perhaps created again under the
+                        # same id), or another worker took the call over and will deliver its own result.
+                        continue
                     row = conn.execute("SELECT status FROM instances WHERE instance_id=?",
                                        (done.result.instance_id,)).fetchone()
                     if row is not None and row[0] not in TERMINAL:
@@ -505,9 +592,9 @@ def _load_history(conn: sqlite3.Connection, instance_id: str, execution_id: int)
 def _insert_instance(conn: sqlite3.Connection, start: StartOrchestration) -> None:
     now = now_ms()
     conn.execute("INSERT INTO instances(instance_id, name, version, execution_id, status, created_at, updated_at, "
-                 "parent_instance_id) VALUES (?,?,?,?, 'Pending', ?, ?, ?)",
+                 "parent_instance_id, incarnation) VALUES (?,?,?,?, 'Pending', ?, ?, ?, ?)",
                  (start.instance_id, start.name, start.version, start.execution_id, now, now,
-                  start.parent_instance_id))
+                  start.parent_instance_id, uuid.uuid4().hex))
 
 
 def _enqueue(conn: sqlite3.Connection, message: OrchestratorMessage, visible_at: int | None) -> None:
@@ -532,6 +619,8 @@ def _apply_commit(conn: sqlite3.Connection, c: TurnCommit) -> None:
         conn.execute("DELETE FROM worker_queue WHERE instance_id=? AND execution_id=? AND event_id=? "
                      "AND lock_token IS NULL", key)
         conn.execute("UPDATE worker_queue SET cancelled=1 WHERE instance_id=? AND execution_id=? AND event_id=?", key)
+    if c.cancelled_timers:
+        _delete_cancelled_timers(conn, c)
     for msg, visible_at in c.messages:
         if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
             if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (msg.instance_id,)).fetchone():
@@ -552,6 +641,20 @@ def _apply_commit(conn: sqlite3.Connection, c: TurnCommit) -> None:
                          "updated_at=? WHERE instance_id=?",
                          (u.name, u.version, u.execution_id, u.status, u.output, error, now_ms(), c.instance_id))
     conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (c.instance_id,))
+
+
+def _delete_cancelled_timers(conn: sqlite3.Connection, c: TurnCommit) -> None:
+    """Delete the queued TimerFired of timers the turn cancelled, so they never fire."""
+    doomed = []
+    for qid, raw in conn.execute("SELECT id, message FROM orchestrator_queue WHERE instance_id=?",
+                                 (c.instance_id,)).fetchall():
+        try:
+            message = decode_message(raw)
+        except ValueError:
+            continue  # unreadable rows are dropped (and logged) by the fetch that meets them
+        if is_cancelled_timer(message, c):
+            doomed.append((qid,))
+    conn.executemany("DELETE FROM orchestrator_queue WHERE id=?", doomed)
 
 
 def _reject_child(conn: sqlite3.Connection, start: StartOrchestration) -> None:
