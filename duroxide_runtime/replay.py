@@ -42,6 +42,7 @@ from .errors import (
     SubOrchestrationFailed,
 )
 from .history import Event, HistoryEvent
+from .limits import check_seconds
 from .loop import OrchestrationLoop
 from .messages import (
     ActivityResult,
@@ -285,6 +286,9 @@ class Execution:
         return self._turn_now_ms or int(time.time() * 1000)
 
     def durable_timer_at(self, when: float) -> asyncio.Future[Any]:
+        delay = when - self.now_ms / 1000
+        if not delay <= 0:  # a due time in the past fires at once; NaN, inf and 1e20 are refused here
+            check_seconds(delay, "the delay of asyncio.sleep / asyncio.wait_for / asyncio.timeout")
         return self.schedule("timer", fire_at_ms=max(self.now_ms, round(when * 1000)))
 
     def on_task_done(self, task: asyncio.Future[Any]) -> None:

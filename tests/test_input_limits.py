@@ -268,6 +268,30 @@ async def long_timer(ctx: OrchestrationContext, _: str) -> str:
     return str(idx)
 
 
+async def asyncio_sleep_nan(ctx: OrchestrationContext, _: str) -> str:
+    await asyncio.sleep(math.nan)
+    return "slept"
+
+
+async def asyncio_sleep_huge(ctx: OrchestrationContext, _: str) -> str:
+    try:
+        await asyncio.sleep(1e20)
+    except ConfigurationError as exc:
+        return f"refused: {exc}"
+    return "slept"
+
+
+async def test_asyncio_sleep_with_a_delay_no_timer_can_hold_fails_at_the_call(harness: Harness) -> None:
+    """asyncio.sleep is a durable timer: NaN fails its instance, 1e20 is refused before any store write."""
+    await harness.start({"SleepNan": asyncio_sleep_nan, "SleepHuge": asyncio_sleep_huge, "LongTimer": long_timer})
+    status = await harness.run("nan", "SleepNan")
+    assert isinstance(status, OrchestrationStatus.Failed) and status.details is not None
+    assert status.details.error_type == "ConfigurationError" and "is NaN" in status.error
+    done = await harness.run("huge", "SleepHuge")
+    assert isinstance(done, OrchestrationStatus.Completed) and "over the limit" in str(done.output)
+    assert await harness.run("long", "LongTimer") == OrchestrationStatus.Completed(output="1")
+
+
 async def test_an_uncaught_bad_timer_fails_only_its_instance_and_the_longest_timer_is_stored(harness: Harness) -> None:
     await harness.start({"NanTimer": nan_timer, "LongTimer": long_timer})
     status = await harness.run("nan", "NanTimer")
