@@ -31,6 +31,7 @@ import logging
 from typing import Any
 
 from .errors import ConfigurationError
+from .lograte import background_warnings
 from .observe import ActivityFinished, ActivityStarted, OrchestrationFinished, OrchestrationStarted, RuntimeObserver
 from .observe import TurnReplayed
 from .providers.base import Provider
@@ -117,7 +118,8 @@ class PrometheusMetrics(RuntimeObserver):
                 try:
                     await self.sample(store)
                 except Exception:  # noqa: BLE001 - a failed sample is retried next interval
-                    _log.warning("could not sample queue depths", exc_info=True)
+                    background_warnings.warning(_log, "metrics.sample", "could not sample queue depths",
+                                                exc_info=True)
                 await asyncio.sleep(interval)
 
         self._sampler = asyncio.create_task(loop(), name="duroxide-metrics-sampler")

@@ -36,6 +36,16 @@ activity_discovery: list[Callable[[], ActivityRegistry]] = []
 orchestration_discovery: list[Callable[[], OrchestrationRegistry]] = []
 
 
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A runtime loop ended by an error (not a cancel): say so, instead of leaving it to shutdown's gather."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        _log.error("runtime task %s stopped by an unexpected error; this process no longer runs it",
+                   task.get_name(), exc_info=exc)
+
+
 class RuntimeBuilder:
     """Collects the store, registries and options; ``await .start()`` runs the runtime."""
 
@@ -138,6 +148,8 @@ class Runtime:
                                                    name=f"duroxide-orchestrations-{i}"))
         self._tasks.append(asyncio.create_task(self._worker.run(self._stopping), name="duroxide-activities"))
         self._flusher = asyncio.create_task(self._worker.flush_results(self._stopping), name="duroxide-results")
+        for task in (*self._tasks, self._flusher):
+            task.add_done_callback(_report_crash)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop taking work, let running activities finish (up to ``grace`` seconds),

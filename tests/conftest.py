@@ -32,3 +32,11 @@ async def harness(store: Provider, replay_mode: str) -> AsyncIterator[Harness]:
     h = Harness(store, replay_mode)
     yield h
     await h.stop()
+
+
+@pytest.fixture
+async def cached_harness(store: Provider) -> AsyncIterator[Harness]:
+    """Like ``harness``, cached mode only: for defects where the replay mode does not matter."""
+    h = Harness(store, "cached")
+    yield h
+    await h.stop()

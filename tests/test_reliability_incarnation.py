@@ -79,6 +79,19 @@ async def test_purged_and_recreated_id_never_resumes_the_cached_old_instance(sto
     assert first.incarnation and second.incarnation and first.incarnation != second.incarnation
 
 
+async def _resumes_after_the_upgrade(store: Provider) -> None:
+    """The instance started before the upgrade has an incarnation now and still completes."""
+    record = await store.get_instance("before")
+    assert record is not None and record.incarnation and len(record.incarnation) == 32
+    d = dispatcher(store)
+    await Client(store).raise_event("before", "go", "later")
+    for _ in range(2):
+        fetched = await store.fetch_orchestration_items(10, 60)
+        await d._process(fetched.items)
+    assert await Client(store).get_orchestration_status("before") == OrchestrationStatus.Completed(
+        output="old-store:later")
+
+
 async def test_sqlite_store_of_schema_2_is_migrated_and_its_instances_get_incarnations(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     store = await SqliteProvider.new(f"sqlite://{path}")
@@ -97,15 +110,7 @@ async def test_sqlite_store_of_schema_2_is_migrated_and_its_instances_get_incarn
         conn = sqlite3.connect(path)
         assert conn.execute("SELECT version FROM duroxide_schema").fetchone() == (SCHEMA_VERSION,)
         conn.close()
-        record = await store.get_instance("before")
-        assert record is not None and record.incarnation and len(record.incarnation) == 32
-        d = dispatcher(store)
-        await Client(store).raise_event("before", "go", "later")
-        for _ in range(2):
-            fetched = await store.fetch_orchestration_items(10, 60)
-            await d._process(fetched.items)
-        assert await Client(store).get_orchestration_status("before") == OrchestrationStatus.Completed(
-            output="old-store:later")
+        await _resumes_after_the_upgrade(store)
     finally:
         await store.close()
 
@@ -127,15 +132,7 @@ async def test_postgres_schema_at_migration_2_is_migrated_and_its_instances_get_
         store = await PostgresProvider.new(PG_URL, schema=schema)
         newest = await store._tx(lambda conn: conn.fetchval(f"SELECT MAX(version) FROM {schema}.schema_migrations"))
         assert newest >= 3
-        record = await store.get_instance("before")
-        assert record is not None and record.incarnation
-        d = dispatcher(store)
-        await Client(store).raise_event("before", "go", "later")
-        for _ in range(2):
-            fetched = await store.fetch_orchestration_items(10, 60)
-            await d._process(fetched.items)
-        assert await Client(store).get_orchestration_status("before") == OrchestrationStatus.Completed(
-            output="old-store:later")
+        await _resumes_after_the_upgrade(store)
     finally:
         await drop_store(store)
 

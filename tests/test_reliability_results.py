@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,20 +30,16 @@ from duroxide_runtime.messages import ActivityResult, TimerFired
 from duroxide_runtime.providers.base import InstanceUpdate, TurnCommit, WorkCompletion, now_ms
 from duroxide_runtime.registry import ActivityRegistry
 
-from .support import PROVIDERS, Harness, drop_store, eventually, make_store
+from .support import Harness, eventually
 
 #: What ``os.fsdecode`` makes of a byte that is not UTF-8: a lone surrogate no store can encode.
 BAD_TEXT = os.fsdecode(b"caf\xff")
 
 
-@pytest.fixture(params=PROVIDERS)
-async def h(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+@pytest.fixture
+def h(cached_harness: Harness) -> Harness:
     """One harness per store, cached mode (the replay mode does not matter for these defects)."""
-    store = await make_store(request.param, tmp_path)
-    harness = Harness(store, "cached")
-    yield harness
-    await harness.stop()
-    await drop_store(store)
+    return cached_harness
 
 
 def output(status: OrchestrationStatus[str]) -> str:

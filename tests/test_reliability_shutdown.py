@@ -22,7 +22,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,15 @@ import pytest
 from duroxide_runtime import InMemoryProvider, OrchestrationContext, OrchestrationStatus, Provider, SqliteProvider
 from duroxide_runtime.runtime import Runtime
 
-from .support import PG_URL, PROVIDERS, Harness, clean_env, drop_store, eventually, make_store
+from .support import PG_URL, PROVIDERS, Harness, clean_env, drop_store, eventually
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=PROVIDERS)
-async def h(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    store = await make_store(request.param, tmp_path)
-    harness = Harness(store, "cached")
-    yield harness
-    await harness.stop()
-    await drop_store(store)
+@pytest.fixture
+def h(cached_harness: Harness) -> Harness:
+    """One harness per store, cached mode (the replay mode does not matter for these defects)."""
+    return cached_harness
 
 
 class _Records(logging.Handler):
@@ -260,10 +257,10 @@ async def _run_script(tmp_path: Path, kind: str, how: str) -> tuple[int, str]:
         if how.endswith("sigint"):
             proc.send_signal(signal.SIGINT)
         try:
-            await asyncio.wait_for(proc.wait(), 60)
+            code = await asyncio.wait_for(proc.wait(), 60)
         except TimeoutError:
             raise AssertionError(f"the {kind} process hung after its runtime's tasks were cancelled") from None
-        return proc.returncode, (await proc.stderr.read()).decode(errors="replace")
+        return code, (await proc.stderr.read()).decode(errors="replace")
     finally:
         if proc.returncode is None:
             proc.kill()

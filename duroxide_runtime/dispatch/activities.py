@@ -32,6 +32,7 @@ from typing import Any
 
 from ..activity import ActivityContext, _current
 from ..errors import ErrorDetails, PayloadError, StoreError, UnknownActivityError
+from ..lograte import background_warnings
 from ..messages import ActivityResult, PoisonNotice
 from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
 from ..options import RuntimeOptions
@@ -109,7 +110,8 @@ class ActivityWorker:
                 raise
             except Exception:  # noqa: BLE001 - store trouble must never kill the runtime
                 failures += 1
-                _log.exception("activity worker: store error (retrying)")
+                background_warnings.warning(_log, "worker.fetch", "activity worker: store error (retrying)",
+                                            exc_info=True)
                 await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
                 continue
             if not leases:
@@ -214,8 +216,8 @@ class ActivityWorker:
             try:
                 alive = await self.store.renew_work_item(lease.lock_token, self.options.activity_lock_timeout)
             except Exception:  # noqa: BLE001 - a missed renewal is retried next interval
-                _log.warning("activity %r: lease renewal failed; retrying", lease.work.name, exc_info=True,
-                             extra=actx.log_fields())
+                background_warnings.warning(_log, "worker.renew", "activity %r: lease renewal failed; retrying",
+                                            lease.work.name, exc_info=True, extra=actx.log_fields())
                 continue
             if not alive:
                 actx._cancelled.set()
@@ -256,7 +258,8 @@ class ActivityWorker:
                 batch = await self._write_one_by_one(batch, exc)
                 if batch:
                     failures += 1
-                    _log.exception("activity worker: could not record %d results (retrying)", len(batch))
+                    background_warnings.warning(_log, "worker.results", "activity worker: could not record %d "
+                                                "results (retrying)", len(batch), exc_info=True)
                     await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
 
     async def _write_one_by_one(self, batch: list[WorkCompletion], error: Exception) -> list[WorkCompletion]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import CorruptHistoryError, ErrorDetails, PayloadError, PoisonMessageError, UnknownOrchestrationError
 from ..history import Event, HistoryEvent
+from ..lograte import background_warnings
 from ..observe import OrchestrationFinished, RuntimeObserver, TurnReplayed
 from ..observe import OrchestrationStarted as ObservedStart
 from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestrationResult, TimerFired
@@ -137,7 +138,8 @@ class OrchestrationDispatcher:
                 raise
             except Exception:  # noqa: BLE001 - store trouble must never kill the runtime
                 failures += 1
-                _log.exception("orchestration dispatcher: store error (retrying)")
+                background_warnings.warning(_log, "dispatcher.store", "orchestration dispatcher: store error "
+                                            "(retrying)", exc_info=True)
                 await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
 
     async def _process(self, items: Sequence[OrchestrationItem]) -> None:

@@ -23,8 +23,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
+import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -38,6 +40,7 @@ from ..errors import (
     StoreError,
 )
 from ..history import HistoryEvent, decode_event, encode_event
+from ..lograte import background_warnings
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     TERMINAL, FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
@@ -106,7 +109,20 @@ ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS incarnation text;
 UPDATE {s}.instances SET incarnation = md5(random()::text || clock_timestamp()::text || instance_id)
     WHERE incarnation IS NULL;
 """),
+    # Idempotency keys: a client call that wrote something records its outcome under an id
+    # made once per call, so its retry after a lost commit reply repeats nothing and reports
+    # what the first attempt did (see _remember). Kept for _REQUEST_KEY_TTL_MS.
+    (4, """
+CREATE TABLE IF NOT EXISTS {s}.request_keys (
+    request_id text PRIMARY KEY, outcome bytea NOT NULL, created_at bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_request_keys_created ON {s}.request_keys(created_at);
+"""),
 ]
+
+#: How long a request key is kept: far longer than a call keeps retrying (about 30 s).
+_REQUEST_KEY_TTL_MS = 3_600_000
+#: How often one provider deletes expired request keys (seconds).
+_REQUEST_KEY_GC_INTERVAL = 60.0
 
 _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
                   "created_at, updated_at, parent_instance_id, incarnation")
@@ -133,6 +149,11 @@ class PostgresProvider(Provider):
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        self._next_key_gc = 0.0
+        #: Test seam: awaited with the connection right after each COMMIT succeeded, before the
+        #: result is returned. A hook that kills the connection there makes the caller see what a
+        #: reply lost after the server committed looks like (tests/test_postgres_retries.py).
+        self._after_commit_hook: Callable[[_Conn], Awaitable[None]] | None = None
         s = schema
         self._channels = {f"{s}_orch": self.signals.notify_orchestrator, f"{s}_work": self.signals.notify_worker}
         self._done_channel = f"{s}_done"
@@ -184,15 +205,19 @@ class PostgresProvider(Provider):
                 async with self._pool.acquire() as conn:
                     try:
                         async with conn.transaction():
-                            return await fn(conn)
+                            result = await fn(conn)
+                        if self._after_commit_hook is not None:
+                            await self._after_commit_hook(conn)
+                        return result
                     except _TRANSIENT:
                         conn.terminate()  # never hand a broken connection back to the pool
                         raise
             except _TRANSIENT as exc:
                 if self._closed:
                     raise StoreError("PostgresProvider is closed", fix="create a new one") from exc
-                _log.warning("PostgreSQL connection trouble (%s: %s); retrying (attempt %d)",
-                             type(exc).__name__, exc, attempt + 1)
+                background_warnings.warning(_log, "postgres.retry",
+                                            "PostgreSQL connection trouble (%s: %s); retrying (attempt %d)",
+                                            type(exc).__name__, exc, attempt + 1)
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
         raise StoreError("PostgreSQL stayed unreachable for about 30 s",
@@ -216,10 +241,17 @@ class PostgresProvider(Provider):
                 self.signals.notify_orchestrator()
                 self.signals.notify_worker()
                 await lost.wait()
+                if not self._closed:
+                    background_warnings.warning(
+                        _log, "postgres.listen", "LISTEN connection to PostgreSQL lost; reconnecting "
+                        "(until it is back, other processes' work is noticed by polling)")
             except asyncio.CancelledError:
                 break
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any error
-                _log.debug("LISTEN connection failed (%s); reconnecting", exc)
+                if not self._closed:
+                    background_warnings.warning(
+                        _log, "postgres.listen", "LISTEN connection to PostgreSQL failed (%s: %s); reconnecting "
+                        "(until it is back, other processes' work is noticed by polling)", type(exc).__name__, exc)
             finally:
                 if conn is not None and not conn.is_closed():
                     try:
@@ -246,9 +278,16 @@ class PostgresProvider(Provider):
     # -- client side -------------------------------------------------------------
 
     async def create_instance(self, start: StartOrchestration) -> None:
+        # Made once per call, before the first attempt: if a retry (after a reply lost
+        # once the server committed) finds the id taken by this incarnation, the row is
+        # this call's own insert and the call succeeded.
+        incarnation = uuid.uuid4().hex
+
         async def op(conn: _Conn) -> bool:
-            if not await self._insert_instance(conn, start):
-                return False
+            if not await self._insert_instance(conn, start, incarnation):
+                held = await conn.fetchval(f"SELECT incarnation FROM {self.schema}.instances WHERE instance_id=$1",
+                                           start.instance_id)
+                return bool(held == incarnation)
             await self._enqueue(conn, [(start, None)])
             return True
 
@@ -258,13 +297,22 @@ class PostgresProvider(Provider):
 
     async def send(self, message: OrchestratorMessage) -> InstanceRecord | None:
         s = self.schema
+        key = uuid.uuid4().hex  # once per call; see _remember
+        attempts = 0
 
         async def op(conn: _Conn) -> InstanceRecord | None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                done = await self._recall(conn, key)
+                if done is not None:
+                    return _record_from_snapshot(done)  # the first attempt enqueued it; not again
             row = await conn.fetchrow(f"SELECT {_INSTANCE_COLS} FROM {s}.instances WHERE instance_id=$1 FOR SHARE",
                                       message.instance_id)
             record = _record(row) if row else None
             if record is not None and record.status not in TERMINAL:
                 await self._enqueue(conn, [(message, None)])
+                await self._remember(conn, key, _record_snapshot(record))
             return record
 
         record = await self._tx(op)
@@ -306,8 +354,16 @@ class PostgresProvider(Provider):
 
     async def purge_instance(self, instance_id: str, *, force: bool = False) -> list[str]:
         s = self.schema
+        key = uuid.uuid4().hex  # once per call; see _remember
+        attempts = 0
 
         async def op(conn: _Conn) -> list[str] | None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                done = await self._recall(conn, key)
+                if done is not None:
+                    return list(orjson.loads(done))  # the first attempt purged these
             status = await conn.fetchval(f"SELECT status FROM {s}.instances WHERE instance_id=$1 FOR UPDATE",
                                          instance_id)
             if status is None:
@@ -322,6 +378,7 @@ class PostgresProvider(Provider):
                 await conn.execute(f"DELETE FROM {s}.{table} WHERE instance_id = ANY($1::text[])", doomed)
             for iid in doomed:
                 await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, iid)
+            await self._remember(conn, key, orjson.dumps(doomed))
             return doomed
 
         doomed = await self._tx(op)
@@ -603,7 +660,32 @@ class PostgresProvider(Provider):
 
     # -- helpers -------------------------------------------------------------------
 
-    async def _insert_instance(self, conn: _Conn, start: StartOrchestration) -> bool:
+    async def _remember(self, conn: _Conn, key: str, outcome: bytes) -> None:
+        """Record, in the transaction of a call's writes, what the call did, under its request key.
+
+        ``_tx`` retries a transaction whose connection dropped, and a drop just after
+        the server committed looks like any other: without the key, the retry of a
+        ``send`` would enqueue its message again and the retry of a purge would report
+        nothing purged. With it, the retry finds the key (:meth:`_recall`), writes
+        nothing, and returns the first attempt's outcome. Keys expire after an hour.
+        """
+        s = self.schema
+        await conn.execute(f"INSERT INTO {s}.request_keys(request_id, outcome, created_at) "
+                           f"VALUES ($1, $2, {s}.now_ms())", key, outcome)
+        now = time.monotonic()
+        if now >= self._next_key_gc:
+            self._next_key_gc = now + _REQUEST_KEY_GC_INTERVAL
+            await conn.execute(
+                f"DELETE FROM {s}.request_keys WHERE request_id IN (SELECT request_id FROM {s}.request_keys "
+                f"WHERE created_at < {s}.now_ms() - $1 LIMIT 1000 FOR UPDATE SKIP LOCKED)", _REQUEST_KEY_TTL_MS)
+
+    async def _recall(self, conn: _Conn, key: str) -> bytes | None:
+        """The outcome a committed earlier attempt of this call recorded (``None``: it did not commit)."""
+        outcome: bytes | None = await conn.fetchval(
+            f"SELECT outcome FROM {self.schema}.request_keys WHERE request_id=$1", key)
+        return outcome
+
+    async def _insert_instance(self, conn: _Conn, start: StartOrchestration, incarnation: str | None = None) -> bool:
         """Create the instance row of ``start`` (Pending); ``False`` if the id is taken."""
         s = self.schema
         return bool(await conn.fetchval(
@@ -611,7 +693,7 @@ class PostgresProvider(Provider):
             f" parent_instance_id, incarnation) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5,$6)"
             " ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
             start.instance_id, start.name, start.version, start.execution_id, start.parent_instance_id,
-            uuid.uuid4().hex))
+            incarnation or uuid.uuid4().hex))
 
     async def _enqueue(self, conn: _Conn, messages: Sequence[tuple[OrchestratorMessage, int | None]]) -> None:
         if not messages:
@@ -629,6 +711,17 @@ class PostgresProvider(Provider):
     async def drop_schema(self) -> None:
         """Delete this provider's schema and everything in it (tests and teardown)."""
         await self._tx(lambda conn: conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
+
+
+def _record_snapshot(record: InstanceRecord) -> bytes:
+    """An instance record as a request key's outcome (JSON)."""
+    return orjson.dumps(dataclasses.asdict(record))
+
+
+def _record_from_snapshot(raw: bytes) -> InstanceRecord:
+    fields = orjson.loads(raw)
+    error = fields.pop("error", None)
+    return InstanceRecord(**fields, error=decode_error_details(orjson.dumps(error)) if error is not None else None)
 
 
 def _redact(url: str) -> str:
