@@ -71,6 +71,11 @@ class WarningLimiter:
         logger.log(level, msg, *args, exc_info=exc_info, extra=fields, stacklevel=3)  # the caller of warning()/log()
         return True
 
+    def suppressed(self, kind: str) -> int:
+        """How many records of ``kind`` were held back since its last one."""
+        with self._lock:
+            return self._state.get(kind, (0.0, 0))[1]
+
     def reset(self) -> None:
         """Forget every kind (tests)."""
         with self._lock:

@@ -11,7 +11,11 @@
   at most one poll interval.
 * Connection loss: every operation runs in a transaction that is retried on
   a fresh connection when the old one dropped (``pg_terminate_backend``, a
-  failover, a restart); the listener reconnects by itself.
+  failover, a restart); the listener reconnects by itself. A drop after the
+  server committed looks the same, so client writes carry an id made once per
+  call (the new row's incarnation; a request key for ``send`` and purge) and a
+  retry that finds its first attempt committed writes nothing and reports what
+  that attempt did.
 * Schema: versioned migrations applied under an advisory lock, so several
   processes may start at once.
 
@@ -23,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
@@ -210,7 +215,10 @@ class PostgresProvider(Provider):
                             await self._after_commit_hook(conn)
                         return result
                     except _TRANSIENT:
-                        conn.terminate()  # never hand a broken connection back to the pool
+                        # Never hand a broken connection back to the pool (asyncpg may have
+                        # detached it already; the original error is the one to report).
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()
                         raise
             except _TRANSIENT as exc:
                 if self._closed:
