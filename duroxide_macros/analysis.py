@@ -5,15 +5,16 @@ plain facts, so that nothing downstream decides by spelling:
 
 * a call is a *form* only when its function is bound to a ``duroxide_macros``
   form (``from duroxide_macros import durable as d``, ``dx.durable(...)``,
-  or the prelude's star import when no other binding of the name exists);
+  the prelude's star import when no other binding of the name exists, or a
+  re-export through a module of the project, followed with ``resolve``);
   a parameter, assignment, def or import from elsewhere of the same name
   shadows it;
 * a function is an orchestration or an activity when a decorator bound to
   ``duroxide_macros``'s ``orchestration``/``activity`` decorates it;
 * the context a form would receive is the enclosing orchestration's own
   context parameter, and the facts say whether that name still means that
-  parameter where the form is (a comprehension, lambda or nested function
-  may rebind it);
+  parameter where the form is (a comprehension, lambda, nested function or
+  ``match`` capture may rebind it);
 * the qualified names a call may reach (``import random as r; r.randint`` is
   ``random.randint``; ``now = datetime.now; now()`` is
   ``datetime.datetime.now``), for the determinism lint.
@@ -28,13 +29,14 @@ Example::
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import libcst as cst
 from libcst.metadata import (
     Assignment,
     CodeRange,
+    ClassScope,
     ComprehensionScope,
     GlobalScope,
     MetadataWrapper,
@@ -47,7 +49,7 @@ from libcst.metadata import (
 )
 
 __all__ = ["Form", "Kind", "ContextRef", "CallFacts", "FunctionFacts", "ModuleFacts", "analyze",
-           "imports_duroxide_macros", "OWN_PACKAGE"]
+           "imports_duroxide_macros", "global_binding", "OWN_PACKAGE"]
 
 OWN_PACKAGE = "duroxide_macros"
 
@@ -93,7 +95,7 @@ class ContextRef:
     name: str
     owner: str
     #: False when ``name`` at the form's place is bound to something else (a comprehension
-    #: variable, a lambda's or nested function's parameter, a reassignment).
+    #: variable, a lambda's or nested function's parameter, a reassignment, a ``match`` capture).
     bound_here: bool
     #: The other binding, and what it is, for the error message.
     rebound_at: cst.CSTNode | None = None
@@ -133,6 +135,9 @@ class FunctionFacts:
     #: The context parameter (an orchestration's first, or one annotated OrchestrationContext).
     context_param: cst.Param | None
     calls: list[CallFacts] = field(default_factory=list)
+    #: False when its scope binds the name again (``charge = activity(charge)``): what the
+    #: name finally means is then not this def.
+    sole_binding: bool = True
 
 
 @dataclass
@@ -143,6 +148,8 @@ class ModuleFacts:
     module: str | None
     imports_ours: bool
     wrapper: MetadataWrapper
+    #: ``from duroxide_macros... import *`` somewhere at module level.
+    star_ours: bool = False
     calls: dict[cst.Call, CallFacts] = field(default_factory=dict)
     functions: list[FunctionFacts] = field(default_factory=list)
     top_level_defs: dict[str, FunctionFacts] = field(default_factory=dict)
@@ -173,11 +180,37 @@ class _ImportSurvey(cst.CSTVisitor):
         self.star_ours = False
         #: ``now = datetime.now``: the target ``Name`` node and the aliased expression.
         self.aliases: dict[cst.Name, cst.BaseExpression] = {}
+        #: Targets of annotations without a value (``ctx: OrchestrationContext``): libcst counts
+        #: them as assignments, but they bind nothing at run time.
+        self.declarations: set[cst.Name] = set()
+        #: Names bound by ``match`` patterns (``case [c, *rest]``, ``case str() as c``), by name:
+        #: libcst's scopes do not record them as assignments.
+        self.captures: dict[str, list[cst.Name]] = {}
+
+    def _capture(self, name: cst.Name | None) -> None:
+        if name is not None:
+            self.captures.setdefault(name.value, []).append(name)
+
+    def visit_MatchAs(self, node: cst.MatchAs) -> None:
+        self._capture(node.name)
+
+    def visit_MatchStar(self, node: cst.MatchStar) -> None:
+        self._capture(node.name)
+
+    def visit_MatchMapping(self, node: cst.MatchMapping) -> None:
+        self._capture(node.rest)
 
     def visit_Assign(self, node: cst.Assign) -> None:
         if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name) \
                 and isinstance(node.value, (cst.Name, cst.Attribute)):
             self.aliases[node.targets[0].target] = node.value
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        if isinstance(node.target, cst.Name):
+            if node.value is None:
+                self.declarations.add(node.target)
+            elif isinstance(node.value, (cst.Name, cst.Attribute)):  # `now: Clock = datetime.now` is an alias too
+                self.aliases[node.target] = node.value
 
     def visit_Import(self, node: cst.Import) -> None:
         for alias in node.names:
@@ -213,7 +246,9 @@ def _is_context_annotation(param: cst.Param) -> bool:
         return False
     ann = param.annotation.annotation
     if isinstance(ann, cst.SimpleString):
-        return ann.evaluated_value == "OrchestrationContext" if isinstance(ann.evaluated_value, str) else False
+        # the same spellings as unquoted, `"duroxide_runtime.OrchestrationContext"` included
+        value = ann.evaluated_value
+        return isinstance(value, str) and value.strip().rsplit(".", 1)[-1] == "OrchestrationContext"
     name = _dotted(ann)
     return name is not None and name.rsplit(".", 1)[-1] == "OrchestrationContext"
 
@@ -221,12 +256,17 @@ def _is_context_annotation(param: cst.Param) -> bool:
 class _Analyzer(cst.CSTVisitor):
     METADATA_DEPENDENCIES = (ScopeProvider, QualifiedNameProvider)
 
-    def __init__(self, facts: ModuleFacts, survey: _ImportSurvey) -> None:
+    def __init__(self, facts: ModuleFacts, survey: _ImportSurvey,
+                 resolve: Callable[[str], str | None] | None = None) -> None:
         super().__init__()
         self.facts = facts
+        self.resolve_import = resolve  # not `resolve`: the visitor has a method of that name
         self.star_ours = survey.star_ours
         self.aliases = survey.aliases
+        self.declarations = survey.declarations
+        self.captures = survey.captures
         self.frames: list[_Frame] = []
+        self._pending: dict[cst.FunctionDef, FunctionFacts] = {}
 
     # -- what a name is bound to ---------------------------------------------------
 
@@ -236,14 +276,23 @@ class _Analyzer(cst.CSTVisitor):
         except KeyError:
             return set()
 
-    def ours(self, node: cst.BaseExpression) -> str | None:
-        """The public duroxide_macros name ``node`` is bound to, if it is bound to one."""
+    def ours(self, node: cst.BaseExpression, follow: bool = True) -> str | None:
+        """The public duroxide_macros name ``node`` is bound to, if it is bound to one.
+
+        ``follow``: also follow an import from a module of the project (which reads that module).
+        """
         qnames = self._qualified(node)
         if qnames:
             if all(q.source is QualifiedNameSource.IMPORT and q.name.split(".")[0] == OWN_PACKAGE for q in qnames):
                 lasts = {q.name.rsplit(".", 1)[-1] for q in qnames}
                 if len(lasts) == 1:
                     return lasts.pop()
+            if follow and self.resolve_import is not None and len(qnames) == 1:
+                # imported from a module of the user's own project, which may re-export the form
+                # (`from app.dx import durable`, app/dx.py importing it from duroxide_macros)
+                (q,) = qnames
+                if q.source is QualifiedNameSource.IMPORT:
+                    return self.resolve_import(q.name)
             return None
         if isinstance(node, cst.Name) and self.star_ours and self._unbound(node):
             return node.value
@@ -333,22 +382,34 @@ class _Analyzer(cst.CSTVisitor):
             is_method=bool(self.frames) and self.frames[-1].is_class,
             top_level=not self.frames, is_async=node.asynchronous is not None, params=params,
             has_star_params=isinstance(node.params.star_arg, cst.Param) or node.params.star_kwarg is not None,
-            context_param=context_param)
+            context_param=context_param, sole_binding=self._sole_binding(node))
         self.facts.functions.append(facts)
         if facts.top_level:
             self.facts.top_level_defs[facts.name] = facts
-        self.frames.append(_Frame(facts))
+        self._pending[node] = facts
 
-    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
+    # Only the body runs as the function: its decorators, defaults and annotations are evaluated
+    # where the def is (`@orchestration(version=read_version())` is not orchestration code).
+    def visit_FunctionDef_body(self, node: cst.FunctionDef) -> None:
+        self.frames.append(_Frame(self._pending.pop(node)))
+
+    def leave_FunctionDef_body(self, node: cst.FunctionDef) -> None:
         self.frames.pop()
+
+    def _sole_binding(self, node: cst.FunctionDef) -> bool:
+        scope = self.get_metadata(ScopeProvider, node, None)
+        return scope is None or len(list(scope[node.name.value])) <= 1
+
 
     # -- calls ---------------------------------------------------------------------
 
     def visit_Call(self, node: cst.Call) -> None:
-        bound = self.ours(node.func)
+        owner = self._context_owner()
+        # A form matters only where a context is: elsewhere re-exports are not followed, so that
+        # a big module without orchestrations reads no other module.
+        bound = self.ours(node.func, follow=owner is not None)
         form = FORM_NAMES.get(bound) if bound is not None else None
         qnames, builtin = self.resolve_call_target(node.func)
-        owner = self._context_owner()
         call = CallFacts(node=node, form=form, qualified_names=qnames,
                          local_def=self.local_def(node.func),
                          context=self._context_at(node, owner) if owner is not None else None,
@@ -376,7 +437,11 @@ class _Analyzer(cst.CSTVisitor):
         name = owner.context_param.name.value
         scope: Scope | None = self.get_metadata(ScopeProvider, node, None)
         bindings = list(scope[name]) if scope is not None else []
-        others = [b for b in bindings if not (isinstance(b, Assignment) and b.node is owner.context_param)]
+        others = [b for b in bindings if not (isinstance(b, Assignment) and (
+            b.node is owner.context_param or b.node in self.declarations))]
+        capture = self._capture_in_reach(name, scope, owner)
+        if capture is not None:
+            return ContextRef(name, owner.name, False, capture, "a match pattern capture")
         if len(bindings) >= 1 and not others:
             return ContextRef(name, owner.name, True)
         other = others[0] if others else None
@@ -395,20 +460,61 @@ class _Analyzer(cst.CSTVisitor):
         return ContextRef(name, owner.name, False, at, by)
 
 
+    def _capture_in_reach(self, name: str, scope: Scope | None, owner: FunctionFacts) -> cst.Name | None:
+        """A ``match`` capture of ``name`` in a scope between the form's and the orchestration's, if any."""
+        captures = self.captures.get(name)
+        if not captures or scope is None:
+            return None
+        owner_scope = self.get_metadata(ScopeProvider, owner.node.body, None)
+        reach: list[Scope] = []
+        current: Scope | None = scope
+        while current is not None and current is not owner_scope and not isinstance(current, GlobalScope):
+            if current is scope or not isinstance(current, ClassScope):  # class bodies do not enclose functions
+                reach.append(current)
+            current = current.parent
+        if owner_scope is not None:
+            reach.append(owner_scope)
+        return next((c for c in captures if self.get_metadata(ScopeProvider, c, None) in reach), None)
+
+
 def analyze(module: cst.Module, path: str, module_name: str | None = None,
-            *, helpers_only: bool = False) -> tuple[ModuleFacts, MetadataWrapper]:
+            *, helpers_only: bool = False,
+            resolve: Callable[[str], str | None] | None = None) -> tuple[ModuleFacts, MetadataWrapper]:
     """The facts of one parsed module (the wrapper keeps node identities for a later transform).
 
     A module that does not import duroxide_macros has no forms and no orchestrations, so it
-    is analysed only when it is read for its helpers (``helpers_only``).
+    is analysed only when it is read for its helpers (``helpers_only``). ``resolve`` maps a
+    name imported from elsewhere (``app.dx.durable``) to the public duroxide_macros name it is
+    bound to there, if any.
     """
     survey = _ImportSurvey()
     module.visit(survey)
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    facts = ModuleFacts(path=path, module=module_name, imports_ours=survey.imports_ours, wrapper=wrapper)
+    facts = ModuleFacts(path=path, module=module_name, imports_ours=survey.imports_ours, wrapper=wrapper,
+                        star_ours=survey.star_ours)
     if survey.imports_ours or helpers_only:
-        wrapper.visit(_Analyzer(facts, survey))
+        wrapper.visit(_Analyzer(facts, survey, resolve))
     return facts, wrapper
+
+
+def global_binding(facts: ModuleFacts, name: str) -> str | None:
+    """The qualified name the module-level ``name`` of ``facts`` is imported as, if that is its only binding.
+
+    A name the module binds nowhere is ``duroxide_macros.<name>`` when the module star-imports
+    from duroxide_macros (the form, if it is one).
+    """
+    scope = facts.wrapper.resolve(ScopeProvider).get(facts.wrapper.module)
+    if not isinstance(scope, GlobalScope):
+        return None
+    bindings = list(scope[name])
+    if not bindings:
+        return f"{OWN_PACKAGE}.{name}" if facts.star_ours else None
+    qnames = scope.get_qualified_names_for(name)
+    if len(bindings) == 1 and len(qnames) == 1:
+        (q,) = qnames
+        if q.source is QualifiedNameSource.IMPORT:
+            return q.name
+    return None
 
 
 def positional_inputs(fn: FunctionFacts) -> Sequence[cst.Param]:

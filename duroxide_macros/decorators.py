@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 import time
+import types
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
@@ -63,6 +65,16 @@ class DurableNotExpandedError(ConfigurationError):
             f"{what} reached run time unexpanded: {cause or 'the duroxide import hook did not rewrite this module'}",
             fix=fix or "make `import duroxide_macros.install` the first line of your program (before this module "
                        "is imported), or call the explicit form: `await fn.call(ctx, args...)`")
+
+
+def _direct_call_cause(frame: types.FrameType | None, name: str) -> tuple[str, str]:
+    """Why an activity or orchestration was called as a plain function: a missing durable(), or no rewrite."""
+    from .diagnose import not_expanded_cause, was_rewritten
+
+    if was_rewritten(frame):  # the hook saw the module: the call simply is not wrapped
+        return (f"the call of {name!r} is not wrapped in durable(...), so it would run outside the history",
+                f"write `await durable({name}(...))`, or `await {name}.call(ctx, ...)`")
+    return not_expanded_cause(frame)
 
 
 class OrchestrationFailedError(DuroxideError):
@@ -165,7 +177,8 @@ class Activity(Generic[P, R]):
 
     def _direct(self, *args: Any, **kwargs: Any) -> Any:
         if _in_orchestration():
-            raise DurableNotExpandedError(f"calling activity {self.name!r} directly inside an orchestration")
+            raise DurableNotExpandedError(f"calling activity {self.name!r} directly inside an orchestration",
+                                          *_direct_call_cause(sys._getframe(2), self.name))
         return self._call_any(*args, **kwargs)
 
     def encode_input(self, *args: Any, **kwargs: Any) -> str:
@@ -288,7 +301,8 @@ class Orchestration(Generic[I, O]):
     def __call__(self, input: I) -> Awaitable[O]: ...
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[O]:
-        raise DurableNotExpandedError(f"calling orchestration {self.name!r} outside durable(...)")
+        raise DurableNotExpandedError(f"calling orchestration {self.name!r} outside durable(...)",
+                                      *_direct_call_cause(sys._getframe(1), self.name))
 
     async def entry(self, ctx: OrchestrationContext, input: str) -> str:
         """The string-API entry the runtime registers: decode input, run, encode output."""

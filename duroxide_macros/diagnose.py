@@ -20,9 +20,18 @@ import os
 import sys
 import types
 
-__all__ = ["not_expanded_cause"]
+__all__ = ["not_expanded_cause", "was_rewritten"]
 
 _EXPLICIT = "or call the explicit form: `await fn.call(ctx, args...)`"
+
+
+def was_rewritten(frame: types.FrameType | None) -> bool:
+    """Did the hook rewrite the module whose code runs in ``frame``?"""
+    from . import hook
+
+    g = frame.f_globals if frame is not None else {}
+    return bool(g.get("__duroxide_expanded__")) or isinstance(getattr(g.get("__spec__"), "loader", None),
+                                                              hook.DurableLoader)
 
 
 def not_expanded_cause(frame: types.FrameType | None) -> tuple[str, str]:
@@ -36,7 +45,7 @@ def not_expanded_cause(frame: types.FrameType | None) -> tuple[str, str]:
     g = frame.f_globals if frame is not None else {}
     name = str(g.get("__name__", "?"))
     loader = getattr(g.get("__spec__"), "loader", None)
-    if g.get("__duroxide_expanded__") or isinstance(loader, hook.DurableLoader):
+    if was_rewritten(frame):
         return (f"module {name!r} was rewritten, but this call was not written `durable(...)`: durable was "
                 "called through another name (a variable, getattr, functools.partial...), which the hook "
                 "cannot follow",

@@ -39,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -102,7 +103,9 @@ class _Rewriter(cst.CSTTransformer):
             return updated_node
         if call.form is not Form.DURABLE:
             self.rewrites += 1
-            return updated_node.with_changes(func=cst.Attribute(cst.Name(ctx.name), cst.Name(call.form.value)))
+            func = updated_node.func  # its parentheses stay: `(\n    durable_trace_info\n)(...)` keeps its lines
+            return updated_node.with_changes(func=cst.Attribute(cst.Name(ctx.name), cst.Name(call.form.value),
+                                                                lpar=func.lpar, rpar=func.rpar))
         return self._durable(call, spelled, original_node, updated_node, ctx.name)
 
     def _durable(self, call: CallFacts, spelled: str, original: cst.Call, updated: cst.Call,
@@ -124,12 +127,26 @@ class _Rewriter(cst.CSTTransformer):
         ctx_arg = cst.Arg(cst.Name(ctx), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
                           if inner.args else cst.MaybeSentinel.DEFAULT)
         outer_arg = updated.args[0]
+        after_arg = outer_arg.whitespace_after_arg
+        if isinstance(outer_arg.comma, cst.Comma):
+            # A trailing comma (`durable(\n    f(x),\n)`, as black writes it) goes, but its
+            # whitespace stays: it may hold a line break, and every line keeps its number.
+            comma = outer_arg.comma
+            after_arg = _joined(_joined(comma.whitespace_before, comma.whitespace_after), after_arg)
+        # The whitespace around `durable` (parenthesized as `(durable)` too) to its `(`, line breaks kept.
+        func = updated.func
+        opening: cst.BaseParenthesizableWhitespace = cst.SimpleWhitespace("")
+        for space in [*(p.whitespace_after for p in func.lpar), *(p.whitespace_before for p in func.rpar),
+                      updated.whitespace_after_func, updated.whitespace_before_args]:
+            opening = _joined(opening, space)
         return inner.with_changes(
             func=cst.Attribute(inner.func, cst.Name("call")),
             args=[ctx_arg, *inner.args],
-            lpar=[cst.LeftParen(whitespace_after=_joined(updated.whitespace_after_func, updated.whitespace_before_args)),
+            # The form's own parentheses (`x = (\n    durable(f(x))\n)`) stay too, for the same reason.
+            lpar=[*updated.lpar,
+                  cst.LeftParen(whitespace_after=opening),
                   *inner.lpar],
-            rpar=[*inner.rpar, cst.RightParen(whitespace_before=outer_arg.whitespace_after_arg)],
+            rpar=[*inner.rpar, cst.RightParen(whitespace_before=after_arg), *updated.rpar],
         )
 
     def _not_durable(self, target: CallFacts) -> str | None:
@@ -149,7 +166,9 @@ class _Rewriter(cst.CSTTransformer):
         found = self.project.lookup(self.facts, target)
         if found is not None:
             _, fn = found
-            if fn.kind is Kind.PLAIN:
+            # A decorator that is not ours (`@shop_activity`, wrapping `activity(...)`) or a later
+            # rebinding (`charge = activity(charge)`) may well make it one: only a bare def is plain.
+            if fn.kind is Kind.PLAIN and not fn.node.decorators and fn.sole_binding:
                 return (f"{fn.name!r} is not an @activity or @orchestration "
                         "(fix: decorate it, or call it directly)")
         return None
@@ -207,6 +226,12 @@ def _signature_problems(facts: ModuleFacts) -> list[Problem]:
                                     f"orchestration {fn.name!r} takes more than one input parameter; an "
                                     "orchestration gets one input (fix: pass one dataclass, TypedDict or "
                                     "pydantic model that holds them all)"))
+        elif any(p in fn.node.params.kwonly_params for p in positional_inputs(fn)):
+            # the runtime passes the input positionally: a keyword-only input fails every instance
+            problems.append(Problem(facts.path, *facts.where(fn.node),
+                                    f"orchestration {fn.name!r} takes its input as a keyword-only parameter, but "
+                                    "the runtime passes it positionally (fix: remove the `*`: "
+                                    f"`async def {fn.name}(ctx, input)`)"))
     return problems
 
 
@@ -218,22 +243,69 @@ def _parse(source: str, path: str) -> cst.Module | Problem:
             compile(source, path, "exec", dont_inherit=True)
         except SyntaxError as py_exc:
             return Problem(path, py_exc.lineno or 1, py_exc.offset or 1, f"syntax error: {py_exc.msg}")
-        return Problem(path, exc.editor_line, exc.editor_column, f"syntax error: {exc.message}")
+        # Python compiles it: not a syntax error, a limit of libcst's parser (some 4000 string
+        # literals in a row, say), which the message must not blame on the user's syntax.
+        return Problem(path, exc.editor_line, exc.editor_column,
+                       f"libcst, which the rewrite parses with, cannot parse this valid code: {exc.message} "
+                       "(fix: split the construct here, e.g. a very long run of string literals)")
 
 
 def expand(source: str, path: str = "<string>", module: str | None = None) -> Expansion:
     """Rewrite the forms in ``source`` (the module ``module``, at ``path``); problems are returned, not raised."""
     if OWN_PACKAGE not in source:
         return Expansion(source)  # cannot import duroxide_macros: not ours, the identity
+    try:
+        return _expand(source, path, module)
+    except RecursionError:
+        # libcst's visitors recurse once per level of nesting, and Python compiles deeper code
+        # (`a + b + ...` of 400 terms, 400 `elif`s) than the default limit lets them visit.
+        try:
+            return _with_deep_stack(lambda: _expand(source, path, module))
+        except (RecursionError, RuntimeError, MemoryError):  # still too deep, or no thread to be had
+            return Expansion(source, [Problem(path, 1, 1, "the module is nested too deeply for the rewrite to "
+                                                          "read it (fix: split its longest expression or "
+                                                          "`elif` chain)")])
+
+
+def _expand(source: str, path: str, module: str | None) -> Expansion:
     parsed = _parse(source, path)
     if isinstance(parsed, Problem):
         return Expansion(source, [parsed])
-    facts, wrapper = analyze(parsed, path, module)
+    project = Project(path, module)
+    facts, wrapper = analyze(parsed, path, module, resolve=project.form_name)
     if not facts.imports_ours:
         return Expansion(source)
-    project = Project(path, module)
     rewriter = _Rewriter(facts, project)
     new_module = wrapper.visit(rewriter)
     problems = sorted({*_signature_problems(facts), *rewriter.problems, *lint(facts, project)})
     return Expansion(new_module.code, problems, rewriter.rewrites, tuple(sorted(project.dependencies)))
 
+
+def _with_deep_stack(run: Callable[[], Expansion]) -> Expansion:
+    """``run()`` in a thread with a large stack and recursion limit (both process-wide, so restored)."""
+    import threading
+
+    outcome: list[Expansion | BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(run())
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    old_limit, old_size = sys.getrecursionlimit(), threading.stack_size()
+    sys.setrecursionlimit(max(old_limit, 60_000))
+    try:
+        threading.stack_size(256 << 20)  # address space only: pages are used as the recursion needs them
+        try:
+            worker = threading.Thread(target=target, name="duroxide-expand")
+            worker.start()
+        finally:
+            threading.stack_size(old_size)
+        worker.join()
+    finally:
+        sys.setrecursionlimit(old_limit)
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result

@@ -177,7 +177,7 @@ class DurableFinder(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if ownership.skipped_by_name(fullname):
+        if ownership.skipped_by_name(fullname, path):
             return None  # the import system asks the next finders, as if we were not there
         found = self._next_spec(fullname, path, target)
         if found is None:

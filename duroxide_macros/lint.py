@@ -6,8 +6,12 @@ functions and lambdas, but not nested activities. Each call there is checked
 against :data:`duroxide_macros.nondeterminism.RULES` by qualified name, and
 each plain function it calls is checked the same way, transitively: a def of
 the same module, or a def imported from another module of the same top-level
-package (for a script: a module beside it), read from its source without
-importing it. A problem in a helper is reported at the helper's line.
+package (for a script: a module beside it; re-exports such as a package's
+``__init__.py`` followed), read from its source without importing it. A
+problem in a helper is reported at the helper's line. The call inside
+``durable(...)`` is not followed: it runs as an activity, not in the
+orchestration. :class:`Project` also tells which forms a module of the project
+re-exports (``from app.dx import durable``).
 
 Limits (also in docs/troubleshooting.md): calls through attributes of
 objects (``self.helper()``, ``client.get()``), functions passed as values,
@@ -24,11 +28,12 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 import tokenize
 
 import libcst as cst
 
-from .analysis import CallFacts, FunctionFacts, Kind, ModuleFacts, analyze
+from .analysis import OWN_PACKAGE, CallFacts, Form, FunctionFacts, Kind, ModuleFacts, analyze, global_binding
 from .nondeterminism import rule_for
 from .problems import Problem
 
@@ -49,6 +54,7 @@ class Project:
         self.is_package = os.path.basename(path) == "__init__.py"
         self.dependencies: set[str] = set()
         self._facts: dict[str, ModuleFacts | None] = {}
+        self._forms: dict[tuple[str, str | None, bool | None], str | None] = {}
         self.root: str | None = None
         self.top: str | None = None
         folder = os.path.dirname(os.path.abspath(path))
@@ -79,9 +85,12 @@ class Project:
         rest = name[dots:]
         return ".".join(base[:keep]) + ("." + rest if rest else "")
 
-    def function(self, name: str, facts: ModuleFacts) -> tuple[ModuleFacts, FunctionFacts] | None:
-        """The top-level def that ``name`` (as imported in ``facts``' module) names, if it is ours to read."""
-        if self.root is None:
+    def function(self, name: str, facts: ModuleFacts, depth: int = 0) -> tuple[ModuleFacts, FunctionFacts] | None:
+        """The top-level def that ``name`` (as imported in ``facts``' module) names, if it is ours to read.
+
+        Re-exports (``from .helpers import stamp`` in a package's ``__init__.py``) are followed.
+        """
+        if self.root is None or depth > 3:
             return None
         from_package = os.path.basename(facts.path) == "__init__.py"
         absolute = self.absolute(name, facts.module, from_package)
@@ -97,13 +106,56 @@ class Project:
             if other is None or len(attrs) != 1:
                 return None
             fn = other.top_level_defs.get(attrs[0])
-            return (other, fn) if fn is not None else None
+            if fn is not None:
+                return other, fn
+            bound = global_binding(other, attrs[0])  # imported there from another module of the project?
+            return self.function(bound, other, depth + 1) if bound is not None else None
+        return None
+
+    def form_name(self, name: str, from_module: str | None = None, from_package: bool | None = None,
+                  depth: int = 0) -> str | None:
+        """The public duroxide_macros name that ``name``, imported from a module of the project, is bound to.
+
+        ``from app.dx import durable``, where app/dx.py imports ``durable`` from duroxide_macros
+        (or star-imports the prelude), is the form; chains of such re-exports are followed.
+        """
+        if self.root is None or depth > 3:
+            return None
+        if from_module is None:
+            from_module, from_package = self.module, self.is_package
+        key = (name, from_module, from_package)
+        if key not in self._forms:  # asked for every call of an imported name: look each up once
+            self._forms[key] = self._form_name(name, from_module, bool(from_package), depth)
+        return self._forms[key]
+
+    def _form_name(self, name: str, from_module: str | None, from_package: bool, depth: int) -> str | None:
+        absolute = self.absolute(name, from_module, from_package)
+        if self.root is None or absolute is None or (self.top is not None and absolute.split(".")[0] != self.top):
+            return None
+        if absolute.split(".")[0] in sys.stdlib_module_names:
+            return None  # beside a script: never re-exports a form, and costly to read
+        parts = absolute.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            modname = ".".join(parts[:cut])
+            path = self._file_of(modname, self.root)
+            if path is None:
+                continue
+            other = self._analyse(path, modname)
+            if other is None or cut != len(parts) - 1:
+                return None
+            bound = global_binding(other, parts[-1])
+            if bound is None:
+                return None
+            if bound.split(".")[0] == OWN_PACKAGE:
+                return bound.rsplit(".", 1)[-1]
+            return self.form_name(bound, modname, os.path.basename(path) == "__init__.py", depth + 1)
         return None
 
     @staticmethod
     def _file_of(module: str, root: str) -> str | None:
         base = os.path.join(root, *module.split("."))
-        for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+        # a package before a module of the same name, as Python's own path finder looks
+        for candidate in (os.path.join(base, "__init__.py"), base + ".py"):
             if os.path.isfile(candidate):
                 return os.path.abspath(candidate)
         return None
@@ -139,6 +191,16 @@ def lint(facts: ModuleFacts, project: Project) -> list[Problem]:
     """Every non-deterministic call in the orchestration code of ``facts`` and in the helpers it calls."""
     problems: dict[tuple[str, int, int], Problem] = {}
     visited: set[tuple[str, str]] = set()
+    # The call inside `durable(...)` runs as an activity or sub-orchestration, never in the
+    # orchestration's own code: its body is not followed as a helper (its decorator may be a
+    # user's wrapper of `activity`, which the analysis cannot see through).
+    targets: dict[str, set[cst.CSTNode]] = {}
+
+    def durable_targets(module: ModuleFacts) -> set[cst.CSTNode]:
+        if module.path not in targets:
+            targets[module.path] = {c.node.args[0].value for c in module.calls.values()
+                                    if c.form is Form.DURABLE and c.node.args}
+        return targets[module.path]
 
     def check(module: ModuleFacts, calls: list[CallFacts], orchestration: str, helper: FunctionFacts | None,
               entry: tuple[str, int] | None) -> None:
@@ -154,6 +216,8 @@ def lint(facts: ModuleFacts, project: Project) -> list[Problem]:
                     module.path, line, column,
                     f"`{_spelled(call)}()`{where} is not deterministic: `{name}` {rule.why} (fix: use {rule.fix})"))
                 break
+            if call.node in durable_targets(module):
+                continue
             target = project.lookup(module, call)
             if target is None:
                 continue

@@ -85,8 +85,8 @@ def statements_before_install(source: bytes, path: str) -> list[Problem]:
     return problems
 
 
-def _main_code(source: bytes, path: str) -> types.CodeType:
-    return load_code(source, path, module="__main__", main=True)
+def _main_code(source: bytes, path: str, module: str) -> types.CodeType:
+    return load_code(source, path, module=module, main=True)
 
 
 def run_main_if_importer(frame: types.FrameType | None) -> None:
@@ -110,11 +110,12 @@ def run_main_if_importer(frame: types.FrameType | None) -> None:
             source = f.read()
     except OSError:
         return
-    code = _main_code(source, path)
-    namespace = vars(main)
-    namespace["__duroxide_expanded__"] = True
     spec = getattr(main, "__spec__", None)
     name = getattr(spec, "name", "")
+    # `python -m pkg.app`: the lint follows helpers and relative imports of pkg, as for any module
+    code = _main_code(source, path, name or "__main__")
+    namespace = vars(main)
+    namespace["__duroxide_expanded__"] = True
     if name != "__main__" and not name.endswith(".__main__"):
         # multiprocessing's children run the module named here instead of the raw script (they
         # never re-run a package's __main__.py, so that case keeps its spec)
@@ -143,7 +144,7 @@ def run_in_child(namespace: dict[str, Any]) -> None:
     path = _script_path()
     with open(path, "rb") as f:
         source = f.read()
-    code = _main_code(source, path)
+    code = _main_code(source, path, "__main__")  # the parent checked it; the rewrite is the same
     namespace.update(__file__=path, __cached__=None, __package__=os.environ.get(ENV_PACKAGE, ""),
                      __duroxide_expanded__=True)
     exec(code, namespace)

@@ -27,7 +27,8 @@ class Rule:
     name: str
     why: str
     fix: str
-    #: Deterministic when called with arguments (a seed), like ``random.Random(42)``.
+    #: Deterministic when called with arguments (a seed, a timestamp), like ``random.Random(42)``
+    #: or ``time.gmtime(order.created)``.
     seeded: bool = False
 
     def matches(self, qualified_name: str) -> bool:
@@ -46,7 +47,9 @@ _IN_ACTIVITY = "an @activity that does it, called with await durable(...)"
 RULES: tuple[Rule, ...] = (
     *(Rule(f"time.{fn}", _CLOCK, _NOW) for fn in (
         "time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns",
-        "process_time", "process_time_ns", "localtime", "gmtime", "ctime", "asctime")),
+        "process_time", "process_time_ns")),
+    # These read the clock only when given no time to convert (`time.gmtime(ts)` is a pure conversion).
+    *(Rule(f"time.{fn}", _CLOCK, _NOW, seeded=True) for fn in ("localtime", "gmtime", "ctime", "asctime")),
     Rule("time.sleep", "blocks the event loop and is not recorded, so a replay does not wait",
          "await asyncio.sleep(...) or ctx.schedule_timer(...), a durable timer"),
     *(Rule(f"datetime.datetime.{fn}", _CLOCK, _NOW) for fn in ("now", "utcnow", "today")),
@@ -56,7 +59,9 @@ RULES: tuple[Rule, ...] = (
     Rule("random.Random", "seeds itself from the operating system when given no seed", "random.Random(seed) "
          "with a seed from await durable_newguid()", seeded=True),
     Rule("random.*", _RANDOM, f"{_GUID}, or {_IN_ACTIVITY}"),
-    Rule("secrets.*", _RANDOM, f"{_GUID}, or {_IN_ACTIVITY}"),
+    # Not `secrets.*`: `secrets.compare_digest` is a pure comparison.
+    *(Rule(f"secrets.{fn}", _RANDOM, f"{_GUID}, or {_IN_ACTIVITY}") for fn in (
+        "token_bytes", "token_hex", "token_urlsafe", "choice", "randbelow", "randbits", "SystemRandom")),
     Rule("os.urandom", _RANDOM, f"{_GUID}, or {_IN_ACTIVITY}"),
     Rule("os.getrandom", _RANDOM, f"{_GUID}, or {_IN_ACTIVITY}"),
     Rule("builtins.open", _IO, _IN_ACTIVITY),

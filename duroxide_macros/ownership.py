@@ -6,12 +6,15 @@ that does not is left to Python's own loaders, and nothing is written for it.
 The decision is taken in this order, so most modules are settled before any
 file is read:
 
-1. by name: the standard library (``sys.stdlib_module_names``), duroxide's own
-   packages and the :data:`SKIPPED` packages are never ours;
+1. by name: the standard library (``sys.stdlib_module_names``; for a submodule,
+   only if its parent package is in the standard library's directory), duroxide's
+   own packages and the :data:`SKIPPED` packages are never ours;
 2. by location: a file in the standard library's directory is never ours; a
    file under ``site-packages``/``dist-packages`` belongs to an installed
    distribution, and is read only if that distribution declares a ``duroxide``
-   entry point or requires the ``duroxide`` distribution;
+   entry point or requires the ``duroxide`` distribution (by the packages its
+   ``RECORD`` lists: in a namespace package shared with other distributions,
+   ``acme.flows`` is read and ``acme.billing`` is not);
 3. by content: any other file (the user's project) is read; a bytes search for
    ``duroxide_macros`` rejects almost all of them, and the import statement is
    then confirmed with :mod:`ast` (only where the cache did not already answer).
@@ -26,6 +29,7 @@ import functools
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 __all__ = ["SKIPPED", "skipped_by_name", "may_read", "imports_duroxide_macros", "mentions_duroxide_macros"]
 
@@ -51,11 +55,15 @@ _SITE_MARKERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.se
 _MARKER = b"duroxide_macros"
 
 
-def skipped_by_name(fullname: str) -> bool:
-    """Is ``fullname`` never ours, by its name alone?"""
+def skipped_by_name(fullname: str, path: Sequence[str] | None = None) -> bool:
+    """Is ``fullname`` never ours, by its name alone (and, for a submodule, its parent's ``path``)?"""
     top, _, _ = fullname.partition(".")
-    if top in _STDLIB_NAMES or top in SKIPPED:
+    if top in SKIPPED:
         return True
+    if top in _STDLIB_NAMES:
+        # A submodule of a project's own package that shadows a standard-library name
+        # (`mailbox.flows`, the project having a `mailbox/` package) is not the standard library's.
+        return not path or "." not in fullname or all(os.path.normcase(p).startswith(_STDLIB_DIRS) for p in path)
     if "." in fullname:  # dotted entries of SKIPPED (none today) match whole packages too
         parts = fullname.split(".")
         return any(".".join(parts[:i]) in SKIPPED for i in range(2, len(parts) + 1))
@@ -66,7 +74,12 @@ def may_read(fullname: str, origin: str) -> bool:
     """May the hook read the source at ``origin`` to decide whether ``fullname`` is ours?"""
     norm = os.path.normcase(origin)
     if any(marker in norm for marker in _SITE_MARKERS):
-        return fullname.partition(".")[0] in _aware_top_levels()
+        aware = _aware_top_levels()
+        if fullname.partition(".")[0] in aware:
+            return True
+        # an aware distribution inside a namespace package shared with others (``acme.flows``)
+        parts = fullname.split(".")
+        return any(".".join(parts[:i]) in aware for i in range(2, len(parts) + 1))
     return not norm.startswith(_STDLIB_DIRS)
 
 
@@ -175,20 +188,35 @@ def _requires_duroxide(info: str) -> bool:
 
 
 def _top_levels(info: str) -> set[str]:
-    declared = _read(os.path.join(info, "top_level.txt"))
-    if declared:
-        return {line.strip() for line in declared.decode().splitlines() if line.strip()}
+    """The (dotted) names of a distribution's packages and modules.
+
+    From ``RECORD`` where there is one: ``top_level.txt`` names a namespace package shared
+    with other distributions (``acme`` for ``acme/flows/...``), and their modules are not ours
+    to read; the package that has an ``__init__.py`` (``acme.flows``) is the distribution's.
+    """
+    record = _read(os.path.join(info, "RECORD"))
+    if record is None:
+        declared = _read(os.path.join(info, "top_level.txt"))
+        if declared:
+            return {line.strip() for line in declared.decode().splitlines() if line.strip()}
+        record = _read(os.path.join(info, "SOURCES.txt")) or b""
+    paths = [line.split(",", 1)[0].strip().strip('"').replace("\\", "/") for line in record.decode().splitlines()]
+    files = set(paths)
     tops: set[str] = set()
-    record = _read(os.path.join(info, "RECORD")) or _read(os.path.join(info, "SOURCES.txt")) or b""
-    for line in record.decode().splitlines():
-        path = line.split(",", 1)[0].strip().strip('"')
-        parts = path.replace("\\", "/").split("/")
+    for path in paths:
+        parts = path.split("/")
         first = parts[0]
         if not first or first in ("..", "__pycache__") or first.endswith((".dist-info", ".egg-info")):
             continue
         if len(parts) == 1:
-            if not first.endswith(".py"):
-                continue
-            first = first[:-3]
-        tops.add(first)
+            if first.endswith(".py"):
+                tops.add(first[:-3])
+            continue
+        depth = 1  # down through namespace packages (folders without __init__.py)
+        while depth < len(parts) - 1 and "/".join(parts[:depth]) + "/__init__.py" not in files:
+            depth += 1
+        if "/".join(parts[:depth]) + "/__init__.py" in files:
+            tops.add(".".join(parts[:depth]))
+        elif parts[-1].endswith(".py"):  # a module right inside a namespace package
+            tops.add(".".join([*parts[:-1], parts[-1][:-3]]))
     return tops
