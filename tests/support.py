@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -10,7 +11,7 @@ import subprocess
 import textwrap
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,31 @@ def run_cmd(args: list[str], cwd: Path, timeout: float = 60, **env: str) -> subp
 def dedent_src(text: str) -> str:
     """A source snippet written indented in a test, as a module's text."""
     return textwrap.dedent(text).lstrip("\n")
+
+
+def pg_url_of(database: str) -> str:
+    """``PG_URL`` pointing at another database of the same server."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(PG_URL)._replace(path="/" + database).geturl()
+
+
+@contextlib.asynccontextmanager
+async def own_pg_database(prefix: str) -> AsyncIterator[str]:
+    """A PostgreSQL database of the caller's own, dropped afterwards even on failure; yields its URL."""
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_url_of("postgres"))  # CREATE/DROP DATABASE only: nothing is written there
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield pg_url_of(name)
+    finally:
+        admin = await asyncpg.connect(pg_url_of("postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

@@ -19,11 +19,9 @@ import logging
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -32,7 +30,7 @@ from duroxide_runtime import Client, InMemoryProvider, OrchestrationContext, Orc
 from duroxide_runtime.lograte import WarningLimiter, background_warnings
 from duroxide_runtime.providers.postgres import PostgresProvider
 
-from .support import PG_URL, Harness, eventually
+from .support import Harness, eventually, own_pg_database
 
 
 class FakeClock:
@@ -87,33 +85,17 @@ def test_a_burst_gives_one_record_then_one_with_the_count(caplog: pytest.LogCapt
 
 # -- PostgreSQL: the LISTEN connection ---------------------------------------------------------
 
-def _with_db(url: str, db: str) -> str:
-    return urlsplit(url)._replace(path="/" + db).geturl()
-
-
 @pytest.fixture
 async def pg_db() -> AsyncIterator[str]:
-    """A database of this test's own, dropped afterwards; yields its name."""
-    name = f"dx_warn_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_with_db(PG_URL, "postgres"))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield name
-    finally:
-        admin = await asyncpg.connect(_with_db(PG_URL, "postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    """A database of this test's own, dropped afterwards; yields its URL."""
+    async with own_pg_database("dx_warn") as url:
+        yield url
 
 
 async def test_killed_listen_connection_warns_rate_limited(pg_db: str, clock: FakeClock,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="duroxide")
-    url = _with_db(PG_URL, pg_db)
+    url = pg_db
     store = await PostgresProvider.new(url, schema="dx")
     admin = await asyncpg.connect(url)
     try:

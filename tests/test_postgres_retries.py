@@ -17,10 +17,8 @@ database of its own on the real server.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -30,30 +28,14 @@ from duroxide_runtime import Client, InstanceAlreadyExistsError
 from duroxide_runtime.messages import ExternalEvent, StartOrchestration, decode_message
 from duroxide_runtime.providers.postgres import PostgresProvider
 
-from .support import PG_URL
-
-
-def _with_db(url: str, db: str) -> str:
-    return urlsplit(url)._replace(path="/" + db).geturl()
+from .support import own_pg_database
 
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """A database of this test's own, dropped afterwards."""
-    name = f"dx_retries_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_with_db(PG_URL, "postgres"))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_db(PG_URL, name)
-    finally:
-        admin = await asyncpg.connect(_with_db(PG_URL, "postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with own_pg_database("dx_retries") as url:
+        yield url
 
 
 @pytest.fixture
