@@ -37,6 +37,7 @@ __all__ = [
 
 R = TypeVar("R")
 _plain_logger = logging.getLogger("duroxide.trace")
+tracefmt.skip_frames_of(__name__)  # records of the unrewritten forms point at the user's call
 
 
 @overload

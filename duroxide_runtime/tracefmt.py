@@ -60,7 +60,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["LEVELS", "RESERVED_FIELDS", "FIELD_PREFIX", "level_number", "format_message", "record_extra", "emit",
+__all__ = ["skip_frames_of", "LEVELS", "RESERVED_FIELDS", "FIELD_PREFIX", "level_number", "format_message", "record_extra", "emit",
            "safe_repr"]
 
 LEVELS: Mapping[str, int] = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
@@ -282,8 +282,14 @@ def record_extra(context: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[
     return extra
 
 
-_INTERNAL_MODULES = frozenset({__name__, "duroxide_runtime.context", "duroxide_runtime.activity",
-                               "duroxide_macros.forms"})
+#: Modules whose frames a record skips to reach the user's trace call; a layer above the runtime
+#: that wraps the trace calls adds its own with :func:`skip_frames_of` (the runtime never names it).
+_INTERNAL_MODULES = {__name__, "duroxide_runtime.context", "duroxide_runtime.activity"}
+
+
+def skip_frames_of(module: str) -> None:
+    """Make records skip the frames of ``module``, a wrapper of the trace calls: ``skip_frames_of(__name__)``."""
+    _INTERNAL_MODULES.add(module)
 
 
 def _stacklevel() -> int:
