@@ -1,35 +1,23 @@
 """The context in scope at run time: the running orchestration, and the ambient client.
 
-Both are found without arguments: an orchestration runs on its own
-``OrchestrationLoop`` (so the running loop leads to its context), and
+Both are found without arguments: the runtime keeps the running
+orchestration's context (``duroxide_runtime.current_orchestration``), and
 ``duroxide_main`` sets the ambient client for the body it runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
-from duroxide_runtime import Client, OrchestrationContext
-from duroxide_runtime.errors import ConfigurationError
-from duroxide_runtime.loop import OrchestrationLoop
+from duroxide_runtime import Client, ConfigurationError, current_orchestration
 
 __all__ = ["current_orchestration", "ambient_client", "set_ambient_client", "client"]
 
 _client: contextvars.ContextVar[Client | None] = contextvars.ContextVar("duroxide_client", default=None)
-
-
-def current_orchestration() -> OrchestrationContext | None:
-    """The context of the orchestration whose code is running now, or ``None``."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    if isinstance(loop, OrchestrationLoop):
-        ctx = getattr(loop._timers, "ctx", None)
-        return ctx if isinstance(ctx, OrchestrationContext) else None
-    return None
 
 
 def ambient_client() -> Client:
@@ -48,8 +36,28 @@ def set_ambient_client(client: Client | None) -> contextvars.Token[Client | None
     return _client.set(client)
 
 
+def _forward(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``Client.<name>``, called on the client that is ambient at the time of the call."""
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def forward_async(self: Client, *args: Any, **kwargs: Any) -> Any:
+            return await getattr(ambient_client(), name)(*args, **kwargs)
+
+        return forward_async
+
+    @functools.wraps(method)
+    def forward(self: Client, *args: Any, **kwargs: Any) -> Any:
+        return getattr(ambient_client(), name)(*args, **kwargs)
+
+    return forward
+
+
 class _AmbientClient(Client):
-    """A client that is whatever client is ambient when it is used (see :data:`client`)."""
+    """A client that is whatever client is ambient when it is used (see :data:`client`).
+
+    Every public method of :class:`Client` is forwarded, so the ambient client
+    does all the work with its own settings (payload limit, store).
+    """
 
     def __init__(self) -> None:  # no store of its own: it borrows the ambient client's
         pass
@@ -62,12 +70,13 @@ class _AmbientClient(Client):
     def store(self, value: Any) -> None:
         raise AttributeError("the ambient client's store is the one duroxide_main set up")
 
-    @property
-    def _max_payload(self) -> int:  # type: ignore[override]
-        return ambient_client()._max_payload
-
     def __repr__(self) -> str:
         return "<ambient duroxide client>"
+
+
+for _name, _method in list(vars(Client).items()):
+    if not _name.startswith("_") and inspect.isfunction(_method):
+        setattr(_AmbientClient, _name, _forward(_name, _method))
 
 
 #: ``client`` in scope inside ``@duroxide_main`` (``from duroxide_macros.prelude import *``):

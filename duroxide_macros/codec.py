@@ -37,7 +37,7 @@ import typing_extensions
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
-from duroxide_runtime.errors import ConfigurationError, PayloadError
+from duroxide_runtime import ConfigurationError, PayloadError
 
 __all__ = ["Codec", "encode_value"]
 

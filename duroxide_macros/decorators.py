@@ -27,18 +27,22 @@ from datetime import timedelta
 from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from duroxide_runtime import (
+    DEFAULT_VERSION,
     Client,
+    ConfigurationError,
+    DuroxideError,
+    ErrorCode,
+    ErrorDetails,
     HistoryEvent,
     InstanceInfo,
     InstanceNotFoundError,
     OrchestrationContext,
     OrchestrationStatus,
+    PayloadError,
+    StatusOf,
+    current_orchestration,
+    to_seconds,
 )
-from duroxide_runtime.errors import ConfigurationError, DuroxideError, ErrorDetails, PayloadError
-from duroxide_runtime.loop import OrchestrationLoop
-from duroxide_runtime.options import to_seconds
-from duroxide_runtime.registry import DEFAULT_VERSION
-from duroxide_runtime.status import StatusOf
 
 from .ambient import ambient_client
 from .codec import Codec, encode_value
@@ -58,7 +62,7 @@ O = TypeVar("O")  # noqa: E741 - the orchestration's output type
 class DurableNotExpandedError(ConfigurationError):
     """A ``durable(...)`` form ran without being rewritten by the import hook."""
 
-    code = "DURABLE_NOT_EXPANDED"
+    code = ErrorCode.DURABLE_NOT_EXPANDED
 
     def __init__(self, what: str, cause: str | None = None, fix: str | None = None) -> None:
         super().__init__(
@@ -80,7 +84,7 @@ def _direct_call_cause(frame: types.FrameType | None, name: str) -> tuple[str, s
 class OrchestrationFailedError(DuroxideError):
     """``run()`` / ``call`` result of an orchestration that ended Failed (or did not finish in time)."""
 
-    code = "ORCHESTRATION_FAILED"
+    code = ErrorCode.ORCHESTRATION_FAILED
 
     def __init__(self, instance_id: str, error: str, details: ErrorDetails | None = None) -> None:
         self.instance_id = instance_id
@@ -90,10 +94,7 @@ class OrchestrationFailedError(DuroxideError):
 
 
 def _in_orchestration() -> bool:
-    try:
-        return isinstance(asyncio.get_running_loop(), OrchestrationLoop)
-    except RuntimeError:
-        return False
+    return current_orchestration() is not None
 
 
 def _where(fn: Callable[..., Any]) -> str:
@@ -121,7 +122,8 @@ def _typed_future(ctx: OrchestrationContext, fut: Awaitable[str], codec: Codec[R
     async def decode() -> R:
         return codec.decode(await fut)
 
-    return asyncio.ensure_future(decode(), loop=ctx._x.loop)
+    # Called from orchestration code, whose running loop is the orchestration's own.
+    return asyncio.ensure_future(decode())
 
 
 def _reject_method(fn: Callable[..., Any], kind: str, name: str) -> None:

@@ -7,8 +7,8 @@ is what runs when a form was *not* rewritten:
 * ``durable(...)`` cannot work without its context, so it raises
   :class:`DurableNotExpandedError` telling how to install the hook;
 * the trace, guid and time forms find the running orchestration by
-  themselves (its loop leads to its context), or the running activity, so
-  they behave the same rewritten or not.
+  themselves (``duroxide_runtime.current_orchestration()``), or the running
+  activity, so they behave the same rewritten or not.
 
 Type checkers see through ``durable``: ``durable(charge(order))`` has the
 activity's result type.
@@ -16,17 +16,13 @@ activity's result type.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Awaitable, Coroutine
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
-from duroxide_runtime import tracefmt
-from duroxide_runtime.activity import current_activity
-from duroxide_runtime.errors import ConfigurationError
+from duroxide_runtime import ConfigurationError, current_orchestration, skip_trace_frames_of, trace
 
-from .ambient import current_orchestration
 from .decorators import DurableNotExpandedError
 
 __all__ = [
@@ -36,8 +32,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-_plain_logger = logging.getLogger("duroxide.trace")
-tracefmt.skip_frames_of(__name__)  # records of the unrewritten forms point at the user's call
+skip_trace_frames_of(__name__)  # records of the unrewritten forms point at the user's call
 
 
 @overload
@@ -59,17 +54,9 @@ def durable(call: Any, /) -> Any:
 
 
 def _trace(level: str, fmt: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
-    # Formatting is left to the runtime (duroxide_runtime.tracefmt), so a form reads the
+    # Formatting is left to the runtime (duroxide_runtime.trace), so a form reads the
     # same rewritten or not, and a bad format is logged with a warning instead of raising.
-    ctx = current_orchestration()
-    if ctx is not None:
-        ctx.trace(level, fmt, *args, **fields)
-        return
-    actx = current_activity()
-    if actx is not None:
-        actx.trace(level, fmt, *args, **fields)
-        return
-    tracefmt.emit(_plain_logger, tracefmt.level_number(level), fmt, args, fields, {})
+    trace(level, fmt, *args, **fields)
 
 
 def durable_trace_info(fmt: str, /, *args: Any, **fields: Any) -> None:

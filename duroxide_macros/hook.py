@@ -55,6 +55,10 @@ class DurableExpansionError(SyntaxError):
                          (first.path, first.line, first.column, None))
         self.problems = list(problems)
 
+    def __reduce__(self) -> tuple[type[DurableExpansionError], tuple[list[Problem]]]:
+        # SyntaxError's own reduce passes (msg, location) to this one-argument __init__.
+        return (type(self), (self.problems,))
+
     def __str__(self) -> str:
         return str(self.msg)
 

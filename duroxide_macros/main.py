@@ -28,9 +28,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from duroxide_runtime import InMemoryProvider, PostgresProvider, Provider, Runtime, RuntimeOptions
+from duroxide_runtime import ConfigurationError, InMemoryProvider, PostgresProvider, Provider, Runtime, RuntimeOptions
 from duroxide_runtime import SqliteProvider
-from duroxide_runtime.errors import ConfigurationError
 
 from .ambient import set_ambient_client
 
@@ -121,7 +120,7 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], provider: str,
             builder = (Runtime.builder().store(store).discover_activities().discover_orchestrations()
                        .options(options or RuntimeOptions()))
             if prometheus_port is not None:
-                from duroxide_runtime.metrics import PrometheusMetrics
+                from duroxide_runtime import PrometheusMetrics  # imported on use: it loads prometheus_client
 
                 metrics = PrometheusMetrics()
                 builder.observer(metrics)

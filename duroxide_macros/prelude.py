@@ -25,6 +25,7 @@ from duroxide_runtime import (
     SubOrchestrationFailed,
     VersionPolicy,
     activity_context,
+    orchestration_context,
 )
 from . import (
     Activity, AsyncActivity, DurableNotExpandedError, Orchestration, OrchestrationFailedError, SyncActivity,
@@ -39,7 +40,7 @@ __all__ = [
     "timedelta", "ActivityContext", "ActivityFailed", "ActivityRegistry", "Client", "DurableTaskFailed", "Event",
     "InMemoryProvider", "InstanceInfo", "NonDeterminismError", "OrchestrationContext", "OrchestrationRegistry",
     "OrchestrationStatus", "PostgresProvider", "Provider", "RetryPolicy", "Runtime", "RuntimeOptions",
-    "SqliteProvider", "StatusOf", "SubOrchestrationFailed", "VersionPolicy", "activity_context", "duroxide_main", "client",
+    "SqliteProvider", "StatusOf", "SubOrchestrationFailed", "VersionPolicy", "activity_context", "orchestration_context", "duroxide_main", "client",
     "Activity", "AsyncActivity", "DurableNotExpandedError", "Orchestration", "OrchestrationFailedError",
     "SyncActivity", "activity", "durable", "durable_guid", "durable_newguid", "durable_now", "durable_trace_debug",
     "durable_trace_error", "durable_trace_info", "durable_trace_warn", "durable_utcnow", "orch_debug", "orch_error",

@@ -24,7 +24,9 @@ Example::
     await rt.shutdown()
 """
 
-from .activity import ActivityContext, activity_context
+from typing import TYPE_CHECKING
+
+from .activity import ActivityContext, activity_context, current_activity
 from .client import Client
 from .context import DurableFuture, OrchestrationContext
 from .errors import (
@@ -34,6 +36,7 @@ from .errors import (
     CorruptHistoryError,
     DuroxideError,
     DurableTaskFailed,
+    ErrorCode,
     ErrorDetails,
     InstanceAlreadyExistsError,
     InstanceNotFoundError,
@@ -41,6 +44,7 @@ from .errors import (
     NonDeterminismError,
     NonDeterministicOperationError,
     OrchestrationCancelled,
+    OrchestrationStuckError,
     PayloadError,
     PayloadTooLargeError,
     InvalidInputError,
@@ -59,16 +63,38 @@ from .providers.sqlite import SqliteProvider
 from .registry import ActivityRegistry, OrchestrationRegistry, VersionPolicy
 from .runtime import Runtime, RuntimeBuilder
 from .status import InstanceInfo, OrchestrationStatus, StatusOf
+from .current import current_orchestration, orchestration_context, skip_trace_frames_of, trace
+from .discovery import DiscoverySource, load_discovery_entry_points, register_discovery_source
+from .options import to_seconds
+from .registry import DEFAULT_VERSION
+
+if TYPE_CHECKING:
+    from .metrics import PrometheusMetrics
+else:
+    def __getattr__(name: str) -> object:
+        # PrometheusMetrics imports prometheus_client (~50 ms): only for programs that use it.
+        if name == "PrometheusMetrics":
+            from .metrics import PrometheusMetrics
+
+            return PrometheusMetrics
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ActivityContext", "activity_context", "Client", "DurableFuture", "OrchestrationContext",
     "ActivityFailed", "ActivityTimeoutError", "ConfigurationError", "CorruptHistoryError", "DuroxideError",
-    "DurableTaskFailed", "ErrorDetails", "InstanceAlreadyExistsError", "InstanceNotFoundError",
+    "DurableTaskFailed", "ErrorCode", "ErrorDetails", "InstanceAlreadyExistsError", "InstanceNotFoundError",
     "InstanceStillRunningError", "NonDeterminismError", "NonDeterministicOperationError", "OrchestrationCancelled",
-    "PayloadError", "PayloadTooLargeError", "InvalidInputError", "PoisonMessageError", "StoreError", "SubOrchestrationFailed",
+    "OrchestrationStuckError", "PayloadError", "PayloadTooLargeError", "InvalidInputError", "PoisonMessageError", "StoreError", "SubOrchestrationFailed",
     "UnknownActivityError", "UnknownOrchestrationError", "Event", "HistoryEvent", "RetryPolicy",
     "RuntimeOptions", "Provider", "InMemoryProvider", "SqliteProvider", "PostgresProvider", "ActivityRegistry",
     "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "OrchestrationStatus", "StatusOf",
+]
+
+# The layer above the runtime (duroxide_macros) uses these; it imports nothing else.
+__all__ += [
+    "current_activity", "orchestration_context", "current_orchestration", "trace", "skip_trace_frames_of",
+    "DiscoverySource", "register_discovery_source", "load_discovery_entry_points", "to_seconds",
+    "DEFAULT_VERSION", "PrometheusMetrics",
 ]
 
 __version__ = "0.1.0"

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
 from .client import Client
-from .errors import DuroxideError, InstanceNotFoundError, StoreError
+from .errors import DuroxideError, ErrorCode, InstanceNotFoundError, StoreError
 from .providers.base import Provider
 from .status import InstanceInfo, OrchestrationStatus
 from . import cli_format as fmt
@@ -59,13 +59,13 @@ BULK_LIMIT = 1_000_000
 class UsageError(DuroxideError):
     """The command line is wrong (exit code 2)."""
 
-    code = "USAGE"
+    code = ErrorCode.USAGE
 
 
 class StoreNotFoundError(DuroxideError):
     """The named store does not exist, or holds no duroxide tables; the tool never creates one."""
 
-    code = "NO_SUCH_DATABASE"
+    code = ErrorCode.NO_SUCH_DATABASE
 
 
 #: How to act on an error from this tool (the errors' own fixes name the Python API).
@@ -79,7 +79,7 @@ CLI_FIXES = {
 class Aborted(DuroxideError):
     """The operator declined a confirmation; nothing was done."""
 
-    code = "ABORTED"
+    code = ErrorCode.ABORTED
 
 
 # -- command line -------------------------------------------------------------------------

@@ -18,22 +18,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Iterable
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import Any, Literal, NoReturn, TypeVar, cast, overload
 
 from . import tracefmt
+from .engine.commands import (
+    CommandSink,
+    CreateTimer,
+    DurableFuture,
+    ScheduleActivity,
+    ScheduleSubOrchestration,
+    StartDetached,
+    SystemCall,
+    SystemOp,
+    WaitForEvent,
+)
 from .errors import ActivityTimeoutError, ConfigurationError, DurableTaskFailed
 from .limits import (
     MAX_ID_CHARS, MAX_NAME_CHARS, MAX_VERSION_CHARS, check_identifier, check_seconds, check_text,
 )
 from .options import RetryPolicy
 
-if TYPE_CHECKING:
-    from .replay import Execution
-
-__all__ = ["OrchestrationContext", "DurableFuture", "ContinueAsNewSignal"]
+__all__ = ["OrchestrationContext", "DurableFuture", "ContinueAsNewSignal", "ExecutionBackend"]
 
 _T = TypeVar("_T")
 _A = TypeVar("_A")
@@ -44,6 +51,10 @@ _D = TypeVar("_D")
 trace_logger = logging.getLogger("duroxide.orchestration")
 
 
+#: The engine's interface as the context sees it (the name of an earlier draft of CommandSink).
+ExecutionBackend = CommandSink
+
+
 class ContinueAsNewSignal(BaseException):
     """Raised by ``ctx.continue_as_new`` to end the current execution.
 
@@ -51,42 +62,16 @@ class ContinueAsNewSignal(BaseException):
     """
 
 
-class DurableFuture(asyncio.Future[_T]):
-    """The result of one durable action (activity, timer, child, event wait, system call).
-
-    ``kind`` and ``event_id`` say which history event it belongs to. Cancelling it
-    (for example because it lost a ``select``) cancels the remote work.
-    """
-
-    def __init__(self, execution: Execution, kind: str, event_id: int, detail: str) -> None:
-        super().__init__(loop=execution.loop)
-        self._execution = execution
-        self.kind = kind
-        self.event_id = event_id
-        self.detail = detail
-        #: Position in the order completions were applied; decides select winners.
-        self.completion_seq = 0
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        if self.done():
-            return False
-        cancelled = super().cancel(msg)
-        if cancelled:
-            self._execution.on_future_cancelled(self)
-        return cancelled
-
-    def __repr__(self) -> str:
-        return f"<DurableFuture {self.kind} #{self.event_id} {self.detail}>"
-
-
 class OrchestrationContext:
     """Deterministic, replay-safe API for one orchestration execution.
 
     Obtained as the first argument of an orchestration function; never built by users.
+    Each durable call becomes one typed command (:mod:`duroxide_runtime.engine.commands`)
+    issued to the engine's command sink; the context never sees the execution behind it.
     """
 
-    def __init__(self, execution: Execution) -> None:
-        self._x = execution
+    def __init__(self, commands: CommandSink) -> None:
+        self._x = commands
 
     # -- identity ----------------------------------------------------------------
 
@@ -132,7 +117,7 @@ class OrchestrationContext:
         check_identifier(name, "activity name", MAX_NAME_CHARS)
         check_text(input, "activity input")
         if retry is None and timeout is None:
-            return self._x.schedule("activity", name=name, input=input)
+            return self._x.issue(ScheduleActivity(name=name, input=input))
         limit = None if timeout is None else check_seconds(timeout, "activity timeout")
         return self._x.loop.create_task(self._activity_with_policy(name, input, retry or RetryPolicy(1), limit))
 
@@ -140,7 +125,7 @@ class OrchestrationContext:
         attempt = 1
         while True:
             try:
-                call = self._x.schedule("activity", name=name, input=input)
+                call = self._x.issue(ScheduleActivity(name=name, input=input))
                 if limit is None:
                     return str(await call)
                 idx, done = await self.select2(call, self.schedule_timer(limit))
@@ -159,7 +144,7 @@ class OrchestrationContext:
         ``delay`` is from 0 to 100 years; NaN, negative, infinite or larger ones raise :class:`ConfigurationError`.
         """
         seconds = check_seconds(delay, "timer delay")
-        return self._x.schedule("timer", fire_at_ms=self._x.now_ms + round(seconds * 1000))
+        return self._x.issue(CreateTimer(fire_at_ms=self._x.now_ms + round(seconds * 1000)))
 
     def schedule_wait(self, name: str) -> DurableFuture[str]:
         """Wait for external event ``name`` (raised with ``client.raise_event``).
@@ -167,7 +152,7 @@ class OrchestrationContext:
         Events raised before the wait are kept and delivered FIFO, one per wait.
         """
         check_identifier(name, "event name", MAX_NAME_CHARS)
-        return self._x.schedule("wait", name=name)
+        return self._x.issue(WaitForEvent(name=name))
 
     wait_for_event = schedule_wait
 
@@ -180,24 +165,22 @@ class OrchestrationContext:
         :class:`SubOrchestrationFailed` here.
         """
         _check_start(name, input, instance_id, version, "sub-orchestration")
-        return self._x.schedule("sub", name=name, input=input, instance_id=instance_id, version=version)
+        return self._x.issue(ScheduleSubOrchestration(name=name, input=input, instance_id=instance_id,
+                                                      version=version))
 
     def start_orchestration(self, name: str, instance_id: str, input: str = "", *,
                             version: str | None = None) -> None:
         """Start a detached orchestration (fire and forget; its result is not awaited)."""
         _check_start(name, input, instance_id, version, "detached orchestration")
-        self._x.schedule("detached", name=name, input=input, instance_id=instance_id, version=version)
+        self._x.issue(StartDetached(name=name, input=input, instance_id=instance_id, version=version))
 
     def new_guid(self) -> DurableFuture[str]:
         """A new random GUID string, recorded once and replayed verbatim."""
-        return self._x.schedule("system", op="guid", make=lambda: str(uuid.uuid4()))
+        return self._x.issue(SystemCall(op=SystemOp.GUID))
 
     def utc_now(self) -> DurableFuture[datetime]:
         """The current UTC time (aware datetime), recorded once and replayed verbatim."""
-        fut: DurableFuture[Any] = self._x.schedule(
-            "system", op="utcnow", make=lambda: str(self._x.wall_clock_ms()),
-            convert=lambda v: datetime.fromtimestamp(int(v) / 1000, tz=timezone.utc))
-        return fut
+        return cast(DurableFuture[datetime], self._x.issue(SystemCall(op=SystemOp.UTC_NOW)))
 
     # -- composition -------------------------------------------------------------
 
@@ -272,7 +255,7 @@ class OrchestrationContext:
         check_text(input, "continue_as_new input")
         if version is not None:
             check_identifier(version, "continue_as_new version", MAX_VERSION_CHARS)
-        self._x.request_continue_as_new(input, version)
+        self._x.continue_as_new(input, version)
         raise ContinueAsNewSignal()
 
     def set_custom_status(self, status: str | None) -> None:

@@ -1,8 +1,9 @@
 """Typed errors of the runtime.
 
 Every error a user can meet names its cause and the fix. Each carries a
-stable ``code`` (for logs, alerts and the troubleshooting page) and a
-``fix`` string, so ``str(err)`` reads as "what happened; how to fix it".
+stable ``code`` (an :class:`ErrorCode`, for logs, alerts and the troubleshooting
+page) and a ``fix`` string, so ``str(err)`` reads as "what happened; how to fix
+it". Tell errors apart by type or code, never by their text; every error pickles.
 
 Two families matter for orchestration authors:
 
@@ -23,6 +24,7 @@ Example::
 from __future__ import annotations
 
 __all__ = [
+    "ErrorCode",
     "DuroxideError",
     "ConfigurationError",
     "PayloadError",
@@ -43,14 +45,72 @@ __all__ = [
     "SubOrchestrationFailed",
     "OrchestrationCancelled",
     "ActivityTimeoutError",
+    "OrchestrationStuckError",
     "ErrorDetails",
 ]
 
-from dataclasses import dataclass
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+
+@enum.unique
+class ErrorCode(enum.StrEnum):
+    """The stable code of each error class, as logged, documented and alerted on.
+
+    A ``StrEnum``: a code equals its string (``ErrorCode.CONFIG == "CONFIG"``)
+    and formats as it, so logs and alerts written against the strings keep working.
+
+    Example::
+
+        except DuroxideError as err:
+            if err.code is ErrorCode.PAYLOAD_TOO_LARGE:
+                ...
+    """
+
+    DUROXIDE = "DUROXIDE"
+    CONFIG = "CONFIG"
+    PAYLOAD = "PAYLOAD"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    INVALID_INPUT = "INVALID_INPUT"
+    INSTANCE_EXISTS = "INSTANCE_EXISTS"
+    INSTANCE_NOT_FOUND = "INSTANCE_NOT_FOUND"
+    INSTANCE_RUNNING = "INSTANCE_RUNNING"
+    UNKNOWN_ORCHESTRATION = "UNKNOWN_ORCHESTRATION"
+    UNKNOWN_ACTIVITY = "UNKNOWN_ACTIVITY"
+    NONDETERMINISM = "NONDETERMINISM"
+    NONDETERMINISTIC_OPERATION = "NONDETERMINISTIC_OPERATION"
+    STUCK = "STUCK"
+    CORRUPT_HISTORY = "CORRUPT_HISTORY"
+    POISON = "POISON"
+    STORE = "STORE"
+    TASK_FAILED = "TASK_FAILED"
+    ACTIVITY_FAILED = "ACTIVITY_FAILED"
+    SUB_ORCHESTRATION_FAILED = "SUB_ORCHESTRATION_FAILED"
+    ACTIVITY_TIMEOUT = "ACTIVITY_TIMEOUT"
+    CANCELLED = "CANCELLED"
+    # Declared by duroxide_macros (decorators.py) and the command-line tool (cli.py).
+    DURABLE_NOT_EXPANDED = "DURABLE_NOT_EXPANDED"
+    ORCHESTRATION_FAILED = "ORCHESTRATION_FAILED"
+    USAGE = "USAGE"
+    NO_SUCH_DATABASE = "NO_SUCH_DATABASE"
+    ABORTED = "ABORTED"
+
+
+def _restore_error(cls: type[DuroxideError], args: tuple[Any, ...], state: Mapping[str, Any]) -> DuroxideError:
+    """Rebuild a pickled or copied error from its ``args`` and attributes (see ``DuroxideError.__reduce__``)."""
+    err = cls.__new__(cls, *args)  # BaseException.__new__ sets .args; __init__ is not run again
+    err.__dict__.update(state)
+    return err
 
 
 class DuroxideError(Exception):
     """Base of every error raised by duroxide.
+
+    Every error pickles and deep-copies to an equal error (same type, ``args``,
+    ``message``, ``fix``, ``code`` and extra attributes), so it can cross a
+    process boundary (multiprocessing, a pytest-xdist worker, a task queue).
 
     Example::
 
@@ -58,30 +118,37 @@ class DuroxideError(Exception):
             log.error("%s (code %s)", err, err.code)
     """
 
-    code: str = "DUROXIDE"
+    code: ClassVar[ErrorCode] = ErrorCode.DUROXIDE
 
     def __init__(self, message: str, *, fix: str | None = None) -> None:
         self.message = message
         self.fix = fix
         super().__init__(f"{message}. Fix: {fix}" if fix else message)
 
+    def __reduce__(self) -> tuple[Callable[..., DuroxideError], tuple[type[Self], tuple[Any, ...], dict[str, Any]]]:
+        # BaseException.__reduce__ calls cls(*self.args): that passes the formatted text to
+        # constructors that take other arguments (an instance id, a name and a list, ...).
+        # Every attribute an __init__ sets lives in __dict__ and args, so restore those
+        # without calling __init__ again; this works for subclasses of any signature.
+        return (_restore_error, (type(self), self.args, dict(self.__dict__)))
+
 
 class ConfigurationError(DuroxideError):
     """The runtime, a registry or a store was set up wrongly."""
 
-    code = "CONFIG"
+    code = ErrorCode.CONFIG
 
 
 class PayloadError(DuroxideError, TypeError):
     """A payload is not what the receiving side can take (wrong type, not encodable)."""
 
-    code = "PAYLOAD"
+    code = ErrorCode.PAYLOAD
 
 
 class PayloadTooLargeError(PayloadError, ValueError):
     """A payload or custom status exceeds its configured limit."""
 
-    code = "PAYLOAD_TOO_LARGE"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class InvalidInputError(PayloadError, ValueError):
@@ -94,7 +161,7 @@ class InvalidInputError(PayloadError, ValueError):
     ``field`` names the argument.
     """
 
-    code = "INVALID_INPUT"
+    code = ErrorCode.INVALID_INPUT
 
     def __init__(self, field: str, problem: str, *, fix: str) -> None:
         self.field = field
@@ -104,7 +171,7 @@ class InvalidInputError(PayloadError, ValueError):
 class InstanceAlreadyExistsError(DuroxideError):
     """``start_orchestration`` was given an instance id that is already used."""
 
-    code = "INSTANCE_EXISTS"
+    code = ErrorCode.INSTANCE_EXISTS
 
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
@@ -118,7 +185,7 @@ class InstanceAlreadyExistsError(DuroxideError):
 class InstanceNotFoundError(DuroxideError, LookupError):
     """An operation named an instance id the store does not know."""
 
-    code = "INSTANCE_NOT_FOUND"
+    code = ErrorCode.INSTANCE_NOT_FOUND
 
     def __init__(self, instance_id: str, operation: str) -> None:
         self.instance_id = instance_id
@@ -132,7 +199,7 @@ class InstanceNotFoundError(DuroxideError, LookupError):
 class InstanceStillRunningError(DuroxideError):
     """Purge was asked for an instance that has not finished."""
 
-    code = "INSTANCE_RUNNING"
+    code = ErrorCode.INSTANCE_RUNNING
 
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
@@ -145,7 +212,7 @@ class InstanceStillRunningError(DuroxideError):
 class UnknownOrchestrationError(DuroxideError):
     """No orchestration is registered under a name (or name and version)."""
 
-    code = "UNKNOWN_ORCHESTRATION"
+    code = ErrorCode.UNKNOWN_ORCHESTRATION
 
     def __init__(self, name: str, version: str | None, known: list[str]) -> None:
         self.name = name
@@ -162,7 +229,7 @@ class UnknownOrchestrationError(DuroxideError):
 class UnknownActivityError(DuroxideError):
     """No activity is registered under a name."""
 
-    code = "UNKNOWN_ACTIVITY"
+    code = ErrorCode.UNKNOWN_ACTIVITY
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
@@ -180,21 +247,24 @@ class NonDeterminismError(DuroxideError):
     The instance is failed with this error; orchestration code cannot catch it.
     """
 
-    code = "NONDETERMINISM"
+    code = ErrorCode.NONDETERMINISM
 
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            message,
-            fix="orchestration code must make the same durable calls in the same "
-            "order on every replay; register changed code as a new version "
-            "(register_versioned) instead of editing a version in use",
-        )
+    #: The fix every replay mismatch shares.
+    FIX: ClassVar[str] = (
+        "orchestration code must make the same durable calls in the same "
+        "order on every replay; register changed code as a new version "
+        "(register_versioned) instead of editing a version in use"
+    )
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        # ``fix`` is given when the error is rebuilt from stored ErrorDetails (replayer.py).
+        super().__init__(message, fix=fix or self.FIX)
 
 
 class NonDeterministicOperationError(DuroxideError, RuntimeError):
     """Orchestration code tried something that cannot be replayed (real I/O, foreign futures)."""
 
-    code = "NONDETERMINISTIC_OPERATION"
+    code = ErrorCode.NONDETERMINISTIC_OPERATION
 
     def __init__(self, what: str) -> None:
         super().__init__(
@@ -204,10 +274,38 @@ class NonDeterministicOperationError(DuroxideError, RuntimeError):
         )
 
 
+class OrchestrationStuckError(DuroxideError):
+    """A turn of orchestration code ran longer than RuntimeOptions.turn_timeout without yielding.
+
+    The runtime's watchdog raises it; ``where`` names the code location
+    (``file:line in function``) when it is known.
+
+    Example::
+
+        OrchestrationStuckError("order-1", 2.0, "app/orders.py:41 in process_order")
+    """
+
+    code = ErrorCode.STUCK
+
+    def __init__(self, instance_id: str, seconds: float, where: str | None = None) -> None:
+        self.instance_id = instance_id
+        self.seconds = seconds
+        self.where = where
+        at = f" (at {where})" if where else ""
+        # One decimal reads well for seconds; sub-second timeouts (tests) keep two digits.
+        took = f"{seconds:.1f}" if seconds >= 1 else f"{seconds:.2g}"
+        super().__init__(
+            f"instance {instance_id!r}: orchestration code ran {took} s without yielding{at}",
+            fix="orchestration code must not compute for long or loop without awaiting "
+            "durable work: move the work into an activity, await between steps, or raise "
+            "RuntimeOptions.turn_timeout if a turn is legitimately long",
+        )
+
+
 class CorruptHistoryError(DuroxideError):
     """A stored history row could not be read."""
 
-    code = "CORRUPT_HISTORY"
+    code = ErrorCode.CORRUPT_HISTORY
 
     def __init__(self, instance_id: str, detail: str) -> None:
         self.instance_id = instance_id
@@ -221,42 +319,86 @@ class CorruptHistoryError(DuroxideError):
 class PoisonMessageError(DuroxideError):
     """A message was delivered more than ``max_attempts`` times without success."""
 
-    code = "POISON"
+    code = ErrorCode.POISON
 
 
 class StoreError(DuroxideError):
     """The store failed in a way retrying did not cure."""
 
-    code = "STORE"
+    code = ErrorCode.STORE
+
+
+_TEXT_FIELDS = ("error_type", "message", "traceback", "code", "fix")
 
 
 @dataclass(frozen=True)
 class ErrorDetails:
-    """The stored form of an application error: type name, message, traceback text.
+    """The stored form of a failure: type name, message, traceback text; code and fix of a DuroxideError.
+
+    For a :class:`DuroxideError`, ``message`` is its message without the fix, ``code``
+    its :class:`ErrorCode` value and ``fix`` its fix, so the error can be told by
+    type and code and rebuilt; for other exceptions both are ``None``.
+    :meth:`to_text` is the line users see either way.
 
     Example::
 
-        ErrorDetails("ValueError", "bad input", "Traceback ...").to_text()
+        ErrorDetails("ValueError", "bad input", "Traceback ...").to_text()  # 'ValueError: bad input'
+        ErrorDetails.from_exception(NonDeterminismError("changed")).code     # 'NONDETERMINISM'
     """
 
     error_type: str
     message: str
     traceback: str = ""
+    code: str | None = field(default=None, kw_only=True)
+    fix: str | None = field(default=None, kw_only=True)
 
     def to_text(self) -> str:
-        """One line, as shown in ``OrchestrationStatus.Failed(error=...)``."""
-        return f"{self.error_type}: {self.message}"
+        """One line, as shown in ``OrchestrationStatus.Failed(error=...)``: ``"Type: message[. Fix: fix]"``."""
+        text = f"{self.error_type}: {self.message}"
+        return f"{text}. Fix: {self.fix}" if self.fix else text
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorDetails:
-        """Capture an exception, with its traceback text."""
+        """Capture an exception, with its traceback text (and code and fix, for a DuroxideError)."""
         import traceback
 
-        return cls(
-            type(exc).__name__,
-            str(exc),
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        )
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        message = getattr(exc, "message", None)
+        if isinstance(exc, DuroxideError) and isinstance(message, str):  # (a subclass may skip __init__)
+            fix = getattr(exc, "fix", None)
+            return cls(type(exc).__name__, message, text, code=str(exc.code),
+                       fix=fix if isinstance(fix, str) else None)
+        return cls(type(exc).__name__, str(exc), text)
+
+    def to_dict(self) -> dict[str, str]:
+        """The stored form: ``code`` and ``fix`` only when set.
+
+        Leaving them out keeps the rows of other errors exactly as versions before
+        them wrote (and read) them.
+        """
+        stored = {"error_type": self.error_type, "message": self.message, "traceback": self.traceback}
+        if self.code is not None:
+            stored["code"] = self.code
+        if self.fix is not None:
+            stored["fix"] = self.fix
+        return stored
+
+    @classmethod
+    def from_dict(cls, stored: object) -> ErrorDetails:
+        """Read :meth:`to_dict` output, or a row written before ``code`` and ``fix`` existed.
+
+        Unknown keys are ignored (a newer version may add some); a row that is not
+        an object, lacks ``error_type`` or ``message``, or holds a non-text value
+        raises ``TypeError``.
+        """
+        if not isinstance(stored, Mapping):
+            raise TypeError(f"stored error details are a {type(stored).__name__}, not an object")
+        values = {k: stored[k] for k in _TEXT_FIELDS if stored.get(k) is not None}
+        missing = [k for k in ("error_type", "message") if k not in values]
+        wrong = [k for k, v in values.items() if not isinstance(v, str)]
+        if missing or wrong:
+            raise TypeError(f"stored error details lack {missing} or hold non-text {wrong}")
+        return cls(**values)
 
 
 class DurableTaskFailed(DuroxideError):
@@ -265,7 +407,7 @@ class DurableTaskFailed(DuroxideError):
     Carries the remote error's type name, message and traceback text.
     """
 
-    code = "TASK_FAILED"
+    code = ErrorCode.TASK_FAILED
 
     def __init__(self, details: ErrorDetails, *, what: str) -> None:
         self.details = details
@@ -277,7 +419,7 @@ class DurableTaskFailed(DuroxideError):
 class ActivityFailed(DurableTaskFailed):
     """An activity raised (after its retries, if any)."""
 
-    code = "ACTIVITY_FAILED"
+    code = ErrorCode.ACTIVITY_FAILED
 
     def __init__(self, name: str, details: ErrorDetails) -> None:
         self.name = name
@@ -287,7 +429,7 @@ class ActivityFailed(DurableTaskFailed):
 class SubOrchestrationFailed(DurableTaskFailed):
     """A sub-orchestration ended Failed."""
 
-    code = "SUB_ORCHESTRATION_FAILED"
+    code = ErrorCode.SUB_ORCHESTRATION_FAILED
 
     def __init__(self, name: str, instance_id: str, details: ErrorDetails) -> None:
         self.name = name
@@ -298,7 +440,7 @@ class SubOrchestrationFailed(DurableTaskFailed):
 class ActivityTimeoutError(DurableTaskFailed):
     """An activity call did not finish within its ``timeout``."""
 
-    code = "ACTIVITY_TIMEOUT"
+    code = ErrorCode.ACTIVITY_TIMEOUT
 
     def __init__(self, name: str, timeout_s: float) -> None:
         self.name = name
@@ -315,4 +457,4 @@ class OrchestrationCancelled(DuroxideError):
     and the reason as message; the class exists so that code and docs can name it.
     """
 
-    code = "CANCELLED"
+    code = ErrorCode.CANCELLED

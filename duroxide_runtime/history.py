@@ -209,7 +209,8 @@ def encode_event(event: HistoryEvent) -> bytes:
     """Serialize one event to JSON bytes (``{"type": ..., fields...}``)."""
     body: dict[str, Any] = {"type": type(event).__name__}
     for f in dataclasses.fields(event):
-        body[f.name] = getattr(event, f.name)
+        value = getattr(event, f.name)
+        body[f.name] = value.to_dict() if isinstance(value, ErrorDetails) else value
     return orjson.dumps(body)
 
 
@@ -220,7 +221,7 @@ def decode_event(raw: bytes | str, *, instance_id: str = "?") -> HistoryEvent:
         cls = _VARIANTS[body.pop("type")]
         details = body.get("details")
         if details is not None:
-            body["details"] = ErrorDetails(**details)
+            body["details"] = ErrorDetails.from_dict(details)
         return cls(**body)
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         preview = raw[:80] if isinstance(raw, (bytes, str)) else raw

@@ -22,16 +22,65 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import logging
 from asyncio import events
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
+from . import current
 from .errors import NonDeterministicOperationError
+from .steps import TurnInterrupt, steps_of_this_thread
+
+if TYPE_CHECKING:
+    from .context import OrchestrationContext
 
 _T = TypeVar("_T")
 _log = logging.getLogger("duroxide.loop")
+
+
+@contextlib.contextmanager
+def running_in_this_thread(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Make ``loop`` this thread's running loop for the block, then restore the previous one.
+
+    The one use of asyncio's private API: a loop driven step by step (not by
+    ``run_forever``) has no public way to become the running loop, and
+    ``asyncio.get_running_loop()``, ``create_task`` and ``sleep`` need it.
+    The state is per thread, like asyncio's own. tests/test_asyncio_private_api.py
+    fails loudly if asyncio changes it.
+
+    Example::
+
+        with running_in_this_thread(loop):
+            assert asyncio.get_running_loop() is loop
+    """
+    previous = events._get_running_loop()
+    events._set_running_loop(loop)
+    try:
+        yield
+    finally:
+        events._set_running_loop(previous)
+
+
+def is_foreign_future_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is asyncio's error for a task that awaited a future of another loop.
+
+    Orchestration code that awaits real I/O (an ``aiohttp`` call, a queue of the
+    application's loop) gets this from asyncio. asyncio gives it no type of its
+    own, so this is the one place that recognises it by its text;
+    tests/test_asyncio_private_api.py fails loudly if asyncio's wording changes.
+    """
+    return isinstance(exc, RuntimeError) and "attached to a different loop" in str(exc)
+
+
+class _Ready(NamedTuple):
+    """A scheduled callback: run in ``context`` unless ``handle`` (what the caller got) was cancelled."""
+
+    handle: asyncio.Handle
+    callback: Callable[..., object]
+    args: tuple[Any, ...]
+    context: contextvars.Context
 
 
 class TimerSource(Protocol):
@@ -70,7 +119,7 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
 
     def __init__(self, timers: TimerSource) -> None:
         self._timers = timers
-        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._ready: collections.deque[_Ready] = collections.deque()
         self._closed = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._exception: BaseException | None = None
@@ -79,16 +128,24 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
 
     def run_ready(self) -> None:
         """Run callbacks until none is ready (the code waits on durable work)."""
-        previous = events._get_running_loop()
-        events._set_running_loop(self)
-        try:
+        steps = steps_of_this_thread()  # the turn watchdog's view of progress (steps.py)
+        with running_in_this_thread(self):
             ready = self._ready
             while ready:
-                handle = ready.popleft()
-                if not handle._cancelled:
-                    handle._run()
-        finally:
-            events._set_running_loop(previous)
+                item = ready.popleft()
+                if not item.handle.cancelled():
+                    steps.count += 1
+                    self._run(item)
+
+    def _run(self, item: _Ready) -> None:
+        """Run one callback; an error is reported to the exception handler, as asyncio's loops do."""
+        try:
+            item.context.run(item.callback, *item.args)
+        except (SystemExit, KeyboardInterrupt, TurnInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported, like asyncio.Handle does
+            self.call_exception_handler({"message": f"Exception in callback {item.callback!r}",
+                                         "exception": exc, "handle": item.handle})
 
     def pending_tasks(self) -> list[asyncio.Task[Any]]:
         """Tasks created on this loop that have not finished."""
@@ -105,8 +162,9 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
     def call_soon(self, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                   context: contextvars.Context | None = None) -> asyncio.Handle:
         self._check_open()
-        handle = asyncio.Handle(callback, args, self, context=context)
-        self._ready.append(handle)
+        run_in = context if context is not None else contextvars.copy_context()
+        handle = asyncio.Handle(callback, args, self, context=run_in)
+        self._ready.append(_Ready(handle, callback, args, run_in))
         return handle
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any,  # type: ignore[override]
@@ -116,19 +174,22 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
     def call_at(self, when: float, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                 context: contextvars.Context | None = None) -> asyncio.TimerHandle:
         self._check_open()
-        handle = _DurableTimerHandle(when, callback, args, self, context)
+        run_in = context if context is not None else contextvars.copy_context()
+        handle = _DurableTimerHandle(when, callback, args, self, run_in)
         timer = self._timers.durable_timer_at(when)
         handle._timer_future = timer
+        item = _Ready(handle, callback, args, run_in)
 
         def _fire(fut: asyncio.Future[Any]) -> None:
-            if not fut.cancelled() and not handle._cancelled:
-                handle._run()
+            if not fut.cancelled() and not handle.cancelled():
+                self._run(item)
 
         timer.add_done_callback(_fire)
         return handle
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
-        pass  # the durable timer future was cancelled by the handle itself
+        # Called by asyncio.TimerHandle.cancel(); the durable timer future was cancelled by the handle itself.
+        pass
 
     def time(self) -> float:
         """Orchestration time in seconds since the epoch (deterministic)."""
@@ -145,10 +206,20 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
         self._tasks.append(task)
         return task
 
+    def task_context(self, ctx: OrchestrationContext) -> contextvars.Context:
+        """The ``contextvars.Context`` for an orchestration's main task: ``orchestration_context()`` is ``ctx``.
+
+        Tasks the orchestration creates copy it, so they see the same context.
+        """
+        return current.context_running(ctx)
+
     # -- state -------------------------------------------------------------------
 
     def is_running(self) -> bool:
-        return events._get_running_loop() is self
+        try:
+            return asyncio.get_running_loop() is self
+        except RuntimeError:
+            return False
 
     def is_closed(self) -> bool:
         return self._closed

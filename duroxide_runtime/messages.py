@@ -146,7 +146,8 @@ def encode_message(msg: OrchestratorMessage | ActivityWork) -> bytes:
     """Serialize a message to JSON bytes."""
     body: dict[str, Any] = {"k": msg.kind}
     for f in dataclasses.fields(msg):
-        body[f.name] = getattr(msg, f.name)
+        value = getattr(msg, f.name)
+        body[f.name] = value.to_dict() if isinstance(value, ErrorDetails) else value
     return orjson.dumps(body)
 
 
@@ -156,7 +157,7 @@ def decode_message(raw: bytes | str) -> Any:
         body = orjson.loads(raw)
         cls = _KINDS[body.pop("k")]
         if body.get("error") is not None:
-            body["error"] = ErrorDetails(**body["error"])
+            body["error"] = ErrorDetails.from_dict(body["error"])
         return cls(**body)
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable queue message {raw[:80]!r}: {exc}") from exc

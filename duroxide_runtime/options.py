@@ -86,6 +86,11 @@ class RuntimeOptions:
     activity_threads: int = 16
     #: How long a fetched instance stays locked before another dispatcher may take it.
     orchestration_lock_timeout: float = 5.0
+    #: How long orchestration code may run without a step (one callback of its
+    #: loop) before the watchdog stops the turn with OrchestrationStuckError; the
+    #: turn is retried with back-off, and after ``max_attempts`` the instance fails.
+    #: A long turn that keeps stepping (a long replay, say) is never stopped.
+    turn_timeout: float = 2.0
     #: How long a fetched activity stays locked; renewed while it runs.
     activity_lock_timeout: float = 30.0
     #: A message fetched more than this many times fails its instance as poison.
@@ -121,6 +126,6 @@ class RuntimeOptions:
                      "activity_threads", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"RuntimeOptions.{name} must be >= 1", fix=f"set {name} to 1 or more")
-        for name in ("orchestration_lock_timeout", "activity_lock_timeout", "poll_interval"):
+        for name in ("orchestration_lock_timeout", "activity_lock_timeout", "poll_interval", "turn_timeout"):
             if not 0 < getattr(self, name) < math.inf:  # also NaN
                 raise ConfigurationError(f"RuntimeOptions.{name} must be > 0", fix=f"set {name} to a positive number of seconds")

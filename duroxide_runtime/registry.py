@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 from .errors import ConfigurationError
-from .replay import OrchestrationFn
+from .engine.execution import OrchestrationFn
 
 __all__ = ["ActivityRegistry", "ActivityRegistryBuilder", "OrchestrationRegistry",
            "OrchestrationRegistryBuilder", "VersionPolicy", "ActivityFn", "DEFAULT_VERSION"]

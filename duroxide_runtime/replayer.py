@@ -20,10 +20,10 @@ from pathlib import Path
 
 import orjson
 
-from .errors import NonDeterminismError
+from .errors import ErrorCode, NonDeterminismError
 from .history import Event, HistoryEvent, decode_event, encode_event
-from .options import RuntimeOptions
-from .replay import Execution, OrchestrationFn
+from .engine.execution import OrchestrationFn, TurnInput, execute
+from .engine.output import Status
 
 __all__ = ["replay_history", "history_to_json", "history_from_json"]
 
@@ -50,22 +50,18 @@ def replay_history(fn: OrchestrationFn, history: Sequence[HistoryEvent] | Path |
               if isinstance(history, (Path, str)) else list(history))
     if not events or not isinstance(events[0], Event.OrchestrationStarted):
         raise NonDeterminismError("the history to replay does not begin with OrchestrationStarted")
-    started = events[0]
-    ex = Execution(fn, instance_id, 1, started.name, started.version, RuntimeOptions())
-    ex.begin_turn(events[-1].timestamp_ms)
-    try:
-        ex.replay(events)
-        outcome = ex.outcome
-        if outcome is not None and outcome.error is not None and outcome.error.error_type == "NonDeterminismError":
-            raise NonDeterminismError(outcome.error.message.split(". Fix: ")[0])
-        recorded = next((e for e in events if isinstance(
-            e, (Event.OrchestrationCompleted, Event.OrchestrationFailed, Event.OrchestrationContinuedAsNew))), None)
-        if recorded is not None:
-            expected = {Event.OrchestrationCompleted: "Completed", Event.OrchestrationFailed: "Failed",
-                        Event.OrchestrationContinuedAsNew: "ContinuedAsNew"}[type(recorded)]
-            got = outcome.status if outcome is not None else "still running"
-            if got != expected:
-                raise NonDeterminismError(f"history ends {expected} (event {recorded.event_id}), "
-                                          f"but the code now ends {got}")
-    finally:
-        ex.dispose()
+    result = execute(fn, TurnInput(now_ms=events[-1].timestamp_ms, history=events), instance_id=instance_id)
+    outcome = result.outcome
+    error = outcome.error if outcome is not None else None
+    if error is not None and (error.code == ErrorCode.NONDETERMINISM or error.error_type == "NonDeterminismError"):
+        # Rebuilt from the structured details: message and fix are stored apart.
+        raise NonDeterminismError(error.message, fix=error.fix)
+    recorded = next((e for e in events if isinstance(
+        e, (Event.OrchestrationCompleted, Event.OrchestrationFailed, Event.OrchestrationContinuedAsNew))), None)
+    if recorded is not None:
+        expected = {Event.OrchestrationCompleted: Status.COMPLETED, Event.OrchestrationFailed: Status.FAILED,
+                    Event.OrchestrationContinuedAsNew: Status.CONTINUED_AS_NEW}[type(recorded)]
+        if result.status != expected:
+            got = "still running" if result.status == Status.RUNNING else str(result.status)
+            raise NonDeterminismError(f"history ends {expected} (event {recorded.event_id}), "
+                                      f"but the code now ends {got}")

@@ -14,11 +14,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-from collections.abc import Callable, Sequence
 
 from .client import Client
+from .discovery import discovered_activity_registry, discovered_orchestration_registry
 from .dispatch.activities import ActivityWorker
 from .dispatch.orchestrations import OrchestrationDispatcher
 from .errors import ConfigurationError
@@ -30,11 +29,6 @@ from .registry import ActivityRegistry, OrchestrationRegistry
 __all__ = ["Runtime", "RuntimeBuilder"]
 
 _log = logging.getLogger("duroxide.runtime")
-
-#: Hooks the macro layer installs so that ``discover_*()`` can find decorated functions.
-activity_discovery: list[Callable[[], ActivityRegistry]] = []
-orchestration_discovery: list[Callable[[], OrchestrationRegistry]] = []
-
 
 def _report_crash(task: asyncio.Task[None]) -> None:
     """A runtime loop ended by an error (not a cancel): say so, instead of leaving it to shutdown's gather."""
@@ -80,17 +74,15 @@ class RuntimeBuilder:
         return self
 
     def discover_activities(self) -> RuntimeBuilder:
-        """Add every ``@activity`` function (needs ``duroxide_macros``)."""
-        self._require_discovery(activity_discovery, "discover_activities")
-        for source in activity_discovery:
-            self._activities = self._activities.merged(source())
+        """Add every activity the registered discovery sources know (``@activity`` functions
+        once ``duroxide_macros`` is imported; see :mod:`duroxide_runtime.discovery`)."""
+        self._activities = self._activities.merged(discovered_activity_registry())
         return self
 
     def discover_orchestrations(self) -> RuntimeBuilder:
-        """Add every ``@orchestration`` function (needs ``duroxide_macros``)."""
-        self._require_discovery(orchestration_discovery, "discover_orchestrations")
-        for source in orchestration_discovery:
-            self._orchestrations = self._orchestrations.merged(source())
+        """Add every orchestration the registered discovery sources know (``@orchestration``
+        functions once ``duroxide_macros`` is imported)."""
+        self._orchestrations = self._orchestrations.merged(discovered_orchestration_registry())
         return self
 
     def options(self, options: RuntimeOptions) -> RuntimeBuilder:
@@ -106,15 +98,6 @@ class RuntimeBuilder:
                      Observers(self._observers))
         rt._start()
         return rt
-
-    @staticmethod
-    def _require_discovery(sources: Sequence[Callable[[], object]], what: str) -> None:
-        if not sources:
-            try:
-                importlib.import_module("duroxide_macros")  # importing it registers the discovery hooks
-            except ImportError as exc:
-                raise ConfigurationError(f"{what}() needs the duroxide_macros package",
-                                         fix="install duroxide with its macros, or register functions manually") from exc
 
 
 class Runtime:

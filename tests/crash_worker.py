@@ -9,6 +9,17 @@ activity execution appends one JSON line to LEDGER (the side-effects ledger),
 written with a single ``os.write`` on an ``O_APPEND`` file so that a SIGKILL
 never leaves a torn line and concurrent processes never interleave.
 
+Two more orchestrations run among the healthy ones (issue 10):
+
+* ``PoisonedFlow`` calls ``Undecodable``, an activity whose result no store can
+  encode (a lone surrogate); it catches the ``ActivityFailed`` the runtime
+  raises for that call and goes on with a healthy call.
+* ``SlowTurn`` calls ``Step``, then computes for several seconds in one turn
+  (deterministic CPU work, calibrated by the test), stepping with
+  ``await asyncio.sleep(0)``. Each time that turn begins, a JSON line
+  ``{"pid", "instance_id"}`` is appended to ``LEDGER.turns`` (test
+  instrumentation: which processes ran the turn, killed or not).
+
 The pure functions at the top are shared with the test, which uses
 :func:`expected_output` to check every instance's output independently.
 """
@@ -24,6 +35,7 @@ import time
 import zlib
 
 from duroxide_runtime import (
+    ActivityFailed,
     ActivityRegistry,
     OrchestrationContext,
     OrchestrationRegistry,
@@ -34,8 +46,13 @@ from duroxide_runtime import (
 )
 
 ORCHESTRATION = "CrashFlow"
+POISONED = "PoisonedFlow"
+SLOW = "SlowTurn"
 STEPS = 3
 BRANCHES = 2
+#: What activity ``Undecodable`` returns: ``os.fsdecode`` of a byte that is not UTF-8, a lone surrogate.
+UNDECODABLE = os.fsdecode(b"\xff")
+_MOD = 1_000_003
 
 # -- pure, deterministic functions (shared with the test) ----------------------------
 
@@ -78,9 +95,52 @@ def _format_output(steps: list[int], branches: list[int]) -> str:
                       sort_keys=True)
 
 
+def work(amount: int) -> int:
+    """Deterministic CPU work (as in ``tests/slow_turn_worker.py``); :func:`calibrate` sizes it."""
+    total = 0
+    for i in range(amount):
+        total = (total * 31 + i) % _MOD
+    return total
+
+
+def calibrate(seconds: float) -> int:
+    """The ``amount`` for which :func:`work` takes ``seconds`` of CPU on this machine (measured, so
+    that the slow turn is long on any machine; no assertion depends on the measure)."""
+    amount = 20_000
+    while True:
+        started = time.process_time()
+        work(amount)
+        took = time.process_time() - started
+        if took > 0.02:
+            return max(1, int(amount * seconds / took))
+        amount *= 4
+
+
+def slow_input(start: int, steps: int, amount: int) -> str:
+    """Input of a ``SlowTurn``: ``steps`` steps of ``work(amount)`` in one turn."""
+    return json.dumps({"start": start, "steps": steps, "amount": amount})
+
+
+def expected_slow_output(instance_id: str, input: str) -> str:
+    """The output ``SlowTurn`` must produce (one ``work`` instead of ``steps``: the steps are equal)."""
+    args = json.loads(input)
+    seed = step_result(instance_id, 0, args["start"])
+    return _slow_output(seed, (seed + args["steps"] * work(args["amount"])) % _MOD)
+
+
+def _slow_output(seed: int, total: int) -> str:
+    return json.dumps({"seed": seed, "total": total}, sort_keys=True)
+
+
+def poisoned_after(instance_id: str, input: str) -> int:
+    """The result of the healthy call ``PoisonedFlow`` makes after the poisoned one."""
+    return step_result(instance_id, 1, int(input))
+
+
 # -- activities: slow enough that kills land while they run ---------------------------
 
 _LEDGER_FD: int | None = None
+_TURNS_FD: int | None = None
 
 
 def _record(kind: str, raw: str, result: str) -> None:
@@ -116,7 +176,14 @@ def branch_activity(raw: str) -> str:
     return result
 
 
-# -- the orchestration ----------------------------------------------------------------
+def undecodable_activity(raw: str) -> str:
+    """Returns text no store can encode: the runtime must fail this call alone, with a typed error."""
+    time.sleep(_sleep_for(raw))
+    _record("Undecodable", raw, UNDECODABLE)  # JSON escapes the surrogate: the ledger line is ASCII
+    return UNDECODABLE
+
+
+# -- the orchestrations ---------------------------------------------------------------
 
 
 async def crash_flow(ctx: OrchestrationContext, input: str) -> str:
@@ -137,27 +204,65 @@ async def crash_flow(ctx: OrchestrationContext, input: str) -> str:
     return _format_output(steps, [int(r) for r in results])
 
 
+async def poisoned_flow(ctx: OrchestrationContext, input: str) -> str:
+    """A call whose result cannot be stored (caught), then a healthy call."""
+    iid = ctx.instance_id
+    try:
+        bad = await ctx.schedule_activity("Undecodable", f"{iid}|0|{input}")
+        caught = f"no error, result {bad!r}"  # repr: this output stays storable, the test names it
+    except ActivityFailed as err:
+        caught = f"{err.error_type}: {err.details.message}"
+    after = int(await ctx.schedule_activity("Step", f"{iid}|1|{input}"))
+    return json.dumps({"caught": caught, "after": after}, sort_keys=True)
+
+
+async def slow_turn(ctx: OrchestrationContext, input: str) -> str:
+    """``Step``, then one CPU-bound turn that outlives many lock periods, stepping all along."""
+    args = json.loads(input)
+    seed = int(await ctx.schedule_activity("Step", f"{ctx.instance_id}|0|{args['start']}"))
+    _mark_slow_turn(ctx.instance_id)
+    total = seed
+    for _ in range(args["steps"]):
+        total = (total + work(args["amount"])) % _MOD
+        await asyncio.sleep(0)  # a step: the watchdog sees progress, the turn goes on
+    return _slow_output(seed, total)
+
+
+def _mark_slow_turn(instance_id: str) -> None:
+    # Test instrumentation only (orchestration code must not do I/O): which processes began the turn.
+    assert _TURNS_FD is not None
+    os.write(_TURNS_FD, (json.dumps({"pid": os.getpid(), "instance_id": instance_id}) + "\n").encode())
+
+
 def worker_options() -> RuntimeOptions:
     """Short locks so that work held by a killed process is taken over quickly.
 
     ``activity_concurrency`` is kept low on purpose: the ~1000 activity calls then
-    take several seconds, so every kill interrupts work in flight.
+    take several seconds, so every kill interrupts work in flight. The options are
+    the same for the ``SlowTurn`` instance: its turn outlives these 1 s locks many
+    times over, and it is the runtime's job to renew them while the turn runs.
     """
     return RuntimeOptions(orchestration_lock_timeout=1.0, activity_lock_timeout=2.0,
                           poll_interval=0.05, activity_concurrency=16, activity_threads=8)
 
 
 async def main(db_path: str, ledger_path: str) -> None:
-    global _LEDGER_FD
+    global _LEDGER_FD, _TURNS_FD
     _LEDGER_FD = os.open(ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    _TURNS_FD = os.open(ledger_path + ".turns", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     store = await SqliteProvider.new(f"sqlite://{os.path.abspath(db_path)}")
     rt = await (Runtime.builder()
                 .store(store)
                 .activities(ActivityRegistry.builder()
                             .register("Step", step_activity)
                             .register("Branch", branch_activity)
+                            .register("Undecodable", undecodable_activity)
                             .build())
-                .orchestrations(OrchestrationRegistry.builder().register(ORCHESTRATION, crash_flow).build())
+                .orchestrations(OrchestrationRegistry.builder()
+                                .register(ORCHESTRATION, crash_flow)
+                                .register(POISONED, poisoned_flow)
+                                .register(SLOW, slow_turn)
+                                .build())
                 .options(worker_options())
                 .start())
     stop = asyncio.Event()
@@ -167,6 +272,7 @@ async def main(db_path: str, ledger_path: str) -> None:
     await rt.shutdown(grace=2)
     await store.close()
     os.close(_LEDGER_FD)
+    os.close(_TURNS_FD)
     print("STOPPED", flush=True)
 
 

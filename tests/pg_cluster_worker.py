@@ -14,6 +14,17 @@ SIGKILL never leaves a torn line and processes never interleave. A ``start``
 without an ``end`` from the same process is a call that was in flight when the
 process died.
 
+Two more orchestrations run among the healthy ones (issue 10):
+
+* ``PoisonedFlow`` calls ``Undecodable``, an activity whose result no store can
+  encode (a lone surrogate); it catches the ``ActivityFailed`` the runtime
+  raises for that call and goes on with a healthy call (``Side``).
+* ``SlowTurn`` calls ``Prep``, then computes for several seconds in one turn
+  (deterministic CPU work, calibrated by the test), stepping with
+  ``await asyncio.sleep(0)``. Each time that turn begins, a JSON line
+  ``{"pid", "instance_id"}`` is appended to ``LEDGER.turns`` (test
+  instrumentation: the test kills the process running it).
+
 The pure functions at the top are shared with the test, which checks every
 output and activity result against them.
 """
@@ -30,6 +41,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 
 from duroxide_runtime import (
+    ActivityFailed,
     ActivityRegistry,
     OrchestrationContext,
     OrchestrationRegistry,
@@ -41,14 +53,19 @@ from duroxide_runtime import (
 
 PARENT = "ClusterParent"
 CHILD = "ClusterChild"
+POISONED = "PoisonedFlow"
+SLOW = "SlowTurn"
 LEAVES = 2
+#: What activity ``Undecodable`` returns: ``os.fsdecode`` of a byte that is not UTF-8, a lone surrogate.
+UNDECODABLE = os.fsdecode(b"\xff")
+_MOD = 1_000_003
 
 # -- pure, deterministic functions (shared with the test) ----------------------------
 
 
 def mix(*parts: object) -> int:
     """A deterministic pseudo-random number in [0, 1_000_003)."""
-    return zlib.crc32("|".join(map(str, parts)).encode()) % 1_000_003
+    return zlib.crc32("|".join(map(str, parts)).encode()) % _MOD
 
 
 def make_input(index: int, seed: int) -> str:
@@ -62,8 +79,8 @@ def child_id(parent_id: str) -> str:
 
 
 def activity_result(name: str, raw: str) -> str:
-    """What activity ``name`` returns for input ``raw`` (every activity is ``mix`` of its input)."""
-    return str(mix(name, raw))
+    """What activity ``name`` returns for input ``raw`` (every activity but ``Undecodable`` is ``mix`` of its input)."""
+    return UNDECODABLE if name == "Undecodable" else str(mix(name, raw))
 
 
 def expected_child_output(parent_id: str, a: int) -> str:
@@ -85,9 +102,52 @@ def _parent_output(a: int, child: str, side: int) -> str:
                        "total": a + side + json.loads(child)["sum"]}, sort_keys=True)
 
 
+def work(amount: int) -> int:
+    """Deterministic CPU work (as in ``tests/slow_turn_worker.py``); :func:`calibrate` sizes it."""
+    total = 0
+    for i in range(amount):
+        total = (total * 31 + i) % _MOD
+    return total
+
+
+def calibrate(seconds: float) -> int:
+    """The ``amount`` for which :func:`work` takes ``seconds`` of CPU on this machine (measured, so
+    that the slow turn is long on any machine; no assertion depends on the measure)."""
+    amount = 20_000
+    while True:
+        started = time.process_time()
+        work(amount)
+        took = time.process_time() - started
+        if took > 0.02:
+            return max(1, int(amount * seconds / took))
+        amount *= 4
+
+
+def slow_input(start: int, steps: int, amount: int) -> str:
+    """Input of a ``SlowTurn``: ``steps`` steps of ``work(amount)`` in one turn."""
+    return json.dumps({"start": start, "steps": steps, "amount": amount})
+
+
+def expected_slow_output(instance_id: str, input: str) -> str:
+    """The output ``SlowTurn`` must produce (one ``work`` instead of ``steps``: the steps are equal)."""
+    args = json.loads(input)
+    seed = int(activity_result("Prep", f"{instance_id}|{args['start']}"))
+    return _slow_output(seed, (seed + args["steps"] * work(args["amount"])) % _MOD)
+
+
+def _slow_output(seed: int, total: int) -> str:
+    return json.dumps({"seed": seed, "total": total}, sort_keys=True)
+
+
+def poisoned_after(instance_id: str) -> int:
+    """The result of the healthy call ``PoisonedFlow`` makes after the poisoned one."""
+    return int(activity_result("Side", f"{instance_id}|after"))
+
+
 # -- activities -------------------------------------------------------------------------
 
 _LEDGER_FD: int | None = None
+_TURNS_FD: int | None = None
 
 
 def _record(phase: str, name: str, raw: str, result: str | None = None) -> None:
@@ -106,7 +166,7 @@ def _make_activity(name: str) -> Callable[[str], Awaitable[str]]:
         _record("start", name, raw)
         await asyncio.sleep(0.05 + (zlib.crc32(raw.encode()) % 150) / 1000)  # 50-200 ms: kills land mid-call
         result = activity_result(name, raw)
-        _record("end", name, raw, result)
+        _record("end", name, raw, result)  # JSON escapes Undecodable's surrogate: the ledger line is ASCII
         return result
 
     run.__name__ = f"{name.lower()}_activity"
@@ -138,18 +198,53 @@ async def cluster_child(ctx: OrchestrationContext, input: str) -> str:
     return json.dumps({"leaves": values, "sum": sum(values)}, sort_keys=True)
 
 
+async def poisoned_flow(ctx: OrchestrationContext, input: str) -> str:
+    """A call whose result cannot be stored (caught), then a healthy call."""
+    iid = ctx.instance_id
+    try:
+        bad = await ctx.schedule_activity("Undecodable", f"{iid}|{input}")
+        caught = f"no error, result {bad!r}"  # repr: this output stays storable, the test names it
+    except ActivityFailed as err:
+        caught = f"{err.error_type}: {err.details.message}"
+    after = int(await ctx.schedule_activity("Side", f"{iid}|after"))
+    return json.dumps({"caught": caught, "after": after}, sort_keys=True)
+
+
+async def slow_turn(ctx: OrchestrationContext, input: str) -> str:
+    """``Prep``, then one CPU-bound turn that outlives many lock periods, stepping all along."""
+    args = json.loads(input)
+    seed = int(await ctx.schedule_activity("Prep", f"{ctx.instance_id}|{args['start']}"))
+    _mark_slow_turn(ctx.instance_id)
+    total = seed
+    for _ in range(args["steps"]):
+        total = (total + work(args["amount"])) % _MOD
+        await asyncio.sleep(0)  # a step: the watchdog sees progress, the turn goes on
+    return _slow_output(seed, total)
+
+
+def _mark_slow_turn(instance_id: str) -> None:
+    # Test instrumentation only (orchestration code must not do I/O): which processes began the turn.
+    assert _TURNS_FD is not None
+    os.write(_TURNS_FD, (json.dumps({"pid": os.getpid(), "instance_id": instance_id}) + "\n").encode())
+
+
 def worker_options() -> RuntimeOptions:
-    """Short locks, so that what a killed process held is taken over quickly."""
+    """Short locks, so that what a killed process held is taken over quickly.
+
+    The options are the same for the ``SlowTurn`` instance: its turn outlives these
+    1 s locks many times over, and it is the runtime's job to renew them while it runs.
+    """
     return RuntimeOptions(orchestration_lock_timeout=1.0, activity_lock_timeout=2.0, poll_interval=0.05,
                           orchestration_batch_size=16, activity_concurrency=32)
 
 
 async def main(url: str, schema: str, ledger_path: str) -> None:
-    global _LEDGER_FD
+    global _LEDGER_FD, _TURNS_FD
     _LEDGER_FD = os.open(ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    _TURNS_FD = os.open(ledger_path + ".turns", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     store = await PostgresProvider.new(url, schema=schema, pool_size=6)
     activities = ActivityRegistry.builder()
-    for name in ("Prep", "Side", "Leaf"):
+    for name in ("Prep", "Side", "Leaf", "Undecodable"):
         activities.register(name, _make_activity(name))
     rt = await (Runtime.builder()
                 .store(store)
@@ -157,6 +252,8 @@ async def main(url: str, schema: str, ledger_path: str) -> None:
                 .orchestrations(OrchestrationRegistry.builder()
                                 .register(PARENT, cluster_parent)
                                 .register(CHILD, cluster_child)
+                                .register(POISONED, poisoned_flow)
+                                .register(SLOW, slow_turn)
                                 .build())
                 .options(worker_options())
                 .start())
@@ -167,6 +264,7 @@ async def main(url: str, schema: str, ledger_path: str) -> None:
     await rt.shutdown(grace=2)
     await store.close()
     os.close(_LEDGER_FD)
+    os.close(_TURNS_FD)
     print("STOPPED", flush=True)
 
 

@@ -1,6 +1,8 @@
-"""A store-less simulator for the replay engine (used by test_replay_properties).
+"""A store-less simulator for the engine (used by test_replay_properties).
 
-It plays the dispatcher and the outside world around :class:`Execution`:
+What the synthetic-history tests of ``test_engine.py`` cannot express: random
+programs run against a random outside world, turn after turn. It plays the
+dispatcher and the outside world around the engine's turn function:
 
 * a *program* is a list of steps that :func:`make_orchestration` turns into an
   orchestration function (activities, fan-out, select, event waits, guids,
@@ -8,10 +10,10 @@ It plays the dispatcher and the outside world around :class:`Execution`:
 * the *world* is a tape of small integers: which pending work completes next,
   whether it succeeds, when events are raised, how many messages share a turn,
   duplicates and late completions of cancelled work;
-* :func:`run_live` runs a scenario with one Execution kept live across turns and
-  records every turn (time, messages delivered, output);
+* :func:`run_live` runs a scenario with one ``Execution`` kept live across turns
+  (``run_turn``) and records every turn (time, messages delivered, output);
 * :func:`run_from_scratch` / :func:`run_from_cut` re-run the recorded turns the
-  way a dispatcher without a cache does (fresh Execution + replay of stored events).
+  way a dispatcher without a cache does (``execute``: replay of stored events).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from duroxide_runtime.messages import (
     TimerFired,
 )
 from duroxide_runtime.options import RetryPolicy
-from duroxide_runtime.replay import Execution, Outcome, TurnOutput
+from duroxide_runtime.engine.execution import Execution, TurnInput, execute
+from duroxide_runtime.engine.output import Outcome, TurnOutput
 
 INSTANCE = "inst"
 ORCH = "Prog"
@@ -380,21 +383,16 @@ def run_live(program: Program, tape_values: Sequence[int], probe: Probe | None =
     world = World(Tape(tape_values))
     run = Run()
     ex = new_execution(make_orchestration(program, probe), options)
+    batch: list[OrchestratorMessage] = [start_message()]
     try:
         with capture_traces() as traces, counting_guids():
-            ex.begin_turn(world.now)
-            ex.start(start_message(), VERSION)
-            out = ex.take_output()
-            run.turns.append(Turn(world.now, [start_message()], out, len(ex.history)))
-            world.absorb(out)
-            while ex.outcome is None and len(run.turns) < MAX_TURNS:
-                batch = world.next_batch(ex.history)
-                ex.begin_turn(world.now)
-                for msg in batch:
-                    ex.deliver(msg)
-                out = ex.take_output()
+            while True:
+                out = ex.run_turn(TurnInput(now_ms=world.now, messages=batch)).output
                 run.turns.append(Turn(world.now, batch, out, len(ex.history)))
                 world.absorb(out)
+                if ex.outcome is not None or len(run.turns) >= MAX_TURNS:
+                    break
+                batch = world.next_batch(ex.history)
         run.traces = list(traces)
         run.history = list(ex.history)
         run.outcome = ex.outcome
@@ -405,28 +403,18 @@ def run_live(program: Program, tape_values: Sequence[int], probe: Probe | None =
 
 def run_from_scratch(program: Program, live: Run, probe: Probe | None = None,
                      options: RuntimeOptions = OPTIONS) -> Run:
-    """Re-run the recorded turns of ``live``; every turn builds a fresh Execution and replays."""
+    """Re-run the recorded turns of ``live``; every turn is ``execute`` on the events stored so far."""
     probe = probe if probe is not None else []
     fn = make_orchestration(program, probe)
     run = Run()
     stored: list[HistoryEvent] = []
     with capture_traces() as traces, counting_guids():
-        for n, turn in enumerate(live.turns):
-            ex = new_execution(fn, options)
-            try:
-                ex.begin_turn(turn.now_ms)
-                if n == 0:
-                    ex.start(start_message(), VERSION)
-                else:
-                    ex.replay(stored)
-                    for msg in turn.messages:
-                        ex.deliver(msg)
-                out = ex.take_output()
-                stored = stored + out.new_events
-                run.turns.append(Turn(turn.now_ms, turn.messages, out, len(stored)))
-                run.outcome = ex.outcome
-            finally:
-                ex.dispose()
+        for turn in live.turns:
+            result = execute(fn, TurnInput(now_ms=turn.now_ms, messages=turn.messages, history=stored),
+                             instance_id=INSTANCE, options=options)
+            stored = stored + result.output.new_events
+            run.turns.append(Turn(turn.now_ms, turn.messages, result.output, len(stored)))
+            run.outcome = result.outcome
     run.traces = list(traces)
     run.history = stored
     return run
@@ -482,9 +470,7 @@ def norm_outcome(o: Outcome | None) -> Any:
 
 
 def is_empty(out: TurnOutput) -> bool:
-    return (not out.new_events and not out.activities and not out.messages and not out.cancelled_activities
-            and not out.custom_status_changed)
-
+    return out.is_empty()
 
 
 @dataclass
@@ -506,19 +492,13 @@ def run_from_cut(program: Program, live: Run, cut: int) -> CutRun:
     following = live.turns[cut + 1:]
     try:
         with counting_guids(generated):
-            ex.begin_turn(following[0].now_ms if following else live.turns[cut].now_ms + 1)
-            ex.replay(prefix)
-            replay_out = ex.take_output()
+            now = following[0].now_ms if following else live.turns[cut].now_ms + 1
+            replay_out = ex.run_turn(TurnInput(now_ms=now, history=prefix)).output
             replay_probe = list(probe)
             replaying_after = ex.ctx.is_replaying
             probe.clear()
-            turns: list[Turn] = []
-            for n, turn in enumerate(following):
-                if n > 0:
-                    ex.begin_turn(turn.now_ms)
-                for msg in turn.messages:
-                    ex.deliver(msg)
-                turns.append(Turn(turn.now_ms, turn.messages, ex.take_output(), len(ex.history)))
+            turns = [Turn(t.now_ms, t.messages, ex.run_turn(TurnInput(now_ms=t.now_ms, messages=t.messages)).output,
+                          len(ex.history)) for t in following]
         assert all(not p[2] for p in probe if p[0] == "step"), f"is_replaying True while running new code: {probe}"
         return CutRun(replay_out, replay_probe, turns, list(ex.history), ex.outcome, replaying_after)
     finally:

@@ -14,6 +14,17 @@ and the workers' side-effects ledger:
   ledger entry belongs to a call recorded in history (no phantom work).
   Re-running an activity after a kill is allowed (at-least-once).
 
+Two more instances run among them through the same kills (issue 10):
+
+* a poisoned payload: ``PoisonedFlow`` calls an activity whose result no store
+  can encode (a lone surrogate). That call alone fails, with ``ActivityFailed``
+  (``PayloadError``) naming the surrogate; the orchestration catches it, makes a
+  healthy call and completes; its history records that one failure, once.
+* a slow turn: ``SlowTurn`` computes for ~7 s in one turn (stepping with
+  ``asyncio.sleep(0)``), far longer than the workers' 1 s locks. Workers killed
+  while it runs leave it to the next one, which redoes it; it completes exactly
+  once with the output its input determines.
+
 Reproduce a run with ``DUROXIDE_CRASH_SEED=<seed>`` (printed in every failure).
 """
 
@@ -35,7 +46,20 @@ from duroxide_runtime import Client, Event, HistoryEvent, SqliteProvider
 
 from .history_checks import history_problems
 from .worker_process import WorkerProcess
-from .crash_worker import ORCHESTRATION, expected_output, make_input, step_result, branch_result
+from .crash_worker import (
+    ORCHESTRATION,
+    POISONED,
+    SLOW,
+    UNDECODABLE,
+    branch_result,
+    calibrate,
+    expected_output,
+    expected_slow_output,
+    make_input,
+    poisoned_after,
+    slow_input,
+    step_result,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -56,6 +80,8 @@ def _read_ledger(path: Path) -> list[dict[str, Any]]:
 
 
 def _expected_activity_result(name: str, raw: str) -> str:
+    if name == "Undecodable":
+        return UNDECODABLE
     iid, n, value = raw.rsplit("|", 2)
     fn = step_result if name == "Step" else branch_result
     return str(fn(iid, int(n), int(value)))
@@ -66,6 +92,28 @@ def _check_activity_result(sched: HistoryEvent, done: HistoryEvent) -> str | Non
             done.result != _expected_activity_result(sched.name, sched.input):
         return f"wrong result {done.result!r} for {sched!r}"
     return None
+
+
+def _poisoned_problems(iid: str, input: str, output: str | None, history: list[HistoryEvent]) -> list[str]:
+    """What is wrong with the poisoned instance: its output names the typed error of the
+    unencodable result and then the healthy call's result; its history records that one
+    failure (once) and is otherwise like any other."""
+    problems: list[str] = []
+    out = json.loads(output or "{}")
+    caught = str(out.get("caught"))
+    if not (caught.startswith("PayloadError: ") and "'Undecodable'" in caught and "lone surrogate" in caught
+            and repr(UNDECODABLE) in caught):
+        problems.append(f"the unencodable result did not fail its call with a PayloadError naming "
+                        f"{UNDECODABLE!r}: {caught!r}")
+    if out.get("after") != poisoned_after(iid, input):
+        problems.append(f"healthy call after the poisoned one: {out.get('after')!r}")
+    failed = [e for e in history if isinstance(e, Event.ActivityFailed)]
+    if len(failed) != 1 or failed[0].details.error_type != "PayloadError":
+        problems.append(f"expected one ActivityFailed (PayloadError), got {failed}")
+    expected_failure = {f"failure recorded: {e!r}" for e in failed[:1]}
+    problems += [p for p in history_problems(history, output or "", {"ActivityScheduled": 2}, _check_activity_result)
+                 if p not in expected_failure]
+    return problems
 
 
 async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
@@ -81,6 +129,13 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
     inputs = {f"crash-{i:03d}": make_input(i, seed) for i in range(INSTANCES)}
     ids = list(inputs)
     half = INSTANCES // 2
+    # The poisoned and the slow instance exist before any runtime: the first workers take them up
+    # (the slow turn outlives every killed worker; 70 steps of 0.1 s of CPU measured here).
+    poisoned, slow = "crash-poisoned", "crash-slow"
+    extra = {poisoned: (POISONED, str(rng.randrange(1_000_003))),
+             slow: (SLOW, slow_input(rng.randrange(1_000_003), 70, calibrate(0.1)))}
+    all_ids = ids + list(extra)
+    turns = Path(f"{ledger}.turns")
 
     async def start(batch: list[str]) -> None:
         for iid in batch:
@@ -92,6 +147,8 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
     done_at_kill: list[int] = []
     try:
         # Half the instances exist before any runtime; the rest are started while the first one runs.
+        for iid, (name, inp) in extra.items():
+            await client.start_orchestration(iid, name, inp)
         await start(ids[:half])
         n_kills = rng.randint(4, 5)
         for k in range(n_kills):
@@ -115,7 +172,7 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
         deadline = t_final + FINAL_TIMEOUT
         while True:
             counts = await _status_counts(client)
-            if counts.get("Completed", 0) + counts.get("Failed", 0) >= INSTANCES or time.monotonic() > deadline:
+            if counts.get("Completed", 0) + counts.get("Failed", 0) >= len(all_ids) or time.monotonic() > deadline:
                 break
             assert final.proc.returncode is None, f"{tag} final worker died\n{final.log_tail()}"
             await asyncio.sleep(0.25)
@@ -129,13 +186,19 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
                 await w.proc.wait()
         raise
 
-    summary = f"{tag} kills: {kills}; final run {final_secs:.1f}s; total {time.monotonic() - t0:.1f}s"
+    slow_turn_pids = [json.loads(line)["pid"] for line in turns.read_text().splitlines()] if turns.exists() else []
+    killed_in_slow_turn = sum(w.pid in slow_turn_pids for w in workers)
+    summary = (f"{tag} kills: {kills}; slow turn begun {len(slow_turn_pids)} times, in {killed_in_slow_turn} "
+               f"killed worker(s); final run {final_secs:.1f}s; total {time.monotonic() - t0:.1f}s")
 
     # -- every instance completed with the right output -------------------------------
     records = {i.instance_id: i for i in await client.list_instances(limit=10 * INSTANCES)}
-    assert sorted(records) == sorted(ids), f"{summary}: instances lost or invented"
+    assert sorted(records) == sorted(all_ids), f"{summary}: instances lost or invented"
+    assert records[slow].status == "Completed" and records[slow].output == expected_slow_output(slow, extra[slow][1]), \
+        f"{summary}: slow instance {records[slow]}\n{final.log_tail()}"
+    assert records[poisoned].status == "Completed", f"{summary}: poisoned instance {records[poisoned]}"
     wrong = {iid: (r.status, r.output, r.error) for iid, r in records.items()
-             if r.status != "Completed" or r.output != expected_output(iid, inputs[iid])}
+             if iid not in extra and (r.status != "Completed" or r.output != expected_output(iid, inputs[iid]))}
     assert not wrong, (f"{summary}: {len(wrong)} instances not Completed with the expected output, e.g. "
                        f"{dict(list(wrong.items())[:5])}\n{final.log_tail()}")
 
@@ -146,10 +209,16 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
         executions[(row["instance_id"], row["execution_id"], row["event_id"])] += 1
     scheduled: dict[tuple[str, int, int], Event.ActivityScheduled] = {}
     bad: dict[str, list[str]] = {}
-    for iid in ids:
+    for iid in all_ids:
         history = await client.read_history(iid)
-        problems = history_problems(history, expected_output(iid, inputs[iid]),
-                                    {"ActivityScheduled": 5, "TimerCreated": 1}, _check_activity_result)
+        if iid == poisoned:
+            problems = _poisoned_problems(iid, extra[iid][1], records[iid].output, history)
+        elif iid == slow:  # one OrchestrationStarted, one OrchestrationCompleted, however often the turn ran
+            problems = history_problems(history, expected_slow_output(iid, extra[iid][1]), {"ActivityScheduled": 1},
+                                        _check_activity_result)
+        else:
+            problems = history_problems(history, expected_output(iid, inputs[iid]),
+                                        {"ActivityScheduled": 5, "TimerCreated": 1}, _check_activity_result)
         if await client.list_executions(iid) != [1]:
             problems.append(f"executions: {await client.list_executions(iid)}")
         for e in history:
@@ -168,7 +237,7 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
                or scheduled[(row["instance_id"], row["execution_id"], row["event_id"])].name != row["activity"]
                or row["result"] != _expected_activity_result(row["activity"], row["input"])]
     assert not phantom, f"{summary}: ledger entries matching no scheduled call: {phantom[:5]}"
-    assert len(scheduled) == 5 * INSTANCES, summary
+    assert len(scheduled) == 5 * INSTANCES + 3, summary
 
     reruns = sum(n - 1 for n in executions.values() if n > 1)
     redelivered = sum(1 for row in ledger_rows if row["attempt"] > 1)

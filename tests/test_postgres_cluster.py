@@ -9,6 +9,14 @@
   (history ids 1..n, one terminal event, every schedule completed exactly once),
   activity results match the side-effects ledger, the calls the victim had in
   flight were redelivered to a survivor, and activities ran in 2+ processes.
+  Among the parents run a poisoned payload and a slow turn (issue 10): a
+  ``PoisonedFlow`` whose activity returns text no store can encode (that call
+  alone fails with ``ActivityFailed`` / ``PayloadError`` naming the lone
+  surrogate; the orchestration catches it, makes a healthy call, completes),
+  and a ``SlowTurn`` that computes for ~7 s in one turn, far longer than the
+  workers' 1 s locks. The killed process is the one that began the slow turn
+  (the kill most likely lands while it runs); a survivor redoes it, and it
+  completes exactly once.
 * ``test_runtime_survives_killed_connections``: a runtime in this process runs
   50 instances (activities + timers) while every backend of its provider (pool
   and LISTEN connection) and of a separate client's provider is terminated with
@@ -60,12 +68,19 @@ from .worker_process import WorkerProcess
 from .pg_cluster_worker import (
     CHILD,
     PARENT,
+    POISONED,
+    SLOW,
+    UNDECODABLE,
     activity_result,
+    calibrate,
     child_id,
     expected_child_output,
     expected_output,
+    expected_slow_output,
     make_input,
     mix,
+    poisoned_after,
+    slow_input,
 )
 from .support import PG_URL
 
@@ -148,6 +163,37 @@ async def _counts(client: Client) -> collections.Counter[tuple[str, str]]:
     return collections.Counter((i.name, i.status) for i in await client.list_instances(limit=4 * PARENTS))
 
 
+def _slow_turn_pids(path: Path) -> list[int]:
+    """The processes that began the slow turn so far (the workers append one line each time)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(line)["pid"] for line in text[:text.rfind("\n") + 1].splitlines()]
+
+
+def _poisoned_problems(iid: str, output: str | None, history: list[HistoryEvent]) -> list[str]:
+    """What is wrong with the poisoned instance: its output names the typed error of the
+    unencodable result and then the healthy call's result; its history records that one
+    failure (once) and is otherwise like any other."""
+    problems: list[str] = []
+    out = json.loads(output or "{}")
+    caught = str(out.get("caught"))
+    if not (caught.startswith("PayloadError: ") and "'Undecodable'" in caught and "lone surrogate" in caught
+            and repr(UNDECODABLE) in caught):
+        problems.append(f"the unencodable result did not fail its call with a PayloadError naming "
+                        f"{UNDECODABLE!r}: {caught!r}")
+    if out.get("after") != poisoned_after(iid):
+        problems.append(f"healthy call after the poisoned one: {out.get('after')!r}")
+    failed = [e for e in history if isinstance(e, Event.ActivityFailed)]
+    if len(failed) != 1 or failed[0].details.error_type != "PayloadError":
+        problems.append(f"expected one ActivityFailed (PayloadError), got {failed}")
+    expected_failure = {f"failure recorded: {e!r}" for e in failed[:1]}
+    problems += [p for p in history_problems(history, output or "", {"ActivityScheduled": 2},
+                                             _check_cluster_completion)
+                 if p not in expected_failure]
+    return problems
+
+
 def _check_cluster_completion(sched: HistoryEvent, done: HistoryEvent) -> str | None:
     if isinstance(done, Event.ActivityCompleted):
         assert isinstance(sched, Event.ActivityScheduled)
@@ -171,8 +217,11 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
     tag = f"[seed={seed}; rerun with DUROXIDE_PG_CLUSTER_SEED={seed}]"
     schema = _new_schema()
     ledger, logs = tmp_path / "ledger.jsonl", tmp_path / "logs"
+    turns = Path(f"{ledger}.turns")
     logs.mkdir()
     t0 = time.monotonic()
+    # 70 steps of 0.1 s of CPU (measured here) in one turn
+    step_amount = calibrate(0.1)
 
     store = await _provider(PG_URL, schema)  # creates the schema before the workers start
     client = Client(store)
@@ -181,6 +230,9 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
     try:
         inputs = {f"p-{i:03d}": make_input(i, seed) for i in range(PARENTS)}
         ids = list(inputs)
+        poisoned, slow = "p-poisoned", "p-slow"
+        extra = {poisoned: (POISONED, str(rng.randrange(1_000_003))),
+                 slow: (SLOW, slow_input(rng.randrange(1_000_003), 70, step_amount))}
         gate = asyncio.Semaphore(8)
 
         async def start(iid: str) -> None:
@@ -191,6 +243,8 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
         # so that instances finish all along the run (and the kill lands among started, running and
         # finished ones).
         first = PARENTS // 5
+        for iid, (name, inp) in extra.items():  # taken up at once, among the first parents
+            await client.start_orchestration(iid, name, inp)
         await asyncio.gather(*(start(iid) for iid in ids[:first]))
         spawned = await asyncio.gather(*(WorkerProcess.spawn(n, WORKER, [PG_URL, schema, str(ledger)], logs, READY_TIMEOUT)
                                          for n in range(WORKERS)), return_exceptions=True)
@@ -205,6 +259,14 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
 
         delay = rng.uniform(0.5, 2.0)
         await asyncio.sleep(delay)
+        # The victim is the process that has begun the slow turn (a bounded wait: it begins once its
+        # first activity is done), so the kill most likely lands while that turn runs and a survivor
+        # must redo it. If it has not begun by then, the victim stays the random one.
+        deadline = time.monotonic() + 30
+        while not _slow_turn_pids(turns) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        began = _slow_turn_pids(turns)
+        victim = next((w for w in workers if w.pid in began), victim)
         # Mid-way: kill once a parent has finished and the victim is running activities (on a slow
         # machine this may take a little longer than the random delay). The victim is frozen
         # (SIGSTOP) while the ledger is read, so the calls seen in flight are exactly those the
@@ -236,7 +298,7 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
         while True:
             counts = await _counts(client)
             finished = sum(n for (_, status), n in counts.items() if status in ("Completed", "Failed"))
-            if finished >= 2 * PARENTS or time.monotonic() > deadline:
+            if finished >= 2 * PARENTS + len(extra) or time.monotonic() > deadline:
                 break
             for w in survivors:
                 assert w.proc.returncode is None, f"{tag} worker {w.number} died\n{w.log_tail()}"
@@ -246,19 +308,25 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
             rc = await w.stop()
             assert rc == 0, f"{tag} worker {w.number} exited with {rc}\n{w.log_tail()}"
 
+        slow_pids = _slow_turn_pids(turns)
         summary = (f"{tag} victim worker {victim.number} (pid {victim.pid}) killed {kill_at:.2f}s after READY "
-                   f"with {dict(at_kill)}; recovery {recover_secs:.1f}s; total {time.monotonic() - t0:.1f}s")
+                   f"with {dict(at_kill)}; slow turn begun in pids {slow_pids}; recovery {recover_secs:.1f}s; "
+                   f"total {time.monotonic() - t0:.1f}s")
 
         # -- every instance, parent and child, completed with the right output ---------------
         records = {i.instance_id: i for i in await client.list_instances(limit=4 * PARENTS)}
         children = {child_id(iid): iid for iid in ids}
-        assert sorted(records) == sorted(ids + list(children)), f"{summary}: instances lost or invented"
+        assert sorted(records) == sorted(ids + list(children) + list(extra)), \
+            f"{summary}: instances lost or invented"
         prep = {iid: int(activity_result("Prep", f"{iid}|{json.loads(inputs[iid])['start']}")) for iid in ids}
         want_output = {iid: expected_output(iid, inputs[iid]) for iid in ids}
         want_output.update({cid: expected_child_output(p, prep[p]) for cid, p in children.items()})
+        want_output[slow] = expected_slow_output(slow, extra[slow][1])
+        want_output[poisoned] = records[poisoned].output or ""  # checked by _poisoned_problems below
+        want_name = {**{iid: PARENT for iid in ids}, **{cid: CHILD for cid in children},
+                     **{iid: name for iid, (name, _) in extra.items()}}
         wrong = {iid: (r.name, r.status, r.output, r.error) for iid, r in records.items()
-                 if r.status != "Completed" or r.output != want_output[iid]
-                 or r.name != (CHILD if iid in children else PARENT)
+                 if r.status != "Completed" or r.output != want_output[iid] or r.name != want_name[iid]
                  or r.parent_instance_id != children.get(iid)}
         assert not wrong, (f"{summary}: {len(wrong)} instances wrong, e.g. {dict(list(wrong.items())[:5])}\n"
                            + "\n".join(w.log_tail() for w in survivors))
@@ -271,13 +339,18 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
                 ends[(row["instance_id"], row["execution_id"], row["event_id"])].append(row)
         scheduled: dict[tuple[str, int, int], Event.ActivityScheduled] = {}
         bad: dict[str, list[str]] = {}
-        for iid in ids + list(children):
+        for iid in ids + list(children) + list(extra):
             history = await client.read_history(iid)
             if iid in children:
                 wanted = {"ActivityScheduled": 2}
+            elif iid == slow:  # one OrchestrationStarted, one OrchestrationCompleted, however often the turn ran
+                wanted = {"ActivityScheduled": 1}
             else:
                 wanted = {"ActivityScheduled": 2, "TimerCreated": 1, "SubOrchestrationScheduled": 1}
-            problems = history_problems(history, want_output[iid], wanted, _check_cluster_completion)
+            if iid == poisoned:
+                problems = _poisoned_problems(iid, records[iid].output, history)
+            else:
+                problems = history_problems(history, want_output[iid], wanted, _check_cluster_completion)
             started = history[0] if history else None
             if iid in children and (not isinstance(started, Event.OrchestrationStarted)
                                     or started.parent_instance_id != children[iid]):
@@ -286,6 +359,8 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
             if executions != [1]:
                 problems.append(f"executions {executions}")
             results = {e.source_event_id: e.result for e in history if isinstance(e, Event.ActivityCompleted)}
+            # The poisoned call ran (a ledger end with its unencodable result), and failed in history.
+            results.update({e.source_event_id: UNDECODABLE for e in history if isinstance(e, Event.ActivityFailed)})
             for e in history:
                 if isinstance(e, Event.ActivityScheduled):
                     key = (iid, 1, e.event_id)
@@ -295,7 +370,7 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
             if problems:
                 bad[iid] = problems + [f"history: {_brief(history)}"]
         assert not bad, f"{summary}: {len(bad)} bad histories, e.g. {dict(list(bad.items())[:3])}"
-        assert len(scheduled) == 4 * PARENTS, summary
+        assert len(scheduled) == 4 * PARENTS + 3, summary
 
         # -- the ledger: no phantom work; the victim's calls in flight went to a survivor ------
         phantom = [r for r in ledger_rows

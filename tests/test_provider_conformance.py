@@ -226,6 +226,29 @@ async def test_lock_expiry_redelivers_with_new_token_and_higher_dequeue_count(st
     assert len(await store.read_history("i1")) == 1
 
 
+async def test_renewed_instance_lock_outlives_its_first_timeout(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    await store.create_instance(start_msg("i2"))
+    item = await fetch_one(store, "i1", lock_timeout=SHORT_LOCK)
+    assert await store.renew_orchestration_items([(item.instance_id, item.lock_token), ("i2", "not-a-token")],
+                                                 LONG_LOCK) == [True, False]
+    await asyncio.sleep(PAST_SHORT_LOCK)
+    assert [i.instance_id for i in (await store.fetch_orchestration_items(10, LONG_LOCK)).items] == ["i2"]
+    await commit_one(store, commit_for(item, new_events=[started()], update=running()))
+    # Committed: the lock is gone, and renewing it again says so.
+    assert await store.renew_orchestration_items([(item.instance_id, item.lock_token)], LONG_LOCK) == [False]
+    assert await store.renew_orchestration_items([], LONG_LOCK) == []
+
+
+async def test_renewal_of_a_lock_another_fetch_took_over_fails(store: Provider) -> None:
+    await store.create_instance(start_msg("i1"))
+    first = await fetch_one(store, "i1", lock_timeout=SHORT_LOCK)
+    await asyncio.sleep(PAST_SHORT_LOCK)
+    second = await fetch_one(store, "i1", lock_timeout=LONG_LOCK)
+    assert await store.renew_orchestration_items([("i1", first.lock_token)], LONG_LOCK) == [False]
+    assert await store.renew_orchestration_items([("i1", second.lock_token)], LONG_LOCK) == [True]
+
+
 async def test_fetch_respects_max_items(store: Provider) -> None:
     for iid in ("a", "b", "c"):
         await store.create_instance(start_msg(iid))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,8 +26,9 @@ from duroxide_runtime import (
     Client, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus, Provider, RuntimeOptions, SqliteProvider,
 )
 from duroxide_runtime.dispatch.orchestrations import OrchestrationDispatcher
+from duroxide_runtime.dispatch.turns import TurnThread
 from duroxide_runtime.messages import ActivityResult, StartOrchestration
-from duroxide_runtime.providers.base import InstanceUpdate, TurnCommit, WorkCompletion
+from duroxide_runtime.providers.base import InstanceUpdate, OrchestrationItem, TurnCommit, WorkCompletion
 from duroxide_runtime.providers.sqlite import SCHEMA_VERSION
 
 from .support import PG_URL, PROVIDERS, drop_store, make_store
@@ -45,6 +46,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await drop_store(s)
 
 
+async def process(d: OrchestrationDispatcher, items: Sequence[OrchestrationItem]) -> None:
+    """One batch through the dispatcher, as one of its pipelines runs it."""
+    turns = TurnThread(d.options.turn_timeout)
+    try:
+        await d._process(items, turns)
+    finally:
+        turns.close()
+
+
 def dispatcher(store: Provider) -> OrchestrationDispatcher:
     """One process's orchestration dispatcher, with its own live cache."""
     registry = OrchestrationRegistry.builder().register("Wait", wait_then_echo).build()
@@ -54,7 +64,7 @@ def dispatcher(store: Provider) -> OrchestrationDispatcher:
 async def one_turn(store: Provider, d: OrchestrationDispatcher) -> None:
     fetched = await store.fetch_orchestration_items(10, 60)
     assert [i.instance_id for i in fetched.items] == ["x"], fetched
-    await d._process(fetched.items)
+    await process(d, fetched.items)
 
 
 async def test_purged_and_recreated_id_never_resumes_the_cached_old_instance(store: Provider) -> None:
@@ -87,7 +97,7 @@ async def _resumes_after_the_upgrade(store: Provider) -> None:
     await Client(store).raise_event("before", "go", "later")
     for _ in range(2):
         fetched = await store.fetch_orchestration_items(10, 60)
-        await d._process(fetched.items)
+        await process(d, fetched.items)
     assert await Client(store).get_orchestration_status("before") == OrchestrationStatus.Completed(
         output="old-store:later")
 
@@ -176,7 +186,7 @@ async def test_result_of_a_purged_instance_never_reaches_its_successor_under_the
 
     async def turn() -> None:
         fetched = await store.fetch_orchestration_items(10, 60)
-        await d._process(fetched.items)
+        await process(d, fetched.items)
 
     await client.start_orchestration("y", "Call", "old")
     await turn()

@@ -1,7 +1,8 @@
 """Property-based tests of the replay engine (SEMANTICS 1-9), driven without a store.
 
-``replay_sim`` plays the dispatcher and the outside world around ``Execution``;
-hypothesis generates orchestration programs and the world's choices.
+``replay_sim`` plays the dispatcher and the outside world around the engine's
+turn function; hypothesis generates orchestration programs and the world's choices.
+Hand-written histories are in ``test_engine.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from duroxide_runtime import ErrorDetails, Event, HistoryEvent, OrchestrationContext, RuntimeOptions
+from duroxide_runtime.engine.execution import TurnInput, execute
 from duroxide_runtime.errors import ActivityFailed
 from duroxide_runtime.messages import ActivityResult, ExternalEvent, StartOrchestration, TimerFired
 
@@ -202,20 +204,16 @@ def test_history_limit_sends_no_work_for_the_event_past_the_limit(second: str) -
         return "done"
 
     history = [_started(), Event.ActivityScheduled(event_id=2, timestamp_ms=T0, name="A", input="x")]
-    ex = new_execution(two_calls, RuntimeOptions(max_history_events=3))
-    try:
-        ex.begin_turn(T0 + 1)
-        ex.replay(history)
-        ex.deliver(ActivityResult(instance_id=INSTANCE, execution_id=1, event_id=2, result="r"))
-        out = ex.take_output()
-        assert ex.outcome is not None and ex.outcome.error is not None
-        assert ex.outcome.error.error_type == "HistoryTooLongError"
-        assert type(out.new_events[-1]).__name__ == "OrchestrationFailed"
-        # the failed execution must not start work it will never wait for
-        assert out.activities == [], out.activities
-        assert out.messages == [], out.messages
-    finally:
-        ex.dispose()
+    result = execute(two_calls, TurnInput(now_ms=T0 + 1, history=history, messages=[
+        ActivityResult(instance_id=INSTANCE, execution_id=1, event_id=2, result="r")]),
+        instance_id=INSTANCE, options=RuntimeOptions(max_history_events=3))
+    out = result.output
+    assert result.outcome is not None and result.outcome.error is not None
+    assert result.outcome.error.error_type == "HistoryTooLongError"
+    assert type(out.new_events[-1]).__name__ == "OrchestrationFailed"
+    # the failed execution must not start work it will never wait for
+    assert out.activities == [], out.activities
+    assert out.messages == [], out.messages
 
 
 # -- (3) non-determinism ------------------------------------------------------------------
@@ -304,9 +302,7 @@ def test_mutated_schedule_fails_with_nondeterminism(program: Program, tape: list
     probe: list[tuple[Any, ...]] = []
     ex = new_execution(make_orchestration(program, probe))
     try:
-        ex.begin_turn(START_MS + 10**7)
-        ex.replay(prefix)  # must not raise
-        out = ex.take_output()
+        out = ex.run_turn(TurnInput(now_ms=START_MS + 10**7, history=prefix)).output  # must not raise
         assert ex.outcome is not None and ex.outcome.status == "Failed", ex.outcome
         assert ex.outcome.error is not None and ex.outcome.error.error_type == "NonDeterminismError", ex.outcome
         message = ex.outcome.error.message
@@ -321,9 +317,8 @@ def test_mutated_schedule_fails_with_nondeterminism(program: Program, tape: list
         assert [type(e).__name__ for e in out.new_events] == ["OrchestrationFailed"], out.new_events
         assert not out.activities and not out.messages, out
         # later messages are no-ops
-        ex.begin_turn(START_MS + 10**7 + 1)
-        ex.deliver(ExternalEvent(instance_id=INSTANCE, name="e0", data="late"))
-        assert is_empty(ex.take_output())
+        late = ExternalEvent(instance_id=INSTANCE, name="e0", data="late")
+        assert is_empty(ex.run_turn(TurnInput(now_ms=START_MS + 10**7 + 1, messages=[late])).output)
     finally:
         ex.dispose()
 
@@ -331,15 +326,13 @@ def test_mutated_schedule_fails_with_nondeterminism(program: Program, tape: list
 @pytest.mark.parametrize("end", ["return", "can"])
 def test_replaying_a_finished_history_adds_nothing(end: str) -> None:
     """A history that already ends in a terminal event replays to the same outcome, with no side effect
-    (``Execution.replay``: "no side effects"; ``replay_history`` replays finished histories)."""
+    (replay has no side effects; ``replay_history`` replays finished histories)."""
     program = Program((("act", 0),), end)
     live = run_live(program, [])
     assert live.outcome is not None and live.outcome.status == ("Completed" if end == "return" else "ContinuedAsNew")
     ex = new_execution(make_orchestration(program, []))
     try:
-        ex.begin_turn(START_MS + 10**7)
-        ex.replay(live.history)
-        out = ex.take_output()
+        out = ex.run_turn(TurnInput(now_ms=START_MS + 10**7, history=live.history)).output
         assert norm_outcome(ex.outcome) == norm_outcome(live.outcome)
         assert out.new_events == [], out.new_events
         assert out.messages == [], out.messages  # e.g. no second StartOrchestration for the next execution
@@ -358,15 +351,8 @@ def _started(input: str = "in") -> HistoryEvent:
 
 
 def _replay(fn: Any, history: list[HistoryEvent], *messages: Any) -> tuple[Any, Any]:
-    ex = new_execution(fn)
-    try:
-        ex.begin_turn(T0 + 100_000)
-        ex.replay(history)
-        for m in messages:
-            ex.deliver(m)
-        return ex.outcome, ex.take_output()
-    finally:
-        ex.dispose()
+    result = execute(fn, TurnInput(now_ms=T0 + 100_000, messages=messages, history=history), instance_id=INSTANCE)
+    return result.outcome, result.output
 
 
 async def _select_act_timer(ctx: OrchestrationContext, _: str) -> str:

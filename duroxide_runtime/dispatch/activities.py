@@ -38,7 +38,7 @@ from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
 from ..options import RuntimeOptions
 from ..providers.base import Provider, WorkCompletion, WorkLease
 from ..registry import ActivityRegistry
-from ..replay import safe_error_details, storable_text, text_problem
+from ..engine.payloads import safe_error_details, storable_text, text_problem
 from .orchestrations import raise_if_cancel_requested
 
 __all__ = ["ActivityWorker", "is_store_trouble"]

@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import CorruptHistoryError, ErrorDetails, PayloadError, PoisonMessageError, UnknownOrchestrationError
+from ..errors import (CorruptHistoryError, ErrorDetails, OrchestrationStuckError, PayloadError, PoisonMessageError,
+                      UnknownOrchestrationError)
 from ..history import Event, HistoryEvent
 from ..lograte import background_warnings
 from ..observe import OrchestrationFinished, RuntimeObserver, TurnReplayed
 from ..observe import OrchestrationStarted as ObservedStart
-from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestrationResult, TimerFired
+from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestrationResult
 from ..options import RuntimeOptions
 from ..providers.base import TERMINAL, InstanceUpdate, OrchestrationItem, Provider, TurnCommit, now_ms
 from ..registry import OrchestrationRegistry
-from ..replay import Execution, storable_text
+from ..engine.execution import Execution, TurnInput, TurnResult
+from ..engine.output import Status
+from ..engine.payloads import storable_text
+from .leases import BatchSizer, keep_locks
+from .turns import Done, Raised, Stuck, TurnOutcome, TurnThread
 
 __all__ = ["OrchestrationDispatcher", "InstanceCache", "raise_if_cancel_requested"]
 
@@ -53,42 +60,67 @@ class InstanceCache:
     purge and re-create (by any process) the new instance may reach the same
     execution id and history length as the cached one, and would otherwise be
     continued with the purged instance's state (issue 10, defect 3).
+
+    Turns run on the pipelines' turn threads while the event loop puts
+    committed executions back, so every method holds a lock, and an execution
+    in a turn is *taken* out of the cache: eviction can never dispose of one
+    that is running.
     """
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._items: collections.OrderedDict[str, Execution] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
-    def get(self, instance_id: str, execution_id: int, history_len: int,
-            incarnation: str | None) -> Execution | None:
+    def has(self, instance_id: str, execution_id: int, history_len: int, incarnation: str | None) -> bool:
+        """Whether :meth:`take` would return an execution (a stale entry is dropped)."""
+        with self._lock:
+            return self._valid(instance_id, execution_id, history_len, incarnation) is not None
+
+    def take(self, instance_id: str, execution_id: int, history_len: int,
+             incarnation: str | None) -> Execution | None:
+        """Remove and return the execution that continues this turn, if one is cached."""
+        with self._lock:
+            ex = self._valid(instance_id, execution_id, history_len, incarnation)
+            if ex is not None:
+                del self._items[instance_id]
+            return ex
+
+    def _valid(self, instance_id: str, execution_id: int, history_len: int,
+               incarnation: str | None) -> Execution | None:
         ex = self._items.get(instance_id)
         if ex is None:
             return None
         if (incarnation is None or ex.incarnation != incarnation or ex.execution_id != execution_id
-                or len(ex.history) != history_len or ex.outcome is not None):
-            self.evict(instance_id)
+                or len(ex.history) != history_len or not ex.reusable):
+            del self._items[instance_id]
+            ex.dispose()
             return None
-        self._items.move_to_end(instance_id)
         return ex
 
     def put(self, ex: Execution) -> None:
+        """Keep ``ex`` for its next turn (the least recently used entries go)."""
         if self._capacity <= 0:
             ex.dispose()
             return
-        self._items[ex.instance_id] = ex
-        self._items.move_to_end(ex.instance_id)
-        while len(self._items) > self._capacity:
-            _, old = self._items.popitem(last=False)
-            old.dispose()
+        with self._lock:
+            self._items[ex.instance_id] = ex
+            self._items.move_to_end(ex.instance_id)
+            old = [self._items.popitem(last=False)[1] for _ in range(len(self._items) - self._capacity)]
+        for execution in old:
+            execution.dispose()
 
     def evict(self, instance_id: str) -> None:
-        ex = self._items.pop(instance_id, None)
+        with self._lock:
+            ex = self._items.pop(instance_id, None)
         if ex is not None:
             ex.dispose()
 
     def clear(self) -> None:
-        for iid in list(self._items):
-            self.evict(iid)
+        with self._lock:
+            items, self._items = list(self._items.values()), collections.OrderedDict()
+        for ex in items:
+            ex.dispose()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -117,22 +149,36 @@ class OrchestrationDispatcher:
         self.options = options
         self.cache = InstanceCache(0 if options.replay_from_scratch else options.instance_cache_size)
         self._executions: dict[str, Execution] = {}
+        #: The last watchdog stop of each instance, named if its retries end in poison.
+        self._stuck: dict[str, OrchestrationStuckError] = {}
+        self._sizer = BatchSizer(options.orchestration_batch_size, options.orchestration_lock_timeout)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """One pipeline; several may run at once (instances are locked per turn)."""
+        """One pipeline; several may run at once (instances are locked per turn).
+
+        Each pipeline runs its turns on a thread of its own (dispatch/turns.py), so
+        a stuck turn holds up its own batch, not the other pipelines.
+        """
+        turns = TurnThread(self.options.turn_timeout)
+        try:
+            await self._pipeline(stopping, turns)
+        finally:
+            turns.close()
+
+    async def _pipeline(self, stopping: asyncio.Event, turns: TurnThread) -> None:
         failures = 0
         while not stopping.is_set():
             raise_if_cancel_requested()
             try:
                 fetched = await self.store.fetch_orchestration_items(
-                    self.options.orchestration_batch_size, self.options.orchestration_lock_timeout)
+                    self._sizer.size(), self.options.orchestration_lock_timeout)
                 if not fetched.items:
                     timeout = self.options.poll_interval
                     if fetched.next_due_ms is not None:
                         timeout = min(timeout, max(0.0, (fetched.next_due_ms - now_ms()) / 1000))
                     await self.store.signals.wait_orchestrator(timeout)
                     continue
-                await self._process(fetched.items)
+                await self._process(fetched.items, turns)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -142,35 +188,37 @@ class OrchestrationDispatcher:
                                             "(retrying)", exc_info=True)
                 await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
 
-    async def _process(self, items: Sequence[OrchestrationItem]) -> None:
+    async def _process(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> None:
+        async with keep_locks(self.store, items, self.options.orchestration_lock_timeout):
+            await self._process_locked(items, turns)
+
+    async def _process_locked(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> None:
         wanted = [(i.instance_id, i.instance.execution_id) for i in items
                   if i.instance is not None and self._needs_history(i)]
         histories = await self.store.read_histories(wanted) if wanted else {}
         now = now_ms()
+        started = time.monotonic()
+        outcomes = await turns.run([functools.partial(self._turn, item, histories.get(item.instance_id), now)
+                                          for item in items])
+        self._sizer.observe(len(items), time.monotonic() - started)
         commits: list[TurnCommit] = []
         abandons: list[_Abandon] = []
-        for item in items:
-            try:
-                result = self._turn(item, histories.get(item.instance_id), now)
-            except Exception:  # noqa: BLE001 - an engine bug fails one turn, not the runtime
-                _log.exception("instance %r: turn failed; it will be retried", item.instance_id,
-                               extra=_fields(item))
-                self.cache.evict(item.instance_id)
-                result = _Abandon(item, self._backoff(item))
+        for item, outcome in zip(items, outcomes):
+            result = self._result_of(item, outcome)
             if isinstance(result, _Abandon):
                 abandons.append(result)
             else:
                 commits.append(result)
         if commits:
             try:
-                outcomes = await self.store.commit_turns(commits)
+                committed = await self.store.commit_turns(commits)
             except Exception:
                 for c in commits:
                     self._forget(c.instance_id)
                 raise
             refused: list[TurnCommit] = []
             by_id = {item.instance_id: item for item in items}
-            for commit, ok in zip(commits, outcomes):
+            for commit, ok in zip(commits, committed):
                 if not ok and commit.refused is not None:
                     refused.append(self._refused(commit, by_id[commit.instance_id], histories))
                 elif not ok:
@@ -188,6 +236,23 @@ class OrchestrationDispatcher:
                 await self.store.commit_turns(refused)
         for a in abandons:
             await self.store.abandon_orchestration_item(a.item.instance_id, a.item.lock_token, a.delay)
+
+    def _result_of(self, item: OrchestrationItem, outcome: TurnOutcome[TurnCommit | _Abandon]) -> TurnCommit | _Abandon:
+        """What to do with one turn's outcome from the turn thread."""
+        if isinstance(outcome, Done):
+            return outcome.value
+        self._forget(item.instance_id)
+        if isinstance(outcome, Raised):  # an engine bug fails one turn, not the runtime
+            _log.error("instance %r: turn failed; it will be retried", item.instance_id, extra=_fields(item),
+                       exc_info=outcome.error)
+            return _Abandon(item, self._backoff(item))
+        if isinstance(outcome, Stuck):
+            error = OrchestrationStuckError(item.instance_id, outcome.seconds, outcome.where)
+            _log.error("%s; the turn is retried with back-off (attempt %d of %d)", error, item.dequeue_count,
+                       self.options.max_attempts, extra={**_fields(item), "error_code": error.code})
+            self._stuck[item.instance_id] = error
+            return _Abandon(item, self._backoff(item))
+        return _Abandon(item, 0.0)  # never ran (its thread was given up): redo it at once
 
     def _refused(self, commit: TurnCommit, item: OrchestrationItem,
                  histories: Mapping[str, list[HistoryEvent] | Exception]) -> TurnCommit:
@@ -211,7 +276,7 @@ class OrchestrationDispatcher:
             return False
         if item.dequeue_count > self.options.max_attempts:
             return True
-        return self.cache.get(item.instance_id, inst.execution_id, item.history_len, inst.incarnation) is None
+        return not self.cache.has(item.instance_id, inst.execution_id, item.history_len, inst.incarnation)
 
     def _backoff(self, item: OrchestrationItem) -> float:
         o = self.options
@@ -240,84 +305,72 @@ class OrchestrationDispatcher:
 
     def _turn(self, item: OrchestrationItem, history: list[HistoryEvent] | Exception | None,
               now: int) -> TurnCommit | _Abandon:
+        """Fetched item -> engine turn -> commit. Pure CPU, no asyncio: it may run on a worker thread."""
         inst = item.instance
         commit = TurnCommit(item.instance_id, item.lock_token, inst.execution_id if inst else 0,
                             consumed=[m.id for m in item.messages])
         if inst is None or inst.status in TERMINAL:
             return commit  # purged or finished: late messages are consumed and dropped
-        exec_id = inst.execution_id
-        messages = [m.message for m in item.messages
-                    if getattr(m.message, "execution_id", exec_id) == exec_id]
-        start = next((m for m in messages if isinstance(m, StartOrchestration)), None)
-
         if isinstance(history, Exception):
             return self._fail(commit, item, [], history if isinstance(history, CorruptHistoryError)
                               else CorruptHistoryError(item.instance_id, str(history)))
         stored = history or []
+        messages = [m.message for m in item.messages
+                    if getattr(m.message, "execution_id", inst.execution_id) == inst.execution_id]
         if item.dequeue_count > self.options.max_attempts:
-            cause = self._unknown_cause(stored, start)
-            return self._fail(commit, item, stored, PoisonMessageError(
-                f"instance {item.instance_id!r}: its messages were delivered {item.dequeue_count} times "
-                f"without a successful turn (max_attempts={self.options.max_attempts})"
-                + (f"; {cause}" if cause else ""),
-                fix="see the runtime log for the error of each attempt; fix the code or registration"))
-
-        reports: list[object] = []
-        ex = self.cache.get(item.instance_id, exec_id, item.history_len, inst.incarnation)
-        if ex is None:
-            if stored:
-                started = stored[0]
-                if not isinstance(started, Event.OrchestrationStarted):
-                    return self._fail(commit, item, stored, CorruptHistoryError(
-                        item.instance_id, "first event is not OrchestrationStarted"))
-                name, version = started.name, started.version
-            elif start is not None:
-                name, version = start.name, start.version or self.registry.pick_version(start.name) or ""
-            else:
-                return commit  # nothing started this execution; stray messages are dropped
-            fn = self.registry.get(name, version)
-            if fn is None:
-                # Rolling deploys: another node may know it; back off, poison eventually.
-                _log.warning("instance %r: %s", item.instance_id,
-                             UnknownOrchestrationError(name, version, self.registry.names()).message,
-                             extra=_fields(item, name, version))
-                return _Abandon(item, self._backoff(item))
-            ex = Execution(fn, item.instance_id, exec_id, name, version, self.options)
-            ex.incarnation = inst.incarnation
-            ex.begin_turn(now)
-            if stored:
-                started_at = time.perf_counter()
-                ex.replay(stored)
-                reports.append(TurnReplayed(name, item.instance_id, len(stored), time.perf_counter() - started_at))
-            else:
-                assert start is not None
-                ex.start(start, version)
-                messages = [m for m in messages if m is not start]
-        else:
-            ex.begin_turn(now)
-        for msg in _timers_in_due_order(messages):
-            ex.deliver(msg)
+            return self._fail(commit, item, stored, self._poison(item, stored, messages))
+        cached = self.cache.take(item.instance_id, inst.execution_id, item.history_len, inst.incarnation)
+        if cached is None and history is None and item.history_len > 0:
+            # Cached when the batch was fetched, evicted since (another pipeline filled the
+            # cache): its history was not read. Redo the turn now rather than lose messages.
+            return _Abandon(item, 0.0)
+        ex = cached or self._new_execution(item, commit, stored, messages)
+        if not isinstance(ex, Execution):
+            return ex  # not runnable: failed, dropped or backed off
+        result = ex.run_turn(TurnInput(now_ms=now, messages=messages, history=stored))
         self._executions[item.instance_id] = ex
-        out = ex.take_output()
-        reports += _lifecycle_reports(ex, out.new_events)
-        self._reports[item.instance_id] = reports
-        commit.new_events = out.new_events
-        commit.activities = out.activities
-        commit.messages = out.messages
-        commit.cancelled_activities = out.cancelled_activities
-        commit.cancelled_timers = out.cancelled_timers
-        outcome = ex.outcome
-        status, next_exec = "Running", exec_id
-        if outcome is not None:
-            if outcome.status == "ContinuedAsNew":
-                next_exec = exec_id + 1
-            else:
-                status = outcome.status
-        commit.update = InstanceUpdate(
-            name=ex.name, version=ex.version, execution_id=next_exec, status=status,
-            output=outcome.output if outcome else None, error=outcome.error if outcome else None,
-            custom_status=out.custom_status, custom_status_changed=out.custom_status_changed)
-        return commit
+        self._reports[item.instance_id] = _lifecycle_reports(ex, result)
+        return _filled(commit, ex, result)
+
+    def _new_execution(self, item: OrchestrationItem, commit: TurnCommit, stored: list[HistoryEvent],
+                       messages: list[OrchestratorMessage]) -> Execution | TurnCommit | _Abandon:
+        """A fresh execution for a turn the cache cannot continue (or why there is none to run)."""
+        inst = item.instance
+        assert inst is not None
+        start = next((m for m in messages if isinstance(m, StartOrchestration)), None)
+        if stored:
+            started = stored[0]
+            if not isinstance(started, Event.OrchestrationStarted):
+                return self._fail(commit, item, stored, CorruptHistoryError(
+                    item.instance_id, "first event is not OrchestrationStarted"))
+            name, version = started.name, started.version
+        elif start is not None:
+            name, version = start.name, start.version or self.registry.pick_version(start.name) or ""
+        else:
+            return commit  # nothing started this execution; stray messages are dropped
+        fn = self.registry.get(name, version)
+        if fn is None:
+            # Rolling deploys: another node may know it; back off, poison eventually.
+            _log.warning("instance %r: %s", item.instance_id,
+                         UnknownOrchestrationError(name, version, self.registry.names()).message,
+                         extra=_fields(item, name, version))
+            return _Abandon(item, self._backoff(item))
+        return Execution(fn, item.instance_id, inst.execution_id, name, version, self.options,
+                         incarnation=inst.incarnation)
+
+    def _poison(self, item: OrchestrationItem, stored: list[HistoryEvent],
+                messages: list[OrchestratorMessage]) -> PoisonMessageError:
+        """Why an instance whose messages came back too often is failed, naming the likely cause."""
+        start = next((m for m in messages if isinstance(m, StartOrchestration)), None)
+        stuck = self._stuck.pop(item.instance_id, None)
+        cause = (f"the watchdog stopped the last one: {type(stuck).__name__}: {stuck.message}" if stuck
+                 else self._unknown_cause(stored, start))
+        return PoisonMessageError(
+            f"instance {item.instance_id!r}: its messages were delivered {item.dequeue_count} times "
+            f"without a successful turn (max_attempts={self.options.max_attempts})"
+            + (f"; {cause}" if cause else ""),
+            fix=stuck.fix if stuck else "see the runtime log for the error of each attempt; fix the code or "
+                                        "registration")
 
     def _unknown_cause(self, stored: list[HistoryEvent], start: StartOrchestration | None) -> str:
         first = stored[0] if stored else None
@@ -350,21 +403,6 @@ class OrchestrationDispatcher:
         return commit
 
 
-def _timers_in_due_order(messages: list[OrchestratorMessage]) -> list[OrchestratorMessage]:
-    """Timers that fell due together (say, after a restart) fire in due order, not enqueue order.
-
-    Other messages keep their places; only the timers among them are reordered.
-    """
-    slots = [i for i, m in enumerate(messages) if isinstance(m, TimerFired)]
-    if len(slots) < 2:
-        return messages
-    ordered = sorted((messages[i] for i in slots), key=lambda m: (m.fire_at_ms, m.event_id))  # type: ignore[attr-defined]
-    result = list(messages)
-    for i, timer in zip(slots, ordered):
-        result[i] = timer
-    return result
-
-
 def _fields(item: OrchestrationItem, name: str | None = None, version: str | None = None) -> dict[str, object]:
     """Structured log fields of an instance's turn (``extra=`` of runtime log records)."""
     inst = item.instance
@@ -372,18 +410,36 @@ def _fields(item: OrchestrationItem, name: str | None = None, version: str | Non
             "orchestration": name or (inst.name if inst else None), "version": version or (inst.version if inst else None)}
 
 
-def _lifecycle_reports(ex: Execution, new_events: list[HistoryEvent]) -> list[object]:
-    """Observer reports for an execution that started or ended in this turn."""
+def _filled(commit: TurnCommit, ex: Execution, result: TurnResult) -> TurnCommit:
+    """``commit`` with what the turn produced; the store gets the status as its string."""
+    out, outcome = result.output, result.outcome
+    commit.new_events = out.new_events
+    commit.activities = out.activities
+    commit.messages = out.messages
+    commit.cancelled_activities = out.cancelled_activities
+    commit.cancelled_timers = out.cancelled_timers
+    moved_on = result.status is Status.CONTINUED_AS_NEW  # the instance runs on, as the next execution
+    commit.update = InstanceUpdate(
+        name=ex.name, version=ex.version, execution_id=ex.execution_id + 1 if moved_on else ex.execution_id,
+        status=Status.RUNNING.value if moved_on else result.status.value,
+        output=outcome.output if outcome else None, error=outcome.error if outcome else None,
+        custom_status=out.custom_status, custom_status_changed=out.custom_status_changed)
+    return commit
+
+
+def _lifecycle_reports(ex: Execution, result: TurnResult) -> list[object]:
+    """Observer reports of a turn: its replay, and an execution that started or ended in it."""
     reports: list[object] = []
-    for event in new_events:
+    if result.replayed is not None:
+        reports.append(TurnReplayed(ex.name, ex.instance_id, result.replayed.events, result.replayed.seconds))
+    for event in result.output.new_events:
         if isinstance(event, Event.OrchestrationStarted):
             reports.append(ObservedStart(ex.name, ex.version, ex.instance_id, ex.execution_id))
         elif isinstance(event, (Event.OrchestrationCompleted, Event.OrchestrationFailed,
                                 Event.OrchestrationContinuedAsNew)):
             began = ex.history[0].timestamp_ms if ex.history else event.timestamp_ms
             error = event.details.error_type if isinstance(event, Event.OrchestrationFailed) else None
-            status = {Event.OrchestrationCompleted: "Completed", Event.OrchestrationFailed: "Failed"}.get(
-                type(event), "ContinuedAsNew")
+            status = result.status.value
             reports.append(OrchestrationFinished(ex.name, ex.version, ex.instance_id, ex.execution_id, status,
                                                  max(0.0, (event.timestamp_ms - began) / 1000), error,
                                                  began, event.timestamp_ms, ex.trace_context,

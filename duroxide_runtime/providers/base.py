@@ -54,7 +54,7 @@ def decode_error_details(raw: bytes | str | None) -> ErrorDetails | None:
     if not raw:
         return None
     try:
-        return ErrorDetails(**orjson.loads(raw))
+        return ErrorDetails.from_dict(orjson.loads(raw))
     except (orjson.JSONDecodeError, TypeError):
         # One unreadable row must not stop every fetch that reads it.
         return ErrorDetails("CorruptHistoryError", f"the stored error is unreadable: {raw[:80]!r}")
@@ -328,6 +328,15 @@ class Provider(ABC):
         """Commit turns in one transaction where possible; ``False`` where the lock was lost,
         or where the store refused that turn's content (then ``commit.refused`` says why;
         the other turns of the batch are committed)."""
+
+    @abstractmethod
+    async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
+        """Extend instance locks taken by :meth:`fetch_orchestration_items` to now + ``lock_timeout``.
+
+        ``locks`` holds ``(instance_id, lock_token)`` pairs; one transaction for all.
+        ``False`` where that token no longer holds the lock (it expired and another
+        process took the instance): the turn's commit will be refused.
+        """
 
     @abstractmethod
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:

@@ -207,6 +207,17 @@ class InMemoryProvider(Provider):
         if answer is not None:
             self._enqueue(answer, None)
 
+    async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
+        until = now_ms() + int(lock_timeout * 1000)
+        renewed: list[bool] = []
+        for instance_id, token in locks:
+            lock = self._locks.get(instance_id)
+            held = lock is not None and lock[0] == token
+            if held:
+                self._locks[instance_id] = (token, until)
+            renewed.append(held)
+        return renewed
+
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
         lock = self._locks.get(instance_id)
         if lock is None or lock[0] != lock_token:

@@ -555,7 +555,7 @@ class PostgresProvider(Provider):
         await self._enqueue(conn, outgoing)
         u = c.update
         if u is not None:
-            error = orjson.dumps(u.error) if u.error is not None else None
+            error = orjson.dumps(u.error.to_dict()) if u.error is not None else None
             await conn.execute(
                 f"UPDATE {s}.instances SET name=$2, version=$3, execution_id=$4, status=$5, output=$6, error=$7, "
                 f"custom_status = CASE WHEN $8 THEN $9 ELSE custom_status END, updated_at={s}.now_ms() "
@@ -565,6 +565,22 @@ class PostgresProvider(Provider):
             if u.status in TERMINAL:
                 await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, c.instance_id)
         await conn.execute(f"DELETE FROM {s}.instance_locks WHERE instance_id=$1", c.instance_id)
+
+    async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
+        s = self.schema
+        ids = [i for i, _ in locks]
+        tokens = [t for _, t in locks]
+
+        async def op(conn: _Conn) -> list[bool]:
+            rows = await conn.fetch(
+                f"UPDATE {s}.instance_locks l SET locked_until = {s}.now_ms() + $3 "
+                "FROM unnest($1::text[], $2::text[]) AS c(i, t) "
+                "WHERE l.instance_id = c.i AND l.lock_token = c.t RETURNING l.instance_id",
+                ids, tokens, int(lock_timeout * 1000))
+            held = {r[0] for r in rows}
+            return [i in held for i in ids]
+
+        return await self._tx(op) if locks else []
 
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
         s = self.schema

@@ -1,10 +1,11 @@
-"""``SqliteProvider``: the embedded default store (SQLite in WAL mode, through aiosqlite).
+"""``SqliteProvider``: the embedded default store (SQLite in WAL mode, standard ``sqlite3``).
 
 Why it is fast: each store operation is one plain-``sqlite3`` function run on
-aiosqlite's connection thread, so a whole transaction (a batch of many
-turns, say) costs one thread hop instead of one per statement. Busy or
-locked databases (another process writing) are retried, never reported as
-a failure of an instance.
+the store's own connection thread (:mod:`.sqlite_thread`), so a whole
+transaction (a batch of many turns, say) costs one thread hop instead of one
+per statement. Busy or locked databases (another process writing) are
+retried, never reported as a failure of an instance. Errors are told apart by
+their SQLite result code, never by their message text.
 
 Example::
 
@@ -24,7 +25,6 @@ import uuid
 from collections.abc import Callable, Collection, Generator, Sequence
 from typing import Any, TypeVar
 
-import aiosqlite
 import orjson
 
 from ..errors import (
@@ -37,6 +37,7 @@ from .base import (
     TERMINAL, FetchResult, QueueDepths, child_rejection, decode_error_details, is_cancelled_timer, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
     WorkCompletion, WorkLease, now_ms,
 )
+from .sqlite_thread import ConnectionThread
 
 __all__ = ["SqliteProvider"]
 
@@ -128,31 +129,44 @@ def _check_not_foreign(conn: sqlite3.Connection, path: str) -> None:
                         "never share a database file with another application")
 
 
+def _result_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of ``exc`` (``SQLITE_BUSY``...), ``None`` if SQLite did not raise it.
+
+    ``sqlite_errorcode`` is the extended code (``SQLITE_BUSY_SNAPSHOT``...); its low byte is the primary one.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 def _store_error(path: str, exc: BaseException) -> StoreError:
-    """A :class:`StoreError` naming what is wrong with the SQLite file at ``path``, and its own fix."""
+    """A :class:`StoreError` naming what is wrong with the SQLite file at ``path``, and its own fix.
+
+    Told apart by exception type and SQLite result code; the message text is only quoted.
+    """
     text = str(exc)
-    low = text.lower()
-    if "not a database" in low or "encrypted" in low:
+    code = _result_code(exc)
+    if code == sqlite3.SQLITE_NOTADB:
         return StoreError(f"{path!r} is not a SQLite database ({text})",
                           fix="point the store at duroxide's SQLite file, or at a new path (it is created); "
                               "this file holds something else: do not reuse it")
-    if "malformed" in low or "corrupt" in low:
+    if code == sqlite3.SQLITE_CORRUPT:
         return StoreError(f"SQLite database {path!r} is corrupted ({text})",
                           fix="restore the file from a backup, or move it aside and start a new store; "
                               f"`sqlite3 {path} 'PRAGMA integrity_check'` shows the damage")
-    if "readonly" in low or "read-only" in low:
+    if code == sqlite3.SQLITE_READONLY:
         return StoreError(f"cannot write SQLite database {path!r}: the file or its directory is read-only ({text})",
                           fix="make the file and its directory writable by this user (SQLite also writes "
                               "FILE-wal and FILE-shm next to it), or use a writable path")
-    disk_full = "full" in low or "disk i/o" in low or getattr(exc, "errno", None) == errno.ENOSPC
-    if not disk_full and (isinstance(exc, OSError) or "unable to open" in low):
+    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR) or getattr(exc, "errno", None) == errno.ENOSPC:
+        return StoreError(f"SQLite cannot write {path!r}: {text}",
+                          fix="free disk space on the volume that holds the file (and check the disk), then retry")
+    if isinstance(exc, OSError) or code == sqlite3.SQLITE_CANTOPEN:
         return StoreError(f"cannot open or create SQLite database {path!r} ({text})",
                           fix="check that the directory exists and this user may create files in it "
                               "(SQLite writes FILE, FILE-wal and FILE-shm), or use another path")
-    if disk_full:
-        return StoreError(f"SQLite cannot write {path!r}: {text}",
-                          fix="free disk space on the volume that holds the file (and check the disk), then retry")
-    if "no such table" in low or "no such column" in low or "has no column" in low:
+    if code == sqlite3.SQLITE_ERROR:
+        # duroxide's statements are fixed and valid for its schema, so SQLite's generic
+        # SQL error ("no such table", "no such column") means the tables are not duroxide's.
         return StoreError(f"SQLite database {path!r} does not have duroxide's schema ({text})",
                           fix="give duroxide a file of its own; if another program changed its tables, "
                               "restore the file from a backup")
@@ -161,8 +175,8 @@ def _store_error(path: str, exc: BaseException) -> StoreError:
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
+    """Another connection holds the lock (``SQLITE_BUSY``, ``SQLITE_LOCKED``): worth retrying."""
+    return _result_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class SqliteProvider(Provider):
@@ -171,7 +185,7 @@ class SqliteProvider(Provider):
     def __init__(self, path: str) -> None:
         self.path = path
         self.signals = WakeSignals()
-        self._db: aiosqlite.Connection | None = None
+        self._db: ConnectionThread | None = None
         self._connecting: asyncio.Lock | None = None
 
     @classmethod
@@ -200,19 +214,14 @@ class SqliteProvider(Provider):
                     if self.path != ":memory:":
                         parent = os.path.dirname(os.path.abspath(self.path))
                         os.makedirs(parent, exist_ok=True)
-                    pending = aiosqlite.connect(self.path, isolation_level=None, timeout=30.0,
-                                                check_same_thread=False)
-                    # A forgotten close() must not keep the program alive; SQLite's
-                    # journal makes dying mid-transaction safe.
-                    thread = getattr(pending, "_thread", None)
-                    if thread is not None:
-                        thread.daemon = True
-                    db = await pending
+                    path = self.path
+                    # A daemon thread: a forgotten close() must not keep the program alive;
+                    # SQLite's journal makes dying mid-transaction safe.
+                    db = await ConnectionThread.open(
+                        lambda: sqlite3.connect(path, isolation_level=None, timeout=30.0),
+                        name=f"duroxide-sqlite {os.path.basename(path)}")
                 except (OSError, sqlite3.Error) as exc:
                     raise _store_error(self.path, exc) from exc
-                if not hasattr(db, "_execute"):
-                    raise ConfigurationError("this aiosqlite version lacks Connection._execute",
-                                             fix="install aiosqlite>=0.20,<0.23 (see pyproject.toml)")
                 self._db = db
                 try:
                     await self._run(self._migrate)
@@ -267,7 +276,7 @@ class SqliteProvider(Provider):
         deadline = time.monotonic() + 120
         while True:
             try:
-                return await db._execute(_in_thread, fn, db)  # type: ignore[no-any-return, no-untyped-call]
+                return await db.run(fn)
             except sqlite3.DatabaseError as exc:
                 if not isinstance(exc, sqlite3.OperationalError) and type(exc) is not sqlite3.DatabaseError:
                     raise  # IntegrityError, DataError...: about one item, not the file; the caller decides
@@ -472,6 +481,30 @@ class SqliteProvider(Provider):
         await self._run(op)
         self.signals.notify_orchestrator()
 
+    async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
+        """Extend the instance locks (instance_id, lock_token) fetched by fetch_orchestration_items to now +
+        lock_timeout, in one transaction; False for each lock no longer held by that token.
+
+        A lock is held while its row carries the token: an expired lock nobody took over is
+        renewed, as commit_turns would still accept it.
+
+        Example::
+
+            held = await store.renew_orchestration_items([(item.instance_id, item.lock_token)], 30.0)
+        """
+        if not locks:
+            return []
+        lock_ms = int(lock_timeout * 1000)
+
+        def op(conn: sqlite3.Connection) -> list[bool]:
+            until = now_ms() + lock_ms
+            with _transaction(conn):
+                return [conn.execute("UPDATE instance_locks SET locked_until=? WHERE instance_id=? AND lock_token=?",
+                                     (until, instance_id, token)).rowcount == 1
+                        for instance_id, token in locks]
+
+        return await self._run(op)
+
     # -- activity workers ----------------------------------------------------------
 
     async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
@@ -557,10 +590,6 @@ def _queue_depths(conn: sqlite3.Connection) -> QueueDepths:
     return QueueDepths(due, later, worker, active)
 
 
-def _in_thread(fn: Callable[[sqlite3.Connection], _T], db: aiosqlite.Connection) -> _T:
-    return fn(db._conn)
-
-
 class _transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): one writer, no upgrade deadlocks."""
 
@@ -630,7 +659,7 @@ def _apply_commit(conn: sqlite3.Connection, c: TurnCommit) -> None:
         _enqueue(conn, msg, visible_at)
     u = c.update
     if u is not None:
-        error = orjson.dumps(u.error) if u.error is not None else None
+        error = orjson.dumps(u.error.to_dict()) if u.error is not None else None
         if u.custom_status_changed:
             conn.execute("UPDATE instances SET name=?, version=?, execution_id=?, status=?, output=?, error=?, "
                          "custom_status=?, updated_at=? WHERE instance_id=?",

@@ -1,0 +1,308 @@
+"""Orchestration turns on a thread of their own, watched by a watchdog.
+
+Orchestration code is user code: it runs until its next ``await`` without
+giving control back. Run on the runtime's event loop, a CPU-heavy turn or a
+long replay starved lease renewals (another process then took the instance
+and, after ping-ponging, poisoned it), and a ``while True:`` hung the
+process, shutdown included. So turns run on one daemon thread per runtime
+(they are CPU-bound: under the GIL more threads would add switching, not
+speed), and the event loop stays free to renew leases, run activities and
+shut down while it awaits a batch.
+
+The watchdog counts the orchestration loop's steps (each callback it runs,
+each turn it starts). A step that runs longer than ``turn_timeout`` is
+stopped by raising :class:`TurnInterrupt` in the turn thread (CPython's
+documented ``PyThreadState_SetAsyncExc``, the only way to stop a thread
+from outside); the call then reports :class:`Stuck` with the line it was on.
+A turn that is slow but keeps stepping is never interrupted. If user code
+swallows the interrupt and goes on looping, the thread is given up and a
+fresh one takes the next turns.
+
+Example::
+
+    turns = TurnThread(turn_timeout=2.0)
+    outcomes = await turns.run([lambda: 1 + 1])   # [Done(value=2)]
+    turns.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Generic, TypeVar
+
+from ..steps import StepCounter, TurnInterrupt, count_steps_of_this_thread
+
+__all__ = ["TurnThread", "TurnInterrupt", "Done", "Raised", "Stuck", "Skipped", "TurnOutcome"]
+
+_T = TypeVar("_T")
+_log = logging.getLogger("duroxide.dispatcher")
+
+#: Files whose frames are the runtime's or asyncio's, not the line a stuck user was on.
+_INTERNAL_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                  os.path.dirname(os.path.abspath(asyncio.__file__)), os.path.abspath(threading.__file__))
+
+
+@dataclass(frozen=True)
+class Done(Generic[_T]):
+    """The call returned ``value``."""
+
+    value: _T
+
+
+@dataclass(frozen=True)
+class Raised:
+    """The call raised ``error`` (an engine bug: the caller decides what to do)."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The call never ran: the thread before it was given up (redo it)."""
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """The watchdog stopped the call after ``seconds`` without a step, on line ``where``."""
+
+    seconds: float
+    where: str | None
+
+
+TurnOutcome = Done[_T] | Raised | Stuck | Skipped
+
+
+@dataclass
+class _Job(Generic[_T]):
+    calls: Sequence[Callable[[], _T]]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[TurnOutcome[_T]]]
+    outcomes: list[TurnOutcome[_T]] = field(default_factory=list)
+    #: Set when the thread running this job was given up: its remaining calls must not run.
+    abandoned: bool = False
+    #: The caller's trace and profile functions (a debugger, a tracer), carried to the turn thread.
+    trace: Any = None
+    profile: Any = None
+
+
+class _Worker:
+    """One turn thread and what the watchdog knows of it."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[_Job[object] | None] = queue.SimpleQueue()
+        self.steps = StepCounter()
+        self.lock = threading.Lock()
+        #: The call running now, and the one the watchdog interrupted (identity tokens).
+        self.running: object | None = None
+        self.interrupted: object | None = None
+        self.where: str | None = None
+        #: (token, steps) seen by the watchdog, and since when.
+        self.seen: tuple[object | None, int] = (None, -1)
+        self.seen_since = 0.0
+        self.interrupts = 0
+        self.job: _Job[object] | None = None
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+
+    # -- on the turn thread ----------------------------------------------------------
+
+    def _main(self) -> None:
+        count_steps_of_this_thread(self.steps)
+        while True:
+            try:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                self.job = job
+                self._run_job(job)
+            except TurnInterrupt:  # cannot happen (pending interrupts are cleared); never die of it
+                continue
+
+    def _run_job(self, job: _Job[object]) -> None:
+        # pdb and tracers set on the event loop's thread must see orchestration lines too;
+        # a tracer this thread got on its own (coverage's, via threading.settrace) stays.
+        own_trace = sys.gettrace() is not None
+        if not own_trace:
+            sys.settrace(job.trace)
+        sys.setprofile(job.profile)
+        try:
+            for call in job.calls:
+                if job.abandoned:
+                    return
+                job.outcomes.append(self._run_call(call))
+        finally:
+            if not own_trace:
+                sys.settrace(None)
+            sys.setprofile(None)
+        try:
+            job.loop.call_soon_threadsafe(_resolve, job.future, job.outcomes)
+        except RuntimeError:  # the runtime's loop is closed: nobody waits any more
+            pass
+
+    def _run_call(self, call: Callable[[], object]) -> TurnOutcome[object]:
+        token = object()
+        with self.lock:
+            self.running = token
+            self.steps.count += 1
+        started = time.monotonic()
+        outcome: TurnOutcome[object] | None = None
+        try:
+            try:
+                outcome = Done(call())
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, per call
+                outcome = Raised(exc)
+        except TurnInterrupt:
+            pass
+        while True:  # until the lock is taken, an interrupt may still land here
+            try:
+                stuck = self._leave(token)
+                break
+            except TurnInterrupt:
+                continue
+        if stuck or outcome is None:
+            return Stuck(time.monotonic() - started, self.where)
+        return outcome
+
+    def _leave(self, token: object) -> bool:
+        """End the call; whether the watchdog interrupted it. Clears a pending interrupt."""
+        while True:
+            try:
+                with self.lock:
+                    stuck = self.interrupted is token
+                    if stuck:
+                        _set_async_exc(self.thread, None)  # not raised yet: it must never fire later
+                        self.interrupted = None
+                    self.running = None
+                    return stuck
+            except TurnInterrupt:
+                continue  # raised while leaving: the call is over either way
+
+    # -- on the event loop -----------------------------------------------------------
+
+    def check(self, timeout: float) -> bool:
+        """Interrupt the running call if it made no step for ``timeout`` seconds.
+
+        Returns ``False`` once the thread must be given up (it ignores interrupts).
+        """
+        now = time.monotonic()
+        with self.lock:
+            token = self.running
+            seen = (token, self.steps.count)
+            if token is None or seen != self.seen:
+                self.seen, self.seen_since, self.interrupts = seen, now, 0
+                return True
+            if now - self.seen_since < timeout * (1 + self.interrupts):
+                return True
+            if self.interrupts >= 3:
+                return False
+            if self.interrupts == 0:
+                self.where = _line_of(self.thread)
+            self.interrupts += 1
+            self.interrupted = token
+            _set_async_exc(self.thread, TurnInterrupt)
+            return True
+
+
+class TurnThread:
+    """Runs batches of turn calls on a daemon thread, under a watchdog; see the module docstring."""
+
+    def __init__(self, turn_timeout: float, name: str = "duroxide-turns") -> None:
+        self._timeout = turn_timeout
+        self._name = name
+        self._worker = _Worker(name)
+        self._closed = False
+
+    async def run(self, calls: Sequence[Callable[[], _T]]) -> list[TurnOutcome[_T]]:
+        """Run ``calls`` one after another on the turn thread; one outcome per call, in order."""
+        if not calls:
+            return []
+        if self._closed:
+            raise RuntimeError("the turn thread is closed")
+        loop = asyncio.get_running_loop()
+        job: _Job[_T] = _Job(calls, loop, loop.create_future(), trace=sys.gettrace(), profile=sys.getprofile())
+        # A debugger stopped at a breakpoint makes no steps: stopping it would be wrong.
+        watched = not _debugging(job.trace)
+        worker = self._worker
+        worker.jobs.put(job)  # type: ignore[arg-type]
+        interval = max(0.001, self._timeout / 4)
+        while True:
+            done, _ = await asyncio.wait({job.future}, timeout=interval)
+            if done:
+                return job.future.result()
+            if not watched or worker is not self._worker or worker.check(self._timeout):
+                continue
+            self._give_up(worker)
+
+    def _give_up(self, worker: _Worker) -> None:
+        """The running call ignores interrupts: leave it its thread and take a fresh one."""
+        _log.error("turn thread %s: orchestration code ignored %d interrupts (does it catch BaseException?); "
+                   "the thread is given up and a new one runs the next turns", worker.thread.name, worker.interrupts)
+        self._worker = _Worker(self._name)
+        job = worker.job
+        if job is not None and not job.future.done():
+            job.abandoned = True
+            ran = list(job.outcomes)
+            stuck: TurnOutcome[object] = Stuck(time.monotonic() - worker.seen_since, worker.where)
+            rest: list[TurnOutcome[object]] = [Skipped()] * len(job.calls)
+            _resolve(job.future, [*ran, stuck, *rest][:len(job.calls)])
+        while True:  # jobs queued behind the stuck one move to the new thread
+            try:
+                queued = worker.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if queued is not None:
+                self._worker.jobs.put(queued)
+        worker.jobs.put(None)
+
+    def close(self) -> None:
+        """Let the thread end after its current job (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._worker.jobs.put(None)
+
+
+def _debugging(trace: object) -> bool:
+    """Whether a debugger runs: pdb (any ``bdb.Bdb``) traces the caller, or debugpy is loaded."""
+    if "pydevd" in sys.modules:
+        return True
+    owner = getattr(trace, "__self__", None)
+    bdb = sys.modules.get("bdb")
+    return bdb is not None and isinstance(owner, bdb.Bdb)
+
+
+def _resolve(future: asyncio.Future[_T], value: _T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_async_exc(thread: threading.Thread, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` in ``thread`` at its next bytecode (``None`` cancels a pending one)."""
+    ident = thread.ident
+    if ident is None:
+        return
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc) if exc else None)
+
+
+def _line_of(thread: threading.Thread) -> str | None:
+    """``file:line in function`` of the innermost frame of user code running in ``thread``.
+
+    ``sys._current_frames`` is documented in the ``sys`` module (for debuggers
+    and watchdogs like this one).
+    """
+    frame: FrameType | None = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(_INTERNAL_DIRS):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return None

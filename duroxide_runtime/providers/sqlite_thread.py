@@ -1,0 +1,298 @@
+"""``ConnectionThread``: one daemon thread that owns one ``sqlite3`` connection and runs callables on it.
+
+Why a thread of its own: SQLite calls block, so they must not run on the event
+loop; and a store operation is a whole transaction written as a plain function
+of the connection, so it should cost one hop to the thread and back however
+many statements it runs. aiosqlite's public API hops once per statement; only
+its private ``Connection._execute`` runs a callable, hence this small module
+over the standard library alone.
+
+What it promises:
+
+* callables run one at a time, in submission order, on the thread that opened
+  the connection (so ``sqlite3``'s same-thread check stays on);
+* a callable's exception goes to its caller and never ends the thread;
+* a submitted callable always runs to completion: cancelling the awaiting
+  coroutine only stops the waiting, so the connection is never left halfway
+  through a transaction; a callable that returns (or raises) with a
+  transaction still open has it rolled back;
+* at most ``max_pending`` callables wait in the queue; further callers wait
+  (asynchronously) for room;
+* ``close()`` runs what was queued, closes the connection, ends the thread and
+  is idempotent; a forgotten ``close()`` never keeps the process alive (daemon
+  thread), and a collected ``ConnectionThread`` stops its thread.
+
+Example::
+
+    db = await ConnectionThread.open(lambda: sqlite3.connect("app.db", isolation_level=None))
+    count = await db.run(lambda conn: conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0])
+    await db.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ..errors import ConfigurationError, StoreError
+
+__all__ = ["ConnectionThread"]
+
+_T = TypeVar("_T")
+
+
+@dataclass(eq=False, slots=True)
+class _Job(Generic[_T]):
+    """One callable for the thread, and where its outcome goes (nowhere for a finalizer's stop)."""
+
+    fn: Callable[[sqlite3.Connection], _T] | None
+    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future[_T] | None
+    stop: bool = False
+
+
+def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
+    """On the caller's loop: hand over the outcome unless the caller stopped waiting (cancelled)."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+def _deliver(job: _Job[Any], result: object, error: BaseException | None) -> None:
+    """From the thread: schedule :func:`_settle` on the caller's loop."""
+    if job.future is None or job.loop is None:
+        return
+    if isinstance(error, StopIteration):
+        # asyncio futures refuse StopIteration (it would end the awaiting coroutine silently).
+        error = RuntimeError(f"the store operation raised StopIteration: {error!r}")
+    try:
+        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+    except RuntimeError:
+        pass  # the caller's event loop is closed: nobody waits for this outcome any more
+
+
+def _closed_error(name: str) -> StoreError:
+    return StoreError(f"the SQLite connection ({name}) is closed",
+                      fix="do not use a store after close(); open a new one (e.g. SqliteProvider.new(url))")
+
+
+class _Channel:
+    """The job queue between the event loop and the thread, bounded by a count of waiting jobs.
+
+    A stop job is always accepted, so ``close()`` never waits for room.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self._jobs: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._max = max_pending
+        self._room_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def offer(self, job: _Job[Any]) -> bool:
+        """Queue ``job`` if there is room (always for a stop job); ``False`` if the queue is full."""
+        with self._lock:
+            if self._pending >= self._max and not job.stop:
+                return False
+            self._pending += 1
+            self._jobs.put(job)  # under the lock: queue order is admission order
+        return True
+
+    def wait_for_room(self, loop: asyncio.AbstractEventLoop, room: asyncio.Future[None]) -> bool:
+        """Register ``room`` to be woken at the next take; ``False`` (not registered) if there is room now."""
+        with self._lock:
+            if self._pending < self._max:
+                return False
+            self._room_waiters.append((loop, room))
+            return True
+
+    def take(self) -> _Job[Any]:
+        """On the thread: the next job (blocking), waking every caller that waits for room."""
+        job = self._jobs.get()
+        with self._lock:
+            self._pending -= 1
+            if not self._room_waiters:
+                return job
+            waiters, self._room_waiters = self._room_waiters, []
+        # All of them, not one: a woken waiter may have been cancelled meanwhile, and a lost
+        # wake-up would strand the others; they race for the room and the losers wait again.
+        for loop, room in waiters:
+            try:
+                loop.call_soon_threadsafe(_settle, room, None, None)
+            except RuntimeError:
+                pass  # that caller's loop is closed
+        return job
+
+    def leftovers(self) -> list[_Job[Any]]:
+        """On the thread after its stop job: the jobs still queued (callers racing close() from elsewhere)."""
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue.Empty:
+                return jobs
+
+
+def _serve(channel: _Channel, connect: Callable[[], sqlite3.Connection], opened: _Job[None], name: str) -> None:
+    """The thread's body: open the connection, run jobs until a stop job, close it."""
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = connect()
+    except BaseException as exc:  # noqa: BLE001 - the opener gets whatever connecting raised
+        _deliver(opened, None, exc)
+    else:
+        _deliver(opened, None, None)
+    while True:
+        job = channel.take()
+        if job.stop:
+            error: BaseException | None = None
+            try:
+                if conn is not None:
+                    conn.close()
+            except BaseException as exc:  # noqa: BLE001 - the closer gets it; the thread ends anyway
+                error = exc
+            for late in channel.leftovers():
+                _deliver(late, None, _closed_error(name))
+            _deliver(job, None, error)
+            return
+        if conn is None or job.fn is None:
+            _deliver(job, None, _closed_error(name))  # opening failed: answer until stopped
+            continue
+        result: object = None
+        error = None
+        try:
+            result = job.fn(conn)
+        except BaseException as exc:  # noqa: BLE001 - the caller's error, not the thread's
+            error = exc
+        _deliver(job, result, _end_open_transaction(conn, error))
+
+
+def _end_open_transaction(conn: sqlite3.Connection, error: BaseException | None) -> BaseException | None:
+    """Roll back a transaction a callable left open, so the next callable starts clean.
+
+    Store callables commit or roll back themselves; one that did not (a failed COMMIT,
+    a bug) would otherwise make every later ``BEGIN`` fail.
+    """
+    try:
+        if not conn.in_transaction:
+            return error
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        return error if error is not None else exc
+    if error is not None:
+        return error
+    return StoreError("a store operation returned with its SQLite transaction still open; it was rolled back",
+                      fix="this is a bug in the store code: report it with the traceback")
+
+
+def _stop_quietly(channel: _Channel) -> None:
+    """Finalizer of a collected, never-closed ConnectionThread: let its thread close the connection and end."""
+    channel.offer(_Job(None, None, None, stop=True))
+
+
+class ConnectionThread:
+    """A ``sqlite3`` connection on a daemon thread of its own; ``await run(fn)`` runs ``fn(conn)`` there.
+
+    Open it with :meth:`open`, which runs ``connect`` on the new thread.
+
+    Example::
+
+        db = await ConnectionThread.open(lambda: sqlite3.connect("app.db", isolation_level=None))
+
+        def add(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t(v) VALUES ('x')")
+            conn.execute("COMMIT")
+            return conn.total_changes
+
+        changes = await db.run(add)       # one hop for the whole transaction
+        await db.close()
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, name: str = "duroxide-sqlite",
+                 max_pending: int = 1024) -> None:
+        if max_pending < 1:
+            raise ConfigurationError(f"max_pending must be at least 1, got {max_pending}",
+                                     fix="pass the number of callables that may wait in the queue, e.g. 1024")
+        self.name = name
+        self._connect = connect
+        self._channel = _Channel(max_pending)
+        self._closed = False
+        self._stopped: asyncio.Future[None] | None = None
+        self._thread: threading.Thread | None = None
+        # Stop the thread when this object is collected without close(); not at interpreter
+        # exit, where the daemon thread simply dies (SQLite's journal makes that safe).
+        self._finalizer = weakref.finalize(self, _stop_quietly, self._channel)
+        self._finalizer.atexit = False
+
+    @classmethod
+    async def open(cls, connect: Callable[[], sqlite3.Connection], *, name: str = "duroxide-sqlite",
+                   max_pending: int = 1024) -> ConnectionThread:
+        """Start the thread and open the connection on it; raises what ``connect`` raised."""
+        db = cls(connect, name=name, max_pending=max_pending)
+        await db._start()
+        return db
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        opened: _Job[None] = _Job(None, loop, loop.create_future())
+        self._thread = threading.Thread(target=_serve, args=(self._channel, self._connect, opened, self.name),
+                                        name=self.name, daemon=True)
+        self._thread.start()
+        assert opened.future is not None
+        try:
+            await opened.future
+        except BaseException:
+            # Failed or cancelled: nobody will hold this object, so stop the thread now
+            # (it answers nothing but the stop once opening failed).
+            self._closed = True
+            self._finalizer()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`close` was called (or opening failed)."""
+        return self._closed
+
+    async def run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(conn)`` on the thread and return its result (or raise its exception).
+
+        Cancelling the caller does not stop ``fn`` once it is queued: it runs to completion
+        and its outcome is dropped.
+        """
+        if self._closed:
+            raise _closed_error(self.name)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        job = _Job(fn, loop, future)
+        while not self._channel.offer(job):
+            room: asyncio.Future[None] = loop.create_future()
+            if self._channel.wait_for_room(loop, room):
+                await room
+            if self._closed:
+                raise _closed_error(self.name)
+        return await future
+
+    async def close(self) -> None:
+        """Run the callables already queued, close the connection and end the thread; idempotent."""
+        if self._stopped is None:
+            self._closed = True
+            if self._thread is None or not self._finalizer.alive:
+                return  # never started, or told to stop when opening failed
+            self._finalizer.detach()
+            loop = asyncio.get_running_loop()
+            self._stopped = loop.create_future()
+            self._channel.offer(_Job(None, loop, self._stopped, stop=True))
+        # shield: a cancelled close() must not cancel the future another close() awaits
+        await asyncio.shield(self._stopped)
+        assert self._thread is not None
+        self._thread.join()  # it has delivered the stop's outcome and is returning

@@ -1,0 +1,115 @@
+"""The turn watchdog and lock renewal, through a real runtime (issue 11; issue 10, defect 2).
+
+* A ``while True:`` orchestration beside 100 healthy instances: the healthy
+  ones complete, the stuck one is stopped with OrchestrationStuckError
+  (logged at ERROR with its instance and line) and finally fails; shutdown
+  completes. Every store, both replay modes.
+* Slow but valid turns with two processes: a 7 s CPU-bound turn and 64 turns
+  of 0.15 s each (a batch that outlasts the 5 s lock) all commit, exactly
+  once, and nothing is poisoned. Real worker processes on a SQLite file and
+  on PostgreSQL, default RuntimeOptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from duroxide_runtime import Client, OrchestrationContext, OrchestrationStatus, PostgresProvider, Provider, SqliteProvider
+from duroxide_runtime.history import Event
+
+from . import slow_turn_worker
+from .support import Harness, own_pg_database
+from .worker_process import WorkerProcess
+
+WORKER = Path(__file__).with_name("slow_turn_worker.py")
+
+
+async def spin(ctx: OrchestrationContext, _: str) -> str:
+    await ctx.schedule_timer(0)
+    n = 0
+    while True:  # never yields: the watchdog must stop this turn
+        n += 1
+
+
+async def healthy(ctx: OrchestrationContext, name: str) -> str:
+    await ctx.schedule_timer(0)
+    return f"ok:{name}"
+
+
+async def test_a_turn_that_never_yields_is_stopped_and_the_others_complete(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="duroxide.dispatcher")
+    await harness.start({"Spin": spin, "Healthy": healthy}, turn_timeout=0.3, max_attempts=2)
+    client = harness.client
+    await client.start_orchestration("spin", "Spin", "")
+    for i in range(100):
+        await client.start_orchestration(f"h{i}", "Healthy", str(i))
+    for i in range(100):
+        status = await client.wait_for_orchestration(f"h{i}", timedelta(seconds=120))
+        assert status == OrchestrationStatus.Completed(output=f"ok:{i}"), (i, status)
+    stuck = await client.wait_for_orchestration("spin", timedelta(seconds=120))
+    assert isinstance(stuck, OrchestrationStatus.Failed), stuck
+    assert stuck.details.error_type == "PoisonMessageError"
+    assert "OrchestrationStuckError" in stuck.details.message and "test_engine_watchdog.py" in stuck.details.message
+    stops = [r for r in caplog.records if "without yielding" in r.getMessage()]
+    assert stops and all(getattr(r, "instance_id", None) == "spin" for r in stops)
+    assert "while True" not in stops[0].getMessage()  # the line number, not the source text
+    assert f"test_engine_watchdog.py:{spin.__code__.co_firstlineno + 3}" in stops[0].getMessage()
+    await asyncio.wait_for(harness.stop(), 60)  # shutdown completes
+
+
+def _calibrate(seconds: float) -> int:
+    """How much ``slow_turn_worker.work`` takes ``seconds`` here (measured, so that
+    the turns are long on any machine; the assertions never depend on it)."""
+    amount = 20_000
+    while True:
+        started = time.process_time()
+        slow_turn_worker.work(amount)
+        took = time.process_time() - started
+        if took > 0.02:
+            return max(1, int(amount * seconds / took))
+        amount *= 4
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'slow.db'}"
+    else:
+        async with own_pg_database("duroxide_slow") as url:
+            yield url
+
+
+async def test_slow_valid_turns_commit_once_with_two_processes(store_url: str, tmp_path: Path) -> None:
+    store: Provider = (await SqliteProvider.new(store_url) if store_url.startswith("sqlite")
+                       else await PostgresProvider.new(store_url))
+    client = Client(store)
+    step = _calibrate(0.1)
+    slow = f"70:{step}"                 # 7 s of CPU in one turn, 0.1 s per step
+    quick = f"1:{int(step * 1.5)}"      # 0.15 s, one step
+    workers = [await WorkerProcess.spawn(n, WORKER, [store_url], tmp_path) for n in (1, 2)]
+    try:
+        await client.start_orchestration("slow", "Compute", slow)
+        for i in range(64):
+            await client.start_orchestration(f"q{i}", "Compute", quick)
+        ids = ["slow", *(f"q{i}" for i in range(64))]
+        for iid in ids:
+            status = await client.wait_for_orchestration(iid, timedelta(seconds=300))
+            assert isinstance(status, OrchestrationStatus.Completed), (iid, status)
+        for iid in ids:
+            history = await client.read_history(iid)
+            assert sum(isinstance(e, Event.OrchestrationStarted) for e in history) == 1, iid
+            assert sum(isinstance(e, Event.OrchestrationCompleted) for e in history) == 1, iid
+    finally:
+        for w in workers:
+            await w.stop()
+        await store.close()
+    logs = "\n".join(w.log_path.read_text(errors="replace") for w in workers)
+    assert "PoisonMessageError" not in logs and "lock lost" not in logs, logs[-4000:]

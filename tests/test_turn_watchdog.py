@@ -1,0 +1,115 @@
+"""The turn thread and its watchdog (dispatch/turns.py), on their own.
+
+Orchestration turns run off the event loop, so that the loop keeps renewing
+leases while a turn computes, and a turn that stops stepping is interrupted
+with the line it was on. The runtime-level behaviour (a ``while True:``
+orchestration beside healthy ones, a slow turn with two processes) is in
+tests/test_engine_watchdog.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from duroxide_runtime.dispatch.turns import Done, Raised, Skipped, Stuck, TurnInterrupt, TurnThread
+from duroxide_runtime.steps import steps_of_this_thread
+
+
+def _spin_forever() -> None:
+    while True:  # the line the watchdog must name
+        pass
+
+
+def _spin_swallowing() -> None:
+    while True:
+        try:
+            while True:
+                pass
+        except BaseException:  # noqa: BLE001 - what a hostile orchestration does
+            continue
+
+
+def _step_for(seconds: float) -> str:
+    """Compute for ``seconds`` while stepping, as an orchestration loop does between callbacks."""
+    end = time.monotonic() + seconds
+    counter = steps_of_this_thread()
+    while time.monotonic() < end:
+        counter.count += 1
+        sum(range(1000))
+    return "stepped"
+
+
+async def test_calls_run_in_order_off_the_event_loop() -> None:
+    turns = TurnThread(turn_timeout=5.0)
+    loop_thread = threading.get_ident()
+    try:
+        outcomes = await turns.run([lambda: 1, lambda: threading.get_ident(), lambda: 1 // 0])
+    finally:
+        turns.close()
+    assert outcomes[0] == Done(1)
+    assert isinstance(outcomes[1], Done) and outcomes[1].value != loop_thread
+    assert isinstance(outcomes[2], Raised) and isinstance(outcomes[2].error, ZeroDivisionError)
+
+
+async def test_a_call_that_never_steps_is_stopped_with_its_line_and_the_rest_of_the_batch_runs() -> None:
+    turns = TurnThread(turn_timeout=0.2)
+    try:
+        outcomes = await asyncio.wait_for(turns.run([lambda: "before", _spin_forever, lambda: "after"]), 60)
+        again = await asyncio.wait_for(turns.run([lambda: "next batch"]), 60)
+    finally:
+        turns.close()
+    assert outcomes[0] == Done("before") and outcomes[2] == Done("after")
+    stuck = outcomes[1]
+    assert isinstance(stuck, Stuck) and stuck.seconds >= 0.2
+    assert stuck.where is not None and "test_turn_watchdog.py" in stuck.where and "_spin_forever" in stuck.where
+    assert again == [Done("next batch")]
+
+
+async def test_code_that_swallows_the_interrupt_costs_its_thread_not_the_runtime() -> None:
+    turns = TurnThread(turn_timeout=0.1, name="duroxide-turns-test-swallow")
+    try:
+        outcomes = await asyncio.wait_for(turns.run([_spin_swallowing, lambda: "never ran"]), 60)
+        again = await asyncio.wait_for(turns.run([lambda: threading.current_thread().name]), 60)
+    finally:
+        turns.close()
+    assert isinstance(outcomes[0], Stuck) and outcomes[1] == Skipped()
+    assert again == [Done("duroxide-turns-test-swallow")]
+
+
+async def test_a_slow_call_that_keeps_stepping_is_never_interrupted_and_the_loop_stays_free() -> None:
+    turns = TurnThread(turn_timeout=1.0)
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    tick_task = asyncio.create_task(ticker())
+    try:
+        outcomes = await asyncio.wait_for(turns.run([lambda: _step_for(2.5)]), 60)
+    finally:
+        stop.set()
+        await tick_task
+        turns.close()
+    assert outcomes == [Done("stepped")]
+    assert ticks > 10  # the event loop ran while the turn computed
+
+
+def test_the_interrupt_is_not_an_exception_orchestration_code_catches_by_accident() -> None:
+    assert not issubclass(TurnInterrupt, Exception)
+
+
+@pytest.mark.parametrize("timeout", [0.05])
+async def test_a_closed_turn_thread_refuses_work(timeout: float) -> None:
+    turns = TurnThread(turn_timeout=timeout)
+    turns.close()
+    turns.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await turns.run([lambda: None])
