@@ -47,6 +47,7 @@ from duroxide_runtime import (
 from .ambient import ambient_client
 from .codec import Codec, encode_value
 from .discovery import register_activity, register_orchestration
+from .failure import failure_site
 
 __all__ = ["activity", "orchestration", "Activity", "AsyncActivity", "SyncActivity", "Orchestration",
            "OrchestrationFailedError",
@@ -82,7 +83,24 @@ def _direct_call_cause(frame: types.FrameType | None, name: str) -> tuple[str, s
 
 
 class OrchestrationFailedError(DuroxideError):
-    """``run()`` / ``call`` result of an orchestration that ended Failed (or did not finish in time)."""
+    """Raised by ``run()`` (and ``wait(..., raise_on_failure=True)``) for an instance that ended Failed.
+
+    Also by ``run()`` for one that did not finish in time. The message names the
+    line of the user's code the failure began at (``file:line in function``: the
+    orchestration's, or the activity's or sub-orchestration's when that failure
+    ended it) and shows the last frames of the user's code, read from the
+    recorded traceback; ``location`` holds that line, ``details`` all of it.
+
+    Example::
+
+        try:
+            await process_order.run(client, "order-1", order)
+        except OrchestrationFailedError as err:
+            print(err)   # orchestration 'order-1' failed: ActivityFailed: ...
+                         #   at app/orders.py:14 in charge_payment
+                         #   last frames of its code (most recent call last; ...):
+                         #     app/orders.py:30 in process_order ...
+    """
 
     code = ErrorCode.ORCHESTRATION_FAILED
 
@@ -90,7 +108,11 @@ class OrchestrationFailedError(DuroxideError):
         self.instance_id = instance_id
         self.error = error
         self.details = details
-        super().__init__(f"orchestration {instance_id!r} failed: {error}")
+        site = failure_site(details.traceback) if details is not None else None
+        #: ``file:line in function`` of the innermost line of user code in the failure, if known.
+        self.location = site.innermost.location() if site is not None and site.innermost is not None else None
+        where = site.describe() if site is not None else ""
+        super().__init__(f"orchestration {instance_id!r} failed: {error}" + (f"\n{where}" if where else ""))
 
 
 def _in_orchestration() -> bool:
@@ -402,15 +424,24 @@ class Orchestration(Generic[I, O]):
     # The status helpers return StatusOf[O] (OrchestrationStatus[O] as the union of its variants),
     # so that mypy too keeps O through `case OrchestrationStatus.Completed(output=x)`.
     @overload
-    async def wait(self, client: Client, instance_id: str,
-                   timeout: timedelta | float = 30.0) -> StatusOf[O]: ...
+    async def wait(self, client: Client, instance_id: str, timeout: timedelta | float = 30.0, *,
+                   raise_on_failure: bool = False) -> StatusOf[O]: ...
     @overload
-    async def wait(self, instance_id: str, timeout: timedelta | float = 30.0) -> StatusOf[O]: ...
+    async def wait(self, instance_id: str, timeout: timedelta | float = 30.0, *,
+                   raise_on_failure: bool = False) -> StatusOf[O]: ...
 
     async def wait(self, *args: Any, **kwargs: Any) -> StatusOf[O]:
-        """Wait up to ``timeout`` for the instance to finish; the status carries the typed output."""
+        """Wait up to ``timeout`` for the instance to finish; the status carries the typed output.
+
+        With ``raise_on_failure=True`` a Failed instance raises :class:`OrchestrationFailedError`
+        (naming the line of user code it failed at) instead of returning ``Failed``.
+        """
+        raise_on_failure = kwargs.pop("raise_on_failure", False)
         client, v = self._bind("wait", args, kwargs, ("instance_id", "timeout"), {"timeout": 30.0})
-        return self._typed(await client.wait_for_orchestration(v["instance_id"], v["timeout"]))
+        status = self._typed(await client.wait_for_orchestration(v["instance_id"], v["timeout"]))
+        if raise_on_failure and isinstance(status, OrchestrationStatus.Failed):
+            raise OrchestrationFailedError(v["instance_id"], status.error, status.details)
+        return status
 
     @overload
     async def status(self, client: Client, instance_id: str) -> StatusOf[O]: ...

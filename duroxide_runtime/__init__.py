@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from .activity import ActivityContext, activity_context, current_activity
 from .client import Client
+from .clock import Clock, SystemClock
 from .context import DurableFuture, OrchestrationContext
 from .errors import (
     ActivityFailed,
@@ -80,7 +81,7 @@ else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "ActivityContext", "activity_context", "Client", "DurableFuture", "OrchestrationContext",
+    "ActivityContext", "activity_context", "Client", "Clock", "SystemClock", "DurableFuture", "OrchestrationContext",
     "ActivityFailed", "ActivityTimeoutError", "ConfigurationError", "CorruptHistoryError", "DuroxideError",
     "DurableTaskFailed", "ErrorCode", "ErrorDetails", "InstanceAlreadyExistsError", "InstanceNotFoundError",
     "InstanceStillRunningError", "NonDeterminismError", "NonDeterministicOperationError", "OrchestrationCancelled",

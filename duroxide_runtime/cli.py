@@ -34,7 +34,6 @@ import os
 import re
 import sqlite3
 import sys
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -268,6 +267,9 @@ def check_sqlite_store(path: str) -> None:
 
 async def check_postgres_store(url: str, schema: str) -> None:
     """Raise unless ``schema`` at ``url`` holds a duroxide store (the provider would create it)."""
+    from .providers.postgres import require_asyncpg
+
+    require_asyncpg()  # without the `postgres` extra: say which to install, not ModuleNotFoundError
     import asyncpg
 
     try:
@@ -396,7 +398,8 @@ async def cmd_history(client: Client, opts: Options, out: Output) -> int:
         raise DuroxideError(f"instance {instance_id!r} has no execution {execution}",
                             fix=f"pick one of: {', '.join(map(str, executions)) or 'none recorded yet'}")
     events = await client.read_history(instance_id, execution)
-    header = f"{fmt.inert(instance_id)} ({fmt.inert(info.name)}) execution {execution} of {len(executions)}, {info.status}"
+    outcome = fmt.execution_outcome(events, info.status if execution == info.execution_id else None)
+    header = f"{fmt.inert(instance_id)} ({fmt.inert(info.name)}) execution {execution} of {len(executions)}, {outcome}"
     out.emit("\n".join([header, *fmt.timeline(events)]), [fmt.event_json(e) for e in events])
     return EXIT_OK
 
@@ -443,11 +446,11 @@ async def _purge_one(client: Client, opts: Options, out: Output) -> int:
     return EXIT_OK
 
 
-def _bulk_candidates(infos: Sequence[InstanceInfo], older_than: float | None) -> list[InstanceInfo]:
-    """The instances last updated at least ``older_than`` seconds ago (all when None)."""
+def _bulk_candidates(infos: Sequence[InstanceInfo], older_than: float | None, now_ms: int) -> list[InstanceInfo]:
+    """The instances last updated at least ``older_than`` seconds before ``now_ms`` (all when None)."""
     if older_than is None:
         return list(infos)
-    cutoff = time.time() * 1000 - older_than * 1000
+    cutoff = now_ms - older_than * 1000
     return [i for i in infos if i.updated_at_ms <= cutoff]
 
 
@@ -465,7 +468,8 @@ async def _purge_bulk(client: Client, opts: Options, out: Output) -> int:
     """``purge --status S [--older-than SECONDS] [--yes]``: many finished instances, with progress."""
     status: str = opts.args.status
     older_than: float | None = opts.args.older_than
-    infos = _bulk_candidates(await client.list_instances(status=status, limit=BULK_LIMIT), older_than)
+    infos = _bulk_candidates(await client.list_instances(status=status, limit=BULK_LIMIT), older_than,
+                             client.clock.now_ms())
     if not infos:
         out.emit(f"no {status} instances to purge", {"purged": []})
         return EXIT_OK

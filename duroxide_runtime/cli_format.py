@@ -30,7 +30,7 @@ from .status import InstanceInfo
 
 __all__ = [
     "JsonObject", "inert", "short", "format_time", "format_offset", "table", "instance_table", "instance_json",
-    "show_text", "show_json", "describe", "timeline", "event_json", "Progress",
+    "show_text", "show_json", "describe", "timeline", "execution_outcome", "event_json", "Progress",
 ]
 
 #: A JSON object as the tool prints it.
@@ -193,6 +193,32 @@ def timeline(events: Sequence[HistoryEvent]) -> list[str]:
     width = len(f"#{events[-1].event_id}")
     return [f"{('#' + str(e.event_id)).rjust(width)}  {format_offset(e.timestamp_ms - start):<11}  "
             f"{describe(e, start)}" for e in events]
+
+
+#: The events that end an execution, and how the ``history`` header names each ending.
+_ENDINGS: tuple[tuple[type[HistoryEvent], str], ...] = (
+    (Event.OrchestrationCompleted, "Completed"),
+    (Event.OrchestrationFailed, "Failed"),
+    (Event.OrchestrationContinuedAsNew, "ContinuedAsNew"),
+)
+
+
+def execution_outcome(events: Sequence[HistoryEvent], current_status: str | None) -> str:
+    """How one execution ended, for the ``history`` header.
+
+    The instance's status describes only its current execution: an earlier one
+    ended with continue-as-new (``ContinuedAsNew``), whatever the instance did
+    later. ``current_status`` is the instance's status when ``events`` are its
+    current execution's (shown while that execution has not ended), else None.
+    Example::
+
+        execution_outcome(await client.read_history("count-1", 1), None)   # 'ContinuedAsNew'
+    """
+    for event in reversed(events):
+        for kind, label in _ENDINGS:
+            if isinstance(event, kind):
+                return label
+    return inert(current_status) if current_status is not None else "not ended"
 
 
 def event_json(event: HistoryEvent) -> JsonObject:

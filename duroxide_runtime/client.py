@@ -14,22 +14,25 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-import time
 from datetime import timedelta
 
-from .errors import InstanceNotFoundError, InvalidInputError, PayloadTooLargeError
+from .engine.output import LIVE_STATUSES, TERMINAL_STATUSES
+from .errors import InstanceNotFoundError, InstanceStillRunningError, InvalidInputError, PayloadTooLargeError
 from .history import HistoryEvent
+from . import local_runtimes
 from .limits import (
     MAX_EXECUTION_ID, MAX_ID_CHARS, MAX_LIST_LIMIT, MAX_NAME_CHARS, MAX_REASON_CHARS, MAX_VERSION_CHARS,
     check_count, check_identifier, check_lookup_id, check_seconds, check_text,
 )
 from .messages import CancelRequest, ExternalEvent, StartOrchestration
 from .options import RuntimeOptions
-from .providers.base import TERMINAL, InstanceRecord, Provider
+from .providers.base import InstanceRecord, Provider
 from .status import InstanceInfo, OrchestrationStatus
 from .tracecontext import current_traceparent
+from .wake import wake_hub
 
 __all__ = ["Client"]
 
@@ -48,10 +51,27 @@ class Client:
     store can hold (NUL, lone surrogates, an over-long id, a count out of
     range) raises :class:`InvalidInputError` naming the argument; a NaN or
     negative duration raises :class:`ConfigurationError`, like every duration.
+
+    ``check_names`` (default ``True``): while a runtime of this same store
+    object runs in this process, ``start_orchestration`` refuses a name (or
+    explicit version) none of them registered with
+    :class:`UnknownOrchestrationError` ("did you mean ...?"), before anything
+    is stored. ``False`` leaves such names to the runtimes, which back off
+    until one knows them: for a process whose runtime runs only some of the
+    orchestrations while others run elsewhere. Without a runtime of this store
+    object in this process nothing is checked either way (see
+    :mod:`duroxide_runtime.local_runtimes`).
     """
 
-    def __init__(self, store: Provider, *, max_payload_bytes: int = RuntimeOptions.max_payload_bytes) -> None:
+    def __init__(self, store: Provider, *, max_payload_bytes: int = RuntimeOptions.max_payload_bytes,
+                 check_names: bool = True) -> None:
         self.store = store
+        self.check_names = check_names
+        #: Times waits (``wait_for_orchestration``): the store's clock, so a test clock drives both.
+        self.clock = store.clock
+        #: Shared with every runtime and client of this store in this process: a start wakes
+        #: the dispatchers at once, a finished instance wakes wait_for_orchestration.
+        self._wake = wake_hub(store)
         self._max_payload = max_payload_bytes
 
     async def start_orchestration(self, instance_id: str, name: str, input: str = "", *,
@@ -59,8 +79,11 @@ class Client:
         """Create instance ``instance_id`` running orchestration ``name`` with ``input``.
 
         ``version`` pins a version (default: the runtime's version policy picks).
-        Raises :class:`InstanceAlreadyExistsError` if the id is taken (nothing changes);
-        an unregistered ``name`` fails the instance after the runtime's retries.
+        Raises :class:`InstanceAlreadyExistsError` if the id is taken (nothing changes).
+        An unregistered ``name`` (or ``version``) raises :class:`UnknownOrchestrationError`
+        when a runtime of this store object runs in this process (see ``check_names``);
+        otherwise the instance is created and the runtimes back off until one knows it,
+        failing it after ``max_attempts``.
         """
         check_identifier(instance_id, "instance_id", MAX_ID_CHARS)
         check_identifier(name, "name", MAX_NAME_CHARS)
@@ -68,9 +91,14 @@ class Client:
             check_identifier(version, "version", MAX_VERSION_CHARS)
         check_text(input, "input")
         self._check_size(input, "input")
+        if self.check_names:
+            refused = local_runtimes.refusal(self.store, name, version)
+            if refused is not None:
+                raise refused
         await self.store.create_instance(StartOrchestration(instance_id=instance_id, name=name,
                                                             version=version, input=input,
                                                             trace_context=current_traceparent()))
+        self._wake.notify_orchestrator()
 
     async def raise_event(self, instance_id: str, name: str, data: str = "") -> bool:
         """Deliver external event ``name`` to a running instance.
@@ -83,7 +111,8 @@ class Client:
         check_identifier(name, "name", MAX_NAME_CHARS)
         check_text(data, "data")
         self._check_size(data, "event data")
-        record = await self.store.send(ExternalEvent(instance_id=instance_id, name=name, data=data))
+        record = await self.store.send(ExternalEvent(instance_id=instance_id, name=name, data=data),
+                                       only_if_status_in=LIVE_STATUSES)
         return self._delivered(record, instance_id, "raise_event")
 
     async def cancel_instance(self, instance_id: str, reason: str = "cancelled") -> bool:
@@ -95,7 +124,8 @@ class Client:
         """
         check_lookup_id(instance_id)
         check_text(reason, "reason", MAX_REASON_CHARS)
-        record = await self.store.send(CancelRequest(instance_id=instance_id, reason=reason))
+        record = await self.store.send(CancelRequest(instance_id=instance_id, reason=reason),
+                                       only_if_status_in=LIVE_STATUSES)
         return self._delivered(record, instance_id, "cancel_instance")
 
     async def get_orchestration_status(self, instance_id: str) -> OrchestrationStatus[str]:
@@ -115,14 +145,22 @@ class Client:
         NaN and negative values raise :class:`ConfigurationError`.
         """
         check_lookup_id(instance_id)
-        deadline = time.monotonic() + check_seconds(timeout, "timeout", maximum=math.inf, allow_infinite=True)
+        clock = self.clock
+        deadline = clock.monotonic() + check_seconds(timeout, "timeout", maximum=math.inf, allow_infinite=True)
         poll = 0.005
         while True:
             status = await self.get_orchestration_status(instance_id)
-            remaining = deadline - time.monotonic()
+            remaining = deadline - clock.monotonic()
             if status.is_terminal or isinstance(status, OrchestrationStatus.NotFound) or remaining <= 0:
                 return status
-            await self.store.signals.wait_instance(instance_id, min(poll, remaining))
+            try:
+                # The timeout is the clock's (a test clock decides when it passes); the
+                # re-reads are real time: they catch a wake-up missed while the status was
+                # being read, or a completion in another process, whatever the clock does.
+                async with asyncio.timeout(poll):
+                    await self._wake.wait_instance(instance_id, remaining)
+            except TimeoutError:
+                pass
             poll = min(_MAX_POLL, poll * 2)
 
     async def get_instance_info(self, instance_id: str) -> InstanceInfo:
@@ -171,9 +209,14 @@ class Client:
         if not isinstance(force, bool):
             raise InvalidInputError("force", f"must be True or False, got {type(force).__name__}",
                                     fix="pass force=True or force=False")
-        deleted = await self.store.purge_instance(instance_id, force=force)
+        deleted = await self.store.purge_instance(
+            instance_id, only_if_status_in=None if force else TERMINAL_STATUSES)
+        if deleted is None:
+            raise InstanceStillRunningError(instance_id)
         if not deleted:
             raise InstanceNotFoundError(instance_id, "purge")
+        for iid in deleted:
+            self._wake.notify_instance(iid)
         return deleted
 
     def _check_size(self, value: str, what: str) -> None:
@@ -182,13 +225,13 @@ class Client:
             raise PayloadTooLargeError(f"{what} is {size} bytes, over the limit of {self._max_payload}",
                                        fix="store large data elsewhere and pass a reference")
 
-    @staticmethod
-    def _delivered(record: InstanceRecord | None, instance_id: str, operation: str) -> bool:
+    def _delivered(self, record: InstanceRecord | None, instance_id: str, operation: str) -> bool:
         if record is None:
             raise InstanceNotFoundError(instance_id, operation)
-        if record.status in TERMINAL:
+        if record.status not in LIVE_STATUSES:
             _log.info("%s: instance %r already %s; nothing was done", operation, instance_id, record.status)
             return False
+        self._wake.notify_orchestrator()
         return True
 
 

@@ -96,6 +96,8 @@ class ErrorCode(enum.StrEnum):
     USAGE = "USAGE"
     NO_SUCH_DATABASE = "NO_SUCH_DATABASE"
     ABORTED = "ABORTED"
+    # Declared by duroxide_runtime.testing.
+    CLOCK_STALLED = "CLOCK_STALLED"
 
 
 def _restore_error(cls: type[DuroxideError], args: tuple[Any, ...], state: Mapping[str, Any]) -> DuroxideError:
@@ -210,19 +212,42 @@ class InstanceStillRunningError(DuroxideError):
 
 
 class UnknownOrchestrationError(DuroxideError):
-    """No orchestration is registered under a name (or name and version)."""
+    """No orchestration is registered under a name (or name and version).
+
+    ``known`` are the registered names; ``versions`` the registered versions of
+    ``name`` when the name is known and only the version is not (the message then
+    lists those). For an unknown name the message suggests the closest registered
+    one (``did you mean 'Hello'?``), also kept in ``suggestion``.
+
+    Example::
+
+        UnknownOrchestrationError("Helo", None, ["Hello", "Refund"])
+        # no orchestration 'Helo' is registered in this runtime; did you mean 'Hello'? (registered: Hello, Refund)
+    """
 
     code = ErrorCode.UNKNOWN_ORCHESTRATION
 
-    def __init__(self, name: str, version: str | None, known: list[str]) -> None:
+    def __init__(self, name: str, version: str | None, known: list[str], *,
+                 versions: list[str] | None = None) -> None:
+        import difflib
+
         self.name = name
         self.version = version
         what = f"{name!r}" if not version else f"{name!r} version {version!r}"
+        if versions:
+            listed = f"registered versions of {name!r}: {', '.join(versions)}"
+        else:
+            listed = f"registered: {', '.join(sorted(known)) or 'none'}"
+        # Versions differ by a digit by design ("2.0.0" is no typo of "3.0.0"): names only.
+        close = [] if versions or name in known else difflib.get_close_matches(name, known, n=1)
+        #: The registered name closest to ``name`` when the name is unknown and one is close.
+        self.suggestion = close[0] if close else None
+        hint = f"; did you mean {self.suggestion!r}?" if self.suggestion else ""
         super().__init__(
-            f"no orchestration {what} is registered in this runtime "
-            f"(registered: {', '.join(sorted(known)) or 'none'})",
+            f"no orchestration {what} is registered in this runtime{hint} ({listed})",
             fix="register it (OrchestrationRegistry.builder().register(...) or "
-            "@orchestration with discover_orchestrations()), or fix the name",
+            "@orchestration with discover_orchestrations()), or fix the name; a process whose "
+            "runtime runs only some orchestrations starts the others with Client(store, check_names=False)",
         )
 
 

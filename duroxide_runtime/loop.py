@@ -63,6 +63,25 @@ def running_in_this_thread(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
         events._set_running_loop(previous)
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, even when the exception's ``__str__`` is broken (user code)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - diagnostics must not fail
+        return type(exc).__name__
+
+
+def _raised_at(exc: BaseException) -> str:
+    """`` (at file:line in function)`` of the innermost frame that raised ``exc``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f" (at {code.co_filename}:{tb.tb_lineno} in {code.co_name})"
+
+
 def is_foreign_future_error(exc: BaseException) -> bool:
     """Whether ``exc`` is asyncio's error for a task that awaited a future of another loop.
 
@@ -91,6 +110,10 @@ class TimerSource(Protocol):
     def durable_timer_at(self, when: float) -> asyncio.Future[Any]: ...
 
     def on_task_done(self, task: asyncio.Future[Any]) -> None: ...
+
+    def log_fields(self) -> dict[str, Any]:
+        """Structured log fields naming the instance (for errors the loop reports)."""
+        ...
 
 
 class _DurableTimerHandle(asyncio.TimerHandle):
@@ -122,7 +145,7 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
         self._ready: collections.deque[_Ready] = collections.deque()
         self._closed = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self._exception: BaseException | None = None
+        self._exceptions: list[BaseException] = []
 
     # -- driving -----------------------------------------------------------------
 
@@ -152,10 +175,10 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
         self._tasks = [t for t in self._tasks if not t.done()]
         return list(self._tasks)
 
-    def take_exception(self) -> BaseException | None:
-        """An error that escaped a callback (reported instead of crashing the runtime)."""
-        exc, self._exception = self._exception, None
-        return exc
+    def take_exceptions(self) -> list[BaseException]:
+        """Errors that escaped callbacks since the last call (reported instead of crashing the runtime)."""
+        taken, self._exceptions = self._exceptions, []
+        return taken
 
     # -- scheduling --------------------------------------------------------------
 
@@ -241,14 +264,31 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
     # -- errors ------------------------------------------------------------------
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """Errors asyncio reports, told apart by the keys of ``context`` (never by its text).
+
+        * ``handle`` (from :meth:`_run`): a callback raised. Kept for the engine,
+          which decides whether it is control flow or orchestration code's error.
+        * ``exception`` without a handle: a background task failed and was never
+          awaited (reported when it is garbage-collected, on any thread): logged
+          at WARNING with the instance, never silent.
+        * neither: a task destroyed while pending, which is how an ended or evicted
+          execution lets go of its coroutines.
+        """
         exc = context.get("exception")
-        message = context.get("message", "")
-        if "destroyed but it is pending" in message or "never retrieved" in message:
-            _log.debug("orchestration loop: %s", message)
-            return
-        if isinstance(exc, BaseException) and self._exception is None:
-            self._exception = exc
-        _log.error("orchestration loop: %s", message, exc_info=exc if isinstance(exc, BaseException) else None)
+        if "handle" in context and isinstance(exc, BaseException):
+            self._exceptions.append(exc)
+        elif isinstance(exc, Exception):
+            # Often called from a garbage collection, maybe in the middle of another
+            # thread's compile(): no traceback formatting here (in 3.11 it parses source
+            # with ast, and a nested AST build fails with "AST constructor recursion depth
+            # mismatch"); the line the error came from is enough to find it.
+            fields = self._timers.log_fields()
+            _log.warning("instance %r: a task of the orchestration failed and nobody awaited it: %s%s",
+                         fields.get("instance_id"), _describe(exc), _raised_at(exc), extra=fields)
+        elif isinstance(exc, BaseException):
+            pass  # the engine's own unwinding (an aborted replay, continue-as-new): not an error
+        else:
+            _log.debug("orchestration loop: %s", context.get("message", ""))
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
         self.call_exception_handler(context)

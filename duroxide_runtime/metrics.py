@@ -120,7 +120,7 @@ class PrometheusMetrics(RuntimeObserver):
                 except Exception:  # noqa: BLE001 - a failed sample is retried next interval
                     background_warnings.warning(_log, "metrics.sample", "could not sample queue depths",
                                                 exc_info=True)
-                await asyncio.sleep(interval)
+                await store.clock.sleep(interval)
 
         self._sampler = asyncio.create_task(loop(), name="duroxide-metrics-sampler")
         return self._sampler

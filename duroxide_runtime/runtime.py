@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from . import local_runtimes
 from .client import Client
+from .clock import Clock
 from .discovery import discovered_activity_registry, discovered_orchestration_registry
 from .dispatch.activities import ActivityWorker
 from .dispatch.orchestrations import OrchestrationDispatcher
@@ -25,6 +27,7 @@ from .observe import Observers, RuntimeObserver
 from .options import RuntimeOptions
 from .providers.base import Provider
 from .registry import ActivityRegistry, OrchestrationRegistry
+from .wake import wake_hub
 
 __all__ = ["Runtime", "RuntimeBuilder"]
 
@@ -49,6 +52,7 @@ class RuntimeBuilder:
         self._orchestrations = OrchestrationRegistry({})
         self._options = RuntimeOptions()
         self._observers: list[RuntimeObserver] = []
+        self._clock: Clock | None = None
 
     def observer(self, observer: RuntimeObserver) -> RuntimeBuilder:
         """Add an observer of runtime events (metrics, tracing); several may be added."""
@@ -61,6 +65,26 @@ class RuntimeBuilder:
             raise ConfigurationError(f"store must be a Provider, got {type(store).__name__}",
                                      fix="pass SqliteProvider / InMemoryProvider / PostgresProvider")
         self._store = store
+        return self
+
+    def clock(self, clock: Clock) -> RuntimeBuilder:
+        """The time source of the runtime (default: its store's clock, ``store.clock``).
+
+        The runtime, its store and its clients must share one clock: the store
+        stamps locks, leases and due times with it and the runtime waits for
+        them with it. So the clock given here must be the store's; ``start()``
+        raises :class:`ConfigurationError` if it is not (create the store with
+        ``clock=`` instead). Example::
+
+            clock = ManualClock()
+            store = InMemoryProvider(clock=clock)
+            rt = await Runtime.builder().store(store).clock(clock).start()
+        """
+        if not isinstance(clock, Clock):
+            raise ConfigurationError(f"clock must be a Clock, got {type(clock).__name__}",
+                                     fix="pass SystemClock(), a duroxide_runtime.testing.ManualClock, or an object "
+                                         "with now_ms(), monotonic(), sleep() and wait()")
+        self._clock = clock
         return self
 
     def activities(self, registry: ActivityRegistry) -> RuntimeBuilder:
@@ -94,6 +118,12 @@ class RuntimeBuilder:
         """Start the dispatchers and return the running runtime."""
         if self._store is None:
             raise ConfigurationError("Runtime.builder() has no store", fix="call .store(provider) before .start()")
+        if self._clock is not None and self._clock != self._store.clock:
+            raise ConfigurationError(
+                f"the runtime's clock ({self._clock!r}) is not its store's ({self._store.clock!r}): the store "
+                "would stamp locks, leases and timers in one time and the runtime wait for them in another",
+                fix="create the store with the same clock (e.g. InMemoryProvider(clock=clock), "
+                    "SqliteProvider.new(url, clock=clock)), or leave out .clock(...) to use the store's")
         rt = Runtime(self._store, self._activities, self._orchestrations, self._options,
                      Observers(self._observers))
         rt._start()
@@ -110,9 +140,11 @@ class Runtime:
         self.activity_registry = activities
         self.orchestration_registry = orchestrations
         self.observer = observer or Observers()
-        self._worker = ActivityWorker(store, activities, options, self.observer)
+        #: The runtime's time source: always its store's (see RuntimeBuilder.clock).
+        self.clock = store.clock
+        self._worker = ActivityWorker(store, activities, options, self.observer, clock=self.clock)
         self._dispatcher = OrchestrationDispatcher(store, orchestrations, options, self._worker.cancel_running,
-                                                   self.observer)
+                                                   self.observer, clock=self.clock)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -126,6 +158,8 @@ class Runtime:
         return Client(self.store, max_payload_bytes=self.options.max_payload_bytes)
 
     def _start(self) -> None:
+        # Clients of this store object in this process now refuse names this runtime does not know.
+        local_runtimes.register(self.store, self, self.orchestration_registry)
         for i in range(self.options.orchestration_concurrency):
             self._tasks.append(asyncio.create_task(self._dispatcher.run(self._stopping),
                                                    name=f"duroxide-orchestrations-{i}"))
@@ -147,8 +181,10 @@ class Runtime:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self.store.signals.notify_orchestrator()
-        self.store.signals.notify_worker()
+        local_runtimes.unregister(self.store, self)
+        wake = wake_hub(self.store)
+        wake.notify_orchestrator()
+        wake.notify_worker()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._worker.drain(self.options.shutdown_grace if grace is None else grace)
         try:

@@ -46,14 +46,15 @@ async def process_large_order(ctx: OrchestrationContext, order: Order) -> str:
 async def main() -> None:
     await process_large_order.start("order-big", Order("B1", 25000.0))
     await process_large_order.start("order-small", Order("S1", 50.0))
-    info = await process_large_order.metadata("order-big")
-    print("status:", info.status)
+    # Raised at once, maybe before the orchestration waits for it: it is kept until then.
     await process_large_order.raise_event("order-big", "approval", Approval(True, "Alice"))
     match await process_large_order.wait("order-big", 10):
         case OrchestrationStatus.Completed(output=out, custom_status=custom):
             print(f"big: {out} ({custom})")
         case other:
             print(f"big: {other}")
+    info = await process_large_order.metadata("order-big")
+    print("status:", info.status)
     print("small:", await process_large_order.run("order-small-again", Order("S2", 10.0), timeout=10))
 
 

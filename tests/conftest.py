@@ -9,7 +9,31 @@ import pytest
 
 from duroxide_runtime import Provider
 
+from .pg_session import ADMIN_URL, SESSION
 from .support import PROVIDERS, REPLAY_MODES, Harness, drop_store, make_store
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Create the session's own PostgreSQL database (tests/pg_session.py)."""
+    SESSION.create()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which PostgreSQL database the session uses, and on which server."""
+    if SESSION.unavailable is not None:
+        return f"PostgreSQL: unreachable at {ADMIN_URL} (DUROXIDE_PG_URL): {SESSION.unavailable}"
+    return f"PostgreSQL: database {SESSION.name}, dropped at the end, on the server of {ADMIN_URL} (DUROXIDE_PG_URL)"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the session's database; whatever a test left behind in it (or beside it) fails the session."""
+    left = SESSION.drop()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"tests left behind (now dropped with {SESSION.name}): {', '.join(left)}"
+        if reporter is not None:
+            reporter.write_line(f"FAILED the PostgreSQL cleanup check: {message}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(params=PROVIDERS)

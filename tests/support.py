@@ -29,11 +29,15 @@ from duroxide_runtime import (
     RuntimeOptions,
     SqliteProvider,
 )
+from duroxide_runtime.clock import SYSTEM_CLOCK, Clock
 from duroxide_runtime.observe import RuntimeObserver
 
+from .pg_session import ADMIN_URL, SESSION, url_of
+
 PROVIDERS = os.environ.get("DUROXIDE_TEST_PROVIDERS", "memory,sqlite,postgres").split(",")
-#: The PostgreSQL server tests use; CI fails (never skips) when it is unreachable.
-PG_URL = os.environ.get("DUROXIDE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+#: This test session's own PostgreSQL database (tests/pg_session.py), on the server DUROXIDE_PG_URL names;
+#: tests make their schemas here and drop them. CI fails (never skips) when the server is unreachable.
+PG_URL = SESSION.url
 REPLAY_MODES = ["cached", "from_scratch"]
 
 #: Fast settings for tests: short poison back-off, short waits.
@@ -41,26 +45,28 @@ TEST_OPTIONS = dict(unknown_name_backoff=0.01, unknown_name_max_backoff=0.05, po
                     foreign_activity_delay=0.2)
 
 
-async def make_store(kind: str, tmp_path: Path) -> Provider:
-    """A fresh, empty store of the given kind."""
+async def make_store(kind: str, tmp_path: Path, *, clock: Clock = SYSTEM_CLOCK) -> Provider:
+    """A fresh, empty store of the given kind, on ``clock`` (a ManualClock to drive time)."""
     if kind == "memory":
-        return InMemoryProvider()
+        return InMemoryProvider(clock=clock)
     if kind == "sqlite":
-        return await SqliteProvider.new(f"sqlite://{tmp_path / 'test.db'}")
+        return await SqliteProvider.new(f"sqlite://{tmp_path / 'test.db'}", clock=clock)
     if kind == "postgres":
         from duroxide_runtime.providers.postgres import PostgresProvider
 
         # Each test in its own schema, dropped by drop_store().
-        return await PostgresProvider.new(PG_URL, schema=f"t_{uuid.uuid4().hex[:16]}")
+        return await PostgresProvider.new(PG_URL, schema=f"t_{uuid.uuid4().hex[:16]}", clock=clock)
     raise ValueError(kind)
 
 
 async def drop_store(store: Provider) -> None:
     """Close a store made by make_store, deleting a PostgreSQL test schema."""
     drop = getattr(store, "drop_schema", None)
-    if drop is not None:
-        await drop()
-    await store.close()
+    try:
+        if drop is not None:
+            await drop()
+    finally:
+        await store.close()
 
 
 OrchFn = Callable[..., Awaitable[str]]
@@ -167,28 +173,24 @@ def dedent_src(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
 
-def pg_url_of(database: str) -> str:
-    """``PG_URL`` pointing at another database of the same server."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(PG_URL)._replace(path="/" + database).geturl()
-
-
 @contextlib.asynccontextmanager
 async def own_pg_database(prefix: str) -> AsyncIterator[str]:
-    """A PostgreSQL database of the caller's own, dropped afterwards even on failure; yields its URL."""
+    """A PostgreSQL database of the caller's own, dropped afterwards even on failure; yields its URL.
+
+    It is named after the session's database, so that the session's end drops it should this not.
+    """
     import asyncpg
 
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_url_of("postgres"))  # CREATE/DROP DATABASE only: nothing is written there
+    name = f"{SESSION.name}_{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ADMIN_URL)  # CREATE/DROP DATABASE only: nothing is written there
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     try:
-        yield pg_url_of(name)
+        yield url_of(name)
     finally:
-        admin = await asyncpg.connect(pg_url_of("postgres"))
+        admin = await asyncpg.connect(ADMIN_URL)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:

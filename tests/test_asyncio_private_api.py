@@ -33,6 +33,9 @@ class _NoTimers:
     def on_task_done(self, task: asyncio.Future[Any]) -> None:
         pass
 
+    def log_fields(self) -> dict[str, Any]:
+        return {"instance_id": "test"}
+
 
 def _loop() -> OrchestrationLoop:
     return OrchestrationLoop(_NoTimers())  # type: ignore[abstract]

@@ -188,7 +188,10 @@ async def test_unknown_orchestration_name_fails_as_poison_after_retries(harness:
         return inp
 
     await h.start({"Known": known}, max_attempts=3)
-    status = await h.run("u1", "NoSuchOrch", "x", timeout=15)
+    # A client that leaves unknown names to the runtimes (this process's runtime does not run
+    # every orchestration): the instance is stored, backed off, and poisoned in the end.
+    await Client(h.store, check_names=False).start_orchestration("u1", "NoSuchOrch", "x")
+    status = await h.client.wait_for_orchestration("u1", timedelta(seconds=15))
     assert isinstance(status, OrchestrationStatus.Failed), status
     assert status.details is not None and status.details.error_type == "PoisonMessageError"
     assert "NoSuchOrch" in status.error and "Known" in status.error  # what is missing, what is there

@@ -283,8 +283,15 @@ async def test_history_timeline(world: World) -> None:
     current = await world.cli("history", "count-1")
     assert current.out.splitlines()[0] == "count-1 (Counter) execution 3 of 3, Completed"
     assert _timeline(current.out)[0][2] == "OrchestrationStarted Counter@1.0.0('2')"
-    first = [r[2] for r in _timeline((await world.cli("history", "count-1", "--execution", "1")).out)]
+    first_run = await world.cli("history", "count-1", "--execution", "1")
+    first = [r[2] for r in _timeline(first_run.out)]
     assert first == ["OrchestrationStarted Counter@1.0.0('0')", "OrchestrationContinuedAsNew with '1'"]
+    # An earlier execution is labelled by how it ended, not by the instance's (current) status.
+    assert first_run.out.splitlines()[0] == "count-1 (Counter) execution 1 of 3, ContinuedAsNew"
+    second = await world.cli("history", "count-1", "--execution", "2")
+    assert second.out.splitlines()[0] == "count-1 (Counter) execution 2 of 3, ContinuedAsNew"
+    last = await world.cli("history", "count-1", "--execution", "3")
+    assert last.out.splitlines()[0] == "count-1 (Counter) execution 3 of 3, Completed"
 
     missing = await world.cli("history", "count-1", "--execution", "9")
     assert missing.code == 1 and "no execution 9" in missing.err and "fix: pick one of: 1, 2, 3" in missing.err

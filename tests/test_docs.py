@@ -1,27 +1,44 @@
 """The documentation cannot drift: every code block in README.md and docs/*.md is checked.
 
-A fenced ``python`` block must be preceded (on the nearest non-blank line) by a marker:
+Every ``python`` block runs exactly as a reader would paste it: written alone to a
+file, with only the imports it shows, and (unless it says otherwise) no event loop
+but the one it starts itself. A fenced ``python`` block must be preceded (on the
+nearest non-blank line) by a marker:
 
 * ``<!-- doctest: run -->`` - a complete program: written to a file in the page's
   working directory (a temp dir shared by the page's blocks, in page order) and run
-  with this interpreter; it must exit 0. ``file=NAME`` names the file.
-* ``<!-- doctest: file=NAME -->`` - a complete module written to ``NAME`` in that
-  directory and type-checked, for a later ``sh`` block of the page to use;
+  with this interpreter; it must exit 0 (or N with ``exit=N``). ``file=NAME`` names
+  the file.
+* ``<!-- doctest: run await -->`` - an excerpt of async code with top-level ``await``.
+  Its first line must be :data:`AWAIT_COMMENT`, which tells the reader to run it
+  inside an ``async def`` or ``python -m asyncio``; it is run that way (compiled with
+  top-level await allowed, in a fresh namespace: no names are injected).
+* ``<!-- doctest: pytest file=NAME -->`` - a test module: written to ``NAME`` and run
+  with ``python -m pytest NAME``; at least one test must pass, none fail or skip.
+* ``<!-- doctest: file=NAME -->`` - a module written to ``NAME`` for a later block of
+  the page to use (any language: a ``toml`` block may be a ``pyproject.toml``);
   ``file=NAME nocheck (reason)`` is not type-checked (a module wrong on purpose).
-* ``<!-- doctest: typecheck -->`` - a fragment, type-checked with pyright inside a
-  scaffold: its import lines go to module level after ``from duroxide_macros.prelude
-  import *`` and ``from duroxide_runtime import *`` (and asyncio, json, datetime,
-  typing.Any); the rest becomes the body of ``async def _fragment(ctx:
-  OrchestrationContext, client: Client, store: Provider, rt: Runtime) -> Any``.
 * ``<!-- doctest: skip (reason) -->`` - not checked; the reason is required.
 
-Run and file blocks are type-checked too, as whole modules (one pyright run for all).
-A ``text`` block marked ``<!-- doctest: output -->`` lists lines the previous run
-block must print, in order (stdout for python; stdout and stderr for sh). ``sh``
-blocks are always checked statically (the programs, scripts, modules, console
-scripts and paths they name exist); ``<!-- doctest: run -->`` before one also runs
-it with bash in the page's working directory with the venv's ``bin`` first on
-``PATH``; it must exit 0, or N with ``run exit=N``. ``toml`` blocks must parse.
+``postgres`` in a marker sets ``DATABASE_URL`` (for that page) to a PostgreSQL
+database of the test's own; the page says that the reader sets it. Python blocks
+other than ``run await`` must compile as modules (no top-level ``await``).
+
+Every python block but ``skip`` and ``nocheck`` is type-checked with pyright as the
+module it is (``run await`` excerpts as the body of an ``async def``), one pyright
+run for all, each page's files in a directory of their own so that they import
+each other by name. A ``text`` block marked ``<!-- doctest: output -->`` lists lines
+the previous run or pytest block must print, in order (stdout for python; stdout
+and stderr for sh and pytest). ``sh`` blocks are always checked statically (the
+programs, scripts, modules, console scripts and paths they name exist);
+``<!-- doctest: run -->`` before one also runs it with bash in the page's working
+directory with the venv's ``bin`` first on ``PATH``; it must exit 0, or N with
+``run exit=N``. ``toml`` blocks must parse.
+
+Links: README.md is also the package index page, where relative links do not
+resolve, so it links the repository's files by absolute URL
+(:data:`REPO_BLOB`); those URLs, and the docs' relative links, must name files
+(and headings) that exist in this checkout.
 """
 
 from __future__ import annotations
@@ -53,8 +70,11 @@ import duroxide_runtime.replayer
 from duroxide_macros import decorators as macro_decorators
 from duroxide_macros import expand as macro_expand
 from duroxide_macros import lint as macro_lint
+from duroxide_macros.main import duroxide_main
 from duroxide_macros.nondeterminism import RULES
 from duroxide_macros import hook as macro_hook
+
+from .support import clean_env, own_pg_database
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,6 +82,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 VENV_BIN = Path(sys.executable).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+#: Where the repository's files are on GitHub; README.md links them by these absolute URLs.
+REPO = "https://github.com/duroxide/duroxide-python"
+REPO_BLOB = f"{REPO}/blob/main/"
+REPO_TREE = f"{REPO}/tree/main/"
+#: The first line of a ``run await`` block: what the reader needs to know to run it.
+AWAIT_COMMENT = "# top-level await: run this inside an async def, or paste it into `python -m asyncio`"
 
 _FENCE = re.compile(r"^```(?P<lang>[\w+-]*)\s*$")
 _MARKER = re.compile(r"^<!--\s*doctest:\s*(?P<body>.*?)\s*-->$")
@@ -87,9 +113,23 @@ class Block:
         return "file" if head.startswith("file=") else head
 
     @property
+    def words(self) -> list[str]:
+        """The marker's options outside a parenthesised reason."""
+        return re.sub(r"\(.*\)", "", self.marker or "").split()
+
+    @property
+    def awaits(self) -> bool:
+        return self.kind == "run" and "await" in self.words
+
+    @property
     def file_name(self) -> str | None:
         m = re.search(r"\bfile=(\S+)", self.marker or "")
         return m.group(1) if m else None
+
+    @property
+    def checked(self) -> bool:
+        """Type-checked: python that runs, is run by pytest, or is a module (unless ``nocheck``)."""
+        return self.lang == "python" and self.kind in ("run", "file", "pytest") and "nocheck" not in self.words
 
 
 def parse(page: Path) -> list[Block]:
@@ -136,13 +176,38 @@ def test_every_python_block_is_marked() -> None:
         elif b.kind == "skip":
             if not re.fullmatch(r"skip\s*\(\s*\S.*\)", b.marker):
                 problems.append(f"{b.where}: `doctest: skip` needs a reason: <!-- doctest: skip (why) -->")
-        elif b.kind not in ("run", "typecheck", "file"):
-            problems.append(f"{b.where}: unknown marker {b.marker!r}")
-        elif "nocheck" in b.marker.split() and not re.search(r"\(\s*\S.*\)", b.marker):
+        elif b.kind not in ("run", "file", "pytest"):
+            problems.append(f"{b.where}: unknown marker {b.marker!r} (run, run await, pytest, file=, skip)")
+        elif b.kind == "pytest" and not b.file_name:
+            problems.append(f"{b.where}: a pytest block names its module: <!-- doctest: pytest file=test_x.py -->")
+        elif "nocheck" in b.words and not re.search(r"\(\s*\S.*\)", b.marker):
             problems.append(f"{b.where}: `nocheck` needs a reason: <!-- doctest: file=x.py nocheck (why) -->")
     for b in ALL_BLOCKS:
         if b.kind == "output" and b.lang == "python":
             problems.append(f"{b.where}: an output block must not be python")
+    assert not problems, "\n".join(problems)
+
+
+def test_top_level_await_only_where_the_block_says_so() -> None:
+    """A pasted block with a stray top-level ``await`` is a SyntaxError; one that needs a loop says so."""
+    problems = []
+    for b in PY_BLOCKS:
+        if b.kind == "skip":
+            continue
+        error = ""
+        try:
+            compile(b.code, b.where, "exec")
+        except SyntaxError as exc:
+            error = f"{exc.msg} (line {exc.lineno})"
+        module_ok = not error
+        if b.awaits:
+            if b.code.splitlines()[0] != AWAIT_COMMENT:
+                problems.append(f"{b.where}: a `run await` block starts with the line {AWAIT_COMMENT!r}")
+            if module_ok:
+                problems.append(f"{b.where}: marked `run await` but has no top-level await: drop `await`")
+        elif not module_ok:
+            problems.append(f"{b.where}: does not compile as a module: {error}; wrap top-level awaits in "
+                            "`async def main()` + `asyncio.run(main())`, or mark it `run await`")
     assert not problems, "\n".join(problems)
 
 
@@ -152,7 +217,7 @@ def test_output_blocks_follow_something_that_runs() -> None:
         for b in parse(page):
             if b.kind == "output":
                 assert last_runnable is not None, f"{b.where}: output block with no run block before it"
-            elif b.kind == "run":
+            elif b.kind in ("run", "pytest"):
                 last_runnable = b
 
 
@@ -174,19 +239,43 @@ def _assert_prints(block: Block, stdout: str, expected: Block) -> None:
         pos += 1
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
+def _env(database_url: str | None) -> dict[str, str]:
+    """A reader's shell: the venv (where duroxide is installed) first on PATH, nothing put on sys.path."""
+    env = clean_env()
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop("DATABASE_URL", None)
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     return env
 
 
-PAGES_THAT_RUN = [p for p in PAGES if any(b.kind == "run" for b in parse(p))]
+#: Runs a ``run await`` excerpt the way ``python -m asyncio`` runs what is pasted into it: top-level
+#: await allowed, in a namespace that holds nothing the excerpt did not import (the REPL itself would
+#: also offer ``asyncio``; an excerpt must import it).
+_AWAIT_RUNNER = """\
+import ast, asyncio, inspect, sys
+path = sys.argv[1]
+code = compile(open(path).read(), path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+result = eval(code, namespace)
+if inspect.iscoroutine(result):
+    asyncio.run(result)
+"""
 
 
-@pytest.mark.parametrize("page", PAGES_THAT_RUN, ids=lambda p: p.name)
-def test_run_blocks(page: Path) -> None:
-    """Run and file blocks of a page, in order, in one working directory; outputs are compared."""
+def _command(b: Block, name: str) -> list[str] | None:
+    if b.lang == "sh" and b.kind == "run":
+        return ["bash", "-e", "-c", b.code]
+    if b.lang != "python" or b.kind not in ("run", "pytest"):
+        return None
+    if b.kind == "pytest":
+        return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name]
+    if b.awaits:
+        return [sys.executable, "-c", _AWAIT_RUNNER, name]
+    return [sys.executable, name]
+
+
+def _run_page(page: Path, database_url: str | None) -> None:
     blocks = parse(page)
     with tempfile.TemporaryDirectory(prefix="duroxide-doc-") as tmp:
         last: tuple[Block, str] | None = None
@@ -195,47 +284,51 @@ def test_run_blocks(page: Path) -> None:
                 assert last is not None
                 _assert_prints(last[0], last[1], b)
                 continue
-            if b.lang == "python" and b.kind in ("run", "file"):
-                name = b.file_name or f"block_{b.line}.py"
+            name = b.file_name or f"block_{b.line}.py"
+            if b.file_name or (b.lang == "python" and b.kind == "run"):
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
                 (Path(tmp) / name).write_text(b.code)
-                if b.kind == "file":
-                    continue
-                cmd = [sys.executable, name]
-            elif b.lang == "sh" and b.kind == "run":
-                cmd = ["bash", "-e", "-c", b.code]
-            else:
+            cmd = _command(b, name)
+            if cmd is None:
                 continue
-            proc = subprocess.run(cmd, cwd=tmp, env=_env(), stdout=subprocess.PIPE, text=True, timeout=90,
-                                  stderr=subprocess.STDOUT if b.lang == "sh" else subprocess.PIPE)
+            merged = b.lang == "sh" or b.kind == "pytest"
+            proc = subprocess.run(cmd, cwd=tmp, env=_env(database_url), stdout=subprocess.PIPE, text=True,
+                                  timeout=90, stderr=subprocess.STDOUT if merged else subprocess.PIPE)
             m = re.search(r"\bexit=(\d+)", b.marker or "")
             want = int(m.group(1)) if m else 0
             assert proc.returncode == want, (f"{b.where} exited {proc.returncode}, not {want}\n--- stdout\n"
-                                             f"{proc.stdout}\n--- stderr\n{(proc.stderr or '')[-4000:]}")
+                                             f"{proc.stdout[-6000:]}\n--- stderr\n{(proc.stderr or '')[-4000:]}")
+            if b.kind == "pytest":
+                summary = proc.stdout.strip().splitlines()[-1]
+                assert re.search(r"\b\d+ passed\b", summary) and not re.search(r"skipped|failed|error|xfail",
+                                                                                 summary), (
+                    f"{b.where}: the tests must run and pass, not be skipped:\n{proc.stdout[-3000:]}")
             last = (b, proc.stdout)
+
+
+PAGES_THAT_RUN = [p for p in PAGES if any(b.kind in ("run", "pytest") for b in parse(p))]
+
+
+@pytest.mark.parametrize("page", PAGES_THAT_RUN, ids=lambda p: p.name)
+async def test_run_blocks(page: Path) -> None:
+    """Run, pytest and file blocks of a page, in order, in one working directory; outputs are compared."""
+    if any("postgres" in b.words for b in parse(page)):
+        async with own_pg_database("doc") as url:  # PostgreSQL unreachable: fails here, never skips
+            _run_page(page, url)
+    else:
+        _run_page(page, None)
 
 
 # -- type checking ----------------------------------------------------------------------
 
-_SCAFFOLD_HEAD = """\
-import asyncio
-import json
-from datetime import datetime, timedelta, timezone
-from typing import Any
 
-from duroxide_macros.prelude import *
-from duroxide_runtime import *
-"""
-
-
-def scaffold(code: str) -> tuple[str, int]:
-    """A fragment as a checkable module; returns the source and the offset of fragment line 1."""
-    imports = [line for line in code.splitlines() if re.match(r"(import|from)\s+\S+", line)]
-    head = _SCAFFOLD_HEAD + "\n".join(imports) + "\n\n\n"
-    head += "async def _fragment(ctx: OrchestrationContext, client: Client, store: Provider, rt: Runtime) -> Any:\n"
-    # Fragment lines keep their relative positions: imports become blank lines in the body.
-    lines = [("    " + line if line.strip() and line not in imports else "") for line in code.splitlines()]
-    src = head + "\n".join(lines) + "\n    pass\n"
-    return src, head.count("\n")
+def _as_module(b: Block) -> tuple[str, int]:
+    """The source pyright checks for a block, and how many lines precede the block's first line."""
+    if not b.awaits:
+        return b.code, 0
+    # An excerpt of async code: checked as the body of the coroutine a reader pastes it into.
+    body = "".join(f"    {line}" if line.strip() else line for line in b.code.splitlines(keepends=True))
+    return "async def _excerpt() -> None:\n" + body, 1
 
 
 def _pyright() -> str:
@@ -246,21 +339,27 @@ def _pyright() -> str:
 
 
 def test_python_blocks_typecheck() -> None:
-    """One pyright run over every run, file and typecheck block; errors point at the doc lines."""
-    checked = [b for b in PY_BLOCKS
-               if b.kind in ("run", "file", "typecheck") and "nocheck" not in (b.marker or "").split()]
+    """One pyright run over every checked block; each page's files import each other by name."""
     with tempfile.TemporaryDirectory(prefix="duroxide-doc-types-") as tmp:
         files: dict[str, tuple[Block, int]] = {}
-        for n, b in enumerate(checked):
-            if b.kind == "typecheck":
-                src, offset = scaffold(b.code)
-            else:
-                src, offset = b.code, 0
-            path = Path(tmp) / f"doc_{n:03d}_{b.page.stem.replace('-', '_')}.py"
-            path.write_text(src)
-            files[str(path)] = (b, offset)
+        roots = []
+        for page in PAGES:
+            checked = [b for b in parse(page) if b.checked]
+            if not checked:
+                continue
+            folder = Path(tmp) / page.stem.replace("-", "_").lower()
+            roots.append({"root": str(folder)})
+            for b in checked:
+                src, offset = _as_module(b)
+                path = folder / (b.file_name or f"block_{b.line}.py")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(src)
+                files[str(path)] = (b, offset)
+        # Each page's folder is an execution root, so `from check_deploy import checkout` resolves
+        # as it does for the reader who saved check_deploy.py next to the test.
+        (Path(tmp) / "pyrightconfig.json").write_text(json.dumps({"executionEnvironments": roots}))
         proc = subprocess.run([_pyright(), "--pythonpath", sys.executable, "--outputjson", *files],
-                              cwd=ROOT, capture_output=True, text=True, timeout=150)
+                              cwd=tmp, capture_output=True, text=True, timeout=150)
         try:
             report = json.loads(proc.stdout)
         except json.JSONDecodeError:
@@ -333,7 +432,7 @@ def _check_command(words: list[str], page: Path) -> str | None:
                 if a.startswith("-"):
                     continue
                 extras = re.findall(r"\[([\w,]+)\]", a)
-                if a.split("[", 1)[0] in (".", "") or a.startswith(".["):
+                if a.split("[", 1)[0] in (".", "", PYPROJECT["project"]["name"]) or a.startswith(".["):
                     for extra in ",".join(extras).split(","):
                         if extra and extra not in PYPROJECT["project"]["optional-dependencies"]:
                             return f"pip install: no extra [{extra}] in pyproject.toml"
@@ -439,7 +538,7 @@ def test_troubleshooting_lists_every_hook_problem() -> None:
     text = " ".join((ROOT / "docs" / "troubleshooting.md").read_text().split())
     missing = []
     for module in (macro_expand, macro_lint):
-        tree = ast.parse(Path(module.__file__).read_text())
+        tree = ast.parse(Path(str(module.__file__)).read_text())
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and (isinstance(node.func, ast.Attribute) and node.func.attr == "_problem"
                                                 or isinstance(node.func, ast.Name) and node.func.id == "Problem")):
@@ -468,6 +567,68 @@ def test_troubleshooting_lists_every_failure_type_name() -> None:
     assert not missing, "docs/troubleshooting.md does not mention failure types:\n" + "\n".join(missing)
 
 
+def test_troubleshooting_states_the_strict_encode_check() -> None:
+    """Each row of the table in "The encode check is strict" holds for the codec the decorators use."""
+    import dataclasses
+    import enum
+    import math
+    import uuid
+    from datetime import datetime
+    from typing import Any, TypedDict
+
+    from pydantic import BaseModel
+
+    from duroxide_macros.codec import Codec
+
+    class Size(enum.Enum):
+        SMALL = "S"
+
+    @dataclasses.dataclass
+    class Line:
+        price: float
+
+    class Model(BaseModel):
+        n: int
+
+    class Typed(TypedDict):
+        n: int
+
+    def encodes(annotation: Any, value: object) -> bool:
+        try:
+            Codec[Any](annotation, "test").encode(value)
+            return True
+        except duroxide_runtime.PayloadError:
+            return False
+
+    str_in_float = Line("12.50")  # type: ignore[arg-type]  # wrong on purpose
+    rows: dict[str, list[tuple[Any, object, bool]]] = {  # a table row's first cells; what the codec does
+        "| `2` | `float` |": [(float, 2, True)],
+        '| `"2"`, `2.0`, `True` | `int` |': [(int, "2", False), (int, 2.0, False), (int, True, False)],
+        '| `"12.50"` | `float` (also a field inside a dataclass) |': [(float, "12.50", False),
+                                                                     (Line, str_in_float, False)],
+        '| `1`, `"true"` | `bool` |': [(bool, 1, False), (bool, "true", False)],
+        "| `(1, 2)` / `[1, 2]` | `list[int]` / `tuple[int, int]` |": [(list[int], (1, 2), False),
+                                                                      (tuple[int, int], [1, 2], False)],
+        "| a `dict` | a dataclass |": [(Line, {"price": 1.0}, False)],
+        "| a `dict` | a pydantic model or a `TypedDict` |": [(Model, {"n": 1}, True), (Typed, {"n": 1}, True),
+                                                             (Model, {"n": "1"}, False), (Typed, {"n": "1"}, False)],
+        '| `"S"`, the value of `Size.SMALL` | `Size` (an `Enum`) |': [(Size, "S", False), (Size, Size.SMALL, True)],
+        "| `\"2027-01-01T00:00:00\"`, a UUID's text | `datetime`, `UUID` |": [
+            (datetime, "2027-01-01T00:00:00", False), (uuid.UUID, str(uuid.uuid4()), False)],
+        "| an `int` outside 64 bits, NaN, infinity | any number |": [(int, 2**64, False), (float, math.nan, False),
+                                                                    (float, math.inf, False)],
+    }
+    text = (ROOT / "docs" / "troubleshooting.md").read_text()
+    wrong = []
+    for row, cases in rows.items():
+        assert row in text, f"docs/troubleshooting.md has no table row starting {row!r}"
+        wrong += [f"{row} {value!r} as {annotation}" for annotation, value, ok in cases
+                  if encodes(annotation, value) is not ok]
+    assert not wrong, "the codec does not do what the table says:\n" + "\n".join(wrong)
+    # ... and the receiving side is lenient, as the page says.
+    assert Codec(int, "test").decode('"2"') == 2
+
+
 # -- the README -------------------------------------------------------------------------
 
 
@@ -478,7 +639,7 @@ def test_readme_quick_start_is_short_runnable_and_links_the_docs() -> None:
     assert len(quick.code.splitlines()) <= 15, "the README quick start has more than 15 lines"
     text = (ROOT / "README.md").read_text()
     for page in sorted((ROOT / "docs").glob("*.md")):
-        assert f"(docs/{page.name})" in text, f"README.md does not link docs/{page.name}"
+        assert f"({REPO_BLOB}docs/{page.name})" in text, f"README.md does not link docs/{page.name}"
 
 
 def _anchor(heading: str) -> str:
@@ -486,25 +647,54 @@ def _anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_relative_links_resolve() -> None:
-    """Links between the pages (and their #anchors) and to files of the repository exist."""
+def _link_target(page: Path, target: str) -> tuple[Path | None, str]:
+    """The local file a link names (None for another site) and its #anchor."""
+    target, _, anchor = target.partition("#")
+    for prefix in (REPO_BLOB, REPO_TREE):
+        if target.startswith(prefix):
+            return ROOT / target.removeprefix(prefix), anchor
+    if re.match(r"[a-z]+:", target):
+        return None, anchor
+    return ((page.parent / target).resolve() if target else page), anchor
+
+
+def _link_problems(page: Path) -> list[str]:
     problems = []
-    for page in PAGES:
-        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
-        for target in re.findall(r"\]\(([^)\s]+)\)", text):
-            if re.match(r"[a-z]+://", target):
-                continue
-            path, _, anchor = target.partition("#")
-            file = (page.parent / path).resolve() if path else page
-            if not file.exists():
-                problems.append(f"{page.relative_to(ROOT)}: link to missing {target}")
-                continue
-            if anchor and file.suffix == ".md":
-                body = re.sub(r"^```.*?^```", "", file.read_text(), flags=re.S | re.M)
-                anchors = {_anchor(h) for h in re.findall(r"^#+\s+(.*)$", body, flags=re.M)}
-                if anchor not in anchors:
-                    problems.append(f"{page.relative_to(ROOT)}: no heading for #{anchor} in {file.name}")
+    where = page.relative_to(ROOT) if page.is_relative_to(ROOT) else page.name
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        file, anchor = _link_target(page, target)
+        if file is None:
+            continue
+        if page.name == "README.md" and not target.startswith(REPO):
+            # README.md is the package index page too, where a relative link leads nowhere.
+            problems.append(f"README.md: relative link {target}: write {REPO_BLOB}{target.lstrip('./')}")
+        if not file.exists():
+            problems.append(f"{where}: link to missing {target}")
+            continue
+        if anchor and file.suffix == ".md":
+            body = re.sub(r"^```.*?^```", "", file.read_text(), flags=re.S | re.M)
+            anchors = {_anchor(h) for h in re.findall(r"^#+\s+(.*)$", body, flags=re.M)}
+            if anchor not in anchors:
+                problems.append(f"{where}: no heading for #{anchor} in {file.name}")
+    return problems
+
+
+def test_links_resolve() -> None:
+    """Links between the pages (and their #anchors) and to the repository's files name what exists;
+    README.md links absolutely (it is also the package index page), into this repository."""
+    problems = [p for page in PAGES for p in _link_problems(page)]
     assert not problems, "\n".join(problems)
+
+
+def test_link_check_catches_what_it_should(tmp_path: Path) -> None:
+    page = tmp_path / "README.md"
+    page.write_text(f"[a]({REPO_BLOB}docs/api.md) [b]({REPO_BLOB}docs/nope.md) [c](docs/api.md) "
+                    f"[d]({REPO_BLOB}docs/api.md#no-such-heading) [e](https://example.org/x)\n")
+    assert [p.split(": ", 1)[1] for p in _link_problems(page)] == [
+        f"link to missing {REPO_BLOB}docs/nope.md",
+        f"relative link docs/api.md: write {REPO_BLOB}docs/api.md", "link to missing docs/api.md",
+        "no heading for #no-such-heading in api.md"]
 
 
 def test_api_reference_states_the_option_defaults() -> None:
@@ -514,3 +704,20 @@ def test_api_reference_states_the_option_defaults() -> None:
         for f in cls.__dataclass_fields__.values():
             shown = f"{f.name}={f.default!r}"
             assert shown in text, f"docs/api.md should show `{shown}` for {cls.__name__}"
+
+
+def test_api_reference_lists_every_duroxide_main_parameter() -> None:
+    """docs/api.md shows duroxide_main's signature as it is (names, order, defaults) and explains each."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    shown = re.search(r"`@duroxide_main(\(\*, [^`]*\))`", text)
+    assert shown, "docs/api.md should show `@duroxide_main(*, ...)` with its keyword parameters"
+    documented = ast.parse(f"def f{shown.group(1)}: pass").body[0]
+    assert isinstance(documented, ast.FunctionDef)
+    doc_params = [(a.arg, ast.literal_eval(d)) for a, d in zip(documented.args.kwonlyargs,
+                                                                  documented.args.kw_defaults, strict=True)
+                  if d is not None]
+    real = [(n, p.default) for n, p in inspect.signature(duroxide_main).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert doc_params == real, f"docs/api.md shows {doc_params}; duroxide_main takes {real}"
+    unexplained = [n for n, _ in real if not re.search(rf"^\s+- `{n}` — ", text, re.M)]
+    assert not unexplained, f"docs/api.md has no `- `name` — ...` line for: {unexplained}"

@@ -353,3 +353,99 @@ def test_prometheus_port_serves_the_runtime_metrics(tmp_path: Path) -> None:
     assert "RESULT 42" in proc.stdout
     assert 'METRIC duroxide_orchestration_started_total{name="pm_flow",version="1.0.0"} 1.0' in proc.stdout
     assert 'METRIC duroxide_activity_completed_total{name="pm_double",outcome="success"} 1.0' in proc.stdout
+
+
+# -- where the store is, and saying so ------------------------------------------------------
+
+
+def test_relative_db_path_is_next_to_the_defining_file_from_any_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    elsewhere = [tmp_path / "a", tmp_path / "b" / "deeper"]
+    for d in elsewhere:
+        d.mkdir(parents=True)
+    prog = _program(tmp_path, '''
+        @duroxide_main(db_path="state/app.db")
+        async def main() -> None:
+            print("PATH", client.store.path)
+            if sys.argv[1:] == ["again"]:
+                status = await dm_flow.status(client, "r1")
+                print("STATUS", type(status).__name__, status.output)
+            else:
+                print("RESULT", await dm_flow.run("r1", 4, timeout=20))
+
+        if __name__ == "__main__":
+            os.chdir(tempfile.gettempdir())  # after decoration: cannot move the store either
+            main()
+    ''', name="app/prog.py")
+    db = tmp_path / "app" / "state" / "app.db"
+    # The same program started from two working directories, by absolute and by relative path.
+    first = subprocess.run([sys.executable, str(prog)], cwd=elsewhere[0], env=_env(), capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([sys.executable, os.path.relpath(prog, elsewhere[1]), "again"], cwd=elsewhere[1],
+                           env=_env(), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert _values(first.stdout)["RESULT"] == "9"
+    assert _values(again.stdout)["STATUS"] == "Completed 9", "the second run must see the first run's state"
+    for proc in (first, again):
+        assert _values(proc.stdout)["PATH"] == str(db)
+        assert f"INFO duroxide.main: store: SQLite file {db}\n" in proc.stderr, proc.stderr
+    assert db.is_file()
+    assert [p for d in elsewhere for p in d.rglob("*")] == [], "nothing may be created in the working directory"
+
+
+def test_the_default_temporary_store_is_logged_as_temporary(tmp_path: Path) -> None:
+    prog = _program(tmp_path, '''
+        @duroxide_main
+        async def main() -> None:
+            print("PATH", client.store.path)
+
+        if __name__ == "__main__":
+            main()
+    ''')
+    proc = _run(tmp_path, prog)
+    assert proc.returncode == 0, proc.stderr
+    path = _values(proc.stdout)["PATH"]
+    assert (f"INFO duroxide.main: store: SQLite file {path}, in a temporary directory deleted when the program "
+            "ends (pass db_path=... to keep it)") in proc.stderr, proc.stderr
+
+
+async def test_the_postgres_store_is_logged_without_its_password(tmp_path: Path) -> None:
+    from urllib.parse import urlsplit
+
+    from .support import own_pg_database
+
+    async with own_pg_database("dm_log") as url:
+        parts = urlsplit(url)
+        user = parts.username or "postgres"
+        # The server trusts local connections, so a password is sent but never checked.
+        with_password = parts._replace(netloc=f"{user}:s3cret-pw@{parts.hostname}:{parts.port or 5432}",
+                                       query="application_name=dm&password=s3cret-q").geturl()
+        prog = _program(tmp_path, '''
+            @duroxide_main(provider="postgres")
+            async def main() -> None:
+                print("RESULT", await dm_flow.run("pg1", 1, timeout=30))
+
+            if __name__ == "__main__":
+                main()
+        ''')
+        proc = _run(tmp_path, prog, DATABASE_URL=with_password)
+    assert proc.returncode == 0, proc.stderr
+    assert "RESULT 3" in proc.stdout
+    assert "s3cret" not in proc.stderr + proc.stdout, proc.stderr
+    shown = f"{user}:***@{parts.hostname}:{parts.port or 5432}{parts.path}?application_name=dm&password=***"
+    assert f"INFO duroxide.main: store: PostgreSQL database postgresql://{shown} (schema duroxide)" in proc.stderr, \
+        proc.stderr
+
+
+def test_a_relative_db_path_needs_a_file_to_be_relative_to(tmp_path: Path) -> None:
+    from duroxide_macros.prelude import duroxide_main
+
+    namespace: dict[str, object] = {}
+    exec("async def main() -> None:\n    pass\n", namespace)  # defined in no file (like the REPL or -c)
+    with pytest.raises(ConfigurationError, match="relative") as info:
+        duroxide_main(db_path="app.db")(namespace["main"])  # type: ignore[arg-type]
+    assert "absolute path" in (info.value.fix or "")
+    duroxide_main(db_path=str(tmp_path / "app.db"))(namespace["main"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="'\\?'"):
+        duroxide_main(db_path=str(tmp_path / "what?.db"))(namespace["main"])  # type: ignore[arg-type]

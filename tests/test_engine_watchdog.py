@@ -65,6 +65,41 @@ async def test_a_turn_that_never_yields_is_stopped_and_the_others_complete(
     await asyncio.wait_for(harness.stop(), 60)  # shutdown completes
 
 
+async def raises_in_callback(ctx: OrchestrationContext, _: str) -> str:
+    def broken() -> None:
+        raise ValueError("callback bug")
+
+    asyncio.get_running_loop().call_soon(broken)
+    await ctx.schedule_timer(0)
+    return "went on"
+
+
+async def background_task_fails(ctx: OrchestrationContext, _: str) -> str:
+    async def side() -> None:
+        raise KeyError("background bug")
+
+    task = asyncio.create_task(side())
+    await ctx.schedule_timer(0)
+    del task  # never awaited: its error must still be reported
+    return "went on"
+
+
+async def test_errors_in_callbacks_and_unawaited_tasks_are_warnings_naming_the_instance(
+        cached_harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="duroxide")
+    await cached_harness.start({"Callback": raises_in_callback, "Background": background_task_fails})
+    for iid, name in (("cb", "Callback"), ("bg", "Background")):
+        status = await cached_harness.run(iid, name)
+        assert status == OrchestrationStatus.Completed(output="went on"), status
+    import gc
+
+    gc.collect()  # asyncio reports an unretrieved task error when the task is collected
+    warnings = {getattr(r, "instance_id", None): r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING}
+    assert "ValueError: callback bug" in warnings.get("cb", ""), warnings
+    assert "KeyError: 'background bug'" in warnings.get("bg", ""), warnings
+    assert "test_engine_watchdog.py" in warnings["bg"] and "in side" in warnings["bg"]  # where it was raised
+
+
 def _calibrate(seconds: float) -> int:
     """How much ``slow_turn_worker.work`` takes ``seconds`` here (measured, so that
     the turns are long on any machine; the assertions never depend on it)."""

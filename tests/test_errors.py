@@ -48,6 +48,7 @@ from duroxide_runtime.history import Event, decode_event, encode_event
 from duroxide_runtime.providers.base import decode_error_details
 from duroxide_runtime import OrchestrationContext, OrchestrationStatus, SqliteProvider
 from duroxide_runtime.replayer import replay_history
+from duroxide_runtime.testing import ClockStalledError
 
 from .support import Harness
 
@@ -85,6 +86,7 @@ EXAMPLES: list[BaseException] = [
     OrchestrationFailedError("order-1", "ValueError: bad input", REMOTE),
     UsageError("no such command", fix="see --help"),
     StoreNotFoundError("no database 'x'", fix="check the path"),
+    ClockStalledError(60.0, 12.5, 10.0),
     Aborted("declined"),
 ]
 

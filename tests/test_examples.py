@@ -21,7 +21,7 @@ EXPECTED = {
         "slow: failed (TimeoutError: Payment timeout)",
         "released: RESERVATION-A2, RESERVATION-A3-slow",
     ],
-    "examples/approval.py": ["status: Running", "big: FULFILLED-B1 (approved by Alice)", "small: FULFILLED-S2"],
+    "examples/approval.py": ["status: Completed", "big: FULFILLED-B1 (approved by Alice)", "small: FULFILLED-S2"],
     "examples/versioning.py": ["latest: version 2.0.0: v2 charged 13.20 (with fee)",
                                "pinned: version 1.0.0: v1 charged 12.00"],
     "examples/infra/app.py": ["INFRASTRUCTURE PROVISIONED", "VM: vm-web-1 (10.0.1.5)", "VM: vm-web-2 (10.0.1.5)",

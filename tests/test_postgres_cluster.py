@@ -48,6 +48,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from duroxide_runtime.wake import wake_hub
 from duroxide_runtime import (
     ActivityRegistry,
     Client,
@@ -541,7 +542,7 @@ async def test_runtime_survives_killed_connections(caplog: pytest.LogCaptureFixt
         while not (await listeners(client_app) - listeners_killed and await listeners(rt_app) - listeners_killed):
             assert time.monotonic() < deadline, f"LISTEN connections not re-established; {summary}"
             await asyncio.sleep(0.05)
-        probe = asyncio.create_task(client_store.signals.wait_instance("probe", 10))
+        probe = asyncio.create_task(wake_hub(client_store).wait_instance("probe", 10))
         await asyncio.sleep(0.05)
         t_probe = time.monotonic()
         await admin.execute("SELECT pg_notify($1, 'probe')", f"{schema}_done")

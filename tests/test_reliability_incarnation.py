@@ -28,7 +28,7 @@ from duroxide_runtime import (
 from duroxide_runtime.dispatch.orchestrations import OrchestrationDispatcher
 from duroxide_runtime.dispatch.turns import TurnThread
 from duroxide_runtime.messages import ActivityResult, StartOrchestration
-from duroxide_runtime.providers.base import InstanceUpdate, OrchestrationItem, TurnCommit, WorkCompletion
+from duroxide_runtime.providers.base import ChildStart, InstanceUpdate, OrchestrationItem, TurnCommit, WorkCompletion
 from duroxide_runtime.providers.sqlite import SCHEMA_VERSION
 
 from .support import PG_URL, PROVIDERS, drop_store, make_store
@@ -157,7 +157,7 @@ async def test_every_creation_of_an_instance_row_gets_its_own_incarnation(store:
     assert item.instance is not None and item.instance.incarnation
     child = StartOrchestration(instance_id="p-child", name="Wait", version="1.0.0", input="",
                                parent_instance_id="p", parent_execution_id=1, parent_event_id=2)
-    commit = TurnCommit("p", item.lock_token, 1, consumed=[m.id for m in item.messages], messages=[(child, None)],
+    commit = TurnCommit("p", item.lock_token, 1, consumed=[m.id for m in item.messages], children=[ChildStart(child)],
                         update=InstanceUpdate(name="Wait", version="1.0.0", execution_id=1, status="Running"))
     assert await store.commit_turns([commit]) == [True]
     parent, kid = await store.get_instance("p"), await store.get_instance("p-child")

@@ -27,7 +27,7 @@ from duroxide_runtime import (
 from duroxide_runtime.errors import ErrorDetails
 from duroxide_runtime.dispatch.activities import ActivityWorker
 from duroxide_runtime.messages import ActivityResult, TimerFired
-from duroxide_runtime.providers.base import InstanceUpdate, TurnCommit, WorkCompletion, now_ms
+from duroxide_runtime.providers.base import CallKey, InstanceUpdate, TurnCommit, WorkCompletion, now_ms
 from duroxide_runtime.registry import ActivityRegistry
 
 from .support import Harness, eventually
@@ -276,7 +276,7 @@ async def test_pending_timers_of_an_ended_execution_are_deleted(h: Harness) -> N
 
 
 async def test_store_deletes_exactly_the_timers_a_commit_cancels(h: Harness) -> None:
-    """The provider contract behind 10a: ``TurnCommit.cancelled_timers`` deletes the queued
+    """The provider contract behind 10a: ``TurnCommit.delete_timers`` deletes the queued
     ``TimerFired`` of those event ids of that execution, and nothing else."""
     store = h.store
     await h.client.start_orchestration("c", "Any")
@@ -295,7 +295,7 @@ async def test_store_deletes_exactly_the_timers_a_commit_cancels(h: Harness) -> 
                          (TimerFired(instance_id="c", execution_id=2, event_id=2, fire_at_ms=later), later)])
     assert (await store.queue_depths()).timers == 3
     assert await h.client.raise_event("c", "poke", "")
-    await turn(cancelled_timers=[2])
+    await turn(delete_timers=[CallKey("c", 1, 2)])
     depths = await store.queue_depths()
     assert depths.timers == 2 and depths.orchestrator == 0, depths
 

@@ -30,6 +30,7 @@ import pytest
 
 from duroxide_runtime import InMemoryProvider, OrchestrationContext, OrchestrationStatus, Provider, SqliteProvider
 from duroxide_runtime.runtime import Runtime
+from duroxide_runtime.wake import wake_hub
 
 from .support import PG_URL, PROVIDERS, Harness, clean_env, drop_store, eventually
 
@@ -163,7 +164,7 @@ def _idle(task: asyncio.Task[Any]) -> bool:
     coro: Any = task.get_coro()
     while coro is not None:
         frame = getattr(coro, "cr_frame", None)
-        if frame is not None and frame.f_code.co_name == "_wait_event":
+        if frame is not None and frame.f_code.co_name in ("wait_orchestrator", "wait_worker"):
             return True
         coro = getattr(coro, "cr_await", None)
     return False
@@ -179,8 +180,9 @@ async def test_cancelling_the_runtime_tasks_stops_them_even_when_a_wakeup_coinci
     await eventually(lambda: all(_idle(t) for t in dispatchers), 30, "idle dispatchers")
     # What asyncio.run() does on an exception or Ctrl-C, in the worst moment: the wake-up
     # the dispatchers wait for arrives in the same loop iteration as the cancel.
-    h.store.signals.notify_orchestrator()
-    h.store.signals.notify_worker()
+    wake = wake_hub(h.store)
+    wake.notify_orchestrator()
+    wake.notify_worker()
     for task in tasks:
         task.cancel()
     done, pending = await asyncio.wait(tasks, timeout=30)
@@ -192,6 +194,7 @@ _SCRIPT = textwrap.dedent('''
     import asyncio, os, signal, sys, threading
     from duroxide_runtime import (ActivityRegistry, OrchestrationRegistry, Runtime, RuntimeOptions, SqliteProvider,
                                   InMemoryProvider)
+    from duroxide_runtime.wake import wake_hub
 
     async def orch(ctx, inp):
         if inp == "block":
@@ -208,7 +211,7 @@ _SCRIPT = textwrap.dedent('''
         coro = task.get_coro()
         while coro is not None:
             frame = getattr(coro, "cr_frame", None)
-            if frame is not None and frame.f_code.co_name == "_wait_event":
+            if frame is not None and frame.f_code.co_name in ("wait_orchestrator", "wait_worker"):
                 return True
             coro = getattr(coro, "cr_await", None)
         return False
@@ -233,7 +236,7 @@ _SCRIPT = textwrap.dedent('''
             await asyncio.sleep(0.01)
         print("READY", flush=True)
         # The wake-up lands in the same loop iteration as asyncio.run's cancel of every task.
-        store.signals.notify_orchestrator()
+        wake_hub(store).notify_orchestrator()
         if how.endswith("raise"):
             raise RuntimeError("boom after start() without shutdown()")
         await asyncio.Event().wait()  # Ctrl-C

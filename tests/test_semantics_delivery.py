@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,9 @@ from duroxide_runtime import (
 from duroxide_runtime.messages import ActivityResult
 from duroxide_runtime.providers.base import InstanceUpdate, TurnCommit, WorkCompletion, now_ms
 
-from .support import Harness, PROVIDERS, eventually, make_store
+from duroxide_runtime.testing import ManualClock
+
+from .support import Harness, PROVIDERS, drop_store, eventually, make_store
 
 # -- helpers ------------------------------------------------------------------------
 
@@ -113,6 +115,18 @@ async def env1(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     await store.close()
 
 
+@pytest.fixture(params=PROVIDERS)
+async def clocked(request: pytest.FixtureRequest, tmp_path: Path,
+                  replay_mode: str) -> AsyncIterator[tuple[Env, ManualClock]]:
+    """Every provider x every replay mode, on a ManualClock: the test moves time, nothing sleeps."""
+    clock = ManualClock()
+    store = await make_store(request.param, tmp_path, clock=clock)
+    e = Env(Harness(store, replay_mode))
+    yield e, clock
+    await e.close()
+    await drop_store(store)
+
+
 async def history(h: Harness, iid: str, execution_id: int | None = None) -> list[Any]:
     return await h.client.read_history(iid, execution_id)
 
@@ -123,6 +137,19 @@ async def count_events(h: Harness, iid: str, kind: type) -> int:
 
 async def wait(h: Harness, iid: str, timeout: float = 15.0) -> OrchestrationStatus[str]:
     return await h.client.wait_for_orchestration(iid, timedelta(seconds=timeout))
+
+
+async def drive(clock: ManualClock, seconds: float, step: float = 0.01,
+                until: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Move ``clock`` forward by up to ``seconds`` in ``step``s, letting the runtime act between
+    steps (a short real pause: its store calls take real time); stop early once ``until()``."""
+    for _ in range(round(seconds / step)):
+        if until is not None and await until():
+            return
+        clock.advance(step)
+        await asyncio.sleep(0.005)
+    if until is not None:
+        assert await until(), f"not done after {seconds} s of clock time"
 
 
 class HoldTracker:
@@ -241,22 +268,25 @@ async def test_message_arriving_during_a_turn_waits_for_the_next_turn(env: Env) 
 # -- 12/13: lock expiry, lease renewal, a stale token never acks -----------------------
 
 
-async def test_orchestration_lock_of_a_crashed_dispatcher_expires_and_stale_token_cannot_commit(env: Env) -> None:
+async def test_orchestration_lock_of_a_crashed_dispatcher_expires_and_stale_token_cannot_commit(
+        clocked: tuple[Env, ManualClock]) -> None:
+    env, clock = clocked
     h = env.h
 
     async def echo(ctx: OrchestrationContext, inp: str) -> str:
         return f"echo:{inp}"
 
     await h.client.start_orchestration("locked", "Echo", "hi")
-    t0 = time.monotonic()
     crashed = await h.store.fetch_orchestration_items(10, 1.0)  # a dispatcher that dies holding the lock
     assert [i.instance_id for i in crashed.items] == ["locked"]
     stale = crashed.items[0]
     await h.start({"Echo": echo})
-    await asyncio.sleep(0.3)
-    status = await h.client.get_orchestration_status("locked")
-    if time.monotonic() - t0 < 0.9:  # only meaningful while the dead lock is surely still valid
-        assert isinstance(status, OrchestrationStatus.Pending), status
+    await asyncio.sleep(0.1)  # the dispatchers look, and find the instance locked (no clock time passes)
+    clock.advance(0.999)
+    await asyncio.sleep(0.1)
+    assert isinstance(await h.client.get_orchestration_status("locked"), OrchestrationStatus.Pending)
+    # The dead dispatcher's lock expires now; an idle dispatcher notices at its next poll.
+    clock.advance(0.001 + h.options().poll_interval)
     assert await wait(h, "locked") == OrchestrationStatus.Completed(output="echo:hi")
     before = await history(h, "locked")
     # the crashed dispatcher wakes up and tries to commit with its old token: refused
@@ -290,12 +320,14 @@ async def test_long_activity_keeps_its_lease_and_runs_once(env1: Env) -> None:
 # -- 14: at least once; duplicates recorded once; older executions ignored -------------
 
 
-async def test_activity_of_a_crashed_worker_reruns_after_lease_expiry_and_is_recorded_once(env: Env) -> None:
+async def test_activity_of_a_crashed_worker_reruns_after_lease_expiry_and_is_recorded_once(
+        clocked: tuple[Env, ManualClock]) -> None:
+    env, clock = clocked
     h = env.h
     runs: list[tuple[str, float]] = []
 
     async def work(inp: str) -> str:
-        runs.append((inp, time.monotonic()))
+        runs.append((inp, clock.monotonic()))
         return f"done-{inp}-{len(runs)}"
 
     async def orch(ctx: OrchestrationContext, inp: str) -> str:
@@ -310,12 +342,14 @@ async def test_activity_of_a_crashed_worker_reruns_after_lease_expiry_and_is_rec
     await h.stop()
     # a worker leases the call, runs it, and crashes before recording the result
     [lease] = await eventually(lambda: h.store.fetch_work_items(10, 0.5), what="work item")
-    leased_at = time.monotonic()
+    leased_at = clock.monotonic()
     await work(lease.work.input)
     await h.start({"Orch": orch}, {"Work": work}, max_attempts=100)
-    await eventually(lambda: count_events(h, "crash", Event.ActivityCompleted), what="ActivityCompleted")
-    assert len(runs) == 2  # at least once: re-run after the crash
-    assert runs[1][1] - leased_at >= 0.45  # ...but not while the crashed worker's lease was valid
+    await drive(clock, 0.49)
+    assert len(runs) == 1  # not re-run while the crashed worker's lease is valid
+    await drive(clock, 5.0, until=lambda: count_events(h, "crash", Event.ActivityCompleted))
+    assert len(runs) == 2  # at least once: re-run after the crash...
+    assert runs[1][1] - leased_at >= 0.5  # ...once the lease had expired
     # the crashed worker comes back and records its late result with its old token
     await h.store.complete_work_items([WorkCompletion(lease.lock_token, ActivityResult(
         instance_id="crash", execution_id=1, event_id=lease.work.event_id, result="late"))])
@@ -478,7 +512,9 @@ async def test_nondeterminism_fails_the_instance_and_never_reaches_user_code(env
     assert "StepA" in status.error and "StepB" in status.error
 
 
-async def test_unregistered_names_back_off_until_a_runtime_that_knows_them_starts(env: Env) -> None:
+async def test_unregistered_names_back_off_until_a_runtime_that_knows_them_starts(
+        clocked: tuple[Env, ManualClock]) -> None:
+    env, clock = clocked
     h = env.h
 
     async def late_orch(ctx: OrchestrationContext, inp: str) -> str:
@@ -492,16 +528,26 @@ async def test_unregistered_names_back_off_until_a_runtime_that_knows_them_start
 
     # the old build knows neither LateOrch nor LateAct
     await h.start({"UsesLate": uses_late_activity}, {}, max_attempts=1000)
-    await h.client.start_orchestration("roll-o", "LateOrch", "1")
+    # started from a process that knows LateOrch (this runtime does not)
+    await Client(h.store, check_names=False).start_orchestration("roll-o", "LateOrch", "1")
     await h.client.start_orchestration("roll-a", "UsesLate", "2")
     await eventually(lambda: count_events(h, "roll-a", Event.ActivityScheduled), what="activity scheduled")
-    await asyncio.sleep(0.3)  # several back-off rounds
+    await drive(clock, 0.3)  # several back-off rounds (0.01 s, doubling up to 0.05 s) of clock time
     assert not (await h.client.get_orchestration_status("roll-o")).is_terminal
     assert not (await h.client.get_orchestration_status("roll-a")).is_terminal
-    # the new build rolls out next to it
+    # the new build rolls out next to it, and the old build is stopped (a rolling deploy). Until
+    # then either may take the work: on one test clock the old build's own retry after its
+    # back-off is always first to an instance it cannot run, so the test cannot wait for luck.
     await env.runtime({"LateOrch": late_orch}, {"LateAct": late_act}, max_attempts=1000)
-    assert await wait(h, "roll-o", 5) == OrchestrationStatus.Completed(output="late:1")
-    assert await wait(h, "roll-a", 5) == OrchestrationStatus.Completed(output="act:2")
+    await drive(clock, 0.3)
+    await h.stop()
+
+    async def both_done() -> bool:
+        return all([(await h.client.get_orchestration_status(i)).is_terminal for i in ("roll-o", "roll-a")])
+
+    await drive(clock, 30.0, until=both_done)
+    assert await wait(h, "roll-o", 0) == OrchestrationStatus.Completed(output="late:1")
+    assert await wait(h, "roll-a", 0) == OrchestrationStatus.Completed(output="act:2")
 
 
 # -- 18: starting an existing id ----------------------------------------------------------
@@ -691,7 +737,7 @@ async def test_purge_during_an_in_flight_turn_is_not_undone_by_its_commit(env: E
     async def purge_then_commit(commits: Any) -> Any:
         victim = [c for c in commits if c.instance_id == "victim"]
         if victim and not purged:
-            purged.extend(await store.purge_instance("victim", force=True))
+            purged.extend(await store.purge_instance("victim") or [])
         results = await commit(commits)
         outcomes.extend(ok for c, ok in zip(commits, results) if c.instance_id == "victim")
         return results

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..activity import ActivityContext, _current
+from ..clock import Clock
 from ..errors import ErrorDetails, PayloadError, StoreError, UnknownActivityError
 from ..lograte import background_warnings
 from ..messages import ActivityResult, PoisonNotice
@@ -38,8 +39,10 @@ from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
 from ..options import RuntimeOptions
 from ..providers.base import Provider, WorkCompletion, WorkLease
 from ..registry import ActivityRegistry
+from ..engine.output import LIVE_STATUSES
 from ..engine.payloads import safe_error_details, storable_text, text_problem
-from .orchestrations import raise_if_cancel_requested
+from ..wake import wake_hub
+from .orchestrations import raise_if_cancel_requested, wait_unless_stopping
 
 __all__ = ["ActivityWorker", "is_store_trouble"]
 
@@ -81,8 +84,10 @@ class ActivityWorker:
     shutdown_log_interval = 10.0
 
     def __init__(self, store: Provider, registry: ActivityRegistry, options: RuntimeOptions,
-                 observer: RuntimeObserver | None = None) -> None:
+                 observer: RuntimeObserver | None = None, *, clock: Clock | None = None) -> None:
         self.store = store
+        #: Times lease renewals and back-offs (the store's clock by default, which times the leases).
+        self.clock = clock or store.clock
         self.observer = observer or RuntimeObserver()
         self.registry = registry
         self.options = options
@@ -90,6 +95,8 @@ class ActivityWorker:
         self._running: dict[asyncio.Task[None], _Call] = {}
         self._results: asyncio.Queue[WorkCompletion] = asyncio.Queue()
         self._known = frozenset(registry.names())
+        #: In-process wake-ups of this store: waited on when idle, fed after our own writes.
+        self.wake = wake_hub(store)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and start work until ``stopping`` is set."""
@@ -112,10 +119,10 @@ class ActivityWorker:
                 failures += 1
                 background_warnings.warning(_log, "worker.fetch", "activity worker: store error (retrying)",
                                             exc_info=True)
-                await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
+                await wait_unless_stopping(stopping, self.clock.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
                 continue
             if not leases:
-                await self.store.signals.wait_worker(self.options.poll_interval)
+                await self.wake.wait_worker(self.options.poll_interval)
                 continue
             for lease in leases:
                 w = lease.work
@@ -155,6 +162,7 @@ class ActivityWorker:
             o = self.options
             delay = min(o.unknown_name_max_backoff, o.unknown_name_backoff * 2 ** max(0, lease.dequeue_count - 1))
             await self.store.abandon_work_item(lease.lock_token, delay)
+            self.wake.notify_worker()
             return
         renew = asyncio.create_task(self._keep_lease(lease, actx, asyncio.current_task()))
         self.observer.activity_started(ActivityStarted(work.name, work.instance_id, lease.dequeue_count,
@@ -212,9 +220,12 @@ class ActivityWorker:
     async def _keep_lease(self, lease: WorkLease, actx: ActivityContext, task: asyncio.Task[None] | None) -> None:
         interval = self.options.activity_lock_timeout / 3
         while True:
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
             try:
-                alive = await self.store.renew_work_item(lease.lock_token, self.options.activity_lock_timeout)
+                # Only while the instance still runs the execution that scheduled the call.
+                alive = await self.store.renew_work_item(lease.lock_token, self.options.activity_lock_timeout,
+                                                         only_if_status_in=LIVE_STATUSES,
+                                                         only_if_execution=lease.work.execution_id)
             except Exception:  # noqa: BLE001 - a missed renewal is retried next interval
                 background_warnings.warning(_log, "worker.renew", "activity %r: lease renewal failed; retrying",
                                             lease.work.name, exc_info=True, extra=actx.log_fields())
@@ -249,7 +260,7 @@ class ActivityWorker:
             while not self._results.empty():
                 batch.append(self._results.get_nowait())
             try:
-                await self.store.complete_work_items(batch)
+                await self._complete(batch)
                 batch = []
                 failures = 0
             except asyncio.CancelledError:
@@ -260,7 +271,7 @@ class ActivityWorker:
                     failures += 1
                     background_warnings.warning(_log, "worker.results", "activity worker: could not record %d "
                                                 "results (retrying)", len(batch), exc_info=True)
-                    await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
+                    await self.clock.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
 
     async def _write_one_by_one(self, batch: list[WorkCompletion], error: Exception) -> list[WorkCompletion]:
         """A batch of results failed: find the result the store cannot take, so it fails alone.
@@ -294,12 +305,17 @@ class ActivityWorker:
     async def _refused(self, done: WorkCompletion) -> Exception | None:
         """Write one result by itself; the error if the store refused it."""
         try:
-            await self.store.complete_work_items([done])
+            await self._complete([done])
             return None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the caller decides whose fault it is
             return exc
+
+    async def _complete(self, batch: list[WorkCompletion]) -> None:
+        """Record results (dropped for instances that have ended) and wake the dispatchers."""
+        await self.store.complete_work_items(batch, only_if_status_in=LIVE_STATUSES)
+        self.wake.notify_orchestrator()
 
     async def drain(self, grace: float) -> None:
         """Shutdown: let running calls finish for ``grace`` seconds, then stop what can be stopped.
@@ -321,6 +337,8 @@ class ActivityWorker:
                 interrupted[task] = call
         if interrupted:
             await asyncio.wait(list(interrupted), timeout=1.0)
+        # Real time, not self.clock: the grace and these log lines bound how long a
+        # process takes to stop, whatever clock its store runs on.
         next_log = time.monotonic()
         while self._running or interrupted:
             for task in [t for t in interrupted if t.done()]:
@@ -345,6 +363,7 @@ class ActivityWorker:
     async def _give_back(self, call: _Call) -> None:
         try:
             await self.store.abandon_work_item(call.lease.lock_token, 0)
+            self.wake.notify_worker()
         except Exception:  # noqa: BLE001 - the lease expires anyway; the work is redelivered
             _log.warning("could not abandon activity lease at shutdown", exc_info=True, extra=call.actx.log_fields())
 

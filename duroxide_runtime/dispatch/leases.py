@@ -22,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 
+from ..clock import Clock
 from ..lograte import background_warnings
 from ..providers.base import OrchestrationItem, Provider
 
@@ -31,9 +32,12 @@ _log = logging.getLogger("duroxide.dispatcher")
 
 
 @contextlib.asynccontextmanager
-async def keep_locks(store: Provider, items: Sequence[OrchestrationItem], lock_timeout: float) -> AsyncIterator[None]:
-    """Renew the locks of ``items`` every ``lock_timeout / 3`` seconds until the block ends."""
-    renewer = asyncio.create_task(_renew_forever(store, items, lock_timeout), name="duroxide-lock-renewal")
+async def keep_locks(store: Provider, items: Sequence[OrchestrationItem], lock_timeout: float,
+                     clock: Clock | None = None) -> AsyncIterator[None]:
+    """Renew the locks of ``items`` every ``lock_timeout / 3`` seconds of ``clock`` (default:
+    the store's, which also times the locks' expiry) until the block ends."""
+    renewer = asyncio.create_task(_renew_forever(store, items, lock_timeout, clock or store.clock),
+                                  name="duroxide-lock-renewal")
     try:
         yield
     finally:
@@ -42,10 +46,11 @@ async def keep_locks(store: Provider, items: Sequence[OrchestrationItem], lock_t
             await renewer
 
 
-async def _renew_forever(store: Provider, items: Sequence[OrchestrationItem], lock_timeout: float) -> None:
+async def _renew_forever(store: Provider, items: Sequence[OrchestrationItem], lock_timeout: float,
+                         clock: Clock) -> None:
     locks = [(i.instance_id, i.lock_token) for i in items]
     while locks:
-        await asyncio.sleep(lock_timeout / 3)
+        await clock.sleep(lock_timeout / 3)
         try:
             held = await store.renew_orchestration_items(locks, lock_timeout)
         except Exception:  # noqa: BLE001 - a missed renewal is retried; the commit checks the lock anyway

@@ -14,9 +14,9 @@ import collections
 import functools
 import logging
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import (CorruptHistoryError, ErrorDetails, OrchestrationStuckError, PayloadError, PoisonMessageError,
                       UnknownOrchestrationError)
@@ -26,15 +26,17 @@ from ..observe import OrchestrationFinished, RuntimeObserver, TurnReplayed
 from ..observe import OrchestrationStarted as ObservedStart
 from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestrationResult
 from ..options import RuntimeOptions
-from ..providers.base import TERMINAL, InstanceUpdate, OrchestrationItem, Provider, TurnCommit, now_ms
+from ..providers.base import CallKey, ChildStart, InstanceUpdate, OrchestrationItem, Provider, TurnCommit
+from ..wake import wake_hub
+from ..clock import Clock
 from ..registry import OrchestrationRegistry
 from ..engine.execution import Execution, TurnInput, TurnResult
-from ..engine.output import Status
+from ..engine.output import TERMINAL_STATUSES, Status
 from ..engine.payloads import storable_text
 from .leases import BatchSizer, keep_locks
 from .turns import Done, Raised, Stuck, TurnOutcome, TurnThread
 
-__all__ = ["OrchestrationDispatcher", "InstanceCache", "raise_if_cancel_requested"]
+__all__ = ["OrchestrationDispatcher", "InstanceCache", "raise_if_cancel_requested", "wait_unless_stopping"]
 
 _log = logging.getLogger("duroxide.dispatcher")
 
@@ -51,6 +53,27 @@ def raise_if_cancel_requested() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling() > 0:
         raise asyncio.CancelledError()
+
+
+async def wait_unless_stopping(stopping: asyncio.Event, wait: Coroutine[Any, Any, None]) -> None:
+    """Run ``wait`` (a back-off, timed by the clock) but end it once ``stopping`` is set.
+
+    Shutdown must not wait for a back-off: it lasts in the clock's time, and a
+    test clock's time passes only when the test moves it.
+    """
+    if stopping.is_set():
+        wait.close()
+        return
+    waiter = asyncio.ensure_future(wait)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        # asyncio.wait, not wait_for: a cancel of this task always propagates.
+        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        stop.cancel()
+    if waiter.done() and not waiter.cancelled():
+        waiter.result()  # its error, if it failed
 
 
 class InstanceCache:
@@ -137,8 +160,10 @@ class OrchestrationDispatcher:
 
     def __init__(self, store: Provider, registry: OrchestrationRegistry, options: RuntimeOptions,
                  on_activities_cancelled: Callable[[str, int, list[int]], None] | None = None,
-                 observer: RuntimeObserver | None = None) -> None:
+                 observer: RuntimeObserver | None = None, *, clock: Clock | None = None) -> None:
         self.store = store
+        #: Stamps turns and times idle waits and back-offs (the store's clock by default).
+        self.clock = clock or store.clock
         self.observer = observer or RuntimeObserver()
         #: What each uncommitted turn will report to the observer once it is committed.
         self._reports: dict[str, list[object]] = {}
@@ -152,6 +177,8 @@ class OrchestrationDispatcher:
         #: The last watchdog stop of each instance, named if its retries end in poison.
         self._stuck: dict[str, OrchestrationStuckError] = {}
         self._sizer = BatchSizer(options.orchestration_batch_size, options.orchestration_lock_timeout)
+        #: In-process wake-ups of this store (shared with its clients): fed after each commit.
+        self.wake = wake_hub(store)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """One pipeline; several may run at once (instances are locked per turn).
@@ -175,8 +202,12 @@ class OrchestrationDispatcher:
                 if not fetched.items:
                     timeout = self.options.poll_interval
                     if fetched.next_due_ms is not None:
-                        timeout = min(timeout, max(0.0, (fetched.next_due_ms - now_ms()) / 1000))
-                    await self.store.signals.wait_orchestrator(timeout)
+                        timeout = min(timeout, max(0.0, (fetched.next_due_ms - self.clock.now_ms()) / 1000))
+                    if stopping.is_set():
+                        # Shutdown's wake-up may have been taken by another pipeline while this
+                        # one fetched; its timeout is the clock's, which a test clock never passes.
+                        break
+                    await self.wake.wait_orchestrator(timeout)
                     continue
                 await self._process(fetched.items, turns)
                 failures = 0
@@ -186,21 +217,21 @@ class OrchestrationDispatcher:
                 failures += 1
                 background_warnings.warning(_log, "dispatcher.store", "orchestration dispatcher: store error "
                                             "(retrying)", exc_info=True)
-                await asyncio.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
+                await wait_unless_stopping(stopping, self.clock.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
 
     async def _process(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> None:
-        async with keep_locks(self.store, items, self.options.orchestration_lock_timeout):
+        async with keep_locks(self.store, items, self.options.orchestration_lock_timeout, self.clock):
             await self._process_locked(items, turns)
 
     async def _process_locked(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> None:
         wanted = [(i.instance_id, i.instance.execution_id) for i in items
                   if i.instance is not None and self._needs_history(i)]
         histories = await self.store.read_histories(wanted) if wanted else {}
-        now = now_ms()
-        started = time.monotonic()
+        now = self.clock.now_ms()
+        started = self.clock.monotonic()
         outcomes = await turns.run([functools.partial(self._turn, item, histories.get(item.instance_id), now)
                                           for item in items])
-        self._sizer.observe(len(items), time.monotonic() - started)
+        self._sizer.observe(len(items), self.clock.monotonic() - started)
         commits: list[TurnCommit] = []
         abandons: list[_Abandon] = []
         for item, outcome in zip(items, outcomes):
@@ -212,6 +243,7 @@ class OrchestrationDispatcher:
         if commits:
             try:
                 committed = await self.store.commit_turns(commits)
+                self.wake.after_commit(commits, committed)
             except Exception:
                 for c in commits:
                     self._forget(c.instance_id)
@@ -227,15 +259,17 @@ class OrchestrationDispatcher:
                     self._forget(commit.instance_id)
                 else:
                     self._after_commit(commit.instance_id)
-                    if commit.cancelled_activities and self._on_activities_cancelled is not None:
+                    if commit.cancel_activities and self._on_activities_cancelled is not None:
                         self._on_activities_cancelled(commit.instance_id, commit.execution_id,
-                                                      commit.cancelled_activities)
+                                                      [k.event_id for k in commit.cancel_activities])
             if refused:
                 # Still locked (the refused turn was rolled back, lock included): end those
                 # instances now. If even that is refused, the lock expires and poison follows.
-                await self.store.commit_turns(refused)
+                self.wake.after_commit(refused, await self.store.commit_turns(refused))
         for a in abandons:
             await self.store.abandon_orchestration_item(a.item.instance_id, a.item.lock_token, a.delay)
+        if abandons:
+            self.wake.notify_orchestrator()
 
     def _result_of(self, item: OrchestrationItem, outcome: TurnOutcome[TurnCommit | _Abandon]) -> TurnCommit | _Abandon:
         """What to do with one turn's outcome from the turn thread."""
@@ -272,7 +306,7 @@ class OrchestrationDispatcher:
 
     def _needs_history(self, item: OrchestrationItem) -> bool:
         inst = item.instance
-        if inst is None or inst.status in TERMINAL or item.history_len == 0:
+        if inst is None or inst.status in TERMINAL_STATUSES or item.history_len == 0:
             return False
         if item.dequeue_count > self.options.max_attempts:
             return True
@@ -309,7 +343,7 @@ class OrchestrationDispatcher:
         inst = item.instance
         commit = TurnCommit(item.instance_id, item.lock_token, inst.execution_id if inst else 0,
                             consumed=[m.id for m in item.messages])
-        if inst is None or inst.status in TERMINAL:
+        if inst is None or inst.status in TERMINAL_STATUSES:
             return commit  # purged or finished: late messages are consumed and dropped
         if isinstance(history, Exception):
             return self._fail(commit, item, [], history if isinstance(history, CorruptHistoryError)
@@ -391,15 +425,16 @@ class OrchestrationDispatcher:
         inst = item.instance
         assert inst is not None
         details = ErrorDetails(type(error).__name__, str(error))
-        commit.new_events = [Event.OrchestrationFailed(event_id=item.history_len + 1, timestamp_ms=now_ms(),
-                                                       details=details)]
+        commit.new_events = [Event.OrchestrationFailed(event_id=item.history_len + 1,
+                                                       timestamp_ms=self.clock.now_ms(), details=details)]
         started = stored[0] if stored and isinstance(stored[0], Event.OrchestrationStarted) else None
         if started is not None and started.parent_instance_id and started.parent_event_id:
             commit.messages = [(SubOrchestrationResult(
                 instance_id=started.parent_instance_id, execution_id=started.parent_execution_id or 1,
                 event_id=started.parent_event_id, error=details), None)]
         commit.update = InstanceUpdate(name=inst.name, version=inst.version or "?", execution_id=inst.execution_id,
-                                       status="Failed", error=details)
+                                       status=Status.FAILED.value, error=details)
+        commit.ends_instance = True
         return commit
 
 
@@ -413,11 +448,18 @@ def _fields(item: OrchestrationItem, name: str | None = None, version: str | Non
 def _filled(commit: TurnCommit, ex: Execution, result: TurnResult) -> TurnCommit:
     """``commit`` with what the turn produced; the store gets the status as its string."""
     out, outcome = result.output, result.outcome
+    iid, xid = ex.instance_id, ex.execution_id
     commit.new_events = out.new_events
     commit.activities = out.activities
-    commit.messages = out.messages
-    commit.cancelled_activities = out.cancelled_activities
-    commit.cancelled_timers = out.cancelled_timers
+    # A start of another instance is a child to create, unless its id is taken; a start of
+    # this instance (continue-as-new) is a plain message.
+    commit.children = [ChildStart(m, _child_rejection(m)) for m, _ in out.messages
+                       if isinstance(m, StartOrchestration) and m.instance_id != iid]
+    commit.messages = [(m, at) for m, at in out.messages
+                       if not (isinstance(m, StartOrchestration) and m.instance_id != iid)]
+    commit.cancel_activities = [CallKey(iid, xid, e) for e in out.cancelled_activities]
+    commit.delete_timers = [CallKey(iid, xid, e) for e in out.cancelled_timers]
+    commit.ends_instance = result.status.value in TERMINAL_STATUSES
     moved_on = result.status is Status.CONTINUED_AS_NEW  # the instance runs on, as the next execution
     commit.update = InstanceUpdate(
         name=ex.name, version=ex.version, execution_id=ex.execution_id + 1 if moved_on else ex.execution_id,
@@ -425,6 +467,17 @@ def _filled(commit: TurnCommit, ex: Execution, result: TurnResult) -> TurnCommit
         output=outcome.output if outcome else None, error=outcome.error if outcome else None,
         custom_status=out.custom_status, custom_status_changed=out.custom_status_changed)
     return commit
+
+
+def _child_rejection(start: StartOrchestration) -> SubOrchestrationResult | None:
+    """What a parent is told when its child's instance id is already taken (``None``: no parent)."""
+    if start.parent_instance_id is None or start.parent_event_id is None:
+        return None
+    return SubOrchestrationResult(
+        instance_id=start.parent_instance_id, execution_id=start.parent_execution_id or 1,
+        event_id=start.parent_event_id,
+        error=ErrorDetails("InstanceAlreadyExistsError",
+                           f"instance {start.instance_id!r} already exists; the child was not started"))
 
 
 def _lifecycle_reports(ex: Execution, result: TurnResult) -> list[object]:

@@ -235,13 +235,25 @@ class TurnThread:
         worker = self._worker
         worker.jobs.put(job)  # type: ignore[arg-type]
         interval = max(0.001, self._timeout / 4)
-        while True:
-            done, _ = await asyncio.wait({job.future}, timeout=interval)
-            if done:
-                return job.future.result()
-            if not watched or worker is not self._worker or worker.check(self._timeout):
-                continue
-            self._give_up(worker)
+        timer: asyncio.TimerHandle | None = None
+
+        def watch() -> None:
+            nonlocal timer
+            if job.future.done():
+                return
+            if watched and worker is self._worker and not worker.check(self._timeout):
+                self._give_up(worker)
+                return
+            timer = loop.call_later(interval, watch)
+
+        # A timer, not asyncio.wait(timeout=...): a turn's round trip is on every
+        # orchestration's latency, and this costs one handle instead of a waiter set.
+        timer = loop.call_later(interval, watch)
+        try:
+            return await job.future
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _give_up(self, worker: _Worker) -> None:
         """The running call ignores interrupts: leave it its thread and take a fresh one."""

@@ -341,10 +341,12 @@ class Execution:
             return
         loop = self._commands.loop
         loop.run_ready()
-        stray = loop.take_exception()
-        if stray is not None and self._fatal is None and not isinstance(stray, (ReplayAborted, ContinueAsNewSignal)):
-            _log.debug("instance %r: error in a callback: %r", self.instance_id, stray,
-                       extra=self._commands.log_fields())
+        for stray in loop.take_exceptions():
+            if not isinstance(stray, (ReplayAborted, ContinueAsNewSignal)) and not self._commands.replaying:
+                # Like asyncio, a callback's error does not end the orchestration, but it is
+                # orchestration code's bug: said once, when it happens (not again on replay).
+                _log.warning("instance %r: orchestration code raised in a callback: %s: %s", self.instance_id,
+                             type(stray).__name__, stray, exc_info=stray, extra=self._commands.log_fields())
         request = self._commands.continue_request
         if self._fatal is not None:
             self._finish(Outcome(Status.FAILED, error=ErrorDetails.from_exception(self._fatal)))

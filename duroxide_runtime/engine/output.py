@@ -21,7 +21,7 @@ from ..errors import ErrorDetails
 from ..history import Event, HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration, TimerFired
 
-__all__ = ["Status", "Outcome", "TurnOutput", "Output"]
+__all__ = ["Status", "Outcome", "TurnOutput", "Output", "TERMINAL_STATUSES", "LIVE_STATUSES"]
 
 
 class Status(enum.StrEnum):
@@ -34,6 +34,14 @@ class Status(enum.StrEnum):
     COMPLETED = "Completed"
     FAILED = "Failed"
     CONTINUED_AS_NEW = "ContinuedAsNew"
+
+
+#: Stored statuses after which an instance takes no more work: the one definition of
+#: "terminal". Stores never decide it; they get it as data (``only_if_status_in=...``).
+TERMINAL_STATUSES: frozenset[str] = frozenset({Status.COMPLETED.value, Status.FAILED.value})
+#: Stored statuses of an instance that still takes messages: created ("Pending", the status
+#: every store gives a new row) or running (a continued-as-new instance runs on).
+LIVE_STATUSES: frozenset[str] = frozenset({"Pending", Status.RUNNING.value})
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import traceback
 
-from ..errors import ErrorDetails, PayloadError, PayloadTooLargeError
+from ..errors import (ActivityFailed, DurableTaskFailed, ErrorDetails, PayloadError, PayloadTooLargeError,
+                      SubOrchestrationFailed)
 
-__all__ = ["check_str", "check_text", "check_size", "text_problem", "storable_text", "safe_error_details"]
+__all__ = ["check_str", "check_text", "check_size", "text_problem", "storable_text", "safe_error_details",
+           "traceback_text"]
 
 
 def check_str(value: object, what: str) -> None:
@@ -72,11 +74,83 @@ def safe_error_details(exc: BaseException) -> ErrorDetails:
     except Exception as err:  # noqa: BLE001 - a broken __str__ must not stop recording the failure
         message = f"<str() of this {kind} raised {type(err).__name__}; the message is lost>"
     try:
-        # traceback.format_exception calls str(exc) too, but guards it itself.
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = traceback_text(exc)
     except Exception:  # noqa: BLE001 - diagnostics only
         text = ""
     return ErrorDetails(storable_text(kind), storable_text(message), storable_text(text))
+
+
+#: At most this many characters of a durable task's own traceback are carried into its
+#: awaiter's: a failure passed up through many levels of sub-orchestrations stays bounded.
+_REMOTE_TRACEBACK_CHARS = 16_000
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The traceback text of ``exc``, with the tracebacks of the durable tasks whose failure it carries.
+
+    An activity or sub-orchestration fails in another turn, often another process:
+    the :class:`DurableTaskFailed` raised where orchestration code awaited it has
+    only that code's frames, and the task's own traceback (``remote_traceback``)
+    would be lost when the orchestration fails in turn. It is put before the
+    exception it caused, as Python puts a ``__cause__`` - so the text reads
+    from where the failure began (the activity's ``raise``) to where it ended.
+    Without such an exception in the chain this is ``traceback.format_exception``.
+
+    Example::
+
+        traceback_text(activity_failed)
+        # Traceback ... File "app/orders.py", line 14, in charge ... ValueError: declined
+        # The above exception was raised in activity 'charge'; orchestration code received it as:
+        # Traceback ... File "app/orders.py", line 30, in process_order ... ActivityFailed: ...
+    """
+    chain = _exception_chain(exc)
+    if not any(isinstance(e, DurableTaskFailed) and e.remote_traceback for e in chain):
+        # traceback.format_exception calls str(exc) too, but guards it itself.
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    parts: list[str] = []
+    for i, (link, e) in enumerate(zip(_links(chain), chain)):
+        if i:
+            parts.append(link)
+        if isinstance(e, DurableTaskFailed) and e.remote_traceback:
+            remote = e.remote_traceback
+            if len(remote) > _REMOTE_TRACEBACK_CHARS:
+                cut = len(remote) - _REMOTE_TRACEBACK_CHARS
+                remote = f"[{cut} characters of this traceback left out]\n" + remote[cut:]
+            parts.append(remote.rstrip("\n") + "\n")
+            parts.append(f"\nThe above exception was raised in {_task_of(e)}; orchestration code "
+                         "received it as the following exception:\n\n")
+        parts.append("".join(traceback.format_exception(type(e), e, e.__traceback__, chain=False)))
+    return "".join(parts)
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, the first cause first."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ if current.__cause__ is not None else (
+            None if current.__suppress_context__ else current.__context__)
+    return chain[::-1]
+
+
+def _links(chain: list[BaseException]) -> list[str]:
+    """The line Python prints before each exception of ``chain``, naming how the one before led to it."""
+    return ["" if i == 0 else
+            "\nThe above exception was the direct cause of the following exception:\n\n"
+            if e.__cause__ is chain[i - 1] else
+            "\nDuring handling of the above exception, another exception occurred:\n\n"
+            for i, e in enumerate(chain)]
+
+
+def _task_of(err: DurableTaskFailed) -> str:
+    if isinstance(err, SubOrchestrationFailed):
+        return f"sub-orchestration {err.name!r} ({err.instance_id})"
+    if isinstance(err, ActivityFailed):
+        return f"activity {err.name!r}"
+    return "a durable task"
 
 
 def check_size(value: str, limit: int, what: str) -> None:

@@ -2,9 +2,13 @@
 
 A provider keeps three things durable: instances (one row each), histories
 (events per execution) and two peek-lock queues (orchestrator messages per
-instance, activity work). The runtime never touches storage directly; the
-same conformance suite (``tests/test_provider_conformance.py``) runs
-unchanged against every provider.
+instance, activity work). Stores store, lease and wake, and nothing more: the
+runtime decides the semantics (which status is terminal, what a rejected
+child's parent is told, which calls a turn cancels) and hands the store
+explicit intents (:class:`ChildStart`, :class:`CallKey` lists, ``only_if_*``
+guards) that it applies atomically. The conformance suite
+(``tests/test_provider_conformance.py``) is a store's whole contract and runs
+unchanged against every provider; ``docs/providers.md`` walks through adding one.
 
 Batching is part of the contract: ``fetch_orchestration_items`` locks many
 instances at once and ``commit_turns`` commits many turns in one
@@ -13,40 +17,61 @@ transaction, so a store round trip is paid per batch, not per instance.
 
 from __future__ import annotations
 
-import asyncio
-import time
 
 import orjson
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ErrorDetails
 from ..history import HistoryEvent
-from ..messages import (
-    ActivityResult, ActivityWork, OrchestratorMessage, PoisonNotice, StartOrchestration, SubOrchestrationResult,
-    TimerFired,
-)
+from ..messages import ActivityResult, ActivityWork, OrchestratorMessage, PoisonNotice, StartOrchestration, TimerFired
 
 __all__ = [
     "Provider", "InstanceRecord", "InstanceUpdate", "OrchestrationItem", "QueuedMessage", "TurnCommit",
-    "WorkLease", "WorkCompletion", "FetchResult", "WakeSignals", "TERMINAL", "now_ms", "child_rejection",
-    "decode_error_details", "QueueDepths", "is_cancelled_timer",
+    "WorkLease", "WorkCompletion", "FetchResult", "now_ms", "decode_error_details", "QueueDepths",
+    "ChildStart", "CallKey", "timer_key", "status_admits",
 ]
-
-#: Statuses after which an instance takes no more work.
-TERMINAL = frozenset({"Completed", "Failed"})
 
 
 def now_ms() -> int:
-    """Wall-clock milliseconds since the epoch (store timestamps, timer due times)."""
-    return int(time.time() * 1000)
+    """The system clock's wall-clock milliseconds since the epoch.
+
+    Stores and the runtime read their injected :class:`~duroxide_runtime.clock.Clock`
+    instead (``store.clock.now_ms()``); this stays for code that runs without a store.
+    """
+    return SYSTEM_CLOCK.now_ms()
 
 
-def is_cancelled_timer(message: object, commit: TurnCommit) -> bool:
-    """Whether a queued message is a ``TimerFired`` that ``commit`` cancels."""
-    return (isinstance(message, TimerFired) and message.instance_id == commit.instance_id
-            and message.execution_id == commit.execution_id and message.event_id in commit.cancelled_timers)
+@dataclass(frozen=True)
+class CallKey:
+    """One scheduled call of an execution (an activity or a timer), by its schedule event.
+
+    Example: ``CallKey("order-1", 1, 2)`` is event 2 of execution 1 of ``order-1``.
+    """
+
+    instance_id: str
+    execution_id: int
+    event_id: int
+
+
+def timer_key(message: OrchestratorMessage) -> CallKey | None:
+    """The key of a queued ``TimerFired`` (what ``TurnCommit.delete_timers`` names); ``None`` otherwise.
+
+    Example: ``timer_key(TimerFired(instance_id="i", execution_id=1, event_id=3, fire_at_ms=0)) == CallKey("i", 1, 3)``.
+    """
+    if isinstance(message, TimerFired):
+        return CallKey(message.instance_id, message.execution_id, message.event_id)
+    return None
+
+
+def status_admits(only_if_status_in: Collection[str] | None, status: str | None) -> bool:
+    """Whether a guarded write goes ahead: the row exists and, if guarded, its status is listed.
+
+    Example: ``status_admits(None, "Failed")`` is true, ``status_admits({"Running"}, None)`` false.
+    """
+    return status is not None and (only_if_status_in is None or status in only_if_status_in)
 
 
 def decode_error_details(raw: bytes | str | None) -> ErrorDetails | None:
@@ -60,15 +85,22 @@ def decode_error_details(raw: bytes | str | None) -> ErrorDetails | None:
         return ErrorDetails("CorruptHistoryError", f"the stored error is unreadable: {raw[:80]!r}")
 
 
-def child_rejection(start: StartOrchestration) -> SubOrchestrationResult | None:
-    """The failure a parent gets when its child's instance id is already taken (None if no parent)."""
-    if start.parent_instance_id is None or start.parent_event_id is None:
-        return None
-    return SubOrchestrationResult(
-        instance_id=start.parent_instance_id, execution_id=start.parent_execution_id or 1,
-        event_id=start.parent_event_id,
-        error=ErrorDetails("InstanceAlreadyExistsError",
-                           f"instance {start.instance_id!r} already exists; the child was not started"))
+@dataclass(frozen=True)
+class ChildStart:
+    """Intent: create another instance with the turn, unless its id is taken.
+
+    The store inserts ``start``'s instance row (status ``Pending``, parent set) and
+    enqueues ``start``, atomically with the turn; if the id already exists it changes
+    nothing of that instance and enqueues ``if_taken`` instead (nothing if ``None``).
+    The runtime decides what ``if_taken`` says.
+
+    Example::
+
+        ChildStart(start, if_taken=SubOrchestrationResult(instance_id="parent", ..., error=...))
+    """
+
+    start: StartOrchestration
+    if_taken: OrchestratorMessage | None = None
 
 
 @dataclass(frozen=True)
@@ -138,14 +170,20 @@ class TurnCommit:
     consumed: list[int]
     new_events: list[HistoryEvent] = field(default_factory=list)
     activities: list[ActivityWork] = field(default_factory=list)
-    #: Orchestrator messages with the time they become visible (None: now).
+    #: Orchestrator messages with the time they become visible (None: now), enqueued
+    #: as they are (for this instance or any other, existing or not).
     messages: list[tuple[OrchestratorMessage, int | None]] = field(default_factory=list)
-    #: Event ids of this execution's activities to cancel.
-    cancelled_activities: list[int] = field(default_factory=list)
-    #: Event ids of this execution's timers whose queued ``TimerFired`` must be deleted
-    #: (a select loser, a timer of an execution that ended): they must never fire.
-    cancelled_timers: list[int] = field(default_factory=list)
+    #: Instances to create with the turn (see :class:`ChildStart`); applied before ``messages``.
+    children: list[ChildStart] = field(default_factory=list)
+    #: Activity calls to cancel: a queued, unleased one is deleted; a leased one is marked
+    #: cancelled (never leased again, its renewal fails; its completion is still accepted).
+    cancel_activities: list[CallKey] = field(default_factory=list)
+    #: Timers whose queued ``TimerFired`` must be deleted (see :func:`timer_key`): they must never fire.
+    delete_timers: list[CallKey] = field(default_factory=list)
     update: InstanceUpdate | None = None
+    #: The turn ends the instance (the runtime decides): a store that wakes other processes
+    #: tells their waiters on this instance (``WakeSource``); others ignore it.
+    ends_instance: bool = False
     #: Set by the provider when it rolled this turn back because of its content (a value
     #: the store cannot hold), not a lost lock; the runtime then fails the instance with
     #: this cause instead of redoing the same turn until it is poisoned.
@@ -191,85 +229,19 @@ class QueueDepths:
     active_instances: int
 
 
-class WakeSignals:
-    """In-process wake-ups, so that idle dispatchers and waiting clients never poll.
-
-    Providers call ``notify_*`` after a commit; the runtime and client wait
-    with a timeout (other processes sharing the store cannot signal us, so
-    every wait is bounded and falls back to a store read).
-    """
-
-    def __init__(self) -> None:
-        self._orchestrator = asyncio.Event()
-        self._worker = asyncio.Event()
-        self._instances: dict[str, list[asyncio.Future[None]]] = {}
-
-    def notify_orchestrator(self) -> None:
-        self._orchestrator.set()
-
-    def notify_worker(self) -> None:
-        self._worker.set()
-
-    def notify_instance(self, instance_id: str) -> None:
-        for fut in self._instances.pop(instance_id, ()):
-            if not fut.done():
-                fut.set_result(None)
-
-    def after_commit(self, commits: Sequence[TurnCommit], results: Sequence[bool]) -> None:
-        """Wake what a batch of committed turns concerns: dispatchers, workers, waiting clients."""
-        self.notify_orchestrator()
-        if any(c.activities for c in commits):
-            self.notify_worker()
-        for c, ok in zip(commits, results):
-            if ok and c.update is not None and c.update.status in TERMINAL:
-                self.notify_instance(c.instance_id)
-
-    async def wait_orchestrator(self, timeout: float) -> None:
-        await _wait_event(self._orchestrator, timeout)
-
-    async def wait_worker(self, timeout: float) -> None:
-        await _wait_event(self._worker, timeout)
-
-    async def wait_instance(self, instance_id: str, timeout: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._instances.setdefault(instance_id, []).append(fut)
-        try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
-            # that arrives together with the wake-up, and the caller then never stops.
-            async with asyncio.timeout(timeout):
-                await fut
-        except TimeoutError:
-            pass
-        finally:
-            waiters = self._instances.get(instance_id)
-            if waiters and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._instances[instance_id]
-
-
-async def _wait_event(event: asyncio.Event, timeout: float) -> None:
-    if not event.is_set():
-        try:
-            # Not wait_for: on Python 3.11 it returns normally when the cancel of an idle
-            # dispatcher coincides with a wake-up, and asyncio.run() then waits forever
-            # for a task that ignored its cancel (issue 10, defect 5).
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            pass
-    event.clear()
-
-
 class Provider(ABC):
     """A durable store for instances, histories and queues.
 
     Implementations: :class:`InMemoryProvider`, :class:`SqliteProvider`,
     ``PostgresProvider``. Every method is safe to call concurrently from
     many tasks; busy/locked conditions are retried inside the provider.
+    Wake-ups are not part of this interface (see :mod:`duroxide_runtime.wake`;
+    a store that hears other processes implements ``WakeSource`` too).
     """
 
-    signals: WakeSignals
+    #: The time source of the store (timestamps, due times, locks, leases); the runtime
+    #: and clients of the store use it too. Set by the constructor (``clock=``).
+    clock: Clock = SYSTEM_CLOCK
 
     # -- client side -------------------------------------------------------------
 
@@ -281,10 +253,11 @@ class Provider(ABC):
         """
 
     @abstractmethod
-    async def send(self, message: OrchestratorMessage) -> InstanceRecord | None:
-        """Enqueue ``message`` if its instance exists and has not finished.
+    async def send(self, message: OrchestratorMessage, *,
+                   only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
+        """Enqueue ``message`` if its instance exists (and, guarded, its status is listed), atomically.
 
-        Returns the instance as it was (``None`` if unknown; then nothing is enqueued).
+        Returns the instance row as it was (``None`` if unknown; then nothing is enqueued).
         """
 
     @abstractmethod
@@ -305,11 +278,13 @@ class Provider(ABC):
         """Instances, newest first, optionally filtered."""
 
     @abstractmethod
-    async def purge_instance(self, instance_id: str, *, force: bool = False) -> list[str]:
-        """Delete an instance (and its children) with history and queued messages.
+    async def purge_instance(self, instance_id: str, *,
+                             only_if_status_in: Collection[str] | None = None) -> list[str] | None:
+        """Delete an instance and its descendants (rows whose parent chain leads to it) with
+        their histories, queued messages, locks and work, atomically.
 
-        Returns the ids deleted. Raises :class:`InstanceStillRunningError` for a
-        running instance unless ``force``.
+        Returns the ids deleted (``[]`` if unknown); ``None``, deleting nothing, if the
+        instance's status is not in ``only_if_status_in``.
         """
 
     # -- orchestration dispatcher --------------------------------------------------
@@ -357,12 +332,14 @@ class Provider(ABC):
         """
 
     @abstractmethod
-    async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
+    async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
+                                  only_if_status_in: Collection[str] | None = None) -> None:
         """Delete each leased item and enqueue its result for the instance, atomically.
 
         A result whose lease no longer exists is dropped: its instance was purged
         (and may have been created again under the same id, which must never get
-        the old instance's results), or another worker took the call over.
+        the old instance's results), or another worker took the call over. A result
+        whose instance is gone, or (guarded) has a status not listed, is dropped too.
         """
 
     @abstractmethod
@@ -370,12 +347,16 @@ class Provider(ABC):
         """Release a lease; the item is visible again after ``delay`` seconds."""
 
     @abstractmethod
-    async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
-        """Extend a lease; ``False`` if it was lost or the activity was cancelled."""
+    async def renew_work_item(self, lock_token: str, lock_timeout: float, *,
+                              only_if_status_in: Collection[str] | None = None,
+                              only_if_execution: int | None = None) -> bool:
+        """Extend a lease; ``False`` if it was lost, the call was cancelled, its instance is
+        gone, or a guard fails: the instance's status is not in ``only_if_status_in``, or
+        its current execution is not ``only_if_execution``."""
 
     @abstractmethod
-    async def queue_depths(self) -> QueueDepths:
-        """Counts of waiting work and active instances."""
+    async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
+        """Counts of waiting work, and of instances whose status is in ``active_statuses``."""
 
     # -- lifecycle -----------------------------------------------------------------
 

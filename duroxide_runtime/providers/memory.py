@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from ..errors import InstanceAlreadyExistsError, InstanceStillRunningError
+from ..errors import InstanceAlreadyExistsError
 from ..history import HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
-    TERMINAL, FetchResult, QueueDepths, child_rejection, is_cancelled_timer, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit,
-    WakeSignals, WorkCompletion, WorkLease, now_ms,
+    CallKey, FetchResult, QueueDepths, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WorkCompletion,
+    WorkLease, status_admits, timer_key,
 )
+from ..clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["InMemoryProvider"]
 
@@ -48,10 +49,14 @@ class _Work:
 
 
 class InMemoryProvider(Provider):
-    """A non-durable provider held in memory (one process)."""
+    """A non-durable provider held in memory (one process).
 
-    def __init__(self) -> None:
-        self.signals = WakeSignals()
+    ``clock`` is the time source of locks, leases, due times and timestamps
+    (default: the system clock); the runtime and clients of the store use it too.
+    """
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self._ids = itertools.count(1)
         self._instances: dict[str, InstanceRecord] = {}
         self._history: dict[tuple[str, int], list[HistoryEvent]] = {}
@@ -66,13 +71,12 @@ class InMemoryProvider(Provider):
             raise InstanceAlreadyExistsError(start.instance_id)
         self._create_row(start)
         self._enqueue(start, None)
-        self.signals.notify_orchestrator()
 
-    async def send(self, message: OrchestratorMessage) -> InstanceRecord | None:
+    async def send(self, message: OrchestratorMessage, *,
+                   only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
         record = self._instances.get(message.instance_id)
-        if record is not None and record.status not in TERMINAL:
+        if status_admits(only_if_status_in, record.status if record else None):
             self._enqueue(message, None)
-            self.signals.notify_orchestrator()
         return record
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
@@ -96,16 +100,17 @@ class InMemoryProvider(Provider):
         rows.sort(key=lambda r: (r.created_at_ms, r.instance_id), reverse=True)
         return rows[:limit]
 
-    async def purge_instance(self, instance_id: str, *, force: bool = False) -> list[str]:
+    async def purge_instance(self, instance_id: str, *,
+                             only_if_status_in: Collection[str] | None = None) -> list[str] | None:
         record = self._instances.get(instance_id)
         if record is None:
             return []
-        if record.status not in TERMINAL and not force:
-            raise InstanceStillRunningError(instance_id)
+        if not status_admits(only_if_status_in, record.status):
+            return None
         doomed = [instance_id]
         for child in list(self._instances.values()):
             if child.parent_instance_id == instance_id:
-                doomed += await self.purge_instance(child.instance_id, force=True)
+                doomed += await self.purge_instance(child.instance_id) or []
         self._instances.pop(instance_id, None)
         self._locks.pop(instance_id, None)
         for key in [k for k in self._history if k[0] == instance_id]:
@@ -114,13 +119,12 @@ class InMemoryProvider(Provider):
             del self._queue[qid]
         for wid in [w.id for w in self._work.values() if w.work.instance_id == instance_id]:
             del self._work[wid]
-        self.signals.notify_instance(instance_id)
         return doomed
 
     # -- orchestration dispatcher --------------------------------------------------
 
     async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
-        now = now_ms()
+        now = self.clock.now_ms()
         chosen: dict[str, list[_Queued]] = {}
         next_due: int | None = None
         for q in self._queue.values():
@@ -162,11 +166,10 @@ class InMemoryProvider(Provider):
                 continue
             self._apply_commit(c)
             results.append(True)
-        self.signals.after_commit(commits, results)
         return results
 
     def _apply_commit(self, c: TurnCommit) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         for qid in c.consumed:
             self._queue.pop(qid, None)
         if c.new_events:
@@ -174,22 +177,24 @@ class InMemoryProvider(Provider):
         for work in c.activities:
             wid = next(self._ids)
             self._work[wid] = _Work(wid, work, now)  # visible_at: the oldest moment it could run
-        for event_id in c.cancelled_activities:
-            for w in list(self._work.values()):
-                if (w.work.instance_id, w.work.execution_id, w.work.event_id) == (c.instance_id, c.execution_id, event_id):
-                    if w.lock_token is None:
-                        del self._work[w.id]
-                    else:
-                        w.cancelled = True
-        if c.cancelled_timers:
-            for q in [q for q in self._queue.values() if is_cancelled_timer(q.message, c)]:
+        cancel = set(c.cancel_activities)
+        for w in [w for w in self._work.values() if _call_key(w.work) in cancel]:
+            if w.lock_token is None:
+                del self._work[w.id]
+            else:
+                w.cancelled = True
+        if c.delete_timers:
+            timers = set(c.delete_timers)
+            for q in [q for q in self._queue.values() if timer_key(q.message) in timers]:
                 del self._queue[q.id]
+        for child in c.children:
+            if child.start.instance_id in self._instances:
+                if child.if_taken is not None:
+                    self._enqueue(child.if_taken, None)
+                continue
+            self._create_row(child.start)
+            self._enqueue(child.start, None)
         for msg, visible_at in c.messages:
-            if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
-                if msg.instance_id in self._instances:
-                    self._reject_child(msg)
-                    continue
-                self._create_row(msg)
             self._enqueue(msg, visible_at)
         if c.update is not None:
             u = c.update
@@ -202,13 +207,8 @@ class InMemoryProvider(Provider):
                     updated_at_ms=now)
         self._locks.pop(c.instance_id, None)
 
-    def _reject_child(self, start: StartOrchestration) -> None:
-        answer = child_rejection(start)
-        if answer is not None:
-            self._enqueue(answer, None)
-
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
-        until = now_ms() + int(lock_timeout * 1000)
+        until = self.clock.now_ms() + int(lock_timeout * 1000)
         renewed: list[bool] = []
         for instance_id, token in locks:
             lock = self._locks.get(instance_id)
@@ -222,20 +222,19 @@ class InMemoryProvider(Provider):
         lock = self._locks.get(instance_id)
         if lock is None or lock[0] != lock_token:
             return
-        visible = now_ms() + int(delay * 1000)
+        visible = self.clock.now_ms() + int(delay * 1000)
         for q in self._queue.values():
             if q.lock_token == lock_token:
                 q.lock_token = None
                 q.visible_at = max(q.visible_at, visible)
         del self._locks[instance_id]
-        self.signals.notify_orchestrator()
 
     # -- activity workers ----------------------------------------------------------
 
     async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
                                known_names: Collection[str] | None = None,
                                foreign_delay: float = 1.0) -> list[WorkLease]:
-        now = now_ms()
+        now = self.clock.now_ms()
         foreign_before = now - int(foreign_delay * 1000)
         leases: list[WorkLease] = []
         for w in self._work.values():
@@ -251,7 +250,8 @@ class InMemoryProvider(Provider):
             leases.append(WorkLease(w.lock_token, w.work, w.dequeue_count))
         return leases
 
-    async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
+    async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
+                                  only_if_status_in: Collection[str] | None = None) -> None:
         for done in completions:
             held = [w for w in self._work.values() if w.lock_token == done.lock_token]
             for w in held:
@@ -259,39 +259,39 @@ class InMemoryProvider(Provider):
             if not held:
                 continue  # lease gone (purged, or taken over by another worker): the result is stale
             record = self._instances.get(done.result.instance_id)
-            if record is not None and record.status not in TERMINAL:
+            if status_admits(only_if_status_in, record.status if record else None):
                 self._enqueue(done.result, None)
-        self.signals.notify_orchestrator()
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         for w in self._work.values():
             if w.lock_token == lock_token:
                 w.lock_token = None
                 w.locked_until = 0
-                w.visible_at = now_ms() + int(delay * 1000)
-        self.signals.notify_worker()
+                w.visible_at = self.clock.now_ms() + int(delay * 1000)
 
-    async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
+    async def renew_work_item(self, lock_token: str, lock_timeout: float, *,
+                              only_if_status_in: Collection[str] | None = None,
+                              only_if_execution: int | None = None) -> bool:
         for w in self._work.values():
             if w.lock_token == lock_token:
                 record = self._instances.get(w.work.instance_id)
-                if (w.cancelled or record is None or record.status in TERMINAL
-                        or record.execution_id != w.work.execution_id):
+                if (w.cancelled or record is None or not status_admits(only_if_status_in, record.status)
+                        or (only_if_execution is not None and record.execution_id != only_if_execution)):
                     return False
-                w.locked_until = now_ms() + int(lock_timeout * 1000)
+                w.locked_until = self.clock.now_ms() + int(lock_timeout * 1000)
                 return True
         return False
 
-    async def queue_depths(self) -> QueueDepths:
-        now = now_ms()
+    async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
+        now = self.clock.now_ms()
         due = sum(1 for q in self._queue.values() if q.visible_at <= now)
         return QueueDepths(due, len(self._queue) - due, len(self._work),
-                           sum(1 for r in self._instances.values() if r.status not in TERMINAL))
+                           sum(1 for r in self._instances.values() if r.status in active_statuses))
 
     # -- helpers -------------------------------------------------------------------
 
     def _create_row(self, start: StartOrchestration) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         self._instances[start.instance_id] = InstanceRecord(
             start.instance_id, start.name, start.version, start.execution_id, "Pending",
             created_at_ms=now, updated_at_ms=now, parent_instance_id=start.parent_instance_id,
@@ -300,3 +300,7 @@ class InMemoryProvider(Provider):
     def _enqueue(self, message: OrchestratorMessage, visible_at: int | None) -> None:
         qid = next(self._ids)
         self._queue[qid] = _Queued(qid, message, visible_at if visible_at is not None else 0)
+
+
+def _call_key(work: ActivityWork) -> CallKey:
+    return CallKey(work.instance_id, work.execution_id, work.event_id)

@@ -3,12 +3,15 @@
 * Work distribution: fetches lock queue rows with ``FOR UPDATE SKIP LOCKED``
   (concurrent fetchers pass each other by) and claim instances with a lease
   row (``instance_locks``) that expires, so a killed process's work is taken
-  over after its lease runs out. Lease times use the database clock, so
-  machines with skewed clocks still agree.
-* Wake-ups: commits ``NOTIFY`` on three channels (orchestrator work, activity
-  work, finished instances); one listening connection per provider turns them
-  into in-process wake-ups. Waits stay bounded, so a lost notification costs
-  at most one poll interval.
+  over after its lease runs out. Leases, visibility and timers all use one
+  time source, the provider's injected clock (``clock=``, default: the
+  system clock), passed to each query: nodes' clocks must agree (NTP) within
+  a small fraction of ``orchestration_lock_timeout`` (docs/postgres.md).
+* Wake-ups: writes ``NOTIFY`` on three channels (orchestrator work, activity
+  work, ended instances); one listening connection per provider feeds them to
+  the wake hubs of this process (it is a ``WakeSource``, see
+  :mod:`duroxide_runtime.wake`). Waits stay bounded, so a lost notification
+  costs at most one poll interval.
 * Connection loss: every operation runs in a transaction that is retried on
   a fresh connection when the old one dropped (``pg_terminate_backend``, a
   failover, a restart); the listener reconnects by itself. A drop after the
@@ -31,28 +34,48 @@ import contextlib
 import dataclasses
 import logging
 import re
-import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
 import orjson
 
-from ..errors import (
-    ConfigurationError, CorruptHistoryError, InstanceAlreadyExistsError, InstanceStillRunningError,
-    StoreError,
-)
+try:
+    import asyncpg
+except ModuleNotFoundError:  # the `postgres` extra is not installed: importing works, connecting says so
+    if TYPE_CHECKING:  # type checkers see asyncpg as always there (it is wherever a store is made)
+        raise
+    asyncpg = None
+
+from ..errors import ConfigurationError, CorruptHistoryError, InstanceAlreadyExistsError, StoreError
 from ..history import HistoryEvent, decode_event, encode_event
 from ..lograte import background_warnings
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    TERMINAL, FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
-    QueueDepths, WorkCompletion, WorkLease, child_rejection, decode_error_details, is_cancelled_timer,
+    FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, QueueDepths,
+    WorkCompletion, WorkLease, decode_error_details, status_admits, timer_key,
 )
 
+if TYPE_CHECKING:
+    from ..wake import WakeHub
+from ..clock import SYSTEM_CLOCK, Clock
+
 __all__ = ["PostgresProvider"]
+
+
+def require_asyncpg() -> None:
+    """Raise :class:`ConfigurationError` naming the ``postgres`` extra unless asyncpg is installed.
+
+    asyncpg is optional (``pip install 'duroxide[postgres]'``), so this module imports
+    without it and fails here, where a PostgreSQL store is first asked for. Example::
+
+        require_asyncpg()   # ConfigurationError: ... Fix: pip install 'duroxide[postgres]'
+    """
+    if asyncpg is None:
+        raise ConfigurationError("PostgreSQL stores need the asyncpg package, which is not installed",
+                                 fix="pip install 'duroxide[postgres]' (or add the `postgres` extra to your "
+                                     "requirements)")
 
 _log = logging.getLogger("duroxide.postgres")
 _T = TypeVar("_T")
@@ -60,7 +83,7 @@ _T = TypeVar("_T")
 _Conn = Any
 
 #: Errors after which the operation is retried on a new connection.
-_TRANSIENT: tuple[type[BaseException], ...] = (
+_TRANSIENT: tuple[type[BaseException], ...] = () if asyncpg is None else (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.AdminShutdownError,
@@ -105,6 +128,8 @@ CREATE INDEX IF NOT EXISTS ix_wq_token ON {s}.worker_queue(lock_token);
 CREATE OR REPLACE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql VOLATILE
     AS 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint';
 """),
+    # ({s}.now_ms() above is no longer called: every time now comes from the provider's
+    # clock as a query parameter. It stays for nodes of older versions sharing the schema.)
     # Activity names on work items, so workers can prefer what they know (rolling deploys).
     (2, "ALTER TABLE {s}.worker_queue ADD COLUMN IF NOT EXISTS name text NOT NULL DEFAULT ''"),
     # An incarnation per instance row, so a purged and re-created id never matches state
@@ -141,15 +166,22 @@ def _record(row: asyncpg.Record) -> InstanceRecord:
 
 
 class PostgresProvider(Provider):
-    """A durable store in PostgreSQL, safe for many processes on many machines."""
+    """A durable store in PostgreSQL, safe for many processes on many machines.
 
-    def __init__(self, url: str, schema: str, pool_size: int) -> None:
+    ``clock`` is the one time source of leases, visibility, timers and
+    timestamps (default: the system clock); the runtime and clients of the
+    store use it too.
+    """
+
+    def __init__(self, url: str, schema: str, pool_size: int, *, clock: Clock = SYSTEM_CLOCK) -> None:
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
             raise ConfigurationError(f"schema name {schema!r} is not a plain lower-case SQL identifier",
                                      fix="use letters, digits and underscores, e.g. schema='duroxide'")
         self.url = url
         self.schema = schema
-        self.signals = WakeSignals()
+        self.clock = clock
+        #: The wake hubs this provider's LISTEN connection feeds (see wake_into).
+        self._hubs: list[WakeHub] = []
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -160,13 +192,16 @@ class PostgresProvider(Provider):
         #: reply lost after the server committed looks like (tests/test_postgres_retries.py).
         self._after_commit_hook: Callable[[_Conn], Awaitable[None]] | None = None
         s = schema
-        self._channels = {f"{s}_orch": self.signals.notify_orchestrator, f"{s}_work": self.signals.notify_worker}
+        self._channels: dict[str, Callable[[WakeHub], None]] = {
+            f"{s}_orch": lambda hub: hub.notify_orchestrator(), f"{s}_work": lambda hub: hub.notify_worker()}
         self._done_channel = f"{s}_done"
 
     @classmethod
-    async def new(cls, url: str, *, schema: str = "duroxide", pool_size: int = 10) -> PostgresProvider:
+    async def new(cls, url: str, *, schema: str = "duroxide", pool_size: int = 10,
+                  clock: Clock = SYSTEM_CLOCK) -> PostgresProvider:
         """Connect, migrate the schema (safe when several processes start at once) and listen for wake-ups."""
-        provider = cls(url, schema, pool_size)
+        require_asyncpg()
+        provider = cls(url, schema, pool_size, clock=clock)
         try:
             provider._pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size,
                                                        command_timeout=60)
@@ -241,13 +276,13 @@ class PostgresProvider(Provider):
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
                 for channel, notify in self._channels.items():
-                    await conn.add_listener(channel, lambda *_a, _n=notify: _n())
-                await conn.add_listener(self._done_channel,
-                                        lambda _c, _p, _ch, payload: self.signals.notify_instance(payload))
+                    await conn.add_listener(channel, lambda *_a, _n=notify: self._wake(_n))
+                await conn.add_listener(self._done_channel, lambda _c, _p, _ch, payload: self._wake(
+                    lambda hub: hub.notify_instance(payload)))
                 delay = 0.05
                 # A notification may have been missed while we were away: wake everyone once.
-                self.signals.notify_orchestrator()
-                self.signals.notify_worker()
+                self._wake(lambda hub: hub.notify_orchestrator())
+                self._wake(lambda hub: hub.notify_worker())
                 await lost.wait()
                 if not self._closed:
                     background_warnings.warning(
@@ -269,6 +304,14 @@ class PostgresProvider(Provider):
             if not self._closed:
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
+
+    def wake_into(self, hub: WakeHub) -> None:
+        """Feed ``hub`` the NOTIFYs of every process's writes (the ``WakeSource`` protocol)."""
+        self._hubs.append(hub)
+
+    def _wake(self, notify: Callable[[WakeHub], None]) -> None:
+        for hub in self._hubs:
+            notify(hub)
 
     async def close(self) -> None:
         self._closed = True
@@ -292,7 +335,7 @@ class PostgresProvider(Provider):
         incarnation = uuid.uuid4().hex
 
         async def op(conn: _Conn) -> bool:
-            if not await self._insert_instance(conn, start, incarnation):
+            if not await self._insert_instance(conn, start, self.clock.now_ms(), incarnation):
                 held = await conn.fetchval(f"SELECT incarnation FROM {self.schema}.instances WHERE instance_id=$1",
                                            start.instance_id)
                 return bool(held == incarnation)
@@ -301,9 +344,9 @@ class PostgresProvider(Provider):
 
         if not await self._tx(op):
             raise InstanceAlreadyExistsError(start.instance_id)
-        self.signals.notify_orchestrator()
 
-    async def send(self, message: OrchestratorMessage) -> InstanceRecord | None:
+    async def send(self, message: OrchestratorMessage, *,
+                   only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
         s = self.schema
         key = uuid.uuid4().hex  # once per call; see _remember
         attempts = 0
@@ -318,14 +361,12 @@ class PostgresProvider(Provider):
             row = await conn.fetchrow(f"SELECT {_INSTANCE_COLS} FROM {s}.instances WHERE instance_id=$1 FOR SHARE",
                                       message.instance_id)
             record = _record(row) if row else None
-            if record is not None and record.status not in TERMINAL:
+            if record is not None and status_admits(only_if_status_in, record.status):
                 await self._enqueue(conn, [(message, None)])
                 await self._remember(conn, key, _record_snapshot(record))
             return record
 
-        record = await self._tx(op)
-        self.signals.notify_orchestrator()
-        return record
+        return await self._tx(op)
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         row = await self._tx(lambda conn: conn.fetchrow(
@@ -360,7 +401,8 @@ class PostgresProvider(Provider):
             status, name, limit))
         return [_record(r) for r in rows]
 
-    async def purge_instance(self, instance_id: str, *, force: bool = False) -> list[str]:
+    async def purge_instance(self, instance_id: str, *,
+                             only_if_status_in: Collection[str] | None = None) -> list[str] | None:
         s = self.schema
         key = uuid.uuid4().hex  # once per call; see _remember
         attempts = 0
@@ -376,7 +418,7 @@ class PostgresProvider(Provider):
                                          instance_id)
             if status is None:
                 return []
-            if status not in TERMINAL and not force:
+            if not status_admits(only_if_status_in, status):
                 return None
             rows = await conn.fetch(
                 f"WITH RECURSIVE tree(id) AS (SELECT $1::text UNION SELECT i.instance_id FROM {s}.instances i "
@@ -389,10 +431,7 @@ class PostgresProvider(Provider):
             await self._remember(conn, key, orjson.dumps(doomed))
             return doomed
 
-        doomed = await self._tx(op)
-        if doomed is None:
-            raise InstanceStillRunningError(instance_id)
-        return doomed
+        return await self._tx(op)
 
     # -- orchestration dispatcher --------------------------------------------------
 
@@ -401,7 +440,7 @@ class PostgresProvider(Provider):
         lock_ms = int(lock_timeout * 1000)
 
         async def op(conn: _Conn) -> FetchResult:
-            now = await conn.fetchval(f"SELECT {s}.now_ms()")
+            now = self.clock.now_ms()
             # Lock visible messages of unleased instances; concurrent fetchers skip them.
             rows = await conn.fetch(
                 f"SELECT q.instance_id FROM {s}.orchestrator_queue q WHERE q.visible_at <= $1 AND NOT EXISTS "
@@ -416,7 +455,7 @@ class PostgresProvider(Provider):
             if not wanted:
                 due = await conn.fetchval(f"SELECT MIN(visible_at) FROM {s}.orchestrator_queue WHERE visible_at > $1",
                                           now)
-                return FetchResult([], due)  # timer due times are in the clock of the node that set them
+                return FetchResult([], due)
             # Two fetchers may want the same instance (each locked different messages of it):
             # claiming in one global order makes one wait for the other instead of deadlocking.
             wanted.sort()
@@ -485,6 +524,7 @@ class PostgresProvider(Provider):
     async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
         async def op(conn: _Conn) -> list[bool]:
             results = []
+            now = self.clock.now_ms()
             for c in commits:
                 held = await conn.fetchval(
                     f"SELECT lock_token FROM {self.schema}.instance_locks WHERE instance_id=$1 FOR UPDATE",
@@ -494,7 +534,7 @@ class PostgresProvider(Provider):
                     continue
                 try:
                     async with conn.transaction():  # a savepoint: one bad turn must not sink the batch
-                        await self._apply_commit(conn, c)
+                        await self._apply_commit(conn, c, now)
                     results.append(True)
                 except _TRANSIENT:
                     raise
@@ -505,12 +545,9 @@ class PostgresProvider(Provider):
                     results.append(False)
             return results
 
-        results = await self._tx(op)
-        # NOTIFY reaches other processes; this process need not wait for the round trip.
-        self.signals.after_commit(commits, results)
-        return results
+        return await self._tx(op)
 
-    async def _apply_commit(self, conn: _Conn, c: TurnCommit) -> None:
+    async def _apply_commit(self, conn: _Conn, c: TurnCommit, now: int) -> None:
         s = self.schema
         if c.consumed:
             await conn.execute(f"DELETE FROM {s}.orchestrator_queue WHERE id = ANY($1::bigint[])", c.consumed)
@@ -521,49 +558,48 @@ class PostgresProvider(Provider):
         if c.activities:
             await conn.executemany(
                 f"INSERT INTO {s}.worker_queue(instance_id, execution_id, event_id, name, message, visible_at) "
-                f"VALUES ($1,$2,$3,$4,$5,{s}.now_ms())",
-                [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w)) for w in c.activities])
+                "VALUES ($1,$2,$3,$4,$5,$6)",
+                [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w), now) for w in c.activities])
             await conn.execute("SELECT pg_notify($1, '')", f"{s}_work")
-        if c.cancelled_activities:
-            args = (c.instance_id, c.execution_id, c.cancelled_activities)
-            await conn.execute(f"DELETE FROM {s}.worker_queue WHERE instance_id=$1 AND execution_id=$2 "
-                               "AND event_id = ANY($3::bigint[]) AND lock_token IS NULL", *args)
-            await conn.execute(f"UPDATE {s}.worker_queue SET cancelled=true WHERE instance_id=$1 AND execution_id=$2 "
-                               "AND event_id = ANY($3::bigint[])", *args)
-        if c.cancelled_timers:
-            # Timers the turn cancelled (a select loser, an ended execution) must never fire.
-            queued = await conn.fetch(f"SELECT id, message FROM {s}.orchestrator_queue WHERE instance_id=$1",
-                                      c.instance_id)
+        if c.cancel_activities:
+            args = ([k.instance_id for k in c.cancel_activities], [k.execution_id for k in c.cancel_activities],
+                    [k.event_id for k in c.cancel_activities])
+            calls = "(instance_id, execution_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]))"
+            await conn.execute(f"DELETE FROM {s}.worker_queue WHERE {calls} AND lock_token IS NULL", *args)
+            await conn.execute(f"UPDATE {s}.worker_queue SET cancelled=true WHERE {calls}", *args)
+        if c.delete_timers:
+            # The TimerFired of these timers (a select loser, an ended execution) must never fire.
+            timers = set(c.delete_timers)
+            queued = await conn.fetch(f"SELECT id, message FROM {s}.orchestrator_queue WHERE instance_id = ANY($1::text[])",
+                                      list({t.instance_id for t in timers}))
             doomed = []
             for row in queued:
                 try:
-                    if is_cancelled_timer(decode_message(row["message"]), c):
+                    if timer_key(decode_message(row["message"])) in timers:
                         doomed.append(row["id"])
                 except ValueError:
                     continue  # unreadable rows are dropped (and logged) by the fetch that meets them
             if doomed:
                 await conn.execute(f"DELETE FROM {s}.orchestrator_queue WHERE id = ANY($1::bigint[])", doomed)
         outgoing: list[tuple[OrchestratorMessage, int | None]] = []
-        for msg, visible_at in c.messages:
-            if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
-                if not await self._insert_instance(conn, msg):
-                    answer = child_rejection(msg)
-                    if answer is not None:
-                        outgoing.append((answer, None))
-                    continue
-            outgoing.append((msg, visible_at))
+        for child in c.children:
+            if await self._insert_instance(conn, child.start, now):
+                outgoing.append((child.start, None))
+            elif child.if_taken is not None:
+                outgoing.append((child.if_taken, None))
+        outgoing += c.messages
         await self._enqueue(conn, outgoing)
         u = c.update
         if u is not None:
             error = orjson.dumps(u.error.to_dict()) if u.error is not None else None
             await conn.execute(
                 f"UPDATE {s}.instances SET name=$2, version=$3, execution_id=$4, status=$5, output=$6, error=$7, "
-                f"custom_status = CASE WHEN $8 THEN $9 ELSE custom_status END, updated_at={s}.now_ms() "
+                "custom_status = CASE WHEN $8 THEN $9 ELSE custom_status END, updated_at=$10 "
                 "WHERE instance_id=$1",
                 c.instance_id, u.name, u.version, u.execution_id, u.status, u.output, error,
-                u.custom_status_changed, u.custom_status)
-            if u.status in TERMINAL:
-                await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, c.instance_id)
+                u.custom_status_changed, u.custom_status, now)
+        if c.ends_instance:
+            await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, c.instance_id)
         await conn.execute(f"DELETE FROM {s}.instance_locks WHERE instance_id=$1", c.instance_id)
 
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
@@ -573,10 +609,10 @@ class PostgresProvider(Provider):
 
         async def op(conn: _Conn) -> list[bool]:
             rows = await conn.fetch(
-                f"UPDATE {s}.instance_locks l SET locked_until = {s}.now_ms() + $3 "
+                f"UPDATE {s}.instance_locks l SET locked_until = $3 "
                 "FROM unnest($1::text[], $2::text[]) AS c(i, t) "
                 "WHERE l.instance_id = c.i AND l.lock_token = c.t RETURNING l.instance_id",
-                ids, tokens, int(lock_timeout * 1000))
+                ids, tokens, self.clock.now_ms() + int(lock_timeout * 1000))
             held = {r[0] for r in rows}
             return [i in held for i in ids]
 
@@ -592,8 +628,8 @@ class PostgresProvider(Provider):
                 return
             await conn.execute(
                 f"UPDATE {s}.orchestrator_queue SET lock_token=NULL, "
-                f"visible_at = GREATEST(visible_at, {s}.now_ms() + $2) WHERE lock_token=$1",
-                lock_token, int(delay * 1000))
+                "visible_at = GREATEST(visible_at, $2) WHERE lock_token=$1",
+                lock_token, self.clock.now_ms() + int(delay * 1000))
             await conn.execute(f"DELETE FROM {s}.instance_locks WHERE instance_id=$1", instance_id)
             await conn.execute("SELECT pg_notify($1, '')", f"{s}_orch")
 
@@ -608,14 +644,15 @@ class PostgresProvider(Provider):
         names = None if known_names is None else sorted(known_names)
 
         async def op(conn: _Conn) -> list[WorkLease]:
+            now = self.clock.now_ms()
             rows = await conn.fetch(
                 f"UPDATE {s}.worker_queue w SET lock_token = md5(random()::text || w.id::text), "
-                f"locked_until = {s}.now_ms() + $2, dequeue_count = w.dequeue_count + 1 "
-                f"WHERE w.id IN (SELECT id FROM {s}.worker_queue WHERE visible_at <= {s}.now_ms() "
-                f"AND (lock_token IS NULL OR locked_until <= {s}.now_ms()) AND NOT cancelled "
-                f"AND ($3::text[] IS NULL OR name = ANY($3::text[]) OR visible_at <= {s}.now_ms() - $4) "
+                "locked_until = $5::bigint + $2, dequeue_count = w.dequeue_count + 1 "
+                f"WHERE w.id IN (SELECT id FROM {s}.worker_queue WHERE visible_at <= $5 "
+                "AND (lock_token IS NULL OR locked_until <= $5) AND NOT cancelled "
+                "AND ($3::text[] IS NULL OR name = ANY($3::text[]) OR visible_at <= $5::bigint - $4) "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING w.id, w.lock_token, w.message, w.dequeue_count",
-                max_items, int(lock_timeout * 1000), names, int(foreign_delay * 1000))
+                max_items, int(lock_timeout * 1000), names, int(foreign_delay * 1000), now)
             leases = []
             for r in sorted(rows, key=lambda r: r["id"]):
                 try:
@@ -627,7 +664,8 @@ class PostgresProvider(Provider):
 
         return await self._tx(op)
 
-    async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
+    async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
+                                  only_if_status_in: Collection[str] | None = None) -> None:
         s = self.schema
 
         async def op(conn: _Conn) -> None:
@@ -639,45 +677,51 @@ class PostgresProvider(Provider):
             targets = list({d.result.instance_id for d in completions if d.lock_token in held})
             live = {r[0] for r in await conn.fetch(
                 f"SELECT instance_id FROM {s}.instances WHERE instance_id = ANY($1::text[]) "
-                "AND status NOT IN ('Completed', 'Failed')", targets)}
+                "AND ($2::text[] IS NULL OR status = ANY($2::text[]))", targets, statuses)}
             await self._enqueue(conn, [(d.result, None) for d in completions
                                        if d.lock_token in held and d.result.instance_id in live])
 
+        statuses = None if only_if_status_in is None else sorted(only_if_status_in)
         await self._tx(op)
-        self.signals.notify_orchestrator()
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         s = self.schema
 
         async def op(conn: _Conn) -> None:
             await conn.execute(f"UPDATE {s}.worker_queue SET lock_token=NULL, locked_until=0, "
-                               f"visible_at={s}.now_ms() + $2 WHERE lock_token=$1", lock_token, int(delay * 1000))
+                               "visible_at=$2 WHERE lock_token=$1", lock_token,
+                               self.clock.now_ms() + int(delay * 1000))
             await conn.execute("SELECT pg_notify($1, '')", f"{s}_work")
 
         await self._tx(op)
 
-    async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
+    async def renew_work_item(self, lock_token: str, lock_timeout: float, *,
+                              only_if_status_in: Collection[str] | None = None,
+                              only_if_execution: int | None = None) -> bool:
         s = self.schema
 
         async def op(conn: _Conn) -> bool:
             renewed = await conn.fetchval(
-                f"UPDATE {s}.worker_queue w SET locked_until = {s}.now_ms() + $2 FROM {s}.instances i "
+                f"UPDATE {s}.worker_queue w SET locked_until = $2 FROM {s}.instances i "
                 "WHERE w.lock_token=$1 AND NOT w.cancelled AND i.instance_id = w.instance_id "
-                "AND i.status NOT IN ('Completed', 'Failed') AND i.execution_id = w.execution_id RETURNING 1",
-                lock_token, int(lock_timeout * 1000))
+                "AND ($3::text[] IS NULL OR i.status = ANY($3::text[])) AND ($4::bigint IS NULL OR i.execution_id = $4) "
+                "RETURNING 1",
+                lock_token, self.clock.now_ms() + int(lock_timeout * 1000),
+                None if only_if_status_in is None else sorted(only_if_status_in), only_if_execution)
             return bool(renewed)
 
         return await self._tx(op)
 
-    async def queue_depths(self) -> QueueDepths:
+    async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         s = self.schema
 
         async def op(conn: _Conn) -> QueueDepths:
             row = await conn.fetchrow(
-                f"SELECT (SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at <= {s}.now_ms()) AS due, "
-                f"(SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at > {s}.now_ms()) AS later, "
+                f"SELECT (SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at <= $1) AS due, "
+                f"(SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at > $1) AS later, "
                 f"(SELECT COUNT(*) FROM {s}.worker_queue) AS worker, "
-                f"(SELECT COUNT(*) FROM {s}.instances WHERE status IN ('Pending', 'Running')) AS active")
+                f"(SELECT COUNT(*) FROM {s}.instances WHERE status = ANY($2::text[])) AS active",
+                self.clock.now_ms(), sorted(active_statuses))
             return QueueDepths(row["due"], row["later"], row["worker"], row["active"])
 
         return await self._tx(op)
@@ -694,14 +738,15 @@ class PostgresProvider(Provider):
         nothing, and returns the first attempt's outcome. Keys expire after an hour.
         """
         s = self.schema
+        now_ms = self.clock.now_ms()
         await conn.execute(f"INSERT INTO {s}.request_keys(request_id, outcome, created_at) "
-                           f"VALUES ($1, $2, {s}.now_ms())", key, outcome)
-        now = time.monotonic()
+                           "VALUES ($1, $2, $3)", key, outcome, now_ms)
+        now = self.clock.monotonic()
         if now >= self._next_key_gc:
             self._next_key_gc = now + _REQUEST_KEY_GC_INTERVAL
             await conn.execute(
                 f"DELETE FROM {s}.request_keys WHERE request_id IN (SELECT request_id FROM {s}.request_keys "
-                f"WHERE created_at < {s}.now_ms() - $1 LIMIT 1000 FOR UPDATE SKIP LOCKED)", _REQUEST_KEY_TTL_MS)
+                "WHERE created_at < $1 LIMIT 1000 FOR UPDATE SKIP LOCKED)", now_ms - _REQUEST_KEY_TTL_MS)
 
     async def _recall(self, conn: _Conn, key: str) -> bytes | None:
         """The outcome a committed earlier attempt of this call recorded (``None``: it did not commit)."""
@@ -709,15 +754,16 @@ class PostgresProvider(Provider):
             f"SELECT outcome FROM {self.schema}.request_keys WHERE request_id=$1", key)
         return outcome
 
-    async def _insert_instance(self, conn: _Conn, start: StartOrchestration, incarnation: str | None = None) -> bool:
-        """Create the instance row of ``start`` (Pending); ``False`` if the id is taken."""
+    async def _insert_instance(self, conn: _Conn, start: StartOrchestration, now: int,
+                               incarnation: str | None = None) -> bool:
+        """Create the instance row of ``start`` (Pending) stamped ``now``; ``False`` if the id is taken."""
         s = self.schema
         return bool(await conn.fetchval(
             f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, updated_at,"
-            f" parent_instance_id, incarnation) VALUES ($1,$2,$3,$4,'Pending',{s}.now_ms(),{s}.now_ms(),$5,$6)"
+            " parent_instance_id, incarnation) VALUES ($1,$2,$3,$4,'Pending',$7,$7,$5,$6)"
             " ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
             start.instance_id, start.name, start.version, start.execution_id, start.parent_instance_id,
-            incarnation or uuid.uuid4().hex))
+            incarnation or uuid.uuid4().hex, now))
 
     async def _enqueue(self, conn: _Conn, messages: Sequence[tuple[OrchestratorMessage, int | None]]) -> None:
         if not messages:

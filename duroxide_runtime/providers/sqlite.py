@@ -28,15 +28,15 @@ from typing import Any, TypeVar
 import orjson
 
 from ..errors import (
-    ConfigurationError, CorruptHistoryError, InstanceAlreadyExistsError, InstanceStillRunningError,
-    StoreError,
+    ConfigurationError, CorruptHistoryError, InstanceAlreadyExistsError, StoreError,
 )
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    TERMINAL, FetchResult, QueueDepths, child_rejection, decode_error_details, is_cancelled_timer, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WakeSignals,
-    WorkCompletion, WorkLease, now_ms,
+    FetchResult, QueueDepths, decode_error_details, InstanceRecord, OrchestrationItem, Provider, QueuedMessage,
+    TurnCommit, WorkCompletion, WorkLease, status_admits, timer_key,
 )
+from ..clock import SYSTEM_CLOCK, Clock
 from .sqlite_thread import ConnectionThread
 
 __all__ = ["SqliteProvider"]
@@ -180,25 +180,29 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class SqliteProvider(Provider):
-    """A durable store in one SQLite file (or a private in-memory database)."""
+    """A durable store in one SQLite file (or a private in-memory database).
 
-    def __init__(self, path: str) -> None:
+    ``clock`` is the time source of locks, leases, due times and timestamps
+    (default: the system clock); the runtime and clients of the store use it too.
+    """
+
+    def __init__(self, path: str, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.path = path
-        self.signals = WakeSignals()
+        self.clock = clock
         self._db: ConnectionThread | None = None
         self._connecting: asyncio.Lock | None = None
 
     @classmethod
-    async def new(cls, url: str) -> SqliteProvider:
+    async def new(cls, url: str, *, clock: Clock = SYSTEM_CLOCK) -> SqliteProvider:
         """Open (creating if missing) the database at ``url`` and migrate its schema."""
-        provider = cls(_path_from_url(url))
+        provider = cls(_path_from_url(url), clock=clock)
         await provider._connect()
         return provider
 
     @classmethod
-    def in_memory(cls) -> SqliteProvider:
+    def in_memory(cls, *, clock: Clock = SYSTEM_CLOCK) -> SqliteProvider:
         """A private in-memory SQLite database; connects on first use (``await`` it to connect now)."""
-        return cls(":memory:")
+        return cls(":memory:", clock=clock)
 
     def __await__(self) -> Generator[Any, None, SqliteProvider]:
         return self._connect().__await__()
@@ -273,6 +277,7 @@ class SqliteProvider(Provider):
         db = self._db
         assert db is not None
         delay = 0.005
+        # Real time, not self.clock: this waits for another connection's lock to go away.
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -298,25 +303,23 @@ class SqliteProvider(Provider):
             with _transaction(conn):
                 if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (start.instance_id,)).fetchone():
                     return False
-                _insert_instance(conn, start)
+                _insert_instance(conn, start, self.clock.now_ms())
                 _enqueue(conn, start, None)
                 return True
 
         if not await self._run(op):
             raise InstanceAlreadyExistsError(start.instance_id)
-        self.signals.notify_orchestrator()
 
-    async def send(self, message: OrchestratorMessage) -> InstanceRecord | None:
+    async def send(self, message: OrchestratorMessage, *,
+                   only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
         def op(conn: sqlite3.Connection) -> InstanceRecord | None:
             with _transaction(conn):
                 record = _get_instance(conn, message.instance_id)
-                if record is not None and record.status not in TERMINAL:
+                if status_admits(only_if_status_in, record.status if record else None):
                     _enqueue(conn, message, None)
                 return record
 
-        record = await self._run(op)
-        self.signals.notify_orchestrator()
-        return record
+        return await self._run(op)
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         return await self._run(lambda conn: _get_instance(conn, instance_id))
@@ -353,13 +356,14 @@ class SqliteProvider(Provider):
         rows = await self._run(lambda conn: conn.execute(sql, (*args, limit)).fetchall())
         return [_row_to_instance(r) for r in rows]
 
-    async def purge_instance(self, instance_id: str, *, force: bool = False) -> list[str]:
+    async def purge_instance(self, instance_id: str, *,
+                             only_if_status_in: Collection[str] | None = None) -> list[str] | None:
         def op(conn: sqlite3.Connection) -> list[str] | None:
             with _transaction(conn):
                 record = _get_instance(conn, instance_id)
                 if record is None:
                     return []
-                if record.status not in TERMINAL and not force:
+                if not status_admits(only_if_status_in, record.status):
                     return None
                 doomed, frontier = [instance_id], [instance_id]
                 while frontier:
@@ -372,12 +376,7 @@ class SqliteProvider(Provider):
                         conn.execute(f"DELETE FROM {table} WHERE instance_id=?", (iid,))
                 return doomed
 
-        doomed = await self._run(op)
-        if doomed is None:
-            raise InstanceStillRunningError(instance_id)
-        for iid in doomed:
-            self.signals.notify_instance(iid)
-        return doomed
+        return await self._run(op)
 
     # -- orchestration dispatcher --------------------------------------------------
 
@@ -385,7 +384,7 @@ class SqliteProvider(Provider):
         lock_ms = int(lock_timeout * 1000)
 
         def op(conn: sqlite3.Connection) -> FetchResult:
-            now = now_ms()
+            now = self.clock.now_ms()
             with _transaction(conn):
                 candidates = [r[0] for r in conn.execute(
                     "SELECT q.instance_id FROM orchestrator_queue q "
@@ -439,6 +438,7 @@ class SqliteProvider(Provider):
     async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
         def op(conn: sqlite3.Connection) -> list[bool]:
             results = []
+            now = self.clock.now_ms()
             with _transaction(conn):
                 for c in commits:
                     row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
@@ -448,7 +448,7 @@ class SqliteProvider(Provider):
                         continue
                     conn.execute("SAVEPOINT turn")
                     try:
-                        _apply_commit(conn, c)
+                        _apply_commit(conn, c, now)
                         conn.execute("RELEASE turn")
                         results.append(True)
                     except sqlite3.OperationalError:
@@ -462,9 +462,7 @@ class SqliteProvider(Provider):
                         results.append(False)
             return results
 
-        results = await self._run(op)
-        self.signals.after_commit(commits, results)
-        return results
+        return await self._run(op)
 
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -473,13 +471,12 @@ class SqliteProvider(Provider):
                                    (instance_id,)).fetchone()
                 if row is None or row[0] != lock_token:
                     return
-                visible = now_ms() + int(delay * 1000)
+                visible = self.clock.now_ms() + int(delay * 1000)
                 conn.execute("UPDATE orchestrator_queue SET lock_token=NULL, visible_at=MAX(visible_at, ?) "
                              "WHERE lock_token=?", (visible, lock_token))
                 conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (instance_id,))
 
         await self._run(op)
-        self.signals.notify_orchestrator()
 
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
         """Extend the instance locks (instance_id, lock_token) fetched by fetch_orchestration_items to now +
@@ -497,7 +494,7 @@ class SqliteProvider(Provider):
         lock_ms = int(lock_timeout * 1000)
 
         def op(conn: sqlite3.Connection) -> list[bool]:
-            until = now_ms() + lock_ms
+            until = self.clock.now_ms() + lock_ms
             with _transaction(conn):
                 return [conn.execute("UPDATE instance_locks SET locked_until=? WHERE instance_id=? AND lock_token=?",
                                      (until, instance_id, token)).rowcount == 1
@@ -514,7 +511,7 @@ class SqliteProvider(Provider):
         names = None if known_names is None else orjson.dumps(sorted(known_names)).decode()
 
         def op(conn: sqlite3.Connection) -> list[WorkLease]:
-            now = now_ms()
+            now = self.clock.now_ms()
             with _transaction(conn):
                 rows = conn.execute(
                     "SELECT id, message, dequeue_count FROM worker_queue WHERE visible_at <= ? "
@@ -536,7 +533,8 @@ class SqliteProvider(Provider):
 
         return await self._run(op)
 
-    async def complete_work_items(self, completions: Sequence[WorkCompletion]) -> None:
+    async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
+                                  only_if_status_in: Collection[str] | None = None) -> None:
         def op(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 for done in completions:
@@ -546,33 +544,35 @@ class SqliteProvider(Provider):
                         continue
                     row = conn.execute("SELECT status FROM instances WHERE instance_id=?",
                                        (done.result.instance_id,)).fetchone()
-                    if row is not None and row[0] not in TERMINAL:
+                    if status_admits(only_if_status_in, row[0] if row else None):
                         _enqueue(conn, done.result, None)
 
         await self._run(op)
-        self.signals.notify_orchestrator()
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
-        visible = now_ms() + int(delay * 1000)
+        visible = self.clock.now_ms() + int(delay * 1000)
         await self._run(lambda conn: conn.execute(
             "UPDATE worker_queue SET lock_token=NULL, locked_until=0, visible_at=? WHERE lock_token=?",
             (visible, lock_token)))
-        self.signals.notify_worker()
 
-    async def queue_depths(self) -> QueueDepths:
-        return await self._run(_queue_depths)
+    async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
+        statuses = orjson.dumps(sorted(active_statuses)).decode()
+        return await self._run(lambda conn: _queue_depths(conn, self.clock.now_ms(), statuses))
 
-    async def renew_work_item(self, lock_token: str, lock_timeout: float) -> bool:
+    async def renew_work_item(self, lock_token: str, lock_timeout: float, *,
+                              only_if_status_in: Collection[str] | None = None,
+                              only_if_execution: int | None = None) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
                 row = conn.execute(
-                    "SELECT w.cancelled, i.status, i.execution_id, w.execution_id FROM worker_queue w "
+                    "SELECT w.cancelled, i.status, i.execution_id FROM worker_queue w "
                     "LEFT JOIN instances i ON i.instance_id = w.instance_id WHERE w.lock_token=?",
                     (lock_token,)).fetchone()
-                if row is None or row[0] or row[1] is None or row[1] in TERMINAL or row[2] != row[3]:
+                if (row is None or row[0] or not status_admits(only_if_status_in, row[1])
+                        or (only_if_execution is not None and row[2] != only_if_execution)):
                     return False
                 conn.execute("UPDATE worker_queue SET locked_until=? WHERE lock_token=?",
-                             (now_ms() + int(lock_timeout * 1000), lock_token))
+                             (self.clock.now_ms() + int(lock_timeout * 1000), lock_token))
                 return True
 
         return await self._run(op)
@@ -581,12 +581,12 @@ class SqliteProvider(Provider):
 # -- helpers that run on the connection thread --------------------------------------
 
 
-def _queue_depths(conn: sqlite3.Connection) -> QueueDepths:
-    now = now_ms()
+def _queue_depths(conn: sqlite3.Connection, now: int, active_statuses: str) -> QueueDepths:
     due, later = conn.execute("SELECT COALESCE(SUM(visible_at <= ?), 0), COALESCE(SUM(visible_at > ?), 0) "
                               "FROM orchestrator_queue", (now, now)).fetchone()
     worker = conn.execute("SELECT COUNT(*) FROM worker_queue").fetchone()[0]
-    active = conn.execute("SELECT COUNT(*) FROM instances WHERE status IN ('Pending', 'Running')").fetchone()[0]
+    active = conn.execute("SELECT COUNT(*) FROM instances WHERE status IN (SELECT value FROM json_each(?))",
+                          (active_statuses,)).fetchone()[0]
     return QueueDepths(due, later, worker, active)
 
 
@@ -618,8 +618,7 @@ def _load_history(conn: sqlite3.Connection, instance_id: str, execution_id: int)
     return [decode_event(r[0], instance_id=instance_id) for r in rows]
 
 
-def _insert_instance(conn: sqlite3.Connection, start: StartOrchestration) -> None:
-    now = now_ms()
+def _insert_instance(conn: sqlite3.Connection, start: StartOrchestration, now: int) -> None:
     conn.execute("INSERT INTO instances(instance_id, name, version, execution_id, status, created_at, updated_at, "
                  "parent_instance_id, incarnation) VALUES (?,?,?,?, 'Pending', ?, ?, ?, ?)",
                  (start.instance_id, start.name, start.version, start.execution_id, now, now,
@@ -631,31 +630,32 @@ def _enqueue(conn: sqlite3.Connection, message: OrchestratorMessage, visible_at:
                  (message.instance_id, encode_message(message), visible_at or 0))
 
 
-def _apply_commit(conn: sqlite3.Connection, c: TurnCommit) -> None:
+def _apply_commit(conn: sqlite3.Connection, c: TurnCommit, now: int) -> None:
     if c.consumed:
         conn.executemany("DELETE FROM orchestrator_queue WHERE id=?", [(i,) for i in c.consumed])
     if c.new_events:
         conn.executemany("INSERT INTO history(instance_id, execution_id, event_id, event) VALUES (?,?,?,?)",
                          [(c.instance_id, c.execution_id, e.event_id, encode_event(e)) for e in c.new_events])
     if c.activities:
-        now = now_ms()
         conn.executemany(
             "INSERT INTO worker_queue(instance_id, execution_id, event_id, name, message, visible_at) "
             "VALUES (?,?,?,?,?,?)",
             [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w), now) for w in c.activities])
-    for event_id in c.cancelled_activities:
-        key = (c.instance_id, c.execution_id, event_id)
+    for call in c.cancel_activities:
+        key = (call.instance_id, call.execution_id, call.event_id)
         conn.execute("DELETE FROM worker_queue WHERE instance_id=? AND execution_id=? AND event_id=? "
                      "AND lock_token IS NULL", key)
         conn.execute("UPDATE worker_queue SET cancelled=1 WHERE instance_id=? AND execution_id=? AND event_id=?", key)
-    if c.cancelled_timers:
-        _delete_cancelled_timers(conn, c)
+    if c.delete_timers:
+        _delete_timers(conn, c)
+    for child in c.children:
+        if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (child.start.instance_id,)).fetchone():
+            if child.if_taken is not None:
+                _enqueue(conn, child.if_taken, None)
+            continue
+        _insert_instance(conn, child.start, now)
+        _enqueue(conn, child.start, None)
     for msg, visible_at in c.messages:
-        if isinstance(msg, StartOrchestration) and msg.instance_id != c.instance_id:
-            if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (msg.instance_id,)).fetchone():
-                _reject_child(conn, msg)
-                continue
-            _insert_instance(conn, msg)
         _enqueue(conn, msg, visible_at)
     u = c.update
     if u is not None:
@@ -664,29 +664,25 @@ def _apply_commit(conn: sqlite3.Connection, c: TurnCommit) -> None:
             conn.execute("UPDATE instances SET name=?, version=?, execution_id=?, status=?, output=?, error=?, "
                          "custom_status=?, updated_at=? WHERE instance_id=?",
                          (u.name, u.version, u.execution_id, u.status, u.output, error, u.custom_status,
-                          now_ms(), c.instance_id))
+                          now, c.instance_id))
         else:
             conn.execute("UPDATE instances SET name=?, version=?, execution_id=?, status=?, output=?, error=?, "
                          "updated_at=? WHERE instance_id=?",
-                         (u.name, u.version, u.execution_id, u.status, u.output, error, now_ms(), c.instance_id))
+                         (u.name, u.version, u.execution_id, u.status, u.output, error, now, c.instance_id))
     conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (c.instance_id,))
 
 
-def _delete_cancelled_timers(conn: sqlite3.Connection, c: TurnCommit) -> None:
-    """Delete the queued TimerFired of timers the turn cancelled, so they never fire."""
+def _delete_timers(conn: sqlite3.Connection, c: TurnCommit) -> None:
+    """Delete the queued TimerFired the turn names, so they never fire."""
+    timers = set(c.delete_timers)
     doomed = []
-    for qid, raw in conn.execute("SELECT id, message FROM orchestrator_queue WHERE instance_id=?",
-                                 (c.instance_id,)).fetchall():
-        try:
-            message = decode_message(raw)
-        except ValueError:
-            continue  # unreadable rows are dropped (and logged) by the fetch that meets them
-        if is_cancelled_timer(message, c):
-            doomed.append((qid,))
+    for iid in {t.instance_id for t in timers}:
+        for qid, raw in conn.execute("SELECT id, message FROM orchestrator_queue WHERE instance_id=?",
+                                     (iid,)).fetchall():
+            try:
+                message = decode_message(raw)
+            except ValueError:
+                continue  # unreadable rows are dropped (and logged) by the fetch that meets them
+            if timer_key(message) in timers:
+                doomed.append((qid,))
     conn.executemany("DELETE FROM orchestrator_queue WHERE id=?", doomed)
-
-
-def _reject_child(conn: sqlite3.Connection, start: StartOrchestration) -> None:
-    answer = child_rejection(start)
-    if answer is not None:
-        _enqueue(conn, answer, None)

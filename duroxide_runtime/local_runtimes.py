@@ -1,0 +1,67 @@
+"""The orchestrations the runtimes running in this process know, per store object.
+
+A :class:`~duroxide_runtime.Runtime` registers its orchestration registry here
+for its store when it starts and removes it when it shuts down. A
+:class:`~duroxide_runtime.Client` of the same store *object* asks
+:func:`refusal` before it creates an instance: when a runtime of that store
+runs in this process, a name (or explicit version) none of them registered is
+refused at once with :class:`UnknownOrchestrationError`, instead of being
+stored and backed off until ``max_attempts`` poisons it.
+
+Without a runtime of that store object in this process (a client-only
+process, or a client on a store object of its own) nothing is checked: which
+names the other processes know cannot be told from here, so the runtimes back
+off until one knows the name (a rolling deploy). Keyed weakly by the store and
+by the runtime, as :mod:`duroxide_runtime.wake` is, so a store or runtime that
+is dropped without shutting down leaves nothing behind.
+
+Example::
+
+    register(store, rt, rt.orchestration_registry)   # Runtime.start() does this
+    refusal(store, "Helo", None)   # UnknownOrchestrationError: ... did you mean 'Hello'? ...
+    unregister(store, rt)                            # Runtime.shutdown() does this
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+from .errors import UnknownOrchestrationError
+from .providers.base import Provider
+
+if TYPE_CHECKING:
+    from .registry import OrchestrationRegistry
+
+__all__ = ["register", "unregister", "refusal"]
+
+_local: weakref.WeakKeyDictionary[Provider, weakref.WeakKeyDictionary[object, OrchestrationRegistry]] = (
+    weakref.WeakKeyDictionary())
+
+
+def register(store: Provider, runtime: object, registry: OrchestrationRegistry) -> None:
+    """``runtime`` runs ``registry``'s orchestrations on ``store`` in this process."""
+    _local.setdefault(store, weakref.WeakKeyDictionary())[runtime] = registry
+
+
+def unregister(store: Provider, runtime: object) -> None:
+    """``runtime`` no longer runs on ``store`` (harmless if it was not registered)."""
+    runtimes = _local.get(store)
+    if runtimes is not None:
+        runtimes.pop(runtime, None)
+
+
+def refusal(store: Provider, name: str, version: str | None) -> UnknownOrchestrationError | None:
+    """Why starting ``name`` (at ``version``, or the policy's) must be refused here, or ``None``.
+
+    ``None`` when no runtime of ``store`` runs in this process (nothing to check
+    against) or one of them knows the name, and the version if one is given.
+    """
+    registries = list((_local.get(store) or {}).values())
+    if not registries:
+        return None
+    versions = list(dict.fromkeys(v for r in registries for v in r.versions(name)))  # each oldest first
+    if versions and (version is None or version in versions):
+        return None
+    known = sorted({n for r in registries for n in r.names()})
+    return UnknownOrchestrationError(name, version, known, versions=versions)

@@ -1,0 +1,137 @@
+"""In-process wake-ups, so that idle dispatchers and waiting clients never poll.
+
+Wake-ups are the runtime's business, not the store's: the runtime and the
+client wake the hub of their store after their own writes (a client's start
+wakes this process's dispatchers; a committed turn wakes activity workers and
+``wait_for_orchestration`` callers). All clients and runtimes of one store
+object share one hub (:func:`wake_hub`, keyed weakly by the store).
+
+Writes of other processes reach a hub only through a store that can hear
+them: a store implementing :class:`WakeSource` (PostgreSQL's LISTEN/NOTIFY)
+is asked once, when its hub is made, to feed it. Every wait is bounded, so a
+store that hears nothing (SQLite shared by two processes) costs at most one
+poll interval, never a lost wake-up.
+
+Example::
+
+    hub = wake_hub(store)
+    hub.notify_orchestrator()                       # after enqueueing orchestrator work
+    await hub.wait_instance("order-1", timeout=0.25)  # until it ends, or 0.25 s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from .clock import SYSTEM_CLOCK, Clock
+from .providers.base import Provider, TurnCommit
+
+__all__ = ["WakeHub", "WakeSource", "wake_hub"]
+
+
+@runtime_checkable
+class WakeSource(Protocol):
+    """A store that hears other processes' writes and forwards them to a hub (optional).
+
+    ``wake_into`` is called once per hub, from the event loop, when the hub of
+    the store is made; from then on the store calls the hub's ``notify_*``
+    methods for work other processes enqueued and instances they ended, until
+    the store is closed. It must not block and must never raise later (a lost
+    listener reconnects and wakes everyone once, as work may have been missed).
+
+    Example::
+
+        class RedisProvider(Provider):
+            def wake_into(self, hub: WakeHub) -> None:
+                self._hubs.append(hub)   # the pub/sub task calls hub.notify_orchestrator() ...
+    """
+
+    def wake_into(self, hub: WakeHub) -> None:
+        """Forward wake-ups of other processes' writes to ``hub`` until the store closes."""
+
+
+class WakeHub:
+    """The wake-ups of one store in this process; see the module docstring.
+
+    Example::
+
+        hub = WakeHub()
+        hub.notify_instance("i1")   # wakes hub.wait_instance("i1", ...) callers
+    """
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        #: Measures every wait's timeout (the store's clock).
+        self.clock = clock
+        self._orchestrator = asyncio.Event()
+        self._worker = asyncio.Event()
+        self._instances: dict[str, list[asyncio.Event]] = {}
+
+    def notify_orchestrator(self) -> None:
+        """Orchestrator messages were enqueued (or unlocked): wake the idle dispatchers."""
+        self._orchestrator.set()
+
+    def notify_worker(self) -> None:
+        """Activity work was enqueued (or given back): wake the idle activity workers."""
+        self._worker.set()
+
+    def notify_instance(self, instance_id: str) -> None:
+        """``instance_id`` ended or was purged: wake its ``wait_instance`` callers."""
+        for waiter in self._instances.pop(instance_id, ()):
+            waiter.set()
+
+    def after_commit(self, commits: Sequence[TurnCommit], results: Sequence[bool]) -> None:
+        """Wake what a batch of committed turns concerns: dispatchers, workers, waiting clients."""
+        self.notify_orchestrator()
+        if any(c.activities for c, ok in zip(commits, results) if ok):
+            self.notify_worker()
+        for c, ok in zip(commits, results):
+            if ok and c.ends_instance:
+                self.notify_instance(c.instance_id)
+
+    async def wait_orchestrator(self, timeout: float) -> None:
+        """Until :meth:`notify_orchestrator` (or one since the last wait), at most ``timeout`` seconds."""
+        await self.clock.wait(self._orchestrator, timeout)
+        self._orchestrator.clear()
+
+    async def wait_worker(self, timeout: float) -> None:
+        """Until :meth:`notify_worker` (or one since the last wait), at most ``timeout`` seconds."""
+        await self.clock.wait(self._worker, timeout)
+        self._worker.clear()
+
+    async def wait_instance(self, instance_id: str, timeout: float) -> None:
+        """Until :meth:`notify_instance` of ``instance_id``, at most ``timeout`` seconds."""
+        waiter = asyncio.Event()
+        self._instances.setdefault(instance_id, []).append(waiter)
+        try:
+            # The clock's wait never swallows a cancel that arrives with the wake-up
+            # (Python 3.11's wait_for did, and the caller then never stopped).
+            await self.clock.wait(waiter, timeout)
+        finally:
+            waiters = self._instances.get(instance_id)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._instances[instance_id]
+
+
+_hubs: weakref.WeakKeyDictionary[Provider, WakeHub] = weakref.WeakKeyDictionary()
+
+
+def wake_hub(store: Provider) -> WakeHub:
+    """The hub every client and runtime of ``store`` in this process shares (made on first use).
+
+    A store that is a :class:`WakeSource` is asked to feed the new hub.
+
+    Example::
+
+        assert wake_hub(store) is wake_hub(store)
+    """
+    hub = _hubs.get(store)
+    if hub is None:
+        hub = _hubs[store] = WakeHub(store.clock)
+        if isinstance(store, WakeSource):
+            store.wake_into(hub)
+    return hub
