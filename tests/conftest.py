@@ -1,7 +1,8 @@
-"""Fixtures: every runtime test runs on each provider and in both replay modes."""
+"""Session hooks (the suite's own PostgreSQL database) and fixtures (each provider, both replay modes)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from .support import PROVIDERS, REPLAY_MODES, Harness, drop_store, make_store
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Create the session's own PostgreSQL database (tests/pg_session.py)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background (`pytest &` without job control), pytest ignores SIGINT and its
+        # subprocesses would too: the tests that interrupt a program with Ctrl-C need the default.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     SESSION.create()
 
 
@@ -23,6 +28,12 @@ def pytest_report_header(config: pytest.Config) -> str:
     if SESSION.unavailable is not None:
         return f"PostgreSQL: unreachable at {ADMIN_URL} (DUROXIDE_PG_URL): {SESSION.unavailable}"
     return f"PostgreSQL: database {SESSION.name}, dropped at the end, on the server of {ADMIN_URL} (DUROXIDE_PG_URL)"
+
+
+@pytest.hookimpl(trylast=True)  # after the runner's own teardown: the test's fixtures are finalized
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Note the schemas in the session's database, so that one left behind names its test."""
+    SESSION.note_schemas(item.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -40,8 +51,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Provider]:
     """A fresh store of each provider kind."""
     s = await make_store(request.param, tmp_path)
-    yield s
-    await drop_store(s)
+    try:
+        yield s
+    finally:  # a PostgreSQL schema is dropped even when the test fails
+        await drop_store(s)
 
 
 @pytest.fixture(params=REPLAY_MODES)
@@ -54,13 +67,17 @@ def replay_mode(request: pytest.FixtureRequest) -> str:
 async def harness(store: Provider, replay_mode: str) -> AsyncIterator[Harness]:
     """Store + client + runtime starter, in one replay mode; the runtime is stopped after the test."""
     h = Harness(store, replay_mode)
-    yield h
-    await h.stop()
+    try:
+        yield h
+    finally:
+        await h.stop()
 
 
 @pytest.fixture
 async def cached_harness(store: Provider) -> AsyncIterator[Harness]:
     """Like ``harness``, cached mode only: for defects where the replay mode does not matter."""
     h = Harness(store, "cached")
-    yield h
-    await h.stop()
+    try:
+        yield h
+    finally:
+        await h.stop()

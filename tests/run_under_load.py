@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (put them after --)")
     options = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    # Started in the background (`cmd &` without job control), this process ignores SIGINT, and so would
+    # pytest and the programs the Ctrl-C tests interrupt; a handler is reset to the default on exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     runs: list[Run] = []
     with busy_loops(options.load):
         for number in range(1, options.runs + 1):

@@ -43,8 +43,10 @@ def clock() -> ManualClock:
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Provider]:
     """A fresh store of each kind on the test's ManualClock."""
     s = await make_store(request.param, tmp_path, clock=clock)
-    yield s
-    await drop_store(s)
+    try:
+        yield s
+    finally:
+        await drop_store(s)
 
 
 def _start(iid: str) -> StartOrchestration:

@@ -21,7 +21,7 @@ import pytest
 
 from duroxide_runtime.errors import ConfigurationError
 
-from .support import PG_URL, dedent_src, run_cmd
+from .support import dedent_src, own_pg_database, run_cmd
 
 HEADER = '''
 import duroxide_macros.install
@@ -173,7 +173,12 @@ def test_db_path_creates_the_file_and_debug_logging(tmp_path: Path) -> None:
     assert _values(again.stdout)["STATUS"] == "Completed 11"
 
 
-def test_postgres_provider_reads_database_url(tmp_path: Path) -> None:
+async def test_postgres_provider_reads_database_url(tmp_path: Path) -> None:
+    async with own_pg_database("dm_url") as url:  # the program makes schema "duroxide": a database of its own
+        _runs_on_database_url(tmp_path, url)
+
+
+def _runs_on_database_url(tmp_path: Path, url: str) -> None:
     instance = f"dm-pg-{uuid.uuid4().hex}"
     prog = _program(tmp_path, f'''
         @duroxide_main(provider="postgres")
@@ -185,7 +190,7 @@ def test_postgres_provider_reads_database_url(tmp_path: Path) -> None:
         if __name__ == "__main__":
             main()
     ''')
-    proc = _run(tmp_path, prog, DATABASE_URL=PG_URL)
+    proc = _run(tmp_path, prog, DATABASE_URL=url)
     assert proc.returncode == 0, proc.stderr
     v = _values(proc.stdout)
     assert (v["KIND"], v["RESULT"]) == ("PostgresProvider", "15")

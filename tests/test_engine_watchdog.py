@@ -46,7 +46,9 @@ async def healthy(ctx: OrchestrationContext, name: str) -> str:
 async def test_a_turn_that_never_yields_is_stopped_and_the_others_complete(
         harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="duroxide.dispatcher")
-    await harness.start({"Spin": spin, "Healthy": healthy}, turn_timeout=0.3, max_attempts=2)
+    # A healthy step takes microseconds; 1 s is far beyond what a busy machine adds to one (a
+    # healthy turn stopped would fail the test), and still stops the spinning one quickly.
+    await harness.start({"Spin": spin, "Healthy": healthy}, turn_timeout=1.0, max_attempts=2)
     client = harness.client
     await client.start_orchestration("spin", "Spin", "")
     for i in range(100):
@@ -93,8 +95,18 @@ async def test_errors_in_callbacks_and_unawaited_tasks_are_warnings_naming_the_i
         assert status == OrchestrationStatus.Completed(output="went on"), status
     import gc
 
-    gc.collect()  # asyncio reports an unretrieved task error when the task is collected
-    warnings = {getattr(r, "instance_id", None): r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING}
+    def warnings_by_instance() -> dict[str, str]:
+        return {getattr(r, "instance_id", None) or "": r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING}
+
+    # asyncio reports an unretrieved task error when the task is collected, which is once the
+    # dispatcher has let go of the ended execution (it may still be finishing its commit).
+    for _ in range(600):
+        gc.collect()
+        if "bg" in warnings_by_instance():
+            break
+        await asyncio.sleep(0.05)
+    warnings = warnings_by_instance()
     assert "ValueError: callback bug" in warnings.get("cb", ""), warnings
     assert "KeyError: 'background bug'" in warnings.get("bg", ""), warnings
     assert "test_engine_watchdog.py" in warnings["bg"] and "in side" in warnings["bg"]  # where it was raised

@@ -76,8 +76,10 @@ async def _runtime(store: Provider, registry: OrchestrationRegistry | None = Non
 @pytest.fixture(params=PROVIDERS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Provider]:
     s = await make_store(request.param, tmp_path)
-    yield s
-    await drop_store(s)
+    try:
+        yield s
+    finally:
+        await drop_store(s)
 
 
 async def _nothing_stored(store: Provider) -> None:

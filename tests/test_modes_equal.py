@@ -27,7 +27,7 @@ from duroxide_runtime import (
     SubOrchestrationFailed,
 )
 
-from .support import PROVIDERS, Harness, make_store, normalize
+from .support import PROVIDERS, Harness, drop_store, make_store, normalize
 
 Scenario = Callable[[Harness], Awaitable[None]]
 
@@ -197,7 +197,10 @@ async def _run_in_mode(scenario: Scenario, provider: str, mode: str, tmp_path: P
                 result[f"{iid} #{exec_id}"] = normalize(await h.client.read_history(iid, exec_id))
         return result
     finally:
-        await h.stop()
+        try:
+            await h.stop()
+        finally:  # a PostgreSQL schema is dropped even when the scenario fails
+            await drop_store(store)
         await store.close()
 
 

@@ -54,8 +54,10 @@ def clock() -> ManualClock:
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Provider]:
     """A fresh store of each provider kind on the test's ManualClock (overrides conftest's)."""
     s = await make_store(request.param, tmp_path, clock=clock)
-    yield s
-    await drop_store(s)
+    try:
+        yield s
+    finally:
+        await drop_store(s)
 
 
 # -- helpers ------------------------------------------------------------------------

@@ -42,8 +42,10 @@ async def wait_then_echo(ctx: OrchestrationContext, inp: str) -> str:
 @pytest.fixture(params=PROVIDERS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Provider]:
     s = await make_store(request.param, tmp_path)
-    yield s
-    await drop_store(s)
+    try:
+        yield s
+    finally:
+        await drop_store(s)
 
 
 async def process(d: OrchestrationDispatcher, items: Sequence[OrchestrationItem]) -> None:

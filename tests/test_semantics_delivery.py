@@ -101,8 +101,10 @@ class Env:
 async def env(harness: Harness) -> AsyncIterator[Env]:
     """Every provider x every replay mode."""
     e = Env(harness)
-    yield e
-    await e.close()
+    try:
+        yield e
+    finally:
+        await e.close()
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -110,9 +112,28 @@ async def env1(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     """Every provider, cached replay only (for behaviour the replay mode cannot affect)."""
     store = await make_store(request.param, tmp_path)
     e = Env(Harness(store, "cached"))
-    yield e
-    await e.close()
-    await store.close()
+    try:
+        yield e
+    finally:
+        try:
+            await e.close()
+        finally:  # a PostgreSQL schema is dropped even when the test or the shutdown fails
+            await drop_store(store)
+
+
+@pytest.fixture(params=PROVIDERS)
+async def clocked1(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Env, ManualClock]]:
+    """Every provider, cached replay only, on a ManualClock."""
+    clock = ManualClock()
+    store = await make_store(request.param, tmp_path, clock=clock)
+    e = Env(Harness(store, "cached"))
+    try:
+        yield e, clock
+    finally:
+        try:
+            await e.close()
+        finally:
+            await drop_store(store)
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -122,9 +143,13 @@ async def clocked(request: pytest.FixtureRequest, tmp_path: Path,
     clock = ManualClock()
     store = await make_store(request.param, tmp_path, clock=clock)
     e = Env(Harness(store, replay_mode))
-    yield e, clock
-    await e.close()
-    await drop_store(store)
+    try:
+        yield e, clock
+    finally:
+        try:
+            await e.close()
+        finally:
+            await drop_store(store)
 
 
 async def history(h: Harness, iid: str, execution_id: int | None = None) -> list[Any]:
@@ -140,12 +165,17 @@ async def wait(h: Harness, iid: str, timeout: float = 15.0) -> OrchestrationStat
 
 
 async def drive(clock: ManualClock, seconds: float, step: float = 0.01,
-                until: Callable[[], Awaitable[object]] | None = None) -> None:
+                until: Callable[[], Awaitable[object]] | None = None,
+                quiet: Callable[[], bool] | None = None) -> None:
     """Move ``clock`` forward by up to ``seconds`` in ``step``s, letting the runtime act between
-    steps (a short real pause: its store calls take real time); stop early once ``until()``."""
+    steps (a short real pause: its store calls take real time); stop early once ``until()``.
+    With ``quiet``, each step waits until ``quiet()`` (say, no lease renewal in flight): what the
+    runtime does then takes no clock time, however slow the machine."""
     for _ in range(round(seconds / step)):
         if until is not None and await until():
             return
+        if quiet is not None:
+            await eventually(quiet, timeout=60, what="the runtime's store calls to finish")
         clock.advance(step)
         await asyncio.sleep(0.005)
     if until is not None:
@@ -299,21 +329,49 @@ async def test_orchestration_lock_of_a_crashed_dispatcher_expires_and_stale_toke
     assert await h.client.get_orchestration_status("locked") == OrchestrationStatus.Completed(output="echo:hi")
 
 
-async def test_long_activity_keeps_its_lease_and_runs_once(env1: Env) -> None:
-    h = env1.h
+async def test_long_activity_keeps_its_lease_and_runs_once(clocked1: tuple[Env, ManualClock]) -> None:
+    env, clock = clocked1
+    h = env.h
     runs: list[str] = []
+    release = asyncio.Event()
+    renewing = 0
+    renewed = 0
+    renew = h.store.renew_work_item
+
+    async def counted_renew(*args: Any, **kwargs: Any) -> bool:
+        nonlocal renewing, renewed
+        renewing += 1
+        try:
+            return await renew(*args, **kwargs)
+        finally:
+            renewing -= 1
+            renewed += 1
+
+    h.store.renew_work_item = counted_renew  # type: ignore[method-assign]
 
     async def slow(inp: str) -> str:
         runs.append(inp)
-        await asyncio.sleep(1.5)  # well past activity_lock_timeout: only renewal keeps the lease
+        await release.wait()  # until the clock is well past activity_lock_timeout: only renewal keeps the lease
         return f"slow:{inp}"
 
     async def orch(ctx: OrchestrationContext, inp: str) -> str:
         return await ctx.schedule_activity("Slow", inp)
 
     await h.start({"Orch": orch}, {"Slow": slow}, activity_lock_timeout=0.6)
-    await env1.runtime({"Orch": orch}, {"Slow": slow}, activity_lock_timeout=0.6)  # a second worker watching
-    assert await h.run("long", "Orch", "x") == OrchestrationStatus.Completed(output="slow:x")
+    await env.runtime({"Orch": orch}, {"Slow": slow}, activity_lock_timeout=0.6)  # a second worker watching
+    await h.client.start_orchestration("long", "Orch", "x")
+    await eventually(lambda: runs, what="the activity started")
+    # Five lease periods of clock time, moved only while no renewal is in flight: a slow machine
+    # delays the renewals in real time, never in clock time.
+    await drive(clock, 3.0, quiet=lambda: renewing == 0)
+    assert renewed >= 10 and runs == ["x"]
+    release.set()
+
+    async def done() -> bool:
+        return (await h.client.get_orchestration_status("long")).is_terminal
+
+    await drive(clock, 30.0, until=done)
+    assert await wait(h, "long", 0) == OrchestrationStatus.Completed(output="slow:x")
     assert runs == ["x"]
 
 

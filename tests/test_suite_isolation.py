@@ -21,7 +21,8 @@ from .support import PG_URL, clean_env, dedent_src, run_cmd
 REPO = Path(__file__).resolve().parent.parent
 
 CONFTEST = """
-from tests.conftest import pytest_report_header, pytest_sessionfinish, pytest_sessionstart, store
+from tests.conftest import (pytest_report_header, pytest_runtest_teardown, pytest_sessionfinish,
+                            pytest_sessionstart, store)
 """
 PYTEST_INI = """
 [pytest]
@@ -103,7 +104,8 @@ async def test_what_a_test_leaves_behind_fails_the_session_and_is_dropped(tmp_pa
     name = _database_of(out)
     assert proc.returncode == 1 and "1 passed" in out, out
     assert (f"FAILED the PostgreSQL cleanup check: tests left behind (now dropped with {name}): "
-            f"schema leaked_on_purpose, database {name}_leaked") in out, out
+            f"schema leaked_on_purpose (after test_inner.py::test_leaks_a_schema_and_a_database), "
+            f"database {name}_leaked") in out, out
     assert await _databases_named_after(name) == []
 
 

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -119,6 +120,7 @@ class _Worker:
     def _main(self) -> None:
         count_steps_of_this_thread(self.steps)
         while True:
+            job: _Job[object] | None = None
             try:
                 job = self.jobs.get()
                 if job is None:
@@ -127,6 +129,14 @@ class _Worker:
                 self._run_job(job)
             except TurnInterrupt:  # cannot happen (pending interrupts are cleared); never die of it
                 continue
+            except BaseException as exc:  # noqa: BLE001 - the thread outlives any job; its caller hears why
+                _log.error("turn thread %s: a batch of turns failed outside any turn; it will be redone",
+                           self.thread.name, exc_info=exc)
+                if job is not None:
+                    job.outcomes = [Raised(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                                    for _ in job.calls]
+                    with contextlib.suppress(RuntimeError):  # the runtime's loop is closed
+                        job.loop.call_soon_threadsafe(_resolve, job.future, job.outcomes)
 
     def _run_job(self, job: _Job[object]) -> None:
         # pdb and tracers set on the event loop's thread must see orchestration lines too;
@@ -229,7 +239,11 @@ class TurnThread:
         if self._closed:
             raise RuntimeError("the turn thread is closed")
         loop = asyncio.get_running_loop()
-        job: _Job[_T] = _Job(calls, loop, loop.create_future(), trace=sys.gettrace(), profile=sys.getprofile())
+        # Only Python-callable hooks can be carried: cProfile's Profile is a C-level hook
+        # that sys.setprofile cannot take back (profile the turn thread with threading.setprofile).
+        trace, profile = sys.gettrace(), sys.getprofile()
+        job: _Job[_T] = _Job(calls, loop, loop.create_future(), trace=trace if callable(trace) else None,
+                             profile=profile if callable(profile) else None)
         # A debugger stopped at a breakpoint makes no steps: stopping it would be wrong.
         watched = not _debugging(job.trace)
         worker = self._worker
