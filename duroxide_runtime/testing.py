@@ -135,19 +135,30 @@ class ManualClock:
         if timeout <= 0:
             await asyncio.sleep(0)
             return event.is_set()
-        fut = self._sleeper(timeout)
-
-        async def wake_when_set() -> None:
-            await event.wait()
-            if not fut.done():
-                fut.set_result(None)
-
-        setter = asyncio.ensure_future(wake_when_set())
+        deadline = self._sleeper(timeout)
+        loop = asyncio.get_running_loop()
+        began, until = loop.time(), self.monotonic() + timeout
+        # The event is awaited in this task, as SystemClock.wait does: its waiter is registered
+        # before this returns control, so a set() that another waiter clear()s at once still
+        # wakes this one. (A helper task registered a loop turn later and could miss it: two
+        # dispatchers sharing a wake-up event then hung a shutdown until the stall net.)
+        # The clock's deadline, and the stall net, expire an asyncio.timeout, which keeps a
+        # cancel of this task propagating even when it coincides with the wake-up.
+        active = True
         try:
-            await self._guarded(fut, timeout)
+            async with asyncio.timeout(None if self._stall_timeout is None else began + self._stall_timeout) as cm:
+                def expire(_: asyncio.Future[None]) -> None:
+                    if active and not deadline.cancelled() and not cm.expired():
+                        cm.reschedule(loop.time())
+
+                deadline.add_done_callback(expire)
+                await event.wait()
+        except TimeoutError:
+            if not deadline.done():
+                raise ClockStalledError(loop.time() - began, until, self.monotonic()) from None
         finally:
-            fut.cancel()
-            setter.cancel()
+            active = False
+            deadline.cancel()
         return event.is_set()
 
     def _sleeper(self, seconds: float) -> asyncio.Future[None]:

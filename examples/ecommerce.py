@@ -47,7 +47,7 @@ async def reserve_inventory(order: Order) -> str:
 @activity(typed=True)
 async def charge_payment(order_id: str, amount: float) -> str:
     if order_id.endswith("slow"):
-        await asyncio.sleep(5)  # the payment provider hangs
+        await asyncio.sleep(3600)  # the payment provider hangs; the timeout cancels this call
     if amount > 10000.0:
         raise ValueError(f"Amount ${amount:.2f} exceeds limit")
     return f"TXN-{order_id}"
@@ -71,7 +71,7 @@ async def process_order(ctx: OrchestrationContext, order: Order) -> Receipt:
     reservation = await durable(reserve_inventory(order))
     total = round(order.subtotal * (1 + TAX.get(order.state, 0.05)), 2)
     payment = durable(charge_payment(order.id, total))
-    timeout = ctx.schedule_timer(timedelta(seconds=1))
+    timeout = ctx.schedule_timer(timedelta(seconds=5))
     winner, _ = await ctx.select2(payment, timeout)
     if winner == 1:
         durable_trace_error("Payment timeout for {}", order.id)

@@ -43,7 +43,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"tests left behind (now dropped with {SESSION.name}): {', '.join(left)}"
         if reporter is not None:
-            reporter.write_line(f"FAILED the PostgreSQL cleanup check: {message}", red=True, bold=True)
+            reporter.write_line("")
+            reporter.write_line(f"PostgreSQL cleanup check FAILED: {message}", red=True, bold=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

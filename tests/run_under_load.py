@@ -3,7 +3,7 @@
 The project's rule is that no test depends on timing under load; this script is its proof. It starts
 ``--load`` busy loops (default: one per core), runs ``python -m pytest`` ``--runs`` times (default 5),
 stops at the first failing run, and prints each run's duration, its pytest summary line and the
-tests that failed. The exit code is 0 when every run passed, 1 otherwise.
+tests that failed. The exit code is 0 when every run passed, 1 otherwise (130 when interrupted).
 
 Example (from the checkout's root)::
 
@@ -32,10 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # The loop ends by itself once its parent is gone, so that a killed script leaves no busy process behind.
 BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
 
-# The lines of pytest's short summary (-rfE) that name a failed or erroring test.
-FAILED_LINE = re.compile(r"^(FAILED|ERROR) (\S+)")
+# The lines of pytest's short summary (-rfE) that name a failed or erroring test, and the line of
+# tests/conftest.py's check that every schema and database a test made was dropped.
+FAILED_LINE = re.compile(r"^(FAILED|ERROR) (\S*\.py\S*)")
+CLEANUP_LINE = "PostgreSQL cleanup check FAILED"
 # pytest's last line, e.g. "3 failed, 1540 passed in 401.23s (0:06:41)".
-SUMMARY_LINE = re.compile(r"^=*\s*(.*\b(passed|failed|error|errors|no tests ran)\b.*?)\s*=*$")
+SUMMARY_LINE = re.compile(r"^=*\s*((\d+ \w+|no tests ran)(, \d+ \w+)* in [\d.]+s\b.*?)\s*=*$")
 
 
 @dataclasses.dataclass
@@ -85,7 +87,8 @@ def run_suite(number: int, python: str, pytest_args: Sequence[str]) -> Run:
 
         run_suite(1, sys.executable, ["tests/test_clock.py"]).passed
     """
-    args = [python, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *pytest_args]
+    # --durations: the slowest tests, the first to look at should one come near its safety-net bound.
+    args = [python, "-m", "pytest", "-q", "-rfE", "--durations=15", "-p", "no:cacheprovider", *pytest_args]
     print(f"=== run {number}: {' '.join(args)}", flush=True)
     started = time.monotonic()
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -100,7 +103,9 @@ def run_suite(number: int, python: str, pytest_args: Sequence[str]) -> Run:
             text = line.rstrip("\n")
             if (m := FAILED_LINE.match(text)) and m.group(2) not in failures:
                 failures.append(m.group(2))
-            if (s := SUMMARY_LINE.match(text)) and " in " in s.group(1):
+            elif text.startswith(CLEANUP_LINE):
+                failures.append(text)
+            if s := SUMMARY_LINE.match(text):
                 summary = s.group(1)
         returncode = proc.wait()
     except KeyboardInterrupt:
@@ -114,7 +119,7 @@ def run_suite(number: int, python: str, pytest_args: Sequence[str]) -> Run:
     return Run(number, returncode, time.monotonic() - started, summary or f"pytest exited {returncode}", failures)
 
 
-def report(runs: Sequence[Run], load: int, wanted: int) -> None:
+def report(runs: Sequence[Run], load: int, wanted: int, interrupted: bool = False) -> None:
     """Print one line per run and the overall verdict."""
     print(f"\n=== under load ({load} busy loops on {os.cpu_count()} cores): {len(runs)} of {wanted} runs")
     for run in runs:
@@ -123,7 +128,10 @@ def report(runs: Sequence[Run], load: int, wanted: int) -> None:
         for test_id in run.failures:
             print(f"    {test_id}")
     ok = len(runs) == wanted and all(r.passed for r in runs)
-    print("=== all runs passed" if ok else "=== stopped at the first failing run")
+    if interrupted:
+        print("=== interrupted", flush=True)
+    else:
+        print("=== all runs passed" if ok else "=== stopped at the first failing run", flush=True)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -144,12 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pytest and the programs the Ctrl-C tests interrupt; a handler is reset to the default on exec.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     runs: list[Run] = []
-    with busy_loops(options.load):
-        for number in range(1, options.runs + 1):
-            run = run_suite(number, options.python, options.pytest_args)
-            runs.append(run)
-            if not run.passed:
-                break
+    try:
+        with busy_loops(options.load):
+            for number in range(1, options.runs + 1):
+                run = run_suite(number, options.python, options.pytest_args)
+                runs.append(run)
+                if not run.passed:
+                    break
+    except KeyboardInterrupt:
+        report(runs, options.load, options.runs, interrupted=True)
+        return 130
     report(runs, options.load, options.runs)
     return 0 if len(runs) == options.runs and all(r.passed for r in runs) else 1
 

@@ -94,6 +94,16 @@ async def test_manual_clock_wait_returns_on_the_event_or_at_the_timeout(clock: M
     assert await clock.wait(quiet, 0) is False  # a zero timeout never blocks
 
 
+async def test_manual_clock_wait_is_woken_by_a_set_that_is_cleared_at_once(clock: ManualClock) -> None:
+    """A waiter of a shared wake-up event is woken even if another waiter clears it first."""
+    event = asyncio.Event()
+    waiter = asyncio.create_task(clock.wait(event, 10))
+    await asyncio.sleep(0)  # one loop turn: the waiter is inside wait(), nothing more
+    event.set()
+    event.clear()  # what another waiter of the event does when it wakes first
+    assert await asyncio.wait_for(waiter, 20) is False  # woken by the set; the clock never reached 10 s
+
+
 async def test_manual_clock_cancel_propagates_and_frees_the_sleeper(clock: ManualClock) -> None:
     sleeper = asyncio.create_task(clock.sleep(5))
     await clock.settle()

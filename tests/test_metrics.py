@@ -6,10 +6,10 @@ import urllib.request
 
 import pytest
 
-from duroxide_runtime import OrchestrationContext, OrchestrationStatus
+from duroxide_runtime import Event, OrchestrationContext, OrchestrationStatus
 from duroxide_runtime.metrics import PrometheusMetrics
 
-from .support import Harness
+from .support import Harness, eventually
 
 
 async def ok(x: str) -> str:
@@ -47,7 +47,11 @@ async def test_metrics_count_a_real_run(harness: Harness) -> None:
         assert await harness.run(f"g{i}", "Good", "x") == OrchestrationStatus.Completed(output="x")
     assert isinstance(await harness.run("b", "Bad", "x"), OrchestrationStatus.Failed)
     await harness.client.start_orchestration("w", "Waits", "x")
-    await harness.client.wait_for_orchestration("w", 0.3)
+
+    async def waits_on_its_timer() -> bool:  # an event, not a pause: a busy machine takes longer
+        return any(isinstance(e, Event.TimerCreated) for e in await harness.client.read_history("w"))
+
+    await eventually(waits_on_its_timer, what="'w' waiting on its timer")
 
     assert value(metrics, "duroxide_orchestration_started_total", name="Good", version="1.0.0") == 3
     assert value(metrics, "duroxide_orchestration_completed_total", name="Good", version="1.0.0",

@@ -83,6 +83,7 @@ from .pg_cluster_worker import (
     poisoned_after,
     slow_input,
 )
+from .pg_session import ADMIN_URL
 from .support import PG_URL
 
 WORKER = Path(__file__).with_name("pg_cluster_worker.py")
@@ -107,7 +108,7 @@ async def _provider(url: str, schema: str, **kwargs: Any) -> PostgresProvider:
     try:
         return await PostgresProvider.new(url, schema=schema, **kwargs)
     except StoreError as exc:
-        pytest.fail(f"these tests need a PostgreSQL server (DUROXIDE_PG_URL, default {PG_URL}): {exc}")
+        pytest.fail(f"these tests need a PostgreSQL server (DUROXIDE_PG_URL, here {ADMIN_URL}): {exc}")
 
 
 def _brief(history: list[HistoryEvent]) -> list[str]:

@@ -952,7 +952,7 @@ async def test_a_wake_source_wakes_hubs_for_writes_it_did_not_report_itself(stor
     orch = asyncio.create_task(hub.wait_orchestrator(10))
     await asyncio.sleep(0.05)
     await store.create_instance(start_msg("i1"))
-    await asyncio.wait_for(orch, 5)
+    await asyncio.wait_for(orch, 20)  # milliseconds; on the ManualClock the wait never times out by itself
 
     item = await fetch_one(store, "i1")
     await hub.wait_worker(0)
@@ -960,7 +960,7 @@ async def test_a_wake_source_wakes_hubs_for_writes_it_did_not_report_itself(stor
     await asyncio.sleep(0.05)
     await commit_one(store, commit_for(item, new_events=[started()], activities=[activity("i1", 2)],
                                        update=running()))
-    await asyncio.wait_for(worker, 5)
+    await asyncio.wait_for(worker, 20)
 
     item = await next_turn(store, "i1")
     ended = asyncio.create_task(hub.wait_instance("i1", 10))
@@ -968,12 +968,12 @@ async def test_a_wake_source_wakes_hubs_for_writes_it_did_not_report_itself(stor
     await commit_one(store, commit_for(item, new_events=[
         Event.OrchestrationCompleted(event_id=3, timestamp_ms=now_ms(), output="x")], update=completed("x"),
         ends_instance=True))
-    await asyncio.wait_for(ended, 5)
+    await asyncio.wait_for(ended, 20)
 
     purged = asyncio.create_task(hub.wait_instance("i1", 10))
     await asyncio.sleep(0.05)
     assert await store.purge_instance("i1") == ["i1"]
-    await asyncio.wait_for(purged, 5)
+    await asyncio.wait_for(purged, 20)
 
 
 # -- one set of input limits for every store (duroxide_runtime.limits) ------------------------

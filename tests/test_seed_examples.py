@@ -420,7 +420,7 @@ async def test_ecommerce_payment_timeout_releases_inventory(from_scratch: bool, 
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     RELEASED.clear()
     monkeypatch.setattr(sys.modules[__name__], "PAYMENT_TIMEOUT_S", 0.4)
-    monkeypatch.setattr(sys.modules[__name__], "PAYMENT_DELAY_S", 5.0)
+    monkeypatch.setattr(sys.modules[__name__], "PAYMENT_DELAY_S", 3600.0)  # hangs until select2 cancels it
     store = await SqliteProvider.new(f"sqlite://{tmp_path / 'ecommerce.db'}")
     try:
         async with running(store, replay_from_scratch=from_scratch) as rt:

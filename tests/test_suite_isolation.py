@@ -103,7 +103,7 @@ async def test_what_a_test_leaves_behind_fails_the_session_and_is_dropped(tmp_pa
     out = proc.stdout + proc.stderr
     name = _database_of(out)
     assert proc.returncode == 1 and "1 passed" in out, out
-    assert (f"FAILED the PostgreSQL cleanup check: tests left behind (now dropped with {name}): "
+    assert (f"PostgreSQL cleanup check FAILED: tests left behind (now dropped with {name}): "
             f"schema leaked_on_purpose (after test_inner.py::test_leaks_a_schema_and_a_database), "
             f"database {name}_leaked") in out, out
     assert await _databases_named_after(name) == []

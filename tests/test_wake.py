@@ -29,11 +29,11 @@ async def test_notify_instance_wakes_only_that_instances_waiters() -> None:
     other = asyncio.create_task(hub.wait_instance("i2", 30))
     await asyncio.sleep(0)
     hub.notify_instance("i1")
-    await asyncio.wait_for(waiter, 5)
+    await asyncio.wait_for(waiter, 20)  # a wake-up takes milliseconds; the safety net stays under the waits' own 30 s
     await asyncio.sleep(0.01)
     assert not other.done()
     hub.notify_instance("i2")
-    await asyncio.wait_for(other, 5)
+    await asyncio.wait_for(other, 20)
 
 
 async def test_a_committed_batch_wakes_dispatchers_workers_and_the_ended_instances_waiters() -> None:
@@ -44,9 +44,9 @@ async def test_a_committed_batch_wakes_dispatchers_workers_and_the_ended_instanc
     await asyncio.sleep(0)
     hub.after_commit([_commit("done", "Completed", ends=True), _commit("running", "Running", activities=True),
                       _commit("lost", "Failed", ends=True)], [True, True, False])
-    await asyncio.wait_for(ended, 5)
-    await asyncio.wait_for(hub.wait_orchestrator(30), 5)
-    await asyncio.wait_for(hub.wait_worker(30), 5)
+    await asyncio.wait_for(ended, 20)
+    await asyncio.wait_for(hub.wait_orchestrator(30), 20)
+    await asyncio.wait_for(hub.wait_worker(30), 20)
     await asyncio.sleep(0.01)
     assert not running.done() and not lost.done()  # not ended; not committed
     running.cancel()
@@ -65,7 +65,7 @@ async def test_a_client_start_wakes_the_dispatchers_of_its_process(store: Provid
     waiting = asyncio.create_task(hub.wait_orchestrator(30))
     await asyncio.sleep(0.01)
     await Client(store).start_orchestration("i1", "Orch", "")
-    await asyncio.wait_for(waiting, 5)
+    await asyncio.wait_for(waiting, 20)
 
 
 async def test_a_delivered_event_wakes_the_dispatchers_of_its_process(store: Provider) -> None:
@@ -76,7 +76,7 @@ async def test_a_delivered_event_wakes_the_dispatchers_of_its_process(store: Pro
     waiting = asyncio.create_task(hub.wait_orchestrator(30))
     await asyncio.sleep(0.01)
     assert await client.raise_event("i1", "go", "")
-    await asyncio.wait_for(waiting, 5)
+    await asyncio.wait_for(waiting, 20)
 
 
 async def test_a_purge_wakes_the_waiters_of_every_purged_instance(store: Provider) -> None:
@@ -85,5 +85,5 @@ async def test_a_purge_wakes_the_waiters_of_every_purged_instance(store: Provide
     waiting = asyncio.create_task(client.wait_for_orchestration("i1", 30))
     await asyncio.sleep(0.05)
     assert await client.purge("i1", force=True) == ["i1"]
-    status = await asyncio.wait_for(waiting, 5)
+    status = await asyncio.wait_for(waiting, 20)
     assert type(status).__name__ == "NotFound"
