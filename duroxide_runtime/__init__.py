@@ -51,13 +51,14 @@ from .errors import (
     InvalidInputError,
     PoisonMessageError,
     StoreError,
+    StoreTimeoutError,
     SubOrchestrationFailed,
     UnknownActivityError,
     UnknownOrchestrationError,
 )
 from .history import Event, HistoryEvent
 from .options import RetryPolicy, RuntimeOptions
-from .providers.base import Provider
+from .providers.base import Durability, Provider
 from .providers.memory import InMemoryProvider
 from .providers.postgres import PostgresProvider
 from .providers.sqlite import SqliteProvider
@@ -85,9 +86,10 @@ __all__ = [
     "ActivityFailed", "ActivityTimeoutError", "ConfigurationError", "CorruptHistoryError", "DuroxideError",
     "DurableTaskFailed", "ErrorCode", "ErrorDetails", "InstanceAlreadyExistsError", "InstanceNotFoundError",
     "InstanceStillRunningError", "NonDeterminismError", "NonDeterministicOperationError", "OrchestrationCancelled",
-    "OrchestrationStuckError", "PayloadError", "PayloadTooLargeError", "InvalidInputError", "PoisonMessageError", "StoreError", "SubOrchestrationFailed",
+    "OrchestrationStuckError", "PayloadError", "PayloadTooLargeError", "InvalidInputError", "PoisonMessageError", "StoreError", "StoreTimeoutError",
+    "SubOrchestrationFailed",
     "UnknownActivityError", "UnknownOrchestrationError", "Event", "HistoryEvent", "RetryPolicy",
-    "RuntimeOptions", "Provider", "InMemoryProvider", "SqliteProvider", "PostgresProvider", "ActivityRegistry",
+    "RuntimeOptions", "Provider", "Durability", "InMemoryProvider", "SqliteProvider", "PostgresProvider", "ActivityRegistry",
     "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "OrchestrationStatus", "StatusOf",
 ]
 

@@ -40,6 +40,7 @@ __all__ = [
     "CorruptHistoryError",
     "PoisonMessageError",
     "StoreError",
+    "StoreTimeoutError",
     "DurableTaskFailed",
     "ActivityFailed",
     "SubOrchestrationFailed",
@@ -85,6 +86,7 @@ class ErrorCode(enum.StrEnum):
     CORRUPT_HISTORY = "CORRUPT_HISTORY"
     POISON = "POISON"
     STORE = "STORE"
+    STORE_TIMEOUT = "STORE_TIMEOUT"
     TASK_FAILED = "TASK_FAILED"
     ACTIVITY_FAILED = "ACTIVITY_FAILED"
     SUB_ORCHESTRATION_FAILED = "SUB_ORCHESTRATION_FAILED"
@@ -351,6 +353,36 @@ class StoreError(DuroxideError):
     """The store failed in a way retrying did not cure."""
 
     code = ErrorCode.STORE
+
+
+class StoreTimeoutError(StoreError):
+    """A write was not confirmed within its bound (a stalled disk, a long fsync).
+
+    ``committed`` says what is known: ``False`` when the write was withdrawn before it
+    ran (it will never commit: retrying is safe), ``None`` when it was already being
+    committed (it may have committed: read before you retry).
+
+    Example::
+
+        try:
+            await client.start_orchestration("order-1", "Order", data)
+        except StoreTimeoutError as err:
+            if err.committed is None and await client.get_status("order-1") is not None:
+                ...  # it was started after all
+    """
+
+    code = ErrorCode.STORE_TIMEOUT
+
+    def __init__(self, what: str, seconds: float, committed: bool | None) -> None:
+        self.what = what
+        self.seconds = seconds
+        self.committed = committed
+        outcome = ("it was withdrawn before it ran and will not commit" if committed is False
+                   else "it was being committed and may have committed")
+        super().__init__(
+            f"the store did not confirm {what} within {seconds:g} s; {outcome}",
+            fix="check the disk or database server (a full or stalled disk, a slow fsync); "
+                + ("retrying is safe" if committed is False else "read the state before retrying"))
 
 
 _TEXT_FIELDS = ("error_type", "message", "traceback", "code", "fix")

@@ -19,12 +19,12 @@ matched::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
 
+from .records import encode_record
 from .errors import CorruptHistoryError, ErrorDetails
 
 __all__ = ["Event", "HistoryEvent", "encode_event", "decode_event", "SCHEDULE_KINDS"]
@@ -207,11 +207,7 @@ SCHEDULE_KINDS = frozenset(n for n, c in _VARIANTS.items() if c.is_schedule)
 
 def encode_event(event: HistoryEvent) -> bytes:
     """Serialize one event to JSON bytes (``{"type": ..., fields...}``)."""
-    body: dict[str, Any] = {"type": type(event).__name__}
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
-        body[f.name] = value.to_dict() if isinstance(value, ErrorDetails) else value
-    return orjson.dumps(body)
+    return encode_record("type", type(event).__name__, event)
 
 
 def decode_event(raw: bytes | str, *, instance_id: str = "?") -> HistoryEvent:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 import contextlib
 import contextvars
 import logging
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from . import current
 from .errors import NonDeterministicOperationError
-from .steps import TurnInterrupt, steps_of_this_thread
+from .steps import TurnInterrupt, TurnPreempted, steps_of_this_thread
 
 if TYPE_CHECKING:
     from .context import OrchestrationContext
@@ -158,6 +159,8 @@ class OrchestrationLoop(asyncio.AbstractEventLoop):
                 item = ready.popleft()
                 if not item.handle.cancelled():
                     steps.count += 1
+                    if steps.deadline and time.monotonic() > steps.deadline:
+                        raise TurnPreempted  # on the event loop past its budget: redone on the turn thread
                     self._run(item)
 
     def _run(self, item: _Ready) -> None:

@@ -8,12 +8,12 @@ an older execution are recognised and dropped.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
 
+from .records import encode_record
 from .errors import ErrorDetails
 
 __all__ = [
@@ -144,11 +144,7 @@ _KINDS: dict[str, type[Any]] = {
 
 def encode_message(msg: OrchestratorMessage | ActivityWork) -> bytes:
     """Serialize a message to JSON bytes."""
-    body: dict[str, Any] = {"k": msg.kind}
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        body[f.name] = value.to_dict() if isinstance(value, ErrorDetails) else value
-    return orjson.dumps(body)
+    return encode_record("k", msg.kind, msg)
 
 
 def decode_message(raw: bytes | str) -> Any:

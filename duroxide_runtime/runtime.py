@@ -183,8 +183,7 @@ class Runtime:
         self._stopping.set()
         local_runtimes.unregister(self.store, self)
         wake = wake_hub(self.store)
-        wake.notify_orchestrator()
-        wake.notify_worker()
+        wake.wake_everyone()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._worker.drain(self.options.shutdown_grace if grace is None else grace)
         try:

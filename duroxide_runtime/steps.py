@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["StepCounter", "TurnInterrupt", "count_steps_of_this_thread", "steps_of_this_thread"]
+__all__ = ["StepCounter", "TurnInterrupt", "TurnPreempted", "count_steps_of_this_thread", "steps_of_this_thread"]
 
 
 class TurnInterrupt(BaseException):
@@ -29,13 +29,27 @@ class TurnInterrupt(BaseException):
     """
 
 
-class StepCounter:
-    """A step count written by one thread and read by the watchdog (int writes are atomic)."""
+class TurnPreempted(TurnInterrupt):
+    """Raised between two steps of a turn running on the event loop past its budget.
 
-    __slots__ = ("count",)
+    The turn is given up (its state is discarded) and redone on the turn thread; raised
+    by the orchestration loop itself, at a step boundary, never inside user code.
+    """
+
+
+class StepCounter:
+    """A step count written by one thread and read by the watchdog (int writes are atomic).
+
+    ``deadline`` (a ``time.monotonic()`` value; 0 for none) is set while a turn runs on
+    the event loop: the orchestration loop raises :class:`TurnPreempted` at the first
+    step boundary past it.
+    """
+
+    __slots__ = ("count", "deadline")
 
     def __init__(self) -> None:
         self.count = 0
+        self.deadline = 0.0
 
 
 _local = threading.local()

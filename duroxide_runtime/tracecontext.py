@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 import re
 
 __all__ = ["child_of", "parse", "current_traceparent"]
@@ -41,10 +42,12 @@ def child_of(parent: str | None) -> str:
 
 
 def current_traceparent() -> str | None:
-    """The traceparent of the current OpenTelemetry span, if OpenTelemetry is installed and one is active."""
-    try:
-        from opentelemetry import trace
-    except ImportError:
+    """The traceparent of the current OpenTelemetry span, if OpenTelemetry is in use and one is active."""
+    # No span can be active in a program that never imported OpenTelemetry's tracing API;
+    # looking it up in sys.modules costs nothing, where a failing import searched sys.path
+    # on every client call.
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
         return None
     ctx = trace.get_current_span().get_span_context()
     if not ctx.is_valid:

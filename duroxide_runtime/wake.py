@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -53,6 +54,49 @@ class WakeSource(Protocol):
         """Forward wake-ups of other processes' writes to ``hub`` until the store closes."""
 
 
+class _Baton:
+    """Wakes one waiter per notify, and keeps a notify that found nobody waiting for the next.
+
+    Waking every idle dispatcher for one message made all but one of them fetch
+    for nothing (a store transaction each, on every orchestration's path); the
+    one woken passes the baton on when it finds more work than it can take.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._waiters: deque[asyncio.Event] = deque()
+        self._pending = False
+
+    def notify(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.is_set():
+                waiter.set()
+                return
+        self._pending = True
+
+    def notify_all(self) -> None:
+        """Wake every waiter now (shutdown; a reconnected listener that may have missed work)."""
+        while self._waiters:
+            self._waiters.popleft().set()
+
+    async def wait(self, timeout: float) -> None:
+        if self._pending:
+            self._pending = False
+            return
+        waiter = asyncio.Event()
+        self._waiters.append(waiter)
+        try:
+            await self._clock.wait(waiter, timeout)
+        except BaseException:
+            if waiter.is_set():
+                self.notify()  # woken and cancelled at once: the wake-up goes to another waiter
+            raise
+        finally:
+            if not waiter.is_set():
+                self._waiters.remove(waiter)
+
+
 class WakeHub:
     """The wake-ups of one store in this process; see the module docstring.
 
@@ -65,17 +109,31 @@ class WakeHub:
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         #: Measures every wait's timeout (the store's clock).
         self.clock = clock
-        self._orchestrator = asyncio.Event()
-        self._worker = asyncio.Event()
+        #: One baton per group of waiters (a runtime's dispatcher pipelines; its worker), by the
+        #: group's id while the group lives: plain dicts, as every notify walks them.
+        self._orchestrator: dict[int, _Baton] = {}
+        self._worker: dict[int, _Baton] = {}
         self._instances: dict[str, list[asyncio.Event]] = {}
 
     def notify_orchestrator(self) -> None:
-        """Orchestrator messages were enqueued (or unlocked): wake the idle dispatchers."""
-        self._orchestrator.set()
+        """Orchestrator messages were enqueued (or unlocked): wake one idle waiter of each group.
+
+        Each runtime's dispatcher is one group: one of its pipelines wakes, and one that
+        fetches a full batch wakes the next, so a burst still reaches every pipeline.
+        Every runtime of the process wakes: only one may know the orchestration's name.
+        """
+        for baton in self._orchestrator.values():
+            baton.notify()
 
     def notify_worker(self) -> None:
-        """Activity work was enqueued (or given back): wake the idle activity workers."""
-        self._worker.set()
+        """Activity work was enqueued (or given back): wake one idle waiter of each group."""
+        for baton in self._worker.values():
+            baton.notify()
+
+    def wake_everyone(self) -> None:
+        """Wake every idle dispatcher and worker now: shutdown, or a listener that may have missed work."""
+        for baton in [*self._orchestrator.values(), *self._worker.values()]:
+            baton.notify_all()
 
     def notify_instance(self, instance_id: str) -> None:
         """``instance_id`` ended or was purged: wake its ``wait_instance`` callers."""
@@ -83,23 +141,61 @@ class WakeHub:
             waiter.set()
 
     def after_commit(self, commits: Sequence[TurnCommit], results: Sequence[bool]) -> None:
-        """Wake what a batch of committed turns concerns: dispatchers, workers, waiting clients."""
-        self.notify_orchestrator()
+        """Wake what a batch of committed turns concerns: dispatchers, workers, waiting clients.
+
+        Dispatchers only for new orchestrator work (messages, timers, children): the
+        pipeline that committed fetches again at once, so the instances it unlocked need
+        no wake-up, and waking an idle pipeline for them made it fetch for nothing.
+        """
+        if any(c.messages or c.children for c, ok in zip(commits, results) if ok):
+            self.notify_orchestrator()
         if any(c.activities for c, ok in zip(commits, results) if ok):
             self.notify_worker()
         for c, ok in zip(commits, results):
             if ok and c.ends_instance:
                 self.notify_instance(c.instance_id)
 
-    async def wait_orchestrator(self, timeout: float) -> None:
-        """Until :meth:`notify_orchestrator` (or one since the last wait), at most ``timeout`` seconds."""
-        await self.clock.wait(self._orchestrator, timeout)
-        self._orchestrator.clear()
+    async def wait_orchestrator(self, timeout: float, *, group: object | None = None) -> None:
+        """Until :meth:`notify_orchestrator` (or one since the group's last wait), at most ``timeout`` seconds.
 
-    async def wait_worker(self, timeout: float) -> None:
-        """Until :meth:`notify_worker` (or one since the last wait), at most ``timeout`` seconds."""
-        await self.clock.wait(self._worker, timeout)
-        self._worker.clear()
+        Waiters that pass the same ``group`` object (any object that can be weakly
+        referenced, e.g. the dispatcher) share each wake-up: one of them wakes. Without
+        a group, the waiting task is a group of its own.
+        """
+        await self._baton(self._orchestrator, group).wait(timeout)
+
+    async def wait_worker(self, timeout: float, *, group: object | None = None) -> None:
+        """Until :meth:`notify_worker` (or one since the group's last wait), at most ``timeout`` seconds."""
+        await self._baton(self._worker, group).wait(timeout)
+
+    def join(self, group: object) -> None:
+        """Make ``group`` a group of waiters now, so that wake-ups before its first wait are kept for it.
+
+        The group leaves the hub when it is garbage-collected.
+
+        Example::
+
+            hub.join(dispatcher)                       # before the dispatcher's first fetch
+            await hub.wait_orchestrator(0.2, group=dispatcher)
+        """
+        key = id(group)
+        if key not in self._orchestrator:
+            self._orchestrator[key] = _Baton(self.clock)
+            self._worker[key] = _Baton(self.clock)
+            weakref.finalize(group, self._leave, key)
+
+    def _leave(self, key: int) -> None:
+        self._orchestrator.pop(key, None)
+        self._worker.pop(key, None)
+
+    def _baton(self, batons: dict[int, _Baton], group: object | None) -> _Baton:
+        if group is None:
+            group = asyncio.current_task()
+        baton = batons.get(id(group))
+        if baton is None:
+            self.join(group)
+            baton = batons[id(group)]
+        return baton
 
     async def wait_instance(self, instance_id: str, timeout: float) -> None:
         """Until :meth:`notify_instance` of ``instance_id``, at most ``timeout`` seconds."""

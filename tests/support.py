@@ -195,3 +195,34 @@ async def own_pg_database(prefix: str) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+class Ticker:
+    """Counts how often a task on the event loop got to run while it was ``running()``.
+
+    Example::
+
+        async with Ticker().running() as ticker:
+            await something_that_must_not_hold_the_loop()
+        assert ticker.ticks > 10
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.ticks = 0
+        self._interval = interval
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Ticker]:
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            while not stop.is_set():
+                self.ticks += 1
+                await asyncio.sleep(self._interval)
+
+        task = asyncio.create_task(tick())
+        try:
+            yield self
+        finally:
+            stop.set()
+            await task

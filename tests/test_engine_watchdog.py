@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -25,7 +26,7 @@ from duroxide_runtime import Client, OrchestrationContext, OrchestrationStatus, 
 from duroxide_runtime.history import Event
 
 from . import slow_turn_worker
-from .support import Harness, own_pg_database
+from .support import Harness, Ticker, own_pg_database
 from .worker_process import WorkerProcess
 
 WORKER = Path(__file__).with_name("slow_turn_worker.py")
@@ -65,6 +66,35 @@ async def test_a_turn_that_never_yields_is_stopped_and_the_others_complete(
     assert "while True" not in stops[0].getMessage()  # the line number, not the source text
     assert f"test_engine_watchdog.py:{spin.__code__.co_firstlineno + 3}" in stops[0].getMessage()
     await asyncio.wait_for(harness.stop(), 60)  # shutdown completes
+
+
+async def long_stepping(ctx: OrchestrationContext, steps: str) -> str:
+    await ctx.schedule_timer(0)
+    total = 0
+    for _ in range(int(steps)):
+        total += sum(range(20_000))  # CPU between steps: hundreds of milliseconds in all
+        await asyncio.sleep(0)  # one step of the orchestration loop
+    return f"{total}:{threading.current_thread().name}"
+
+
+async def test_a_long_turn_leaves_the_event_loop_and_commits_once(harness: Harness) -> None:
+    """Turns start on the event loop; one that runs past its budget is redone on the turn thread.
+
+    The event loop keeps running meanwhile (its other tasks tick), and the redone turn
+    commits exactly once with the right result.
+    """
+    await harness.start({"Long": long_stepping, "Healthy": healthy})
+    async with Ticker().running() as ticker:
+        await harness.client.start_orchestration("long", "Long", "600")
+        status = await harness.client.wait_for_orchestration("long", timedelta(seconds=120))
+    expected = 600 * sum(range(20_000))
+    assert status == OrchestrationStatus.Completed(output=f"{expected}:duroxide-turns"), status
+    assert ticker.ticks > 10  # the loop was not held for the turn's hundreds of milliseconds
+    history = await harness.client.read_history("long")
+    assert sum(isinstance(e, Event.OrchestrationCompleted) for e in history) == 1
+    await harness.client.start_orchestration("after", "Healthy", "x")  # the pipeline goes on
+    assert await harness.client.wait_for_orchestration("after", timedelta(seconds=60)) == \
+        OrchestrationStatus.Completed(output="ok:x")
 
 
 async def raises_in_callback(ctx: OrchestrationContext, _: str) -> str:

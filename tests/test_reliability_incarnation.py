@@ -26,6 +26,7 @@ from duroxide_runtime import (
     Client, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus, Provider, RuntimeOptions, SqliteProvider,
 )
 from duroxide_runtime.dispatch.orchestrations import OrchestrationDispatcher
+from duroxide_runtime.dispatch.leases import LockKeeper
 from duroxide_runtime.dispatch.turns import TurnThread
 from duroxide_runtime.messages import ActivityResult, StartOrchestration
 from duroxide_runtime.providers.base import ChildStart, InstanceUpdate, OrchestrationItem, TurnCommit, WorkCompletion
@@ -51,8 +52,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 async def process(d: OrchestrationDispatcher, items: Sequence[OrchestrationItem]) -> None:
     """One batch through the dispatcher, as one of its pipelines runs it."""
     turns = TurnThread(d.options.turn_timeout)
+    keeper = LockKeeper(d.store, d.options.orchestration_lock_timeout)
     try:
-        await d._process(items, turns)
+        with keeper.holding(items):
+            await d._process_locked(items, turns)
     finally:
         turns.close()
 

@@ -97,6 +97,7 @@ class ActivityWorker:
         self._known = frozenset(registry.names())
         #: In-process wake-ups of this store: waited on when idle, fed after our own writes.
         self.wake = wake_hub(store)
+        self.wake.join(self)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and start work until ``stopping`` is set."""
@@ -122,7 +123,11 @@ class ActivityWorker:
                 await wait_unless_stopping(stopping, self.clock.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
                 continue
             if not leases:
-                await self.wake.wait_worker(self.options.poll_interval)
+                if stopping.is_set():
+                    # Shutdown woke the idle waiters while this fetch ran; the wait's timeout is
+                    # the clock's, which a test clock never passes.
+                    break
+                await self.wake.wait_worker(self.options.poll_interval, group=self)
                 continue
             for lease in leases:
                 w = lease.work

@@ -9,10 +9,19 @@ renewed every third of the timeout, from the event loop (turns run on their
 own thread, so renewals are never starved). Batches also shrink when turns
 are slow, so one batch's work fits well inside one lock period.
 
+One renewer per pipeline lives as long as the pipeline and renews whatever
+batch the pipeline holds: a batch costs two attribute writes, not a task of
+its own (a task per batch cost event-loop turns on every orchestration's
+latency). The renewer sleeps a third of the timeout after it learns of a
+batch, so every batch in hand is renewed at least that often.
+
 Example::
 
-    async with keep_locks(store, items, lock_timeout=5.0):
+    keeper = LockKeeper(store, lock_timeout=5.0)
+    renewing = asyncio.create_task(keeper.run())
+    with keeper.holding(items):
         ...  # read histories, run turns, commit
+    renewing.cancel()
 """
 
 from __future__ import annotations
@@ -20,48 +29,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ..clock import Clock
 from ..lograte import background_warnings
 from ..providers.base import OrchestrationItem, Provider
 
-__all__ = ["keep_locks", "BatchSizer"]
+__all__ = ["LockKeeper", "BatchSizer"]
 
 _log = logging.getLogger("duroxide.dispatcher")
 
 
-@contextlib.asynccontextmanager
-async def keep_locks(store: Provider, items: Sequence[OrchestrationItem], lock_timeout: float,
-                     clock: Clock | None = None) -> AsyncIterator[None]:
-    """Renew the locks of ``items`` every ``lock_timeout / 3`` seconds of ``clock`` (default:
-    the store's, which also times the locks' expiry) until the block ends."""
-    renewer = asyncio.create_task(_renew_forever(store, items, lock_timeout, clock or store.clock),
-                                  name="duroxide-lock-renewal")
-    try:
-        yield
-    finally:
-        renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+class LockKeeper:
+    """Renews the instance locks of the batch a pipeline holds; see the module docstring."""
 
+    def __init__(self, store: Provider, lock_timeout: float, clock: Clock | None = None) -> None:
+        self._store = store
+        self._timeout = lock_timeout
+        #: The store's clock by default: it also times the locks' expiry.
+        self._clock = clock or store.clock
+        self._locks: list[tuple[str, str]] = []
+        self._batch = asyncio.Event()
 
-async def _renew_forever(store: Provider, items: Sequence[OrchestrationItem], lock_timeout: float,
-                         clock: Clock) -> None:
-    locks = [(i.instance_id, i.lock_token) for i in items]
-    while locks:
-        await clock.sleep(lock_timeout / 3)
+    @contextlib.contextmanager
+    def holding(self, items: Sequence[OrchestrationItem]) -> Iterator[None]:
+        """Keep the locks of ``items`` renewed until the block ends."""
+        self._locks = [(i.instance_id, i.lock_token) for i in items]
+        self._batch.set()
         try:
-            held = await store.renew_orchestration_items(locks, lock_timeout)
-        except Exception:  # noqa: BLE001 - a missed renewal is retried; the commit checks the lock anyway
-            background_warnings.warning(_log, "dispatcher.renew", "orchestration lock renewal failed; retrying",
-                                        exc_info=True)
-            continue
-        lost = [iid for (iid, _), ok in zip(locks, held) if not ok]
-        if lost:
-            _log.warning("instances %s: lock taken over by another process while their turn ran; the turn "
-                         "will not commit", lost)
-        locks = [lock for lock, ok in zip(locks, held) if ok]
+            yield
+        finally:
+            self._locks = []
+            self._batch.clear()
+
+    async def run(self) -> None:
+        """Renew until cancelled: a third of the timeout after a batch is seen, and again while it is held."""
+        while True:
+            await self._batch.wait()
+            await self._clock.sleep(self._timeout / 3)
+            locks = self._locks
+            if not locks:
+                continue
+            try:
+                held = await self._store.renew_orchestration_items(locks, self._timeout)
+            except Exception:  # noqa: BLE001 - a missed renewal is retried; the commit checks the lock anyway
+                background_warnings.warning(_log, "dispatcher.renew", "orchestration lock renewal failed; "
+                                            "retrying", exc_info=True)
+                continue
+            lost = [iid for (iid, _), ok in zip(locks, held) if not ok]
+            # A batch that ended while its renewal was in flight released its locks itself:
+            # only a batch still in hand can have lost one.
+            if lost and self._locks is locks:
+                _log.warning("instances %s: lock taken over by another process while their turn ran; the turn "
+                             "will not commit", lost)
+                self._locks = [lock for lock, ok in zip(locks, held) if ok]
 
 
 class BatchSizer:

@@ -10,6 +10,7 @@ the next timer, or ``poll_interval`` (for work from other processes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import collections
 import functools
 import logging
@@ -33,8 +34,9 @@ from ..registry import OrchestrationRegistry
 from ..engine.execution import Execution, TurnInput, TurnResult
 from ..engine.output import TERMINAL_STATUSES, Status
 from ..engine.payloads import storable_text
-from .leases import BatchSizer, keep_locks
-from .turns import Done, Raised, Stuck, TurnOutcome, TurnThread
+from .leases import BatchSizer, LockKeeper
+from ..steps import TurnPreempted
+from .turns import Done, Preempted, Raised, Stuck, TurnOutcome, TurnThread
 
 __all__ = ["OrchestrationDispatcher", "InstanceCache", "raise_if_cancel_requested", "wait_unless_stopping"]
 
@@ -155,6 +157,11 @@ class _Abandon:
     delay: float
 
 
+#: Seconds a batch of turns may hold the event loop before the rest goes to the turn thread
+#: (dispatch/turns.py): short enough for renewals and other tasks not to notice.
+INLINE_BUDGET = 0.02
+
+
 class OrchestrationDispatcher:
     """Runs orchestration turns; see the module docstring."""
 
@@ -179,26 +186,35 @@ class OrchestrationDispatcher:
         self._sizer = BatchSizer(options.orchestration_batch_size, options.orchestration_lock_timeout)
         #: In-process wake-ups of this store (shared with its clients): fed after each commit.
         self.wake = wake_hub(store)
+        self.wake.join(self)  # this runtime's pipelines share each wake-up; none is lost before their first wait
 
     async def run(self, stopping: asyncio.Event) -> None:
         """One pipeline; several may run at once (instances are locked per turn).
 
-        Each pipeline runs its turns on a thread of its own (dispatch/turns.py), so
-        a stuck turn holds up its own batch, not the other pipelines.
+        Each pipeline starts its turns on the event loop and moves long ones to a thread
+        of its own (dispatch/turns.py), so a stuck turn holds up its own batch, not the
+        other pipelines; its LockKeeper renews the locks of the batch in hand.
         """
-        turns = TurnThread(self.options.turn_timeout)
+        turns = TurnThread(self.options.turn_timeout, inline_budget=INLINE_BUDGET)
+        keeper = LockKeeper(self.store, self.options.orchestration_lock_timeout, self.clock)
+        renewing = asyncio.create_task(keeper.run(), name="duroxide-lock-renewal")
         try:
-            await self._pipeline(stopping, turns)
+            await self._pipeline(stopping, turns, keeper)
         finally:
             turns.close()
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
 
-    async def _pipeline(self, stopping: asyncio.Event, turns: TurnThread) -> None:
+    async def _pipeline(self, stopping: asyncio.Event, turns: TurnThread, keeper: LockKeeper) -> None:
         failures = 0
         while not stopping.is_set():
             raise_if_cancel_requested()
             try:
-                fetched = await self.store.fetch_orchestration_items(
-                    self._sizer.size(), self.options.orchestration_lock_timeout)
+                wanted = self._sizer.size()
+                fetched = await self.store.fetch_orchestration_items(wanted, self.options.orchestration_lock_timeout)
+                if len(fetched.items) >= wanted:
+                    self.wake.notify_orchestrator()  # there may be more: wake another pipeline
                 if not fetched.items:
                     timeout = self.options.poll_interval
                     if fetched.next_due_ms is not None:
@@ -207,9 +223,10 @@ class OrchestrationDispatcher:
                         # Shutdown's wake-up may have been taken by another pipeline while this
                         # one fetched; its timeout is the clock's, which a test clock never passes.
                         break
-                    await self.wake.wait_orchestrator(timeout)
+                    await self.wake.wait_orchestrator(timeout, group=self)
                     continue
-                await self._process(fetched.items, turns)
+                with keeper.holding(fetched.items):
+                    await self._process_locked(fetched.items, turns)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -219,18 +236,17 @@ class OrchestrationDispatcher:
                                             "(retrying)", exc_info=True)
                 await wait_unless_stopping(stopping, self.clock.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
 
-    async def _process(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> None:
-        async with keep_locks(self.store, items, self.options.orchestration_lock_timeout, self.clock):
-            await self._process_locked(items, turns)
-
     async def _process_locked(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> None:
         wanted = [(i.instance_id, i.instance.execution_id) for i in items
                   if i.instance is not None and self._needs_history(i)]
-        histories = await self.store.read_histories(wanted) if wanted else {}
+        histories = dict(await self.store.read_histories(wanted)) if wanted else {}
         now = self.clock.now_ms()
         started = self.clock.monotonic()
         outcomes = await turns.run([functools.partial(self._turn, item, histories.get(item.instance_id), now)
                                           for item in items])
+        preempted = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, Preempted)]
+        if preempted:
+            outcomes = await self._redo_on_thread(items, preempted, outcomes, histories, now, turns)
         self._sizer.observe(len(items), self.clock.monotonic() - started)
         commits: list[TurnCommit] = []
         abandons: list[_Abandon] = []
@@ -270,6 +286,29 @@ class OrchestrationDispatcher:
             await self.store.abandon_orchestration_item(a.item.instance_id, a.item.lock_token, a.delay)
         if abandons:
             self.wake.notify_orchestrator()
+
+    async def _redo_on_thread(self, items: Sequence[OrchestrationItem], preempted: list[int],
+                              outcomes: list[TurnOutcome[TurnCommit | _Abandon]],
+                              histories: dict[str, list[HistoryEvent] | Exception], now: int,
+                              turns: TurnThread) -> list[TurnOutcome[TurnCommit | _Abandon]]:
+        """Redo turns preempted on the event loop, on the turn thread, from their histories.
+
+        What the preempted run did is discarded (its execution was taken out of the cache
+        and is dropped), so each is replayed from the store's history, still under its lock.
+        """
+        redo = [items[i] for i in preempted]
+        for item in redo:
+            self._forget(item.instance_id)
+        wanted = [(i.instance_id, i.instance.execution_id) for i in redo
+                  if i.instance is not None and i.history_len > 0 and i.instance_id not in histories]
+        if wanted:
+            histories.update(await self.store.read_histories(wanted))
+        again = await turns.run([functools.partial(self._turn, item, histories.get(item.instance_id), now)
+                                 for item in redo], inline=False)
+        merged = list(outcomes)
+        for i, outcome in zip(preempted, again):
+            merged[i] = outcome
+        return merged
 
     def _result_of(self, item: OrchestrationItem, outcome: TurnOutcome[TurnCommit | _Abandon]) -> TurnCommit | _Abandon:
         """What to do with one turn's outcome from the turn thread."""
@@ -361,7 +400,11 @@ class OrchestrationDispatcher:
         ex = cached or self._new_execution(item, commit, stored, messages)
         if not isinstance(ex, Execution):
             return ex  # not runnable: failed, dropped or backed off
-        result = ex.run_turn(TurnInput(now_ms=now, messages=messages, history=stored))
+        try:
+            result = ex.run_turn(TurnInput(now_ms=now, messages=messages, history=stored))
+        except TurnPreempted:
+            ex.dispose()  # stopped between two steps: its coroutines end here; the turn is redone
+            raise
         self._executions[item.instance_id] = ex
         self._reports[item.instance_id] = _lifecycle_reports(ex, result)
         return _filled(commit, ex, result)

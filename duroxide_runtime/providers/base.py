@@ -22,6 +22,7 @@ import orjson
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ErrorDetails
@@ -31,8 +32,32 @@ from ..messages import ActivityResult, ActivityWork, OrchestratorMessage, Poison
 __all__ = [
     "Provider", "InstanceRecord", "InstanceUpdate", "OrchestrationItem", "QueuedMessage", "TurnCommit",
     "WorkLease", "WorkCompletion", "FetchResult", "now_ms", "decode_error_details", "QueueDepths",
-    "ChildStart", "CallKey", "timer_key", "status_admits",
+    "ChildStart", "CallKey", "timer_key", "status_admits", "Durability",
 ]
+
+
+class Durability(StrEnum):
+    """What an acknowledged write survives: the stores' ``durability=`` option.
+
+    ``FULL`` (the default): every acknowledged start, event, cancel and turn commit
+    survives a power loss or an operating-system crash. SQLite runs
+    ``synchronous=FULL`` (the write-ahead log is fsynced at each commit; concurrent
+    writers share one commit and one fsync); PostgreSQL keeps
+    ``synchronous_commit=on``.
+
+    ``RELAXED``: an acknowledged write survives the process crashing, but the last
+    moments of acknowledged writes may vanish on power loss or an OS crash, with
+    the store still consistent (SQLite ``synchronous=NORMAL`` in WAL mode;
+    PostgreSQL ``synchronous_commit=off``). Faster on slow disks; choose it only
+    when a lost start or completion can be redone by someone who will notice.
+
+    Example::
+
+        store = await SqliteProvider.new("sqlite:///app.db", durability=Durability.RELAXED)
+    """
+
+    FULL = "full"
+    RELAXED = "relaxed"
 
 
 def now_ms() -> int:

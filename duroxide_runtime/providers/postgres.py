@@ -1,9 +1,10 @@
 """``PostgresProvider``: one PostgreSQL database shared by many runtime processes on many machines.
 
-* Work distribution: fetches lock queue rows with ``FOR UPDATE SKIP LOCKED``
-  (concurrent fetchers pass each other by) and claim instances with a lease
-  row (``instance_locks``) that expires, so a killed process's work is taken
-  over after its lease runs out. Leases, visibility and timers all use one
+* Work distribution: orchestration fetches claim instances with a lease row
+  (``instance_locks``) that expires, so a killed process's work is taken over
+  after its lease runs out; concurrent fetchers pass each other by (a
+  transaction-scoped advisory lock per instance being claimed), and activity
+  fetches lock work rows with ``FOR UPDATE SKIP LOCKED``. Leases, visibility and timers all use one
   time source, the provider's injected clock (``clock=``, default: the
   system clock), passed to each query: nodes' clocks must agree (NTP) within
   a small fraction of ``orchestration_lock_timeout`` (docs/postgres.md).
@@ -12,13 +13,29 @@
   the wake hubs of this process (it is a ``WakeSource``, see
   :mod:`duroxide_runtime.wake`). Waits stay bounded, so a lost notification
   costs at most one poll interval.
-* Connection loss: every operation runs in a transaction that is retried on
-  a fresh connection when the old one dropped (``pg_terminate_backend``, a
-  failover, a restart); the listener reconnects by itself. A drop after the
-  server committed looks the same, so client writes carry an id made once per
-  call (the new row's incarnation; a request key for ``send`` and purge) and a
-  retry that finds its first attempt committed writes nothing and reports what
-  that attempt did.
+* Round trips: each step is one statement, which is its own transaction (no
+  BEGIN/COMMIT): a client start, event or cancel; a fetch of a batch of
+  instances with their messages, rows and history lengths; a history read; the
+  commit of a batch of turns; an activity fetch; a batch of activity results.
+  The fetch and the commit are server-side functions (migration 5); the NOTIFYs
+  ride in the same statement. Pooled connections are not reset on release (the
+  store leaves no session state behind), which saves one more round trip per
+  step. docs/postgres.md lists the counts; tests/test_postgres_round_trips.py
+  holds them.
+* Durability: ``Durability.FULL`` (default) keeps the server's
+  ``synchronous_commit`` (``on`` unless configured otherwise) for what the
+  store acknowledges (starts, events, cancels, activity results, turns that
+  end an instance); ``Durability.RELAXED`` sets ``synchronous_commit=off`` on
+  the store's connections. Locks, leases and turns in between never wait for
+  the WAL flush: they are redone if a server crash loses them, and the next
+  flushed commit makes them durable (docs/postgres.md, "Durability").
+* Connection loss: every operation (one statement, or for purge and schema
+  migration one transaction) is retried on a fresh connection when the old one
+  dropped (``pg_terminate_backend``, a failover, a restart); the listener
+  reconnects by itself. A drop after the server committed looks the same, so
+  client writes carry an id made once per call (the new row's incarnation; a
+  request key for ``send`` and purge) and a retry that finds its first attempt
+  committed writes nothing and reports what that attempt did.
 * Schema: versioned migrations applied under an advisory lock, so several
   processes may start at once.
 
@@ -32,11 +49,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import logging
 import re
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -53,8 +71,8 @@ from ..history import HistoryEvent, decode_event, encode_event
 from ..lograte import background_warnings
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, QueueDepths,
-    WorkCompletion, WorkLease, decode_error_details, status_admits, timer_key,
+    Durability, FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, QueueDepths,
+    WorkCompletion, WorkLease, decode_error_details, status_admits,
 )
 
 if TYPE_CHECKING:
@@ -147,6 +165,248 @@ CREATE TABLE IF NOT EXISTS {s}.request_keys (
     request_id text PRIMARY KEY, outcome bytea NOT NULL, created_at bigint NOT NULL);
 CREATE INDEX IF NOT EXISTS ix_request_keys_created ON {s}.request_keys(created_at);
 """),
+    # One round trip per dispatcher step: the fetch and the turn commit as server-side
+    # functions (issue 13). Each statement inside a (VOLATILE) function sees what was
+    # committed before it ran, as the separate statements of a transaction used to.
+    (5, """
+-- Due messages in due order, so that a fetch reads only what it takes: its cost does not
+-- grow with the number of queued messages or of timers waiting to fire.
+CREATE INDEX IF NOT EXISTS ix_oq_due ON {s}.orchestrator_queue(visible_at, id);
+
+-- The TimerFired key of a queued message, as text (NULL: not a timer, or unreadable:
+-- unreadable rows are dropped, and logged, by the fetch that meets them).
+CREATE OR REPLACE FUNCTION {s}.queued_timer_m5(message bytea) RETURNS text[] LANGUAGE plpgsql IMMUTABLE AS $fn$
+DECLARE
+    body json;
+BEGIN
+    body := convert_from(message, 'UTF8')::json;
+    IF body->>'k' = 'timer' THEN
+        RETURN ARRAY[body->>'instance_id', body->>'execution_id', body->>'event_id'];
+    END IF;
+    RETURN NULL;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END $fn$;
+
+-- Lock up to p_max instances with messages visible at p_now and return each with its
+-- messages, instance row and history length; with none, one row holding only the
+-- time the next invisible message becomes due.
+CREATE OR REPLACE FUNCTION {s}.fetch_items_m5(p_now bigint, p_scan integer, p_max integer, p_until bigint,
+                                              p_key integer)
+RETURNS TABLE(o_instance_id text, o_lock_token text, o_message_ids bigint[], o_messages bytea[],
+              o_dequeues integer, o_found boolean, o_name text, o_version text, o_execution_id bigint,
+              o_status text, o_output text, o_error bytea, o_custom_status text, o_created_at bigint,
+              o_updated_at bigint, o_parent text, o_incarnation text, o_history_len bigint, o_next_due bigint)
+LANGUAGE plpgsql
+-- One plan per statement, made once per connection, not at every call (the queue scan walks
+-- ix_oq_due in order whatever the time given).
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+DECLARE
+    ids text[];
+    tokens text[];
+BEGIN
+    -- Locks and delivery counts need not survive a server crash (the locks would have
+    -- expired; a message is at worst delivered once more): no WAL flush waited for.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    -- Claim instances with visible messages and no live lock, oldest message first. Two
+    -- fetchers never wait for each other: each takes a transaction-scoped advisory lock
+    -- per instance it claims (p_key, hash of the id) and passes by the instances whose
+    -- lock another fetch holds. Queue rows are not locked here, so a fetch waits only for
+    -- transactions that never wait for a fetch (commits, purges), and messages are taken
+    -- in their order (never a later one while an earlier one is held elsewhere).
+    WITH cand AS (
+        SELECT q.id, q.instance_id FROM {s}.orchestrator_queue q
+        WHERE q.visible_at <= p_now AND NOT EXISTS (
+            SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > p_now)
+        ORDER BY q.visible_at, q.id LIMIT p_scan),
+    ordered AS MATERIALIZED (
+        SELECT c.instance_id, min(c.id) AS first FROM cand c GROUP BY c.instance_id ORDER BY min(c.id)),
+    wanted AS (
+        SELECT o.instance_id FROM ordered o
+        WHERE pg_try_advisory_xact_lock(p_key, hashtext(o.instance_id)) LIMIT p_max),
+    claimed AS (
+        INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until)
+        SELECT w.instance_id, md5(random()::text || clock_timestamp()::text || w.instance_id), p_until
+        FROM wanted w ORDER BY w.instance_id
+        ON CONFLICT (instance_id) DO UPDATE SET lock_token = EXCLUDED.lock_token,
+            locked_until = EXCLUDED.locked_until WHERE l.locked_until <= p_now
+        RETURNING l.instance_id, l.lock_token)
+    SELECT array_agg(c.instance_id ORDER BY c.instance_id), array_agg(c.lock_token ORDER BY c.instance_id)
+    INTO ids, tokens FROM claimed c;
+    IF ids IS NULL THEN
+        RETURN QUERY SELECT NULL::text, NULL::text, NULL::bigint[], NULL::bytea[], NULL::integer, NULL::boolean,
+            NULL::text, NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::bytea, NULL::text, NULL::bigint,
+            NULL::bigint, NULL::text, NULL::text, NULL::bigint,
+            (SELECT MIN(q.visible_at) FROM {s}.orchestrator_queue q WHERE q.visible_at > p_now);
+        RETURN;
+    END IF;
+    -- A new snapshot: a turn another process committed just before the claim is seen.
+    RETURN QUERY
+    WITH msgs AS (
+        UPDATE {s}.orchestrator_queue q SET lock_token = c.token, dequeue_count = q.dequeue_count + 1
+        FROM unnest(ids, tokens) AS c(instance_id, token)
+        WHERE q.instance_id = c.instance_id AND q.visible_at <= p_now
+        RETURNING q.id, q.instance_id, q.message, q.dequeue_count)
+    SELECT c.instance_id, c.token, m.ids, m.messages, m.dequeues, i.instance_id IS NOT NULL,
+        i.name, i.version, i.execution_id, i.status, i.output, i.error, i.custom_status, i.created_at,
+        i.updated_at, i.parent_instance_id, i.incarnation,
+        (SELECT COALESCE(MAX(h.event_id), 0) FROM {s}.history h
+         WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id)::bigint,
+        NULL::bigint
+    FROM unnest(ids, tokens) AS c(instance_id, token)
+    LEFT JOIN LATERAL (
+        SELECT array_agg(msgs.id ORDER BY msgs.id) AS ids, array_agg(msgs.message ORDER BY msgs.id) AS messages,
+               max(msgs.dequeue_count)::integer AS dequeues
+        FROM msgs WHERE msgs.instance_id = c.instance_id) m ON true
+    LEFT JOIN {s}.instances i ON i.instance_id = c.instance_id;
+END $fn$;
+
+-- Commit a batch of turns. Turn n is element n of each t_* array; the other arrays hold
+-- rows with the turn they belong to (*_turn). A turn whose lock token no longer holds
+-- changes nothing; the result says, per turn, whether it was committed. Nothing is
+-- caught here: an error rolls back the whole call, and the caller retries the turns one
+-- by one to find the one the store refuses.
+CREATE OR REPLACE FUNCTION {s}.commit_turns_m5(
+    p_now bigint, p_orch_channel text, p_work_channel text, p_done_channel text,
+    t_instance text[], t_token text[], t_execution bigint[], t_ends boolean[],
+    u_turn integer[], u_name text[], u_version text[], u_execution bigint[], u_status text[], u_output text[],
+    u_error bytea[], u_custom_changed boolean[], u_custom text[],
+    c_turn integer[], c_id bigint[],
+    h_turn integer[], h_event_id bigint[], h_event bytea[],
+    a_turn integer[], a_instance text[], a_execution bigint[], a_event_id bigint[], a_name text[], a_message bytea[],
+    k_turn integer[], k_instance text[], k_execution bigint[], k_event_id bigint[],
+    d_turn integer[], d_instance text[], d_execution bigint[], d_event_id bigint[],
+    s_turn integer[], s_instance text[], s_name text[], s_version text[], s_execution bigint[], s_parent text[],
+    s_incarnation text[], s_message bytea[], s_taken_instance text[], s_taken_message bytea[],
+    m_turn integer[], m_instance text[], m_message bytea[], m_visible bigint[])
+RETURNS boolean[] LANGUAGE plpgsql
+-- Its statements only join the given arrays to primary keys: one generic plan each, made once
+-- per connection, instead of a plan made anew at every call.
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+DECLARE
+    ok integer[];
+    out_turn integer[] := ARRAY[]::integer[];
+    out_instance text[] := ARRAY[]::text[];
+    out_message bytea[] := ARRAY[]::bytea[];
+    child record;
+BEGIN
+    -- Only a turn that ends its instance acknowledges anything (its waiting clients and its
+    -- parent hear of it): then the commit waits for the WAL flush, as the store's durability
+    -- says. A turn in between, lost with the last moments of WAL to a server crash, is redone
+    -- from the messages it consumed, which come back with it; and the WAL is ordered, so the
+    -- next flushed commit (an activity result, a start, an end) makes it durable too.
+    IF NOT (true = ANY(t_ends)) THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    -- The turns whose token still holds, their lock rows locked in instance order (the order
+    -- fetches claim them in). The caller sends an instance once per batch.
+    SELECT COALESCE(array_agg(held.turn), ARRAY[]::integer[]) INTO ok FROM (
+        SELECT t.turn FROM unnest(t_instance, t_token) WITH ORDINALITY AS t(instance_id, token, turn)
+        JOIN {s}.instance_locks l ON l.instance_id = t.instance_id AND l.lock_token = t.token
+        ORDER BY t.instance_id FOR UPDATE OF l) held;
+    IF cardinality(ok) = 0 THEN
+        RETURN array_fill(false, ARRAY[cardinality(t_instance)]);
+    END IF;
+    -- (Each statement below runs only when the batch has rows for it: an empty one still
+    -- costs its planning and executor start.)
+    IF cardinality(c_turn) > 0 THEN
+        DELETE FROM {s}.orchestrator_queue WHERE id IN (
+            SELECT c.id FROM unnest(c_turn, c_id) AS c(turn, id) WHERE c.turn = ANY(ok));
+    END IF;
+    IF cardinality(h_turn) > 0 THEN
+        INSERT INTO {s}.history(instance_id, execution_id, event_id, event)
+            SELECT t_instance[h.turn], t_execution[h.turn], h.event_id, h.event
+            FROM unnest(h_turn, h_event_id, h_event) AS h(turn, event_id, event) WHERE h.turn = ANY(ok);
+    END IF;
+    IF cardinality(a_turn) > 0 THEN
+        INSERT INTO {s}.worker_queue(instance_id, execution_id, event_id, name, message, visible_at)
+            SELECT a.instance_id, a.execution_id, a.event_id, a.name, a.message, p_now
+            FROM unnest(a_turn, a_instance, a_execution, a_event_id, a_name, a_message) WITH ORDINALITY
+                AS a(turn, instance_id, execution_id, event_id, name, message, n)
+            WHERE a.turn = ANY(ok) ORDER BY a.n;
+        IF FOUND THEN
+            PERFORM pg_notify(p_work_channel, '');
+        END IF;
+    END IF;
+    IF cardinality(k_turn) > 0 THEN
+        -- Cancelled calls: a queued one is deleted, a leased one marked (never leased again).
+        DELETE FROM {s}.worker_queue w
+            USING unnest(k_turn, k_instance, k_execution, k_event_id) AS k(turn, instance_id, execution_id, event_id)
+            WHERE k.turn = ANY(ok) AND w.instance_id = k.instance_id AND w.execution_id = k.execution_id
+              AND w.event_id = k.event_id AND w.lock_token IS NULL;
+        UPDATE {s}.worker_queue w SET cancelled = true
+            FROM unnest(k_turn, k_instance, k_execution, k_event_id) AS k(turn, instance_id, execution_id, event_id)
+            WHERE k.turn = ANY(ok) AND w.instance_id = k.instance_id AND w.execution_id = k.execution_id
+              AND w.event_id = k.event_id;
+    END IF;
+    IF cardinality(d_turn) > 0 THEN
+        -- Timers that must never fire: their queued TimerFired goes.
+        DELETE FROM {s}.orchestrator_queue q
+            USING (SELECT DISTINCT d.instance_id, d.execution_id, d.event_id
+                   FROM unnest(d_turn, d_instance, d_execution, d_event_id) AS d(turn, instance_id, execution_id, event_id)
+                   WHERE d.turn = ANY(ok)) d
+            WHERE q.instance_id = d.instance_id AND position('"k":"timer"'::bytea IN q.message) > 0
+              AND {s}.queued_timer_m5(q.message) = ARRAY[d.instance_id, d.execution_id::text, d.event_id::text];
+    END IF;
+    IF cardinality(s_turn) > 0 THEN
+        -- Children: created unless the id is taken, then their start is sent, else if_taken.
+        FOR child IN
+            SELECT s.* FROM unnest(s_turn, s_instance, s_name, s_version, s_execution, s_parent, s_incarnation,
+                                   s_message, s_taken_instance, s_taken_message) WITH ORDINALITY
+                AS s(turn, instance_id, name, version, execution_id, parent, incarnation, message, taken_instance,
+                     taken_message, n)
+            WHERE s.turn = ANY(ok) ORDER BY s.n
+        LOOP
+            INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, updated_at,
+                                      parent_instance_id, incarnation)
+                VALUES (child.instance_id, child.name, child.version, child.execution_id, 'Pending', p_now, p_now,
+                        child.parent, child.incarnation)
+                ON CONFLICT (instance_id) DO NOTHING;
+            IF FOUND THEN
+                out_turn := array_append(out_turn, child.turn::integer);
+                out_instance := array_append(out_instance, child.instance_id);
+                out_message := array_append(out_message, child.message);
+            ELSIF child.taken_message IS NOT NULL THEN
+                out_turn := array_append(out_turn, child.turn::integer);
+                out_instance := array_append(out_instance, child.taken_instance);
+                out_message := array_append(out_message, child.taken_message);
+            END IF;
+        END LOOP;
+    END IF;
+    IF cardinality(out_turn) > 0 OR cardinality(m_turn) > 0 THEN
+        -- Outgoing messages in the order the turns would have sent them one by one:
+        -- per turn, its children's starts first, then its messages.
+        INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at)
+            SELECT o.instance_id, o.message, o.visible_at FROM (
+                SELECT x.turn, 0 AS part, x.n, x.instance_id, x.message, 0::bigint AS visible_at
+                FROM unnest(out_turn, out_instance, out_message) WITH ORDINALITY AS x(turn, instance_id, message, n)
+                UNION ALL
+                SELECT m.turn, 1, m.n, m.instance_id, m.message, COALESCE(m.visible, 0)
+                FROM unnest(m_turn, m_instance, m_message, m_visible) WITH ORDINALITY
+                    AS m(turn, instance_id, message, visible, n)
+                WHERE m.turn = ANY(ok)) o
+            ORDER BY o.turn, o.part, o.n;
+        IF FOUND THEN
+            PERFORM pg_notify(p_orch_channel, '');
+        END IF;
+    END IF;
+    IF cardinality(u_turn) > 0 THEN
+        UPDATE {s}.instances i SET name = u.name, version = u.version, execution_id = u.execution_id,
+                status = u.status, output = u.output, error = u.error,
+                custom_status = CASE WHEN u.custom_changed THEN u.custom ELSE i.custom_status END, updated_at = p_now
+            FROM unnest(u_turn, u_name, u_version, u_execution, u_status, u_output, u_error, u_custom_changed, u_custom)
+                AS u(turn, name, version, execution_id, status, output, error, custom_changed, custom)
+            WHERE u.turn = ANY(ok) AND i.instance_id = t_instance[u.turn];
+    END IF;
+    IF true = ANY(t_ends) THEN
+        PERFORM pg_notify(p_done_channel, t_instance[e.turn]) FROM unnest(ok) AS e(turn) WHERE t_ends[e.turn];
+    END IF;
+    DELETE FROM {s}.instance_locks WHERE instance_id IN (SELECT t_instance[e.turn] FROM unnest(ok) AS e(turn));
+    RETURN ARRAY(SELECT n = ANY(ok) FROM generate_series(1, cardinality(t_instance)) AS n ORDER BY n);
+END $fn$;
+"""),
 ]
 
 #: How long a request key is kept: far longer than a call keeps retrying (about 30 s).
@@ -157,12 +417,105 @@ _REQUEST_KEY_GC_INTERVAL = 60.0
 _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
                   "created_at, updated_at, parent_instance_id, incarnation")
 
+#: Opens a lease statement: its writes (locks, leases, delivery counts) need not survive a server
+#: crash (a lost lock would have expired; a call is at worst run once more), so its commit does not
+#: wait for the WAL to reach the disk whatever the store's durability. The statement references
+#: ``no_flush`` where it writes (its RETURNING), so the setting is in force when it commits.
+_NO_FLUSH = "WITH no_flush AS (SELECT set_config('synchronous_commit', 'off', true) AS off) "
 
-def _record(row: asyncpg.Record) -> InstanceRecord:
+#: The arrays ``commit_turns_m5`` takes after its four scalars, in its parameter order. ``t_*``: one
+#: element per turn; the others: one per row, with the (1-based) turn it belongs to in ``*_turn``.
+_COMMIT_ARRAYS = (
+    "t_instance", "t_token", "t_execution", "t_ends",
+    "u_turn", "u_name", "u_version", "u_execution", "u_status", "u_output", "u_error", "u_custom_changed",
+    "u_custom",
+    "c_turn", "c_id",
+    "h_turn", "h_event_id", "h_event",
+    "a_turn", "a_instance", "a_execution", "a_event_id", "a_name", "a_message",
+    "k_turn", "k_instance", "k_execution", "k_event_id",
+    "d_turn", "d_instance", "d_execution", "d_event_id",
+    "s_turn", "s_instance", "s_name", "s_version", "s_execution", "s_parent", "s_incarnation", "s_message",
+    "s_taken_instance", "s_taken_message",
+    "m_turn", "m_instance", "m_message", "m_visible",
+)
+
+#: The array names of each group (``t``, ``u``, ``c``, ...), in parameter order.
+_ARRAYS_OF = {p: [n for n in _COMMIT_ARRAYS if n.split("_", 1)[0] == p] for p in "tuchakdsm"}
+
+
+def _record(row: Mapping[str, Any]) -> InstanceRecord:
+    """An instance row (an ``asyncpg.Record``, or a mapping with the same keys) as a record."""
     error = decode_error_details(row["error"])
     return InstanceRecord(row["instance_id"], row["name"], row["version"], row["execution_id"], row["status"],
                           row["output"], error, row["custom_status"], row["created_at"], row["updated_at"],
                           row["parent_instance_id"], incarnation=row["incarnation"])
+
+
+def _fetched_record(row: asyncpg.Record) -> InstanceRecord | None:
+    """The instance row of one ``fetch_items_m5`` result row (``None``: no such instance)."""
+    if not row["o_found"]:
+        return None
+    return InstanceRecord(row["o_instance_id"], row["o_name"], row["o_version"], row["o_execution_id"],
+                          row["o_status"], row["o_output"], decode_error_details(row["o_error"]),
+                          row["o_custom_status"], row["o_created_at"], row["o_updated_at"], row["o_parent"],
+                          incarnation=row["o_incarnation"])
+
+
+def _turn_rows(c: TurnCommit, turn: int) -> dict[str, list[Any]]:
+    """One turn as rows of ``commit_turns_m5``'s arrays; raises if a value cannot be encoded."""
+    rows: dict[str, list[Any]] = {name: [] for name in _COMMIT_ARRAYS}
+
+    def add(prefix: str, *values: Any) -> None:
+        for name, value in zip(_ARRAYS_OF[prefix], values if prefix == "t" else (turn, *values), strict=True):
+            rows[name].append(value)
+
+    add("t", c.instance_id, c.lock_token, c.execution_id, c.ends_instance)
+    u = c.update
+    if u is not None:
+        error = orjson.dumps(u.error.to_dict()) if u.error is not None else None
+        add("u", u.name, u.version, u.execution_id, u.status, u.output, error, u.custom_status_changed,
+            u.custom_status)
+    for queue_id in c.consumed:
+        add("c", queue_id)
+    for e in c.new_events:
+        add("h", e.event_id, encode_event(e))
+    for w in c.activities:
+        add("a", w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w))
+    for k in c.cancel_activities:
+        add("k", k.instance_id, k.execution_id, k.event_id)
+    for k in c.delete_timers:
+        add("d", k.instance_id, k.execution_id, k.event_id)
+    for child in c.children:
+        st, taken = child.start, child.if_taken
+        add("s", st.instance_id, st.name, st.version, st.execution_id, st.parent_instance_id, uuid.uuid4().hex,
+            encode_message(st), None if taken is None else taken.instance_id,
+            None if taken is None else encode_message(taken))
+    for message, visible_at in c.messages:
+        add("m", message.instance_id, encode_message(message), visible_at)
+    return rows
+
+
+#: The most starts one statement writes (bounds the statement; more wait for the next one).
+_MAX_STARTS_PER_STATEMENT = 500
+
+
+@dataclasses.dataclass
+class _PendingStart:
+    """A ``create_instance`` call waiting for its statement: ``created`` says whether its row was made."""
+
+    start: StartOrchestration
+    incarnation: str
+    message: bytes
+    created: asyncio.Future[bool]
+
+
+async def _keep_session(conn: _Conn) -> None:
+    """The pool's ``reset=``: nothing to undo, so no reset query (one round trip per release) is sent.
+
+    The store never leaves session state on a pooled connection: no SET, no LISTEN (the
+    listener has a connection of its own), no cursors, advisory locks only per transaction.
+    asyncpg still rolls back a transaction left open, before calling this.
+    """
 
 
 class PostgresProvider(Provider):
@@ -170,16 +523,30 @@ class PostgresProvider(Provider):
 
     ``clock`` is the one time source of leases, visibility, timers and
     timestamps (default: the system clock); the runtime and clients of the
-    store use it too.
+    store use it too. ``durability`` says what an acknowledged write survives
+    (:class:`~duroxide_runtime.providers.base.Durability`): ``FULL`` (default)
+    leaves the server's ``synchronous_commit`` alone (``on`` unless configured
+    otherwise); ``RELAXED`` sets ``synchronous_commit=off`` on the store's
+    connections, so a commit returns before its WAL reaches the disk.
+    ``pool_size`` bounds the connections (besides the one that listens).
+
+    Example::
+
+        store = await PostgresProvider.new("postgresql://app@db/app", durability=Durability.RELAXED)
     """
 
-    def __init__(self, url: str, schema: str, pool_size: int, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, url: str, schema: str, pool_size: int, *, clock: Clock = SYSTEM_CLOCK,
+                 durability: Durability = Durability.FULL) -> None:
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
             raise ConfigurationError(f"schema name {schema!r} is not a plain lower-case SQL identifier",
                                      fix="use letters, digits and underscores, e.g. schema='duroxide'")
+        if not isinstance(durability, Durability):
+            raise ConfigurationError(f"durability must be a Durability, got {durability!r}",
+                                     fix="pass Durability.FULL (the default) or Durability.RELAXED")
         self.url = url
         self.schema = schema
         self.clock = clock
+        self.durability = durability
         #: The wake hubs this provider's LISTEN connection feeds (see wake_into).
         self._hubs: list[WakeHub] = []
         self._pool_size = pool_size
@@ -187,24 +554,37 @@ class PostgresProvider(Provider):
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
         self._next_key_gc = 0.0
-        #: Test seam: awaited with the connection right after each COMMIT succeeded, before the
-        #: result is returned. A hook that kills the connection there makes the caller see what a
-        #: reply lost after the server committed looks like (tests/test_postgres_retries.py).
+        #: Test seam: awaited with the connection right after each statement or transaction
+        #: committed, before the result is returned. A hook that kills the connection there makes
+        #: the caller see what a reply lost after the server committed looks like
+        #: (tests/test_postgres_retries.py).
         self._after_commit_hook: Callable[[_Conn], Awaitable[None]] | None = None
         s = schema
         self._channels: dict[str, Callable[[WakeHub], None]] = {
             f"{s}_orch": lambda hub: hub.notify_orchestrator(), f"{s}_work": lambda hub: hub.notify_worker()}
+        self._orch_channel = f"{s}_orch"
+        self._work_channel = f"{s}_work"
         self._done_channel = f"{s}_done"
+        self._sql = _Statements(s)
+        #: Starts waiting to be written, and the task writing them (see create_instance).
+        self._starts: list[_PendingStart] = []
+        self._start_flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def new(cls, url: str, *, schema: str = "duroxide", pool_size: int = 10,
-                  clock: Clock = SYSTEM_CLOCK) -> PostgresProvider:
+                  clock: Clock = SYSTEM_CLOCK, durability: Durability = Durability.FULL) -> PostgresProvider:
         """Connect, migrate the schema (safe when several processes start at once) and listen for wake-ups."""
         require_asyncpg()
-        provider = cls(url, schema, pool_size, clock=clock)
+        provider = cls(url, schema, pool_size, clock=clock, durability=durability)
+        options: dict[str, Any] = {}
+        if durability is Durability.RELAXED:
+            # Per connection, from its start: RESET ALL would keep it too.
+            options["server_settings"] = {"synchronous_commit": "off"}
+        if "reset" in inspect.signature(asyncpg.create_pool).parameters:  # asyncpg >= 0.30
+            options["reset"] = _keep_session
         try:
             provider._pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size,
-                                                       command_timeout=60)
+                                                       command_timeout=60, **options)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}",
                              fix="check that the server runs and the URL (host, port, user, database) is right; "
@@ -237,6 +617,14 @@ class PostgresProvider(Provider):
 
     async def _tx(self, fn: Callable[[_Conn], Awaitable[_T]]) -> _T:
         """Run ``fn`` in a transaction; retry on a new connection if the connection was lost."""
+        return await self._run(fn, transaction=True)
+
+    async def _one(self, fn: Callable[[_Conn], Awaitable[_T]]) -> _T:
+        """Run ``fn``, which sends one statement (its own transaction: no BEGIN/COMMIT round
+        trips); retry on a new connection if the connection was lost."""
+        return await self._run(fn, transaction=False)
+
+    async def _run(self, fn: Callable[[_Conn], Awaitable[_T]], *, transaction: bool) -> _T:
         if self._pool is None:
             raise StoreError("PostgresProvider is closed", fix="create a new one with PostgresProvider.new(url)")
         delay = 0.01
@@ -244,7 +632,10 @@ class PostgresProvider(Provider):
             try:
                 async with self._pool.acquire() as conn:
                     try:
-                        async with conn.transaction():
+                        if transaction:
+                            async with conn.transaction():
+                                result = await fn(conn)
+                        else:
                             result = await fn(conn)
                         if self._after_commit_hook is not None:
                             await self._after_commit_hook(conn)
@@ -281,8 +672,7 @@ class PostgresProvider(Provider):
                     lambda hub: hub.notify_instance(payload)))
                 delay = 0.05
                 # A notification may have been missed while we were away: wake everyone once.
-                self._wake(lambda hub: hub.notify_orchestrator())
-                self._wake(lambda hub: hub.notify_worker())
+                self._wake(lambda hub: hub.wake_everyone())
                 await lost.wait()
                 if not self._closed:
                     background_warnings.warning(
@@ -314,6 +704,10 @@ class PostgresProvider(Provider):
             notify(hub)
 
     async def close(self) -> None:
+        flusher = self._start_flusher
+        if flusher is not None and not flusher.done() and flusher.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(Exception):
+                await flusher  # the starts already asked for are written (or fail) first
         self._closed = True
         if self._listener is not None:
             self._listener.cancel()
@@ -329,73 +723,121 @@ class PostgresProvider(Provider):
     # -- client side -------------------------------------------------------------
 
     async def create_instance(self, start: StartOrchestration) -> None:
-        # Made once per call, before the first attempt: if a retry (after a reply lost
-        # once the server committed) finds the id taken by this incarnation, the row is
-        # this call's own insert and the call succeeded.
-        incarnation = uuid.uuid4().hex
-
-        async def op(conn: _Conn) -> bool:
-            if not await self._insert_instance(conn, start, self.clock.now_ms(), incarnation):
-                held = await conn.fetchval(f"SELECT incarnation FROM {self.schema}.instances WHERE instance_id=$1",
-                                           start.instance_id)
-                return bool(held == incarnation)
-            await self._enqueue(conn, [(start, None)])
-            return True
-
-        if not await self._tx(op):
+        """Create the row and enqueue the start in one statement, shared with the starts that
+        are waiting at the same moment (many starts at once cost one commit, not one each)."""
+        # The incarnation is made once per call, before the first attempt: if a retry (after
+        # a reply lost once the server committed) finds the id taken by this incarnation,
+        # the row is this call's own insert and the call succeeded.
+        loop = asyncio.get_running_loop()
+        pending = _PendingStart(start, uuid.uuid4().hex, encode_message(start), loop.create_future())
+        self._starts.append(pending)
+        flusher = self._start_flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
+            self._start_flusher = loop.create_task(self._flush_starts(), name="duroxide-pg-starts")
+        if not await pending.created:
             raise InstanceAlreadyExistsError(start.instance_id)
+
+    async def _flush_starts(self) -> None:
+        """Write the waiting starts, up to _MAX_STARTS_PER_STATEMENT a statement, until none wait."""
+        batch: list[_PendingStart] = []
+        try:
+            while self._starts:
+                batch = []
+                later: list[_PendingStart] = []
+                ids: set[str] = set()
+                for p in self._starts:
+                    if p.created.done():
+                        continue  # its caller gave up before anything was sent
+                    if p.start.instance_id in ids or len(batch) == _MAX_STARTS_PER_STATEMENT:
+                        later.append(p)  # the same id twice: the second waits, and finds it taken
+                    else:
+                        batch.append(p)
+                        ids.add(p.start.instance_id)
+                self._starts = later
+                if batch:
+                    await self._write_starts(batch)
+        finally:
+            for p in [*batch, *self._starts]:  # only if this task was cancelled (the loop is ending)
+                if not p.created.done():
+                    p.created.set_exception(StoreError("PostgresProvider stopped before the start was written",
+                                                       fix="retry the start"))
+            self._starts = []
+
+    async def _write_starts(self, batch: list[_PendingStart]) -> None:
+        """One statement for ``batch``; if the server refuses it, each start alone, so that a
+        value one start carries fails that start only."""
+        try:
+            created = await self._insert_starts(batch)
+        except Exception as exc:  # noqa: BLE001 - handed to the callers
+            if len(batch) > 1 and not isinstance(exc, StoreError):
+                for p in batch:
+                    await self._write_starts([p])
+                return
+            for p in batch:
+                if not p.created.done():
+                    p.created.set_exception(exc)
+            return
+        for p, ok in zip(batch, created, strict=True):
+            if not p.created.done():
+                p.created.set_result(ok)
+
+    async def _insert_starts(self, batch: Sequence[_PendingStart]) -> list[bool]:
+        columns = ([p.start.instance_id for p in batch], [p.start.name for p in batch],
+                   [p.start.version for p in batch], [p.start.execution_id for p in batch],
+                   [p.start.parent_instance_id for p in batch], [p.incarnation for p in batch],
+                   [p.message for p in batch])
+
+        async def op(conn: _Conn) -> list[bool]:
+            if len(batch) == 1:  # the common case, by a simpler statement
+                rows = [await conn.fetchrow(self._sql.create_instance, *(column[0] for column in columns),
+                                            self.clock.now_ms(), self._orch_channel)]
+            else:
+                rows = await conn.fetch(self._sql.create_instances, *columns, self.clock.now_ms(),
+                                        self._orch_channel)
+            return [bool(r["created"]) or r["held"] == p.incarnation for r, p in zip(rows, batch, strict=True)]
+
+        return await self._one(op)
 
     async def send(self, message: OrchestratorMessage, *,
                    only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
-        s = self.schema
         key = uuid.uuid4().hex  # once per call; see _remember
-        attempts = 0
+        payload = encode_message(message)
+        statuses = None if only_if_status_in is None else sorted(only_if_status_in)
 
         async def op(conn: _Conn) -> InstanceRecord | None:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1:
-                done = await self._recall(conn, key)
-                if done is not None:
-                    return _record_from_snapshot(done)  # the first attempt enqueued it; not again
-            row = await conn.fetchrow(f"SELECT {_INSTANCE_COLS} FROM {s}.instances WHERE instance_id=$1 FOR SHARE",
-                                      message.instance_id)
-            record = _record(row) if row else None
-            if record is not None and status_admits(only_if_status_in, record.status):
-                await self._enqueue(conn, [(message, None)])
-                await self._remember(conn, key, _record_snapshot(record))
-            return record
+            # One statement: a retry after a lost reply finds the key its first attempt
+            # stored with the message, enqueues nothing and returns what that attempt saw.
+            row = await conn.fetchrow(self._sql.send, key, message.instance_id, statuses, payload,
+                                      self.clock.now_ms(), self._key_gc_due(), _REQUEST_KEY_TTL_MS,
+                                      self._orch_channel)
+            if row["prior"] is not None:
+                return _record_from_outcome(row["prior"])  # the first attempt enqueued it; not again
+            return _record(row) if row["instance_id"] is not None else None
 
-        return await self._tx(op)
+        return await self._one(op)
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        row = await self._tx(lambda conn: conn.fetchrow(
+        row = await self._one(lambda conn: conn.fetchrow(
             f"SELECT {_INSTANCE_COLS} FROM {self.schema}.instances WHERE instance_id=$1", instance_id))
         return _record(row) if row else None
 
     async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[HistoryEvent]:
         s = self.schema
-
-        async def op(conn: _Conn) -> list[HistoryEvent]:
-            exec_id = execution_id
-            if exec_id is None:
-                exec_id = await conn.fetchval(f"SELECT execution_id FROM {s}.instances WHERE instance_id=$1",
-                                              instance_id)
-                if exec_id is None:
-                    return []
-            return await self._load_history(conn, instance_id, exec_id)
-
-        return await self._tx(op)
+        rows = await self._one(lambda conn: conn.fetch(
+            f"SELECT event FROM {s}.history WHERE instance_id = $1::text AND execution_id = "
+            f"COALESCE($2::bigint, (SELECT execution_id FROM {s}.instances WHERE instance_id = $1::text)) "
+            "ORDER BY event_id", instance_id, execution_id))
+        return [decode_event(r[0], instance_id=instance_id) for r in rows]
 
     async def list_executions(self, instance_id: str) -> list[int]:
-        rows = await self._tx(lambda conn: conn.fetch(
+        rows = await self._one(lambda conn: conn.fetch(
             f"SELECT DISTINCT execution_id FROM {self.schema}.history WHERE instance_id=$1 ORDER BY execution_id",
             instance_id))
         return [r[0] for r in rows]
 
     async def list_instances(self, *, status: str | None = None, name: str | None = None,
                              limit: int = 1000) -> list[InstanceRecord]:
-        rows = await self._tx(lambda conn: conn.fetch(
+        rows = await self._one(lambda conn: conn.fetch(
             f"SELECT {_INSTANCE_COLS} FROM {self.schema}.instances WHERE ($1::text IS NULL OR status=$1) "
             "AND ($2::text IS NULL OR name=$2) ORDER BY created_at DESC, instance_id DESC LIMIT $3",
             status, name, limit))
@@ -436,171 +878,111 @@ class PostgresProvider(Provider):
     # -- orchestration dispatcher --------------------------------------------------
 
     async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
-        s = self.schema
         lock_ms = int(lock_timeout * 1000)
 
-        async def op(conn: _Conn) -> FetchResult:
+        async def op(conn: _Conn) -> list[asyncpg.Record]:
             now = self.clock.now_ms()
-            # Lock visible messages of unleased instances; concurrent fetchers skip them.
-            rows = await conn.fetch(
-                f"SELECT q.instance_id FROM {s}.orchestrator_queue q WHERE q.visible_at <= $1 AND NOT EXISTS "
-                f"(SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > $1) "
-                "ORDER BY q.id LIMIT $2 FOR UPDATE OF q SKIP LOCKED", now, max_items * 8)
-            wanted: list[str] = []
-            for r in rows:
-                if r[0] not in wanted:
-                    wanted.append(r[0])
-                    if len(wanted) == max_items:
-                        break
-            if not wanted:
-                due = await conn.fetchval(f"SELECT MIN(visible_at) FROM {s}.orchestrator_queue WHERE visible_at > $1",
-                                          now)
-                return FetchResult([], due)
-            # Two fetchers may want the same instance (each locked different messages of it):
-            # claiming in one global order makes one wait for the other instead of deadlocking.
-            wanted.sort()
-            tokens = [uuid.uuid4().hex for _ in wanted]
-            claimed = await conn.fetch(
-                f"INSERT INTO {s}.instance_locks AS l(instance_id, lock_token, locked_until) "
-                "SELECT c.i, c.t, $3::bigint FROM unnest($1::text[], $2::text[]) AS c(i, t) "
-                "ON CONFLICT (instance_id) DO UPDATE SET lock_token = EXCLUDED.lock_token, "
-                "locked_until = EXCLUDED.locked_until WHERE l.locked_until <= $4 RETURNING instance_id, lock_token",
-                wanted, tokens, now + lock_ms, now)
-            if not claimed:
-                return FetchResult([])
-            ids = [r[0] for r in claimed]
-            toks = [r[1] for r in claimed]
-            msg_rows = await conn.fetch(
-                f"UPDATE {s}.orchestrator_queue q SET lock_token = c.t, dequeue_count = q.dequeue_count + 1 "
-                "FROM unnest($1::text[], $2::text[]) AS c(i, t) WHERE q.instance_id = c.i AND q.visible_at <= $3 "
-                "RETURNING q.id, q.instance_id, q.message, q.dequeue_count", ids, toks, now)
-            inst_rows = await conn.fetch(
-                f"SELECT {_INSTANCE_COLS}, (SELECT COALESCE(MAX(h.event_id), 0) FROM {s}.history h "
-                "WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id) AS hlen "
-                f"FROM {s}.instances i WHERE instance_id = ANY($1::text[])", ids)
-            by_instance: dict[str, list[asyncpg.Record]] = {}
-            for m in sorted(msg_rows, key=lambda m: m["id"]):
-                by_instance.setdefault(m["instance_id"], []).append(m)
-            records = {r["instance_id"]: r for r in inst_rows}
-            items = []
-            for iid, token in zip(ids, toks):
-                messages, dequeues = [], 0
-                for m in by_instance.get(iid, []):
-                    dequeues = max(dequeues, m["dequeue_count"])
-                    try:
-                        messages.append(QueuedMessage(m["id"], decode_message(m["message"])))
-                    except ValueError:
-                        _log.error("instance %r: dropping unreadable queue message %s", iid, m["id"])
-                        await conn.execute(f"DELETE FROM {s}.orchestrator_queue WHERE id=$1", m["id"])
-                row = records.get(iid)
-                items.append(OrchestrationItem(iid, token, messages, _record(row) if row else None,
-                                               row["hlen"] if row else 0, dequeues))
-            return FetchResult(items)
+            rows: list[asyncpg.Record] = await conn.fetch(self._sql.fetch_items, now, max_items * 8, max_items,
+                                                          now + lock_ms, self._sql.fetch_key)
+            return rows
 
-        return await self._tx(op)
+        rows = await self._one(op)
+        if not rows or rows[0]["o_instance_id"] is None:
+            return FetchResult([], rows[0]["o_next_due"] if rows else None)
+        items, unreadable = [], []
+        for row in rows:
+            iid = row["o_instance_id"]
+            messages = []
+            for queue_id, raw in zip(row["o_message_ids"] or (), row["o_messages"] or ()):
+                try:
+                    messages.append(QueuedMessage(queue_id, decode_message(raw)))
+                except ValueError:
+                    _log.error("instance %r: dropping unreadable queue message %s", iid, queue_id)
+                    unreadable.append(queue_id)
+            record = _fetched_record(row)
+            items.append(OrchestrationItem(iid, row["o_lock_token"], messages, record,
+                                           row["o_history_len"] if record is not None else 0,
+                                           row["o_dequeues"] or 0))
+        if unreadable:  # rare: one more statement
+            await self._one(lambda conn: conn.execute(
+                f"DELETE FROM {self.schema}.orchestrator_queue WHERE id = ANY($1::bigint[])", unreadable))
+        return FetchResult(items)
 
     async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:
         s = self.schema
-
-        async def op(conn: _Conn) -> dict[str, list[HistoryEvent] | Exception]:
-            rows = await conn.fetch(
-                f"SELECT h.instance_id, h.event FROM {s}.history h JOIN unnest($1::text[], $2::bigint[]) AS k(i, e) "
-                "ON h.instance_id = k.i AND h.execution_id = k.e ORDER BY h.instance_id, h.event_id",
-                [k[0] for k in keys], [k[1] for k in keys])
-            out: dict[str, list[HistoryEvent] | Exception] = {k[0]: [] for k in keys}
-            for r in rows:
-                iid = r["instance_id"]
-                events = out[iid]
-                if isinstance(events, Exception):
-                    continue
-                try:
-                    events.append(decode_event(r["event"], instance_id=iid))
-                except CorruptHistoryError as exc:
-                    out[iid] = exc
-            return out
-
-        return await self._tx(op)
+        rows = await self._one(lambda conn: conn.fetch(
+            f"SELECT h.instance_id, h.event FROM {s}.history h JOIN unnest($1::text[], $2::bigint[]) AS k(i, e) "
+            "ON h.instance_id = k.i AND h.execution_id = k.e ORDER BY h.instance_id, h.event_id",
+            [k[0] for k in keys], [k[1] for k in keys]))
+        out: dict[str, list[HistoryEvent] | Exception] = {k[0]: [] for k in keys}
+        for r in rows:
+            iid = r["instance_id"]
+            events = out[iid]
+            if isinstance(events, Exception):
+                continue
+            try:
+                events.append(decode_event(r["event"], instance_id=iid))
+            except CorruptHistoryError as exc:
+                out[iid] = exc
+        return out
 
     async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
-        async def op(conn: _Conn) -> list[bool]:
-            results = []
-            now = self.clock.now_ms()
-            for c in commits:
-                held = await conn.fetchval(
-                    f"SELECT lock_token FROM {self.schema}.instance_locks WHERE instance_id=$1 FOR UPDATE",
-                    c.instance_id)
-                if held != c.lock_token:
-                    results.append(False)
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint: one bad turn must not sink the batch
-                        await self._apply_commit(conn, c, now)
-                    results.append(True)
-                except _TRANSIENT:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a value the store refuses (or cannot encode) fails its turn only
-                    _log.warning("instance %r: the store refused the turn (%s: %s)", c.instance_id,
-                                 type(exc).__name__, exc)
-                    c.refused = f"{type(exc).__name__}: {exc}"
-                    results.append(False)
+        """Commit the batch in one statement (``commit_turns_m5``).
+
+        A turn whose values cannot be encoded is refused without being sent. If the
+        statement fails for a reason other than the connection (a value the server
+        refuses, such as a NUL character in a text column), nothing of it was committed:
+        each turn is then committed by itself, so only the turn at fault is refused.
+        """
+        results = [False] * len(commits)
+        batch: list[tuple[int, dict[str, list[Any]]]] = []
+        seen: set[str] = set()
+        for n, c in enumerate(commits):
+            if c.instance_id in seen:
+                continue  # the first commit of an instance releases its lock: this one has none
+            seen.add(c.instance_id)
+            try:
+                batch.append((n, _turn_rows(c, len(batch) + 1)))
+            except Exception as exc:  # noqa: BLE001 - a value that cannot be encoded fails its turn only
+                self._refuse(c, exc)
+        if not batch:
             return results
-
-        return await self._tx(op)
-
-    async def _apply_commit(self, conn: _Conn, c: TurnCommit, now: int) -> None:
-        s = self.schema
-        if c.consumed:
-            await conn.execute(f"DELETE FROM {s}.orchestrator_queue WHERE id = ANY($1::bigint[])", c.consumed)
-        if c.new_events:
-            await conn.executemany(
-                f"INSERT INTO {s}.history(instance_id, execution_id, event_id, event) VALUES ($1,$2,$3,$4)",
-                [(c.instance_id, c.execution_id, e.event_id, encode_event(e)) for e in c.new_events])
-        if c.activities:
-            await conn.executemany(
-                f"INSERT INTO {s}.worker_queue(instance_id, execution_id, event_id, name, message, visible_at) "
-                "VALUES ($1,$2,$3,$4,$5,$6)",
-                [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w), now) for w in c.activities])
-            await conn.execute("SELECT pg_notify($1, '')", f"{s}_work")
-        if c.cancel_activities:
-            args = ([k.instance_id for k in c.cancel_activities], [k.execution_id for k in c.cancel_activities],
-                    [k.event_id for k in c.cancel_activities])
-            calls = "(instance_id, execution_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]))"
-            await conn.execute(f"DELETE FROM {s}.worker_queue WHERE {calls} AND lock_token IS NULL", *args)
-            await conn.execute(f"UPDATE {s}.worker_queue SET cancelled=true WHERE {calls}", *args)
-        if c.delete_timers:
-            # The TimerFired of these timers (a select loser, an ended execution) must never fire.
-            timers = set(c.delete_timers)
-            queued = await conn.fetch(f"SELECT id, message FROM {s}.orchestrator_queue WHERE instance_id = ANY($1::text[])",
-                                      list({t.instance_id for t in timers}))
-            doomed = []
-            for row in queued:
+        try:
+            committed = await self._commit_rows([rows for _, rows in batch])
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the server refused a value: find the turn at fault
+            if len(batch) == 1:
+                self._refuse(commits[batch[0][0]], exc)
+                return results
+            for n, _ in batch:
                 try:
-                    if timer_key(decode_message(row["message"])) in timers:
-                        doomed.append(row["id"])
-                except ValueError:
-                    continue  # unreadable rows are dropped (and logged) by the fetch that meets them
-            if doomed:
-                await conn.execute(f"DELETE FROM {s}.orchestrator_queue WHERE id = ANY($1::bigint[])", doomed)
-        outgoing: list[tuple[OrchestratorMessage, int | None]] = []
-        for child in c.children:
-            if await self._insert_instance(conn, child.start, now):
-                outgoing.append((child.start, None))
-            elif child.if_taken is not None:
-                outgoing.append((child.if_taken, None))
-        outgoing += c.messages
-        await self._enqueue(conn, outgoing)
-        u = c.update
-        if u is not None:
-            error = orjson.dumps(u.error.to_dict()) if u.error is not None else None
-            await conn.execute(
-                f"UPDATE {s}.instances SET name=$2, version=$3, execution_id=$4, status=$5, output=$6, error=$7, "
-                "custom_status = CASE WHEN $8 THEN $9 ELSE custom_status END, updated_at=$10 "
-                "WHERE instance_id=$1",
-                c.instance_id, u.name, u.version, u.execution_id, u.status, u.output, error,
-                u.custom_status_changed, u.custom_status, now)
-        if c.ends_instance:
-            await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, c.instance_id)
-        await conn.execute(f"DELETE FROM {s}.instance_locks WHERE instance_id=$1", c.instance_id)
+                    results[n] = (await self._commit_rows([_turn_rows(commits[n], 1)]))[0]
+                except StoreError:
+                    raise
+                except Exception as single:  # noqa: BLE001 - this turn's content
+                    self._refuse(commits[n], single)
+            return results
+        for (n, _), ok in zip(batch, committed, strict=True):
+            results[n] = ok
+        return results
+
+    async def _commit_rows(self, turns: Sequence[dict[str, list[Any]]]) -> list[bool]:
+        """Commit turns given as rows of ``commit_turns_m5``'s arrays (turn numbers 1..len)."""
+        arrays = [[v for rows in turns for v in rows[name]] for name in _COMMIT_ARRAYS]
+
+        async def op(conn: _Conn) -> list[bool]:
+            held: list[bool] = await conn.fetchval(
+                self._sql.commit_turns, self.clock.now_ms(), self._orch_channel, self._work_channel,
+                self._done_channel, *arrays)
+            return held
+
+        return await self._one(op)
+
+    @staticmethod
+    def _refuse(c: TurnCommit, exc: BaseException) -> None:
+        _log.warning("instance %r: the store refused the turn (%s: %s)", c.instance_id, type(exc).__name__, exc)
+        c.refused = f"{type(exc).__name__}: {exc}"
 
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
         s = self.schema
@@ -609,31 +991,20 @@ class PostgresProvider(Provider):
 
         async def op(conn: _Conn) -> list[bool]:
             rows = await conn.fetch(
-                f"UPDATE {s}.instance_locks l SET locked_until = $3 "
+                f"{_NO_FLUSH}UPDATE {s}.instance_locks l SET locked_until = $3 "
                 "FROM unnest($1::text[], $2::text[]) AS c(i, t) "
-                "WHERE l.instance_id = c.i AND l.lock_token = c.t RETURNING l.instance_id",
+                "WHERE l.instance_id = c.i AND l.lock_token = c.t "
+                "RETURNING l.instance_id, (SELECT off FROM no_flush)",
                 ids, tokens, self.clock.now_ms() + int(lock_timeout * 1000))
             held = {r[0] for r in rows}
             return [i in held for i in ids]
 
-        return await self._tx(op) if locks else []
+        return await self._one(op) if locks else []
 
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
-        s = self.schema
-
-        async def op(conn: _Conn) -> None:
-            held = await conn.fetchval(f"SELECT lock_token FROM {s}.instance_locks WHERE instance_id=$1 FOR UPDATE",
-                                       instance_id)
-            if held != lock_token:
-                return
-            await conn.execute(
-                f"UPDATE {s}.orchestrator_queue SET lock_token=NULL, "
-                "visible_at = GREATEST(visible_at, $2) WHERE lock_token=$1",
-                lock_token, self.clock.now_ms() + int(delay * 1000))
-            await conn.execute(f"DELETE FROM {s}.instance_locks WHERE instance_id=$1", instance_id)
-            await conn.execute("SELECT pg_notify($1, '')", f"{s}_orch")
-
-        await self._tx(op)
+        await self._one(lambda conn: conn.execute(
+            self._sql.abandon_orchestration_item, instance_id, lock_token,
+            self.clock.now_ms() + int(delay * 1000), self._orch_channel))
 
     # -- activity workers ----------------------------------------------------------
 
@@ -643,57 +1014,45 @@ class PostgresProvider(Provider):
         s = self.schema
         names = None if known_names is None else sorted(known_names)
 
-        async def op(conn: _Conn) -> list[WorkLease]:
+        async def op(conn: _Conn) -> list[asyncpg.Record]:
             now = self.clock.now_ms()
-            rows = await conn.fetch(
-                f"UPDATE {s}.worker_queue w SET lock_token = md5(random()::text || w.id::text), "
+            rows: list[asyncpg.Record] = await conn.fetch(
+                f"{_NO_FLUSH}UPDATE {s}.worker_queue w SET lock_token = md5(random()::text || w.id::text), "
                 "locked_until = $5::bigint + $2, dequeue_count = w.dequeue_count + 1 "
                 f"WHERE w.id IN (SELECT id FROM {s}.worker_queue WHERE visible_at <= $5 "
                 "AND (lock_token IS NULL OR locked_until <= $5) AND NOT cancelled "
                 "AND ($3::text[] IS NULL OR name = ANY($3::text[]) OR visible_at <= $5::bigint - $4) "
-                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING w.id, w.lock_token, w.message, w.dequeue_count",
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+                "RETURNING w.id, w.lock_token, w.message, w.dequeue_count, (SELECT off FROM no_flush)",
                 max_items, int(lock_timeout * 1000), names, int(foreign_delay * 1000), now)
-            leases = []
-            for r in sorted(rows, key=lambda r: r["id"]):
-                try:
-                    leases.append(WorkLease(r["lock_token"], decode_message(r["message"]), r["dequeue_count"]))
-                except ValueError:
-                    _log.error("dropping unreadable activity message %s", r["id"])
-                    await conn.execute(f"DELETE FROM {s}.worker_queue WHERE id=$1", r["id"])
-            return leases
+            return rows
 
-        return await self._tx(op)
+        leases, unreadable = [], []
+        for r in sorted(await self._one(op), key=lambda r: r["id"]):
+            try:
+                leases.append(WorkLease(r["lock_token"], decode_message(r["message"]), r["dequeue_count"]))
+            except ValueError:
+                _log.error("dropping unreadable activity message %s", r["id"])
+                unreadable.append(r["id"])
+        if unreadable:  # rare: one more statement
+            await self._one(lambda conn: conn.execute(
+                f"DELETE FROM {s}.worker_queue WHERE id = ANY($1::bigint[])", unreadable))
+        return leases
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
                                   only_if_status_in: Collection[str] | None = None) -> None:
-        s = self.schema
-
-        async def op(conn: _Conn) -> None:
-            # Only results whose lease still exists count: otherwise the instance was purged
-            # (perhaps created again under the same id), or another worker took the call over.
-            held = {r[0] for r in await conn.fetch(
-                f"DELETE FROM {s}.worker_queue WHERE lock_token = ANY($1::text[]) RETURNING lock_token",
-                [d.lock_token for d in completions])}
-            targets = list({d.result.instance_id for d in completions if d.lock_token in held})
-            live = {r[0] for r in await conn.fetch(
-                f"SELECT instance_id FROM {s}.instances WHERE instance_id = ANY($1::text[]) "
-                "AND ($2::text[] IS NULL OR status = ANY($2::text[]))", targets, statuses)}
-            await self._enqueue(conn, [(d.result, None) for d in completions
-                                       if d.lock_token in held and d.result.instance_id in live])
-
+        # Only results whose lease still exists count: otherwise the instance was purged
+        # (perhaps created again under the same id), or another worker took the call over.
+        tokens = [d.lock_token for d in completions]
+        targets = [d.result.instance_id for d in completions]
+        messages = [encode_message(d.result) for d in completions]
         statuses = None if only_if_status_in is None else sorted(only_if_status_in)
-        await self._tx(op)
+        await self._one(lambda conn: conn.execute(
+            self._sql.complete_work_items, tokens, targets, messages, statuses, self._orch_channel))
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
-        s = self.schema
-
-        async def op(conn: _Conn) -> None:
-            await conn.execute(f"UPDATE {s}.worker_queue SET lock_token=NULL, locked_until=0, "
-                               "visible_at=$2 WHERE lock_token=$1", lock_token,
-                               self.clock.now_ms() + int(delay * 1000))
-            await conn.execute("SELECT pg_notify($1, '')", f"{s}_work")
-
-        await self._tx(op)
+        await self._one(lambda conn: conn.execute(
+            self._sql.abandon_work_item, lock_token, self.clock.now_ms() + int(delay * 1000), self._work_channel))
 
     async def renew_work_item(self, lock_token: str, lock_timeout: float, *,
                               only_if_status_in: Collection[str] | None = None,
@@ -702,15 +1061,15 @@ class PostgresProvider(Provider):
 
         async def op(conn: _Conn) -> bool:
             renewed = await conn.fetchval(
-                f"UPDATE {s}.worker_queue w SET locked_until = $2 FROM {s}.instances i "
+                f"{_NO_FLUSH}UPDATE {s}.worker_queue w SET locked_until = $2 FROM {s}.instances i "
                 "WHERE w.lock_token=$1 AND NOT w.cancelled AND i.instance_id = w.instance_id "
                 "AND ($3::text[] IS NULL OR i.status = ANY($3::text[])) AND ($4::bigint IS NULL OR i.execution_id = $4) "
-                "RETURNING 1",
+                "RETURNING (SELECT off FROM no_flush) IS NOT NULL",
                 lock_token, self.clock.now_ms() + int(lock_timeout * 1000),
                 None if only_if_status_in is None else sorted(only_if_status_in), only_if_execution)
             return bool(renewed)
 
-        return await self._tx(op)
+        return await self._one(op)
 
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         s = self.schema
@@ -724,9 +1083,17 @@ class PostgresProvider(Provider):
                 self.clock.now_ms(), sorted(active_statuses))
             return QueueDepths(row["due"], row["later"], row["worker"], row["active"])
 
-        return await self._tx(op)
+        return await self._one(op)
 
     # -- helpers -------------------------------------------------------------------
+
+    def _key_gc_due(self) -> bool:
+        """Whether this call should also delete expired request keys (once a minute per provider)."""
+        now = self.clock.monotonic()
+        if now < self._next_key_gc:
+            return False
+        self._next_key_gc = now + _REQUEST_KEY_GC_INTERVAL
+        return True
 
     async def _remember(self, conn: _Conn, key: str, outcome: bytes) -> None:
         """Record, in the transaction of a call's writes, what the call did, under its request key.
@@ -754,44 +1121,101 @@ class PostgresProvider(Provider):
             f"SELECT outcome FROM {self.schema}.request_keys WHERE request_id=$1", key)
         return outcome
 
-    async def _insert_instance(self, conn: _Conn, start: StartOrchestration, now: int,
-                               incarnation: str | None = None) -> bool:
-        """Create the instance row of ``start`` (Pending) stamped ``now``; ``False`` if the id is taken."""
-        s = self.schema
-        return bool(await conn.fetchval(
-            f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, updated_at,"
-            " parent_instance_id, incarnation) VALUES ($1,$2,$3,$4,'Pending',$7,$7,$5,$6)"
-            " ON CONFLICT (instance_id) DO NOTHING RETURNING 1",
-            start.instance_id, start.name, start.version, start.execution_id, start.parent_instance_id,
-            incarnation or uuid.uuid4().hex, now))
-
-    async def _enqueue(self, conn: _Conn, messages: Sequence[tuple[OrchestratorMessage, int | None]]) -> None:
-        if not messages:
-            return
-        await conn.executemany(
-            f"INSERT INTO {self.schema}.orchestrator_queue(instance_id, message, visible_at) VALUES ($1,$2,$3)",
-            [(m.instance_id, encode_message(m), v or 0) for m, v in messages])
-        await conn.execute("SELECT pg_notify($1, '')", f"{self.schema}_orch")
-
-    async def _load_history(self, conn: _Conn, instance_id: str, execution_id: int) -> list[HistoryEvent]:
-        rows = await conn.fetch(f"SELECT event FROM {self.schema}.history WHERE instance_id=$1 AND execution_id=$2 "
-                                "ORDER BY event_id", instance_id, execution_id)
-        return [decode_event(r[0], instance_id=instance_id) for r in rows]
-
     async def drop_schema(self) -> None:
         """Delete this provider's schema and everything in it (tests and teardown)."""
-        await self._tx(lambda conn: conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
+        await self._one(lambda conn: conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
 
 
-def _record_snapshot(record: InstanceRecord) -> bytes:
-    """An instance record as a request key's outcome (JSON)."""
-    return orjson.dumps(dataclasses.asdict(record))
+class _Statements:
+    """The store's statements that fold several writes (and their NOTIFY) into one round trip."""
+
+    def __init__(self, s: str) -> None:
+        args = ", ".join(f"${n}" for n in range(1, 5 + len(_COMMIT_ARRAYS)))
+        self.commit_turns = f"SELECT {s}.commit_turns_m5({args})"
+        # The advisory-lock namespace of this schema's fetches (see fetch_items_m5).
+        self.fetch_key = zlib.crc32(f"duroxide-fetch:{s}".encode()) - 2**31
+        self.fetch_items = f"SELECT * FROM {s}.fetch_items_m5($1, $2, $3, $4, $5)"
+        # An instance row and its start message, unless the id is taken; `held` tells a
+        # retry whether the taken id is its own first attempt's row.
+        self.create_instance = (
+            f"WITH created AS (INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, "
+            "created_at, updated_at, parent_instance_id, incarnation) "
+            "VALUES ($1::text, $2::text, $3::text, $4::bigint, 'Pending', $8::bigint, $8::bigint, $5::text, $6::text) "
+            "ON CONFLICT (instance_id) DO NOTHING RETURNING 1), "
+            f"queued AS (INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) "
+            "SELECT $1::text, $7::bytea, 0 FROM created RETURNING 1) "
+            "SELECT EXISTS (SELECT 1 FROM created) AS created, "
+            f"(SELECT incarnation FROM {s}.instances WHERE instance_id = $1::text) AS held, "
+            "(SELECT pg_notify($9::text, '') FROM queued) AS notified")
+        # The same for many starts (ids distinct).
+        self.create_instances = (
+            "WITH input AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+            "$5::text[], $6::text[], $7::bytea[]) WITH ORDINALITY "
+            "AS r(instance_id, name, version, execution_id, parent, incarnation, message, n)), "
+            f"created AS (INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, "
+            "created_at, updated_at, parent_instance_id, incarnation) "
+            "SELECT r.instance_id, r.name, r.version, r.execution_id, 'Pending', $8::bigint, $8::bigint, r.parent, "
+            "r.incarnation FROM input r ORDER BY r.n "
+            "ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id), "
+            f"queued AS (INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) "
+            "SELECT r.instance_id, r.message, 0 FROM input r "
+            "WHERE r.instance_id IN (SELECT c.instance_id FROM created c) ORDER BY r.n RETURNING 1) "
+            "SELECT r.instance_id IN (SELECT c.instance_id FROM created c) AS created, "
+            f"(SELECT i.incarnation FROM {s}.instances i WHERE i.instance_id = r.instance_id) AS held, "
+            "(SELECT pg_notify($9::text, '') FROM queued LIMIT 1) AS notified "
+            "FROM input r ORDER BY r.n")
+        # The message if the instance exists (and its status is listed), with the request key
+        # recording what this call saw; a retry whose first attempt committed finds the key.
+        # Once a minute ($6) it also deletes up to 1000 expired keys.
+        self.send = (
+            f"WITH prior AS (SELECT k.outcome FROM {s}.request_keys k WHERE k.request_id = $1::text), "
+            f"inst AS (SELECT {_INSTANCE_COLS} FROM {s}.instances WHERE instance_id = $2::text "
+            "AND NOT EXISTS (SELECT 1 FROM prior) FOR SHARE), "
+            "admitted AS (SELECT * FROM inst WHERE $3::text[] IS NULL OR inst.status = ANY($3::text[])), "
+            f"queued AS (INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) "
+            "SELECT $2::text, $4::bytea, 0 FROM admitted RETURNING 1), "
+            f"remembered AS (INSERT INTO {s}.request_keys(request_id, outcome, created_at) "
+            "SELECT $1::text, convert_to(json_build_array(a.instance_id, a.name, a.version, a.execution_id, "
+            "a.status, a.output, encode(a.error, 'hex'), a.custom_status, a.created_at, a.updated_at, "
+            "a.parent_instance_id, a.incarnation)::text, 'UTF8'), $5::bigint FROM admitted a RETURNING 1), "
+            f"expired AS (DELETE FROM {s}.request_keys WHERE $6::boolean AND request_id IN ("
+            f"SELECT request_id FROM {s}.request_keys WHERE created_at < $5::bigint - $7::bigint "
+            "LIMIT 1000 FOR UPDATE SKIP LOCKED)) "
+            "SELECT (SELECT outcome FROM prior) AS prior, i.*, "
+            "(SELECT pg_notify($8::text, '') FROM queued) AS notified "
+            "FROM (VALUES (1)) AS one(x) LEFT JOIN inst i ON true")
+        # Unlock and show the messages again after the delay, if the token still holds.
+        self.abandon_orchestration_item = (
+            f"{_NO_FLUSH}, released AS (DELETE FROM {s}.instance_locks WHERE instance_id = $1::text "
+            "AND lock_token = $2::text RETURNING (SELECT off FROM no_flush)), "
+            f"shown AS (UPDATE {s}.orchestrator_queue SET lock_token = NULL, "
+            "visible_at = GREATEST(visible_at, $3::bigint) WHERE lock_token = $2::text "
+            "AND EXISTS (SELECT 1 FROM released) RETURNING 1) "
+            "SELECT (SELECT pg_notify($4::text, '') FROM released)")
+        # Results whose lease still exists, for instances that exist (with a listed status).
+        self.complete_work_items = (
+            f"WITH done AS (DELETE FROM {s}.worker_queue WHERE lock_token = ANY($1::text[]) RETURNING lock_token), "
+            "results AS (SELECT r.instance_id, r.message, r.n "
+            "FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS r(token, instance_id, message, n) "
+            "WHERE r.token IN (SELECT done.lock_token FROM done) "
+            f"AND EXISTS (SELECT 1 FROM {s}.instances i WHERE i.instance_id = r.instance_id "
+            "AND ($4::text[] IS NULL OR i.status = ANY($4::text[])))), "
+            f"queued AS (INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) "
+            "SELECT results.instance_id, results.message, 0 FROM results ORDER BY results.n RETURNING 1) "
+            "SELECT (SELECT pg_notify($5::text, '') FROM queued LIMIT 1)")
+        self.abandon_work_item = (
+            f"{_NO_FLUSH}, released AS (UPDATE {s}.worker_queue SET lock_token = NULL, locked_until = 0, "
+            "visible_at = $2::bigint WHERE lock_token = $1::text RETURNING (SELECT off FROM no_flush)) "
+            "SELECT pg_notify($3::text, '')")
 
 
-def _record_from_snapshot(raw: bytes) -> InstanceRecord:
-    fields = orjson.loads(raw)
-    error = fields.pop("error", None)
-    return InstanceRecord(**fields, error=decode_error_details(orjson.dumps(error)) if error is not None else None)
+def _record_from_outcome(raw: bytes) -> InstanceRecord:
+    """The instance row a ``send`` saw, from its request key's outcome (a JSON array in
+    ``_INSTANCE_COLS`` order, the error column hex-encoded)."""
+    values = orjson.loads(raw)
+    row: dict[str, Any] = dict(zip(_INSTANCE_COLS.split(", "), values, strict=True))
+    row["error"] = bytes.fromhex(row["error"]) if row["error"] is not None else None
+    return _record(row)
 
 
 def _redact(url: str) -> str:

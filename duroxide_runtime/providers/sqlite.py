@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Collection, Generator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -33,7 +33,7 @@ from ..errors import (
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    FetchResult, QueueDepths, decode_error_details, InstanceRecord, OrchestrationItem, Provider, QueuedMessage,
+    Durability, FetchResult, QueueDepths, decode_error_details, InstanceRecord, OrchestrationItem, Provider, QueuedMessage,
     TurnCommit, WorkCompletion, WorkLease, status_admits, timer_key,
 )
 from ..clock import SYSTEM_CLOCK, Clock
@@ -43,6 +43,9 @@ __all__ = ["SqliteProvider"]
 
 _log = logging.getLogger("duroxide.sqlite")
 _T = TypeVar("_T")
+
+#: Seconds a caller waits for its write to be committed (a stalled disk) before StoreTimeoutError.
+DEFAULT_WRITE_TIMEOUT = 120.0
 
 SCHEMA_VERSION = 3
 _SCHEMA = """
@@ -184,18 +187,36 @@ class SqliteProvider(Provider):
 
     ``clock`` is the time source of locks, leases, due times and timestamps
     (default: the system clock); the runtime and clients of the store use it too.
+    ``durability`` says what an acknowledged write survives (:class:`Durability`;
+    ``FULL``, the default, survives power loss). Writes that arrive together share
+    one transaction and one fsync (group commit); a write not confirmed within
+    ``write_timeout`` seconds raises :class:`~duroxide_runtime.errors.StoreTimeoutError`.
+
+    Example::
+
+        store = await SqliteProvider.new("sqlite:///orders.db")
     """
 
-    def __init__(self, path: str, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, path: str, *, clock: Clock = SYSTEM_CLOCK, durability: Durability = Durability.FULL,
+                 write_timeout: float = DEFAULT_WRITE_TIMEOUT) -> None:
+        if not isinstance(durability, Durability):
+            raise ConfigurationError(f"durability must be a Durability, got {durability!r}",
+                                     fix="pass Durability.FULL (the default) or Durability.RELAXED")
+        if not write_timeout > 0:
+            raise ConfigurationError(f"write_timeout must be a positive number of seconds, got {write_timeout!r}",
+                                     fix=f"pass e.g. write_timeout={DEFAULT_WRITE_TIMEOUT:g}")
         self.path = path
         self.clock = clock
+        self.durability = durability
+        self.write_timeout = write_timeout
         self._db: ConnectionThread | None = None
         self._connecting: asyncio.Lock | None = None
 
     @classmethod
-    async def new(cls, url: str, *, clock: Clock = SYSTEM_CLOCK) -> SqliteProvider:
+    async def new(cls, url: str, *, clock: Clock = SYSTEM_CLOCK, durability: Durability = Durability.FULL,
+                  write_timeout: float = DEFAULT_WRITE_TIMEOUT) -> SqliteProvider:
         """Open (creating if missing) the database at ``url`` and migrate its schema."""
-        provider = cls(_path_from_url(url), clock=clock)
+        provider = cls(_path_from_url(url), clock=clock, durability=durability, write_timeout=write_timeout)
         await provider._connect()
         return provider
 
@@ -223,7 +244,8 @@ class SqliteProvider(Provider):
                     # SQLite's journal makes dying mid-transaction safe.
                     db = await ConnectionThread.open(
                         lambda: sqlite3.connect(path, isolation_level=None, timeout=30.0),
-                        name=f"duroxide-sqlite {os.path.basename(path)}")
+                        name=f"duroxide-sqlite {os.path.basename(path)}",
+                        durable_sync="FULL" if self.durability is Durability.FULL else "NORMAL")
                 except (OSError, sqlite3.Error) as exc:
                     raise _store_error(self.path, exc) from exc
                 self._db = db
@@ -272,6 +294,18 @@ class SqliteProvider(Provider):
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn(conn)`` on the connection thread (one hop), retrying while the database is busy."""
+        return await self._retrying_busy(lambda db: db.run(fn))
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], _T], *, durable: bool, what: str) -> _T:
+        """Run ``fn(conn)`` in a group-committed transaction (see ConnectionThread.write).
+
+        ``durable``: the write acknowledges something a user relies on (a start, an event, a
+        turn, a result) and commits at this store's durability; locks and leases do not.
+        """
+        return await self._retrying_busy(
+            lambda db: db.write(fn, durable=durable, what=what, timeout=self.write_timeout))
+
+    async def _retrying_busy(self, call: Callable[[ConnectionThread], Awaitable[_T]]) -> _T:
         if self._db is None:
             await self._connect()
         db = self._db
@@ -281,7 +315,7 @@ class SqliteProvider(Provider):
         deadline = time.monotonic() + 120
         while True:
             try:
-                return await db.run(fn)
+                return await call(db)
             except sqlite3.DatabaseError as exc:
                 if not isinstance(exc, sqlite3.OperationalError) and type(exc) is not sqlite3.DatabaseError:
                     raise  # IntegrityError, DataError...: about one item, not the file; the caller decides
@@ -300,26 +334,24 @@ class SqliteProvider(Provider):
 
     async def create_instance(self, start: StartOrchestration) -> None:
         def op(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
-                if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (start.instance_id,)).fetchone():
-                    return False
-                _insert_instance(conn, start, self.clock.now_ms())
-                _enqueue(conn, start, None)
-                return True
+            if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (start.instance_id,)).fetchone():
+                return False
+            _insert_instance(conn, start, self.clock.now_ms())
+            _enqueue(conn, start, None)
+            return True
 
-        if not await self._run(op):
+        if not await self._write(op, durable=True, what="a start"):
             raise InstanceAlreadyExistsError(start.instance_id)
 
     async def send(self, message: OrchestratorMessage, *,
                    only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
         def op(conn: sqlite3.Connection) -> InstanceRecord | None:
-            with _transaction(conn):
-                record = _get_instance(conn, message.instance_id)
-                if status_admits(only_if_status_in, record.status if record else None):
-                    _enqueue(conn, message, None)
-                return record
+            record = _get_instance(conn, message.instance_id)
+            if status_admits(only_if_status_in, record.status if record else None):
+                _enqueue(conn, message, None)
+            return record
 
-        return await self._run(op)
+        return await self._write(op, durable=True, what="a message")
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         return await self._run(lambda conn: _get_instance(conn, instance_id))
@@ -359,24 +391,23 @@ class SqliteProvider(Provider):
     async def purge_instance(self, instance_id: str, *,
                              only_if_status_in: Collection[str] | None = None) -> list[str] | None:
         def op(conn: sqlite3.Connection) -> list[str] | None:
-            with _transaction(conn):
-                record = _get_instance(conn, instance_id)
-                if record is None:
-                    return []
-                if not status_admits(only_if_status_in, record.status):
-                    return None
-                doomed, frontier = [instance_id], [instance_id]
-                while frontier:
-                    marks = ",".join("?" * len(frontier))
-                    frontier = [r[0] for r in conn.execute(
-                        f"SELECT instance_id FROM instances WHERE parent_instance_id IN ({marks})", frontier)]
-                    doomed += frontier
-                for iid in doomed:
-                    for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue"):
-                        conn.execute(f"DELETE FROM {table} WHERE instance_id=?", (iid,))
-                return doomed
+            record = _get_instance(conn, instance_id)
+            if record is None:
+                return []
+            if not status_admits(only_if_status_in, record.status):
+                return None
+            doomed, frontier = [instance_id], [instance_id]
+            while frontier:
+                marks = ",".join("?" * len(frontier))
+                frontier = [r[0] for r in conn.execute(
+                    f"SELECT instance_id FROM instances WHERE parent_instance_id IN ({marks})", frontier)]
+                doomed += frontier
+            for iid in doomed:
+                for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue"):
+                    conn.execute(f"DELETE FROM {table} WHERE instance_id=?", (iid,))
+            return doomed
 
-        return await self._run(op)
+        return await self._write(op, durable=True, what="a purge")
 
     # -- orchestration dispatcher --------------------------------------------------
 
@@ -385,43 +416,38 @@ class SqliteProvider(Provider):
 
         def op(conn: sqlite3.Connection) -> FetchResult:
             now = self.clock.now_ms()
-            with _transaction(conn):
-                candidates = [r[0] for r in conn.execute(
-                    "SELECT q.instance_id FROM orchestrator_queue q "
-                    "LEFT JOIN instance_locks l ON l.instance_id = q.instance_id AND l.locked_until > ? "
-                    "WHERE q.visible_at <= ? AND l.instance_id IS NULL "
-                    "GROUP BY q.instance_id ORDER BY MIN(q.id) LIMIT ?", (now, now, max_items))]
-                items = []
-                for iid in candidates:
-                    token = uuid.uuid4().hex
-                    conn.execute("INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) "
-                                 "VALUES (?,?,?)", (iid, token, now + lock_ms))
-                    conn.execute("UPDATE orchestrator_queue SET lock_token=?, dequeue_count=dequeue_count+1 "
-                                 "WHERE instance_id=? AND visible_at<=?", (token, iid, now))
-                    rows = conn.execute("SELECT id, message, dequeue_count FROM orchestrator_queue "
-                                        "WHERE lock_token=? ORDER BY id", (token,)).fetchall()
-                    messages, dequeues = [], 0
-                    for qid, raw, count in rows:
-                        dequeues = max(dequeues, count)
-                        try:
-                            messages.append(QueuedMessage(qid, decode_message(raw)))
-                        except ValueError:
-                            _log.error("instance %r: dropping unreadable queue message %s", iid, qid)
-                            conn.execute("DELETE FROM orchestrator_queue WHERE id=?", (qid,))
-                    record = _get_instance(conn, iid)
-                    hlen = 0
-                    if record is not None:
-                        hlen = conn.execute("SELECT COALESCE(MAX(event_id), 0) FROM history "
-                                            "WHERE instance_id=? AND execution_id=?",
-                                            (iid, record.execution_id)).fetchone()[0]
-                    items.append(OrchestrationItem(iid, token, messages, record, hlen, dequeues))
-                next_due = None
-                if not items:
-                    next_due = conn.execute("SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?",
-                                            (now,)).fetchone()[0]
-                return FetchResult(items, next_due)
+            candidates = _due_unlocked_instances(conn, now, max_items)
+            items = []
+            for iid in candidates:
+                token = uuid.uuid4().hex
+                conn.execute("INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) "
+                             "VALUES (?,?,?)", (iid, token, now + lock_ms))
+                conn.execute("UPDATE orchestrator_queue SET lock_token=?, dequeue_count=dequeue_count+1 "
+                             "WHERE instance_id=? AND visible_at<=?", (token, iid, now))
+                rows = conn.execute("SELECT id, message, dequeue_count FROM orchestrator_queue "
+                                    "WHERE instance_id=? AND lock_token=? ORDER BY id", (iid, token)).fetchall()
+                messages, dequeues = [], 0
+                for qid, raw, count in rows:
+                    dequeues = max(dequeues, count)
+                    try:
+                        messages.append(QueuedMessage(qid, decode_message(raw)))
+                    except ValueError:
+                        _log.error("instance %r: dropping unreadable queue message %s", iid, qid)
+                        conn.execute("DELETE FROM orchestrator_queue WHERE id=?", (qid,))
+                record = _get_instance(conn, iid)
+                hlen = 0
+                if record is not None:
+                    hlen = conn.execute("SELECT COALESCE(MAX(event_id), 0) FROM history "
+                                        "WHERE instance_id=? AND execution_id=?",
+                                        (iid, record.execution_id)).fetchone()[0]
+                items.append(OrchestrationItem(iid, token, messages, record, hlen, dequeues))
+            next_due = None
+            if not items:
+                next_due = conn.execute("SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?",
+                                        (now,)).fetchone()[0]
+            return FetchResult(items, next_due)
 
-        return await self._run(op)
+        return await self._write(op, durable=False, what="a fetch of orchestration work")
 
     async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:
         def op(conn: sqlite3.Connection) -> dict[str, list[HistoryEvent] | Exception]:
@@ -439,44 +465,47 @@ class SqliteProvider(Provider):
         def op(conn: sqlite3.Connection) -> list[bool]:
             results = []
             now = self.clock.now_ms()
-            with _transaction(conn):
-                for c in commits:
-                    row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
-                                       (c.instance_id,)).fetchone()
-                    if row is None or row[0] != c.lock_token:
-                        results.append(False)
-                        continue
-                    conn.execute("SAVEPOINT turn")
-                    try:
-                        _apply_commit(conn, c, now)
-                        conn.execute("RELEASE turn")
-                        results.append(True)
-                    except sqlite3.OperationalError:
-                        raise  # busy: the whole batch is retried
-                    except Exception as exc:  # noqa: BLE001 - one bad turn must not sink the batch
-                        _log.warning("instance %r: the store refused the turn (%s: %s)", c.instance_id,
-                                     type(exc).__name__, exc)
-                        c.refused = f"{type(exc).__name__}: {exc}"
-                        conn.execute("ROLLBACK TO turn")
-                        conn.execute("RELEASE turn")
-                        results.append(False)
+            for c in commits:
+                row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
+                                   (c.instance_id,)).fetchone()
+                if row is None or row[0] != c.lock_token:
+                    results.append(False)
+                    continue
+                conn.execute("SAVEPOINT turn")
+                try:
+                    _apply_commit(conn, c, now)
+                    conn.execute("RELEASE turn")
+                    results.append(True)
+                except sqlite3.OperationalError:
+                    raise  # busy: the whole batch is retried
+                except Exception as exc:  # noqa: BLE001 - one bad turn must not sink the batch
+                    _log.warning("instance %r: the store refused the turn (%s: %s)", c.instance_id,
+                                 type(exc).__name__, exc)
+                    c.refused = f"{type(exc).__name__}: {exc}"
+                    conn.execute("ROLLBACK TO turn")
+                    conn.execute("RELEASE turn")
+                    results.append(False)
             return results
 
-        return await self._run(op)
+        # Only a turn that ends its instance acknowledges anything (its waiting clients and its
+        # parent hear of it): that commit is durable. A turn in between, lost on a power cut, is
+        # simply redone from the messages it consumed, which come back with it; and the write-
+        # ahead log is ordered, so the next durable commit (an activity result, a start, an end)
+        # makes it durable too.
+        return await self._write(op, durable=any(c.ends_instance for c in commits), what="a commit of turns")
 
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
-                                   (instance_id,)).fetchone()
-                if row is None or row[0] != lock_token:
-                    return
-                visible = self.clock.now_ms() + int(delay * 1000)
-                conn.execute("UPDATE orchestrator_queue SET lock_token=NULL, visible_at=MAX(visible_at, ?) "
-                             "WHERE lock_token=?", (visible, lock_token))
-                conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (instance_id,))
+            row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
+                               (instance_id,)).fetchone()
+            if row is None or row[0] != lock_token:
+                return
+            visible = self.clock.now_ms() + int(delay * 1000)
+            conn.execute("UPDATE orchestrator_queue SET lock_token=NULL, visible_at=MAX(visible_at, ?) "
+                         "WHERE instance_id=? AND lock_token=?", (visible, instance_id, lock_token))
+            conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (instance_id,))
 
-        await self._run(op)
+        await self._write(op, durable=False, what="an abandoned orchestration item")
 
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
         """Extend the instance locks (instance_id, lock_token) fetched by fetch_orchestration_items to now +
@@ -495,12 +524,11 @@ class SqliteProvider(Provider):
 
         def op(conn: sqlite3.Connection) -> list[bool]:
             until = self.clock.now_ms() + lock_ms
-            with _transaction(conn):
-                return [conn.execute("UPDATE instance_locks SET locked_until=? WHERE instance_id=? AND lock_token=?",
-                                     (until, instance_id, token)).rowcount == 1
-                        for instance_id, token in locks]
+            return [conn.execute("UPDATE instance_locks SET locked_until=? WHERE instance_id=? AND lock_token=?",
+                                 (until, instance_id, token)).rowcount == 1
+                    for instance_id, token in locks]
 
-        return await self._run(op)
+        return await self._write(op, durable=False, what="a lock renewal")
 
     # -- activity workers ----------------------------------------------------------
 
@@ -512,48 +540,46 @@ class SqliteProvider(Provider):
 
         def op(conn: sqlite3.Connection) -> list[WorkLease]:
             now = self.clock.now_ms()
-            with _transaction(conn):
-                rows = conn.execute(
-                    "SELECT id, message, dequeue_count FROM worker_queue WHERE visible_at <= ? "
-                    "AND (lock_token IS NULL OR locked_until <= ?) AND cancelled = 0 "
-                    "AND (? IS NULL OR name IN (SELECT value FROM json_each(?)) OR visible_at <= ?) "
-                    "ORDER BY id LIMIT ?",
-                    (now, now, names, names, now - int(foreign_delay * 1000), max_items)).fetchall()
-                leases = []
-                for wid, raw, count in rows:
-                    token = uuid.uuid4().hex
-                    conn.execute("UPDATE worker_queue SET lock_token=?, locked_until=?, dequeue_count=? WHERE id=?",
-                                 (token, now + lock_ms, count + 1, wid))
-                    try:
-                        leases.append(WorkLease(token, decode_message(raw), count + 1))
-                    except ValueError:
-                        _log.error("dropping unreadable activity message %s", wid)
-                        conn.execute("DELETE FROM worker_queue WHERE id=?", (wid,))
-                return leases
+            rows = conn.execute(
+                "SELECT id, message, dequeue_count FROM worker_queue WHERE visible_at <= ? "
+                "AND (lock_token IS NULL OR locked_until <= ?) AND cancelled = 0 "
+                "AND (? IS NULL OR name IN (SELECT value FROM json_each(?)) OR visible_at <= ?) "
+                "ORDER BY id LIMIT ?",
+                (now, now, names, names, now - int(foreign_delay * 1000), max_items)).fetchall()
+            leases = []
+            for wid, raw, count in rows:
+                token = uuid.uuid4().hex
+                conn.execute("UPDATE worker_queue SET lock_token=?, locked_until=?, dequeue_count=? WHERE id=?",
+                             (token, now + lock_ms, count + 1, wid))
+                try:
+                    leases.append(WorkLease(token, decode_message(raw), count + 1))
+                except ValueError:
+                    _log.error("dropping unreadable activity message %s", wid)
+                    conn.execute("DELETE FROM worker_queue WHERE id=?", (wid,))
+            return leases
 
-        return await self._run(op)
+        return await self._write(op, durable=False, what="a fetch of activity work")
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
                                   only_if_status_in: Collection[str] | None = None) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                for done in completions:
-                    if not conn.execute("DELETE FROM worker_queue WHERE lock_token=?", (done.lock_token,)).rowcount:
-                        # The lease is gone: the instance was purged (perhaps created again under the
-                        # same id), or another worker took the call over and will deliver its own result.
-                        continue
-                    row = conn.execute("SELECT status FROM instances WHERE instance_id=?",
-                                       (done.result.instance_id,)).fetchone()
-                    if status_admits(only_if_status_in, row[0] if row else None):
-                        _enqueue(conn, done.result, None)
+            for done in completions:
+                if not conn.execute("DELETE FROM worker_queue WHERE lock_token=?", (done.lock_token,)).rowcount:
+                    # The lease is gone: the instance was purged (perhaps created again under the
+                    # same id), or another worker took the call over and will deliver its own result.
+                    continue
+                row = conn.execute("SELECT status FROM instances WHERE instance_id=?",
+                                   (done.result.instance_id,)).fetchone()
+                if status_admits(only_if_status_in, row[0] if row else None):
+                    _enqueue(conn, done.result, None)
 
-        await self._run(op)
+        await self._write(op, durable=True, what="activity results")
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         visible = self.clock.now_ms() + int(delay * 1000)
-        await self._run(lambda conn: conn.execute(
+        await self._write(lambda conn: conn.execute(
             "UPDATE worker_queue SET lock_token=NULL, locked_until=0, visible_at=? WHERE lock_token=?",
-            (visible, lock_token)))
+            (visible, lock_token)), durable=False, what="an abandoned activity")
 
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         statuses = orjson.dumps(sorted(active_statuses)).decode()
@@ -563,22 +589,44 @@ class SqliteProvider(Provider):
                               only_if_status_in: Collection[str] | None = None,
                               only_if_execution: int | None = None) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
-                row = conn.execute(
-                    "SELECT w.cancelled, i.status, i.execution_id FROM worker_queue w "
-                    "LEFT JOIN instances i ON i.instance_id = w.instance_id WHERE w.lock_token=?",
-                    (lock_token,)).fetchone()
-                if (row is None or row[0] or not status_admits(only_if_status_in, row[1])
-                        or (only_if_execution is not None and row[2] != only_if_execution)):
-                    return False
-                conn.execute("UPDATE worker_queue SET locked_until=? WHERE lock_token=?",
-                             (self.clock.now_ms() + int(lock_timeout * 1000), lock_token))
-                return True
+            row = conn.execute(
+                "SELECT w.cancelled, i.status, i.execution_id FROM worker_queue w "
+                "LEFT JOIN instances i ON i.instance_id = w.instance_id WHERE w.lock_token=?",
+                (lock_token,)).fetchone()
+            if (row is None or row[0] or not status_admits(only_if_status_in, row[1])
+                    or (only_if_execution is not None and row[2] != only_if_execution)):
+                return False
+            conn.execute("UPDATE worker_queue SET locked_until=? WHERE lock_token=?",
+                         (self.clock.now_ms() + int(lock_timeout * 1000), lock_token))
+            return True
 
-        return await self._run(op)
+        return await self._write(op, durable=False, what="an activity lease renewal")
 
 
 # -- helpers that run on the connection thread --------------------------------------
+
+
+def _due_unlocked_instances(conn: sqlite3.Connection, now: int, max_items: int) -> list[str]:
+    """Up to ``max_items`` instances with a due message and no live lock, oldest due first.
+
+    Walks the queue's ``visible_at`` index from the oldest due message and stops as soon
+    as it has enough: the cost is the messages it passes (those of locked instances, a
+    few batches' worth), not the length of the queue or the number of waiting timers.
+    """
+    locked = {r[0] for r in conn.execute("SELECT instance_id FROM instance_locks WHERE locked_until > ?", (now,))}
+    found: dict[str, None] = {}
+    cursor = conn.execute("SELECT instance_id FROM orchestrator_queue INDEXED BY ix_oq_visible "
+                          "WHERE visible_at <= ? ORDER BY visible_at, id", (now,))
+    try:
+        while len(found) < max_items and (rows := cursor.fetchmany(64)):
+            for (iid,) in rows:
+                if iid not in locked:
+                    found[iid] = None
+                    if len(found) == max_items:
+                        break
+    finally:
+        cursor.close()
+    return list(found)
 
 
 def _queue_depths(conn: sqlite3.Connection, now: int, active_statuses: str) -> QueueDepths:
@@ -588,23 +636,6 @@ def _queue_depths(conn: sqlite3.Connection, now: int, active_statuses: str) -> Q
     active = conn.execute("SELECT COUNT(*) FROM instances WHERE status IN (SELECT value FROM json_each(?))",
                           (active_statuses,)).fetchone()[0]
     return QueueDepths(due, later, worker, active)
-
-
-class _transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): one writer, no upgrade deadlocks."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
 
 
 def _get_instance(conn: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:

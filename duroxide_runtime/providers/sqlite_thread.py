@@ -22,6 +22,18 @@ What it promises:
   is idempotent; a forgotten ``close()`` never keeps the process alive (daemon
   thread), and a collected ``ConnectionThread`` stops its thread.
 
+Group commit (:meth:`ConnectionThread.write`): a write callable runs inside a
+transaction the thread opens, in a savepoint of its own. Writes queued together
+share one transaction and so one fsync; each caller is answered only after
+that commit. A callable that raises rolls back its own savepoint and fails
+alone; a commit that fails (a full disk) fails every write of the group with
+its own error, and nothing committed before is touched. ``durable=True``
+writes commit with ``synchronous_sync`` (``FULL``: the write-ahead log is
+fsynced at the commit); the others (locks, leases) with ``NORMAL``, which in
+WAL mode costs no fsync and, lost on power loss, only lets a lease lapse. A
+caller waits at most ``timeout`` seconds and is then told whether its write
+could still commit (:class:`~duroxide_runtime.errors.StoreTimeoutError`).
+
 Example::
 
     db = await ConnectionThread.open(lambda: sqlite3.connect("app.db", isolation_level=None))
@@ -40,11 +52,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ..errors import ConfigurationError, StoreError
+from ..errors import ConfigurationError, StoreError, StoreTimeoutError
 
 __all__ = ["ConnectionThread"]
 
 _T = TypeVar("_T")
+
+
+#: How many queued writes one group commit takes at most (bounds one transaction's size).
+MAX_GROUP = 256
 
 
 @dataclass(eq=False, slots=True)
@@ -55,6 +71,12 @@ class _Job(Generic[_T]):
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future[_T] | None
     stop: bool = False
+    #: A write: runs in a savepoint of a group transaction the thread opens (see write()).
+    write: bool = False
+    durable: bool = False
+    #: Set under the channel's lock: the thread claimed it (it runs), or its caller gave up first (it never runs).
+    started: bool = False
+    withdrawn: bool = False
 
 
 def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
@@ -115,11 +137,18 @@ class _Channel:
             self._room_waiters.append((loop, room))
             return True
 
-    def take(self) -> _Job[Any]:
-        """On the thread: the next job (blocking), waking every caller that waits for room."""
-        job = self._jobs.get()
+    def take(self, block: bool = True) -> _Job[Any] | None:
+        """On the thread: the next job (``None`` if ``block`` is false and none is queued),
+        claimed as started unless its caller withdrew it; wakes every caller that waits for room."""
+        if not block and not self._pending:
+            return None  # the common case when gathering a group, without raising queue.Empty
+        try:
+            job = self._jobs.get(block)
+        except queue.Empty:
+            return None
         with self._lock:
             self._pending -= 1
+            job.started = not job.withdrawn
             if not self._room_waiters:
                 return job
             waiters, self._room_waiters = self._room_waiters, []
@@ -132,6 +161,14 @@ class _Channel:
                 pass  # that caller's loop is closed
         return job
 
+    def withdraw(self, job: _Job[Any]) -> bool:
+        """From the caller: make sure ``job`` never runs; ``False`` if the thread already started it."""
+        with self._lock:
+            if job.started:
+                return False
+            job.withdrawn = True
+            return True
+
     def leftovers(self) -> list[_Job[Any]]:
         """On the thread after its stop job: the jobs still queued (callers racing close() from elsewhere)."""
         jobs = []
@@ -142,7 +179,8 @@ class _Channel:
                 return jobs
 
 
-def _serve(channel: _Channel, connect: Callable[[], sqlite3.Connection], opened: _Job[None], name: str) -> None:
+def _serve(channel: _Channel, connect: Callable[[], sqlite3.Connection], opened: _Job[None], name: str,
+           durable_sync: str) -> None:
     """The thread's body: open the connection, run jobs until a stop job, close it."""
     conn: sqlite3.Connection | None = None
     try:
@@ -151,8 +189,28 @@ def _serve(channel: _Channel, connect: Callable[[], sqlite3.Connection], opened:
         _deliver(opened, None, exc)
     else:
         _deliver(opened, None, None)
+    sync: list[str | None] = [None]  # the connection's synchronous setting, set lazily
+    carried: _Job[Any] | None = None  # taken while gathering a group, run next
     while True:
-        job = channel.take()
+        job = carried or channel.take()
+        carried = None
+        assert job is not None
+        if job.withdrawn:
+            continue  # its caller gave up before it ran, and was told so
+        if job.write and conn is not None:
+            group = [job]
+            while len(group) < MAX_GROUP:
+                more = channel.take(block=False)
+                if more is None:
+                    break
+                if more.withdrawn:
+                    continue
+                if not more.write:
+                    carried = more
+                    break
+                group.append(more)
+            _commit_group(conn, group, durable_sync, sync)
+            continue
         if job.stop:
             error: BaseException | None = None
             try:
@@ -174,6 +232,68 @@ def _serve(channel: _Channel, connect: Callable[[], sqlite3.Connection], opened:
         except BaseException as exc:  # noqa: BLE001 - the caller's error, not the thread's
             error = exc
         _deliver(job, result, _end_open_transaction(conn, error))
+
+
+def _commit_group(conn: sqlite3.Connection, group: list[_Job[Any]], durable_sync: str,
+                  sync: list[str | None]) -> None:
+    """Run ``group``'s write callables in one transaction, each in a savepoint; answer each after COMMIT."""
+    wanted = durable_sync if any(j.durable for j in group) else "NORMAL"
+    outcomes: list[tuple[object, BaseException | None]] = []
+    try:
+        if sync[0] != wanted:
+            conn.execute(f"PRAGMA synchronous={wanted}")
+            sync[0] = wanted
+        conn.execute("BEGIN IMMEDIATE")
+    except BaseException as exc:  # noqa: BLE001 - busy or broken: each caller decides (busy is retried)
+        for job in group:
+            _deliver(job, None, exc)
+        return
+    # A write alone needs no savepoint: if it fails, its transaction is rolled back whole.
+    alone = len(group) == 1
+    for job in group:
+        assert job.fn is not None
+        if not alone:
+            conn.execute("SAVEPOINT duroxide_write")
+        try:
+            outcomes.append((job.fn(conn), None))
+        except BaseException as exc:  # noqa: BLE001 - this caller's error; the others go on
+            if alone or not conn.in_transaction:
+                # Alone, or SQLite rolled the whole transaction back (a full disk, an I/O
+                # error): the writes before this one are gone too, so each gets this error.
+                _rollback(conn)
+                _fail_group(group, exc)
+                return
+            conn.execute("ROLLBACK TO duroxide_write")
+            outcomes.append((None, exc))
+        if not alone:
+            conn.execute("RELEASE duroxide_write")
+    try:
+        conn.execute("COMMIT")
+    except BaseException as exc:  # noqa: BLE001 - nothing of this group committed
+        _rollback(conn)
+        _fail_group(group, exc)
+        return
+    for job, (result, error) in zip(group, outcomes):
+        _deliver(job, result, error)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed group's transaction, if SQLite has not already."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the connection is broken: the next BEGIN reports it to its callers
+
+
+def _fail_group(group: list[_Job[Any]], cause: BaseException) -> None:
+    """Every write of a group whose transaction was lost is answered with the cause.
+
+    The store turns it into an error of each caller's own (SqliteProvider wraps it in a
+    fresh ``StoreError``, or retries it when the database was only busy).
+    """
+    for job in group:
+        _deliver(job, None, cause)
 
 
 def _end_open_transaction(conn: sqlite3.Connection, error: BaseException | None) -> BaseException | None:
@@ -199,6 +319,40 @@ def _stop_quietly(channel: _Channel) -> None:
     channel.offer(_Job(None, None, None, stop=True))
 
 
+class _Deadlines:
+    """The bounds of the writes waiting on one event loop, kept with one timer, not one per write.
+
+    A timer per write cost a heap push and a cancel on every store call; here a write
+    costs a dict entry, and the one timer is moved only when a write's deadline comes
+    before it. Each write still expires exactly at its deadline.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiting: dict[_Job[Any], tuple[float, Callable[[], None]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, job: _Job[Any], deadline: float, expire: Callable[[], None]) -> None:
+        self._waiting[job] = (deadline, expire)
+        if self._timer is None or deadline < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._fire)
+
+    def discard(self, job: _Job[Any]) -> None:
+        self._waiting.pop(job, None)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        due = [(job, expire) for job, (deadline, expire) in self._waiting.items() if deadline <= now]
+        for job, expire in due:
+            del self._waiting[job]
+            expire()
+        if self._waiting:
+            self._timer = self.loop.call_at(min(d for d, _ in self._waiting.values()), self._fire)
+
+
 class ConnectionThread:
     """A ``sqlite3`` connection on a daemon thread of its own; ``await run(fn)`` runs ``fn(conn)`` there.
 
@@ -219,7 +373,11 @@ class ConnectionThread:
     """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], *, name: str = "duroxide-sqlite",
-                 max_pending: int = 1024) -> None:
+                 max_pending: int = 1024, durable_sync: str = "FULL") -> None:
+        if durable_sync not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigurationError(f"durable_sync must be FULL, NORMAL or EXTRA, got {durable_sync!r}",
+                                     fix="pass the PRAGMA synchronous level of durable writes, e.g. 'FULL'")
+        self._durable_sync = durable_sync
         if max_pending < 1:
             raise ConfigurationError(f"max_pending must be at least 1, got {max_pending}",
                                      fix="pass the number of callables that may wait in the queue, e.g. 1024")
@@ -229,6 +387,7 @@ class ConnectionThread:
         self._closed = False
         self._stopped: asyncio.Future[None] | None = None
         self._thread: threading.Thread | None = None
+        self._deadlines: _Deadlines | None = None
         # Stop the thread when this object is collected without close(); not at interpreter
         # exit, where the daemon thread simply dies (SQLite's journal makes that safe).
         self._finalizer = weakref.finalize(self, _stop_quietly, self._channel)
@@ -236,16 +395,16 @@ class ConnectionThread:
 
     @classmethod
     async def open(cls, connect: Callable[[], sqlite3.Connection], *, name: str = "duroxide-sqlite",
-                   max_pending: int = 1024) -> ConnectionThread:
+                   max_pending: int = 1024, durable_sync: str = "FULL") -> ConnectionThread:
         """Start the thread and open the connection on it; raises what ``connect`` raised."""
-        db = cls(connect, name=name, max_pending=max_pending)
+        db = cls(connect, name=name, max_pending=max_pending, durable_sync=durable_sync)
         await db._start()
         return db
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         opened: _Job[None] = _Job(None, loop, loop.create_future())
-        self._thread = threading.Thread(target=_serve, args=(self._channel, self._connect, opened, self.name),
+        self._thread = threading.Thread(target=_serve, args=(self._channel, self._connect, opened, self.name, self._durable_sync),
                                         name=self.name, daemon=True)
         self._thread.start()
         assert opened.future is not None
@@ -269,18 +428,60 @@ class ConnectionThread:
         Cancelling the caller does not stop ``fn`` once it is queued: it runs to completion
         and its outcome is dropped.
         """
-        if self._closed:
-            raise _closed_error(self.name)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        job = _Job(fn, loop, future)
+        await self._submit(_Job(fn, loop, future))
+        return await future
+
+    async def write(self, fn: Callable[[sqlite3.Connection], _T], *, durable: bool, what: str,
+                    timeout: float) -> _T:
+        """Run ``fn(conn)`` inside a transaction shared with the writes queued beside it (group commit).
+
+        ``fn`` must not begin or end transactions (savepoints are fine). Its result is
+        returned once the group committed; if ``fn`` raised, its savepoint was rolled
+        back and the error is raised here, and the other writes are unaffected.
+        ``durable`` writes are committed with the thread's ``durable_sync`` level.
+        Waits at most ``timeout`` seconds, then raises
+        :class:`~duroxide_runtime.errors.StoreTimeoutError` naming ``what`` and saying
+        whether the write may still commit.
+
+        Example::
+
+            await db.write(lambda conn: conn.execute("INSERT INTO t(v) VALUES (1)"), durable=True,
+                           what="an insert", timeout=60)
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        job = _Job(fn, loop, future, write=True, durable=durable)
+        channel = self._channel
+
+        def expire() -> None:
+            # Answer the caller now; the thread's late outcome finds the future done and is dropped.
+            if not future.done():
+                committed = False if channel.withdraw(job) else None
+                future.set_exception(StoreTimeoutError(what, timeout, committed))
+
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:  # a store is nearly always used from one loop
+            deadlines = self._deadlines = _Deadlines(loop)
+        deadlines.add(job, loop.time() + timeout, expire)
+        try:
+            await self._submit(job)
+            return await future
+        finally:
+            deadlines.discard(job)
+
+    async def _submit(self, job: _Job[Any]) -> None:
+        """Queue ``job``, waiting (asynchronously) for room when the queue is full."""
+        if self._closed:
+            raise _closed_error(self.name)
+        assert job.loop is not None
         while not self._channel.offer(job):
-            room: asyncio.Future[None] = loop.create_future()
-            if self._channel.wait_for_room(loop, room):
+            room: asyncio.Future[None] = job.loop.create_future()
+            if self._channel.wait_for_room(job.loop, room):
                 await room
             if self._closed:
                 raise _closed_error(self.name)
-        return await future
 
     async def close(self) -> None:
         """Run the callables already queued, close the connection and end the thread; idempotent."""
