@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-import contextlib
 import contextvars
 import logging
 from asyncio import events
@@ -41,27 +40,34 @@ _T = TypeVar("_T")
 _log = logging.getLogger("duroxide.loop")
 
 
-@contextlib.contextmanager
-def running_in_this_thread(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+class running_in_this_thread:  # noqa: N801 - used as a function: `with running_in_this_thread(loop):`
     """Make ``loop`` this thread's running loop for the block, then restore the previous one.
 
     The one use of asyncio's private API: a loop driven step by step (not by
     ``run_forever``) has no public way to become the running loop, and
     ``asyncio.get_running_loop()``, ``create_task`` and ``sleep`` need it.
     The state is per thread, like asyncio's own. tests/test_asyncio_private_api.py
-    fails loudly if asyncio changes it.
+    fails loudly if asyncio changes it. (A class, not a generator: it is entered
+    at every turn.)
 
     Example::
 
         with running_in_this_thread(loop):
             assert asyncio.get_running_loop() is loop
     """
-    previous = events._get_running_loop()
-    events._set_running_loop(loop)
-    try:
-        yield
-    finally:
-        events._set_running_loop(previous)
+
+    __slots__ = ("_loop", "_previous")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._previous: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> None:
+        self._previous = events._get_running_loop()
+        events._set_running_loop(self._loop)
+
+    def __exit__(self, *exc: object) -> None:
+        events._set_running_loop(self._previous)
 
 
 def _describe(exc: BaseException) -> str:

@@ -502,7 +502,7 @@ def _filled(commit: TurnCommit, ex: Execution, result: TurnResult) -> TurnCommit
                        if not (isinstance(m, StartOrchestration) and m.instance_id != iid)]
     commit.cancel_activities = [CallKey(iid, xid, e) for e in out.cancelled_activities]
     commit.delete_timers = [CallKey(iid, xid, e) for e in out.cancelled_timers]
-    commit.ends_instance = result.status.value in TERMINAL_STATUSES
+    commit.ends_instance = result.status in TERMINAL_STATUSES  # a StrEnum: equal to its string
     moved_on = result.status is Status.CONTINUED_AS_NEW  # the instance runs on, as the next execution
     commit.update = InstanceUpdate(
         name=ex.name, version=ex.version, execution_id=ex.execution_id + 1 if moved_on else ex.execution_id,

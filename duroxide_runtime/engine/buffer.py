@@ -296,11 +296,10 @@ class CommandBuffer:
     # -- internals -------------------------------------------------------------------
 
     def _check(self, command: Command) -> None:
-        kind = command.kind.value
         for key in ("name", "input", "instance_id", "version"):
             value = getattr(command, key, None)
-            if value is not None:
-                check_str(value, f"{kind} {key}")
+            if value is not None and not isinstance(value, str):  # the message is built only when it fails
+                check_str(value, f"{command.kind.value} {key}")
         given = getattr(command, "input", None)
         if given is not None:
             check_size(given, self._options.max_payload_bytes, f"input of {getattr(command, 'name', None)!r}")
