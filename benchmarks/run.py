@@ -322,9 +322,10 @@ def baseline_transactions(conn: sqlite3.Connection, ids: list[str], durable_sync
     Each start is a transaction of its own (the client awaits each one); the
     runtime's operations are done ``group`` instances per transaction (1: one
     transaction per operation, nothing shared; 64: the runtime's default batch).
-    As the store does, what must survive (starts, turn commits, results)
-    commits with ``PRAGMA synchronous=<durable_sync>``; locks and leases, which
-    a crash merely lets expire, with ``NORMAL``.
+    As the store does, what acknowledges something (starts, results, the turn
+    that ends the instance) commits with ``PRAGMA synchronous=<durable_sync>``;
+    locks, leases and turns in between, which a crash merely lets expire or
+    redo (and the next durable commit covers), with ``NORMAL``.
     """
     tx = 0
     current: list[str | None] = [None]
@@ -410,7 +411,7 @@ def baseline_transactions(conn: sqlite3.Connection, ids: list[str], durable_sync
     for turn in range(4):
         for chunk in chunks:
             transaction(chunk, False, fetch)
-            transaction(chunk, True, lambda iid: commit(iid, turn))
+            transaction(chunk, turn == 3, lambda iid: commit(iid, turn))  # only the ending turn acknowledges
         if turn < 3:
             for chunk in chunks:
                 transaction(chunk, False, lambda iid: lease(iid, turn))
