@@ -122,17 +122,18 @@ class WakeHub:
         fetches a full batch wakes the next, so a burst still reaches every pipeline.
         Every runtime of the process wakes: only one may know the orchestration's name.
         """
-        for baton in self._orchestrator.values():
+        # A snapshot: a group collected meanwhile leaves the dict from a finalizer.
+        for baton in tuple(self._orchestrator.values()):
             baton.notify()
 
     def notify_worker(self) -> None:
         """Activity work was enqueued (or given back): wake one idle waiter of each group."""
-        for baton in self._worker.values():
+        for baton in tuple(self._worker.values()):
             baton.notify()
 
     def wake_everyone(self) -> None:
         """Wake every idle dispatcher and worker now: shutdown, or a listener that may have missed work."""
-        for baton in [*self._orchestrator.values(), *self._worker.values()]:
+        for baton in (*self._orchestrator.values(), *self._worker.values()):
             baton.notify_all()
 
     def notify_instance(self, instance_id: str) -> None:

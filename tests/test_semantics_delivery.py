@@ -9,6 +9,7 @@ once per provider (``env1``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -121,27 +122,10 @@ async def env1(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
             await drop_store(store)
 
 
-@pytest.fixture(params=PROVIDERS)
-async def clocked1(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Env, ManualClock]]:
-    """Every provider, cached replay only, on a ManualClock."""
+@contextlib.asynccontextmanager
+async def _on_a_manual_clock(provider: str, tmp_path: Path, replay_mode: str) -> AsyncIterator[tuple[Env, ManualClock]]:
     clock = ManualClock()
-    store = await make_store(request.param, tmp_path, clock=clock)
-    e = Env(Harness(store, "cached"))
-    try:
-        yield e, clock
-    finally:
-        try:
-            await e.close()
-        finally:
-            await drop_store(store)
-
-
-@pytest.fixture(params=PROVIDERS)
-async def clocked(request: pytest.FixtureRequest, tmp_path: Path,
-                  replay_mode: str) -> AsyncIterator[tuple[Env, ManualClock]]:
-    """Every provider x every replay mode, on a ManualClock: the test moves time, nothing sleeps."""
-    clock = ManualClock()
-    store = await make_store(request.param, tmp_path, clock=clock)
+    store = await make_store(provider, tmp_path, clock=clock)
     e = Env(Harness(store, replay_mode))
     try:
         yield e, clock
@@ -150,6 +134,21 @@ async def clocked(request: pytest.FixtureRequest, tmp_path: Path,
             await e.close()
         finally:
             await drop_store(store)
+
+
+@pytest.fixture(params=PROVIDERS)
+async def clocked1(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Env, ManualClock]]:
+    """Every provider, cached replay only, on a ManualClock."""
+    async with _on_a_manual_clock(request.param, tmp_path, "cached") as env:
+        yield env
+
+
+@pytest.fixture(params=PROVIDERS)
+async def clocked(request: pytest.FixtureRequest, tmp_path: Path,
+                  replay_mode: str) -> AsyncIterator[tuple[Env, ManualClock]]:
+    """Every provider x every replay mode, on a ManualClock: the test moves time, nothing sleeps."""
+    async with _on_a_manual_clock(request.param, tmp_path, replay_mode) as env:
+        yield env
 
 
 async def history(h: Harness, iid: str, execution_id: int | None = None) -> list[Any]:

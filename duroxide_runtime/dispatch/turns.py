@@ -295,9 +295,11 @@ class TurnThread:
         """Run calls on this (the event loop's) thread until one is preempted or the budget is spent."""
         watched = self._on_loop
         if watched is None or watched.thread is not threading.current_thread():
+            first = watched is None
             watched = self._on_loop = _Watched(threading.current_thread())
-            threading.Thread(target=_watch_the_loop, args=(weakref.ref(self), self._timeout),
-                             name=f"{self._name}-watchdog", daemon=True).start()
+            if first:  # one watchdog thread; it looks at whichever thread _on_loop names
+                threading.Thread(target=_watch_the_loop, args=(weakref.ref(self), self._timeout),
+                                 name=f"{self._name}-watchdog", daemon=True).start()
         watched.debugging = _debugging(sys.gettrace())
         previous = steps_of_this_thread()
         count_steps_of_this_thread(watched.steps)
@@ -399,17 +401,15 @@ def _watch_the_loop(turns_ref: weakref.ref[TurnThread], timeout: float) -> None:
         del turns
 
 
-def _check_the_loop(turns: TurnThread, timeout: float) -> bool:
-    """One look of the loop's watchdog; ``False`` once the loop ignores interrupts (logged once, CRITICAL)."""
+def _check_the_loop(turns: TurnThread, timeout: float) -> None:
+    """One look of the loop's watchdog; a loop that ignores its interrupts is logged once, CRITICAL."""
     watched = turns._on_loop
-    if watched is None or watched.debugging or watched.check(timeout):
-        return True
-    if not turns._loop_lost:
-        turns._loop_lost = True
-        _log.critical("turn thread %s: orchestration code on the event loop ignores the watchdog's interrupts "
-                      "(does it catch BaseException?) at %s; the runtime cannot take its own thread back: "
-                      "restart the process, and fix that code", turns._name, watched.where or "line unknown")
-    return False
+    if watched is None or watched.debugging or watched.check(timeout) or turns._loop_lost:
+        return
+    turns._loop_lost = True
+    _log.critical("turn thread %s: orchestration code on the event loop ignores the watchdog's interrupts "
+                  "(does it catch BaseException?) at %s; the runtime cannot take its own thread back: "
+                  "restart the process, and fix that code", turns._name, watched.where or "line unknown")
 
 
 def _debugging(trace: object) -> bool:
