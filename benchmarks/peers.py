@@ -8,8 +8,17 @@ The peers, each installed into a virtual environment of its own under
 * ``durabletask`` 1.12.0 with its in-memory test backend: NOT durable (it needs
   a sidecar this machine does not have), a floor of the SDK's own overhead.
 
+With ``--store postgres`` every row runs on one PostgreSQL server: a database
+``duroxide_bench_<random>`` created for the run through ``DUROXIDE_PG_URL``
+(default ``postgresql://postgres@127.0.0.1:5432/postgres``, whose own database
+is only used to CREATE and DROP it) and dropped at the end, also on Ctrl-C,
+SIGTERM or a failure. Ours runs on ``PostgresProvider``, DBOS with its system
+database there (``system_database_url``), duroxide on its SDK's
+``PostgresProvider``; each run in a schema of its own, dropped after the run.
+durabletask has no PostgreSQL store and is skipped, with the reason.
+
 Each peer's workloads are a small script in ``benchmarks/peers/``; ours are
-``benchmarks/run.py``'s (SQLite, ``--durability`` full and/or relaxed). Every
+``benchmarks/run.py``'s (``--durability`` full and/or relaxed). Every
 run is a fresh process; runs go round-robin (ours, dbos, duroxide,
 durabletask, ours, ...) for each workload, so a change of load on the machine
 falls on all alike. A peer that cannot be installed or run is reported with
@@ -19,6 +28,7 @@ runs with [min-max], then ours / peer for each median.
     python benchmarks/peers.py                       # 3 runs of W1-W4 each, ours at full and relaxed durability
     python benchmarks/peers.py --quick               # smoke run: 1 run, smaller sizes
     python benchmarks/peers.py --runs 5 --peers dbos,duroxide --durability full
+    python benchmarks/peers.py --store postgres --workloads W1,W2
 """
 
 from __future__ import annotations
@@ -32,20 +42,42 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-MARK = "BENCH-RESULT "
-WORKLOADS = ["W1", "W2", "W3", "W4"]
-UNITS = {"W1": "ms", "W2": "orch/s", "W3": "s", "W4": "ms late"}
-#: What each peer is installed from (pip requirement) and how its row is labelled.
-PEERS: dict[str, tuple[str, str]] = {
-    "dbos": ("dbos==3.4.0", "DBOS {v}, SQLite (its default)"),
-    "duroxide": ("duroxide>=0.2,<0.3", "duroxide {v}, SQLite, defaults"),
-    "durabletask": ("durabletask==1.12.0", "durabletask {v}, in-memory backend (NOT durable)"),
+# The result line and units come from the module the peer scripts import (stdlib only, as their venvs have
+# no duroxide_runtime); the PostgreSQL database helper is run.py's. This script's directory is on sys.path.
+sys.path.append(str(HERE / "peers"))
+from _protocol import MARK, UNITS  # noqa: E402
+from run import PgDatabase, create_database  # noqa: E402
+
+WORKLOADS = list(UNITS)
+STORES = ["sqlite", "postgres"]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What a peer is installed from (pip requirement) and how its row is labelled on each store."""
+
+    requirement: str
+    #: ``{v}`` is the installed version; a store missing here has no row, for ``unsupported``'s reason.
+    labels: dict[str, str]
+    unsupported: str = ""
+
+
+PEERS: dict[str, Peer] = {
+    "dbos": Peer("dbos==3.4.0", {"sqlite": "DBOS {v}, SQLite (its default)",
+                                 "postgres": "DBOS {v}, PostgreSQL (system database, same server)"}),
+    "duroxide": Peer("duroxide>=0.2,<0.3", {"sqlite": "duroxide {v}, SQLite, defaults",
+                                            "postgres": "duroxide {v}, PostgreSQL (its SDK's PostgresProvider)"}),
+    "durabletask": Peer("durabletask==1.12.0", {"sqlite": "durabletask {v}, in-memory backend (NOT durable)"},
+                        unsupported="no PostgreSQL store: its only backend that runs here is the in-memory test "
+                                    "backend (a durable one needs a sidecar this machine does not have)"),
 }
+STORE_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
 @dataclass
@@ -55,12 +87,24 @@ class Impl:
     key: str
     label: str
     command: list[str]
+    #: The benchmark's PostgreSQL database, when each run needs a schema made up (and dropped) here.
+    schemas_in: PgDatabase | None = None
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     locked_warnings: int = 0
 
     def run(self, workload: str, quick: bool, timeout: float) -> None:
         cmd = self.command + [workload] + (["--quick"] if quick else [])
+        if self.schemas_in is None:
+            self._run(cmd, workload, timeout)
+            return
+        schema = f"peer_{uuid.uuid4().hex[:12]}"
+        try:
+            self._run(cmd + ["--pg-url", self.schemas_in.url, "--pg-schema", schema], workload, timeout)
+        finally:  # a fresh store for every run, as on SQLite, and nothing left behind by a crashed one
+            self.schemas_in.drop_schema(schema)
+
+    def _run(self, cmd: list[str], workload: str, timeout: float) -> None:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -81,7 +125,7 @@ class Impl:
 
 def ensure_peer(name: str, cache: Path) -> tuple[Path | None, str]:
     """The peer's interpreter in its own venv under ``cache`` (installed if needed), or None and why not."""
-    requirement = PEERS[name][0]
+    requirement = PEERS[name].requirement
     venv = cache / name
     python = venv / "bin" / "python"
     stamp = venv / ".installed"
@@ -145,6 +189,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None, help="runs per workload and implementation (default 3; "
                                                                "1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 run, smaller sizes")
+    parser.add_argument("--store", choices=STORES, default="sqlite",
+                        help="where every row keeps its state (default sqlite; postgres: a database of the run's "
+                             "own on the server DUROXIDE_PG_URL names, dropped at the end)")
     parser.add_argument("--peers", default="dbos,duroxide,durabletask", help="comma-separated subset of the peers")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of W1-W4")
     parser.add_argument("--durability", choices=["full", "relaxed", "both"], default="both",
@@ -162,12 +209,32 @@ def main() -> None:
         if name not in PEERS:
             parser.error(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
 
+    skipped: list[str] = []
+    for name in peers:  # said first: a skipped peer is never installed
+        if args.store not in PEERS[name].labels:
+            print(f"peer {name}: skipped on {STORE_NAMES[args.store]}: {PEERS[name].unsupported}", file=sys.stderr,
+                  flush=True)
+            skipped.append(f"{name}: {PEERS[name].unsupported}")
+    db = create_database() if args.store == "postgres" else None
+    try:
+        run_all(args, runs, workloads, [p for p in peers if args.store in PEERS[p].labels], skipped, db)
+    finally:
+        if db is not None:
+            db.drop()
+
+
+def run_all(args: argparse.Namespace, runs: int, workloads: list[str], peers: list[str], skipped: list[str],
+            db: PgDatabase | None) -> None:
+    """Prepare the rows, run them round-robin, print the table, the ratios and the notes."""
+    where = db.describe() if db is not None else "SQLite, a fresh file per run"
+    print(f"store: {where}", file=sys.stderr, flush=True)
     impls: list[Impl] = []
     for durability in (["full", "relaxed"] if args.durability == "both" else [args.durability]):
-        impls.append(Impl(f"ours-{durability}", f"ours, SQLite, durability={durability}",
-                          [sys.executable, str(HERE / "run.py"), "--store", "sqlite", "--durability", durability,
-                           "--child"]))
-    skipped: list[str] = []
+        command = [sys.executable, str(HERE / "run.py"), "--store", args.store, "--durability", durability]
+        if db is not None:
+            command += ["--pg-url", db.url]  # run.py's child makes (and drops) a schema of its own per run
+        impls.append(Impl(f"ours-{durability}", f"ours, {STORE_NAMES[args.store]}, durability={durability}",
+                          command + ["--child"]))
     for name in ["dbos", "duroxide", "durabletask"]:  # the round-robin order
         if name not in peers:
             continue
@@ -177,8 +244,8 @@ def main() -> None:
             print(f"peer {name}: skipped: {how}", file=sys.stderr, flush=True)
             skipped.append(f"{name}: {how}")
             continue
-        label = PEERS[name][1].format(v=peer_version(python, name))
-        impls.append(Impl(name, label, [str(python), str(HERE / "peers" / f"{name}_bench.py")]))
+        label = PEERS[name].labels[args.store].format(v=peer_version(python, name))
+        impls.append(Impl(name, label, [str(python), str(HERE / "peers" / f"{name}_bench.py")], schemas_in=db))
 
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = load()
@@ -191,6 +258,7 @@ def main() -> None:
     minutes = (time.monotonic() - t0) / 60
 
     print(f"\n{started:%Y-%m-%d %H:%M} UTC, {minutes:.1f} min; {machine()}")
+    print(f"store: {where}")
     print(f"load average (1/5/15 min) at start {load_before}, at end {load()}")
     print(f"{runs} run(s) each, interleaved, each in a fresh process; median [min-max]"
           + ("; QUICK sizes, not the defined workloads" if args.quick else ""))

@@ -45,6 +45,7 @@ import atexit
 import inspect
 import json
 import os
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -53,35 +54,23 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-#: The line prefix a child prints its result after (anything else on stdout is ignored).
-MARK = "BENCH-RESULT "
+# MARK and the sizes live beside the peer scripts, which run in venvs without duroxide_runtime and import
+# only the standard library: one source for them and for this script (peers/_protocol.py).
+sys.path.append(str(Path(__file__).resolve().parent / "peers"))
+from _protocol import FULL, MARK, QUICK, Sizes  # noqa: E402
+
 #: What DUROXIDE_PG_URL names: the server's admin database, used only for CREATE/DROP DATABASE.
 ADMIN_URL = os.environ.get("DUROXIDE_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SQLITE_WORKLOADS = ["baseline", "W1", "W2", "W2-10k", "W3", "W4"]
 POSTGRES_WORKLOADS = ["W1", "W2", "W2-10k", "W2x3", "W3", "W4"]
 ALL_WORKLOADS = ["baseline", "W1", "W2", "W2-10k", "W2x3", "W3", "W4"]
 
-
-@dataclass(frozen=True)
-class Sizes:
-    """How many instances each workload runs (``QUICK`` for ``--quick``)."""
-
-    w1: int = 20
-    w2: int = 300
-    w2_big: int = 10_000
-    w3: int = 200
-    w4: int = 3
-    warm: int = 20
-    timer: float = 1.0
-
-
-FULL = Sizes()
-QUICK = Sizes(w1=5, w2=100, w2_big=1_000, w3=200, w4=1, warm=5)
 
 #: Unit and one-line description of each workload, for the table.
 DESCRIPTIONS: dict[str, tuple[str, str]] = {
@@ -490,7 +479,19 @@ def summarize(values: list[float]) -> str:
 
 
 class PgDatabase:
-    """A database of this benchmark's own on the server ``ADMIN_URL`` names; dropped at the end."""
+    """A database of this benchmark's own on the server ``ADMIN_URL`` names; dropped at the end.
+
+    ``ADMIN_URL``'s database is only connected to for CREATE and DROP DATABASE;
+    the benchmark's stores live in ``url``, one schema per run. ``create()``
+    arranges the drop for the end of the process, on Ctrl-C and on SIGTERM too.
+    ``peers.py`` uses it the same way.
+
+        db = create_database()          # exits with the reason when the server refuses
+        try:
+            ...                         # children connect to db.url
+        finally:
+            db.drop()
+    """
 
     def __init__(self) -> None:
         self.name = f"duroxide_bench_{uuid.uuid4().hex[:10]}"
@@ -510,11 +511,55 @@ class PgDatabase:
         asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
         self.created = True
         atexit.register(self.drop)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate)  # SIGTERM's default skips atexit and finally blocks
 
     def drop(self) -> None:
         if self.created:
             self.created = False
             asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+    async def _in_database(self, sql: str) -> str:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url)
+        try:
+            return str(await conn.fetchval(sql))
+        finally:
+            await conn.close()
+
+    def drop_schema(self, schema: str) -> None:
+        """Drop one run's schema (and everything in it) from the benchmark's database."""
+        if not schema.replace("_", "").isalnum():
+            raise ValueError(f"not a schema name the benchmark makes: {schema!r}")
+        asyncio.run(self._in_database(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+    def describe(self) -> str:
+        """The server's version and commit setting, and where the benchmark's database is, for the report."""
+        version = asyncio.run(self._in_database("SHOW server_version")).split()[0]
+        sync = asyncio.run(self._in_database("SHOW synchronous_commit"))
+        where = urlsplit(ADMIN_URL)
+        return (f"PostgreSQL {version} (synchronous_commit={sync}) at {where.hostname}:{where.port or 5432}, "
+                f"database {self.name}, dropped at the end")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # as Ctrl-C: finally blocks and the atexit hook drop the database
+
+
+def create_database() -> PgDatabase:
+    """A new ``duroxide_bench_<random>`` database; exits with the reason when it cannot be created."""
+    db = PgDatabase()
+    try:
+        db.create()
+    except (OSError, ImportError) as exc:
+        raise SystemExit(f"cannot create a database for the benchmark through DUROXIDE_PG_URL={ADMIN_URL!r}: "
+                         f"{type(exc).__name__}: {exc} (is the server running? is asyncpg installed: "
+                         f"pip install -e '.[postgres]'?)") from exc
+    except Exception as exc:  # asyncpg's errors: a refused role or database, say
+        raise SystemExit(f"cannot create a database for the benchmark through DUROXIDE_PG_URL={ADMIN_URL!r}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    return db
 
 
 def main() -> None:
@@ -548,17 +593,7 @@ def main() -> None:
     if args.store == "sqlite" and "W2x3" in workloads:
         parser.error("W2x3 shares one PostgreSQL store between processes: run it with --store postgres")
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
-    db = PgDatabase() if args.store == "postgres" else None
-    if db is not None:
-        try:
-            db.create()
-        except (OSError, ImportError) as exc:
-            raise SystemExit(f"cannot create a database for the benchmark through DUROXIDE_PG_URL={ADMIN_URL!r}: "
-                             f"{type(exc).__name__}: {exc} (is the server running? is asyncpg installed: "
-                             f"pip install -e '.[postgres]'?)") from exc
-        except Exception as exc:  # asyncpg's errors: a refused role or database, say
-            raise SystemExit(f"cannot create a database for the benchmark through DUROXIDE_PG_URL={ADMIN_URL!r}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+    db = create_database() if args.store == "postgres" else None
     cfg = Config(args.store, args.durability, args.quick, db.url if db else "")
     print(f"store: {args.store}, durability: {args.durability}, {runs} run(s) per workload, each in a fresh "
           f"process{', QUICK sizes (not the defined workloads)' if args.quick else ''}; median [min-max]",

@@ -17,6 +17,7 @@ Example::
 
 from .decorators import (
     Activity,
+    ActivityWithOptions,
     AsyncActivity,
     DurableNotExpandedError,
     Orchestration,
@@ -26,6 +27,7 @@ from .decorators import (
     orchestration,
 )
 from .discovery import discovered_activities, discovered_orchestrations
+from .policy import ActivityPolicy
 from .forms import (
     durable,
     durable_guid,
@@ -47,7 +49,8 @@ from .forms import (
 )
 
 __all__ = [
-    "Activity", "AsyncActivity", "SyncActivity", "Orchestration", "OrchestrationFailedError",
+    "Activity", "AsyncActivity", "SyncActivity", "ActivityPolicy", "ActivityWithOptions", "Orchestration",
+    "OrchestrationFailedError",
     "DurableNotExpandedError", "activity", "orchestration", "discovered_activities", "discovered_orchestrations",
     "durable", "durable_guid", "durable_newguid", "durable_now", "durable_utcnow", "durable_trace_debug",
     "durable_trace_error", "durable_trace_info", "durable_trace_warn", "orch_debug", "orch_error", "orch_info",

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 
 __all__ = ["EXPANDER_VERSION", "cache_path", "cache_key", "read_cache", "write_cache", "fix_filenames"]
 
-EXPANDER_VERSION = 3  # bump when expand()'s output changes: it keys the cache
+EXPANDER_VERSION = 4  # bump when expand()'s output changes: it keys the cache
 
 _MAGIC = b"DRXC" + importlib.util.MAGIC_NUMBER
 _KEY_SIZE = 16

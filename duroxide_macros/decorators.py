@@ -22,7 +22,7 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
@@ -39,7 +39,10 @@ from duroxide_runtime import (
     OrchestrationContext,
     OrchestrationStatus,
     PayloadError,
+    RetryPolicy,
     StatusOf,
+    StreamItem,
+    TypedEvent,
     current_orchestration,
     to_seconds,
 )
@@ -48,8 +51,11 @@ from .ambient import ambient_client
 from .codec import Codec, encode_value
 from .discovery import register_activity, register_orchestration
 from .failure import failure_site
+from .policy import ActivityPolicy, call_policy, policy_from_decorator
+from .telemetry import ActivityTelemetry
 
-__all__ = ["activity", "orchestration", "Activity", "AsyncActivity", "SyncActivity", "Orchestration",
+__all__ = ["activity", "orchestration", "Activity", "AsyncActivity", "SyncActivity", "ActivityWithOptions",
+           "Orchestration",
            "OrchestrationFailedError",
            "DurableNotExpandedError"]
 
@@ -58,6 +64,7 @@ R = TypeVar("R")
 _NO_INPUT: Any = object()  # "no input passed" (a no-input orchestration's helpers take none)
 I = TypeVar("I")  # noqa: E741 - the orchestration's input type
 O = TypeVar("O")  # noqa: E741 - the orchestration's output type
+E = TypeVar("E")  # a typed event's data, a state value, an update's reply, a stream item
 
 
 class DurableNotExpandedError(ConfigurationError):
@@ -160,14 +167,20 @@ class Activity(Generic[P, R]):
     """A registered activity; ``call(ctx, ...)`` schedules it from an orchestration.
 
     Calling it directly runs the function (handy in unit tests) - except inside
-    an orchestration, where work must go through ``durable(...)``.
+    an orchestration, where work must go through ``durable(...)``. ``policy``
+    holds the retry, timeout and heartbeat timeout of its calls;
+    ``with_options(...)`` changes them for one call.
     """
 
-    def __init__(self, fn: Callable[P, Any], *, name: str | None, typed: bool) -> None:
+    def __init__(self, fn: Callable[P, Any], *, name: str | None, typed: bool,
+                 policy: ActivityPolicy | None = None, telemetry: ActivityTelemetry | None = None) -> None:
         self.fn = fn
         self._call_any: Callable[..., Any] = fn
         self.name = name or fn.__name__
         self.typed = typed
+        #: Retry, timeout and heartbeat timeout of every call (``with_options`` overrides them per call).
+        self.policy = policy or ActivityPolicy()
+        self._telemetry = telemetry if telemetry is not None and telemetry.active else None
         self.is_async = inspect.iscoroutinefunction(fn)
         _reject_method(fn, "activity", self.name)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
@@ -224,19 +237,48 @@ class Activity(Generic[P, R]):
         return "[" + ",".join(c.encode(v) for c, v in zip(self._arg_codecs, values)) + "]"
 
     def call(self, ctx: OrchestrationContext, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-        """Schedule this activity from orchestration ``ctx``; await the result (typed)."""
-        fut = ctx.schedule_activity(self.name, self.encode_input(*args, **kwargs))
+        """Schedule this activity from orchestration ``ctx`` (with its ``policy``); await the result (typed)."""
+        return self._schedule(ctx, self.policy, self.encode_input(*args, **kwargs))
+
+    def with_options(self, *, retry: RetryPolicy | int | None = None, timeout: timedelta | float | None = None,
+                     heartbeat_timeout: timedelta | float | None = None) -> ActivityWithOptions[P, R]:
+        """This activity with other settings for the calls made through the result.
+
+        What is not given (``None``) stays as the decorator set it. A ``RetryPolicy``
+        replaces the activity's; ``retry=N`` changes only its number of attempts
+        (or is ``RetryPolicy(max_attempts=N)``). A bad value raises :class:`ConfigurationError`
+        here, before anything is scheduled. ``await durable(charge(order), timeout=...)``
+        is rewritten into ``await charge.with_options(timeout=...).call(ctx, order)``.
+
+        Example::
+
+            receipt = await charge.with_options(retry=RetryPolicy(max_attempts=5),
+                                                timeout=timedelta(seconds=10)).call(ctx, order)
+        """
+        policy = call_policy(f"activity {self.name!r}", self.policy, retry=retry, timeout=timeout,
+                             heartbeat_timeout=heartbeat_timeout)
+        return ActivityWithOptions(self, policy)
+
+    def _schedule(self, ctx: OrchestrationContext, policy: ActivityPolicy, input: str) -> Awaitable[R]:
+        fut = ctx.schedule_activity(self.name, input, retry=policy.retry, timeout=policy.timeout,
+                                    heartbeat_timeout=policy.heartbeat_timeout)
         return _typed_future(ctx, fut, self._result_codec)
 
     async def invoke(self, input: str) -> str:
         """The string-API entry the runtime registers for ``async def`` activities: decode, run, encode."""
         args, kwargs = self._decode_args(input)
-        return self._encode_result(await self._call_any(*args, **kwargs))
+        if self._telemetry is None:
+            return self._encode_result(await self._call_any(*args, **kwargs))
+        with self._telemetry.around():
+            return self._encode_result(await self._call_any(*args, **kwargs))
 
     def invoke_sync(self, input: str) -> str:
         """The same for plain ``def`` activities (the worker runs it in its thread pool)."""
         args, kwargs = self._decode_args(input)
-        return self._encode_result(self._call_any(*args, **kwargs))
+        if self._telemetry is None:
+            return self._encode_result(self._call_any(*args, **kwargs))
+        with self._telemetry.around():
+            return self._encode_result(self._call_any(*args, **kwargs))
 
     def _decode_args(self, input: str) -> tuple[list[Any], dict[str, Any]]:
         """Decoded arguments, positional ones first, keyword-only ones by name."""
@@ -270,6 +312,30 @@ class Activity(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<activity {self.name!r}{' typed' if self.typed else ''}>"
+
+
+class ActivityWithOptions(Generic[P, R]):
+    """An activity with its own settings for the calls made through it: ``act.with_options(...)``.
+
+    ``call(ctx, ...)`` takes the activity's arguments and returns its result type,
+    like ``Activity.call``; ``policy`` is the settings it calls with.
+
+    Example::
+
+        fast = charge.with_options(timeout=timedelta(seconds=2))
+        receipt = await fast.call(ctx, order)
+    """
+
+    def __init__(self, activity: Activity[P, R], policy: ActivityPolicy) -> None:
+        self.activity = activity
+        self.policy = policy
+
+    def call(self, ctx: OrchestrationContext, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        """Schedule the activity from orchestration ``ctx`` with these settings; await the result (typed)."""
+        return self.activity._schedule(ctx, self.policy, self.activity.encode_input(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"<activity {self.activity.name!r} with {self.policy}>"
 
 
 class AsyncActivity(Activity[P, R]):
@@ -364,6 +430,18 @@ class Orchestration(Generic[I, O]):
                                              version=version)
         return _typed_future(ctx, fut, self._out)
 
+    def with_options(self, **options: object) -> NoReturn:
+        """Always raises: retry, timeout and heartbeat timeout are policies of activity calls.
+
+        ``durable(sub(x), timeout=...)`` of an orchestration the import hook cannot
+        see (imported from another package) is rewritten into this call, which says so.
+        """
+        given = ", ".join(f"{k}=" for k in options) or "options"
+        raise ConfigurationError(f"{given} given for orchestration {self.name!r}, but retry, timeout and "
+                                 "heartbeat_timeout are for activity calls only",
+                                 fix="set the policy on the activities it calls, e.g. @activity(retry=3), and "
+                                     "drop it here")
+
     @overload
     def continue_as_new(self: Orchestration[None, O], ctx: OrchestrationContext, /, *,
                         version: str | None = None) -> NoReturn: ...
@@ -454,14 +532,15 @@ class Orchestration(Generic[I, O]):
         return self._typed(await client.get_orchestration_status(v["instance_id"]))
 
     @overload
-    async def cancel(self, client: Client, instance_id: str, reason: str = "cancelled") -> bool: ...
+    async def cancel(self, client: Client, instance_id: str, reason: str = "cancelled", *,
+                     grace: timedelta | float = 30.0) -> bool: ...
     @overload
-    async def cancel(self, instance_id: str, reason: str = "cancelled") -> bool: ...
+    async def cancel(self, instance_id: str, reason: str = "cancelled", *, grace: timedelta | float = 30.0) -> bool: ...
 
-    async def cancel(self, *args: Any, **kwargs: Any) -> bool:
-        """Cancel the instance (see ``Client.cancel_instance``)."""
+    async def cancel(self, *args: Any, grace: timedelta | float = 30.0, **kwargs: Any) -> bool:
+        """Cancel the instance; its cleanup may run for ``grace`` (see ``Client.cancel_instance``)."""
         client, v = self._bind("cancel", args, kwargs, ("instance_id", "reason"), {"reason": "cancelled"})
-        return await client.cancel_instance(v["instance_id"], v["reason"])
+        return await client.cancel_instance(v["instance_id"], v["reason"], grace=grace)
 
     @overload
     async def run(self, client: Client, instance_id: str, input: I, timeout: timedelta | float = 30.0) -> O: ...
@@ -531,17 +610,73 @@ class Orchestration(Generic[I, O]):
         client, v = self._bind("history", args, kwargs, ("instance_id",))
         return await client.read_history(v["instance_id"])
 
+    # With a TypedEvent the data must be of its type: checkers report a wrong one at the call.
+    @overload
+    async def raise_event(self, client: Client, instance_id: str, event: TypedEvent[E], data: E, /) -> bool: ...
+    @overload
+    async def raise_event(self, instance_id: str, event: TypedEvent[E], data: E, /) -> bool: ...
     @overload
     async def raise_event(self, client: Client, instance_id: str, name: str, data: Any = None) -> bool: ...
     @overload
     async def raise_event(self, instance_id: str, name: str, data: Any = None) -> bool: ...
 
     async def raise_event(self, *args: Any, **kwargs: Any) -> bool:
-        """Send external event ``name`` with ``data`` (a str is sent as is, anything else as JSON)."""
+        """Send external event ``name`` with ``data`` (a str is sent as is, anything else as JSON).
+
+        Given a :class:`TypedEvent` instead of a name, ``data`` must be of its type
+        (checked statically, and strictly at run time before anything is sent).
+        """
         client, v = self._bind("raise_event", args, kwargs, ("instance_id", "name", "data"), {"data": None})
         data, name = v["data"], v["name"]
+        if isinstance(name, TypedEvent):
+            typed: TypedEvent[Any] = name
+            name = typed.name
+            if typed.data_type is not str:
+                data = Codec[Any](typed.data_type, f"event {name!r}", root="data").encode(data)
         text = data if isinstance(data, str) else encode_value(data, f"event {name!r}")
         return await client.raise_event(v["instance_id"], name, text)
+
+    # -- state, updates and streams of an instance (see ctx.set_state, ctx.wait_for_update, ctx.emit) --
+
+    @overload
+    async def get_state(self, client: Client, instance_id: str, key: str, value_type: type[E], /) -> E | None: ...
+    @overload
+    async def get_state(self, instance_id: str, key: str, value_type: type[E], /) -> E | None: ...
+
+    async def get_state(self, *args: Any, **kwargs: Any) -> Any:
+        """The instance's state ``key`` decoded into ``value_type`` (``None`` if never set)."""
+        client, v = self._bind("get_state", args, kwargs, ("instance_id", "key", "value_type"))
+        return await client.get_state(v["instance_id"], v["key"], v["value_type"])
+
+    @overload
+    async def update(self, client: Client, instance_id: str, name: str, data: Any, result_type: type[E], /, *,
+                     timeout: timedelta | float = 30.0, request_id: str | None = None) -> E: ...
+    @overload
+    async def update(self, instance_id: str, name: str, data: Any, result_type: type[E], /, *,
+                     timeout: timedelta | float = 30.0, request_id: str | None = None) -> E: ...
+
+    async def update(self, *args: Any, **kwargs: Any) -> Any:
+        """Send update ``name`` with ``data`` (a str as is, anything else as JSON); the reply as ``result_type``.
+
+        See ``Client.update`` for the errors and the exactly-once ``request_id``.
+        """
+        timeout, request_id = kwargs.pop("timeout", 30.0), kwargs.pop("request_id", None)
+        client, v = self._bind("update", args, kwargs, ("instance_id", "name", "data", "result_type"))
+        data, name = v["data"], v["name"]
+        text = data if isinstance(data, str) else encode_value(data, f"update {name!r}")
+        return await client.update(v["instance_id"], name, text, timeout, request_id=request_id,
+                                   result_type=v["result_type"])
+
+    @overload
+    def stream(self, client: Client, instance_id: str, item_type: type[E], /,
+               from_offset: int = 0) -> AsyncIterator[StreamItem[E]]: ...
+    @overload
+    def stream(self, instance_id: str, item_type: type[E], /, from_offset: int = 0) -> AsyncIterator[StreamItem[E]]: ...
+
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[StreamItem[Any]]:
+        """The instance's stream items decoded into ``item_type`` (see ``Client.stream``)."""
+        client, v = self._bind("stream", args, kwargs, ("instance_id", "item_type", "from_offset"), {"from_offset": 0})
+        return client.stream(v["instance_id"], v["from_offset"], item_type=v["item_type"])
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -572,23 +707,47 @@ def activity(fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncActivity[P, R]:
 @overload
 def activity(fn: Callable[P, R], /) -> SyncActivity[P, R]: ...
 @overload
-def activity(*, typed: bool = False, name: str | None = None,
-             instrument: bool = False) -> _ActivityDecorator: ...
+def activity(*, typed: bool = False, name: str | None = None, retry: RetryPolicy | int | None = None,
+             backoff_ms: float | None = None, timeout: timedelta | float | None = None,
+             timeout_ms: float | None = None, heartbeat_timeout: timedelta | float | None = None,
+             instrument: bool = False, metrics: bool = False) -> _ActivityDecorator: ...
 
 
 def activity(fn: Callable[..., Any] | None = None, /, *, typed: bool = False, name: str | None = None,
-             instrument: bool = False) -> Any:
+             retry: RetryPolicy | int | None = None, backoff_ms: float | None = None,
+             timeout: timedelta | float | None = None, timeout_ms: float | None = None,
+             heartbeat_timeout: timedelta | float | None = None, instrument: bool = False,
+             metrics: bool = False) -> Any:
     """Declare an activity; registered under ``name`` (default: the function name) when decorated.
 
     ``typed=True`` encodes arguments and result as JSON from the annotations;
     without it the activity takes one ``str`` and returns a ``str``.
-    ``instrument=True`` is accepted as in the design; with
-    ``duroxide_runtime.tracing.OpenTelemetryTracing`` every activity attempt gets
-    its span (``activity.<name>``) whether or not it is set.
+
+    Every call from an orchestration gets the policy set here (see
+    :mod:`duroxide_macros.policy`): ``retry`` (a ``RetryPolicy``, or ``N`` attempts),
+    ``timeout`` and ``heartbeat_timeout`` (a ``timedelta`` or seconds), or the
+    design's ``retry=N, backoff_ms=..., timeout_ms=...``. Giving one setting in
+    both spellings raises :class:`ConfigurationError`, as does any bad value, when
+    the decorator runs.
+
+    ``instrument=True`` gives each run an OpenTelemetry span ``activity.<name>``
+    with the attributes ``activity_name``, ``instance_id``, ``execution_id``,
+    ``event_id``; ``metrics=True`` counts each run in Prometheus (see
+    :mod:`duroxide_macros.telemetry`).
+
+    Example::
+
+        @activity(typed=True, retry=RetryPolicy(max_attempts=3, backoff=timedelta(seconds=1)),
+                  timeout=timedelta(seconds=5))
+        async def charge(order: Order) -> str: ...
     """
     def wrap(f: Callable[..., Any]) -> Activity[Any, Any]:
+        act_name = name or str(getattr(f, "__name__", "?"))
+        policy = policy_from_decorator(f"activity {act_name!r}", retry=retry, backoff_ms=backoff_ms,
+                                       timeout=timeout, timeout_ms=timeout_ms, heartbeat_timeout=heartbeat_timeout)
+        telemetry = ActivityTelemetry(act_name, instrument=instrument, metrics=metrics)
         cls = AsyncActivity if inspect.iscoroutinefunction(f) else SyncActivity
-        act: Activity[Any, Any] = cls(f, name=name, typed=typed)
+        act: Activity[Any, Any] = cls(f, name=name, typed=typed, policy=policy, telemetry=telemetry)
         register_activity(act)
         return act
 

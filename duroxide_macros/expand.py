@@ -5,11 +5,16 @@ and the tests all call :func:`expand`.
 
 What changes (and nothing else, so every line keeps its number):
 
-==========================================  =========================================
+==========================================  ==================================================
 ``durable(charge(order, total))``            ``(charge.call(ctx, order, total))``
+``durable(charge(order), timeout=t)``        ``(charge.with_options(timeout=t).call(ctx, order))``
 ``durable_trace_info("x {}", a, k=v)``       ``ctx.trace_info("x {}", a, k=v)``
 ``durable_newguid()`` / ``durable_utcnow()``  ``ctx.new_guid()`` / ``ctx.utc_now()``
-==========================================  =========================================
+==========================================  ==================================================
+
+``durable()``'s options are ``retry``, ``timeout`` and ``heartbeat_timeout``
+(:data:`DURABLE_OPTIONS`); any other keyword is a problem, as are options on
+the call of a function of the project known to be an ``@orchestration``.
 
 A call is a form only if its function is *bound* to the ``duroxide_macros``
 form (see :mod:`duroxide_macros.analysis`): aliases and ``dx.durable(...)``
@@ -48,7 +53,12 @@ from .analysis import OWN_PACKAGE, CallFacts, Form, Kind, ModuleFacts, analyze, 
 from .lint import Project, lint
 from .problems import Problem
 
-__all__ = ["expand", "Problem", "Expansion"]
+__all__ = ["expand", "Problem", "Expansion", "DURABLE_OPTIONS"]
+
+#: The keyword options of ``durable(call, ...)``: ``charge.with_options(...)``'s parameters.
+DURABLE_OPTIONS = ("retry", "timeout", "heartbeat_timeout")
+_OPTIONS_FIX = ("durable(charge(order), retry=RetryPolicy(max_attempts=3), timeout=timedelta(seconds=10), "
+                "heartbeat_timeout=timedelta(seconds=30)), each optional")
 
 
 @dataclass
@@ -110,37 +120,67 @@ class _Rewriter(cst.CSTTransformer):
 
     def _durable(self, call: CallFacts, spelled: str, original: cst.Call, updated: cst.Call,
                  ctx: str) -> cst.BaseExpression:
-        if len(updated.args) != 1 or updated.args[0].keyword is not None or updated.args[0].star:
+        first = updated.args[0] if updated.args else None
+        if (first is None or first.keyword is not None or first.star
+                or any(a.keyword is None and not a.star for a in updated.args[1:])):
             self._problem(call, f"{spelled}() takes exactly one call (fix: {spelled}(charge_payment(order)))")
             return updated
+        options = list(updated.args[1:])
+        for option in options:
+            if option.star or option.keyword is None:
+                self._problem(call, f"{spelled}() takes its options by name, not as "
+                                    f"`{option.star}{_code(option.value)}` (fix: write them out: {_OPTIONS_FIX})")
+                return updated
+            if option.keyword.value not in DURABLE_OPTIONS:
+                self._problem(call, f"{spelled}() has no option `{option.keyword.value}=` (fix: {_OPTIONS_FIX})")
+                return updated
         inner_original = original.args[0].value
-        inner = updated.args[0].value
+        inner = first.value
         if not isinstance(inner_original, cst.Call) or not isinstance(inner, cst.Call):
             self._problem(call, f"{spelled}() needs a call of an activity or orchestration, got "
                                 f"`{_code(inner_original)}` (fix: {spelled}(my_activity(arg)))")
             return updated
-        why_not = self._not_durable(self.facts.calls[inner_original])
+        target = self.facts.calls[inner_original]
+        why_not = self._not_durable(target)
+        if why_not is None and options:
+            why_not = self._not_an_activity(target, [o.keyword.value for o in options if o.keyword is not None])
         if why_not is not None:
             self._problem(call, f"{spelled}({_code(inner_original.func)}(...)): {why_not}")
             return updated
         self.rewrites += 1
         ctx_arg = cst.Arg(cst.Name(ctx), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
                           if inner.args else cst.MaybeSentinel.DEFAULT)
-        outer_arg = updated.args[0]
-        after_arg = outer_arg.whitespace_after_arg
-        if isinstance(outer_arg.comma, cst.Comma):
-            # A trailing comma (`durable(\n    f(x),\n)`, as black writes it) goes, but its
-            # whitespace stays: it may hold a line break, and every line keeps its number.
-            comma = outer_arg.comma
-            after_arg = _joined(_joined(comma.whitespace_before, comma.whitespace_after), after_arg)
         # The whitespace around `durable` (parenthesized as `(durable)` too) to its `(`, line breaks kept.
         func = updated.func
         opening: cst.BaseParenthesizableWhitespace = cst.SimpleWhitespace("")
         for space in [*(p.whitespace_after for p in func.lpar), *(p.whitespace_before for p in func.rpar),
                       updated.whitespace_after_func, updated.whitespace_before_args]:
             opening = _joined(opening, space)
+        if options:
+            # `durable(f(x), retry=r)` -> `(f.with_options(retry=r).call(ctx, x))`: the options keep
+            # their own whitespace (and a trailing comma) inside `with_options(...)`, and the comma
+            # after the call gives its whitespace to that `(`, so every line break stays.
+            comma = first.comma
+            assert isinstance(comma, cst.Comma)  # more arguments follow the call
+            before_options = _joined(_joined(comma.whitespace_before, comma.whitespace_after),
+                                     first.whitespace_after_arg)
+            if isinstance(before_options, cst.SimpleWhitespace):
+                before_options = cst.SimpleWhitespace("")  # no line break to keep: `with_options(retry=...)`
+            called: cst.BaseExpression = cst.Attribute(
+                cst.Call(cst.Attribute(inner.func, cst.Name("with_options")), options,
+                         whitespace_before_args=before_options),
+                cst.Name("call"))
+            after_arg: cst.BaseParenthesizableWhitespace = cst.SimpleWhitespace("")
+        else:
+            called = cst.Attribute(inner.func, cst.Name("call"))
+            after_arg = first.whitespace_after_arg
+            if isinstance(first.comma, cst.Comma):
+                # A trailing comma (`durable(\n    f(x),\n)`, as black writes it) goes, but its
+                # whitespace stays: it may hold a line break, and every line keeps its number.
+                after_arg = _joined(_joined(first.comma.whitespace_before, first.comma.whitespace_after),
+                                    after_arg)
         return inner.with_changes(
-            func=cst.Attribute(inner.func, cst.Name("call")),
+            func=called,
             args=[ctx_arg, *inner.args],
             # The form's own parentheses (`x = (\n    durable(f(x))\n)`) stay too, for the same reason.
             lpar=[*updated.lpar,
@@ -148,6 +188,16 @@ class _Rewriter(cst.CSTTransformer):
                   *inner.lpar],
             rpar=[*inner.rpar, cst.RightParen(whitespace_before=after_arg), *updated.rpar],
         )
+
+    def _not_an_activity(self, target: CallFacts, options: list[str]) -> str | None:
+        """Why ``durable(f(x), retry=...)`` cannot take options (None: ``f`` may be an activity)."""
+        found = self.project.lookup(self.facts, target)
+        if found is not None and found[1].kind is Kind.ORCHESTRATION:
+            given = ", ".join(f"{o}=" for o in options)
+            return (f"{found[1].name!r} is an @orchestration, and {given} {'is' if len(options) == 1 else 'are'} "
+                    "for activities only "
+                    "(fix: set the policy on the activities it calls, e.g. @activity(retry=3), and drop it here)")
+        return None
 
     def _not_durable(self, target: CallFacts) -> str | None:
         """Why the call inside ``durable()`` cannot be an activity or orchestration (None: it may be one)."""

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Coroutine
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
-from duroxide_runtime import ConfigurationError, current_orchestration, skip_trace_frames_of, trace
+from duroxide_runtime import ConfigurationError, RetryPolicy, current_orchestration, skip_trace_frames_of, trace
 
 from .decorators import DurableNotExpandedError
 
@@ -36,15 +36,23 @@ skip_trace_frames_of(__name__)  # records of the unrewritten forms point at the 
 
 
 @overload
-def durable(call: Awaitable[R], /) -> Awaitable[R]: ...  # async activity or orchestration
+def durable(call: Awaitable[R], /, *, retry: RetryPolicy | int | None = None,
+            timeout: timedelta | float | None = None,
+            heartbeat_timeout: timedelta | float | None = None) -> Awaitable[R]: ...  # async activity or orchestration
 @overload
-def durable(call: R, /) -> Awaitable[R]: ...  # plain `def` activity
+def durable(call: R, /, *, retry: RetryPolicy | int | None = None, timeout: timedelta | float | None = None,
+            heartbeat_timeout: timedelta | float | None = None) -> Awaitable[R]: ...  # plain `def` activity
 
 
-def durable(call: Any, /) -> Any:
+def durable(call: Any, /, *, retry: RetryPolicy | int | None = None, timeout: timedelta | float | None = None,
+            heartbeat_timeout: timedelta | float | None = None) -> Any:
     """Run an activity or sub-orchestration durably: ``await durable(charge_payment(order, total))``.
 
-    Rewritten at import time into ``charge_payment.call(ctx, order, total)``.
+    Rewritten at import time into ``charge_payment.call(ctx, order, total)``. With
+    options (activities only), ``await durable(charge(order), retry=RetryPolicy(max_attempts=5),
+    timeout=timedelta(seconds=10))`` becomes ``await charge.with_options(retry=...,
+    timeout=...).call(ctx, order)``: these settings for this call, the decorator's for
+    the rest (see :mod:`duroxide_macros.policy`).
     """
     if isinstance(call, Coroutine):
         call.close()  # never started: closing it keeps "never awaited" warnings away

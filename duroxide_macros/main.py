@@ -15,6 +15,12 @@ runtime with discovery and a client (the ambient client, and ``client`` in the
 function's module scope), runs the body, and shuts everything down, also on
 an error or Ctrl-C.
 
+The seed's options are all taken: ``connection_string`` (``database_url`` is
+its alias), ``connection_pool_size``, ``metrics``, ``tracing_backend`` with
+``otlp_endpoint`` or ``jaeger_endpoint`` (see :mod:`duroxide_macros.otlp`), and
+``prometheus_port``. Every option is checked when the decorator runs,
+including that the extra an option needs is installed.
+
 A relative ``db_path`` is relative to the directory of the file that defines
 the decorated function - where ``db_path=`` is written - never to the working
 directory: a program started from a shell, cron, systemd or an IDE (each with
@@ -33,15 +39,23 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from duroxide_runtime import ConfigurationError, InMemoryProvider, PostgresProvider, Provider, Runtime, RuntimeOptions
 from duroxide_runtime import SqliteProvider
 
+from .extras import require_extra
+
+if TYPE_CHECKING:
+    from duroxide_runtime import PrometheusMetrics  # loads prometheus_client: imported where metrics are on
+
 from .ambient import set_ambient_client
+from .otlp import TracingSetup
 
 __all__ = ["duroxide_main"]
 
@@ -54,24 +68,42 @@ _log = logging.getLogger("duroxide.main")
 def duroxide_main(fn: Callable[[], Coroutine[Any, Any, T]], /) -> Callable[[], T]: ...
 @overload
 def duroxide_main(*, provider: str = "sqlite", db_path: str | os.PathLike[str] | None = None,
-                  database_url: str | None = None, log_level: str = "info",
-                  options: RuntimeOptions | None = None, prometheus_port: int | None = None
+                  connection_string: str | None = None, database_url: str | None = None,
+                  connection_pool_size: int | None = None, log_level: str = "info",
+                  options: RuntimeOptions | None = None, metrics: bool = False, prometheus_port: int | None = None,
+                  tracing_backend: str | None = None, otlp_endpoint: str | None = None,
+                  jaeger_endpoint: str | None = None
                   ) -> Callable[[Callable[[], Coroutine[Any, Any, T]]], Callable[[], T]]: ...
 
 
 def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *, provider: str = "sqlite",
-                  db_path: str | os.PathLike[str] | None = None, database_url: str | None = None,
-                  log_level: str = "info", options: RuntimeOptions | None = None,
-                  prometheus_port: int | None = None) -> Any:
+                  db_path: str | os.PathLike[str] | None = None, connection_string: str | None = None,
+                  database_url: str | None = None, connection_pool_size: int | None = None,
+                  log_level: str = "info", options: RuntimeOptions | None = None, metrics: bool = False,
+                  prometheus_port: int | None = None, tracing_backend: str | None = None,
+                  otlp_endpoint: str | None = None, jaeger_endpoint: str | None = None) -> Any:
     """Turn ``async def main()`` into a plain function that runs the whole program.
 
     ``provider``: ``"sqlite"`` (default; ``db_path`` or a temp dir), ``"memory"``,
-    ``"postgres"`` (``database_url`` or the ``DATABASE_URL`` environment variable), or
+    ``"postgres"`` (``connection_string``, alias ``database_url``, or the ``DATABASE_URL``
+    environment variable; ``connection_pool_size`` connections at most), or
     ``"custom"`` (the module's ``async def duroxide_provider() -> Provider``).
     ``db_path``: the SQLite file; a relative path is relative to the directory of the
     file that defines the decorated function (``~`` is the home directory), whatever
     the working directory.
-    ``prometheus_port``: serve the runtime's metrics on that port (needs the ``metrics`` extra).
+    ``metrics=True``: Prometheus metrics of the runtime in prometheus_client's default
+    registry; ``prometheus_port`` serves them on that port (and turns them on). Both
+    need the ``metrics`` extra.
+    ``tracing_backend="opentelemetry"``: spans of the runtime exported over OTLP/HTTP
+    to ``otlp_endpoint`` or ``jaeger_endpoint`` (either one alone turns tracing on);
+    needs the ``otlp`` extra.
+
+    Example::
+
+        @duroxide_main(provider="postgres", connection_string="postgresql://localhost/duroxide",
+                       connection_pool_size=20, tracing_backend="opentelemetry",
+                       jaeger_endpoint="http://localhost:4318/v1/traces", metrics=True, prometheus_port=9090)
+        async def main() -> None: ...
     """
     if provider not in _PROVIDERS:
         raise ConfigurationError(f"duroxide_main(provider={provider!r}) is not a known provider",
@@ -80,16 +112,25 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
     if not isinstance(level, int):
         raise ConfigurationError(f"duroxide_main(log_level={log_level!r}) is not a logging level",
                                  fix="use debug, info, warning or error")
+    url = _connection_string(provider, connection_string, database_url)
+    pool_size = _pool_size(provider, connection_pool_size)
+    if metrics or prometheus_port is not None:
+        require_extra("prometheus_client", "prometheus_client", "metrics",
+                      f"duroxide_main({'metrics=True' if metrics else f'prometheus_port={prometheus_port}'})")
 
     def wrap(body: Callable[[], Coroutine[Any, Any, Any]]) -> Callable[[], Any]:
-        path = _resolve_db_path(db_path, body)
+        config = _Config(provider=provider, db_path=_resolve_db_path(db_path, body), url=url, pool_size=pool_size,
+                         options=options, metrics=metrics or prometheus_port is not None,
+                         prometheus_port=prometheus_port,
+                         tracing=TracingSetup.of(tracing_backend, otlp_endpoint, jaeger_endpoint,
+                                                 _program_name(body)))
 
         @functools.wraps(body)
         def run() -> Any:
             if not logging.getLogger().handlers:
                 logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             try:
-                return asyncio.run(_main(body, provider, path, database_url, options, prometheus_port))
+                return asyncio.run(_main(body, config))
             except KeyboardInterrupt:
                 _log.info("interrupted; shut down cleanly")
                 sys.exit(130)
@@ -97,6 +138,59 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
         return run
 
     return wrap(fn) if fn is not None else wrap
+
+
+@dataclass(frozen=True)
+class _Config:
+    """What ``duroxide_main``'s options resolved to, at decoration."""
+
+    provider: str
+    db_path: Path | None
+    #: The PostgreSQL URL given (``connection_string`` or ``database_url``); None: ``DATABASE_URL``.
+    url: str | None
+    pool_size: int | None
+    options: RuntimeOptions | None
+    metrics: bool
+    prometheus_port: int | None
+    tracing: TracingSetup | None
+
+
+def _connection_string(provider: str, connection_string: str | None, database_url: str | None) -> str | None:
+    """The PostgreSQL URL given, under either name (``database_url`` is the alias)."""
+    if connection_string is not None and database_url is not None:
+        raise ConfigurationError("duroxide_main got both connection_string and database_url, which name the same "
+                                 "URL (database_url is an alias of connection_string)",
+                                 fix="pass only connection_string=...")
+    url = connection_string if connection_string is not None else database_url
+    if url is None:
+        return None
+    name = "connection_string" if connection_string is not None else "database_url"
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError(f"duroxide_main({name}=...) must be a non-empty URL string",
+                                 fix=f"pass e.g. {name}='postgresql://user@host/db'")
+    if provider != "postgres":
+        raise ConfigurationError(f"duroxide_main({name}=...) names a PostgreSQL database, but provider="
+                                 f"{provider!r}", fix="add provider='postgres' (for SQLite, pass db_path=... instead)")
+    return url
+
+
+def _pool_size(provider: str, size: int | None) -> int | None:
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigurationError(f"duroxide_main(connection_pool_size={size!r}) must be a whole number >= 1",
+                                 fix="pass e.g. connection_pool_size=20 (the default is 10)")
+    if provider != "postgres":
+        raise ConfigurationError(f"duroxide_main(connection_pool_size=...) sizes the PostgreSQL pool, but "
+                                 f"provider={provider!r}", fix="add provider='postgres', or drop connection_pool_size")
+    return size
+
+
+def _program_name(body: Callable[..., Any]) -> str:
+    """The service name of traces: the name of the file that defines ``main``."""
+    code = getattr(inspect.unwrap(body), "__code__", None)
+    stem = Path(code.co_filename).stem if code is not None else ""
+    return stem if stem and not stem.startswith("<") else "duroxide-app"
 
 
 def _resolve_db_path(db_path: str | os.PathLike[str] | None, body: Callable[..., Any]) -> Path | None:
@@ -143,17 +237,18 @@ def _redacted(url: str) -> str:
         return "<a database URL that could not be read>"
 
 
-async def _open_store(body: Callable[..., Any], provider: str, db_path: Path | None,
-                      database_url: str | None, tmp: str) -> Provider:
+async def _open_store(body: Callable[..., Any], config: _Config, tmp: str) -> Provider:
+    provider, db_path = config.provider, config.db_path
     if provider == "memory":
         _log.info("store: in memory (nothing is kept after the program ends)")
         return InMemoryProvider()
     if provider == "postgres":
-        url = database_url or os.environ.get("DATABASE_URL")
+        url = config.url or os.environ.get("DATABASE_URL")
         if not url:
             raise ConfigurationError("duroxide_main(provider='postgres') needs a database URL",
-                                     fix="set DATABASE_URL=postgresql://user@host/db or pass database_url=...")
-        pg = await PostgresProvider.new(url)
+                                     fix="set DATABASE_URL=postgresql://user@host/db or pass connection_string=...")
+        pg = (await PostgresProvider.new(url) if config.pool_size is None
+              else await PostgresProvider.new(url, pool_size=config.pool_size))
         _log.info("store: PostgreSQL database %s (schema %s)", _redacted(url), pg.schema)
         return pg
     if provider == "custom":
@@ -177,24 +272,27 @@ async def _open_store(body: Callable[..., Any], provider: str, db_path: Path | N
     return sqlite
 
 
-async def _main(body: Callable[[], Coroutine[Any, Any, Any]], provider: str,
-                db_path: Path | None, database_url: str | None,
-                options: RuntimeOptions | None, prometheus_port: int | None) -> Any:
+async def _main(body: Callable[[], Coroutine[Any, Any, Any]], config: _Config) -> Any:
     with tempfile.TemporaryDirectory(prefix="duroxide-") as tmp:
-        store = await _open_store(body, provider, db_path, database_url, tmp)
+        store = await _open_store(body, config, tmp)
         rt: Runtime | None = None
         token = None
         metrics = None
+        tracer_provider = None
         try:
             builder = (Runtime.builder().store(store).discover_activities().discover_orchestrations()
-                       .options(options or RuntimeOptions()))
-            if prometheus_port is not None:
-                from duroxide_runtime import PrometheusMetrics  # imported on use: it loads prometheus_client
-
-                metrics = PrometheusMetrics()
+                       .options(config.options or RuntimeOptions()))
+            if config.metrics:
+                metrics = _process_metrics()
                 builder.observer(metrics)
-                metrics.serve(prometheus_port)
+                if config.prometheus_port is not None:
+                    _serve_once(metrics, config.prometheus_port)
                 metrics.start_sampling(store)
+            if config.tracing is not None:
+                from duroxide_runtime import OpenTelemetryTracing  # imported on use: it loads opentelemetry
+
+                tracer_provider = config.tracing.start()
+                builder.observer(OpenTelemetryTracing(tracer_provider))
             rt = await builder.start()
             client = rt.client()
             token = set_ambient_client(client)
@@ -207,3 +305,31 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], provider: str,
             if rt is not None:
                 await rt.shutdown()
             await store.close()
+            if tracer_provider is not None:
+                TracingSetup.flush(tracer_provider)  # after shutdown: the last spans are ended by then
+
+
+# The process's metrics: prometheus_client's default registry takes each metric once, so every run
+# of a `duroxide_main` program in this process counts into the same observer (and /metrics server).
+_metrics: PrometheusMetrics | None = None
+_served: set[int] = set()
+_metrics_lock = threading.Lock()
+
+
+def _process_metrics() -> PrometheusMetrics:
+    global _metrics
+    with _metrics_lock:
+        if _metrics is None:
+            import prometheus_client
+
+            from duroxide_runtime import PrometheusMetrics as Metrics  # imported on use: it loads prometheus_client
+
+            _metrics = Metrics(registry=prometheus_client.REGISTRY)
+        return _metrics
+
+
+def _serve_once(metrics: PrometheusMetrics, port: int) -> None:
+    with _metrics_lock:
+        if port not in _served:
+            metrics.serve(port)
+            _served.add(port)

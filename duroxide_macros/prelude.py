@@ -12,6 +12,7 @@ from duroxide_runtime import (
     InMemoryProvider,
     InstanceInfo,
     NonDeterminismError,
+    NonRetryableError,
     OrchestrationContext,
     OrchestrationRegistry,
     OrchestrationStatus,
@@ -28,21 +29,30 @@ from duroxide_runtime import (
     orchestration_context,
 )
 from . import (
-    Activity, AsyncActivity, DurableNotExpandedError, Orchestration, OrchestrationFailedError, SyncActivity,
+    Activity, ActivityPolicy, ActivityWithOptions, AsyncActivity, DurableNotExpandedError, Orchestration, OrchestrationFailedError, SyncActivity,
     activity, durable, durable_guid, durable_newguid, durable_now, durable_trace_debug, durable_trace_error,
     durable_trace_info, durable_trace_warn, durable_utcnow, orch_debug, orch_error, orch_info, orch_warn,
     orchestration, trace_debug, trace_error, trace_info, trace_warn,
 )
 from .ambient import client
 from .main import duroxide_main
+from duroxide_runtime import (  # typed events, state, updates, streams
+    PayloadDecodeError, StreamItem, TypedEvent, UpdateAlreadyRepliedError, UpdateRejectedError, UpdateRequest,
+    UpdateTimeoutError,
+)
 
 __all__ = [
     "timedelta", "ActivityContext", "ActivityFailed", "ActivityRegistry", "Client", "DurableTaskFailed", "Event",
-    "InMemoryProvider", "InstanceInfo", "NonDeterminismError", "OrchestrationContext", "OrchestrationRegistry",
+    "InMemoryProvider", "InstanceInfo", "NonDeterminismError", "NonRetryableError", "OrchestrationContext", "OrchestrationRegistry",
     "OrchestrationStatus", "PostgresProvider", "Provider", "RetryPolicy", "Runtime", "RuntimeOptions",
     "SqliteProvider", "StatusOf", "SubOrchestrationFailed", "VersionPolicy", "activity_context", "orchestration_context", "duroxide_main", "client",
-    "Activity", "AsyncActivity", "DurableNotExpandedError", "Orchestration", "OrchestrationFailedError",
+    "Activity", "ActivityPolicy", "ActivityWithOptions", "AsyncActivity", "DurableNotExpandedError", "Orchestration", "OrchestrationFailedError",
     "SyncActivity", "activity", "durable", "durable_guid", "durable_newguid", "durable_now", "durable_trace_debug",
     "durable_trace_error", "durable_trace_info", "durable_trace_warn", "durable_utcnow", "orch_debug", "orch_error",
     "orch_info", "orch_warn", "orchestration", "trace_debug", "trace_error", "trace_info", "trace_warn",
 ]
+__all__ += ["PayloadDecodeError", "StreamItem", "TypedEvent", "UpdateAlreadyRepliedError", "UpdateRejectedError",
+            "UpdateRequest", "UpdateTimeoutError"]
+from duroxide_runtime import ClockPart, IdleAwareClock, StoreCheck, VirtualClock  # virtual time (tests)
+
+__all__ += ["VirtualClock", "IdleAwareClock", "ClockPart", "StoreCheck"]

@@ -5,6 +5,9 @@ hook (their ``durable(...)`` forms) and by pytest (their ``assert`` statements).
 
 Fixtures, each cleaned up after its test:
 
+* ``virtual_clock`` - a :class:`VirtualClock`: time jumps to the next deadline
+  as soon as nothing else can run (``duroxide_store`` runs on it when a test
+  asks for both);
 * ``duroxide_store`` - a fresh :class:`InMemoryProvider`;
 * ``duroxide_runtime`` - a started runtime over it with discovery;
 * ``duroxide_client`` - a client of that store.
@@ -13,6 +16,9 @@ Example::
 
     async def test_hello(duroxide_runtime, duroxide_client):
         assert await hello_world.run(duroxide_client, "t1", "World") == "Hello, World!"
+
+    async def test_a_month(virtual_clock, duroxide_runtime, duroxide_client):   # in milliseconds
+        assert await monthly_report.run(duroxide_client, "r1", "june") == "sent"
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from duroxide_runtime import Client, InMemoryProvider, Runtime
+from duroxide_runtime import Client, InMemoryProvider, Runtime, VirtualClock
 
 from .hook import install
 
@@ -32,9 +38,18 @@ install()
 
 
 @pytest.fixture
-async def duroxide_store() -> AsyncIterator[InMemoryProvider]:
-    """A fresh in-memory store."""
-    store = InMemoryProvider()
+def virtual_clock() -> VirtualClock:
+    """A :class:`VirtualClock` for the test: durable timers fire as soon as nothing else can run."""
+    return VirtualClock()
+
+
+@pytest.fixture
+async def duroxide_store(request: pytest.FixtureRequest) -> AsyncIterator[InMemoryProvider]:
+    """A fresh in-memory store, on the test's ``virtual_clock`` if it asks for one too."""
+    if "virtual_clock" in request.fixturenames:
+        store = InMemoryProvider(clock=request.getfixturevalue("virtual_clock"))
+    else:
+        store = InMemoryProvider()
     yield store
     await store.close()
 

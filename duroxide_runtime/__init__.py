@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 from .activity import ActivityContext, activity_context, current_activity
 from .client import Client
-from .clock import Clock, SystemClock
+from .clock import Clock, ClockPart, IdleAwareClock, StoreCheck, SystemClock
+from .virtual_time import VirtualClock
 from .context import DurableFuture, OrchestrationContext
 from .errors import (
     ActivityFailed,
@@ -44,8 +45,10 @@ from .errors import (
     InstanceStillRunningError,
     NonDeterminismError,
     NonDeterministicOperationError,
+    NonRetryableError,
     OrchestrationCancelled,
     OrchestrationStuckError,
+    PayloadDecodeError,
     PayloadError,
     PayloadTooLargeError,
     InvalidInputError,
@@ -55,6 +58,9 @@ from .errors import (
     SubOrchestrationFailed,
     UnknownActivityError,
     UnknownOrchestrationError,
+    UpdateAlreadyRepliedError,
+    UpdateRejectedError,
+    UpdateTimeoutError,
 )
 from .history import Event, HistoryEvent
 from .options import RetryPolicy, RuntimeOptions
@@ -69,23 +75,40 @@ from .current import current_orchestration, orchestration_context, skip_trace_fr
 from .discovery import DiscoverySource, load_discovery_entry_points, register_discovery_source
 from .options import to_seconds
 from .registry import DEFAULT_VERSION
+from .readouts import StreamItem
+from .typed import TypedEvent
+from .updates import UpdateRequest
 
 if TYPE_CHECKING:
-    from .metrics import PrometheusMetrics
+    from .codec import Codec, encode_value
+    from .metrics import ActivityMetrics, PrometheusMetrics
+    # Importable, but not in __all__: a star import must not need the `otel` extra.
+    from .tracing import OpenTelemetryTracing as OpenTelemetryTracing
+    from .tracing import current_activity_span as current_activity_span
 else:
     def __getattr__(name: str) -> object:
-        # PrometheusMetrics imports prometheus_client (~50 ms): only for programs that use it.
-        if name == "PrometheusMetrics":
-            from .metrics import PrometheusMetrics
+        # The codec imports pydantic (~70 ms): only for programs that use typed payloads.
+        if name in ("Codec", "encode_value"):
+            from . import codec
 
-            return PrometheusMetrics
+            return getattr(codec, name)
+        # These import prometheus_client (~50 ms) or opentelemetry: only for programs that use them.
+        if name in ("PrometheusMetrics", "ActivityMetrics"):
+            from . import metrics
+
+            return getattr(metrics, name)
+        if name in ("OpenTelemetryTracing", "current_activity_span"):
+            from . import tracing
+
+            return getattr(tracing, name)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ActivityContext", "activity_context", "Client", "Clock", "SystemClock", "DurableFuture", "OrchestrationContext",
     "ActivityFailed", "ActivityTimeoutError", "ConfigurationError", "CorruptHistoryError", "DuroxideError",
     "DurableTaskFailed", "ErrorCode", "ErrorDetails", "InstanceAlreadyExistsError", "InstanceNotFoundError",
-    "InstanceStillRunningError", "NonDeterminismError", "NonDeterministicOperationError", "OrchestrationCancelled",
+    "InstanceStillRunningError", "NonDeterminismError", "NonDeterministicOperationError", "NonRetryableError",
+    "OrchestrationCancelled",
     "OrchestrationStuckError", "PayloadError", "PayloadTooLargeError", "InvalidInputError", "PoisonMessageError", "StoreError", "StoreTimeoutError",
     "SubOrchestrationFailed",
     "UnknownActivityError", "UnknownOrchestrationError", "Event", "HistoryEvent", "RetryPolicy",
@@ -93,11 +116,20 @@ __all__ = [
     "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "OrchestrationStatus", "StatusOf",
 ]
 
+# Typed events, state, updates and streams (and the codec they decode with).
+__all__ += [
+    "TypedEvent", "UpdateRequest", "StreamItem", "PayloadDecodeError", "UpdateRejectedError", "UpdateTimeoutError",
+    "UpdateAlreadyRepliedError", "Codec", "encode_value",
+]
+
 # The layer above the runtime (duroxide_macros) uses these; it imports nothing else.
 __all__ += [
     "current_activity", "orchestration_context", "current_orchestration", "trace", "skip_trace_frames_of",
     "DiscoverySource", "register_discovery_source", "load_discovery_entry_points", "to_seconds",
-    "DEFAULT_VERSION", "PrometheusMetrics",
+    "DEFAULT_VERSION", "PrometheusMetrics", "ActivityMetrics",
 ]
+
+# Virtual time (issue 14): the clock that moves by itself, and what the runtime reports to such a clock.
+__all__ += ["VirtualClock", "IdleAwareClock", "ClockPart", "StoreCheck"]
 
 __version__ = "0.1.0"

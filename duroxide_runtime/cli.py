@@ -384,7 +384,8 @@ async def cmd_show(client: Client, opts: Options, out: Output) -> int:
     status = await client.get_orchestration_status(instance_id)
     details = status.details if isinstance(status, OrchestrationStatus.Failed) else None
     executions = await client.list_executions(instance_id)
-    out.emit(fmt.show_text(info, details, executions), fmt.show_json(info, details, executions))
+    state = await client.get_states(instance_id)
+    out.emit(fmt.show_text(info, details, executions, state), fmt.show_json(info, details, executions, state))
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ JSON-escaped instead. Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -113,13 +113,17 @@ def _details_json(details: ErrorDetails | None) -> JsonObject | None:
     return dataclasses.asdict(details) if details is not None else None
 
 
-def show_json(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int]) -> JsonObject:
-    """``show --json``: the instance's fields, its execution ids and the error with its traceback."""
-    return {**instance_json(info), "executions": list(executions), "error_details": _details_json(details)}
+def show_json(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int],
+              state: Mapping[str, str] | None = None) -> JsonObject:
+    """``show --json``: the instance's fields, its execution ids, its state and the error with its traceback."""
+    return {**instance_json(info), "executions": list(executions), "state": dict(state or {}),
+            "error_details": _details_json(details)}
 
 
-def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int]) -> str:
-    """``show``: one labelled line per field; output or error (with traceback) last."""
+def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int],
+              state: Mapping[str, str] | None = None) -> str:
+    """``show``: one labelled line per field, the state (``ctx.set_state``) one key a line; output or error
+    (with traceback) last."""
     fields = [
         ("instance", inert(info.instance_id)),
         ("name", inert(info.name)),
@@ -131,11 +135,13 @@ def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequ
         ("created", format_time(info.created_at_ms)),
         ("updated", format_time(info.updated_at_ms)),
     ]
-    if info.output is not None:
-        fields.append(("output", inert(info.output)))
-    if info.error is not None:
-        fields.append(("error", inert(info.error)))
     lines = [f"{label + ':':<15}{value}" for label, value in fields]
+    lines += [f"{'state:' if i == 0 else '':<15}{inert(key)} = {short(value)}"
+              for i, (key, value) in enumerate(sorted((state or {}).items()))]
+    if info.output is not None:
+        lines.append(f"{'output:':<15}{inert(info.output)}")
+    if info.error is not None:
+        lines.append(f"{'error:':<15}{inert(info.error)}")
     if details is not None and details.traceback:
         lines.append("traceback:")
         lines += ["  " + inert(line) for line in details.traceback.rstrip("\n").split("\n")]
@@ -181,6 +187,17 @@ def describe(event: HistoryEvent, start_ms: int) -> str:
             return f"{kind} {name!r} {short(data)}"
         case Event.SystemCall(op=op, value=value):
             return f"{kind} {inert(op)} = {short(value)}"
+        case Event.StateSet(key=key, value=value):
+            return f"{kind} {inert(repr(key))} = {short(value)}"
+        case Event.StreamEmitted(offset=offset, value=value):
+            return f"{kind} #{offset} {short(value)}"
+        case Event.UpdateSubscribed(name=name):
+            return f"{kind} {inert(repr(name))}"
+        case Event.UpdateRequested(name=name, request_id=rid, data=data):
+            return f"{kind} {inert(repr(name))} {short(data)} (request {inert(repr(rid))})"
+        case Event.UpdateReplied(name=name, request_id=rid, result=result, rejected=rejected):
+            answer = f"-> {short(result)}" if rejected is None else f"rejected: {short(rejected)}"
+            return f"{kind} {inert(repr(name))} {answer} (request {inert(repr(rid))})"
         case _:
             return kind
 

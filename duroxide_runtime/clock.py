@@ -15,6 +15,12 @@ that is really stuck), a store's own retries while a database is busy or
 unreachable (they wait for another process or a server, not for a duration of
 the store's logic), and the rate limit of repeated log warnings.
 
+A clock may also move by itself: an :class:`IdleAwareClock` (such as
+:class:`duroxide_runtime.testing.VirtualClock`) is told by the runtime which of
+its parts are busy (:class:`ClockPart`) and jumps to the next deadline once none
+is. The runtime reports through :func:`clock_part` and :func:`add_store_check`,
+which cost nothing with any other clock: :class:`SystemClock` ignores all of it.
+
 Example::
 
     clock = SystemClock()
@@ -27,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, cast, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "SYSTEM_CLOCK"]
+__all__ = ["Clock", "SystemClock", "SYSTEM_CLOCK", "ClockPart", "IdleAwareClock", "StoreCheck"]
 
 
 @runtime_checkable
@@ -119,3 +126,150 @@ class SystemClock:
 
 #: The shared default clock of stores created without ``clock=``.
 SYSTEM_CLOCK = SystemClock()
+
+
+# -- clocks that move by themselves ----------------------------------------------------------
+
+
+@runtime_checkable
+class ClockPart(Protocol):
+    """One part of a runtime as a self-moving clock sees it: busy (time stands still) or idle.
+
+    The runtime makes one per dispatcher pipeline, activity worker, running
+    activity call and client call in flight (:func:`clock_part`). An
+    :class:`IdleAwareClock` moves time only while every part is idle; for any
+    other clock every method is a plain wait or does nothing.
+
+    Example (a loop that works, then waits idle for a wake-up or its next deadline)::
+
+        part = clock_part(clock, "my poller")           # busy from now on
+        try:
+            while True:
+                due = await do_some_work()               # seconds to the next deadline
+                await part.wait(wake_up, timeout=0.2, due=due)
+        finally:
+            part.close()
+    """
+
+    def busy(self) -> None:
+        """The part works now: time stands still until it is idle again."""
+        ...
+
+    def idle(self) -> None:
+        """The part waits for something the clock cannot see (a queue, another task); time may move."""
+        ...
+
+    async def wait(self, event: asyncio.Event | None, timeout: float, *, due: float = math.inf) -> bool:
+        """Wait idle until ``event`` is set (``None``: never), ``due`` seconds pass, or ``timeout`` seconds pass.
+
+        ``due`` is a deadline the part acts on: a self-moving clock may move time
+        to it. ``timeout`` is a poll bound only: such a clock never moves time
+        to it, but wakes the part once time has passed it. Returns whether
+        ``event`` is set. Afterwards the part is as busy as it was before; a busy
+        part counts as busy from the moment it is woken (its event set or its
+        deadline reached), before its task runs again.
+        """
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait idle for ``seconds`` of clock time (a deadline: the clock may move time to it)."""
+        ...
+
+    def close(self) -> None:
+        """The part is done (idempotent): it never holds time still again."""
+        ...
+
+
+#: A check of the store a self-moving clock runs before it moves time: ``True`` when
+#: the store holds work no deadline dates (visible work nobody took, activity calls
+#: not visible yet); the clock then moves to poll deadlines too, so that it is found.
+StoreCheck: TypeAlias = Callable[[], Awaitable[bool]]
+
+
+@runtime_checkable
+class IdleAwareClock(Clock, Protocol):
+    """A :class:`Clock` that moves time by itself once every part of the runtime is idle.
+
+    The runtime reports to such a clock (and to no other) through
+    :func:`clock_part` and :func:`add_store_check`;
+    :class:`duroxide_runtime.testing.VirtualClock` is the implementation.
+
+    Example::
+
+        if isinstance(clock, IdleAwareClock):
+            part = clock.part("activity 'Charge'")   # time stands still until part.close()
+    """
+
+    def part(self, what: str, *, busy: bool = True) -> ClockPart:
+        """A new part named ``what`` (for diagnostics), busy or idle."""
+        ...
+
+    def add_store_check(self, check: StoreCheck) -> Callable[[], None]:
+        """Run ``check`` before each move of time; returns the function that removes it."""
+        ...
+
+
+class _PlainPart:
+    """The part of a clock that does not listen: waits are the clock's own, the rest does nothing."""
+
+    __slots__ = ("_clock",)
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    def busy(self) -> None:
+        pass
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def wait(self, event: asyncio.Event | None, timeout: float, *, due: float = math.inf) -> bool:
+        limit = min(timeout, due)
+        if event is not None:
+            return await self._clock.wait(event, limit)
+        if math.isinf(limit):
+            return await self._clock.wait(asyncio.Event(), limit)  # no deadline: until cancelled
+        await self._clock.sleep(limit)  # a sleep, not an Event: the lock keeper's is on every batch's path
+        return False
+
+    async def sleep(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)
+
+
+#: Whether each clock type listens (isinstance on a runtime-checkable Protocol inspects
+#: every member: once per type, not once per activity call).
+_LISTENS: dict[type, bool] = {}
+
+
+def _listening(clock: Clock) -> IdleAwareClock | None:
+    kind = type(clock)
+    listens = _LISTENS.get(kind)
+    if listens is None:
+        listens = _LISTENS[kind] = isinstance(clock, IdleAwareClock)
+    return cast(IdleAwareClock, clock) if listens else None
+
+
+def clock_part(clock: Clock, what: str, *, busy: bool = True) -> ClockPart:
+    """The runtime's report of one part to ``clock``: the clock's own part if it listens, else a plain one.
+
+    Example::
+
+        part = clock_part(store.clock, "activity worker")
+        await part.wait(wake_up, timeout=poll_interval)
+        part.close()
+    """
+    listening = _listening(clock)
+    return listening.part(what, busy=busy) if listening is not None else _PlainPart(clock)
+
+
+def _nothing_to_remove() -> None:
+    pass
+
+
+def add_store_check(clock: Clock, check: StoreCheck) -> Callable[[], None]:
+    """Give ``check`` to ``clock`` if it listens (see :data:`StoreCheck`); returns its remover."""
+    listening = _listening(clock)
+    return listening.add_store_check(check) if listening is not None else _nothing_to_remove

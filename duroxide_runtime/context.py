@@ -34,11 +34,14 @@ from .engine.commands import (
     SystemOp,
     WaitForEvent,
 )
+from .engine.commands import Emit, SetState, UpdateArrival, WaitForUpdate
 from .errors import ActivityTimeoutError, ConfigurationError, DurableTaskFailed
 from .limits import (
     MAX_ID_CHARS, MAX_NAME_CHARS, MAX_VERSION_CHARS, check_identifier, check_seconds, check_text,
 )
 from .options import RetryPolicy
+from .typed import EventOf, TypedEvent, decode_payload, decoder, encode_payload
+from .updates import UpdateRequest
 
 __all__ = ["OrchestrationContext", "DurableFuture", "ContinueAsNewSignal", "ExecutionBackend"]
 
@@ -103,37 +106,62 @@ class OrchestrationContext:
     # -- durable work ------------------------------------------------------------
 
     def schedule_activity(self, name: str, input: str = "", *, retry: RetryPolicy | None = None,
-                          timeout: timedelta | float | None = None) -> asyncio.Future[str]:
+                          timeout: timedelta | float | None = None,
+                          heartbeat_timeout: timedelta | float | None = None) -> asyncio.Future[str]:
         """Run activity ``name`` with ``input``; the future yields its result string.
 
-        With ``retry``, failed attempts are retried after durable back-off timers;
-        with ``timeout``, an attempt that has not finished in time fails with
-        :class:`ActivityTimeoutError` (and its activity is cancelled).
+        With ``retry``, failed attempts are retried after durable back-off timers
+        (``activity_context().attempt`` counts them), except failures the policy
+        calls non-retryable; with ``timeout``, an attempt that has not finished in
+        time fails with :class:`ActivityTimeoutError` (and its activity is
+        cancelled), and is retried like any failure. With ``heartbeat_timeout``,
+        an attempt that goes longer without ``activity_context().heartbeat()`` is
+        considered lost (say, its process died): it fails with
+        ``ActivityHeartbeatTimeout`` and is retried, and the next attempt reads
+        the last recorded details.
 
         Example::
 
-            receipt = await ctx.schedule_activity("Charge", order_json, retry=RetryPolicy(5))
+            receipt = await ctx.schedule_activity("Charge", order_json, retry=RetryPolicy(max_attempts=5),
+                                                  timeout=timedelta(seconds=10), heartbeat_timeout=30)
         """
         check_identifier(name, "activity name", MAX_NAME_CHARS)
         check_text(input, "activity input")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry= of activity {name!r} must be a RetryPolicy, got {type(retry).__name__}",
+                                     fix="pass e.g. retry=RetryPolicy(max_attempts=3, backoff=timedelta(seconds=1))")
+        beat_ms = None
+        if heartbeat_timeout is not None:
+            beat_ms = round(check_seconds(heartbeat_timeout, "activity heartbeat_timeout") * 1000)
+            if beat_ms < 1:
+                raise ConfigurationError(f"heartbeat_timeout of activity {name!r} must be at least 1 ms",
+                                         fix="pass a positive duration, e.g. heartbeat_timeout=timedelta(seconds=30)")
         if retry is None and timeout is None:
-            return self._x.issue(ScheduleActivity(name=name, input=input))
+            return self._x.issue(ScheduleActivity(name=name, input=input, heartbeat_timeout_ms=beat_ms))
         limit = None if timeout is None else check_seconds(timeout, "activity timeout")
-        return self._x.loop.create_task(self._activity_with_policy(name, input, retry or RetryPolicy(1), limit))
+        return self._x.loop.create_task(
+            self._activity_with_policy(name, input, retry or RetryPolicy(1), limit, beat_ms))
 
-    async def _activity_with_policy(self, name: str, input: str, retry: RetryPolicy, limit: float | None) -> str:
-        attempt = 1
+    async def _activity_with_policy(self, name: str, input: str, retry: RetryPolicy, limit: float | None,
+                                    beat_ms: int | None) -> str:
+        # Each attempt is its own ActivityScheduled, numbered, naming the call's first attempt
+        # (its heartbeat details live under that event). Whether to retry reads only the
+        # recorded failure, so every replay decides alike.
+        attempt, first = 1, None
         while True:
             try:
-                call = self._x.issue(ScheduleActivity(name=name, input=input))
+                call = self._x.issue(ScheduleActivity(name=name, input=input, attempt=attempt, first_event_id=first,
+                                                      heartbeat_timeout_ms=beat_ms))
+                if first is None:
+                    first = call.event_id
                 if limit is None:
                     return str(await call)
                 idx, done = await self.select2(call, self.schedule_timer(limit))
                 if idx == 1:
                     raise ActivityTimeoutError(name, limit)
                 return str(done.result())
-            except DurableTaskFailed:
-                if attempt >= retry.max_attempts:
+            except DurableTaskFailed as err:
+                if attempt >= retry.max_attempts or not retry.is_retryable(err.details):
                     raise
                 await self.schedule_timer(retry.backoff_after(attempt))
                 attempt += 1
@@ -154,7 +182,117 @@ class OrchestrationContext:
         check_identifier(name, "event name", MAX_NAME_CHARS)
         return self._x.issue(WaitForEvent(name=name))
 
-    wait_for_event = schedule_wait
+    @overload
+    def wait_for_event(self, name: str, /) -> DurableFuture[str]: ...
+    @overload
+    def wait_for_event(self, name: str, data_type: type[_T], /) -> DurableFuture[_T]: ...
+    @overload
+    def wait_for_event(self, event: EventOf[_T], /) -> DurableFuture[_T]: ...
+
+    def wait_for_event(self, name: str | EventOf[Any], data_type: Any = None, /) -> DurableFuture[Any]:
+        """Wait for external event ``name``; with ``data_type`` (or a :class:`TypedEvent`) its data decoded.
+
+        Without a type the data is the ``str`` it was raised with (like :meth:`schedule_wait`).
+        With one, a ``str`` type takes the text as is and any other type decodes it
+        as JSON; data that does not decode raises :class:`PayloadDecodeError` at this
+        ``await`` (the event is consumed; catch it to go on). A type that cannot be a
+        JSON payload raises :class:`ConfigurationError` here, before anything is recorded.
+
+        Example::
+
+            approval = await ctx.wait_for_event("approval", Approval)
+        """
+        if isinstance(name, TypedEvent):
+            data_type = name.data_type
+            name = name.name
+        name = check_identifier(name, "event name", MAX_NAME_CHARS)
+        decode = None if data_type is None else decoder(
+            data_type, self._x.instance_id, f"event {name!r}",
+            fix=f"raise {name!r} with data of the type the orchestration waits for (Orchestration.raise_event "
+                "with a TypedEvent checks it), or wait for the type the event carries")
+        return self._x.issue(WaitForEvent(name=name, decode=decode))
+
+    # -- state, stream and updates: what clients see of a running instance --------
+
+    def set_state(self, key: str, value: object) -> None:
+        """Set the instance's state ``key`` to ``value`` (a ``str`` as is, anything else as JSON).
+
+        Recorded in history (one ``StateSet`` event per call) and replayed; clients read
+        it while the instance runs and after it ends (``client.get_state``), and it
+        carries over at ``continue_as_new``. A value that cannot be encoded (or is over
+        the payload limit) raises :class:`PayloadError` here, before anything is recorded.
+
+        Example::
+
+            ctx.set_state("progress", Progress(done=3, total=10))
+        """
+        check_identifier(key, "state key", MAX_NAME_CHARS)
+        self._x.issue(SetState(key=key, value=encode_payload(value, f"state {key!r}")))
+
+    @overload
+    def get_state(self, key: str, /) -> str | None: ...
+    @overload
+    def get_state(self, key: str, value_type: type[_T], /) -> _T | None: ...
+
+    def get_state(self, key: str, value_type: Any = None, /) -> Any:
+        """The state ``key`` as this code last set it (or as it was carried over), ``None`` if never set.
+
+        With ``value_type`` it is decoded into it (see :meth:`wait_for_event`);
+        a value that does not decode raises :class:`PayloadDecodeError`.
+
+        Example::
+
+            progress = ctx.get_state("progress", Progress)
+        """
+        check_identifier(key, "state key", MAX_NAME_CHARS)
+        text = self._x.get_state(key)
+        if text is None or value_type is None:
+            return text
+        return decode_payload(text, value_type, self._x.instance_id, f"state {key!r}",
+                              fix="read the state with the type it was set with")
+
+    def emit(self, value: object) -> None:
+        """Append ``value`` (a ``str`` as is, anything else as JSON) to the instance's durable stream.
+
+        Each item is a ``StreamEmitted`` event with the next offset (offsets count
+        across ``continue_as_new``); ``client.stream`` yields the items as their turn
+        commits. A value that cannot be encoded raises :class:`PayloadError` here.
+
+        Example::
+
+            ctx.emit(Progress(done=i, total=len(files)))
+        """
+        self._x.issue(Emit(value=encode_payload(value, "stream item")))
+
+    @overload
+    def wait_for_update(self, name: str, /) -> DurableFuture[UpdateRequest[str]]: ...
+    @overload
+    def wait_for_update(self, name: str, data_type: type[_T], /) -> DurableFuture[UpdateRequest[_T]]: ...
+
+    def wait_for_update(self, name: str, data_type: Any = None, /) -> DurableFuture[UpdateRequest[Any]]:
+        """Wait for the next update request ``name`` (sent with ``client.update``); answer it with ``reply``.
+
+        Requests that arrive before the wait are kept, FIFO per name, one per wait.
+        With ``data_type`` the request's data is decoded into it; a request whose data
+        does not decode is rejected for the client (it gets :class:`UpdateRejectedError`
+        saying why) and this wait takes the next one.
+
+        Example::
+
+            req = await ctx.wait_for_update("add_item", Item)
+            req.reply(cart + [req.data])
+        """
+        check_identifier(name, "update name", MAX_NAME_CHARS)
+        decode_data = None if data_type is None else decoder(
+            data_type, self._x.instance_id, f"update {name!r}",
+            fix="send the update with data of the type the orchestration waits for")
+        answer = self._x.issue
+
+        def request(arrival: UpdateArrival) -> UpdateRequest[Any]:
+            data = arrival.data if decode_data is None else decode_data(arrival.data)
+            return UpdateRequest(name, arrival.request_id, data, answer)
+
+        return self._x.issue(WaitForUpdate(name=name, decode=request))
 
     def schedule_sub_orchestration(self, name: str, input: str = "", *, instance_id: str | None = None,
                                    version: str | None = None) -> DurableFuture[str]:

@@ -46,7 +46,12 @@ __all__ = [
     "SubOrchestrationFailed",
     "OrchestrationCancelled",
     "ActivityTimeoutError",
+    "NonRetryableError",
     "OrchestrationStuckError",
+    "PayloadDecodeError",
+    "UpdateRejectedError",
+    "UpdateTimeoutError",
+    "UpdateAlreadyRepliedError",
     "ErrorDetails",
 ]
 
@@ -91,7 +96,12 @@ class ErrorCode(enum.StrEnum):
     ACTIVITY_FAILED = "ACTIVITY_FAILED"
     SUB_ORCHESTRATION_FAILED = "SUB_ORCHESTRATION_FAILED"
     ACTIVITY_TIMEOUT = "ACTIVITY_TIMEOUT"
+    NON_RETRYABLE = "NON_RETRYABLE"
     CANCELLED = "CANCELLED"
+    PAYLOAD_DECODE = "PAYLOAD_DECODE"
+    UPDATE_REJECTED = "UPDATE_REJECTED"
+    UPDATE_TIMEOUT = "UPDATE_TIMEOUT"
+    UPDATE_ALREADY_REPLIED = "UPDATE_ALREADY_REPLIED"
     # Declared by duroxide_macros (decorators.py) and the command-line tool (cli.py).
     DURABLE_NOT_EXPANDED = "DURABLE_NOT_EXPANDED"
     ORCHESTRATION_FAILED = "ORCHESTRATION_FAILED"
@@ -388,6 +398,22 @@ class StoreTimeoutError(StoreError):
 _TEXT_FIELDS = ("error_type", "message", "traceback", "code", "fix")
 
 
+def class_path(cls: type) -> str:
+    """How a class is named across processes: ``module.QualName``, a builtin by its bare name.
+
+    Example: ``class_path(ValueError) == "ValueError"``, ``class_path(NonRetryableError) ==
+    "duroxide_runtime.errors.NonRetryableError"``.
+    """
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def exception_types(exc_type: type[BaseException]) -> tuple[str, ...]:
+    """The :func:`class_path` of ``exc_type`` and of each of its base classes, most derived first
+    (``object`` left out): what ``ErrorDetails.types`` records, so that a failure read in another
+    process can still be matched by class, subclasses included (``RetryPolicy.non_retryable``)."""
+    return tuple(class_path(c) for c in exc_type.__mro__ if c is not object)
+
+
 @dataclass(frozen=True)
 class ErrorDetails:
     """The stored form of a failure: type name, message, traceback text; code and fix of a DuroxideError.
@@ -408,6 +434,10 @@ class ErrorDetails:
     traceback: str = ""
     code: str | None = field(default=None, kw_only=True)
     fix: str | None = field(default=None, kw_only=True)
+    #: The exception's class and base classes (:func:`exception_types`), as recorded for an
+    #: activity's failure; ``()`` where unknown (other failures, rows of older versions).
+    #: Not part of equality: two records of the same failure compare equal either way.
+    types: tuple[str, ...] = field(default=(), kw_only=True, compare=False)
 
     def to_text(self) -> str:
         """One line, as shown in ``OrchestrationStatus.Failed(error=...)``: ``"Type: message[. Fix: fix]"``."""
@@ -427,17 +457,20 @@ class ErrorDetails:
                        fix=fix if isinstance(fix, str) else None)
         return cls(type(exc).__name__, str(exc), text)
 
-    def to_dict(self) -> dict[str, str]:
-        """The stored form: ``code`` and ``fix`` only when set.
+    def to_dict(self) -> dict[str, str | list[str]]:
+        """The stored form: ``code``, ``fix`` and ``types`` only when set.
 
         Leaving them out keeps the rows of other errors exactly as versions before
         them wrote (and read) them.
         """
-        stored = {"error_type": self.error_type, "message": self.message, "traceback": self.traceback}
+        stored: dict[str, str | list[str]] = {"error_type": self.error_type, "message": self.message,
+                                              "traceback": self.traceback}
         if self.code is not None:
             stored["code"] = self.code
         if self.fix is not None:
             stored["fix"] = self.fix
+        if self.types:
+            stored["types"] = list(self.types)
         return stored
 
     @classmethod
@@ -455,6 +488,9 @@ class ErrorDetails:
         wrong = [k for k, v in values.items() if not isinstance(v, str)]
         if missing or wrong:
             raise TypeError(f"stored error details lack {missing} or hold non-text {wrong}")
+        types = stored.get("types")
+        if isinstance(types, list) and all(isinstance(t, str) for t in types):
+            return cls(**values, types=tuple(types))
         return cls(**values)
 
 
@@ -507,6 +543,24 @@ class ActivityTimeoutError(DurableTaskFailed):
         )
 
 
+class NonRetryableError(DuroxideError):
+    """Raised by an activity: this failure must not be retried, whatever the call's ``RetryPolicy``.
+
+    The retry loop stops at once and the orchestration gets ``ActivityFailed`` with this
+    error's type name (a subclass keeps its own name) and message. Subclass it for
+    failures of your own that are never worth retrying.
+
+    Example::
+
+        async def charge(order_json: str) -> str:
+            if declined(order_json):
+                raise NonRetryableError("card declined")
+            ...
+    """
+
+    code = ErrorCode.NON_RETRYABLE
+
+
 class OrchestrationCancelled(DuroxideError):
     """Names the failure of an instance ended by ``cancel_instance``.
 
@@ -515,3 +569,93 @@ class OrchestrationCancelled(DuroxideError):
     """
 
     code = ErrorCode.CANCELLED
+
+
+class PayloadDecodeError(PayloadError):
+    """A typed wait, state read or update got a payload that does not decode into the type asked for.
+
+    Raised where the value is asked for - in orchestration code at the
+    ``await ctx.wait_for_event(name, T)`` (which may catch it: the event is
+    consumed, the instance is unharmed), at ``ctx.get_state(key, T)``, or in the
+    client (``client.get_state(..., T)``, ``client.update(..., result_type=T)``).
+    ``instance_id`` and ``source`` (``"event 'approval'"``, ``"state 'progress'"``)
+    say where the payload came from.
+
+    Example::
+
+        try:
+            approval = await ctx.wait_for_event("approval", Approval)
+        except PayloadDecodeError as err:
+            ctx.trace_warn("bad approval payload: {}", err.message)
+    """
+
+    code = ErrorCode.PAYLOAD_DECODE
+
+    def __init__(self, instance_id: str, source: str, problem: str, *, fix: str) -> None:
+        self.instance_id = instance_id
+        self.source = source
+        super().__init__(f"instance {instance_id!r}: {source}: {problem}", fix=fix)
+
+
+class UpdateRejectedError(DuroxideError):
+    """``client.update`` got no reply: the orchestration rejected the update, or ended without replying.
+
+    ``reason`` is what ``req.reject(reason)`` said (or why the runtime rejected it:
+    a payload that does not decode, an instance that ended).
+
+    Example::
+
+        try:
+            cart = await client.update("cart-1", "add_item", item_json, timeout=10)
+        except UpdateRejectedError as err:
+            print("not added:", err.reason)
+    """
+
+    code = ErrorCode.UPDATE_REJECTED
+
+    def __init__(self, instance_id: str, name: str, request_id: str, reason: str) -> None:
+        self.instance_id = instance_id
+        self.name = name
+        self.request_id = request_id
+        self.reason = reason
+        super().__init__(f"update {name!r} of instance {instance_id!r} (request {request_id!r}) was rejected: "
+                         f"{reason}", fix="read the reason; change the request, or send it to an instance that "
+                                         "accepts it")
+
+
+class UpdateTimeoutError(DuroxideError):
+    """``client.update`` got no reply within its ``timeout``.
+
+    The request stays with the instance: an orchestration that waits for it later
+    still replies, and asking again with the same ``request_id`` returns that reply
+    (it is recorded once and never applied twice).
+    """
+
+    code = ErrorCode.UPDATE_TIMEOUT
+
+    def __init__(self, instance_id: str, name: str, request_id: str, timeout_s: float) -> None:
+        self.instance_id = instance_id
+        self.name = name
+        self.request_id = request_id
+        super().__init__(
+            f"update {name!r} of instance {instance_id!r} (request {request_id!r}) got no reply within "
+            f"{timeout_s:g} s", fix=f"check that the orchestration waits for it (ctx.wait_for_update({name!r})); "
+                                   f"ask again with request_id={request_id!r} to get the reply once it is sent")
+
+
+class UpdateAlreadyRepliedError(DuroxideError):
+    """Orchestration code replied to (or rejected) an update it had already answered.
+
+    Raised at the second ``req.reply``/``req.reject``; nothing is recorded, the
+    first answer stands and the instance goes on (the code may catch it).
+    """
+
+    code = ErrorCode.UPDATE_ALREADY_REPLIED
+
+    def __init__(self, instance_id: str, name: str, request_id: str) -> None:
+        self.instance_id = instance_id
+        self.name = name
+        self.request_id = request_id
+        super().__init__(f"instance {instance_id!r}: update {name!r} (request {request_id!r}) was already answered; "
+                         "this second answer is ignored",
+                         fix="answer each request once (reply or reject, not both)")

@@ -80,6 +80,10 @@ class Event(metaclass=_EventNamespace):
         trace_context: str | None = None
         #: W3C traceparent of whoever started it (a client's span, or the parent execution).
         parent_trace_context: str | None = None
+        #: State carried over from the previous execution (``ctx.set_state``), key -> encoded value.
+        state: dict[str, str] | None = None
+        #: Offset of this execution's first stream item (items emitted by earlier executions).
+        stream_offset: int = 0
 
     @dataclass(frozen=True, kw_only=True)
     class OrchestrationCompleted(HistoryEvent):
@@ -107,17 +111,32 @@ class Event(metaclass=_EventNamespace):
 
     @dataclass(frozen=True, kw_only=True)
     class OrchestrationCancelRequested(HistoryEvent):
-        """``cancel_instance`` reached the instance."""
+        """``cancel_instance`` reached the instance: its code gets ``CancelledError`` at its await.
+
+        ``grace_ms``: how long its cleanup may run before the execution ends regardless;
+        ``None`` in histories recorded before cleanup on cancel existed (they ended at once).
+        """
 
         reason: str
+        grace_ms: int | None = None
 
     @dataclass(frozen=True, kw_only=True)
     class ActivityScheduled(HistoryEvent):
-        """Orchestration code called an activity."""
+        """Orchestration code called an activity (one attempt of the call, with a ``RetryPolicy``).
+
+        ``attempt`` counts the attempts of one ``schedule_activity`` call (1, 2, ...);
+        ``first_event_id`` is the event of the call's first attempt (``None`` on that
+        attempt itself), under which its heartbeat details are kept; ``heartbeat_timeout_ms``
+        is the call's heartbeat timeout. Histories recorded before these fields existed
+        read as attempt 1 without a heartbeat timeout. Replay matches name and input only.
+        """
 
         is_schedule: ClassVar[bool] = True
         name: str
         input: str
+        attempt: int = 1
+        first_event_id: int | None = None
+        heartbeat_timeout_ms: int | None = None
 
     @dataclass(frozen=True, kw_only=True)
     class ActivityCompleted(_Completion):
@@ -193,6 +212,47 @@ class Event(metaclass=_EventNamespace):
         is_schedule: ClassVar[bool] = True
         op: str
         value: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class StateSet(HistoryEvent):
+        """``ctx.set_state(key, value)``: the instance's state ``key`` is now ``value`` (encoded)."""
+
+        is_schedule: ClassVar[bool] = True
+        key: str
+        value: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class StreamEmitted(HistoryEvent):
+        """``ctx.emit(value)``: item ``offset`` of the instance's stream (offsets count across executions)."""
+
+        is_schedule: ClassVar[bool] = True
+        offset: int
+        value: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class UpdateSubscribed(HistoryEvent):
+        """Orchestration code waits for an update ``name`` (``ctx.wait_for_update``)."""
+
+        is_schedule: ClassVar[bool] = True
+        name: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class UpdateRequested(HistoryEvent):
+        """``client.update`` reached the instance (recorded once per ``request_id``)."""
+
+        request_id: str
+        name: str
+        data: str
+
+    @dataclass(frozen=True, kw_only=True)
+    class UpdateReplied(HistoryEvent):
+        """The answer to update request ``request_id``: ``result`` (encoded), or ``rejected`` with a reason."""
+
+        is_schedule: ClassVar[bool] = True
+        request_id: str
+        name: str
+        result: str | None = None
+        rejected: str | None = None
 
 
 _VARIANTS: dict[str, type[HistoryEvent]] = {

@@ -69,6 +69,8 @@ def check_str(value: object, field: str) -> str:
 
 def _unstorable(value: str, field: str) -> None:
     """Refuse characters no store can hold: NUL and lone surrogates."""
+    if value.isascii() and "\x00" not in value:
+        return  # nearly every value: no surrogate to look for (checked on every command and payload)
     nul = value.find("\x00")
     if nul >= 0:
         raise InvalidInputError(field, f"contains a NUL character (at index {nul}), which PostgreSQL cannot store",

@@ -16,13 +16,18 @@ import orjson
 from .records import encode_record
 from .errors import ErrorDetails
 
+#: The grace period a cancellation gives cleanup code when nobody chose one (30 s).
+DEFAULT_CANCEL_GRACE_MS = 30_000
+
 __all__ = [
+    "DEFAULT_CANCEL_GRACE_MS",
     "OrchestratorMessage",
     "StartOrchestration",
     "ActivityResult",
     "TimerFired",
     "SubOrchestrationResult",
     "ExternalEvent",
+    "ClientUpdate",
     "CancelRequest",
     "PoisonNotice",
     "ActivityWork",
@@ -53,6 +58,9 @@ class StartOrchestration(OrchestratorMessage):
     parent_event_id: int | None = None
     #: W3C traceparent of the starter (client span or parent execution), for tracing.
     trace_context: str | None = None
+    #: Continue-as-new: the state the next execution starts with, and its first stream offset.
+    state: dict[str, str] | None = None
+    stream_offset: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,11 +105,24 @@ class ExternalEvent(OrchestratorMessage):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClientUpdate(OrchestratorMessage):
+    """``client.update`` asks the instance for a reply; ``request_id`` makes a repeated ask one request."""
+
+    kind: ClassVar[str] = "update"
+    request_id: str
+    name: str
+    data: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class CancelRequest(OrchestratorMessage):
     """``cancel_instance`` (or a cancelling parent) asks the instance to end."""
 
     kind: ClassVar[str] = "cancel"
     reason: str
+    #: How long cleanup (``finally``, ``except CancelledError``) may run, in orchestration
+    #: milliseconds; ``None`` (messages of older versions) means :data:`DEFAULT_CANCEL_GRACE_MS`.
+    grace_ms: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +146,17 @@ class ActivityWork:
     input: str
     #: W3C traceparent of the calling execution, for tracing.
     trace_context: str | None = None
+    #: Which attempt of its call this is (``RetryPolicy``: 1, 2, ...); ``activity_context().attempt``.
+    attempt: int = 1
+    #: Event id of the call's first attempt (``None``: this is it); its heartbeat details are kept under it.
+    first_event_id: int | None = None
+    #: The call's heartbeat timeout: the lease then lasts only this long past the last heartbeat.
+    heartbeat_timeout_ms: int | None = None
+
+    @property
+    def call_event_id(self) -> int:
+        """The event id that names the whole call (all its attempts): its first attempt's."""
+        return self.event_id if self.first_event_id is None else self.first_event_id
 
 
 _KINDS: dict[str, type[Any]] = {
@@ -135,6 +167,7 @@ _KINDS: dict[str, type[Any]] = {
         TimerFired,
         SubOrchestrationResult,
         ExternalEvent,
+        ClientUpdate,
         CancelRequest,
         PoisonNotice,
         ActivityWork,

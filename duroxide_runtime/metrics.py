@@ -27,7 +27,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import threading
+import weakref
 from typing import Any
 
 from .errors import ConfigurationError
@@ -42,18 +45,82 @@ try:
 except ImportError:  # pragma: no cover - exercised only without the extra
     _prom = None
 
-__all__ = ["PrometheusMetrics"]
+__all__ = ["PrometheusMetrics", "ActivityMetrics"]
 
 _log = logging.getLogger("duroxide.metrics")
+
+
+def _require_prometheus(what: str) -> Any:
+    if _prom is None:
+        raise ConfigurationError(f"{what} needs the prometheus_client package", fix="pip install 'duroxide[metrics]'")
+    return _prom
+
+
+class ActivityMetrics:
+    """The per-activity metric families of one registry, created once per registry and shared.
+
+    :class:`PrometheusMetrics` counts every activity into them; ``@activity(metrics=True)``
+    counts its own calls into those of prometheus_client's default registry, unless a
+    ``PrometheusMetrics`` observer already counts the running call there (never twice).
+
+    Example::
+
+        families = ActivityMetrics.of()          # prometheus_client.REGISTRY's
+        families.completed.labels("charge", "success")._value.get()
+    """
+
+    # Weak keys: the families live as long as their registry does (they hold no reference to it).
+    _by_registry: weakref.WeakKeyDictionary[Any, ActivityMetrics] = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, registry: Any) -> None:
+        prom = _require_prometheus("ActivityMetrics")
+        r = registry
+        self.started = prom.Counter("duroxide_activity_started", "Activity calls begun", ["name"], registry=r)
+        self.completed = prom.Counter("duroxide_activity_completed", "Activity calls ended",
+                                      ["name", "outcome"], registry=r)
+        self.duration = prom.Histogram("duroxide_activity_duration_seconds", "Activity call time", ["name"],
+                                       registry=r)
+        self.retries = prom.Counter("duroxide_activity_retries", "Activity calls delivered again", ["name"],
+                                    registry=r)
+
+    @classmethod
+    def of(cls, registry: Any = None) -> ActivityMetrics:
+        """The families of ``registry`` (default: prometheus_client's ``REGISTRY``), made on first use."""
+        prom = _require_prometheus("ActivityMetrics")
+        registry = registry if registry is not None else prom.REGISTRY
+        with cls._lock:  # sync activities record from worker threads
+            families = cls._by_registry.get(registry)
+            if families is None:
+                families = cls._by_registry[registry] = cls(registry)
+            return families
+
+    def counts_running_activity(self) -> bool:
+        """True when a :class:`PrometheusMetrics` observer counts the activity running here into these families."""
+        return _counted_by.get() is self
+
+    def started_call(self, name: str, attempt: int) -> None:
+        """Count a call of activity ``name`` beginning (``attempt`` > 1: delivered again)."""
+        self.started.labels(name).inc()
+        if attempt > 1:
+            self.retries.labels(name).inc()
+
+    def finished_call(self, name: str, ok: bool, duration_s: float) -> None:
+        """Count a call of activity ``name`` ending (``ok``: it returned) after ``duration_s`` seconds."""
+        self.completed.labels(name, "success" if ok else "failure").inc()
+        self.duration.labels(name).observe(duration_s)
+
+
+# The families the PrometheusMetrics observer counts the activity running in this task into.
+_counted_by: contextvars.ContextVar[ActivityMetrics | None] = contextvars.ContextVar("duroxide_counted_by",
+                                                                                     default=None)
 
 
 class PrometheusMetrics(RuntimeObserver):
     """A runtime observer that keeps Prometheus metrics (see the module docstring)."""
 
     def __init__(self, registry: Any = None) -> None:
-        if _prom is None:
-            raise ConfigurationError("PrometheusMetrics needs the prometheus_client package",
-                                     fix="pip install 'duroxide[metrics]'")
+        _require_prometheus("PrometheusMetrics")
         self.registry = registry if registry is not None else _prom.CollectorRegistry()
         r = self.registry
         self.orch_started = _prom.Counter("duroxide_orchestration_started", "Executions started",
@@ -64,13 +131,12 @@ class PrometheusMetrics(RuntimeObserver):
                                          ["name", "error"], registry=r)
         self.orch_duration = _prom.Histogram("duroxide_orchestration_duration_seconds", "Execution start to end",
                                              ["name", "status"], registry=r)
-        self.act_started = _prom.Counter("duroxide_activity_started", "Activity calls begun", ["name"], registry=r)
-        self.act_completed = _prom.Counter("duroxide_activity_completed", "Activity calls ended",
-                                           ["name", "outcome"], registry=r)
-        self.act_duration = _prom.Histogram("duroxide_activity_duration_seconds", "Activity call time",
-                                            ["name"], registry=r)
-        self.act_retries = _prom.Counter("duroxide_activity_retries", "Activity calls delivered again",
-                                         ["name"], registry=r)
+        # Shared with @activity(metrics=True) on the same registry (see ActivityMetrics).
+        self.activities = ActivityMetrics.of(r)
+        self.act_started = self.activities.started
+        self.act_completed = self.activities.completed
+        self.act_duration = self.activities.duration
+        self.act_retries = self.activities.retries
         self.queue_depth = _prom.Gauge("duroxide_queue_depth", "Waiting work", ["queue"], registry=r)
         self.active_instances = _prom.Gauge("duroxide_active_instances", "Pending or Running instances",
                                             registry=r)
@@ -93,13 +159,11 @@ class PrometheusMetrics(RuntimeObserver):
         self.replay_duration.labels(event.name).observe(event.duration_s)
 
     def activity_started(self, event: ActivityStarted) -> None:
-        self.act_started.labels(event.name).inc()
-        if event.attempt > 1:
-            self.act_retries.labels(event.name).inc()
+        _counted_by.set(self.activities)  # the activity's own task: gone with it
+        self.activities.started_call(event.name, event.attempt)
 
     def activity_finished(self, event: ActivityFinished) -> None:
-        self.act_completed.labels(event.name, "success" if event.ok else "failure").inc()
-        self.act_duration.labels(event.name).observe(event.duration_s)
+        self.activities.finished_call(event.name, event.ok, event.duration_s)
 
     # -- gauges and serving ----------------------------------------------------------
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["RuntimeObserver", "OrchestrationStarted", "OrchestrationFinished", "TurnReplayed",
-           "ActivityStarted", "ActivityFinished", "Observers"]
+           "ActivityStarted", "ActivityFinished", "ActivityHeartbeat", "Observers"]
 
 _log = logging.getLogger("duroxide.observe")
 
@@ -90,6 +90,25 @@ class ActivityFinished:
     error_type: str | None = None
 
 
+@dataclass(frozen=True)
+class ActivityHeartbeat:
+    """A write of an activity call's heartbeat reached the store.
+
+    ``details`` is the encoded details written (``None``: a beat that only said "alive",
+    such as the one a call with a ``heartbeat_timeout`` writes as it starts);
+    ``recorded`` is False when the store refused it because the call's lease was lost
+    (the call is then cancelled).
+    """
+
+    name: str
+    instance_id: str
+    execution_id: int
+    event_id: int
+    attempt: int
+    details: str | None
+    recorded: bool
+
+
 class RuntimeObserver:
     """Base class: override what you need; every method does nothing by default."""
 
@@ -107,6 +126,9 @@ class RuntimeObserver:
 
     def activity_finished(self, event: ActivityFinished) -> None:
         """An activity call ended."""
+
+    def activity_heartbeat(self, event: ActivityHeartbeat) -> None:
+        """An activity call's heartbeat was written (or refused: its lease was lost)."""
 
 
 class Observers(RuntimeObserver):
@@ -136,3 +158,6 @@ class Observers(RuntimeObserver):
 
     def activity_finished(self, event: ActivityFinished) -> None:
         self._each("activity_finished", event)
+
+    def activity_heartbeat(self, event: ActivityHeartbeat) -> None:
+        self._each("activity_heartbeat", event)

@@ -16,9 +16,14 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .errors import ConfigurationError
+from collections.abc import Sequence
+
+from .errors import ConfigurationError, ErrorDetails, NonRetryableError, class_path
 
 __all__ = ["RuntimeOptions", "RetryPolicy", "to_seconds"]
+
+#: How a NonRetryableError (or subclass) shows among a failure's recorded ``types``.
+_NON_RETRYABLE = class_path(NonRetryableError)
 
 
 def to_seconds(value: timedelta | float | int, what: str) -> float:
@@ -40,32 +45,91 @@ def to_seconds(value: timedelta | float | int, what: str) -> float:
 class RetryPolicy:
     """How an activity call is retried inside the orchestration (durably, with timers).
 
-    Attempt ``n`` (1-based) that fails waits ``initial_backoff * backoff_coefficient**(n-1)``
-    seconds, capped at ``max_backoff``, before attempt ``n+1``.
+    ``max_attempts`` counts every attempt (1: no retry). Attempt ``n`` (1-based) that
+    fails waits ``backoff * backoff_coefficient**(n-1)``, capped at ``max_backoff``,
+    before attempt ``n+1``. ``backoff`` and ``max_backoff`` are a ``timedelta`` or
+    seconds (one spelling: ``backoff`` is the first wait; there is no separate
+    ``initial_backoff``).
+
+    A failure is not retried when the activity raised :class:`~duroxide_runtime.NonRetryableError`
+    (or a subclass), or an exception listed in ``non_retryable``: exception classes
+    (subclasses match too) or their names as strings (``"CardDeclined"``, or the full
+    ``"app.errors.CardDeclined"``, for classes the orchestration cannot import). The
+    decision reads only what the failure recorded in history (the exception's type
+    names), so replay decides the same way in every process.
 
     Example::
 
-        await ctx.schedule_activity("Charge", data, retry=RetryPolicy(max_attempts=5))
+        await ctx.schedule_activity("Charge", data, retry=RetryPolicy(max_attempts=5, backoff=timedelta(seconds=1),
+                                                                      non_retryable=[CardDeclined]))
     """
 
     max_attempts: int = 3
-    initial_backoff: float = 1.0
+    backoff: timedelta | float = 1.0
     backoff_coefficient: float = 2.0
-    max_backoff: float = 60.0
+    max_backoff: timedelta | float = 60.0
+    non_retryable: Sequence[type[BaseException] | str] = ()
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigurationError("RetryPolicy.max_attempts must be >= 1", fix="use max_attempts=1 for no retry")
-        if not (0 <= self.initial_backoff < math.inf and 0 <= self.max_backoff < math.inf
-                and 1 <= self.backoff_coefficient < math.inf):  # NaN fails every comparison
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigurationError(f"RetryPolicy.max_attempts must be a whole number >= 1, got {self.max_attempts!r}",
+                                     fix="use max_attempts=1 for no retry")
+        backoff = to_seconds(self.backoff, "RetryPolicy.backoff")
+        cap = to_seconds(self.max_backoff, "RetryPolicy.max_backoff")
+        coefficient = self.backoff_coefficient
+        if (not (backoff < math.inf and cap < math.inf) or isinstance(coefficient, bool)
+                or not isinstance(coefficient, (int, float)) or not 1 <= coefficient < math.inf):
             raise ConfigurationError(
                 "RetryPolicy backoffs must be finite and >= 0, and backoff_coefficient finite and >= 1",
-                fix="e.g. RetryPolicy(initial_backoff=1.0, backoff_coefficient=2.0)",
+                fix="e.g. RetryPolicy(backoff=timedelta(seconds=1), backoff_coefficient=2.0)",
             )
+        if isinstance(self.non_retryable, (str, type)):
+            one = getattr(self.non_retryable, "__name__", repr(self.non_retryable))
+            raise ConfigurationError("RetryPolicy.non_retryable must be a list of exception classes or names, "
+                                     f"got the single {self.non_retryable!r}", fix=f"wrap it in a list: [{one}]")
+        listed = tuple(self.non_retryable)
+        for item in listed:
+            if isinstance(item, str) and item.strip():
+                continue
+            if isinstance(item, type) and issubclass(item, BaseException):
+                continue
+            raise ConfigurationError(f"RetryPolicy.non_retryable holds {item!r}, which is neither an exception class "
+                                     "nor its name", fix="list exception classes (ValueError) or their names "
+                                                         "(\"CardDeclined\", \"app.errors.CardDeclined\")")
+        object.__setattr__(self, "non_retryable", listed)  # frozen; a tuple keeps the policy hashable
 
     def backoff_after(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        return min(self.max_backoff, self.initial_backoff * self.backoff_coefficient ** (attempt - 1))
+        cap = to_seconds(self.max_backoff, "RetryPolicy.max_backoff")
+        try:
+            wait = to_seconds(self.backoff, "RetryPolicy.backoff") * self.backoff_coefficient ** (attempt - 1)
+        except OverflowError:  # a float power past 1e308: the cap applies
+            return cap
+        return min(cap, wait)
+
+    def is_retryable(self, failure: ErrorDetails) -> bool:
+        """Whether a failure recorded as ``failure`` may be retried under this policy.
+
+        Not if the activity raised :class:`NonRetryableError` (or a subclass) or a listed
+        exception (or a subclass). The class names the failure recorded (``failure.types``)
+        are compared with each listed class's ``module.QualName`` (a builtin's bare name)
+        and with each listed string, a string without a dot matching the bare class name.
+        A failure recorded without class names (older histories, a timeout) is compared
+        by its bare ``failure.error_type``.
+
+        Example::
+
+            RetryPolicy(non_retryable=[KeyError]).is_retryable(ErrorDetails("KeyError", "'sku'"))  # False
+        """
+        listed = [item if isinstance(item, str) else class_path(item) for item in self.non_retryable]
+        if failure.types:
+            if _NON_RETRYABLE in failure.types:
+                return False
+            bare = {path.rsplit(".", 1)[-1] for path in failure.types}
+            return not any(item in failure.types or ("." not in item and item in bare) for item in listed)
+        if failure.error_type == NonRetryableError.__name__:
+            return False
+        return failure.error_type not in {item.rsplit(".", 1)[-1] for item in listed}
 
 
 @dataclass(frozen=True)
@@ -91,8 +155,13 @@ class RuntimeOptions:
     #: turn is retried with back-off, and after ``max_attempts`` the instance fails.
     #: A long turn that keeps stepping (a long replay, say) is never stopped.
     turn_timeout: float = 2.0
-    #: How long a fetched activity stays locked; renewed while it runs.
+    #: How long a fetched activity stays locked; renewed while it runs (a call with a
+    #: ``heartbeat_timeout`` is renewed by its heartbeats instead).
     activity_lock_timeout: float = 30.0
+    #: Shortest time between two store writes of one call's ``heartbeat()`` details: beats in
+    #: between only change what the next write records (a call with a ``heartbeat_timeout``
+    #: writes at least every third of it). The first beat of a call is written at once.
+    heartbeat_interval: float = 1.0
     #: A message fetched more than this many times fails its instance as poison.
     max_attempts: int = 10
     #: Back-off for work that cannot be handled yet (unregistered name): doubles per attempt.
@@ -126,6 +195,7 @@ class RuntimeOptions:
                      "activity_threads", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"RuntimeOptions.{name} must be >= 1", fix=f"set {name} to 1 or more")
-        for name in ("orchestration_lock_timeout", "activity_lock_timeout", "poll_interval", "turn_timeout"):
+        for name in ("orchestration_lock_timeout", "activity_lock_timeout", "poll_interval", "turn_timeout",
+                     "heartbeat_interval"):
             if not 0 < getattr(self, name) < math.inf:  # also NaN
                 raise ConfigurationError(f"RuntimeOptions.{name} must be > 0", fix=f"set {name} to a positive number of seconds")

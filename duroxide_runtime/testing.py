@@ -1,10 +1,12 @@
-"""Test helpers: a clock that moves only when the test says so.
+"""Test clocks: one that moves only when the test says so, one that moves by itself.
 
-:class:`ManualClock` implements :class:`duroxide_runtime.clock.Clock`. Give it
-to a store (``clock=``); the runtime and clients of that store use it too.
-Lock and lease expiry, delayed visibility, durable timers and the runtime's
-back-offs then happen exactly when the test advances the clock, never by
-sleeping in real time.
+:class:`ManualClock` and :class:`VirtualClock` implement
+:class:`duroxide_runtime.clock.Clock`. Give one to a store (``clock=``); the
+runtime and clients of that store use it too. Lock and lease expiry, delayed
+visibility, durable timers and the runtime's back-offs then happen in the
+clock's time, never by sleeping in real time: a :class:`ManualClock` moves when
+the test advances it, a :class:`VirtualClock` jumps to the next deadline as
+soon as nothing else can run.
 
 Example::
 
@@ -25,8 +27,9 @@ import itertools
 import math
 
 from .errors import ConfigurationError, ErrorCode
+from .virtual_time import VirtualClock
 
-__all__ = ["ManualClock", "ClockStalledError"]
+__all__ = ["ManualClock", "VirtualClock", "ClockStalledError"]
 
 _NS = 1_000_000_000
 

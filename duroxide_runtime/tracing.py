@@ -37,7 +37,7 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
     raise ConfigurationError("duroxide_runtime.tracing needs opentelemetry-api and opentelemetry-sdk",
                              fix="pip install 'duroxide[otel]'") from _missing
 
-__all__ = ["OpenTelemetryTracing"]
+__all__ = ["OpenTelemetryTracing", "current_activity_span"]
 
 # The span id (and trace id) the next span must take: an execution span's ids were
 # recorded when the execution started, long before the span can be emitted.
@@ -61,6 +61,19 @@ class _PresetIdGenerator:
     def is_trace_id_random(self) -> bool:
         check = getattr(self.inner, "is_trace_id_random", None)
         return bool(check()) if check is not None else True
+
+
+# The span of the activity attempt running in this task (set by the observer, read by
+# @activity(instrument=True), which adds its attributes there instead of opening a second span).
+_activity_span: contextvars.ContextVar[Any] = contextvars.ContextVar("duroxide_activity_span", default=None)
+
+
+def current_activity_span() -> Any:
+    """The span :class:`OpenTelemetryTracing` opened for the activity attempt running here, or ``None``.
+
+    ``None`` outside an activity, and when no runtime of this process traces.
+    """
+    return _activity_span.get()
 
 
 def _context_of(traceparent: str | None) -> Any:
@@ -113,6 +126,7 @@ class OpenTelemetryTracing(RuntimeObserver):
                         "duroxide.attempt": event.attempt})
         # Current while the activity runs (observer calls come from the activity's own task).
         token = otel_context.attach(trace.set_span_in_context(span))
+        _activity_span.set(span)  # the activity's own task: gone with it
         self._activities[(event.instance_id, event.execution_id, event.event_id)] = (span, token)
 
     def activity_finished(self, event: ActivityFinished) -> None:

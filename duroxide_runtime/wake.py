@@ -22,12 +22,13 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import SYSTEM_CLOCK, Clock, ClockPart
 from .providers.base import Provider, TurnCommit
 
 __all__ = ["WakeHub", "WakeSource", "wake_hub"]
@@ -80,14 +81,17 @@ class _Baton:
         while self._waiters:
             self._waiters.popleft().set()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float, part: ClockPart | None = None, due: float = math.inf) -> None:
         if self._pending:
             self._pending = False
             return
         waiter = asyncio.Event()
         self._waiters.append(waiter)
         try:
-            await self._clock.wait(waiter, timeout)
+            if part is None:
+                await self._clock.wait(waiter, min(timeout, due))
+            else:
+                await part.wait(waiter, timeout, due=due)
         except BaseException:
             if waiter.is_set():
                 self.notify()  # woken and cancelled at once: the wake-up goes to another waiter
@@ -114,6 +118,8 @@ class WakeHub:
         self._orchestrator: dict[int, _Baton] = {}
         self._worker: dict[int, _Baton] = {}
         self._instances: dict[str, list[asyncio.Event]] = {}
+        #: Clients following an instance's turns (``client.stream``, ``client.update``), by instance id.
+        self._followers: dict[str, list[asyncio.Event]] = {}
 
     def notify_orchestrator(self) -> None:
         """Orchestrator messages were enqueued (or unlocked): wake one idle waiter of each group.
@@ -155,19 +161,47 @@ class WakeHub:
         for c, ok in zip(commits, results):
             if ok and c.ends_instance:
                 self.notify_instance(c.instance_id)
+        if self._followers:  # only streams and updates waiting in this process pay for this walk
+            for c, ok in zip(commits, results):
+                if ok:
+                    self.notify_turn(c.instance_id)
 
-    async def wait_orchestrator(self, timeout: float, *, group: object | None = None) -> None:
+    def notify_turn(self, instance_id: str) -> None:
+        """A turn of ``instance_id`` committed: wake its :meth:`wait_turn` callers."""
+        for waiter in self._followers.pop(instance_id, ()):
+            waiter.set()
+
+    async def wait_turn(self, instance_id: str, timeout: float) -> None:
+        """Until a turn of ``instance_id`` commits in this process (:meth:`notify_turn`), at most ``timeout`` seconds."""
+        waiter = asyncio.Event()
+        self._followers.setdefault(instance_id, []).append(waiter)
+        try:
+            await self.clock.wait(waiter, timeout)
+        finally:
+            waiters = self._followers.get(instance_id)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._followers[instance_id]
+
+    async def wait_orchestrator(self, timeout: float, *, group: object | None = None, part: ClockPart | None = None,
+                                due: float = math.inf) -> None:
         """Until :meth:`notify_orchestrator` (or one since the group's last wait), at most ``timeout`` seconds.
 
         Waiters that pass the same ``group`` object (any object that can be weakly
         referenced, e.g. the dispatcher) share each wake-up: one of them wakes. Without
-        a group, the waiting task is a group of its own.
+        a group, the waiting task is a group of its own. ``part`` is the waiter's
+        :class:`~duroxide_runtime.clock.ClockPart`, idle while it waits; ``due`` the
+        seconds to the next deadline it knows of (a timer), the only one of the two
+        bounds a self-moving clock moves time to (``timeout`` is a poll).
         """
-        await self._baton(self._orchestrator, group).wait(timeout)
+        await self._baton(self._orchestrator, group).wait(timeout, part, due)
 
-    async def wait_worker(self, timeout: float, *, group: object | None = None) -> None:
-        """Until :meth:`notify_worker` (or one since the group's last wait), at most ``timeout`` seconds."""
-        await self._baton(self._worker, group).wait(timeout)
+    async def wait_worker(self, timeout: float, *, group: object | None = None,
+                          part: ClockPart | None = None) -> None:
+        """Until :meth:`notify_worker` (or one since the group's last wait), at most ``timeout`` seconds
+        (a poll bound; ``part`` as for :meth:`wait_orchestrator`)."""
+        await self._baton(self._worker, group).wait(timeout, part)
 
     def join(self, group: object) -> None:
         """Make ``group`` a group of waiters now, so that wake-ups before its first wait are kept for it.

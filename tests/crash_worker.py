@@ -148,6 +148,7 @@ def _record(kind: str, raw: str, result: str) -> None:
     line = json.dumps({
         "pid": os.getpid(), "activity": kind, "instance_id": actx.instance_id,
         "execution_id": actx.execution_id, "event_id": actx.event_id, "attempt": actx.attempt,
+        "delivery": actx.delivery,
         "input": raw, "result": result, "t": time.time(),
     }) + "\n"
     assert _LEDGER_FD is not None

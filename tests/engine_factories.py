@@ -19,6 +19,7 @@ from duroxide_runtime.engine.output import TurnOutput
 from duroxide_runtime.messages import (
     ActivityResult,
     CancelRequest,
+    ClientUpdate,
     ExternalEvent,
     OrchestratorMessage,
     PoisonNotice,
@@ -82,6 +83,28 @@ def system_call(event_id: int, op: str, value: str) -> HistoryEvent:
     return Event.SystemCall(event_id=event_id, timestamp_ms=T0, op=op, value=value)
 
 
+def state_set(event_id: int, key: str, value: str) -> HistoryEvent:
+    return Event.StateSet(event_id=event_id, timestamp_ms=T0, key=key, value=value)
+
+
+def stream_emitted(event_id: int, offset: int, value: str) -> HistoryEvent:
+    return Event.StreamEmitted(event_id=event_id, timestamp_ms=T0, offset=offset, value=value)
+
+
+def update_subscribed(event_id: int, name: str) -> HistoryEvent:
+    return Event.UpdateSubscribed(event_id=event_id, timestamp_ms=T0, name=name)
+
+
+def update_requested(event_id: int, request_id: str, name: str, data: str) -> HistoryEvent:
+    return Event.UpdateRequested(event_id=event_id, timestamp_ms=T0 + 1, request_id=request_id, name=name, data=data)
+
+
+def update_replied(event_id: int, request_id: str, name: str, result: str | None = None,
+                   rejected: str | None = None) -> HistoryEvent:
+    return Event.UpdateReplied(event_id=event_id, timestamp_ms=T0 + 1, request_id=request_id, name=name,
+                               result=result, rejected=rejected)
+
+
 # -- new messages -----------------------------------------------------------------------
 
 
@@ -110,8 +133,18 @@ def external(name: str, data: str) -> ExternalEvent:
     return ExternalEvent(instance_id=INSTANCE, name=name, data=data)
 
 
-def cancel(reason: str = "operator") -> CancelRequest:
-    return CancelRequest(instance_id=INSTANCE, reason=reason)
+def client_update(request_id: str, name: str, data: str) -> ClientUpdate:
+    return ClientUpdate(instance_id=INSTANCE, request_id=request_id, name=name, data=data)
+
+
+def cancel(reason: str = "operator", grace_ms: int | None = None) -> CancelRequest:
+    return CancelRequest(instance_id=INSTANCE, reason=reason, grace_ms=grace_ms)
+
+
+def cancel_requested(event_id: int, reason: str = "operator", grace_ms: int | None = 30_000,
+                     at_ms: int = 0) -> HistoryEvent:
+    return Event.OrchestrationCancelRequested(event_id=event_id, timestamp_ms=T0 + at_ms, reason=reason,
+                                              grace_ms=grace_ms)
 
 
 def poison(reason: str = "delivered too often") -> PoisonNotice:

@@ -155,6 +155,7 @@ def _record(phase: str, name: str, raw: str, result: str | None = None) -> None:
     line = json.dumps({
         "phase": phase, "pid": os.getpid(), "activity": name, "instance_id": actx.instance_id,
         "execution_id": actx.execution_id, "event_id": actx.event_id, "attempt": actx.attempt,
+        "delivery": actx.delivery,
         "input": raw, "result": result, "t": time.time(),
     }) + "\n"
     assert _LEDGER_FD is not None

@@ -138,7 +138,7 @@ def make_orchestration(program: Program, probe: Probe) -> Callable[[Orchestratio
             elif kind == "retry":
                 try:
                     out.append(await ctx.schedule_activity("Flaky", f"{i}:0",
-                                                           retry=RetryPolicy(max_attempts=2, initial_backoff=1)))
+                                                           retry=RetryPolicy(max_attempts=2, backoff=1)))
                 except Exception as exc:  # noqa: BLE001
                     caught(i, exc)
             elif kind == "timeout":

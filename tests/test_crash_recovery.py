@@ -240,7 +240,7 @@ async def test_sigkill_at_random_moments_then_recover(tmp_path: Path) -> None:
     assert len(scheduled) == 5 * INSTANCES + 3, summary
 
     reruns = sum(n - 1 for n in executions.values() if n > 1)
-    redelivered = sum(1 for row in ledger_rows if row["attempt"] > 1)
+    redelivered = sum(1 for row in ledger_rows if row["delivery"] > 1)
     print(f"\n{summary}; activity executions {len(ledger_rows)} for {len(scheduled)} calls "
           f"({reruns} re-runs, {redelivered} on a redelivery)")
     await store.close()

@@ -488,7 +488,7 @@ def test_api_reference_names_every_public_name() -> None:
         "RuntimeOptions": [f.name for f in duroxide_runtime.RuntimeOptions.__dataclass_fields__.values()],
         "RetryPolicy": list(duroxide_runtime.RetryPolicy.__dataclass_fields__),
         "InstanceInfo": list(duroxide_runtime.InstanceInfo.__dataclass_fields__),
-        "pytest plugin": ["duroxide_store", "duroxide_runtime", "duroxide_client"],
+        "pytest plugin": ["duroxide_store", "duroxide_runtime", "duroxide_client", "virtual_clock"],
     }
     for cls in (duroxide_runtime.Client, duroxide_runtime.OrchestrationContext, duroxide_runtime.Runtime,
                 duroxide_runtime.RuntimeBuilder, duroxide_runtime.ActivityRegistry,

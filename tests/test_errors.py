@@ -82,7 +82,12 @@ EXAMPLES: list[BaseException] = [
     ActivityFailed("Charge", REMOTE),
     SubOrchestrationFailed("Child", "order-1-child", REMOTE),
     ActivityTimeoutError("Charge", 1.5),
+    errors.NonRetryableError("card declined"),
     OrchestrationCancelled("cancelled by the operator"),
+    errors.PayloadDecodeError("order-1", "event 'approval'", "cannot decode 'x' as Approval", fix="send JSON"),
+    errors.UpdateRejectedError("cart-1", "add_item", "r-7", "sold out"),
+    errors.UpdateTimeoutError("cart-1", "add_item", "r-7", 10.0),
+    errors.UpdateAlreadyRepliedError("cart-1", "add_item", "r-7"),
     # duroxide_macros and the command-line tool
     DurableNotExpandedError("durable(charge(...))"),
     DurableNotExpandedError("durable(charge(...))", "a cause", "a fix"),

@@ -88,6 +88,40 @@ def test_each_form_is_rewritten_onto_the_context_in_scope() -> None:
     compile(result.code, "flow.py", "exec")
 
 
+def test_durable_options_become_with_options_keeping_every_line() -> None:
+    src = dedent_src('''
+        from duroxide_macros.prelude import *
+        import duroxide_macros as dx
+
+        @orchestration
+        async def flow(ctx: OrchestrationContext, order: Order) -> str:
+            a = await durable(charge(order), retry=RetryPolicy(max_attempts=5), timeout=timedelta(seconds=10))
+            b = await dx.durable(charge(order, 2), heartbeat_timeout=30)
+            c = await durable(
+                charge(order),
+                retry=3,
+                timeout=1.5,
+            )
+            d = durable(mod.charge(), timeout=policy.timeout)
+            return a
+    ''')
+    result = expand(src, "flow.py")
+    assert result.problems == []
+    assert result.rewrites == 4
+    out = result.code.splitlines()
+    assert out[5] == ("    a = await (charge.with_options(retry=RetryPolicy(max_attempts=5), "
+                      "timeout=timedelta(seconds=10)).call(ctx, order))")
+    assert out[6] == "    b = await (charge.with_options(heartbeat_timeout=30).call(ctx, order, 2))"
+    assert out[7:12] == ["    c = await (",
+                         "        charge.with_options(",
+                         "        retry=3,",
+                         "        timeout=1.5,",
+                         "    ).call(ctx, order))"]
+    assert out[12] == "    d = (mod.charge.with_options(timeout=policy.timeout).call(ctx))"
+    assert len(out) == len(src.splitlines())
+    compile(result.code, "flow.py", "exec")
+
+
 def test_context_is_the_first_parameter_whatever_its_name() -> None:
     src = dedent_src('''
         from duroxide_macros.prelude import *
@@ -550,6 +584,7 @@ SIDE_EFFECT_MODULE = dedent_src('''
     @orchestration
     async def flow(ctx: OrchestrationContext, order: str) -> str:
         durable_trace_info("order {}", order)
+        await durable(charge(order, 0.5), retry=RetryPolicy(max_attempts=5), timeout=timedelta(seconds=10))
         return await durable(charge(order, 1.5))
 ''')
 
@@ -561,6 +596,8 @@ def test_cli_prints_the_rewritten_source_without_running_the_module(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expand(SIDE_EFFECT_MODULE, str(target)).code
     assert "    return await (charge.call(ctx, order, 1.5))\n" in proc.stdout
+    assert ("    await (charge.with_options(retry=RetryPolicy(max_attempts=5), timeout=timedelta(seconds=10))"
+            ".call(ctx, order, 0.5))\n") in proc.stdout
     assert '    ctx.trace_info("order {}", order)\n' in proc.stdout
     assert not (tmp_path / "SIDE_EFFECT").exists()
     assert not (tmp_path / "__pycache__").exists()
@@ -575,7 +612,9 @@ def test_cli_diff(tmp_path: Path) -> None:
     assert "-    return await durable(charge(order, 1.5))" in lines
     assert "+    return await (charge.call(ctx, order, 1.5))" in lines
     assert '+    ctx.trace_info("order {}", order)' in lines
-    assert sum(1 for line in lines if line.startswith("+") and not line.startswith("+++")) == 2
+    assert ("+    await (charge.with_options(retry=RetryPolicy(max_attempts=5), timeout=timedelta(seconds=10))"
+            ".call(ctx, order, 0.5))") in lines
+    assert sum(1 for line in lines if line.startswith("+") and not line.startswith("+++")) == 3
     assert not (tmp_path / "SIDE_EFFECT").exists()
 
 
@@ -866,6 +905,19 @@ MISUSE = {
                    "takes more than one input parameter", "one dataclass"),
     "star_inputs": ("@orchestration\nasync def f(ctx, *items):\n    return items\n", "async def",
                     "takes more than one input parameter", "one dataclass"),
+    "durable_unknown_option": ("@orchestration\nasync def f(ctx, a):\n    return await durable(charge(a), retries=3)\n",
+                               "durable(charge", "durable() has no option `retries=`",
+                               "durable(charge(order), retry=RetryPolicy(max_attempts=3)"),
+    "durable_option_by_position": ("@orchestration\nasync def f(ctx, a):\n    return await durable(charge(a), 3)\n",
+                                   "durable(charge", "takes exactly one call", "durable(charge_payment(order))"),
+    "durable_options_unpacked": (
+        "@orchestration\nasync def f(ctx, a):\n    return await durable(charge(a), **opts)\n", "durable(charge",
+        "takes its options by name, not as `**opts`", "write them out"),
+    "durable_options_on_an_orchestration": (
+        "@orchestration\nasync def kid(ctx, a):\n    return a\n\n"
+        "@orchestration\nasync def f(ctx, a):\n    return await durable(kid(a), timeout=5, retry=2)\n",
+        "durable(kid", "'kid' is an @orchestration, and timeout=, retry= are for activities only",
+        "set the policy on the activities it calls"),
 }
 
 

@@ -564,6 +564,49 @@ def test_main_script_misuse_is_reported_before_anything_runs(tmp_path: Path) -> 
     assert "DurableExpansionError" in proc.stderr
 
 
+def test_durable_options_run_and_a_wrong_one_is_reported_at_its_line(tmp_path: Path) -> None:
+    src = dedent_src('''
+        import duroxide_macros.install
+        from duroxide_macros.prelude import *
+
+        @activity(typed=True)
+        async def opt_double(x: int) -> int:
+            return 2 * x
+
+        @orchestration
+        async def opt_flow(ctx: OrchestrationContext, x: int) -> int:
+            a = await durable(opt_double(x), retry=RetryPolicy(max_attempts=2), timeout=timedelta(seconds=30))
+            b = await durable(
+                opt_double(a),
+                heartbeat_timeout=timedelta(seconds=30),
+            )
+            return b
+
+        @duroxide_main(provider="memory", log_level="error")
+        async def main() -> None:
+            print("RESULT", await opt_flow.run("o-1", 5, timeout=30))
+
+        if __name__ == "__main__":
+            main()
+    ''')
+    app = tmp_path / "opt_app.py"
+    app.write_text(src)
+    proc = run_cmd([sys.executable, "opt_app.py"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "RESULT 20\n"
+
+    bad = src.replace("heartbeat_timeout=timedelta(seconds=30)", "heartbeat=30").replace(
+        "    b = await durable(", "    b = await durable(  # MARK:bad_option")
+    app.write_text(bad)
+    proc = run_cmd([sys.executable, "opt_app.py"], tmp_path)
+    assert proc.returncode != 0
+    assert "RESULT" not in proc.stdout
+    assert "DurableExpansionError" in proc.stderr
+    assert (f"{app}:{_mark(bad, 'bad_option')}:15: durable() has no option `heartbeat=` (fix: durable(charge(order), "
+            "retry=RetryPolicy(max_attempts=3), timeout=timedelta(seconds=10), heartbeat_timeout=timedelta(seconds=30))"
+            ", each optional)") in proc.stderr, proc.stderr
+
+
 # --------------------------------------------------------------------------------------
 # pytest test modules
 # --------------------------------------------------------------------------------------

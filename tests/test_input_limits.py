@@ -303,7 +303,7 @@ async def test_an_uncaught_bad_timer_fails_only_its_instance_and_the_longest_tim
 def test_nan_durations_in_options_and_retry_policies_are_refused() -> None:
     from duroxide_runtime import RetryPolicy, RuntimeOptions
 
-    for bad in (dict(initial_backoff=math.nan), dict(max_backoff=math.inf), dict(backoff_coefficient=math.nan)):
+    for bad in (dict(backoff=math.nan), dict(max_backoff=math.inf), dict(backoff_coefficient=math.nan)):
         with pytest.raises(ConfigurationError, match="RetryPolicy"):
             RetryPolicy(**bad)  # type: ignore[arg-type]
     for name in ("poll_interval", "orchestration_lock_timeout", "activity_lock_timeout"):

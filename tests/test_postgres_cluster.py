@@ -140,7 +140,7 @@ class _LedgerTail:
             self._offset += len(complete)
             for line in complete.splitlines():
                 row = json.loads(line)
-                key = (row["instance_id"], row["event_id"], row["attempt"])
+                key = (row["instance_id"], row["event_id"], row["delivery"])
                 if row["phase"] == "start":
                     self._open[row["pid"]].add(key)
                 else:
@@ -382,13 +382,13 @@ async def test_three_processes_one_sigkilled(tmp_path: Path) -> None:
                    or (r["phase"] == "end" and r["result"] != activity_result(r["activity"], r["input"]))]
         assert not phantom, f"{summary}: ledger entries matching no scheduled call: {phantom[:5]}"
         victim_rows = [r for r in ledger_rows if r["pid"] == victim.pid]
-        victim_ended = {(r["instance_id"], r["event_id"], r["attempt"]) for r in victim_rows if r["phase"] == "end"}
+        victim_ended = {(r["instance_id"], r["event_id"], r["delivery"]) for r in victim_rows if r["phase"] == "end"}
         in_flight = [r for r in victim_rows if r["phase"] == "start"
-                     and (r["instance_id"], r["event_id"], r["attempt"]) not in victim_ended]
+                     and (r["instance_id"], r["event_id"], r["delivery"]) not in victim_ended]
         assert in_flight, f"{summary}: the victim had no activity in flight when killed"
-        assert {(r["instance_id"], r["event_id"], r["attempt"]) for r in in_flight} == open_at_kill, summary
+        assert {(r["instance_id"], r["event_id"], r["delivery"]) for r in in_flight} == open_at_kill, summary
         not_taken_over = [r for r in in_flight
-                          if not any(e["pid"] != victim.pid and e["attempt"] > r["attempt"]
+                          if not any(e["pid"] != victim.pid and e["delivery"] > r["delivery"]
                                      for e in ends[(r["instance_id"], r["execution_id"], r["event_id"])])]
         assert not not_taken_over, \
             f"{summary}: calls in flight in the victim never redelivered to a survivor: {not_taken_over[:5]}"

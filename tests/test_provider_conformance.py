@@ -6,7 +6,7 @@ Each test pins storage behaviour the runtime relies on: peek-lock delivery
 with instance-level exclusivity, atomic turn commits and their intents
 (children, cancelled calls, deleted timers), guarded writes
 (``only_if_status_in`` / ``only_if_execution``), lock expiry and
-redelivery, activity leases, continue-as-new executions, purge of a tree,
+redelivery, activity leases and heartbeats, continue-as-new executions, purge of a tree,
 and, for a store that hears other processes (``WakeSource``), wake-ups.
 Semantics (what is terminal, what a rejected child's parent is told) are the
 runtime's and are tested at the runtime level (tests/test_semantics_*.py,
@@ -28,7 +28,8 @@ from duroxide_runtime.messages import (
     TimerFired,
 )
 from duroxide_runtime.providers.base import (
-    CallKey, ChildStart, InstanceUpdate, OrchestrationItem, Provider, TurnCommit, WorkCompletion, now_ms,
+    CallKey, ChildStart, HeartbeatRecord, HeartbeatWrite, InstanceUpdate, OrchestrationItem, Provider, TurnCommit,
+    WorkCompletion, WorkLease, now_ms,
 )
 from duroxide_runtime.wake import WakeSource, wake_hub
 from duroxide_runtime.testing import ManualClock
@@ -1018,6 +1019,123 @@ async def test_valid_unicode_at_the_limits_is_stored_faithfully(store: Provider)
     assert await store.read_history(iid) == [*events, done]
     assert [r.instance_id for r in await store.list_instances(name=name)] == [iid]
     assert await store.purge_instance(iid, only_if_status_in=ENDED) == [iid]
+
+
+# -- activity heartbeats -----------------------------------------------------------------------
+
+
+def beat(lease: WorkLease, details: str | None = None, *, call: int | None = None,
+         lock_timeout: float | None = None) -> HeartbeatWrite:
+    """A heartbeat of ``lease``'s attempt, for the call first scheduled as event ``call`` (default: itself)."""
+    w = lease.work
+    return HeartbeatWrite(lease.lock_token, CallKey(w.instance_id, w.execution_id, call or w.event_id), w.event_id,
+                          details, lock_timeout)
+
+
+async def test_heartbeat_is_recorded_while_the_lease_holds_and_read_back(store: Provider, clock: ManualClock) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    (lease,) = await store.fetch_work_items(10, LONG_LOCK)
+    key = CallKey("i1", 1, 2)
+    assert await store.read_heartbeat(key) is None
+    assert await store.record_heartbeats([beat(lease, '{"page":1}')], only_if_status_in=LIVE) == [True]
+    assert await store.read_heartbeat(key) == HeartbeatRecord('{"page":1}', 2, clock.now_ms())
+    clock.advance(1)
+    assert await store.record_heartbeats([beat(lease)]) == [True]  # alive only: the details stay
+    assert await store.read_heartbeat(key) == HeartbeatRecord('{"page":1}', 2, clock.now_ms())
+    assert await store.record_heartbeats([beat(lease, "\"\u00e9t\u00e9 \u2603\"")]) == [True]
+    rec = await store.read_heartbeat(key)
+    assert rec is not None and rec.details == "\"\u00e9t\u00e9 \u2603\""
+    assert await store.record_heartbeats([]) == []
+
+
+async def test_heartbeat_with_a_lock_timeout_extends_the_lease_and_one_without_does_not(
+        store: Provider, clock: ManualClock) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2), activity("i1", 3)])
+    leases = {lease.work.event_id: lease for lease in await store.fetch_work_items(10, 0.2)}
+    clock.advance(0.1)
+    assert await store.record_heartbeats([beat(leases[2], "a", lock_timeout=1.0), beat(leases[3], "b")]) == [True, True]
+    clock.advance(0.1)  # event 3's lease (0.2 s) ends; event 2's now lasts until 1.1 s
+    assert [w.work.event_id for w in await store.fetch_work_items(10, LONG_LOCK)] == [3]
+    clock.advance(0.899)
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    clock.advance(0.001)
+    assert [(w.work.event_id, w.dequeue_count) for w in await store.fetch_work_items(10, LONG_LOCK)] == [(2, 2)]
+
+
+async def test_heartbeat_of_a_lost_cancelled_or_ended_call_records_nothing(store: Provider, clock: ManualClock) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2), activity("i1", 3), activity("i1", 4)])
+    leases = {lease.work.event_id: lease for lease in await store.fetch_work_items(10, SHORT_LOCK)}
+    clock.advance(PAST_SHORT_LOCK)
+    retaken = {lease.work.event_id: lease for lease in await store.fetch_work_items(10, LONG_LOCK)}
+    # The old token of event 2 lost its lease; a beat naming another call than its lease's is refused.
+    assert await store.record_heartbeats([beat(leases[2], "old"), beat(retaken[2], "new"),
+                                          HeartbeatWrite(retaken[3].lock_token, CallKey("i1", 1, 4), 4, "x")]) == [
+        False, True, False]
+    assert (await store.read_heartbeat(CallKey("i1", 1, 2)) or HeartbeatRecord(None, 0, 0)).details == "new"
+    assert await store.read_heartbeat(CallKey("i1", 1, 4)) is None
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, cancel_activities=[CallKey("i1", 1, 3)], update=running()))
+    assert await store.record_heartbeats([beat(retaken[3], "c")]) == [False]  # cancelled
+    await finish(store, "i1")
+    assert await store.record_heartbeats([beat(retaken[4], "d")], only_if_status_in=LIVE) == [False]  # ended
+    assert await store.record_heartbeats([beat(retaken[4], "d")]) == [True]  # unguarded: the lease decides
+    await store.purge_instance("i1")
+    assert await store.record_heartbeats([beat(retaken[4], "e")]) == [False]  # gone
+    assert await store.read_heartbeat(CallKey("i1", 1, 4)) is None
+
+
+async def test_heartbeat_of_an_older_execution_records_nothing(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    (lease,) = await store.fetch_work_items(10, LONG_LOCK)
+    item = await next_turn(store, "i1")
+    await commit_one(store, commit_for(item, new_events=[
+        Event.OrchestrationContinuedAsNew(event_id=3, timestamp_ms=now_ms(), input="")],
+        messages=[(StartOrchestration(instance_id="i1", name="Orch", version="1.0.0", input="", execution_id=2),
+                   None)], update=running(execution_id=2)))
+    assert await store.record_heartbeats([beat(lease, "late")]) == [False]
+    assert await store.read_heartbeat(CallKey("i1", 1, 2)) is None
+
+
+async def test_attempts_of_one_call_share_the_row_of_its_first_attempt(store: Provider) -> None:
+    retry = ActivityWork(instance_id="i1", execution_id=1, event_id=4, name="Act", input="x", attempt=2,
+                         first_event_id=2)
+    await begin(store, "i1", activities=[activity("i1", 2), retry])
+    leases = {lease.work.event_id: lease for lease in await store.fetch_work_items(10, LONG_LOCK)}
+    assert leases[4].work == retry and leases[4].work.call_event_id == 2
+    assert await store.record_heartbeats([beat(leases[2], "from attempt 1")]) == [True]
+    assert await store.record_heartbeats([beat(leases[4], call=2)]) == [True]
+    rec = await store.read_heartbeat(CallKey("i1", 1, 2))
+    assert rec is not None and (rec.details, rec.event_id) == ("from attempt 1", 4)
+    assert await store.read_heartbeat(CallKey("i1", 1, 4)) is None
+
+
+async def test_a_completion_forgets_its_heartbeat_row_only_while_its_lease_holds(
+        store: Provider, clock: ManualClock) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2), activity("i1", 3)])
+    leases = {lease.work.event_id: lease for lease in await store.fetch_work_items(10, SHORT_LOCK)}
+    assert await store.record_heartbeats([beat(leases[2], "a"), beat(leases[3], "b")]) == [True, True]
+    ok = ActivityResult(instance_id="i1", execution_id=1, event_id=2, result="r")
+    await store.complete_work_items([WorkCompletion(leases[2].lock_token, ok, forget_heartbeat=CallKey("i1", 1, 2))])
+    assert await store.read_heartbeat(CallKey("i1", 1, 2)) is None
+    clock.advance(PAST_SHORT_LOCK)
+    (retaken,) = await store.fetch_work_items(10, LONG_LOCK)
+    stale = ActivityResult(instance_id="i1", execution_id=1, event_id=3, result="late")
+    await store.complete_work_items([WorkCompletion(leases[3].lock_token, stale,
+                                                    forget_heartbeat=CallKey("i1", 1, 3))])
+    assert await store.read_heartbeat(CallKey("i1", 1, 3)) is not None  # the stale result changed nothing
+    failed = ActivityResult(instance_id="i1", execution_id=1, event_id=3, error=ErrorDetails("E", "m"))
+    await store.complete_work_items([WorkCompletion(retaken.lock_token, failed)])
+    assert await store.read_heartbeat(CallKey("i1", 1, 3)) is not None  # kept for a next attempt
+
+
+async def test_purge_deletes_the_heartbeats_of_the_purged_instance_only(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    await begin(store, "i2", activities=[activity("i2", 2)])
+    leases = {lease.work.instance_id: lease for lease in await store.fetch_work_items(10, LONG_LOCK)}
+    assert await store.record_heartbeats([beat(leases["i1"], "a"), beat(leases["i2"], "b")]) == [True, True]
+    assert await store.purge_instance("i1") == ["i1"]
+    assert await store.read_heartbeat(CallKey("i1", 1, 2)) is None
+    assert await store.read_heartbeat(CallKey("i2", 1, 2)) is not None
 
 
 @pytest.mark.parametrize("bad", ["a\x00b", "a\ud800b", "a\x1bb", "a\nb", "x" * 10_000, ""],

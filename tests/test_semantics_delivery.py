@@ -1021,9 +1021,9 @@ async def test_retry_policy_retries_failed_attempts_then_gives_up(env: Env) -> N
         return f"ok after {attempts[inp]}"
 
     async def orch(ctx: OrchestrationContext, _: str) -> str:
-        a = await ctx.schedule_activity("Flaky", "x", retry=RetryPolicy(max_attempts=3, initial_backoff=0.05))
+        a = await ctx.schedule_activity("Flaky", "x", retry=RetryPolicy(max_attempts=3, backoff=0.05))
         try:
-            b = await ctx.schedule_activity("Flaky", "y", retry=RetryPolicy(max_attempts=2, initial_backoff=0.05))
+            b = await ctx.schedule_activity("Flaky", "y", retry=RetryPolicy(max_attempts=2, backoff=0.05))
         except ActivityFailed as e:
             b = f"gave up: {e.details.message}"
         return f"{a}|{b}"

@@ -28,15 +28,6 @@ def _spin_forever() -> None:
         pass
 
 
-def _spin_swallowing() -> None:
-    while True:
-        try:
-            while True:
-                pass
-        except BaseException:  # noqa: BLE001 - what a hostile orchestration does
-            continue
-
-
 def _step_for(seconds: float) -> str:
     """Compute for ``seconds`` while stepping, as an orchestration loop does between callbacks."""
     end = time.monotonic() + seconds
@@ -73,15 +64,37 @@ async def test_a_call_that_never_steps_is_stopped_with_its_line_and_the_rest_of_
     assert again == [Done("next batch")]
 
 
-async def test_code_that_swallows_the_interrupt_costs_its_thread_not_the_runtime() -> None:
+_SWALLOWING = '''
+import asyncio, os, threading
+from duroxide_runtime.dispatch.turns import Skipped, Stuck, TurnThread
+
+def spin_swallowing():
+    while True:
+        try:
+            while True:
+                pass
+        except BaseException:  # what a hostile orchestration does
+            continue
+
+async def main():
     turns = TurnThread(turn_timeout=0.3, name="duroxide-turns-test-swallow")  # the next batch must not look stuck
-    try:
-        outcomes = await asyncio.wait_for(turns.run([_spin_swallowing, lambda: "never ran"]), 60)
-        again = await asyncio.wait_for(turns.run([lambda: threading.current_thread().name]), 60)
-    finally:
-        turns.close()
-    assert isinstance(outcomes[0], Stuck) and outcomes[1] == Skipped()
-    assert again == [Done("duroxide-turns-test-swallow")]
+    outcomes = await asyncio.wait_for(turns.run([spin_swallowing, lambda: "never ran"]), 60)
+    again = await asyncio.wait_for(turns.run([lambda: threading.current_thread().name]), 60)
+    turns.close()
+    print("first:", type(outcomes[0]).__name__, outcomes[1] == Skipped(), "again:", again[0].value, flush=True)
+
+asyncio.run(main())
+os._exit(0)  # the swallowing thread spins for good: end the process without joining it
+'''
+
+
+def test_code_that_swallows_the_interrupt_costs_its_thread_not_the_runtime(tmp_path: Path) -> None:
+    # In a process of its own: the thread it costs spins, holding the GIL half the time, until the process ends.
+    script = tmp_path / "swallowing.py"
+    script.write_text(_SWALLOWING)
+    proc = run_cmd([sys.executable, str(script)], tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "first: Stuck True again: duroxide-turns-test-swallow" in proc.stdout, proc.stdout + proc.stderr
 
 
 async def test_a_slow_call_that_keeps_stepping_is_never_interrupted_and_the_loop_stays_free() -> None:

@@ -1,9 +1,16 @@
-"""W1-W4 on DBOS Transact (PyPI ``dbos``) with its default store, a SQLite file.
+"""W1-W4 on DBOS Transact (PyPI ``dbos``): its default store, a SQLite file, or PostgreSQL.
 
 Workflows and steps are ``async def``; the workflows are started in-process
 with ``DBOS.start_workflow_async`` (DBOS has no separate client for an
 in-process app) and awaited through their handles. The timer is
 ``DBOS.sleep_async`` (durable). Fan-out is ``asyncio.gather`` over steps.
+
+With ``--pg-url``/``--pg-schema`` the system database is that PostgreSQL
+database (``system_database_url``), its tables in that schema
+(``dbos_system_schema``, created by DBOS's migrations; ``peers.py`` drops it
+after the run). The database exists already (``peers.py`` made it), so DBOS
+only looks it up in ``pg_database`` and creates nothing outside it; every
+other option is DBOS's default (LISTEN/NOTIFY for results included).
 
 Run by ``benchmarks/peers.py`` in its own virtual environment; one workload per process.
 
@@ -18,7 +25,7 @@ import tempfile
 import time
 from importlib.metadata import version
 
-from dbos import DBOS
+from dbos import DBOS, DBOSConfig
 
 from _protocol import emit, median, parse
 
@@ -95,10 +102,16 @@ async def bench(workload: str, sizes) -> None:
 
 
 def main() -> None:
-    workload, sizes = parse()
+    args = parse(postgres=True)
+    workload, sizes = args.workload, args.sizes
     with tempfile.TemporaryDirectory(prefix="dbos-peer-") as tmp:
-        DBOS(config={"name": "bench", "system_database_url": f"sqlite:///{os.path.join(tmp, 'dbos.sqlite')}",
-                     "log_level": "WARNING"})
+        config: DBOSConfig = {"name": "bench", "log_level": "WARNING"}
+        if args.pg_url:
+            config["system_database_url"] = args.pg_url
+            config["dbos_system_schema"] = args.pg_schema
+        else:
+            config["system_database_url"] = f"sqlite:///{os.path.join(tmp, 'dbos.sqlite')}"
+        DBOS(config=config)
         DBOS.launch()
         try:
             asyncio.run(bench(workload, sizes))

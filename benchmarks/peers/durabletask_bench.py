@@ -58,7 +58,8 @@ def free_port() -> int:
 
 
 def main() -> None:
-    workload, sizes = parse()
+    args = parse()
+    workload, sizes = args.workload, args.sizes
     port = free_port()
     backend = create_test_backend(port=port)
     address = f"localhost:{port}"

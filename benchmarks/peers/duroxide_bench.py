@@ -1,4 +1,8 @@
-"""W1-W4 on duroxide (PyPI ``duroxide``, the Rust core's Python SDK), SQLite file store, default options.
+"""W1-W4 on duroxide (PyPI ``duroxide``, the Rust core's Python SDK), default options.
+
+The store is a SQLite file, or with ``--pg-url``/``--pg-schema`` the SDK's
+``PostgresProvider`` in that schema (it creates its tables there; ``peers.py``
+drops the schema after the run).
 
 Run by ``benchmarks/peers.py`` in its own virtual environment; one workload per process.
 
@@ -12,7 +16,7 @@ import tempfile
 import time
 from importlib.metadata import version
 
-from duroxide import Client, Runtime, SqliteProvider
+from duroxide import Client, PostgresProvider, Runtime, SqliteProvider
 
 from _protocol import emit, median, parse
 
@@ -43,9 +47,13 @@ def timer(ctx, seconds):
 
 
 def main() -> None:
-    workload, sizes = parse()
+    args = parse(postgres=True)
+    workload, sizes = args.workload, args.sizes
     with tempfile.TemporaryDirectory(prefix="duroxide-peer-") as tmp:
-        provider = SqliteProvider.open(os.path.join(tmp, "bench.db"))
+        if args.pg_url:
+            provider = PostgresProvider.connect_with_schema(args.pg_url, args.pg_schema)
+        else:
+            provider = SqliteProvider.open(os.path.join(tmp, "bench.db"))
         client = Client(provider)
         rt = Runtime(provider)
         rt.register_activity("Noop", noop)

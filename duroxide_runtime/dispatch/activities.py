@@ -8,6 +8,15 @@ Results go through one batching writer: many completions, one transaction.
 A result the store cannot hold fails alone, as a typed error of that call;
 it never holds up the others (issue 10, defect 1).
 
+Attempts and heartbeats (:mod:`.heartbeats`): a call's ``attempt`` comes from its
+work item (the orchestration numbers the attempts of a retried call). A call with
+a ``heartbeat_timeout`` is not renewed by the worker: its beats keep its lease.
+When such a call comes back after its lease ran out, and its stored heartbeat
+shows that this very attempt had started, the attempt is lost (its process died
+or it stopped beating): it is not run again but fails with
+``ActivityHeartbeatTimeout``, and the orchestration's ``RetryPolicy`` decides
+whether a new attempt follows; that attempt reads the last recorded details.
+
 Shutdown lets running calls finish for a grace period, then interrupts the
 ``async def`` ones and gives their leases back. A plain ``def`` call runs in
 a thread that nothing can interrupt: it keeps its lease, renewed, until it
@@ -27,14 +36,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from ..activity import ActivityContext, _current
-from ..clock import Clock
-from ..errors import ErrorDetails, PayloadError, StoreError, UnknownActivityError
+from ..activity import ActivityContext, _current, decode_heartbeat_details
+from ..clock import Clock, ClockPart, add_store_check, clock_part
+from ..errors import ErrorCode, ErrorDetails, PayloadError, StoreError, UnknownActivityError, exception_types
 from ..lograte import background_warnings
-from ..messages import ActivityResult, PoisonNotice
+from ..messages import ActivityResult, ActivityWork, PoisonNotice
 from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
 from ..options import RuntimeOptions
 from ..providers.base import Provider, WorkCompletion, WorkLease
@@ -42,6 +51,7 @@ from ..registry import ActivityRegistry
 from ..engine.output import LIVE_STATUSES
 from ..engine.payloads import safe_error_details, storable_text, text_problem
 from ..wake import wake_hub
+from .heartbeats import CallBeats, HeartbeatWriter
 from .orchestrations import raise_if_cancel_requested, wait_unless_stopping
 
 __all__ = ["ActivityWorker", "is_store_trouble"]
@@ -75,6 +85,10 @@ class _Call:
     began: float
     #: A plain ``def`` runs in a thread once this is set: it cannot be interrupted.
     in_thread: bool = False
+    #: Its heartbeats, once it is about to run.
+    beats: CallBeats | None = None
+    #: Holds a self-moving clock still from the lease until the call has ended (its result queued).
+    part: ClockPart | None = None
 
 
 class ActivityWorker:
@@ -93,14 +107,31 @@ class ActivityWorker:
         self.options = options
         self._threads = _ActivityThreads(options.activity_threads, "duroxide-activity")
         self._running: dict[asyncio.Task[None], _Call] = {}
-        self._results: asyncio.Queue[WorkCompletion] = asyncio.Queue()
+        self._results = _Results(clock_part(self.clock, "activity results", busy=False))
+        #: Busy (for a self-moving clock) but while the worker waits idle for work.
+        self._part = clock_part(self.clock, "activity worker")
         self._known = frozenset(registry.names())
+        self.heartbeats = HeartbeatWriter(store, self.clock, options, self.observer, on_lost=self._lost_lease)
         #: In-process wake-ups of this store: waited on when idle, fed after our own writes.
         self.wake = wake_hub(store)
         self.wake.join(self)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and start work until ``stopping`` is set."""
+        remove_check = add_store_check(self.clock, self._undated_work)
+        try:
+            await self._run(stopping)
+        finally:
+            self._part.close()
+            remove_check()
+
+    async def _undated_work(self) -> bool:
+        """Whether the store holds work no deadline dates: asked by a self-moving clock when every
+        part is idle, so nothing of this process runs it (see ``clock.StoreCheck``)."""
+        depths = await self.store.queue_depths()
+        return depths.orchestrator > 0 or depths.worker > 0
+
+    async def _run(self, stopping: asyncio.Event) -> None:
         failures = 0
         while not stopping.is_set():
             raise_if_cancel_requested()
@@ -120,19 +151,22 @@ class ActivityWorker:
                 failures += 1
                 background_warnings.warning(_log, "worker.fetch", "activity worker: store error (retrying)",
                                             exc_info=True)
-                await wait_unless_stopping(stopping, self.clock.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
+                await wait_unless_stopping(stopping, self._part.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
                 continue
             if not leases:
                 if stopping.is_set():
                     # Shutdown woke the idle waiters while this fetch ran; the wait's timeout is
                     # the clock's, which a test clock never passes.
                     break
-                await self.wake.wait_worker(self.options.poll_interval, group=self)
+                await self.wake.wait_worker(self.options.poll_interval, group=self, part=self._part)
                 continue
             for lease in leases:
                 w = lease.work
-                actx = ActivityContext(w.instance_id, w.execution_id, w.event_id, w.name, lease.dequeue_count)
-                call = _Call(lease, actx, time.monotonic())
+                actx = ActivityContext(w.instance_id, w.execution_id, w.event_id, w.name, w.attempt,
+                                       delivery=lease.dequeue_count, heartbeat_timeout=None if w.heartbeat_timeout_ms is None
+                                       else w.heartbeat_timeout_ms / 1000)
+                call = _Call(lease, actx, time.monotonic(),
+                             part=clock_part(self.clock, f"activity {w.name!r} of instance {w.instance_id!r}"))
                 task = asyncio.create_task(self._execute(call), name=f"activity {w.name}")
                 self._running[task] = call
                 task.add_done_callback(self._running_done)
@@ -147,7 +181,9 @@ class ActivityWorker:
                 task.cancel()
 
     def _running_done(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+        call = self._running.pop(task, None)
+        if call is not None and call.part is not None:
+            call.part.close()  # its result, if any, is queued: the results' part holds the clock now
 
     async def _execute(self, call: _Call) -> None:
         lease, actx = call.lease, call.actx
@@ -169,7 +205,41 @@ class ActivityWorker:
             await self.store.abandon_work_item(lease.lock_token, delay)
             self.wake.notify_worker()
             return
-        renew = asyncio.create_task(self._keep_lease(lease, actx, asyncio.current_task()))
+        beats = call.beats = self.heartbeats.open(lease, actx)
+        beats.task = asyncio.current_task()
+        try:
+            await self._run_attempt(call, fn, beats)
+        finally:
+            self.heartbeats.close(beats)
+
+    async def _run_attempt(self, call: _Call, fn: Any, beats: CallBeats) -> None:
+        """Run one delivered attempt (or fail it as lost) and queue its result."""
+        lease, actx = call.lease, call.actx
+        work = lease.work
+        if work.attempt > 1 or lease.dequeue_count > 1:
+            try:
+                # An earlier attempt (or delivery) may have left progress details.
+                stored = await self.store.read_heartbeat(beats.key)
+            except Exception:  # noqa: BLE001 - store trouble: try this call again shortly
+                background_warnings.warning(_log, "worker.heartbeats", "activity %r: could not read its heartbeat "
+                                            "(retrying)", work.name, exc_info=True, extra=actx.log_fields())
+                await self._give_back(call, delay=min(2.0, self.options.poll_interval))
+                return
+            if stored is not None:
+                beats.recorded = True
+                if beats.lease_seconds is not None and lease.dequeue_count > 1 and stored.event_id == work.event_id:
+                    self._fail_lost_attempt(call, beats.lease_seconds)
+                    return
+                actx.heartbeat_details = decode_heartbeat_details(stored.details)
+        if beats.lease_seconds is not None:
+            started = await self.heartbeats.start(beats)
+            if started is False:  # the call was cancelled (or its lease taken) before it ran
+                actx._cancelled.set()
+                self._results.put_nowait(WorkCompletion(lease.lock_token, _cancelled_result(work)))
+                return
+            renew = None  # its heartbeats keep its lease
+        else:
+            renew = asyncio.create_task(self._keep_lease(lease, actx, asyncio.current_task()))
         self.observer.activity_started(ActivityStarted(work.name, work.instance_id, lease.dequeue_count,
                                                        work.execution_id, work.event_id, work.trace_context))
         began = time.perf_counter()
@@ -191,18 +261,53 @@ class ActivityWorker:
         except asyncio.CancelledError:
             if not actx.cancelled:
                 raise  # runtime shutdown: drain() gives the lease back once this task has ended
+            outcome = _cancelled_result(work)
+        except Exception as exc:  # noqa: BLE001 - the activity's own failure is its result
+            # The class names go with the failure: RetryPolicy.non_retryable matches on them.
             outcome = ActivityResult(instance_id=work.instance_id, execution_id=work.execution_id,
                                      event_id=work.event_id,
-                                     error=ErrorDetails("ActivityCancelled", "the orchestration no longer waits for it"))
-        except Exception as exc:  # noqa: BLE001 - the activity's own failure is its result
-            outcome = ActivityResult(instance_id=work.instance_id, execution_id=work.execution_id,
-                                     event_id=work.event_id, error=safe_error_details(exc))
+                                     error=replace(safe_error_details(exc), types=exception_types(type(exc))))
         finally:
-            renew.cancel()
+            if renew is not None:
+                renew.cancel()
         self.observer.activity_finished(ActivityFinished(
             work.name, work.instance_id, outcome.error is None, time.perf_counter() - began, work.execution_id,
             work.event_id, outcome.error.error_type if outcome.error else None))
-        self._results.put_nowait(WorkCompletion(lease.lock_token, outcome))
+        forget = None
+        if outcome.error is None:
+            await self.heartbeats.finish(beats)
+            forget = beats.key if beats.recorded else None
+        else:
+            await self.heartbeats.flush(beats)  # the next attempt must find the last details
+        self._results.put_nowait(WorkCompletion(lease.lock_token, outcome, forget_heartbeat=forget))
+
+    def _fail_lost_attempt(self, call: _Call, timeout_s: float) -> None:
+        """This attempt had started, and its lease ran out: it is lost, not run again (see the module docstring)."""
+        work = call.lease.work
+        _log.warning("activity %r (event %s, attempt %s) sent no heartbeat within its heartbeat_timeout of %gs; "
+                     "the attempt is lost and fails with ActivityHeartbeatTimeout", work.name, work.event_id,
+                     work.attempt, timeout_s, extra=call.actx.log_fields())
+        for task, other in list(self._running.items()):  # still running here, lease lost: stop it
+            w = other.lease.work
+            if other is not call and (w.instance_id, w.execution_id, w.event_id) == (
+                    work.instance_id, work.execution_id, work.event_id):
+                other.actx._cancelled.set()
+                task.cancel()
+        error = ErrorDetails(
+            "ActivityHeartbeatTimeout",
+            f"attempt {work.attempt} of activity {work.name!r} sent no heartbeat for longer than its "
+            f"heartbeat_timeout of {timeout_s:g}s: it is considered lost (its process stopped, or it stopped "
+            "calling heartbeat())",
+            code=str(ErrorCode.ACTIVITY_TIMEOUT),
+            fix="call activity_context().heartbeat() more often than heartbeat_timeout, or raise heartbeat_timeout")
+        self._results.put_nowait(WorkCompletion(call.lease.lock_token, ActivityResult(
+            instance_id=work.instance_id, execution_id=work.execution_id, event_id=work.event_id, error=error)))
+
+    def _lost_lease(self, beats: CallBeats) -> None:
+        """A heartbeat found the lease lost (or the call cancelled): stop the call, as a failed renewal does."""
+        beats.actx._cancelled.set()
+        if beats.task is not None:
+            beats.task.cancel()
 
     async def _invoke(self, fn: Any, data: str, call: _Call) -> object:
         token = _current.set(call.actx)
@@ -268,6 +373,8 @@ class ActivityWorker:
                 await self._complete(batch)
                 batch = []
                 failures = 0
+                if self._results.empty():
+                    self._results.part.idle()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - results are kept and retried, never dropped
@@ -276,7 +383,9 @@ class ActivityWorker:
                     failures += 1
                     background_warnings.warning(_log, "worker.results", "activity worker: could not record %d "
                                                 "results (retrying)", len(batch), exc_info=True)
-                    await self.clock.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
+                    await self._results.part.sleep(min(2.0, 0.01 * 2 ** min(failures, 8)))
+                elif self._results.empty():
+                    self._results.part.idle()
 
     async def _write_one_by_one(self, batch: list[WorkCompletion], error: Exception) -> list[WorkCompletion]:
         """A batch of results failed: find the result the store cannot take, so it fails alone.
@@ -364,10 +473,13 @@ class ActivityWorker:
                 next_log = now + self.shutdown_log_interval
             await asyncio.wait(running, timeout=max(0.01, next_log - now), return_when=asyncio.FIRST_COMPLETED)
         self._threads.shutdown(wait=False, cancel_futures=True)
+        await self.heartbeats.stop()
 
-    async def _give_back(self, call: _Call) -> None:
+    async def _give_back(self, call: _Call, delay: float = 0) -> None:
         try:
-            await self.store.abandon_work_item(call.lease.lock_token, 0)
+            if call.beats is not None:
+                await self.heartbeats.flush(call.beats)  # the next delivery reads them
+            await self.store.abandon_work_item(call.lease.lock_token, delay)
             self.wake.notify_worker()
         except Exception:  # noqa: BLE001 - the lease expires anyway; the work is redelivered
             _log.warning("could not abandon activity lease at shutdown", exc_info=True, extra=call.actx.log_fields())
@@ -444,6 +556,25 @@ def _describe(call: _Call) -> str:
     how = "in a thread" if call.in_thread else "async"
     return (f"{w.name!r} of instance {w.instance_id!r} (event {w.event_id}, {how}, running for "
             f"{time.monotonic() - call.began:.1f} s)")
+
+
+class _Results(asyncio.Queue[WorkCompletion]):
+    """Activity results waiting to be written: their part holds a self-moving clock still from
+    the moment one is queued until the writer has written them all."""
+
+    def __init__(self, part: ClockPart) -> None:
+        super().__init__()
+        self.part = part
+
+    def put_nowait(self, item: WorkCompletion) -> None:
+        super().put_nowait(item)
+        self.part.busy()
+
+
+def _cancelled_result(work: ActivityWork) -> ActivityResult:
+    """The result of a call the orchestration no longer waits for (it is dropped if the instance ended)."""
+    return ActivityResult(instance_id=work.instance_id, execution_id=work.execution_id, event_id=work.event_id,
+                          error=ErrorDetails("ActivityCancelled", "the orchestration no longer waits for it"))
 
 
 def _unwritable(done: WorkCompletion, exc: Exception) -> WorkCompletion:

@@ -31,7 +31,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 
-from ..clock import Clock
+from ..clock import Clock, clock_part
 from ..lograte import background_warnings
 from ..providers.base import OrchestrationItem, Provider
 
@@ -50,6 +50,9 @@ class LockKeeper:
         self._clock = clock or store.clock
         self._locks: list[tuple[str, str]] = []
         self._batch = asyncio.Event()
+        #: Never busy: renewals are due only while a batch is in hand, and the pipeline holding
+        #: it holds a self-moving clock still; so such a clock never moves time to a renewal.
+        self._part = clock_part(self._clock, "orchestration lock renewal", busy=False)
 
     @contextlib.contextmanager
     def holding(self, items: Sequence[OrchestrationItem]) -> Iterator[None]:
@@ -64,9 +67,15 @@ class LockKeeper:
 
     async def run(self) -> None:
         """Renew until cancelled: a third of the timeout after a batch is seen, and again while it is held."""
+        try:
+            await self._renew()
+        finally:
+            self._part.close()
+
+    async def _renew(self) -> None:
         while True:
             await self._batch.wait()
-            await self._clock.sleep(self._timeout / 3)
+            await self._part.wait(None, self._timeout / 3)
             locks = self._locks
             if not locks:
                 continue

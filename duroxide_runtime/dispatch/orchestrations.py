@@ -14,6 +14,7 @@ import contextlib
 import collections
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestration
 from ..options import RuntimeOptions
 from ..providers.base import CallKey, ChildStart, InstanceUpdate, OrchestrationItem, Provider, TurnCommit
 from ..wake import wake_hub
-from ..clock import Clock
+from ..clock import Clock, ClockPart, clock_part
 from ..registry import OrchestrationRegistry
 from ..engine.execution import Execution, TurnInput, TurnResult
 from ..engine.output import TERMINAL_STATUSES, Status
@@ -198,15 +199,19 @@ class OrchestrationDispatcher:
         turns = TurnThread(self.options.turn_timeout, inline_budget=INLINE_BUDGET)
         keeper = LockKeeper(self.store, self.options.orchestration_lock_timeout, self.clock)
         renewing = asyncio.create_task(keeper.run(), name="duroxide-lock-renewal")
+        # Busy (for a self-moving clock) but while the pipeline waits idle for work.
+        part = clock_part(self.clock, "orchestration dispatcher")
         try:
-            await self._pipeline(stopping, turns, keeper)
+            await self._pipeline(stopping, turns, keeper, part)
         finally:
+            part.close()
             turns.close()
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
 
-    async def _pipeline(self, stopping: asyncio.Event, turns: TurnThread, keeper: LockKeeper) -> None:
+    async def _pipeline(self, stopping: asyncio.Event, turns: TurnThread, keeper: LockKeeper,
+                        part: ClockPart) -> None:
         failures = 0
         while not stopping.is_set():
             raise_if_cancel_requested()
@@ -216,14 +221,15 @@ class OrchestrationDispatcher:
                 if len(fetched.items) >= wanted:
                     self.wake.notify_orchestrator()  # there may be more: wake another pipeline
                 if not fetched.items:
-                    timeout = self.options.poll_interval
+                    # The next timer is a deadline a self-moving clock may move to; the poll is not.
+                    due = math.inf
                     if fetched.next_due_ms is not None:
-                        timeout = min(timeout, max(0.0, (fetched.next_due_ms - self.clock.now_ms()) / 1000))
+                        due = max(0.0, (fetched.next_due_ms - self.clock.now_ms()) / 1000)
                     if stopping.is_set():
                         # Shutdown's wake-up may have been taken by another pipeline while this
                         # one fetched; its timeout is the clock's, which a test clock never passes.
                         break
-                    await self.wake.wait_orchestrator(timeout, group=self)
+                    await self.wake.wait_orchestrator(self.options.poll_interval, group=self, part=part, due=due)
                     continue
                 with keeper.holding(fetched.items):
                     await self._process_locked(fetched.items, turns)
@@ -234,7 +240,7 @@ class OrchestrationDispatcher:
                 failures += 1
                 background_warnings.warning(_log, "dispatcher.store", "orchestration dispatcher: store error "
                                             "(retrying)", exc_info=True)
-                await wait_unless_stopping(stopping, self.clock.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
+                await wait_unless_stopping(stopping, part.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
 
     async def _process_locked(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> None:
         wanted = [(i.instance_id, i.instance.execution_id) for i in items

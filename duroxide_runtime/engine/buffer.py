@@ -22,6 +22,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 from ..errors import ActivityFailed, DuroxideError, NonDeterminismError, SubOrchestrationFailed
@@ -35,14 +36,20 @@ from .commands import (
     CommandKind,
     CreateTimer,
     DurableFuture,
+    Emit,
+    ReplyUpdate,
     ScheduleActivity,
     ScheduleSubOrchestration,
+    SetState,
     StartDetached,
     SystemCall,
+    UpdateArrival,
     WaitForEvent,
+    WaitForUpdate,
     label,
 )
 from .inbox import Mailbox
+from .interaction import Interaction
 from .matcher import HistoryMatcher
 from .output import Output
 from .payloads import check_size, check_str
@@ -107,7 +114,7 @@ class Journal(Protocol):
 class CommandBuffer:
     """Turns commands into durable futures and resolves them; see the module docstring."""
 
-    def __init__(self, identity: Identity, options: RuntimeOptions, matcher: HistoryMatcher, mailbox: Mailbox,
+    def __init__(self, identity: Identity, options: RuntimeOptions, matcher: HistoryMatcher, mailbox: Mailbox[str],
                  output: Output, journal: Journal) -> None:
         self.identity = identity
         self.instance_id = identity.instance_id
@@ -133,8 +140,16 @@ class CommandBuffer:
         #: Timers cancelled (select losers, wait_for timeouts not needed): their TimerFired is never recorded.
         self._dropped_timers: set[int] = set()
         self._children: dict[int, str] = {}
+        #: The grace period of a cancellation in progress (passed on to the children it cancels).
+        self.cancel_grace_ms: int | None = None
         self._seq = 0
         self._task_seq: weakref.WeakKeyDictionary[asyncio.Future[Any], int] = weakref.WeakKeyDictionary()
+        #: State, stream offset and update requests (what clients read besides the result).
+        self.interaction = Interaction(identity.instance_id)
+        #: Update requests by name, kept until a wait takes one (like external events).
+        self._updates: Mailbox[UpdateArrival] = Mailbox()
+        #: Typed waits (events, updates) by event id: what turns the arrival into the awaited value.
+        self._decoders: dict[int, Callable[[Any], Any]] = {}
 
     # -- the context's interface (CommandSink) -------------------------------------
 
@@ -143,6 +158,8 @@ class CommandBuffer:
         if self._journal.ended:
             raise ReplayAborted()
         self._check(command)
+        if isinstance(command, ReplyUpdate):
+            self.interaction.check_reply(command)
         try:
             event = self._matcher.match(command)
         except NonDeterminismError as err:
@@ -160,11 +177,24 @@ class CommandBuffer:
         elif isinstance(command, StartDetached):
             fut.set_result(None)
         elif isinstance(command, WaitForEvent):
+            if command.decode is not None:
+                self._decoders[event_id] = command.decode
             data = self._mailbox.take(command.name)
             if data is not None:
                 self._resolve_wait(fut, data)
             else:
                 self._mailbox.wait(fut)
+        elif isinstance(command, WaitForUpdate):
+            if command.decode is not None:
+                self._decoders[event_id] = command.decode
+            while (arrival := self._updates.take(command.name)) is not None:
+                if self._offer_update(fut, arrival):
+                    break
+            else:
+                self._updates.wait(fut)
+        elif isinstance(command, (SetState, Emit, ReplyUpdate)):
+            self.interaction.recorded(event)
+            fut.set_result(None)
         else:
             self._open[event_id] = fut
         return fut
@@ -181,6 +211,8 @@ class CommandBuffer:
             fut.cancel()
         elif isinstance(fut, DurableFuture) and fut.kind is CommandKind.WAIT:
             self._mailbox.give_back(fut)
+        elif isinstance(fut, DurableFuture) and fut.kind is CommandKind.WAIT_UPDATE:
+            self._updates.give_back(fut)
 
     def set_custom_status(self, status: str | None) -> None:
         if status is not None:
@@ -188,6 +220,9 @@ class CommandBuffer:
         self.custom_status = status
         if not self.replaying:
             self._output.set_custom_status(status)
+
+    def get_state(self, key: str) -> str | None:
+        return self.interaction.state.get(key)
 
     def continue_as_new(self, input: str, version: str | None) -> None:
         check_str(input, "continue_as_new input")
@@ -230,6 +265,9 @@ class CommandBuffer:
     def timer_dropped(self, event_id: int) -> bool:
         return event_id in self._dropped_timers
 
+    def update_seen(self, request_id: str) -> bool:
+        return self.interaction.seen(request_id)
+
     def complete(self, event: HistoryEvent) -> None:
         """Apply a completion event: resolve its future (a mismatch with the open work is fatal)."""
         source: int = getattr(event, "source_event_id")
@@ -263,6 +301,17 @@ class CommandBuffer:
         if fut is not None:
             self._resolve_wait(fut, data)
 
+    def update_requested(self, event: Event.UpdateRequested) -> None:
+        """Apply an update request: to the oldest wait for its name, else kept for a later wait."""
+        self.interaction.requested(event)
+        arrival = UpdateArrival(event.request_id, event.data)
+        fut = self._updates.raised(event.name, arrival)
+        try:
+            if fut is not None and not self._offer_update(fut, arrival):
+                self._updates.wait(fut, first=True)  # its request was rejected: it still waits, first in line
+        except ReplayAborted:
+            pass  # recording the rejection ended the execution (history limit, replay mismatch): the journal says why
+
     def cancel_open_work(self) -> None:
         """The instance is cancelled: its running activities and children are told to stop."""
         if self.replaying:
@@ -272,6 +321,26 @@ class CommandBuffer:
                 self._output.cancel_activity(event_id)
             elif fut.kind is CommandKind.SUB_ORCHESTRATION and event_id in self._children:
                 self._output.send(CancelRequest(instance_id=self._children[event_id], reason="parent cancelled"))
+
+    def begin_cancel(self, main: asyncio.Task[Any] | None, event: Event.OrchestrationCancelRequested) -> None:
+        """The instance is cancelled: ``CancelledError`` at the code's awaits, its open work cancelled.
+
+        ``main`` is cancelled with the reason, then every durable future still open (awaited
+        by a background task, or by nobody), so that cleanup never waits on work that was
+        cancelled: activities and children are told to stop, timers are deleted.
+        """
+        assert event.grace_ms is not None
+        self.cancel_grace_ms = event.grace_ms
+        if main is not None and not main.done():
+            main.cancel(event.reason)
+        for fut in list(self._open.values()):
+            fut.cancel(event.reason)
+
+    def grace_timer(self, event: Event.OrchestrationCancelRequested) -> DurableFuture[None]:
+        """The timer that ends cleanup after a cancellation (a ``TimerCreated`` in history)."""
+        assert event.grace_ms is not None
+        timer: DurableFuture[None] = self.issue(CreateTimer(fire_at_ms=event.timestamp_ms + event.grace_ms))
+        return timer
 
     def drop_open_timers(self) -> None:
         """The execution ended: timers still pending must not fire into it."""
@@ -283,7 +352,6 @@ class CommandBuffer:
     def close(self) -> None:
         """Stop every coroutine of this execution (it ended or was evicted)."""
         for task in self.loop.pending_tasks():
-            task._log_destroy_pending = False  # type: ignore[attr-defined]
             coro = task.get_coro()
             if hasattr(coro, "close"):
                 try:
@@ -303,6 +371,10 @@ class CommandBuffer:
         given = getattr(command, "input", None)
         if given is not None:
             check_size(given, self._options.max_payload_bytes, f"input of {getattr(command, 'name', None)!r}")
+        if isinstance(command, (SetState, Emit)):
+            check_size(command.value, self._options.max_payload_bytes, f"{command.kind.words} value")
+        elif isinstance(command, ReplyUpdate) and command.result is not None:
+            check_size(command.result, self._options.max_payload_bytes, f"reply to update {command.name!r}")
 
     def _record(self, command: Command) -> HistoryEvent:
         """The new schedule event of ``command``; unwinds the code if recording it ended the execution."""
@@ -313,7 +385,9 @@ class CommandBuffer:
 
     def _new_event(self, command: Command, event_id: int, ts: int) -> HistoryEvent:
         if isinstance(command, ScheduleActivity):
-            return Event.ActivityScheduled(event_id=event_id, timestamp_ms=ts, name=command.name, input=command.input)
+            return Event.ActivityScheduled(event_id=event_id, timestamp_ms=ts, name=command.name, input=command.input,
+                                           attempt=command.attempt, first_event_id=command.first_event_id,
+                                           heartbeat_timeout_ms=command.heartbeat_timeout_ms)
         if isinstance(command, CreateTimer):
             return Event.TimerCreated(event_id=event_id, timestamp_ms=ts, fire_at_ms=command.fire_at_ms)
         if isinstance(command, (ScheduleSubOrchestration, StartDetached)):
@@ -324,6 +398,16 @@ class CommandBuffer:
                        instance_id=child, input=command.input)
         if isinstance(command, WaitForEvent):
             return Event.EventSubscribed(event_id=event_id, timestamp_ms=ts, name=command.name)
+        if isinstance(command, SetState):
+            return Event.StateSet(event_id=event_id, timestamp_ms=ts, key=command.key, value=command.value)
+        if isinstance(command, Emit):
+            return Event.StreamEmitted(event_id=event_id, timestamp_ms=ts, offset=self.interaction.stream_next,
+                                       value=command.value)
+        if isinstance(command, WaitForUpdate):
+            return Event.UpdateSubscribed(event_id=event_id, timestamp_ms=ts, name=command.name)
+        if isinstance(command, ReplyUpdate):
+            return Event.UpdateReplied(event_id=event_id, timestamp_ms=ts, request_id=command.request_id,
+                                       name=command.name, result=command.result, rejected=command.rejected)
         wall_clock_ms = self._journal.stamp_ms or int(time.time() * 1000)
         return Event.SystemCall(event_id=event_id, timestamp_ms=ts, op=command.op.value,
                                 value=command.op.generate(wall_clock_ms))
@@ -332,13 +416,40 @@ class CommandBuffer:
         self._seq += 1
         fut.completion_seq = self._seq
         self._mailbox.took(fut, data)
-        fut.set_result(data)
+        decode = self._decoders.pop(fut.event_id, None)
+        if decode is None:
+            fut.set_result(data)
+            return
+        try:
+            value = decode(data)
+        except Exception as err:  # noqa: BLE001 - the typed wait raises it: orchestration code may catch it
+            fut.set_exception(err)
+        else:
+            fut.set_result(value)
+
+    def _offer_update(self, fut: DurableFuture[Any], arrival: UpdateArrival) -> bool:
+        """Resolve an update wait with ``arrival``; ``False`` if its data was rejected (``fut`` still waits)."""
+        decode = self._decoders.get(fut.event_id)
+        try:
+            value = decode(arrival) if decode is not None else arrival
+        except Exception as err:  # noqa: BLE001 - data that does not decode: the client is told, the code is not
+            reason = str(err) or type(err).__name__
+            self.issue(ReplyUpdate(request_id=arrival.request_id, name=fut.detail, rejected=reason))
+            return False
+        self._decoders.pop(fut.event_id, None)
+        self._seq += 1
+        fut.completion_seq = self._seq
+        self._updates.took(fut, arrival)
+        fut.set_result(value)
+        return True
 
     def _cancelled(self, fut: DurableFuture[Any]) -> None:
         """A durable future was cancelled (lost a select, timed out, dropped)."""
         self._open.pop(fut.event_id, None)
         if fut.kind is CommandKind.WAIT:
             self._mailbox.forget(fut)
+        elif fut.kind is CommandKind.WAIT_UPDATE:
+            self._updates.forget(fut)
         if fut.kind is CommandKind.TIMER:
             self._dropped_timers.add(fut.event_id)  # also while replaying: a late TimerFired is then ignored
         if self.replaying or self._journal.ended:
@@ -348,7 +459,8 @@ class CommandBuffer:
         elif fut.kind is CommandKind.ACTIVITY:
             self._output.cancel_activity(fut.event_id)
         elif fut.kind is CommandKind.SUB_ORCHESTRATION and fut.event_id in self._children:
-            self._output.send(CancelRequest(instance_id=self._children[fut.event_id], reason="cancelled by parent"))
+            self._output.send(CancelRequest(instance_id=self._children[fut.event_id], reason="cancelled by parent",
+                                            grace_ms=self.cancel_grace_ms))
 
     def _abort(self, error: DuroxideError) -> NoReturn:
         self._journal.fail(error)

@@ -17,12 +17,13 @@ import asyncio
 import enum
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol, TypeVar, Union
 
 __all__ = ["CommandKind", "SystemOp", "ScheduleActivity", "CreateTimer", "ScheduleSubOrchestration",
-           "StartDetached", "WaitForEvent", "SystemCall", "Command", "describe", "DurableFuture", "CommandSink"]
+           "StartDetached", "WaitForEvent", "SystemCall", "SetState", "Emit", "WaitForUpdate", "ReplyUpdate",
+           "UpdateArrival", "Command", "describe", "DurableFuture", "CommandSink"]
 
 _T = TypeVar("_T")
 
@@ -36,6 +37,10 @@ class CommandKind(enum.Enum):
     DETACHED = "detached"
     WAIT = "wait"
     SYSTEM = "system"
+    SET_STATE = "state"
+    EMIT = "emit"
+    WAIT_UPDATE = "update"
+    REPLY = "reply"
 
     @property
     def words(self) -> str:
@@ -45,7 +50,9 @@ class CommandKind(enum.Enum):
 
 _WORDS = {CommandKind.ACTIVITY: "activity", CommandKind.TIMER: "a timer",
           CommandKind.SUB_ORCHESTRATION: "sub-orchestration", CommandKind.DETACHED: "detached orchestration",
-          CommandKind.WAIT: "a wait for event", CommandKind.SYSTEM: "system call"}
+          CommandKind.WAIT: "a wait for event", CommandKind.SYSTEM: "system call",
+          CommandKind.SET_STATE: "set_state", CommandKind.EMIT: "emit to the stream", CommandKind.WAIT_UPDATE: "a wait for update",
+          CommandKind.REPLY: "reply to update request"}
 
 
 class SystemOp(enum.Enum):
@@ -67,10 +74,18 @@ class SystemOp(enum.Enum):
 
 @dataclass(frozen=True)
 class ScheduleActivity:
-    """Run activity ``name`` with ``input``: ``ScheduleActivity(name="Greet", input="Ann")``."""
+    """Run activity ``name`` with ``input``: ``ScheduleActivity(name="Greet", input="Ann")``.
+
+    ``attempt`` and ``first_event_id`` place it in a retried call (attempt 2 of the call
+    first scheduled as event 4: ``attempt=2, first_event_id=4``); ``heartbeat_timeout_ms``
+    is the call's heartbeat timeout (``None``: none). Only name and input are matched on replay.
+    """
 
     name: str
     input: str
+    attempt: int = 1
+    first_event_id: int | None = None
+    heartbeat_timeout_ms: int | None = None
     kind: ClassVar[CommandKind] = CommandKind.ACTIVITY
 
 
@@ -110,9 +125,15 @@ class StartDetached:
 
 @dataclass(frozen=True)
 class WaitForEvent:
-    """Wait for external event ``name``: ``WaitForEvent(name="approval")``."""
+    """Wait for external event ``name``: ``WaitForEvent(name="approval")``.
+
+    ``decode`` turns the event's data into what the wait yields (a typed wait); its
+    error (a :class:`PayloadDecodeError`) is what the wait raises. It is not part of
+    what replay matches.
+    """
 
     name: str
+    decode: Callable[[str], Any] | None = field(default=None, compare=False)
     kind: ClassVar[CommandKind] = CommandKind.WAIT
 
 
@@ -124,20 +145,82 @@ class SystemCall:
     kind: ClassVar[CommandKind] = CommandKind.SYSTEM
 
 
-Command = Union[ScheduleActivity, CreateTimer, ScheduleSubOrchestration, StartDetached, WaitForEvent, SystemCall]
+@dataclass(frozen=True)
+class SetState:
+    """Set the instance's state ``key`` to the encoded ``value``: ``SetState(key="progress", value='{"done":3}')``."""
+
+    key: str
+    value: str
+    kind: ClassVar[CommandKind] = CommandKind.SET_STATE
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Append the encoded ``value`` to the instance's stream: ``Emit(value='{"done":3}')``."""
+
+    value: str
+    kind: ClassVar[CommandKind] = CommandKind.EMIT
+
+
+@dataclass(frozen=True)
+class UpdateArrival:
+    """An update request as it reaches a wait: its id and its (encoded) data."""
+
+    request_id: str
+    data: str
+
+
+@dataclass(frozen=True)
+class WaitForUpdate:
+    """Wait for the next update request ``name``: ``WaitForUpdate(name="add_item", decode=...)``.
+
+    ``decode`` turns the :class:`UpdateArrival` into what the wait yields (the
+    context's ``UpdateRequest``); a :class:`PayloadError` from it rejects that
+    request (the client is told why) and the wait takes the next one.
+    """
+
+    name: str
+    decode: Callable[[UpdateArrival], Any] | None = field(default=None, compare=False)
+    kind: ClassVar[CommandKind] = CommandKind.WAIT_UPDATE
+
+
+@dataclass(frozen=True)
+class ReplyUpdate:
+    """Answer update request ``request_id``: with the encoded ``result``, or ``rejected`` with a reason."""
+
+    request_id: str
+    name: str
+    result: str | None = None
+    rejected: str | None = None
+    kind: ClassVar[CommandKind] = CommandKind.REPLY
+
+
+Command = Union[ScheduleActivity, CreateTimer, ScheduleSubOrchestration, StartDetached, WaitForEvent, SystemCall,
+                SetState, Emit, WaitForUpdate, ReplyUpdate]
 
 
 def label(command: Command) -> str:
     """The name a future of ``command`` shows: activity, child or event name, or the system op."""
     if isinstance(command, SystemCall):
         return command.op.value
+    if isinstance(command, SetState):
+        return command.key
+    if isinstance(command, ReplyUpdate):
+        return command.request_id
+    if isinstance(command, Emit):
+        return "stream"
     return "" if isinstance(command, CreateTimer) else command.name
 
 
 def describe(command: Command) -> str:
     """``command`` in error messages: ``"activity 'A' with input 'x'"``, ``"a timer"``."""
-    name = None if isinstance(command, CreateTimer) else label(command)
+    name = None if isinstance(command, (CreateTimer, Emit)) else label(command)
     text = command.kind.words + (f" {name!r}" if name is not None else "")
+    if isinstance(command, (SetState, Emit)):
+        return f"{text} with value {command.value!r}"
+    if isinstance(command, ReplyUpdate):
+        return text + (f" with result {command.result!r}" if command.rejected is None
+                       else f" rejected with {command.rejected!r}")
     given = getattr(command, "input", None)
     return text + (f" with input {given!r}" if given is not None else "")
 
@@ -225,6 +308,10 @@ class CommandSink(Protocol):
         ...
 
     def set_custom_status(self, status: str | None) -> None: ...
+
+    def get_state(self, key: str) -> str | None:
+        """The encoded value of state ``key`` as the code has set it so far (or carried over), or ``None``."""
+        ...
 
     def continue_as_new(self, input: str, version: str | None) -> None:
         """Ask to end this execution and start the next one (the caller then unwinds)."""

@@ -43,7 +43,9 @@ from ..context import ContinueAsNewSignal, OrchestrationContext
 from ..errors import DuroxideError, ErrorDetails, NonDeterminismError, NonDeterministicOperationError, PayloadError
 from ..history import Event, HistoryEvent
 from ..loop import is_foreign_future_error
-from ..messages import ExternalEvent, OrchestratorMessage, StartOrchestration, SubOrchestrationResult, TimerFired
+from ..messages import (
+    CancelRequest, ClientUpdate, ExternalEvent, OrchestratorMessage, StartOrchestration, SubOrchestrationResult, TimerFired,
+)
 from ..options import RuntimeOptions
 from ..tracecontext import child_of
 from .buffer import CommandBuffer, Identity, ReplayAborted, is_completion
@@ -178,13 +180,18 @@ class Execution:
         self.parent_trace_context: str | None = None
         self._output = Output(instance_id, execution_id)
         self._matcher = HistoryMatcher(instance_id)
-        self._mailbox = Mailbox()
+        self._mailbox: Mailbox[str] = Mailbox()
         self._commands = CommandBuffer(Identity(instance_id, execution_id, name, version), options,
                                        self._matcher, self._mailbox, self._output, self)
         self._inbox = Inbox(self._commands, self._commands.log_fields)
         self.ctx = OrchestrationContext(self._commands)
         self._main: asyncio.Task[Any] | None = None
         self._fatal: DuroxideError | None = None
+        #: The cancellation being cleaned up after, the timer of its grace period (recorded
+        #: once cleanup first blocks), and whether that period is over.
+        self._cancel: Event.OrchestrationCancelRequested | None = None
+        self._grace_timer: asyncio.Future[Any] | None = None
+        self._grace_over = False
         self._stamp_ms = 0
         self._disposed = False
 
@@ -295,14 +302,16 @@ class Execution:
             event_id=1, timestamp_ms=self._stamp_ms, name=msg.name, version=self.version, input=msg.input,
             parent_instance_id=msg.parent_instance_id, parent_execution_id=msg.parent_execution_id,
             parent_event_id=msg.parent_event_id, trace_context=child_of(msg.trace_context),
-            parent_trace_context=msg.trace_context))
+            parent_trace_context=msg.trace_context, state=msg.state, stream_offset=msg.stream_offset))
 
     def _deliver(self, msg: OrchestratorMessage) -> None:
         """Apply one new message (a no-op once the execution has ended)."""
         if self.outcome is not None:
-            if isinstance(msg, ExternalEvent) and self.outcome.status is Status.CONTINUED_AS_NEW:
+            if isinstance(msg, (ExternalEvent, ClientUpdate)) and self.outcome.status is Status.CONTINUED_AS_NEW:
                 self._output.send(msg)  # carried over to the next execution
             return
+        if isinstance(msg, CancelRequest) and self._cancel is not None:
+            return  # already cancelled and cleaning up: a repeated cancel changes nothing
         arrival = self._inbox.arrival(msg, len(self.history) + 1, self._stamp_ms)
         if isinstance(arrival, EndExecution):
             self._finish(Outcome(Status.FAILED, error=arrival.error))
@@ -316,6 +325,7 @@ class Execution:
             self.parent_trace_context = event.parent_trace_context
             self.parent = ((event.parent_instance_id, event.parent_execution_id or 1, event.parent_event_id)
                            if event.parent_instance_id is not None and event.parent_event_id is not None else None)
+            self._commands.interaction.begin(event.state, event.stream_offset)
             try:
                 coro = self.fn(self.ctx, event.input)
                 self._main = self.loop.create_task(coro, name=f"orchestration {self.name}",
@@ -327,10 +337,16 @@ class Execution:
             self._commands.complete(event)
         elif isinstance(event, Event.EventRaised):
             self._commands.event_raised(event.name, event.data)
+        elif isinstance(event, Event.UpdateRequested):
+            self._commands.update_requested(event)
         elif isinstance(event, Event.OrchestrationCancelRequested):
-            self._commands.cancel_open_work()
-            self._finish(Outcome(Status.FAILED, error=ErrorDetails("OrchestrationCancelled", event.reason)))
-            return
+            if event.grace_ms is None:  # recorded before cleanup on cancel existed: it ended there
+                self._commands.cancel_open_work()
+                self._finish(Outcome(Status.FAILED, error=ErrorDetails("OrchestrationCancelled", event.reason)))
+                return
+            self._cancel = event
+            self._grace_over = not event.grace_ms
+            self._commands.begin_cancel(self._main, event)
         else:
             return
         self._settle()
@@ -350,10 +366,37 @@ class Execution:
         request = self._commands.continue_request
         if self._fatal is not None:
             self._finish(Outcome(Status.FAILED, error=ErrorDetails.from_exception(self._fatal)))
+        elif self._cancel is not None:
+            if self._grace_over or request is not None or (self._main is not None and self._main.done()):
+                self._commands.cancel_open_work()  # what cleanup left running is told to stop
+                self._finish(self._cancelled_outcome(self._cancel))
+            elif self._grace_timer is None:
+                try:
+                    self._grace_timer = self._commands.grace_timer(self._cancel)
+                except ReplayAborted:  # recording it ended the execution (history limit) or did not match
+                    if self._fatal is not None:
+                        self._finish(Outcome(Status.FAILED, error=ErrorDetails.from_exception(self._fatal)))
+                    return
+                self._grace_timer.add_done_callback(self._end_of_grace)
         elif request is not None:
             self._finish(Outcome(Status.CONTINUED_AS_NEW, next_input=request[0], next_version=request[1]))
         elif self._main is not None and self._main.done():
             self._finish(self._main_outcome(self._main))
+
+    def _end_of_grace(self, timer: asyncio.Future[Any]) -> None:
+        if not timer.cancelled():
+            self._grace_over = True
+
+    def _cancelled_outcome(self, cancel: Event.OrchestrationCancelRequested) -> Outcome:
+        """A cancelled execution ends Failed with the reason, however its cleanup ended."""
+        main = self._main
+        reason = cancel.reason
+        if main is not None and not main.done() and cancel.grace_ms:
+            reason += f" (its cleanup was still running when the grace period of {cancel.grace_ms / 1000:g} s ended)"
+        elif main is not None and main.done() and not main.cancelled() and main.exception() is not None:
+            exc = main.exception()
+            reason += f" (its cleanup raised {type(exc).__name__}: {exc})"
+        return Outcome(Status.FAILED, error=ErrorDetails("OrchestrationCancelled", reason))
 
     def _main_outcome(self, main: asyncio.Task[Any]) -> Outcome:
         if main.cancelled():
@@ -386,15 +429,20 @@ class Execution:
         self._record_terminal(outcome)
         self._commands.drop_open_timers()  # timers still pending belong to an execution that has ended
         if outcome.status is Status.CONTINUED_AS_NEW:
+            interaction = self._commands.interaction  # state and stream offset carry over, like custom status
             self._output.send(StartOrchestration(
                 instance_id=self.instance_id, name=self.name, version=outcome.next_version,
                 input=outcome.next_input or "", execution_id=self.execution_id + 1,
                 parent_instance_id=self.parent[0] if self.parent else None,
                 parent_execution_id=self.parent[1] if self.parent else None,
                 parent_event_id=self.parent[2] if self.parent else None,
-                trace_context=self.parent_trace_context))
+                trace_context=self.parent_trace_context,
+                state=dict(interaction.state) or None, stream_offset=interaction.stream_next))
             for name, data in self._mailbox.unconsumed():
                 self._output.send(ExternalEvent(instance_id=self.instance_id, name=name, data=data))
+            for name, arrival in interaction.unanswered():  # the next execution may still answer them
+                self._output.send(ClientUpdate(instance_id=self.instance_id, request_id=arrival.request_id,
+                                               name=name, data=arrival.data))
         elif self.parent is not None:
             p_instance, p_execution, p_event = self.parent
             self._output.send(SubOrchestrationResult(

@@ -17,13 +17,15 @@ import collections
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Generic, Protocol, TypeVar, Union
 
 from ..errors import ErrorDetails
 from ..history import Event, HistoryEvent
 from ..messages import (
+    DEFAULT_CANCEL_GRACE_MS,
     ActivityResult,
     CancelRequest,
+    ClientUpdate,
     ExternalEvent,
     OrchestratorMessage,
     PoisonNotice,
@@ -60,6 +62,10 @@ class Completions(Protocol):
         """Whether the timer of ``event_id`` was cancelled (its TimerFired is ignored)."""
         ...
 
+    def update_seen(self, request_id: str) -> bool:
+        """Whether update request ``request_id`` is already recorded in this execution (a repeated ask)."""
+        ...
+
 
 class Inbox:
     """Turns the messages of a turn into history events; see the module docstring."""
@@ -78,6 +84,8 @@ class Inbox:
             return self._apply_sub_orchestration_result(msg, event_id, now_ms)
         if isinstance(msg, ExternalEvent):
             return self._apply_external_event(msg, event_id, now_ms)
+        if isinstance(msg, ClientUpdate):
+            return self._apply_client_update(msg, event_id, now_ms)
         if isinstance(msg, CancelRequest):
             return self._apply_cancel_request(msg, event_id, now_ms)
         if isinstance(msg, PoisonNotice):
@@ -119,8 +127,19 @@ class Inbox:
     def _apply_external_event(self, msg: ExternalEvent, event_id: int, ts: int) -> Arrival:
         return Event.EventRaised(event_id=event_id, timestamp_ms=ts, name=msg.name, data=msg.data)
 
+    def _apply_client_update(self, msg: ClientUpdate, event_id: int, ts: int) -> Arrival:
+        if self._completions.update_seen(msg.request_id):
+            # The client asked again (it restarted, or timed out and retried): one request.
+            _log.info("instance %r: repeated update request %r dropped", msg.instance_id, msg.request_id,
+                      extra=self._log_fields())
+            return None
+        return Event.UpdateRequested(event_id=event_id, timestamp_ms=ts, request_id=msg.request_id, name=msg.name,
+                                     data=msg.data)
+
     def _apply_cancel_request(self, msg: CancelRequest, event_id: int, ts: int) -> Arrival:
-        return Event.OrchestrationCancelRequested(event_id=event_id, timestamp_ms=ts, reason=msg.reason)
+        grace = DEFAULT_CANCEL_GRACE_MS if msg.grace_ms is None else msg.grace_ms
+        return Event.OrchestrationCancelRequested(event_id=event_id, timestamp_ms=ts, reason=msg.reason,
+                                                  grace_ms=grace)
 
     def _apply_poison_notice(self, msg: PoisonNotice) -> Arrival:
         return EndExecution(ErrorDetails("PoisonMessageError", msg.reason))
@@ -131,8 +150,12 @@ class Inbox:
         return None
 
 
-class Mailbox:
-    """External events by name: kept FIFO until a wait takes one; waits queue FIFO until one is raised.
+_D = TypeVar("_D")
+
+
+class Mailbox(Generic[_D]):
+    """Arrivals by name (external events, update requests): kept FIFO until a wait takes one; waits
+    queue FIFO until one arrives.
 
     Example::
 
@@ -142,11 +165,11 @@ class Mailbox:
 
     def __init__(self) -> None:
         self._waits: dict[str, collections.deque[DurableFuture[Any]]] = collections.defaultdict(collections.deque)
-        self._kept: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
+        self._kept: dict[str, collections.deque[_D]] = collections.defaultdict(collections.deque)
         #: What each resolved wait took, so that a select loser can give it back.
-        self._taken: dict[int, tuple[str, str]] = {}
+        self._taken: dict[int, tuple[str, _D]] = {}
 
-    def raised(self, name: str, data: str) -> DurableFuture[Any] | None:
+    def raised(self, name: str, data: _D) -> DurableFuture[Any] | None:
         """The wait that takes this event (to be resolved by the caller), or ``None`` if it is kept."""
         waits = self._waits.get(name)
         if waits:
@@ -154,14 +177,17 @@ class Mailbox:
         self._kept[name].append(data)
         return None
 
-    def take(self, name: str) -> str | None:
+    def take(self, name: str) -> _D | None:
         """The oldest kept event of ``name`` for a new wait, or ``None``: the wait must queue."""
         kept = self._kept[name]
         return kept.popleft() if kept else None
 
-    def wait(self, fut: DurableFuture[Any]) -> None:
-        """``fut`` waits for the next event of its name (``fut.detail``)."""
-        self._waits[fut.detail].append(fut)
+    def wait(self, fut: DurableFuture[Any], *, first: bool = False) -> None:
+        """``fut`` waits for the next event of its name (``fut.detail``); ``first``: ahead of the others."""
+        if first:
+            self._waits[fut.detail].appendleft(fut)
+        else:
+            self._waits[fut.detail].append(fut)
 
     def forget(self, fut: DurableFuture[Any]) -> None:
         """A cancelled wait no longer takes events."""
@@ -169,7 +195,7 @@ class Mailbox:
         if waits and fut in waits:
             waits.remove(fut)
 
-    def took(self, fut: DurableFuture[Any], data: str) -> None:
+    def took(self, fut: DurableFuture[Any], data: _D) -> None:
         """``fut`` was resolved with ``data``."""
         self._taken[fut.event_id] = (fut.detail, data)
 
@@ -179,6 +205,6 @@ class Mailbox:
             name, data = self._taken.pop(fut.event_id)
             self._kept[name].appendleft(data)
 
-    def unconsumed(self) -> list[tuple[str, str]]:
+    def unconsumed(self) -> list[tuple[str, _D]]:
         """Events nobody took, by name then FIFO: they carry over at continue-as-new."""
         return [(name, data) for name, kept in self._kept.items() for data in kept]

@@ -19,11 +19,15 @@ from .commands import (
     Command,
     CommandKind,
     CreateTimer,
+    Emit,
+    ReplyUpdate,
     ScheduleActivity,
     ScheduleSubOrchestration,
+    SetState,
     StartDetached,
     SystemCall,
     WaitForEvent,
+    WaitForUpdate,
     describe,
 )
 
@@ -36,6 +40,10 @@ _SCHEDULE_KIND: dict[type[HistoryEvent], CommandKind] = {
     Event.OrchestrationChained: CommandKind.DETACHED,
     Event.EventSubscribed: CommandKind.WAIT,
     Event.SystemCall: CommandKind.SYSTEM,
+    Event.StateSet: CommandKind.SET_STATE,
+    Event.StreamEmitted: CommandKind.EMIT,
+    Event.UpdateSubscribed: CommandKind.WAIT_UPDATE,
+    Event.UpdateReplied: CommandKind.REPLY,
 }
 
 
@@ -43,6 +51,12 @@ def describe_event(event: HistoryEvent) -> str:
     """A recorded schedule event in error messages, worded like :func:`~.commands.describe`."""
     kind = _SCHEDULE_KIND.get(type(event))
     text = kind.words if kind is not None else type(event).__name__
+    if isinstance(event, (Event.StateSet, Event.StreamEmitted)):
+        key = f" {event.key!r}" if isinstance(event, Event.StateSet) else ""
+        return f"{text}{key} with value {event.value!r}"
+    if isinstance(event, Event.UpdateReplied):
+        return f"{text} {event.request_id!r}" + (f" with result {event.result!r}" if event.rejected is None
+                                                 else f" rejected with {event.rejected!r}")
     name = getattr(event, "name", None) or getattr(event, "op", None)
     given = getattr(event, "input", None)
     return text + (f" {name!r}" if name is not None else "") + (f" with input {given!r}" if given is not None else "")
@@ -61,6 +75,15 @@ def _same(command: Command, event: HistoryEvent) -> bool:
                 and (command.instance_id is None or command.instance_id == event.instance_id))
     if isinstance(command, WaitForEvent):
         return isinstance(event, Event.EventSubscribed) and event.name == command.name
+    if isinstance(command, SetState):
+        return isinstance(event, Event.StateSet) and event.key == command.key and event.value == command.value
+    if isinstance(command, Emit):
+        return isinstance(event, Event.StreamEmitted) and event.value == command.value
+    if isinstance(command, WaitForUpdate):
+        return isinstance(event, Event.UpdateSubscribed) and event.name == command.name
+    if isinstance(command, ReplyUpdate):
+        return (isinstance(event, Event.UpdateReplied) and event.request_id == command.request_id
+                and event.result == command.result and event.rejected == command.rejected)
     return isinstance(event, Event.SystemCall) and event.op == command.op.value
 
 

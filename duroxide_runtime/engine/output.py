@@ -107,7 +107,9 @@ class Output:
         iid, xid = self._instance_id, self._execution_id
         if isinstance(event, Event.ActivityScheduled):
             self._out.activities.append(ActivityWork(instance_id=iid, execution_id=xid, event_id=event.event_id,
-                                                     name=event.name, input=event.input, trace_context=trace_context))
+                                                     name=event.name, input=event.input, trace_context=trace_context,
+                                                     attempt=event.attempt, first_event_id=event.first_event_id,
+                                                     heartbeat_timeout_ms=event.heartbeat_timeout_ms))
         elif isinstance(event, Event.TimerCreated):
             self.send(TimerFired(instance_id=iid, execution_id=xid, event_id=event.event_id,
                                  fire_at_ms=event.fire_at_ms), event.fire_at_ms)

@@ -32,7 +32,7 @@ from ..messages import ActivityResult, ActivityWork, OrchestratorMessage, Poison
 __all__ = [
     "Provider", "InstanceRecord", "InstanceUpdate", "OrchestrationItem", "QueuedMessage", "TurnCommit",
     "WorkLease", "WorkCompletion", "FetchResult", "now_ms", "decode_error_details", "QueueDepths",
-    "ChildStart", "CallKey", "timer_key", "status_admits", "Durability",
+    "ChildStart", "CallKey", "timer_key", "status_admits", "Durability", "HeartbeatWrite", "HeartbeatRecord",
 ]
 
 
@@ -230,6 +230,47 @@ class WorkCompletion:
 
     lock_token: str
     result: ActivityResult | PoisonNotice
+    #: Delete this call's heartbeat row with the result (the call succeeded: no later attempt
+    #: will read its details); only if the lease still holds, as for the result itself.
+    forget_heartbeat: CallKey | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatWrite:
+    """One activity heartbeat to record (:meth:`Provider.record_heartbeats`).
+
+    ``call`` names the whole call (the event id of its first attempt): every attempt
+    of one retried call reads and writes the same row. ``event_id`` is the beating
+    attempt's own schedule event (the leased work item's), recorded so that a later
+    delivery of that attempt can tell it had started. ``details`` is the encoded
+    progress (``None`` keeps what is stored: a beat that only says "alive");
+    ``lock_timeout`` extends the lease to now + that many seconds (``None``: the
+    lease is left as it is).
+
+    Example::
+
+        HeartbeatWrite(lease.lock_token, CallKey("order-1", 1, 2), 2, details='{"page": 3}', lock_timeout=30.0)
+    """
+
+    lock_token: str
+    call: CallKey
+    event_id: int
+    details: str | None = None
+    lock_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatRecord:
+    """The stored heartbeat of one activity call (:meth:`Provider.read_heartbeat`).
+
+    ``details``: the last details recorded (``None`` if only liveness beats were);
+    ``event_id``: the schedule event of the attempt that beat last; ``updated_at_ms``:
+    when (the store's clock).
+    """
+
+    details: str | None
+    event_id: int
+    updated_at_ms: int
 
 
 @dataclass(frozen=True)
@@ -306,7 +347,7 @@ class Provider(ABC):
     async def purge_instance(self, instance_id: str, *,
                              only_if_status_in: Collection[str] | None = None) -> list[str] | None:
         """Delete an instance and its descendants (rows whose parent chain leads to it) with
-        their histories, queued messages, locks and work, atomically.
+        their histories, queued messages, locks, work and heartbeats, atomically.
 
         Returns the ids deleted (``[]`` if unknown); ``None``, deleting nothing, if the
         instance's status is not in ``only_if_status_in``.
@@ -359,7 +400,8 @@ class Provider(ABC):
     @abstractmethod
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
                                   only_if_status_in: Collection[str] | None = None) -> None:
-        """Delete each leased item and enqueue its result for the instance, atomically.
+        """Delete each leased item and enqueue its result for the instance, atomically
+        (and the heartbeat row its ``forget_heartbeat`` names).
 
         A result whose lease no longer exists is dropped: its instance was purged
         (and may have been created again under the same id, which must never get
@@ -378,6 +420,24 @@ class Provider(ABC):
         """Extend a lease; ``False`` if it was lost, the call was cancelled, its instance is
         gone, or a guard fails: the instance's status is not in ``only_if_status_in``, or
         its current execution is not ``only_if_execution``."""
+
+    @abstractmethod
+    async def record_heartbeats(self, beats: Sequence[HeartbeatWrite], *,
+                                only_if_status_in: Collection[str] | None = None) -> list[bool]:
+        """Record activity heartbeats, in one transaction; per beat, whether it was recorded.
+
+        A beat is recorded only while its lease holds, as for :meth:`renew_work_item`:
+        its token still holds the work item, the call is not cancelled, its instance
+        exists with the call's execution as its current one and (guarded) a listed
+        status. Then the row of ``beat.call`` is created or updated: ``event_id``, the
+        time, and ``details`` unless ``None``; and with ``lock_timeout`` the lease is
+        extended. ``False`` (nothing written for that beat) otherwise. Rows are deleted
+        by :meth:`purge_instance` and by a completion's ``forget_heartbeat``.
+        """
+
+    @abstractmethod
+    async def read_heartbeat(self, call: CallKey) -> HeartbeatRecord | None:
+        """The heartbeat row of ``call`` (see :meth:`record_heartbeats`), or ``None``."""
 
     @abstractmethod
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:

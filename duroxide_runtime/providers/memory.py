@@ -20,8 +20,8 @@ from ..errors import InstanceAlreadyExistsError
 from ..history import HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
-    CallKey, FetchResult, QueueDepths, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, WorkCompletion,
-    WorkLease, status_admits, timer_key,
+    CallKey, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, InstanceRecord, OrchestrationItem, Provider,
+    QueuedMessage, TurnCommit, WorkCompletion, WorkLease, status_admits, timer_key,
 )
 from ..clock import SYSTEM_CLOCK, Clock
 
@@ -63,6 +63,7 @@ class InMemoryProvider(Provider):
         self._queue: dict[int, _Queued] = {}
         self._locks: dict[str, tuple[str, int]] = {}
         self._work: dict[int, _Work] = {}
+        self._heartbeats: dict[CallKey, HeartbeatRecord] = {}
 
     # -- client side -------------------------------------------------------------
 
@@ -119,6 +120,8 @@ class InMemoryProvider(Provider):
             del self._queue[qid]
         for wid in [w.id for w in self._work.values() if w.work.instance_id == instance_id]:
             del self._work[wid]
+        for call in [k for k in self._heartbeats if k.instance_id == instance_id]:
+            del self._heartbeats[call]
         return doomed
 
     # -- orchestration dispatcher --------------------------------------------------
@@ -258,6 +261,8 @@ class InMemoryProvider(Provider):
                 del self._work[w.id]
             if not held:
                 continue  # lease gone (purged, or taken over by another worker): the result is stale
+            if done.forget_heartbeat is not None:
+                self._heartbeats.pop(done.forget_heartbeat, None)
             record = self._instances.get(done.result.instance_id)
             if status_admits(only_if_status_in, record.status if record else None):
                 self._enqueue(done.result, None)
@@ -272,15 +277,43 @@ class InMemoryProvider(Provider):
     async def renew_work_item(self, lock_token: str, lock_timeout: float, *,
                               only_if_status_in: Collection[str] | None = None,
                               only_if_execution: int | None = None) -> bool:
+        w = self._held_work(lock_token, only_if_status_in, only_if_execution)
+        if w is None:
+            return False
+        w.locked_until = self.clock.now_ms() + int(lock_timeout * 1000)
+        return True
+
+    def _held_work(self, lock_token: str, only_if_status_in: Collection[str] | None,
+                   only_if_execution: int | None) -> _Work | None:
+        """The work item ``lock_token`` leases, if the lease and the guards hold."""
         for w in self._work.values():
             if w.lock_token == lock_token:
                 record = self._instances.get(w.work.instance_id)
                 if (w.cancelled or record is None or not status_admits(only_if_status_in, record.status)
                         or (only_if_execution is not None and record.execution_id != only_if_execution)):
-                    return False
-                w.locked_until = self.clock.now_ms() + int(lock_timeout * 1000)
-                return True
-        return False
+                    return None
+                return w
+        return None
+
+    async def record_heartbeats(self, beats: Sequence[HeartbeatWrite], *,
+                                only_if_status_in: Collection[str] | None = None) -> list[bool]:
+        now = self.clock.now_ms()
+        recorded: list[bool] = []
+        for beat in beats:
+            w = self._held_work(beat.lock_token, only_if_status_in, beat.call.execution_id)
+            if w is None or _call_key(w.work) != CallKey(beat.call.instance_id, beat.call.execution_id, beat.event_id):
+                recorded.append(False)
+                continue
+            old = self._heartbeats.get(beat.call)
+            details = beat.details if beat.details is not None else (old.details if old else None)
+            self._heartbeats[beat.call] = HeartbeatRecord(details, beat.event_id, now)
+            if beat.lock_timeout is not None:
+                w.locked_until = now + int(beat.lock_timeout * 1000)
+            recorded.append(True)
+        return recorded
+
+    async def read_heartbeat(self, call: CallKey) -> HeartbeatRecord | None:
+        return self._heartbeats.get(call)
 
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         now = self.clock.now_ms()

@@ -71,8 +71,8 @@ from ..history import HistoryEvent, decode_event, encode_event
 from ..lograte import background_warnings
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    Durability, FetchResult, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, TurnCommit, QueueDepths,
-    WorkCompletion, WorkLease, decode_error_details, status_admits,
+    CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstanceRecord, OrchestrationItem, Provider,
+    QueuedMessage, TurnCommit, QueueDepths, WorkCompletion, WorkLease, decode_error_details, status_admits,
 )
 
 if TYPE_CHECKING:
@@ -406,6 +406,14 @@ BEGIN
     DELETE FROM {s}.instance_locks WHERE instance_id IN (SELECT t_instance[e.turn] FROM unnest(ok) AS e(turn));
     RETURN ARRAY(SELECT n = ANY(ok) FROM generate_series(1, cardinality(t_instance)) AS n ORDER BY n);
 END $fn$;
+"""),
+    # Activity heartbeats: the last details per call (all attempts of a retried call share the
+    # row of its first attempt, call_id), and the attempt that beat last (event_id).
+    (6, """
+CREATE TABLE IF NOT EXISTS {s}.activity_heartbeats (
+    instance_id text NOT NULL, execution_id bigint NOT NULL, call_id bigint NOT NULL, event_id bigint NOT NULL,
+    details text, updated_at bigint NOT NULL,
+    PRIMARY KEY (instance_id, execution_id, call_id));
 """),
 ]
 
@@ -866,7 +874,8 @@ class PostgresProvider(Provider):
                 f"WITH RECURSIVE tree(id) AS (SELECT $1::text UNION SELECT i.instance_id FROM {s}.instances i "
                 "JOIN tree t ON i.parent_instance_id = t.id) SELECT id FROM tree", instance_id)
             doomed = [r[0] for r in rows]
-            for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue"):
+            for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue",
+                          "activity_heartbeats"):
                 await conn.execute(f"DELETE FROM {s}.{table} WHERE instance_id = ANY($1::text[])", doomed)
             for iid in doomed:
                 await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, iid)
@@ -1047,8 +1056,11 @@ class PostgresProvider(Provider):
         targets = [d.result.instance_id for d in completions]
         messages = [encode_message(d.result) for d in completions]
         statuses = None if only_if_status_in is None else sorted(only_if_status_in)
+        forget = [d.forget_heartbeat for d in completions]
         await self._one(lambda conn: conn.execute(
-            self._sql.complete_work_items, tokens, targets, messages, statuses, self._orch_channel))
+            self._sql.complete_work_items, tokens, targets, messages, statuses, self._orch_channel,
+            [k.instance_id if k else None for k in forget], [k.execution_id if k else None for k in forget],
+            [k.event_id if k else None for k in forget]))
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         await self._one(lambda conn: conn.execute(
@@ -1070,6 +1082,30 @@ class PostgresProvider(Provider):
             return bool(renewed)
 
         return await self._one(op)
+
+    async def record_heartbeats(self, beats: Sequence[HeartbeatWrite], *,
+                                only_if_status_in: Collection[str] | None = None) -> list[bool]:
+        if not beats:
+            return []
+        lock_ms = [None if b.lock_timeout is None else int(b.lock_timeout * 1000) for b in beats]
+        statuses = None if only_if_status_in is None else sorted(only_if_status_in)
+
+        async def op(conn: _Conn) -> list[str]:
+            rows = await conn.fetch(
+                self._sql.record_heartbeats, [b.lock_token for b in beats], [b.call.instance_id for b in beats],
+                [b.call.execution_id for b in beats], [b.call.event_id for b in beats], [b.event_id for b in beats],
+                [b.details for b in beats], lock_ms, statuses, self.clock.now_ms())
+            return [r[0] for r in rows]
+
+        held = set(await self._one(op))
+        return [b.lock_token in held for b in beats]
+
+    async def read_heartbeat(self, call: CallKey) -> HeartbeatRecord | None:
+        row = await self._one(lambda conn: conn.fetchrow(
+            f"SELECT details, event_id, updated_at FROM {self.schema}.activity_heartbeats "
+            "WHERE instance_id=$1 AND execution_id=$2 AND call_id=$3",
+            call.instance_id, call.execution_id, call.event_id))
+        return None if row is None else HeartbeatRecord(row["details"], row["event_id"], row["updated_at"])
 
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         s = self.schema
@@ -1201,8 +1237,35 @@ class _Statements:
             f"AND EXISTS (SELECT 1 FROM {s}.instances i WHERE i.instance_id = r.instance_id "
             "AND ($4::text[] IS NULL OR i.status = ANY($4::text[])))), "
             f"queued AS (INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) "
-            "SELECT results.instance_id, results.message, 0 FROM results ORDER BY results.n RETURNING 1) "
+            "SELECT results.instance_id, results.message, 0 FROM results ORDER BY results.n RETURNING 1), "
+            # The heartbeat rows of calls that succeeded ($6..$8: NULL where none is to go).
+            f"forgot AS (DELETE FROM {s}.activity_heartbeats h "
+            "USING unnest($1::text[], $6::text[], $7::bigint[], $8::bigint[]) AS f(token, instance_id, execution_id, "
+            "call_id) WHERE f.instance_id IS NOT NULL AND f.token IN (SELECT done.lock_token FROM done) "
+            "AND h.instance_id = f.instance_id AND h.execution_id = f.execution_id AND h.call_id = f.call_id) "
             "SELECT (SELECT pg_notify($5::text, '') FROM queued LIMIT 1)")
+        # Heartbeats of calls whose lease holds (token, call's execution current, not cancelled,
+        # status listed): the row of each call is written (details kept where NULL) and, where a
+        # lock timeout is given, the lease extended. The UPDATE locks the work rows first, so a
+        # completion that deletes one meanwhile leaves its beat unwritten. Returns the tokens written.
+        self.record_heartbeats = (
+            f"{_NO_FLUSH}, beats AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], "
+            "$5::bigint[], $6::text[], $7::bigint[]) WITH ORDINALITY "
+            "AS b(token, instance_id, execution_id, call_id, event_id, details, lock_ms, n)), "
+            f"held AS (UPDATE {s}.worker_queue w SET locked_until = CASE WHEN b.lock_ms IS NULL "
+            "THEN w.locked_until ELSE $9::bigint + b.lock_ms END "
+            f"FROM beats b, {s}.instances i WHERE w.lock_token = b.token AND w.instance_id = b.instance_id "
+            "AND w.execution_id = b.execution_id AND w.event_id = b.event_id AND NOT w.cancelled "
+            "AND i.instance_id = w.instance_id AND i.execution_id = w.execution_id "
+            "AND ($8::text[] IS NULL OR i.status = ANY($8::text[])) "
+            "RETURNING w.lock_token, (SELECT off FROM no_flush)), "
+            f"written AS (INSERT INTO {s}.activity_heartbeats AS h "
+            "(instance_id, execution_id, call_id, event_id, details, updated_at) "
+            "SELECT b.instance_id, b.execution_id, b.call_id, b.event_id, b.details, $9::bigint FROM beats b "
+            "WHERE b.token IN (SELECT held.lock_token FROM held) ORDER BY b.instance_id, b.execution_id, b.call_id "
+            "ON CONFLICT (instance_id, execution_id, call_id) DO UPDATE SET event_id = EXCLUDED.event_id, "
+            "details = COALESCE(EXCLUDED.details, h.details), updated_at = EXCLUDED.updated_at RETURNING 1) "
+            "SELECT held.lock_token FROM held")
         self.abandon_work_item = (
             f"{_NO_FLUSH}, released AS (UPDATE {s}.worker_queue SET lock_token = NULL, locked_until = 0, "
             "visible_at = $2::bigint WHERE lock_token = $1::text RETURNING (SELECT off FROM no_flush)) "

@@ -33,8 +33,8 @@ from ..errors import (
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    Durability, FetchResult, QueueDepths, decode_error_details, InstanceRecord, OrchestrationItem, Provider, QueuedMessage,
-    TurnCommit, WorkCompletion, WorkLease, status_admits, timer_key,
+    CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, decode_error_details, InstanceRecord,
+    OrchestrationItem, Provider, QueuedMessage, TurnCommit, WorkCompletion, WorkLease, status_admits, timer_key,
 )
 from ..clock import SYSTEM_CLOCK, Clock
 from .sqlite_thread import ConnectionThread
@@ -47,7 +47,7 @@ _T = TypeVar("_T")
 #: Seconds a caller waits for its write to be committed (a stalled disk) before StoreTimeoutError.
 DEFAULT_WRITE_TIMEOUT = 120.0
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -74,6 +74,10 @@ CREATE TABLE IF NOT EXISTS worker_queue (
 CREATE INDEX IF NOT EXISTS ix_wq_visible ON worker_queue(visible_at);
 CREATE INDEX IF NOT EXISTS ix_wq_call ON worker_queue(instance_id, execution_id, event_id);
 CREATE INDEX IF NOT EXISTS ix_wq_token ON worker_queue(lock_token);
+CREATE TABLE IF NOT EXISTS activity_heartbeats (
+    instance_id TEXT NOT NULL, execution_id INTEGER NOT NULL, call_id INTEGER NOT NULL, event_id INTEGER NOT NULL,
+    details TEXT, updated_at INTEGER NOT NULL,
+    PRIMARY KEY (instance_id, execution_id, call_id)) WITHOUT ROWID;
 """
 
 _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
@@ -114,6 +118,7 @@ _REQUIRED_COLUMNS = {
     "instance_locks": {"instance_id", "lock_token", "locked_until"},
     "worker_queue": {"id", "instance_id", "execution_id", "event_id", "message", "visible_at", "lock_token",
                      "locked_until", "dequeue_count", "cancelled"},
+    "activity_heartbeats": {"instance_id", "execution_id", "call_id", "event_id", "details", "updated_at"},
 }
 
 
@@ -284,6 +289,7 @@ class SqliteProvider(Provider):
             if "incarnation" not in columns:
                 conn.execute("ALTER TABLE instances ADD COLUMN incarnation TEXT")
             conn.execute("UPDATE instances SET incarnation = lower(hex(randomblob(16))) WHERE incarnation IS NULL")
+            # v4: activity_heartbeats (heartbeat details per activity call), created by _SCHEMA above.
             conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -403,7 +409,8 @@ class SqliteProvider(Provider):
                     f"SELECT instance_id FROM instances WHERE parent_instance_id IN ({marks})", frontier)]
                 doomed += frontier
             for iid in doomed:
-                for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue"):
+                for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue",
+                              "activity_heartbeats"):
                     conn.execute(f"DELETE FROM {table} WHERE instance_id=?", (iid,))
             return doomed
 
@@ -572,6 +579,10 @@ class SqliteProvider(Provider):
                                    (done.result.instance_id,)).fetchone()
                 if status_admits(only_if_status_in, row[0] if row else None):
                     _enqueue(conn, done.result, None)
+                if done.forget_heartbeat is not None:
+                    k = done.forget_heartbeat
+                    conn.execute("DELETE FROM activity_heartbeats WHERE instance_id=? AND execution_id=? AND call_id=?",
+                                 (k.instance_id, k.execution_id, k.event_id))
 
         await self._write(op, durable=True, what="activity results")
 
@@ -601,6 +612,48 @@ class SqliteProvider(Provider):
             return True
 
         return await self._write(op, durable=False, what="an activity lease renewal")
+
+    async def record_heartbeats(self, beats: Sequence[HeartbeatWrite], *,
+                                only_if_status_in: Collection[str] | None = None) -> list[bool]:
+        if not beats:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[bool]:
+            now = self.clock.now_ms()
+            recorded = []
+            for beat in beats:
+                call = beat.call
+                row = conn.execute(
+                    "SELECT w.cancelled, i.status, i.execution_id FROM worker_queue w "
+                    "LEFT JOIN instances i ON i.instance_id = w.instance_id "
+                    "WHERE w.lock_token=? AND w.instance_id=? AND w.execution_id=? AND w.event_id=?",
+                    (beat.lock_token, call.instance_id, call.execution_id, beat.event_id)).fetchone()
+                if (row is None or row[0] or not status_admits(only_if_status_in, row[1])
+                        or row[2] != call.execution_id):
+                    recorded.append(False)
+                    continue
+                conn.execute(
+                    "INSERT INTO activity_heartbeats(instance_id, execution_id, call_id, event_id, details, updated_at) "
+                    "VALUES (?,?,?,?,?,?) ON CONFLICT(instance_id, execution_id, call_id) DO UPDATE SET "
+                    "event_id=excluded.event_id, details=COALESCE(excluded.details, details), "
+                    "updated_at=excluded.updated_at",
+                    (call.instance_id, call.execution_id, call.event_id, beat.event_id, beat.details, now))
+                if beat.lock_timeout is not None:
+                    conn.execute("UPDATE worker_queue SET locked_until=? WHERE lock_token=?",
+                                 (now + int(beat.lock_timeout * 1000), beat.lock_token))
+                recorded.append(True)
+            return recorded
+
+        # Not durable: a heartbeat lost to a power cut is like one that was never sent (progress
+        # details are a hint for the next attempt; the next write makes this one durable too).
+        return await self._write(op, durable=False, what="activity heartbeats")
+
+    async def read_heartbeat(self, call: CallKey) -> HeartbeatRecord | None:
+        row = await self._run(lambda conn: conn.execute(
+            "SELECT details, event_id, updated_at FROM activity_heartbeats "
+            "WHERE instance_id=? AND execution_id=? AND call_id=?",
+            (call.instance_id, call.execution_id, call.event_id)).fetchone())
+        return None if row is None else HeartbeatRecord(row[0], row[1], row[2])
 
 
 # -- helpers that run on the connection thread --------------------------------------

@@ -23,10 +23,11 @@ What it promises:
   thread), and a collected ``ConnectionThread`` stops its thread.
 
 Group commit (:meth:`ConnectionThread.write`): a write callable runs inside a
-transaction the thread opens, in a savepoint of its own. Writes queued together
-share one transaction and so one fsync; each caller is answered only after
-that commit. A callable that raises rolls back its own savepoint and fails
-alone; a commit that fails (a full disk) fails every write of the group with
+transaction the thread opens. Writes queued together share one transaction and
+so one fsync; each caller is answered only after that commit (one wake-up of
+its event loop per group). A callable that raises fails alone: the group is
+rolled back and its writes run again one transaction each (callables must be
+safe to run again after a rollback: they only touch the database). A commit that fails (a full disk) fails every write of the group with
 its own error, and nothing committed before is touched. ``durable=True``
 writes commit with ``synchronous_sync`` (``FULL``: the write-ahead log is
 fsynced at the commit); the others (locks, leases) with ``NORMAL``, which in
@@ -71,7 +72,7 @@ class _Job(Generic[_T]):
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future[_T] | None
     stop: bool = False
-    #: A write: runs in a savepoint of a group transaction the thread opens (see write()).
+    #: A write: runs in a group transaction the thread opens (see write()).
     write: bool = False
     durable: bool = False
     #: Set under the channel's lock: the thread claimed it (it runs), or its caller gave up first (it never runs).
@@ -87,6 +88,27 @@ def _settle(future: asyncio.Future[Any], result: object, error: BaseException | 
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], object, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        _settle(future, result, error)
+
+
+def _deliver_group(group: list[_Job[Any]], results: list[tuple[object, BaseException | None]]) -> None:
+    """From the thread: answer a committed group with one wake-up per event loop, not one per write."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object, BaseException | None]]] = {}
+    for job, (result, error) in zip(group, results):
+        if job.future is None or job.loop is None:
+            continue
+        if isinstance(error, StopIteration):
+            error = RuntimeError(f"the store operation raised StopIteration: {error!r}")
+        by_loop.setdefault(job.loop, []).append((job.future, result, error))
+    for loop, outcomes in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, outcomes)
+        except RuntimeError:
+            pass  # that event loop is closed: nobody waits for these outcomes any more
 
 
 def _deliver(job: _Job[Any], result: object, error: BaseException | None) -> None:
@@ -236,7 +258,13 @@ def _serve(channel: _Channel, connect: Callable[[], sqlite3.Connection], opened:
 
 def _commit_group(conn: sqlite3.Connection, group: list[_Job[Any]], durable_sync: str,
                   sync: list[str | None]) -> None:
-    """Run ``group``'s write callables in one transaction, each in a savepoint; answer each after COMMIT."""
+    """Run ``group``'s write callables in one transaction; answer each after COMMIT.
+
+    Writes nearly never fail, so the group runs without a savepoint per write (two
+    statements each). When one raises, the whole transaction is rolled back and the
+    writes are run again one transaction each: the failing one gets its error alone
+    and the others commit, as if each had had its own savepoint.
+    """
     wanted = durable_sync if any(j.durable for j in group) else "NORMAL"
     outcomes: list[tuple[object, BaseException | None]] = []
     try:
@@ -245,36 +273,36 @@ def _commit_group(conn: sqlite3.Connection, group: list[_Job[Any]], durable_sync
             sync[0] = wanted
         conn.execute("BEGIN IMMEDIATE")
     except BaseException as exc:  # noqa: BLE001 - busy or broken: each caller decides (busy is retried)
-        for job in group:
-            _deliver(job, None, exc)
+        _fail_group(group, exc)
         return
-    # A write alone needs no savepoint: if it fails, its transaction is rolled back whole.
-    alone = len(group) == 1
     for job in group:
         assert job.fn is not None
-        if not alone:
-            conn.execute("SAVEPOINT duroxide_write")
         try:
             outcomes.append((job.fn(conn), None))
         except BaseException as exc:  # noqa: BLE001 - this caller's error; the others go on
-            if alone or not conn.in_transaction:
-                # Alone, or SQLite rolled the whole transaction back (a full disk, an I/O
-                # error): the writes before this one are gone too, so each gets this error.
-                _rollback(conn)
+            _rollback(conn)
+            if len(group) == 1 or not _is_own_error(exc):
+                # Alone, or SQLite failed the transaction itself (a full disk, an I/O
+                # error): every write of the group gets this error.
                 _fail_group(group, exc)
-                return
-            conn.execute("ROLLBACK TO duroxide_write")
-            outcomes.append((None, exc))
-        if not alone:
-            conn.execute("RELEASE duroxide_write")
+            else:
+                for one in group:
+                    _commit_group(conn, [one], durable_sync, sync)
+            return
     try:
         conn.execute("COMMIT")
     except BaseException as exc:  # noqa: BLE001 - nothing of this group committed
         _rollback(conn)
         _fail_group(group, exc)
         return
-    for job, (result, error) in zip(group, outcomes):
-        _deliver(job, result, error)
+    _deliver_group(group, outcomes)
+
+
+def _is_own_error(exc: BaseException) -> bool:
+    """Whether a write's error is its own (its data, its code), not the database's (busy, disk, I/O)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return False  # locked, busy, disk full, I/O error: the transaction is in doubt for all
+    return not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.IntegrityError)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -292,8 +320,7 @@ def _fail_group(group: list[_Job[Any]], cause: BaseException) -> None:
     The store turns it into an error of each caller's own (SqliteProvider wraps it in a
     fresh ``StoreError``, or retries it when the database was only busy).
     """
-    for job in group:
-        _deliver(job, None, cause)
+    _deliver_group(group, [(None, cause)] * len(group))
 
 
 def _end_open_transaction(conn: sqlite3.Connection, error: BaseException | None) -> BaseException | None:
@@ -437,9 +464,11 @@ class ConnectionThread:
                     timeout: float) -> _T:
         """Run ``fn(conn)`` inside a transaction shared with the writes queued beside it (group commit).
 
-        ``fn`` must not begin or end transactions (savepoints are fine). Its result is
-        returned once the group committed; if ``fn`` raised, its savepoint was rolled
-        back and the error is raised here, and the other writes are unaffected.
+        ``fn`` must not begin or end transactions (savepoints are fine), and must be
+        safe to run again after a rollback (it only touches the database): if a write
+        of its group raises, the group is rolled back and each write is run again in a
+        transaction of its own. Its result is returned once its transaction committed;
+        if ``fn`` raised, the error is raised here, and the other writes are unaffected.
         ``durable`` writes are committed with the thread's ``durable_sync`` level.
         Waits at most ``timeout`` seconds, then raises
         :class:`~duroxide_runtime.errors.StoreTimeoutError` naming ``what`` and saying
