@@ -252,6 +252,12 @@ def _listening(clock: Clock) -> IdleAwareClock | None:
     return cast(IdleAwareClock, clock) if listens else None
 
 
+def is_listening(clock: Clock) -> bool:
+    """Whether ``clock`` listens to the runtime's reports (an :class:`IdleAwareClock`): the
+    runtime skips per-call reports to a clock that does not."""
+    return _listening(clock) is not None
+
+
 def clock_part(clock: Clock, what: str, *, busy: bool = True) -> ClockPart:
     """The runtime's report of one part to ``clock``: the clock's own part if it listens, else a plain one.
 

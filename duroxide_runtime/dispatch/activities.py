@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..activity import ActivityContext, _current, decode_heartbeat_details
-from ..clock import Clock, ClockPart, add_store_check, clock_part
+from ..clock import Clock, ClockPart, add_store_check, clock_part, is_listening
 from ..errors import ErrorCode, ErrorDetails, PayloadError, StoreError, UnknownActivityError, exception_types
 from ..lograte import background_warnings
 from ..messages import ActivityResult, ActivityWork, PoisonNotice
@@ -48,6 +48,7 @@ from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
 from ..options import RuntimeOptions
 from ..providers.base import Provider, WorkCompletion, WorkLease
 from ..registry import ActivityRegistry
+from .leases import LeaseKeeper
 from ..engine.output import LIVE_STATUSES
 from ..engine.payloads import safe_error_details, storable_text, text_problem
 from ..wake import wake_hub
@@ -110,8 +111,11 @@ class ActivityWorker:
         self._results = _Results(clock_part(self.clock, "activity results", busy=False))
         #: Busy (for a self-moving clock) but while the worker waits idle for work.
         self._part = clock_part(self.clock, "activity worker")
+        #: Only a self-moving clock needs a part per call (one the runtime reports to).
+        self._clock_listens = is_listening(self.clock)
         self._known = frozenset(registry.names())
         self.heartbeats = HeartbeatWriter(store, self.clock, options, self.observer, on_lost=self._lost_lease)
+        self._leases = LeaseKeeper(store, options.activity_lock_timeout, self.clock)
         #: In-process wake-ups of this store: waited on when idle, fed after our own writes.
         self.wake = wake_hub(store)
         self.wake.join(self)
@@ -163,10 +167,12 @@ class ActivityWorker:
             for lease in leases:
                 w = lease.work
                 actx = ActivityContext(w.instance_id, w.execution_id, w.event_id, w.name, w.attempt,
-                                       delivery=lease.dequeue_count, heartbeat_timeout=None if w.heartbeat_timeout_ms is None
+                                       delivery=lease.dequeue_count,
+                                       heartbeat_timeout=None if w.heartbeat_timeout_ms is None
                                        else w.heartbeat_timeout_ms / 1000)
                 call = _Call(lease, actx, time.monotonic(),
-                             part=clock_part(self.clock, f"activity {w.name!r} of instance {w.instance_id!r}"))
+                             part=clock_part(self.clock, f"activity {w.name!r} of instance {w.instance_id!r}")
+                             if self._clock_listens else None)
                 task = asyncio.create_task(self._execute(call), name=f"activity {w.name}")
                 self._running[task] = call
                 task.add_done_callback(self._running_done)
@@ -239,7 +245,9 @@ class ActivityWorker:
                 return
             renew = None  # its heartbeats keep its lease
         else:
-            renew = asyncio.create_task(self._keep_lease(lease, actx, asyncio.current_task()))
+            renew = asyncio.current_task()
+            assert renew is not None
+            self._leases.hold(lease, actx, renew)
         self.observer.activity_started(ActivityStarted(work.name, work.instance_id, lease.dequeue_count,
                                                        work.execution_id, work.event_id, work.trace_context))
         began = time.perf_counter()
@@ -269,7 +277,7 @@ class ActivityWorker:
                                      error=replace(safe_error_details(exc), types=exception_types(type(exc))))
         finally:
             if renew is not None:
-                renew.cancel()
+                self._leases.release(renew)
         self.observer.activity_finished(ActivityFinished(
             work.name, work.instance_id, outcome.error is None, time.perf_counter() - began, work.execution_id,
             work.event_id, outcome.error.error_type if outcome.error else None))
@@ -326,25 +334,6 @@ class ActivityWorker:
             return result
         finally:
             _current.reset(token)
-
-    async def _keep_lease(self, lease: WorkLease, actx: ActivityContext, task: asyncio.Task[None] | None) -> None:
-        interval = self.options.activity_lock_timeout / 3
-        while True:
-            await self.clock.sleep(interval)
-            try:
-                # Only while the instance still runs the execution that scheduled the call.
-                alive = await self.store.renew_work_item(lease.lock_token, self.options.activity_lock_timeout,
-                                                         only_if_status_in=LIVE_STATUSES,
-                                                         only_if_execution=lease.work.execution_id)
-            except Exception:  # noqa: BLE001 - a missed renewal is retried next interval
-                background_warnings.warning(_log, "worker.renew", "activity %r: lease renewal failed; retrying",
-                                            lease.work.name, exc_info=True, extra=actx.log_fields())
-                continue
-            if not alive:
-                actx._cancelled.set()
-                if task is not None:
-                    task.cancel()
-                return
 
     async def flush_results(self, stopping: asyncio.Event) -> None:
         """The batching writer: commit every waiting result in one call."""
@@ -474,6 +463,7 @@ class ActivityWorker:
             await asyncio.wait(running, timeout=max(0.01, next_log - now), return_when=asyncio.FIRST_COMPLETED)
         self._threads.shutdown(wait=False, cancel_futures=True)
         await self.heartbeats.stop()
+        await self._leases.stop()
 
     async def _give_back(self, call: _Call, delay: float = 0) -> None:
         try:

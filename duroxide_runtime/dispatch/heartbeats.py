@@ -146,8 +146,9 @@ class HeartbeatWriter:
         """The call succeeded: close it, and wait for a write of it in flight, so that
         ``beats.recorded`` is final (the result then deletes the row it may have made)."""
         self.close(beats)
-        async with self._writing:
-            pass
+        if self._writing.locked():  # a write may hold this call: wait for it (nearly never)
+            async with self._writing:
+                pass
 
     async def stop(self) -> None:
         """Stop the writer task (the worker has no running calls left)."""

@@ -1,4 +1,4 @@
-"""Orchestration locks kept alive while their batch is processed.
+"""Orchestration locks and activity leases kept alive while their work runs.
 
 A fetched batch holds one lock per instance for ``orchestration_lock_timeout``.
 Reading histories, running the turns and committing usually take
@@ -15,6 +15,11 @@ its own (a task per batch cost event-loop turns on every orchestration's
 latency). The renewer sleeps a third of the timeout after it learns of a
 batch, so every batch in hand is renewed at least that often.
 
+Activity calls are kept the same way (:class:`LeaseKeeper`): one renewer per
+worker for all its running calls, not a task per call (most calls end within
+microseconds, long before their first renewal, and a task each cost two
+event-loop turns on every activity).
+
 Example::
 
     keeper = LockKeeper(store, lock_timeout=5.0)
@@ -30,12 +35,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
+from ..activity import ActivityContext
 from ..clock import Clock, clock_part
+from ..engine.output import LIVE_STATUSES
 from ..lograte import background_warnings
-from ..providers.base import OrchestrationItem, Provider
+from ..providers.base import OrchestrationItem, Provider, WorkLease
 
-__all__ = ["LockKeeper", "BatchSizer"]
+__all__ = ["LockKeeper", "LeaseKeeper", "BatchSizer"]
 
 _log = logging.getLogger("duroxide.dispatcher")
 
@@ -92,6 +100,92 @@ class LockKeeper:
                 _log.warning("instances %s: lock taken over by another process while their turn ran; the turn "
                              "will not commit", lost)
                 self._locks = [lock for lock, ok in zip(locks, held) if ok]
+
+
+@dataclass
+class _Held:
+    lease: WorkLease
+    actx: ActivityContext
+    renewed_at: float
+
+
+class LeaseKeeper:
+    """Renews the leases of the activity calls a worker runs; see the module docstring.
+
+    A call's lease is renewed once it is half a renewal period (a sixth of the lock
+    timeout) old and every half period after, so at the latest a third of the timeout
+    after it was last renewed, as a renewer of its own did. A renewal the store
+    refuses (the instance ended, or moved to another execution) cancels the call.
+
+    Example::
+
+        keeper = LeaseKeeper(store, lock_timeout=30.0)
+        keeper.hold(lease, actx, asyncio.current_task())   # the call runs
+        keeper.release(asyncio.current_task())             # it ended
+        await keeper.stop()                                # the worker stopped
+    """
+
+    def __init__(self, store: Provider, lock_timeout: float, clock: Clock | None = None) -> None:
+        self._store = store
+        self._timeout = lock_timeout
+        self._clock = clock or store.clock
+        self._held: dict[asyncio.Task[None], _Held] = {}
+        self._some = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Never busy: renewals are due only while calls run, and running calls hold a
+        #: self-moving clock still; so such a clock never moves time to a renewal.
+        self._part = clock_part(self._clock, "activity lease renewal", busy=False)
+
+    def hold(self, lease: WorkLease, actx: ActivityContext, task: asyncio.Task[None]) -> None:
+        """Keep ``lease`` renewed while ``task`` runs the call (call on the event loop)."""
+        self._held[task] = _Held(lease, actx, self._clock.monotonic())
+        self._some.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._renew(), name="duroxide-activity-leases")
+
+    def release(self, task: asyncio.Task[None]) -> None:
+        """The call ``task`` ran has ended: its lease is no longer renewed."""
+        self._held.pop(task, None)
+
+    async def stop(self) -> None:
+        """Stop renewing (the worker has no running calls left)."""
+        self._part.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _renew(self) -> None:
+        half = self._timeout / 6
+        while True:
+            if not self._held:
+                self._some.clear()
+                await self._some.wait()
+                continue
+            await self._part.wait(None, half)
+            now = self._clock.monotonic()
+            due = [(task, held) for task, held in self._held.items() if now - held.renewed_at >= half]
+            if due:
+                await asyncio.gather(*(self._renew_one(task, held, now) for task, held in due))
+
+    async def _renew_one(self, task: asyncio.Task[None], held: _Held, now: float) -> None:
+        try:
+            # Only while the instance still runs the execution that scheduled the call.
+            alive = await self._store.renew_work_item(held.lease.lock_token, self._timeout,
+                                                      only_if_status_in=LIVE_STATUSES,
+                                                      only_if_execution=held.lease.work.execution_id)
+        except Exception:  # noqa: BLE001 - a missed renewal is retried at the next tick
+            background_warnings.warning(_log, "worker.renew", "activity %r: lease renewal failed; retrying",
+                                        held.lease.work.name, exc_info=True, extra=held.actx.log_fields())
+            return
+        if self._held.get(task) is not held:
+            return  # the call ended while its renewal was in flight
+        held.renewed_at = now
+        if not alive:
+            self._held.pop(task, None)
+            held.actx._cancelled.set()
+            task.cancel()
 
 
 class BatchSizer:
