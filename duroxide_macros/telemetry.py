@@ -111,7 +111,8 @@ class ActivityTelemetry:
             yield  # the runtime's PrometheusMetrics counts this call in the same families already
             return
         actx = current_activity()
-        families.started_call(self.name, actx.attempt if actx is not None else 1)
+        families.started_call(self.name, actx.attempt if actx is not None else 1,
+                              actx.delivery if actx is not None else 1)
         began = time.perf_counter()
         ok = False
         try:

@@ -10,7 +10,7 @@ Names follow the design's monitoring section:
 ``duroxide_activity_started_total``           activity calls begun {name}
 ``duroxide_activity_completed_total``         activity calls ended {name, outcome}
 ``duroxide_activity_duration_seconds``        activity call time {name}
-``duroxide_activity_retries_total``           calls delivered again {name}
+``duroxide_activity_retries_total``           calls run again (a retry, or a redelivery) {name}
 ``duroxide_queue_depth``                      waiting work {queue: orchestrator, timer, worker}
 ``duroxide_active_instances``                 Pending or Running instances
 ``duroxide_replay_duration_seconds``          rebuilding an instance from history {name}
@@ -81,7 +81,7 @@ class ActivityMetrics:
                                       ["name", "outcome"], registry=r)
         self.duration = prom.Histogram("duroxide_activity_duration_seconds", "Activity call time", ["name"],
                                        registry=r)
-        self.retries = prom.Counter("duroxide_activity_retries", "Activity calls delivered again", ["name"],
+        self.retries = prom.Counter("duroxide_activity_retries", "Activity calls run again (a RetryPolicy retry, or a redelivery after a lost worker)", ["name"],
                                     registry=r)
 
     @classmethod
@@ -99,10 +99,10 @@ class ActivityMetrics:
         """True when a :class:`PrometheusMetrics` observer counts the activity running here into these families."""
         return _counted_by.get() is self
 
-    def started_call(self, name: str, attempt: int) -> None:
-        """Count a call of activity ``name`` beginning (``attempt`` > 1: delivered again)."""
+    def started_call(self, name: str, attempt: int, delivery: int = 1) -> None:
+        """Count a call of activity ``name`` beginning (``attempt`` or ``delivery`` > 1: run again)."""
         self.started.labels(name).inc()
-        if attempt > 1:
+        if attempt > 1 or delivery > 1:
             self.retries.labels(name).inc()
 
     def finished_call(self, name: str, ok: bool, duration_s: float) -> None:
@@ -160,7 +160,7 @@ class PrometheusMetrics(RuntimeObserver):
 
     def activity_started(self, event: ActivityStarted) -> None:
         _counted_by.set(self.activities)  # the activity's own task: gone with it
-        self.activities.started_call(event.name, event.attempt)
+        self.activities.started_call(event.name, event.attempt, event.delivery)
 
     def activity_finished(self, event: ActivityFinished) -> None:
         self.activities.finished_call(event.name, event.ok, event.duration_s)

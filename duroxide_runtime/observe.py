@@ -66,7 +66,8 @@ class TurnReplayed:
 
 @dataclass(frozen=True)
 class ActivityStarted:
-    """An activity call began; ``attempt`` > 1 means it was delivered again."""
+    """An activity call began: ``attempt`` of the call under its ``RetryPolicy`` (1, 2, ...),
+    handed to a worker for the ``delivery``-th time (> 1: a worker died or lost the lease)."""
 
     name: str
     instance_id: str
@@ -75,6 +76,7 @@ class ActivityStarted:
     event_id: int = 0
     #: Traceparent of the calling execution.
     trace_context: str | None = None
+    delivery: int = 1
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ class OpenTelemetryTracing(RuntimeObserver):
             f"activity.{event.name}", context=_context_of(event.trace_context), kind=SpanKind.INTERNAL,
             attributes={"duroxide.activity": event.name, "duroxide.instance_id": event.instance_id,
                         "duroxide.execution_id": event.execution_id, "duroxide.event_id": event.event_id,
-                        "duroxide.attempt": event.attempt})
+                        "duroxide.attempt": event.attempt, "duroxide.delivery": event.delivery})
         # Current while the activity runs (observer calls come from the activity's own task).
         token = otel_context.attach(trace.set_span_in_context(span))
         _activity_span.set(span)  # the activity's own task: gone with it

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from duroxide_runtime import Event, OrchestrationContext, OrchestrationStatus
+from duroxide_runtime import ActivityFailed, Event, OrchestrationContext, OrchestrationStatus, RetryPolicy
 from duroxide_runtime.metrics import PrometheusMetrics
 
 from .support import Harness, eventually
@@ -30,6 +30,13 @@ async def bad(ctx: OrchestrationContext, x: str) -> str:
     return await ctx.schedule_activity("Boom", x)
 
 
+async def retried(ctx: OrchestrationContext, x: str) -> str:
+    try:
+        return await ctx.schedule_activity("Boom", x, retry=RetryPolicy(max_attempts=3, backoff=0))
+    except ActivityFailed:
+        return "gave up"
+
+
 async def waits(ctx: OrchestrationContext, x: str) -> str:
     await ctx.schedule_timer(3600)
     return x
@@ -42,7 +49,8 @@ def value(metrics: PrometheusMetrics, metric: str, /, **labels: str) -> float:
 
 async def test_metrics_count_a_real_run(harness: Harness) -> None:
     metrics = PrometheusMetrics()
-    await harness.start({"Good": good, "Bad": bad, "Waits": waits}, {"Ok": ok, "Boom": boom}, observers=[metrics])
+    await harness.start({"Good": good, "Bad": bad, "Retried": retried, "Waits": waits}, {"Ok": ok, "Boom": boom},
+                        observers=[metrics])
     for i in range(3):
         assert await harness.run(f"g{i}", "Good", "x") == OrchestrationStatus.Completed(output="x")
     assert isinstance(await harness.run("b", "Bad", "x"), OrchestrationStatus.Failed)
@@ -63,6 +71,9 @@ async def test_metrics_count_a_real_run(harness: Harness) -> None:
     assert value(metrics, "duroxide_activity_completed_total", name="Boom", outcome="failure") == 1
     assert value(metrics, "duroxide_activity_duration_seconds_count", name="Ok") == 6
     assert value(metrics, "duroxide_activity_retries_total", name="Ok") == 0
+    assert value(metrics, "duroxide_activity_retries_total", name="Boom") == 0
+    assert await harness.run("r", "Retried", "x") == OrchestrationStatus.Completed(output="gave up")
+    assert value(metrics, "duroxide_activity_retries_total", name="Boom") == 2  # attempts 2 and 3 of 3
 
     await metrics.sample(harness.store)
     assert value(metrics, "duroxide_active_instances") == 1  # "w" waits on its timer

@@ -248,8 +248,9 @@ class ActivityWorker:
             renew = asyncio.current_task()
             assert renew is not None
             self._leases.hold(lease, actx, renew)
-        self.observer.activity_started(ActivityStarted(work.name, work.instance_id, lease.dequeue_count,
-                                                       work.execution_id, work.event_id, work.trace_context))
+        self.observer.activity_started(ActivityStarted(work.name, work.instance_id, work.attempt,
+                                                       work.execution_id, work.event_id, work.trace_context,
+                                                       delivery=lease.dequeue_count))
         began = time.perf_counter()
         try:
             result = await self._invoke(fn, work.input, call)
