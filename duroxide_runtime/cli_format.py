@@ -202,14 +202,20 @@ def describe(event: HistoryEvent, start_ms: int) -> str:
             return kind
 
 
+def _at(event: HistoryEvent) -> str:
+    """`` at shop/orders.py:42`` for a schedule event that recorded the line of its call, else ``""``."""
+    source: str | None = getattr(event, "source", None)
+    return f"  at {inert(source)}" if source else ""
+
+
 def timeline(events: Sequence[HistoryEvent]) -> list[str]:
-    """One line per event: ``#id``, time since the execution started, and :func:`describe`."""
+    """One line per event: ``#id``, time since the execution started, :func:`describe`, and where it was called."""
     if not events:
         return []
     start = events[0].timestamp_ms
     width = len(f"#{events[-1].event_id}")
     return [f"{('#' + str(e.event_id)).rjust(width)}  {format_offset(e.timestamp_ms - start):<11}  "
-            f"{describe(e, start)}" for e in events]
+            f"{describe(e, start)}{_at(e)}" for e in events]
 
 
 #: The events that end an execution, and how the ``history`` header names each ending.

@@ -35,6 +35,7 @@ from .engine.commands import (
     WaitForEvent,
 )
 from .engine.commands import Emit, SetState, UpdateArrival, WaitForUpdate
+from .callsite import caller_source
 from .errors import ActivityTimeoutError, ConfigurationError, DurableTaskFailed
 from .limits import (
     MAX_ID_CHARS, MAX_NAME_CHARS, MAX_VERSION_CHARS, check_identifier, check_seconds, check_text,
@@ -139,11 +140,13 @@ class OrchestrationContext:
         if retry is None and timeout is None:
             return self._x.issue(ScheduleActivity(name=name, input=input, heartbeat_timeout_ms=beat_ms))
         limit = None if timeout is None else check_seconds(timeout, "activity timeout")
+        # The attempts run in a task of their own, where the caller is no longer on the
+        # stack: its line is taken now, for every attempt and timer of the call.
         return self._x.loop.create_task(
-            self._activity_with_policy(name, input, retry or RetryPolicy(1), limit, beat_ms))
+            self._activity_with_policy(name, input, retry or RetryPolicy(1), limit, beat_ms, caller_source()))
 
     async def _activity_with_policy(self, name: str, input: str, retry: RetryPolicy, limit: float | None,
-                                    beat_ms: int | None) -> str:
+                                    beat_ms: int | None, source: str | None) -> str:
         # Each attempt is its own ActivityScheduled, numbered, naming the call's first attempt
         # (its heartbeat details live under that event). Whether to retry reads only the
         # recorded failure, so every replay decides alike.
@@ -151,20 +154,25 @@ class OrchestrationContext:
         while True:
             try:
                 call = self._x.issue(ScheduleActivity(name=name, input=input, attempt=attempt, first_event_id=first,
-                                                      heartbeat_timeout_ms=beat_ms))
+                                                      heartbeat_timeout_ms=beat_ms, source=source))
                 if first is None:
                     first = call.event_id
                 if limit is None:
                     return str(await call)
-                idx, done = await self.select2(call, self.schedule_timer(limit))
+                idx, done = await self.select2(call, self._timer_of_call(limit, source))
                 if idx == 1:
                     raise ActivityTimeoutError(name, limit)
                 return str(done.result())
             except DurableTaskFailed as err:
                 if attempt >= retry.max_attempts or not retry.is_retryable(err.details):
                     raise
-                await self.schedule_timer(retry.backoff_after(attempt))
+                await self._timer_of_call(retry.backoff_after(attempt), source)
                 attempt += 1
+
+    def _timer_of_call(self, seconds: float, source: str | None) -> DurableFuture[None]:
+        """A timer of a retried or timed activity call (its timeout, a back-off), recorded at the call's line."""
+        seconds = check_seconds(seconds, "timer delay")
+        return self._x.issue(CreateTimer(fire_at_ms=self._x.now_ms + round(seconds * 1000), source=source))
 
     def schedule_timer(self, delay: timedelta | float) -> DurableFuture[None]:
         """A durable timer that fires after ``delay`` (a timedelta or seconds); survives restarts.

@@ -19,7 +19,7 @@ matched::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import orjson
@@ -32,7 +32,14 @@ __all__ = ["Event", "HistoryEvent", "encode_event", "decode_event", "SCHEDULE_KI
 
 @dataclass(frozen=True, kw_only=True)
 class HistoryEvent:
-    """Base of every history event: its position and when it was recorded (ms since epoch)."""
+    """Base of every history event: its position and when it was recorded (ms since epoch).
+
+    Schedule events (``is_schedule``) also carry ``source``: the ``"path/file.py:42"`` of
+    the orchestration code's call that recorded them (relative to the working directory
+    when inside it), ``None`` when unknown (the engine's own timers, histories recorded
+    before the field existed). It is for people reading history: replay never compares
+    it (a call that moved to another line replays), nor does ``==`` between events.
+    """
 
     event_id: int
     timestamp_ms: int = 0
@@ -137,6 +144,7 @@ class Event(metaclass=_EventNamespace):
         attempt: int = 1
         first_event_id: int | None = None
         heartbeat_timeout_ms: int | None = None
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class ActivityCompleted(_Completion):
@@ -154,6 +162,7 @@ class Event(metaclass=_EventNamespace):
 
         is_schedule: ClassVar[bool] = True
         fire_at_ms: int
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class TimerFired(_Completion):
@@ -170,6 +179,7 @@ class Event(metaclass=_EventNamespace):
         version: str | None
         instance_id: str
         input: str
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class SubOrchestrationCompleted(_Completion):
@@ -190,6 +200,7 @@ class Event(metaclass=_EventNamespace):
         version: str | None
         instance_id: str
         input: str
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class EventSubscribed(HistoryEvent):
@@ -197,6 +208,7 @@ class Event(metaclass=_EventNamespace):
 
         is_schedule: ClassVar[bool] = True
         name: str
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class EventRaised(HistoryEvent):
@@ -212,6 +224,7 @@ class Event(metaclass=_EventNamespace):
         is_schedule: ClassVar[bool] = True
         op: str
         value: str
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class StateSet(HistoryEvent):
@@ -220,6 +233,7 @@ class Event(metaclass=_EventNamespace):
         is_schedule: ClassVar[bool] = True
         key: str
         value: str
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class StreamEmitted(HistoryEvent):
@@ -228,6 +242,7 @@ class Event(metaclass=_EventNamespace):
         is_schedule: ClassVar[bool] = True
         offset: int
         value: str
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class UpdateSubscribed(HistoryEvent):
@@ -235,6 +250,7 @@ class Event(metaclass=_EventNamespace):
 
         is_schedule: ClassVar[bool] = True
         name: str
+        source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)
     class UpdateRequested(HistoryEvent):
@@ -253,6 +269,7 @@ class Event(metaclass=_EventNamespace):
         name: str
         result: str | None = None
         rejected: str | None = None
+        source: str | None = field(default=None, compare=False)
 
 
 _VARIANTS: dict[str, type[HistoryEvent]] = {

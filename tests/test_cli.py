@@ -9,7 +9,9 @@ running while the tool works, so cancel and raise are seen to take effect.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -246,14 +248,28 @@ async def test_show_text_and_json(world: World) -> None:
 
 
 def _timeline(out: str) -> list[tuple[int, float, str]]:
-    """``(event id, offset in ms, description)`` per timeline line (after the header)."""
+    """``(event id, offset in ms, description)`` per timeline line (after the header), without the source."""
+    return [row[:3] for row in _timeline_at(out)]
+
+
+def _timeline_at(out: str) -> list[tuple[int, float, str, str | None]]:
+    """``(event id, offset in ms, description, "file:line" or None)`` per timeline line (after the header)."""
     rows = []
     for line in out.splitlines()[1:]:
-        m = re.fullmatch(r"\s*#(\d+)\s+\+(\d+\.\d+) (ms|s)\s+(.*)", line)
+        m = re.fullmatch(r"\s*#(\d+)\s+\+(\d+\.\d+) (ms|s)\s+(.*?)(?:  at (\S+:\d+))?", line)
         assert m, f"not a timeline line: {line!r}"
         scale = 1.0 if m.group(3) == "ms" else 1000.0
-        rows.append((int(m.group(1)), float(m.group(2)) * scale, m.group(4)))
+        rows.append((int(m.group(1)), float(m.group(2)) * scale, m.group(4), m.group(5)))
     return rows
+
+
+def _line_of(fn: Any, needle: str) -> str:
+    """``file:line`` (as the runtime records it) of the line of ``fn`` that contains ``needle``."""
+    lines, first = inspect.getsourcelines(fn)
+    number = first + next(i for i, text in enumerate(lines) if needle in text)
+    path = os.path.abspath(inspect.getfile(fn))
+    relative = os.path.relpath(path)
+    return f"{path if relative.startswith(os.pardir) else relative}:{number}"
 
 
 async def test_history_timeline(world: World) -> None:
@@ -270,6 +286,9 @@ async def test_history_timeline(world: World) -> None:
     assert fires and float(fires.group(1)) >= 50.0
     assert what[4:] == ["TimerFired #4", "OrchestrationCompleted -> 'Hello, World!'"]
     assert rows[4][1] >= float(fires.group(1))  # the timer fired no earlier than it was due
+    # Schedule events say which line of the orchestration made them; the others do not.
+    sources = [r[3] for r in _timeline_at(result.out)]
+    assert sources == [None, _line_of(hello, "schedule_activity"), None, _line_of(hello, "schedule_timer"), None, None]
 
     assert _timeline((await world.cli("history", "fail-1")).out)[-1][2] == "OrchestrationFailed ValueError: boom"
     parent_rows = [r[2] for r in _timeline((await world.cli("history", "parent-1")).out)]
@@ -279,6 +298,8 @@ async def test_history_timeline(world: World) -> None:
     assert child_rows[0][2] == "OrchestrationStarted Child@1.0.0('abc') (child of 'parent-1')"
     waiting = await world.cli("history", "wait-1")
     assert [r[2] for r in _timeline(waiting.out)][1:] == ["EventSubscribed 'approval'"]
+    assert _timeline_at(waiting.out)[1][3] == _line_of(wait_approval, "schedule_wait")
+    assert _timeline_at((await world.cli("history", "parent-1")).out)[1][3] == _line_of(parent, "schedule_sub")
 
     current = await world.cli("history", "count-1")
     assert current.out.splitlines()[0] == "count-1 (Counter) execution 3 of 3, Completed"
@@ -304,6 +325,8 @@ async def test_history_json_is_the_stored_events(world: World) -> None:
         assert result.code == 0, result.err
         stored = await world.client.read_history(instance_id, execution)
         assert result.json() == [json.loads(encode_event(e)) for e in stored]
+    scheduled = [e for e in (await world.cli("history", "done-1", "--json")).json() if e["type"] == "ActivityScheduled"]
+    assert [e["source"] for e in scheduled] == [_line_of(hello, "schedule_activity")]
     events = (await world.cli("--json", "history", "fail-1")).json()
     assert events[-1]["type"] == "OrchestrationFailed"
     assert events[-1]["details"]["error_type"] == "ValueError" and "Traceback" in events[-1]["details"]["traceback"]

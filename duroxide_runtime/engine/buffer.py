@@ -53,10 +53,14 @@ from .interaction import Interaction
 from .matcher import HistoryMatcher
 from .output import Output
 from .payloads import check_size, check_str
+from ..callsite import caller_source, stop_at
 
 __all__ = ["CommandBuffer", "Identity", "Journal", "ReplayAborted"]
 
 _log = logging.getLogger("duroxide.replay")
+
+# Orchestration code runs above the loop's callback runner: the search for a call's source line stops there.
+stop_at(OrchestrationLoop._run.__code__, OrchestrationLoop.run_ready.__code__)
 
 # Which kind of schedule each completion event completes.
 _COMPLETES: dict[type[HistoryEvent], CommandKind] = {
@@ -378,39 +382,49 @@ class CommandBuffer:
 
     def _record(self, command: Command) -> HistoryEvent:
         """The new schedule event of ``command``; unwinds the code if recording it ended the execution."""
-        event = self._new_event(command, self._journal.next_event_id(), self._journal.stamp_ms)
+        event = self._new_event(command, self._journal.next_event_id(), self._journal.stamp_ms, self._source(command))
         if not self._journal.append(event) or self._journal.ended:
             raise ReplayAborted()  # the history limit ended the execution
         return event
 
-    def _new_event(self, command: Command, event_id: int, ts: int) -> HistoryEvent:
+    def _source(self, command: Command) -> str | None:
+        """The ``file:line`` of the orchestration code's call behind ``command`` (only ever asked live)."""
+        given = getattr(command, "source", None)
+        if given is not None:
+            return str(given)
+        # Outside the loop it is the engine that issues (a cancellation's grace timer, a
+        # rejected update's reply): no orchestration code is on the stack.
+        return caller_source() if self.loop.is_running() else None
+
+    def _new_event(self, command: Command, event_id: int, ts: int, src: str | None) -> HistoryEvent:
         if isinstance(command, ScheduleActivity):
             return Event.ActivityScheduled(event_id=event_id, timestamp_ms=ts, name=command.name, input=command.input,
                                            attempt=command.attempt, first_event_id=command.first_event_id,
-                                           heartbeat_timeout_ms=command.heartbeat_timeout_ms)
+                                           heartbeat_timeout_ms=command.heartbeat_timeout_ms, source=src)
         if isinstance(command, CreateTimer):
-            return Event.TimerCreated(event_id=event_id, timestamp_ms=ts, fire_at_ms=command.fire_at_ms)
+            return Event.TimerCreated(event_id=event_id, timestamp_ms=ts, fire_at_ms=command.fire_at_ms, source=src)
         if isinstance(command, (ScheduleSubOrchestration, StartDetached)):
             child = command.instance_id or f"{self.instance_id}::sub::{event_id}"
             cls = Event.SubOrchestrationScheduled if isinstance(command, ScheduleSubOrchestration) \
                 else Event.OrchestrationChained
             return cls(event_id=event_id, timestamp_ms=ts, name=command.name, version=command.version,
-                       instance_id=child, input=command.input)
+                       instance_id=child, input=command.input, source=src)
         if isinstance(command, WaitForEvent):
-            return Event.EventSubscribed(event_id=event_id, timestamp_ms=ts, name=command.name)
+            return Event.EventSubscribed(event_id=event_id, timestamp_ms=ts, name=command.name, source=src)
         if isinstance(command, SetState):
-            return Event.StateSet(event_id=event_id, timestamp_ms=ts, key=command.key, value=command.value)
+            return Event.StateSet(event_id=event_id, timestamp_ms=ts, key=command.key, value=command.value, source=src)
         if isinstance(command, Emit):
             return Event.StreamEmitted(event_id=event_id, timestamp_ms=ts, offset=self.interaction.stream_next,
-                                       value=command.value)
+                                       value=command.value, source=src)
         if isinstance(command, WaitForUpdate):
-            return Event.UpdateSubscribed(event_id=event_id, timestamp_ms=ts, name=command.name)
+            return Event.UpdateSubscribed(event_id=event_id, timestamp_ms=ts, name=command.name, source=src)
         if isinstance(command, ReplyUpdate):
             return Event.UpdateReplied(event_id=event_id, timestamp_ms=ts, request_id=command.request_id,
-                                       name=command.name, result=command.result, rejected=command.rejected)
+                                       name=command.name, result=command.result, rejected=command.rejected,
+                                       source=src)
         wall_clock_ms = self._journal.stamp_ms or int(time.time() * 1000)
         return Event.SystemCall(event_id=event_id, timestamp_ms=ts, op=command.op.value,
-                                value=command.op.generate(wall_clock_ms))
+                                value=command.op.generate(wall_clock_ms), source=src)
 
     def _resolve_wait(self, fut: DurableFuture[Any], data: str) -> None:
         self._seq += 1

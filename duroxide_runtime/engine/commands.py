@@ -79,6 +79,8 @@ class ScheduleActivity:
     ``attempt`` and ``first_event_id`` place it in a retried call (attempt 2 of the call
     first scheduled as event 4: ``attempt=2, first_event_id=4``); ``heartbeat_timeout_ms``
     is the call's heartbeat timeout (``None``: none). Only name and input are matched on replay.
+    ``source`` is the ``file:line`` of the call when it is known before the command is issued
+    (a retried call's later attempts run in a task of their own); ``None``: found on the stack.
     """
 
     name: str
@@ -86,14 +88,19 @@ class ScheduleActivity:
     attempt: int = 1
     first_event_id: int | None = None
     heartbeat_timeout_ms: int | None = None
+    source: str | None = field(default=None, compare=False)
     kind: ClassVar[CommandKind] = CommandKind.ACTIVITY
 
 
 @dataclass(frozen=True)
 class CreateTimer:
-    """A durable timer due at ``fire_at_ms`` (orchestration time): ``CreateTimer(fire_at_ms=now + 5000)``."""
+    """A durable timer due at ``fire_at_ms`` (orchestration time): ``CreateTimer(fire_at_ms=now + 5000)``.
+
+    ``source``: the ``file:line`` of the call it belongs to, when known up front (a retry's back-off).
+    """
 
     fire_at_ms: int
+    source: str | None = field(default=None, compare=False)
     kind: ClassVar[CommandKind] = CommandKind.TIMER
 
 
