@@ -38,9 +38,11 @@ install()
 
 
 @pytest.fixture
-def virtual_clock() -> VirtualClock:
+async def virtual_clock() -> AsyncIterator[VirtualClock]:
     """A :class:`VirtualClock` for the test: durable timers fire as soon as nothing else can run."""
-    return VirtualClock()
+    clock = VirtualClock()
+    yield clock
+    await clock.aclose()  # after the runtime and store fixtures that use it have ended
 
 
 @pytest.fixture

@@ -184,6 +184,7 @@ class VirtualClock:
         self._deciding: asyncio.Task[None] | None = None
         self._until_idle: list[asyncio.Future[None]] = []
         self._jumps = 0
+        self._closed = False
 
     # -- reading ------------------------------------------------------------------
 
@@ -238,6 +239,24 @@ class VirtualClock:
 
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
         return await self._wait(event, timeout, timeout, None)
+
+    async def aclose(self) -> None:
+        """Stop deciding (end of the test, after the runtime shut down): the clock's own task
+        ends here, not pending when the event loop closes. Time no longer moves by itself.
+
+        Example::
+
+            await runtime.shutdown()
+            await clock.aclose()
+        """
+        self._closed = True
+        task = self._deciding
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
 
     async def until_idle(self) -> None:
         """Return once time cannot move: nothing runs and no deadline is left.
@@ -330,7 +349,7 @@ class VirtualClock:
         look again (the generation moves), but none need start.
         """
         self._generation += 1
-        if self._deciding is not None or not decide:
+        if self._deciding is not None or not decide or self._closed:
             return  # the running decision sees the new generation and looks again
         try:
             loop = asyncio.get_running_loop()

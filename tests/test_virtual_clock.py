@@ -84,6 +84,9 @@ async def harnesses() -> AsyncIterator[list[Harness]]:
     finally:
         for h in started:
             await h.stop()
+        for h in started:  # then their clocks: the clock's own task must not outlive the test's loop
+            if isinstance(h.store.clock, VirtualClock):
+                await h.store.clock.aclose()
 
 
 def _harness(store: Provider, mode: str, started: list[Harness]) -> Harness:
