@@ -72,7 +72,7 @@ def duroxide_main(*, provider: str = "sqlite", db_path: str | os.PathLike[str] |
                   connection_pool_size: int | None = None, log_level: str = "info",
                   options: RuntimeOptions | None = None, metrics: bool = False, prometheus_port: int | None = None,
                   tracing_backend: str | None = None, otlp_endpoint: str | None = None,
-                  jaeger_endpoint: str | None = None
+                  jaeger_endpoint: str | None = None, ui_port: int | None = None
                   ) -> Callable[[Callable[[], Coroutine[Any, Any, T]]], Callable[[], T]]: ...
 
 
@@ -81,7 +81,8 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
                   database_url: str | None = None, connection_pool_size: int | None = None,
                   log_level: str = "info", options: RuntimeOptions | None = None, metrics: bool = False,
                   prometheus_port: int | None = None, tracing_backend: str | None = None,
-                  otlp_endpoint: str | None = None, jaeger_endpoint: str | None = None) -> Any:
+                  otlp_endpoint: str | None = None, jaeger_endpoint: str | None = None,
+                  ui_port: int | None = None) -> Any:
     """Turn ``async def main()`` into a plain function that runs the whole program.
 
     ``provider``: ``"sqlite"`` (default; ``db_path`` or a temp dir), ``"memory"``,
@@ -97,6 +98,8 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
     ``tracing_backend="opentelemetry"``: spans of the runtime exported over OTLP/HTTP
     to ``otlp_endpoint`` or ``jaeger_endpoint`` (either one alone turns tracing on);
     needs the ``otlp`` extra.
+    ``ui_port``: serve the web UI of the store (``duroxide ui``) on 127.0.0.1 at that
+    port while the program runs; needs the ``ui`` extra.
 
     Example::
 
@@ -118,12 +121,15 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
         require_extra("prometheus_client", "prometheus_client", "metrics",
                       f"duroxide_main({'metrics=True' if metrics else f'prometheus_port={prometheus_port}'})")
 
+    if ui_port is not None:
+        _check_ui_port(ui_port)
+
     def wrap(body: Callable[[], Coroutine[Any, Any, Any]]) -> Callable[[], Any]:
         config = _Config(provider=provider, db_path=_resolve_db_path(db_path, body), url=url, pool_size=pool_size,
                          options=options, metrics=metrics or prometheus_port is not None,
                          prometheus_port=prometheus_port,
                          tracing=TracingSetup.of(tracing_backend, otlp_endpoint, jaeger_endpoint,
-                                                 _program_name(body)))
+                                                 _program_name(body)), ui_port=ui_port)
 
         @functools.wraps(body)
         def run() -> Any:
@@ -153,6 +159,16 @@ class _Config:
     metrics: bool
     prometheus_port: int | None
     tracing: TracingSetup | None
+    ui_port: int | None = None
+
+
+def _check_ui_port(port: int) -> None:
+    """``ui_port``: a TCP port (0: any free one, logged), and the ``ui`` extra installed."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigurationError(f"duroxide_main(ui_port={port!r}) is not a port number",
+                                 fix="pass a port from 1 to 65535 (0: any free port), or leave ui_port out")
+    require_extra("aiohttp", "aiohttp", "ui", f"duroxide_main(ui_port={port})")
+    require_extra("jinja2", "Jinja2", "ui", f"duroxide_main(ui_port={port})")
 
 
 def _connection_string(provider: str, connection_string: str | None, database_url: str | None) -> str | None:
@@ -279,6 +295,7 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], config: _Config) -
         token = None
         metrics = None
         tracer_provider = None
+        ui = None
         try:
             builder = (Runtime.builder().store(store).discover_activities().discover_orchestrations()
                        .options(config.options or RuntimeOptions()))
@@ -294,6 +311,11 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], config: _Config) -
                 tracer_provider = config.tracing.start()
                 builder.observer(OpenTelemetryTracing(tracer_provider))
             rt = await builder.start()
+            if config.ui_port is not None:
+                from duroxide_runtime import serve_ui  # loads aiohttp: only for programs that serve the UI
+
+                ui = await serve_ui(store, port=config.ui_port)
+                _log.info("web UI at %s", ui.url)
             client = rt.client()
             token = set_ambient_client(client)
             return await body()
@@ -302,6 +324,8 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], config: _Config) -
                 metrics.stop_sampling()
             if token is not None:
                 set_ambient_client(None)
+            if ui is not None:
+                await ui.close()
             if rt is not None:
                 await rt.shutdown()
             await store.close()

@@ -42,6 +42,7 @@ from .errors import (
     ErrorDetails,
     InstanceAlreadyExistsError,
     InstanceNotFoundError,
+    InstanceStateError,
     InstanceStillRunningError,
     NonDeterminismError,
     NonDeterministicOperationError,
@@ -85,6 +86,7 @@ if TYPE_CHECKING:
     # Importable, but not in __all__: a star import must not need the `otel` extra.
     from .tracing import OpenTelemetryTracing as OpenTelemetryTracing
     from .tracing import current_activity_span as current_activity_span
+    from .ui import serve as serve_ui
 else:
     def __getattr__(name: str) -> object:
         # The codec imports pydantic (~70 ms): only for programs that use typed payloads.
@@ -101,13 +103,18 @@ else:
             from . import tracing
 
             return getattr(tracing, name)
+        # The web UI (its server loads aiohttp and Jinja2 only when started).
+        if name == "serve_ui":
+            from .ui import serve
+
+            return serve
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ActivityContext", "activity_context", "Client", "Clock", "SystemClock", "DurableFuture", "OrchestrationContext",
     "ActivityFailed", "ActivityTimeoutError", "ConfigurationError", "CorruptHistoryError", "DuroxideError",
     "DurableTaskFailed", "ErrorCode", "ErrorDetails", "InstanceAlreadyExistsError", "InstanceNotFoundError",
-    "InstanceStillRunningError", "NonDeterminismError", "NonDeterministicOperationError", "NonRetryableError",
+    "InstanceStateError", "InstanceStillRunningError", "NonDeterminismError", "NonDeterministicOperationError", "NonRetryableError",
     "OrchestrationCancelled",
     "OrchestrationStuckError", "PayloadError", "PayloadTooLargeError", "InvalidInputError", "PoisonMessageError", "StoreError", "StoreTimeoutError",
     "SubOrchestrationFailed",
@@ -126,7 +133,7 @@ __all__ += [
 __all__ += [
     "current_activity", "orchestration_context", "current_orchestration", "trace", "skip_trace_frames_of",
     "DiscoverySource", "register_discovery_source", "load_discovery_entry_points", "to_seconds",
-    "DEFAULT_VERSION", "PrometheusMetrics", "ActivityMetrics",
+    "DEFAULT_VERSION", "PrometheusMetrics", "ActivityMetrics", "serve_ui",
 ]
 
 # Virtual time (issue 14): the clock that moves by itself, and what the runtime reports to such a clock.

@@ -10,6 +10,8 @@ Usage::
     duroxide --store app.db cancel order-1 --reason "customer asked"
     duroxide --store app.db raise order-1 approval '{"ok": true}'
     duroxide --store app.db purge order-1
+    duroxide --store app.db suspend order-1 --reason "payment provider down"
+    duroxide --store app.db rewind --status Failed --name Checkout --yes --progress
     duroxide --store postgresql://db/prod purge --status Completed --older-than 86400 --yes
 
 The store is a SQLite file (a plain path or ``sqlite://`` URL) or a PostgreSQL
@@ -44,13 +46,17 @@ from .errors import DuroxideError, ErrorCode, InstanceNotFoundError, StoreError
 from .providers.base import Provider
 from .status import InstanceInfo, OrchestrationStatus
 from . import cli_format as fmt
+from . import cli_operations as ops
+from .cli_operations import EXIT_FAILED, EXIT_OK, Aborted, confirm
+from .operations import Operation
+from .ui.command import add_ui_command, cmd_ui, resolve_token
 
-__all__ = ["main", "build_parser", "open_store", "UsageError", "StoreNotFoundError"]
+__all__ = ["main", "build_parser", "open_store", "UsageError", "StoreNotFoundError", "Aborted"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_USAGE = 2  # and EXIT_OK (0), EXIT_FAILED (1) from cli_operations
 #: Environment variable naming the store when ``--store`` is not given.
 STORE_ENV = "DUROXIDE_STORE"
-STATUSES = ("Pending", "Running", "Completed", "Failed")
+STATUSES = ("Pending", "Running", "Completed", "Failed", "Suspended")
 #: Upper bound on the instances one bulk purge looks at.
 BULK_LIMIT = 1_000_000
 
@@ -72,13 +78,8 @@ CLI_FIXES = {
     "INSTANCE_NOT_FOUND": "check the instance id (`duroxide list` shows what exists) and that --store names "
                           "the store the runtime uses",
     "INSTANCE_RUNNING": "cancel it first (`duroxide cancel ID`) or pass --force",
+    "INSTANCE_EXISTS": "pick another --new-id, or purge the instance that has it (`duroxide purge ID`)",
 }
-
-
-class Aborted(DuroxideError):
-    """The operator declined a confirmation; nothing was done."""
-
-    code = ErrorCode.ABORTED
 
 
 # -- command line -------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def _global_options() -> _Parser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``duroxide`` argument parser with its six commands."""
+    """The ``duroxide`` argument parser with its eleven commands (recovery operations: :mod:`cli_operations`)."""
     common = _global_options()
     parser = _Parser(prog="duroxide", parents=[common],
                      description="Inspect and steer duroxide orchestration instances in a store.",
@@ -162,9 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execution", type=_positive_int, metavar="N",
                    help="this execution (after continue-as-new; default: the current one)")
 
-    p = commands.add_parser("cancel", parents=[common], help="cancel a running instance")
-    p.add_argument("id", metavar="ID")
+    p = commands.add_parser("cancel", parents=[common], help="cancel a running instance (or all a filter selects)")
+    p.add_argument("id", metavar="ID", nargs="?", help="the instance (or pass filters instead)")
     p.add_argument("--reason", default="cancelled by operator", help="recorded as the failure message")
+    ops.add_filter_options(p, _status_arg)
 
     p = commands.add_parser("raise", parents=[common], help="raise an external event on an instance")
     p.add_argument("id", metavar="ID")
@@ -180,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bulk: only those last updated at least this long ago")
     p.add_argument("--yes", action="store_true", help="bulk: do not ask for confirmation")
     p.add_argument("--progress", action="store_true", help="bulk: show progress even if stderr is not a terminal")
+
+    ops.add_operation_commands(commands, common, _status_arg)
+    add_ui_command(commands, common)
     return parser
 
 
@@ -206,12 +211,16 @@ def parse_options(argv: Sequence[str], environ: dict[str, str]) -> Options:
     """Parse ``argv``; the store falls back to ``$DUROXIDE_STORE``."""
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    store = getattr(args, "store", None) or environ.get(STORE_ENV, "")
+    store = getattr(args, "store_arg", None) or getattr(args, "store", None) or environ.get(STORE_ENV, "")
     if not store:
         parser.error(f"no store given: pass --store URL_OR_PATH or set {STORE_ENV}")
     command = str(args.command)
     if command == "purge":
         _check_purge_args(parser, args)
+    if command in ops.FILTERED_COMMANDS:
+        ops.check_operation_args(parser, args)
+    if command == "ui":
+        resolve_token(args, environ)
     return Options(command, store, getattr(args, "schema", None), bool(getattr(args, "json", False)), args)
 
 
@@ -385,7 +394,9 @@ async def cmd_show(client: Client, opts: Options, out: Output) -> int:
     details = status.details if isinstance(status, OrchestrationStatus.Failed) else None
     executions = await client.list_executions(instance_id)
     state = await client.get_states(instance_id)
-    out.emit(fmt.show_text(info, details, executions, state), fmt.show_json(info, details, executions, state))
+    suspension = fmt.suspension_of(await client.read_history(instance_id)) if info.status == "Suspended" else None
+    out.emit(fmt.show_text(info, details, executions, state, suspension),
+             fmt.show_json(info, details, executions, state, suspension))
     return EXIT_OK
 
 
@@ -417,9 +428,12 @@ async def _report_delivery(client: Client, out: Output, instance_id: str, delive
 
 
 async def cmd_cancel(client: Client, opts: Options, out: Output) -> int:
-    """``cancel ID [--reason R]``: ask a running instance to end Failed (cascades to children)."""
+    """``cancel ID [--reason R]``: ask a running instance to end Failed (cascades to children);
+    with filters instead of ID, every instance they select."""
+    if opts.optional("id") is None:
+        return await ops.run_filtered(client, Operation.CANCEL, opts, out)
     instance_id = opts.text("id")
-    delivered = await client.cancel_instance(instance_id, opts.text("reason"))
+    delivered = await client.cancel_instance(instance_id, opts.text("reason"), by=ops.cli_by())
     return await _report_delivery(client, out, instance_id, delivered, "cancel requested for")
 
 
@@ -432,7 +446,7 @@ async def cmd_raise(client: Client, opts: Options, out: Output) -> int:
     """``raise ID NAME [DATA]``: deliver an external event."""
     instance_id, name = opts.text("id"), opts.text("name")
     data = _event_data(opts.text("data"), sys.stdin)
-    delivered = await client.raise_event(instance_id, name, data)
+    delivered = await client.raise_event(instance_id, name, data, by=ops.cli_by())
     return await _report_delivery(client, out, instance_id, delivered, f"event {name!r} raised on")
 
 
@@ -455,16 +469,6 @@ def _bulk_candidates(infos: Sequence[InstanceInfo], older_than: float | None, no
     return [i for i in infos if i.updated_at_ms <= cutoff]
 
 
-def _confirm(question: str, stdin: TextIO, err: TextIO) -> bool:
-    """Ask on stderr, read one line from stdin; only ``y``/``yes`` agrees."""
-    err.write(f"{question} [y/N] ")
-    err.flush()
-    answer = stdin.readline()
-    if not answer.endswith("\n"):  # end of input: finish the prompt's line
-        err.write("\n")
-    return answer.strip().lower() in ("y", "yes")
-
-
 async def _purge_bulk(client: Client, opts: Options, out: Output) -> int:
     """``purge --status S [--older-than SECONDS] [--yes]``: many finished instances, with progress."""
     status: str = opts.args.status
@@ -475,8 +479,8 @@ async def _purge_bulk(client: Client, opts: Options, out: Output) -> int:
         out.emit(f"no {status} instances to purge", {"purged": []})
         return EXIT_OK
     age = f" last updated over {older_than:g} s ago" if older_than is not None else ""
-    if not opts.args.yes and not _confirm(f"purge {len(infos)} {status} instance(s){age}, "
-                                          "with their sub-orchestrations?", sys.stdin, out.err):
+    if not opts.args.yes and not confirm(f"purge {len(infos)} {status} instance(s){age}, "
+                                         "with their sub-orchestrations?", sys.stdin, out.err):
         raise Aborted("nothing was purged", fix="answer y, or pass --yes")
     progress = fmt.Progress("purging", len(infos), out.err, enabled=bool(opts.args.progress) or out.err.isatty())
     purged: list[str] = []
@@ -497,7 +501,8 @@ async def cmd_purge(client: Client, opts: Options, out: Output) -> int:
 
 COMMANDS: dict[str, Command] = {
     "list": cmd_list, "show": cmd_show, "history": cmd_history,
-    "cancel": cmd_cancel, "raise": cmd_raise, "purge": cmd_purge,
+    "cancel": cmd_cancel, "raise": cmd_raise, "purge": cmd_purge, **ops.COMMANDS,
+    "ui": cmd_ui,
 }
 
 

@@ -30,7 +30,7 @@ from .status import InstanceInfo
 
 __all__ = [
     "JsonObject", "inert", "short", "format_time", "format_offset", "table", "instance_table", "instance_json",
-    "show_text", "show_json", "describe", "timeline", "execution_outcome", "event_json", "Progress",
+    "show_text", "show_json", "suspension_of", "describe", "timeline", "execution_outcome", "event_json", "Progress",
 ]
 
 #: A JSON object as the tool prints it.
@@ -113,22 +113,48 @@ def _details_json(details: ErrorDetails | None) -> JsonObject | None:
     return dataclasses.asdict(details) if details is not None else None
 
 
+def suspension_of(events: Sequence[HistoryEvent]) -> Event.OrchestrationSuspended | None:
+    """The suspension a suspended instance is in: the last ``OrchestrationSuspended`` of its
+    current execution's ``events``, unless an ``OrchestrationResumed`` came after it.
+
+    Example::
+
+        suspension_of(await client.read_history("order-1"))   # OrchestrationSuspended(reason='fraud check', ...)
+    """
+    for event in reversed(events):
+        if isinstance(event, Event.OrchestrationResumed):
+            return None
+        if isinstance(event, Event.OrchestrationSuspended):
+            return event
+    return None
+
+
+def _suspension_json(suspension: Event.OrchestrationSuspended | None) -> JsonObject | None:
+    if suspension is None:
+        return None
+    return {"reason": suspension.reason, "by": suspension.by, "at_ms": suspension.timestamp_ms}
+
+
 def show_json(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int],
-              state: Mapping[str, str] | None = None) -> JsonObject:
-    """``show --json``: the instance's fields, its execution ids, its state and the error with its traceback."""
+              state: Mapping[str, str] | None = None,
+              suspension: Event.OrchestrationSuspended | None = None) -> JsonObject:
+    """``show --json``: the instance's fields, its execution ids, its state, the error with its traceback,
+    and for a suspended instance ``suspended``: who suspended it, why and when (else ``null``)."""
     return {**instance_json(info), "executions": list(executions), "state": dict(state or {}),
-            "error_details": _details_json(details)}
+            "error_details": _details_json(details), "suspended": _suspension_json(suspension)}
 
 
 def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int],
-              state: Mapping[str, str] | None = None) -> str:
+              state: Mapping[str, str] | None = None,
+              suspension: Event.OrchestrationSuspended | None = None) -> str:
     """``show``: one labelled line per field, the state (``ctx.set_state``) one key a line; output or error
-    (with traceback) last."""
+    (with traceback) last. A suspended instance says since when, by whom and why after its status."""
     fields = [
         ("instance", inert(info.instance_id)),
         ("name", inert(info.name)),
         ("version", inert(info.version or "-")),
         ("status", inert(info.status)),
+        *([("suspended", _suspended_text(suspension))] if suspension is not None else []),
         ("custom status", inert(info.custom_status)),
         ("execution", f"{info.execution_id} (executions: {', '.join(map(str, executions)) or '-'})"),
         ("parent", inert(info.parent_instance_id or "-")),
@@ -148,6 +174,15 @@ def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequ
     return "\n".join(lines)
 
 
+def _suspended_text(suspension: Event.OrchestrationSuspended) -> str:
+    return f"since {format_time(suspension.timestamp_ms)}{_by(suspension.by)}: {short(suspension.reason)}"
+
+
+def _by(by: str | None) -> str:
+    """`` by cli:ana@ops-1`` (who asked for an operator's action), or ``""`` when not recorded."""
+    return f" by {inert(by)}" if by else ""
+
+
 def _call(name: str, version: str | None, payload: str) -> str:
     return f"{inert(name)}{'@' + inert(version) if version else ''}({short(payload)})"
 
@@ -162,8 +197,15 @@ def describe(event: HistoryEvent, start_ms: int) -> str:
             return f"{kind} -> {short(output)}"
         case Event.OrchestrationFailed(details=details):
             return f"{kind} {inert(details.to_text())}"
-        case Event.OrchestrationCancelRequested(reason=reason):
-            return f"{kind} {short(reason)}"
+        case Event.OrchestrationCancelRequested(reason=reason, by=by) | \
+                Event.OrchestrationSuspended(reason=reason, by=by) | Event.OrchestrationResumed(reason=reason, by=by):
+            return f"{kind} {short(reason)}{_by(by)}"
+        case Event.OrchestrationRewound(reason=reason, by=by, voided=voided):
+            skipped = ", ".join(f"#{v}" for v in voided) or "nothing"
+            return f"{kind} {short(reason)}{_by(by)}; voided {skipped}"
+        case Event.OrchestrationRestarted(reason=reason, by=by, new_instance_id=new_id, next_execution_id=nxt):
+            target = f"as instance {new_id!r}" if new_id else f"as execution {nxt}" if nxt else "afresh"
+            return f"{kind} {target} {short(reason)}{_by(by)}"
         case Event.OrchestrationContinuedAsNew(input=payload, version=version):
             return f"{kind} with {short(payload)}" + (f" at version {inert(version)}" if version else "")
         case Event.ActivityScheduled(name=name, input=payload):
@@ -238,6 +280,8 @@ def execution_outcome(events: Sequence[HistoryEvent], current_status: str | None
         execution_outcome(await client.read_history("count-1", 1), None)   # 'ContinuedAsNew'
     """
     for event in reversed(events):
+        if isinstance(event, Event.OrchestrationRewound):
+            break  # the ending before it was rewound: the execution goes on
         for kind, label in _ENDINGS:
             if isinstance(event, kind):
                 return label

@@ -26,8 +26,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 from .clock import clock_part
 from .engine.output import LIVE_STATUSES, TERMINAL_STATUSES
 from .errors import (
-    InstanceNotFoundError, InstanceStillRunningError, InvalidInputError, PayloadTooLargeError, UpdateRejectedError,
-    UpdateTimeoutError,
+    InstanceNotFoundError, InstanceStateError, InstanceStillRunningError, InvalidInputError, PayloadTooLargeError,
+    UpdateRejectedError, UpdateTimeoutError,
 )
 from .history import Event, HistoryEvent
 from . import local_runtimes
@@ -35,12 +35,17 @@ from .limits import (
     MAX_EXECUTION_ID, MAX_ID_CHARS, MAX_LIST_LIMIT, MAX_NAME_CHARS, MAX_REASON_CHARS, MAX_VERSION_CHARS,
     check_count, check_identifier, check_lookup_id, check_seconds, check_text,
 )
-from .messages import DEFAULT_CANCEL_GRACE_MS, CancelRequest, ExternalEvent, StartOrchestration
+from .engine.recovery import RewindRefused, plan_rewind
+from .messages import (
+    DEFAULT_CANCEL_GRACE_MS, CancelRequest, ExternalEvent, OrchestratorMessage, RestartRequest, ResumeRequest, RewindRequest,
+    StartOrchestration, SuspendRequest,
+)
+from .operator import operator_name
 from .options import RuntimeOptions
 from .messages import ClientUpdate
-from .providers.base import InstanceRecord, Provider
+from .providers.base import MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, StoreOverview
 from .readouts import StreamItem, state_of, stream_of, update_answer
-from .status import InstanceInfo, OrchestrationStatus
+from .status import InstanceInfo, InstanceInfoPage, OrchestrationStatus
 from .tracecontext import current_traceparent
 from .typed import decode_payload
 from .wake import wake_hub
@@ -51,7 +56,7 @@ _log = logging.getLogger("duroxide.client")
 #: Upper bound on the re-read interval while waiting on a store another process writes.
 _MAX_POLL = 0.25
 #: Statuses ``list_instances(status=...)`` accepts.
-_STATUSES = ("Pending", "Running", "Completed", "Failed")
+_STATUSES = ("Pending", "Running", "Suspended", "Completed", "Failed")
 #: First re-read interval of waits on a store (doubled up to _MAX_POLL).
 _FIRST_POLL = 0.005
 
@@ -135,24 +140,26 @@ class Client:
         self._wake.notify_orchestrator()
 
     @_holds_the_clock
-    async def raise_event(self, instance_id: str, name: str, data: str = "") -> bool:
+    async def raise_event(self, instance_id: str, name: str, data: str = "", *, by: str | None = None) -> bool:
         """Deliver external event ``name`` to a running instance.
 
         Returns ``True`` when delivered (kept until a wait consumes it) and ``False``
         when the instance has already finished (a no-op, logged). Raises
-        :class:`InstanceNotFoundError` for an unknown id.
+        :class:`InstanceNotFoundError` for an unknown id. ``by`` (who raised it, default
+        ``user@host``) is recorded in its ``EventRaised``.
         """
         check_lookup_id(instance_id)
         check_identifier(name, "name", MAX_NAME_CHARS)
         check_text(data, "data")
         self._check_size(data, "event data")
-        record = await self.store.send(ExternalEvent(instance_id=instance_id, name=name, data=data),
+        record = await self.store.send(ExternalEvent(instance_id=instance_id, name=name, data=data, by=self._by(by)),
                                        only_if_status_in=LIVE_STATUSES)
         return self._delivered(record, instance_id, "raise_event")
 
     @_holds_the_clock
     async def cancel_instance(self, instance_id: str, reason: str = "cancelled", *,
-                              grace: timedelta | float = DEFAULT_CANCEL_GRACE_MS / 1000) -> bool:
+                              grace: timedelta | float = DEFAULT_CANCEL_GRACE_MS / 1000,
+                              by: str | None = None) -> bool:
         """Ask a running instance to end Failed with a cancellation error carrying ``reason``.
 
         Its code gets ``asyncio.CancelledError`` at the await it is on; ``finally`` and
@@ -161,7 +168,8 @@ class Client:
         then the execution ends regardless. Cascades to its sub-orchestrations (with the
         same grace) and signals its running activities. Returns ``False`` (a no-op) if it
         already finished; raises :class:`InstanceNotFoundError` for an unknown id.
-        Repeating it is harmless: the first cancellation's grace stands.
+        Repeating it is harmless: the first cancellation's grace stands. ``by`` (who asked,
+        default ``user@host``) is recorded in ``OrchestrationCancelRequested``.
 
         Example::
 
@@ -170,9 +178,133 @@ class Client:
         check_lookup_id(instance_id)
         check_text(reason, "reason", MAX_REASON_CHARS)
         grace_ms = round(check_seconds(grace, "cancel_instance grace") * 1000)
-        record = await self.store.send(CancelRequest(instance_id=instance_id, reason=reason, grace_ms=grace_ms),
+        record = await self.store.send(CancelRequest(instance_id=instance_id, reason=reason, grace_ms=grace_ms,
+                                                     by=self._by(by)),
                                        only_if_status_in=LIVE_STATUSES)
         return self._delivered(record, instance_id, "cancel_instance")
+
+    # -- recovery operations ---------------------------------------------------------------
+
+    @_holds_the_clock
+    async def suspend_instance(self, instance_id: str, reason: str = "suspended", *, by: str | None = None) -> None:
+        """Stop a Pending or Running instance's code until :meth:`resume_instance`.
+
+        Its history records ``OrchestrationSuspended`` (with ``reason`` and ``by``, who
+        asked: default ``user@host``) and its status becomes ``Suspended``. Activities
+        already running finish; their results, timers that fire and events raised
+        meanwhile are recorded and kept, and its code sees them, in that order, when it
+        resumes. Cancelling a suspended instance ends it (its cleanup runs).
+        Raises :class:`InstanceStateError` if it is suspended or finished already.
+
+        Example::
+
+            await client.suspend_instance("order-1", "payment provider is down")
+        """
+        await self._operate(instance_id, "suspend", SuspendRequest(
+            instance_id=instance_id, reason=self._reason(reason), by=self._by(by)), LIVE_STATUSES - {"Suspended"})
+
+    @_holds_the_clock
+    async def resume_instance(self, instance_id: str, reason: str = "resumed", *, by: str | None = None) -> None:
+        """Let a suspended instance run on (``OrchestrationResumed`` in its history).
+
+        Raises :class:`InstanceStateError` if it is not suspended.
+
+        Example::
+
+            await client.resume_instance("order-1")
+        """
+        await self._operate(instance_id, "resume", ResumeRequest(
+            instance_id=instance_id, reason=self._reason(reason), by=self._by(by)), frozenset({"Suspended"}))
+
+    @_holds_the_clock
+    async def rewind_instance(self, instance_id: str, reason: str = "rewound", *, by: str | None = None) -> None:
+        """Let a Failed instance continue from its failure.
+
+        The failed activity calls are sent out again and failed sub-orchestrations are
+        rewound too; the history before the failure is kept, and ``OrchestrationRewound``
+        records which events replay now skips (its ``OrchestrationFailed`` and the
+        failures that caused it). Deploy the fix first when the code itself failed: the
+        rewound execution replays with the code as it is now. Raises
+        :class:`InstanceStateError` if it is not Failed, or was cancelled (restart it).
+
+        Example::
+
+            await client.rewind_instance("order-1", "the tax service is back")
+        """
+        request = RewindRequest(instance_id=instance_id, reason=self._reason(reason), by=self._by(by))
+        record = await self._record(instance_id, "rewind")
+        if record.status == "Failed":
+            plan = plan_rewind(await self.store.read_history(instance_id))
+            if isinstance(plan, RewindRefused):
+                raise InstanceStateError(instance_id, "rewind", record.status, plan.why,
+                                         fix="restart it (client.restart_instance) to run it afresh")
+        await self._operate(instance_id, "rewind", request, frozenset({"Failed"}), set_status="Running")
+
+    @_holds_the_clock
+    async def restart_instance(self, instance_id: str, new_instance_id: str | None = None, *,
+                               reason: str = "restarted", by: str | None = None) -> str:
+        """Run a finished instance afresh with its original input; returns the id it runs under.
+
+        ``new_instance_id=None``: the same id, as a new execution (its earlier ones stay
+        in the store); otherwise a new instance of that id, which must be free
+        (:class:`InstanceAlreadyExistsError`). Either way the finished execution records
+        ``OrchestrationRestarted``. Raises :class:`InstanceStateError` if it has not finished.
+
+        Example::
+
+            await client.restart_instance("order-1")                   # "order-1", execution 2
+            await client.restart_instance("order-1", "order-1-retry")  # "order-1-retry"
+        """
+        reason, by = self._reason(reason), self._by(by)
+        if new_instance_id is not None:
+            check_identifier(new_instance_id, "new_instance_id", MAX_ID_CHARS)
+        record = await self._record(instance_id, "restart")
+        if record.status not in TERMINAL_STATUSES:
+            raise _not_allowed(instance_id, "restart", record.status)
+        executions = await self.store.list_executions(instance_id)
+        first = await self.store.read_history(instance_id, executions[0] if executions else None)
+        started = first[0] if first and isinstance(first[0], Event.OrchestrationStarted) else None
+        given = started.input if started is not None else ""
+        version = started.version if started is not None else record.version
+        if new_instance_id is not None:
+            await self.store.create_instance(StartOrchestration(
+                instance_id=new_instance_id, name=record.name, version=version, input=given,
+                trace_context=current_traceparent()))
+        await self._operate(instance_id, "restart", RestartRequest(
+            instance_id=instance_id, reason=reason, by=by, input=given, version=version,
+            new_instance_id=new_instance_id), TERMINAL_STATUSES,
+            set_status=None if new_instance_id is not None else "Pending")
+        return new_instance_id or instance_id
+
+    async def _record(self, instance_id: str, operation: str) -> InstanceRecord:
+        check_lookup_id(instance_id)
+        record = await self.store.get_instance(instance_id)
+        if record is None:
+            raise InstanceNotFoundError(instance_id, operation)
+        return record
+
+    async def _operate(self, instance_id: str, operation: str, request: OrchestratorMessage,
+                       allowed: frozenset[str], *, set_status: str | None = None) -> None:
+        """Enqueue an operator's request if (atomically) the instance's status allows it.
+
+        ``set_status``: a finished instance is live again from this write on (Running for a
+        rewind, Pending for a restart), so ``wait_for_orchestration`` waits for its new end.
+        """
+        check_lookup_id(instance_id)
+        record = await self.store.send(request, only_if_status_in=allowed, set_status=set_status)
+        if record is None:
+            raise InstanceNotFoundError(instance_id, operation)
+        if record.status not in allowed:
+            raise _not_allowed(instance_id, operation, record.status)
+        self._wake.notify_orchestrator()
+
+    @staticmethod
+    def _reason(reason: str) -> str:
+        return check_text(reason, "reason", MAX_REASON_CHARS)
+
+    @staticmethod
+    def _by(by: str | None) -> str:
+        return operator_name() if by is None else check_text(by, "by", MAX_REASON_CHARS)
 
     # -- state, updates, streams ---------------------------------------------------------
 
@@ -428,6 +560,53 @@ class Client:
         check_count(limit, "limit", 1, MAX_LIST_LIMIT)
         return [_info_of(r) for r in await self.store.list_instances(status=status, name=name, limit=limit)]
 
+    async def query_instances(self, *, status: str | None = None, name: str | None = None,
+                              version: str | None = None, q: str | None = None, cursor: str | None = None,
+                              limit: int = 50) -> InstanceInfoPage:
+        """One page of instances, newest first, filtered (all given filters at once) by exact
+        status, name and version and by ``q``, a case-sensitive substring of the instance id
+        taken literally (``%`` and ``_`` are plain characters).
+
+        ``cursor`` is the ``next_cursor`` of the previous page (``None``: the first page);
+        ``limit`` is 1 to 1000. Instances started between two calls never make a page
+        repeat or skip an older one. A malformed cursor, or a value out of range, raises
+        :class:`InvalidInputError` naming it.
+
+        Example::
+
+            page = await client.query_instances(status="Failed", name="Checkout", limit=20)
+            for info in page.instances:
+                print(info.instance_id, info.error)
+            older = await client.query_instances(status="Failed", name="Checkout", limit=20,
+                                                 cursor=page.next_cursor)
+        """
+        if status is not None and status not in _STATUSES:
+            raise InvalidInputError("status", f"is {repr(status)[:60]}, not one of {', '.join(_STATUSES)}",
+                                    fix="pass None or one of " + ", ".join(_STATUSES))
+        for field, value in (("name", name), ("version", version), ("q", q), ("cursor", cursor)):
+            if value is not None:
+                check_lookup_id(value, field)
+        check_count(limit, "limit", 1, MAX_PAGE_LIMIT)
+        page = await self.store.query_instances(InstanceQuery(status=status, name=name, version=version, q=q,
+                                                              cursor=cursor, limit=limit))
+        return InstanceInfoPage([_info_of(r) for r in page.instances], page.next_cursor)
+
+    async def overview(self, *, since: timedelta | float = timedelta(hours=1)) -> StoreOverview:
+        """Instance counts per (status, name, version), endings per minute and failures grouped by
+        error type over the last ``since`` (a timedelta or seconds; default one hour, by the
+        store's clock), and the queue depths. See :class:`StoreOverview`.
+
+        Example::
+
+            overview = await client.overview(since=timedelta(minutes=15))
+            for group in overview.failures:
+                print(group.error_type, group.count, group.last_message)
+        """
+        seconds = check_seconds(since, "since")
+        return await self.store.overview(self.clock.now_ms() - int(seconds * 1000),
+                                         finished_statuses=TERMINAL_STATUSES, failed_status="Failed",
+                                         active_statuses=LIVE_STATUSES)
+
     @_holds_the_clock
     async def purge(self, instance_id: str, *, force: bool = False) -> list[str]:
         """Delete a finished instance, its children, history and messages; returns the ids deleted.
@@ -465,6 +644,22 @@ class Client:
         return True
 
 
+_ALLOWED_FROM = {  # operation -> (the statuses it takes, said to the operator, and what to do instead)
+    "suspend": ("it is {status}: only a Pending or Running instance can be suspended",
+                "resume it if it is suspended; a finished instance can be restarted"),
+    "resume": ("it is {status}, not Suspended", "suspend it first (client.suspend_instance)"),
+    "rewind": ("it is {status}: only a Failed instance can be rewound",
+               "wait until it fails, or restart a finished one (client.restart_instance)"),
+    "restart": ("it is {status}: only a finished instance (Completed or Failed) can be restarted",
+                "cancel it first (client.cancel_instance) and wait for it to end"),
+}
+
+
+def _not_allowed(instance_id: str, operation: str, status: str) -> InstanceStateError:
+    why, fix = _ALLOWED_FROM[operation]
+    return InstanceStateError(instance_id, operation, status, why.format(status=status), fix=fix)
+
+
 def _status_of(record: InstanceRecord | None) -> OrchestrationStatus[str]:
     if record is None:
         return OrchestrationStatus.NotFound()
@@ -475,6 +670,8 @@ def _status_of(record: InstanceRecord | None) -> OrchestrationStatus[str]:
         return OrchestrationStatus.Failed(error=text, details=record.error, custom_status=record.custom_status)
     if record.status == "Pending":
         return OrchestrationStatus.Pending(custom_status=record.custom_status)
+    if record.status == "Suspended":
+        return OrchestrationStatus.Suspended(custom_status=record.custom_status)
     return OrchestrationStatus.Running(custom_status=record.custom_status)
 
 

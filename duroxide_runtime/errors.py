@@ -33,6 +33,7 @@ __all__ = [
     "InstanceAlreadyExistsError",
     "InstanceNotFoundError",
     "InstanceStillRunningError",
+    "InstanceStateError",
     "UnknownOrchestrationError",
     "UnknownActivityError",
     "NonDeterminismError",
@@ -83,6 +84,7 @@ class ErrorCode(enum.StrEnum):
     INSTANCE_EXISTS = "INSTANCE_EXISTS"
     INSTANCE_NOT_FOUND = "INSTANCE_NOT_FOUND"
     INSTANCE_RUNNING = "INSTANCE_RUNNING"
+    INSTANCE_STATE = "INSTANCE_STATE"
     UNKNOWN_ORCHESTRATION = "UNKNOWN_ORCHESTRATION"
     UNKNOWN_ACTIVITY = "UNKNOWN_ACTIVITY"
     NONDETERMINISM = "NONDETERMINISM"
@@ -221,6 +223,30 @@ class InstanceStillRunningError(DuroxideError):
             f"instance {instance_id!r} is still running and was not purged",
             fix="cancel it first (client.cancel_instance) or pass force=True",
         )
+
+
+class InstanceStateError(DuroxideError):
+    """An operation was asked of an instance in a state that does not allow it.
+
+    ``operation`` is what was asked (``"suspend"``, ``"rewind"``, ...), ``status`` the
+    instance's status when asked, ``why`` what is wrong with it.
+
+    Example::
+
+        try:
+            await client.resume_instance("order-1")
+        except InstanceStateError as err:
+            print(err.status)          # "Running": it was not suspended
+    """
+
+    code = ErrorCode.INSTANCE_STATE
+
+    def __init__(self, instance_id: str, operation: str, status: str, why: str, *, fix: str) -> None:
+        self.instance_id = instance_id
+        self.operation = operation
+        self.status = status
+        self.why = why
+        super().__init__(f"cannot {operation} instance {instance_id!r}: {why}", fix=fix)
 
 
 class UnknownOrchestrationError(DuroxideError):

@@ -126,6 +126,52 @@ class Event(metaclass=_EventNamespace):
 
         reason: str
         grace_ms: int | None = None
+        #: Who asked (``"cli:ana@ops-1"``, ``"ui:127.0.0.1"``); ``None`` when not said.
+        by: str | None = None
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationSuspended(HistoryEvent):
+        """``suspend_instance``: the code runs no more until resumed; what arrives is kept.
+
+        Completions, events and update requests recorded after it are applied only at
+        the next ``OrchestrationResumed``, in the order they were recorded.
+        """
+
+        reason: str
+        by: str | None = None
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationResumed(HistoryEvent):
+        """``resume_instance``: the code runs on, first with what arrived while suspended."""
+
+        reason: str
+        by: str | None = None
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationRewound(HistoryEvent):
+        """``rewind_instance``: the Failed execution continues from its failure.
+
+        ``voided`` are the events replay now skips: the ``OrchestrationFailed`` and the
+        failures that caused it (the calls they answered are open again and were sent
+        out once more). The history before it is kept as it was.
+        """
+
+        reason: str
+        by: str | None = None
+        voided: list[int] = field(default_factory=list)
+
+    @dataclass(frozen=True, kw_only=True)
+    class OrchestrationRestarted(HistoryEvent):
+        """``restart_instance``: the finished execution was started afresh with the original input.
+
+        ``new_instance_id`` is set when the fresh start is another instance; otherwise it
+        is this instance's execution ``next_execution_id``.
+        """
+
+        reason: str
+        by: str | None = None
+        new_instance_id: str | None = None
+        next_execution_id: int | None = None
 
     @dataclass(frozen=True, kw_only=True)
     class ActivityScheduled(HistoryEvent):
@@ -216,6 +262,8 @@ class Event(metaclass=_EventNamespace):
 
         name: str
         data: str
+        #: Who raised it from outside (``raise_event(..., by=)``); ``None`` when not said.
+        by: str | None = None
 
     @dataclass(frozen=True, kw_only=True)
     class SystemCall(HistoryEvent):

@@ -30,6 +30,10 @@ __all__ = [
     "ClientUpdate",
     "CancelRequest",
     "PoisonNotice",
+    "SuspendRequest",
+    "ResumeRequest",
+    "RewindRequest",
+    "RestartRequest",
     "ActivityWork",
     "encode_message",
     "decode_message",
@@ -102,6 +106,8 @@ class ExternalEvent(OrchestratorMessage):
     kind: ClassVar[str] = "event"
     name: str
     data: str
+    #: Who raised it from outside (``raise_event(..., by=)``), for the history.
+    by: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +129,59 @@ class CancelRequest(OrchestratorMessage):
     #: How long cleanup (``finally``, ``except CancelledError``) may run, in orchestration
     #: milliseconds; ``None`` (messages of older versions) means :data:`DEFAULT_CANCEL_GRACE_MS`.
     grace_ms: int | None = None
+    #: Who asked (``"cli:ana@ops-1"``, ``"ui:127.0.0.1"``, a parent's id), for the history.
+    by: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuspendRequest(OrchestratorMessage):
+    """``suspend_instance``: the instance runs no more code; what arrives meanwhile is kept."""
+
+    kind: ClassVar[str] = "suspend"
+    reason: str
+    by: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumeRequest(OrchestratorMessage):
+    """``resume_instance``: a suspended instance runs on, first with what was kept for it."""
+
+    kind: ClassVar[str] = "resume"
+    reason: str
+    by: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewindRequest(OrchestratorMessage):
+    """``rewind_instance`` (or a rewound parent): a Failed instance continues from its failure.
+
+    The ``parent_*`` fields are set when a rewound parent asks its failed child: the
+    parent's call, which the child checks against its own parent before rewinding (an
+    instance the parent did not start is never rewound; the parent hears its failure again).
+    """
+
+    kind: ClassVar[str] = "rewind"
+    reason: str
+    by: str | None = None
+    parent_instance_id: str | None = None
+    parent_execution_id: int | None = None
+    parent_event_id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestartRequest(OrchestratorMessage):
+    """``restart_instance``: a finished instance starts a fresh execution with ``input``.
+
+    With ``new_instance_id`` the fresh start is another instance (already created by the
+    client); this one only records that it was restarted there.
+    """
+
+    kind: ClassVar[str] = "restart"
+    reason: str
+    by: str | None = None
+    input: str = ""
+    version: str | None = None
+    new_instance_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,6 +229,10 @@ _KINDS: dict[str, type[Any]] = {
         ClientUpdate,
         CancelRequest,
         PoisonNotice,
+        SuspendRequest,
+        ResumeRequest,
+        RewindRequest,
+        RestartRequest,
         ActivityWork,
     )
 }

@@ -33,6 +33,7 @@ import threading
 import weakref
 from typing import Any
 
+from .engine.output import LIVE_STATUSES
 from .errors import ConfigurationError
 from .lograte import background_warnings
 from .observe import ActivityFinished, ActivityStarted, OrchestrationFinished, OrchestrationStarted, RuntimeObserver
@@ -169,7 +170,7 @@ class PrometheusMetrics(RuntimeObserver):
 
     async def sample(self, store: Provider) -> None:
         """Read queue depths and active instances from ``store`` once."""
-        depths = await store.queue_depths()
+        depths = await store.queue_depths(active_statuses=LIVE_STATUSES)  # suspended ones are active too
         self.queue_depth.labels("orchestrator").set(depths.orchestrator)
         self.queue_depth.labels("timer").set(depths.timers)
         self.queue_depth.labels("worker").set(depths.worker)

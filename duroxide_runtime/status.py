@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, Union
 
 from .errors import ErrorDetails
 
-__all__ = ["OrchestrationStatus", "StatusOf", "InstanceInfo"]
+__all__ = ["OrchestrationStatus", "StatusOf", "InstanceInfo", "InstanceInfoPage"]
 
 T = TypeVar("T")
 
@@ -28,6 +28,7 @@ class OrchestrationStatus(Generic[T]):
     # the _-names below are their aliases, since inside this class body `Pending` is the attribute.
     Pending: ClassVar[type[_Pending]]
     Running: ClassVar[type[_Running]]
+    Suspended: ClassVar[type[_Suspended]]
     Completed: ClassVar[type[_Completed[Any]]]
     Failed: ClassVar[type[_Failed]]
     NotFound: ClassVar[type[_NotFound]]
@@ -48,6 +49,13 @@ class Pending(OrchestrationStatus[Any]):
 @dataclass(frozen=True)
 class Running(OrchestrationStatus[Any]):
     """Running (or waiting on durable work)."""
+
+    custom_status: str | None = None
+
+
+@dataclass(frozen=True)
+class Suspended(OrchestrationStatus[Any]):
+    """Suspended by ``suspend_instance``: runs no code until ``resume_instance`` (not terminal)."""
 
     custom_status: str | None = None
 
@@ -76,10 +84,11 @@ class NotFound(OrchestrationStatus[Any]):
 
 _Pending = Pending
 _Running = Running
+_Suspended = Suspended
 _Completed = Completed
 _Failed = Failed
 _NotFound = NotFound
-for _cls in (Pending, Running, Completed, Failed, NotFound):
+for _cls in (Pending, Running, Suspended, Completed, Failed, NotFound):
     setattr(OrchestrationStatus, _cls.__name__, _cls)
 
 #: ``OrchestrationStatus[T]`` spelled as the union of its variants - what the typed helpers
@@ -88,7 +97,7 @@ for _cls in (Pending, Running, Completed, Failed, NotFound):
 #: ``OrchestrationStatus[T]`` mypy narrows to ``Completed[Any]`` (it does not carry type
 #: arguments into a subclass), pyright to ``Completed[T]``. Annotate with ``StatusOf[T]``
 #: where mypy should see the output type after a ``match``.
-StatusOf: TypeAlias = Union[Pending, Running, Completed[T], Failed, NotFound]
+StatusOf: TypeAlias = Union[Pending, Running, Suspended, Completed[T], Failed, NotFound]
 
 
 @dataclass(frozen=True)
@@ -106,3 +115,20 @@ class InstanceInfo:
     created_at_ms: int
     updated_at_ms: int
     parent_instance_id: str | None
+
+
+@dataclass(frozen=True)
+class InstanceInfoPage:
+    """One page of ``client.query_instances``: instances newest first, and the cursor of the next page.
+
+    ``next_cursor`` is ``None`` on the last page; pass it back as ``cursor=`` to read on.
+
+    Example::
+
+        page = await client.query_instances(status="Failed", limit=20)
+        while page.next_cursor is not None:
+            page = await client.query_instances(status="Failed", limit=20, cursor=page.next_cursor)
+    """
+
+    instances: list[InstanceInfo]
+    next_cursor: str | None

@@ -21,6 +21,7 @@ from duroxide_runtime import errors
 from duroxide_runtime.cli import Aborted, StoreNotFoundError, UsageError
 from duroxide_runtime.errors import (
     ActivityFailed,
+    InstanceStateError,
     ActivityTimeoutError,
     ConfigurationError,
     CorruptHistoryError,
@@ -66,6 +67,7 @@ EXAMPLES: list[BaseException] = [
     InstanceAlreadyExistsError("order-1"),
     InstanceNotFoundError("order-1", "cancel_instance"),
     InstanceStillRunningError("order-1"),
+    InstanceStateError("order-1", "resume", "Running", "it is Running, not Suspended", fix="suspend it first"),
     UnknownOrchestrationError("Checkout", "2.0.0", ["Hello", "Refund"]),
     UnknownOrchestrationError("Checkout", None, []),
     UnknownActivityError("Charge", ["Greet"]),

@@ -1,11 +1,11 @@
-"""Property: random interleavings of updates, events, state writes and cancellation replay identically (SEMANTICS 9).
+"""Property: random interleavings of updates, events, state writes, suspension and cancellation replay identically (SEMANTICS 9).
 
 Hypothesis draws an orchestration program (typed and untyped event waits, update
 waits that reply, reject or answer twice, state writes and reads, stream items,
 selects of an update against an event or a timer) and a tape for the outside
 world (which events and update requests arrive in which turn, repeated request
-ids, data that does not decode, timers firing, a cancellation with or without a grace period, whose
-cleanup writes state, emits and waits). The program runs once with one
+ids, data that does not decode, timers firing, suspend and resume requests (repeated ones too), a
+cancellation with or without a grace period, whose cleanup writes state, emits and waits). The program runs once with one
 ``Execution`` kept live across turns and once from scratch at every turn
 (``execute`` on the events stored so far, as a dispatcher without a cache does):
 both must record the same history, turn by turn, and end the same way.
@@ -34,7 +34,8 @@ from duroxide_runtime import (
 from duroxide_runtime.engine.execution import Execution, TurnInput, execute
 from duroxide_runtime.engine.output import Outcome
 from duroxide_runtime.messages import (
-    CancelRequest, ClientUpdate, ExternalEvent, OrchestratorMessage, StartOrchestration, TimerFired,
+    CancelRequest, ClientUpdate, ExternalEvent, OrchestratorMessage, ResumeRequest, StartOrchestration,
+    SuspendRequest, TimerFired,
 )
 
 from .support import normalize
@@ -149,6 +150,8 @@ class World:
         if self.choose(16) == 0:  # seldom: it ends the program
             batch.append(CancelRequest(instance_id=INSTANCE, reason=f"cancel at {self.pos}",
                                        grace_ms=(0, 500, 5000)[self.choose(3)]))
+        if self.choose(6) == 0:  # an operator suspends or resumes (either may be stray or repeated)
+            batch.append((SuspendRequest if self.choose(2) else ResumeRequest)(instance_id=INSTANCE, reason="op"))
         for _ in range(1 + self.choose(3)):
             what = self.choose(6)
             data = json.dumps({"x": self.choose(9)}) if self.choose(4) else "not a point"
@@ -228,6 +231,16 @@ def test_live_and_from_scratch_replay_record_the_same_history(program: list[Step
     replied = [e.request_id for e in live.history if isinstance(e, Event.UpdateReplied)]
     assert len(requested) == len(set(requested)) and len(replied) == len(set(replied))
     assert set(replied) <= set(requested)
+    # While suspended the code does not run: nothing is scheduled until it resumes or is cancelled.
+    suspended = False
+    for event in live.history:
+        if isinstance(event, Event.OrchestrationSuspended):
+            assert not suspended, "a repeated suspend is not recorded"
+            suspended = True
+        elif isinstance(event, (Event.OrchestrationResumed, Event.OrchestrationCancelRequested)):
+            suspended = False
+        else:
+            assert not (suspended and event.is_schedule), f"{event} scheduled while suspended"
     cancels = [e for e in live.history if isinstance(e, Event.OrchestrationCancelRequested)]
     assert len(cancels) <= 1  # a repeated cancel during cleanup is not recorded
     if live.outcome is not None and live.outcome.error is not None:

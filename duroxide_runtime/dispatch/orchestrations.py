@@ -26,7 +26,7 @@ from ..history import Event, HistoryEvent
 from ..lograte import background_warnings
 from ..observe import OrchestrationFinished, RuntimeObserver, TurnReplayed
 from ..observe import OrchestrationStarted as ObservedStart
-from ..messages import OrchestratorMessage, StartOrchestration, SubOrchestrationResult
+from ..messages import OrchestratorMessage, RestartRequest, RewindRequest, StartOrchestration, SubOrchestrationResult
 from ..options import RuntimeOptions
 from ..providers.base import CallKey, ChildStart, InstanceUpdate, OrchestrationItem, Provider, TurnCommit
 from ..wake import wake_hub
@@ -35,6 +35,7 @@ from ..registry import OrchestrationRegistry
 from ..engine.execution import Execution, TurnInput, TurnResult
 from ..engine.output import TERMINAL_STATUSES, Status
 from ..engine.payloads import storable_text
+from ..engine.recovery import RewindRefused, rewind_refusal
 from .leases import BatchSizer, LockKeeper
 from ..steps import TurnPreempted
 from .turns import Done, Preempted, Raised, Stuck, TurnOutcome, TurnThread
@@ -351,8 +352,10 @@ class OrchestrationDispatcher:
 
     def _needs_history(self, item: OrchestrationItem) -> bool:
         inst = item.instance
-        if inst is None or inst.status in TERMINAL_STATUSES or item.history_len == 0:
+        if inst is None or item.history_len == 0:
             return False
+        if inst.status in TERMINAL_STATUSES:
+            return _rewinds(item)
         if item.dequeue_count > self.options.max_attempts:
             return True
         return not self.cache.has(item.instance_id, inst.execution_id, item.history_len, inst.incarnation)
@@ -388,8 +391,13 @@ class OrchestrationDispatcher:
         inst = item.instance
         commit = TurnCommit(item.instance_id, item.lock_token, inst.execution_id if inst else 0,
                             consumed=[m.id for m in item.messages])
-        if inst is None or inst.status in TERMINAL_STATUSES:
-            return commit  # purged or finished: late messages are consumed and dropped
+        if inst is None:
+            return commit  # purged: late messages are consumed and dropped
+        restart = next((m.message for m in item.messages if isinstance(m.message, RestartRequest)), None)
+        if restart is not None:
+            return _restarted(commit, item, restart, now)
+        if inst.status in TERMINAL_STATUSES and not (inst.status == Status.FAILED.value and self._needs_history(item)):
+            return self._finished(commit, item)
         if isinstance(history, Exception):
             return self._fail(commit, item, [], history if isinstance(history, CorruptHistoryError)
                               else CorruptHistoryError(item.instance_id, str(history)))
@@ -466,6 +474,20 @@ class OrchestrationDispatcher:
             return UnknownOrchestrationError(name, resolved, self.registry.names()).message
         return ""
 
+    def _finished(self, commit: TurnCommit, item: OrchestrationItem) -> TurnCommit:
+        """A finished instance takes only a rewind if it failed (the caller runs that turn); other
+        late messages are consumed and dropped, and a rewinding parent hears its child's end again."""
+        inst = item.instance
+        assert inst is not None
+        for queued in item.messages:
+            msg = queued.message
+            if isinstance(msg, RewindRequest):
+                _log.warning("instance %r: rewind refused: it ended %s", item.instance_id, inst.status,
+                             extra=_fields(item))
+                answer = rewind_refusal(msg, item.instance_id, RewindRefused(f"it ended {inst.status}"))
+                commit.messages += [(answer, None)] if answer is not None else []
+        return commit
+
     def _fail(self, commit: TurnCommit, item: OrchestrationItem, stored: list[HistoryEvent],
               error: Exception) -> TurnCommit:
         """End the instance Failed without running its code (poison, corrupt history)."""
@@ -515,6 +537,29 @@ def _filled(commit: TurnCommit, ex: Execution, result: TurnResult) -> TurnCommit
         status=Status.RUNNING.value if moved_on else result.status.value,
         output=outcome.output if outcome else None, error=outcome.error if outcome else None,
         custom_status=out.custom_status, custom_status_changed=out.custom_status_changed)
+    return commit
+
+
+def _rewinds(item: OrchestrationItem) -> bool:
+    return any(isinstance(m.message, RewindRequest) for m in item.messages)
+
+
+def _restarted(commit: TurnCommit, item: OrchestrationItem, request: RestartRequest, now_ms: int) -> TurnCommit:
+    """``restart_instance`` of a finished instance: recorded in its last execution; without a new
+    instance id, the next execution starts with the original input (as continue-as-new does).
+    Its code does not run: the turn only records and enqueues, so it needs no registration."""
+    inst = item.instance
+    assert inst is not None
+    following = None if request.new_instance_id else inst.execution_id + 1
+    commit.new_events = [Event.OrchestrationRestarted(
+        event_id=item.history_len + 1, timestamp_ms=now_ms, reason=request.reason, by=request.by,
+        new_instance_id=request.new_instance_id, next_execution_id=following)]
+    if following is not None:
+        version = request.version or inst.version
+        commit.messages = [(StartOrchestration(instance_id=inst.instance_id, name=inst.name, version=version,
+                                               input=request.input, execution_id=following), None)]
+        commit.update = InstanceUpdate(name=inst.name, version=version or "", execution_id=following,
+                                       status=Status.RUNNING.value)
     return commit
 
 

@@ -44,15 +44,18 @@ from ..errors import DuroxideError, ErrorDetails, NonDeterminismError, NonDeterm
 from ..history import Event, HistoryEvent
 from ..loop import is_foreign_future_error
 from ..messages import (
-    CancelRequest, ClientUpdate, ExternalEvent, OrchestratorMessage, StartOrchestration, SubOrchestrationResult, TimerFired,
+    CancelRequest, ClientUpdate, ExternalEvent, OrchestratorMessage, RewindRequest, StartOrchestration,
+    SubOrchestrationResult, TimerFired,
 )
 from ..options import RuntimeOptions
 from ..tracecontext import child_of
 from .buffer import CommandBuffer, Identity, ReplayAborted, is_completion
-from .inbox import EndExecution, Inbox, Mailbox
+from .commands import CommandKind
+from .inbox import Completions, EndExecution, Inbox, Mailbox
 from .matcher import HistoryMatcher
 from .output import Outcome, Output, Status, TurnOutput
 from .payloads import check_size, safe_error_details
+from .recovery import RewindPlan, RewindRefused, effective_history, plan_rewind, rewind_refusal
 
 __all__ = ["Execution", "TurnInput", "TurnResult", "ReplayStats", "OrchestrationFn", "execute",
            "timers_in_due_order"]
@@ -100,11 +103,15 @@ class TurnResult:
     output: TurnOutput
     outcome: Outcome | None = None
     replayed: ReplayStats | None = field(default=None, compare=False)
+    #: The execution is suspended after the turn (``suspend_instance``): it runs no code until resumed.
+    suspended: bool = False
 
     @property
     def status(self) -> Status:
-        """``RUNNING`` until the execution ends, then how it ended."""
-        return Status.RUNNING if self.outcome is None else self.outcome.status
+        """``RUNNING`` (or ``SUSPENDED``) until the execution ends, then how it ended."""
+        if self.outcome is not None:
+            return self.outcome.status
+        return Status.SUSPENDED if self.suspended else Status.RUNNING
 
 
 def timers_in_due_order(messages: Sequence[OrchestratorMessage]) -> list[OrchestratorMessage]:
@@ -150,6 +157,42 @@ def execute(fn: OrchestrationFn, turn: TurnInput, *, instance_id: str = "instanc
         ex.dispose()
 
 
+class _Held(Completions):
+    """Events recorded while suspended, not applied yet; the inbox asks it which arrivals are new.
+
+    A held completion or update request is recorded but its call is still open in the
+    command buffer: a duplicate of it arriving before the resume must be dropped too.
+    """
+
+    def __init__(self, commands: CommandBuffer) -> None:
+        self._commands = commands
+        self.events: list[HistoryEvent] = []
+        self._sources: set[int] = set()
+        self._requests: set[str] = set()
+
+    def keep(self, event: HistoryEvent) -> None:
+        self.events.append(event)
+        if is_completion(event):
+            self._sources.add(getattr(event, "source_event_id"))
+        elif isinstance(event, Event.UpdateRequested):
+            self._requests.add(event.request_id)
+
+    def take(self) -> list[HistoryEvent]:
+        events, self.events = self.events, []
+        self._sources.clear()
+        self._requests.clear()
+        return events
+
+    def accepts(self, source_id: int, kind: CommandKind) -> bool:
+        return source_id not in self._sources and self._commands.accepts(source_id, kind)
+
+    def timer_dropped(self, event_id: int) -> bool:
+        return self._commands.timer_dropped(event_id)
+
+    def update_seen(self, request_id: str) -> bool:
+        return request_id in self._requests or self._commands.update_seen(request_id)
+
+
 class Execution:
     """One execution of one orchestration instance, live on its own deterministic loop.
 
@@ -183,7 +226,8 @@ class Execution:
         self._mailbox: Mailbox[str] = Mailbox()
         self._commands = CommandBuffer(Identity(instance_id, execution_id, name, version), options,
                                        self._matcher, self._mailbox, self._output, self)
-        self._inbox = Inbox(self._commands, self._commands.log_fields)
+        self._held = _Held(self._commands)
+        self._inbox = Inbox(self._held, self._commands.log_fields, lambda: self._suspended is not None)
         self.ctx = OrchestrationContext(self._commands)
         self._main: asyncio.Task[Any] | None = None
         self._fatal: DuroxideError | None = None
@@ -192,6 +236,12 @@ class Execution:
         self._cancel: Event.OrchestrationCancelRequested | None = None
         self._grace_timer: asyncio.Future[Any] | None = None
         self._grace_over = False
+        #: Suspension (``suspend_instance``): while set, arrivals are recorded but kept here,
+        #: applied in recorded order when the execution resumes.
+        self._suspended: Event.OrchestrationSuspended | None = None
+        #: The kind of ending the replayed history records (``None``: it records none, or a
+        #: rewind voided it): a replay that ends the same way records nothing new.
+        self._recorded_end: Status | None = None
         self._stamp_ms = 0
         self._disposed = False
 
@@ -203,6 +253,11 @@ class Execution:
     @property
     def replaying(self) -> bool:
         return self._commands.replaying
+
+    @property
+    def suspended(self) -> bool:
+        """Whether the execution is suspended (it runs no code until resumed)."""
+        return self._suspended is not None and self.outcome is None
 
     @property
     def reusable(self) -> bool:
@@ -219,8 +274,18 @@ class Execution:
         if not self.history:
             if turn.history:
                 started_at = time.perf_counter()
-                self._replay(turn.history)
+                history = list(turn.history)
+                rewind = next((m for m in messages if isinstance(m, RewindRequest)), None)
+                plan = self._plan_rewind(history, rewind) if rewind is not None else None
+                if rewind is not None:
+                    messages.remove(rewind)
+                if isinstance(plan, RewindPlan):
+                    assert rewind is not None
+                    history.append(self._record_rewind(rewind, plan, len(history) + 1))
+                self._replay(history)
                 replayed = ReplayStats(len(turn.history), time.perf_counter() - started_at)
+                if isinstance(plan, RewindPlan) and self.outcome is None:
+                    self._send_again(plan, rewind)
             else:
                 start = next((m for m in messages if isinstance(m, StartOrchestration)), None)
                 if start is None:
@@ -230,7 +295,7 @@ class Execution:
                 messages = [m for m in messages if m is not start]
         for msg in timers_in_due_order(messages):
             self._deliver(msg)
-        return TurnResult(self._output.take(), self.outcome, replayed)
+        return TurnResult(self._output.take(), self.outcome, replayed, self.suspended)
 
     def dispose(self) -> None:
         """Stop every coroutine of this execution (it ended or was evicted)."""
@@ -281,10 +346,13 @@ class Execution:
         if not history or not isinstance(history[0], Event.OrchestrationStarted):
             raise NonDeterminismError(f"history of {self.instance_id!r} does not begin with OrchestrationStarted")
         self.history = list(history)
-        self._matcher.load(history)
+        effective = effective_history(history)  # without what rewinds voided
+        self._recorded_end = next((_TERMINAL_EVENTS[type(e)] for e in reversed(effective)
+                                   if type(e) in _TERMINAL_EVENTS), None)
+        self._matcher.load(effective)
         self._commands.replaying = True
         try:
-            for event in history:
+            for event in effective:
                 self._matcher.applied()
                 if self.outcome is None and not event.is_schedule:
                     self._apply(event)
@@ -306,6 +374,10 @@ class Execution:
 
     def _deliver(self, msg: OrchestratorMessage) -> None:
         """Apply one new message (a no-op once the execution has ended)."""
+        if isinstance(msg, RewindRequest):
+            self._refuse_rewind(msg, RewindRefused("it is not failed" if self.outcome is None
+                                                   else f"it ended {self.outcome.status.value}"))
+            return
         if self.outcome is not None:
             if isinstance(msg, (ExternalEvent, ClientUpdate)) and self.outcome.status is Status.CONTINUED_AS_NEW:
                 self._output.send(msg)  # carried over to the next execution
@@ -318,8 +390,28 @@ class Execution:
         elif arrival is not None:
             self.append(arrival)
 
-    def _apply(self, event: HistoryEvent) -> None:
-        self._commands.now_ms = event.timestamp_ms
+    def _apply(self, event: HistoryEvent, at_ms: int | None = None) -> None:
+        self._commands.now_ms = event.timestamp_ms if at_ms is None else at_ms
+        if isinstance(event, Event.OrchestrationSuspended):
+            self._suspended = event
+            return
+        if isinstance(event, Event.OrchestrationResumed):
+            self._release(event.timestamp_ms)
+            return
+        if self._suspended is not None:
+            if isinstance(event, Event.OrchestrationCancelRequested):
+                # Cancelling a suspended instance ends it: the cancellation reaches the code
+                # first, then its cleanup sees what arrived while it was suspended.
+                self._suspended = None
+                held = self._held.take()
+                self._apply(event, at_ms)
+                for kept in held:
+                    if self.outcome is None:
+                        self._apply(kept, event.timestamp_ms)
+                return
+            if not isinstance(event, Event.OrchestrationStarted):
+                self._held.keep(event)
+                return
         if isinstance(event, Event.OrchestrationStarted):
             self.trace_context = event.trace_context
             self.parent_trace_context = event.parent_trace_context
@@ -350,6 +442,53 @@ class Execution:
         else:
             return
         self._settle()
+
+    def _release(self, at_ms: int) -> None:
+        """End the suspension: what arrived meanwhile is applied now, in the order it was recorded."""
+        self._suspended = None
+        for event in self._held.take():
+            if self.outcome is None:
+                self._apply(event, at_ms)
+
+    # -- rewind (engine/recovery.py) ------------------------------------------------------
+
+    def _plan_rewind(self, history: list[HistoryEvent], request: RewindRequest) -> RewindPlan | RewindRefused:
+        """Whether this stored execution can be rewound for ``request``; a refusal is answered here."""
+        plan = plan_rewind(history)
+        started = history[0] if history and isinstance(history[0], Event.OrchestrationStarted) else None
+        if (isinstance(plan, RewindPlan) and request.parent_instance_id is not None and started is not None
+                and (started.parent_instance_id, started.parent_event_id)
+                != (request.parent_instance_id, request.parent_event_id)):
+            plan = RewindRefused(f"instance {self.instance_id!r} was not started by that call of "
+                                 f"{request.parent_instance_id!r}")
+        if isinstance(plan, RewindRefused):
+            self._refuse_rewind(request, plan)
+        return plan
+
+    def _record_rewind(self, request: RewindRequest, plan: RewindPlan, event_id: int) -> HistoryEvent:
+        event = Event.OrchestrationRewound(event_id=event_id, timestamp_ms=self._stamp_ms, reason=request.reason,
+                                           by=request.by, voided=list(plan.voided))
+        self._output.record(event)  # recorded before replay: what the replay records comes after it
+        return event
+
+    def _send_again(self, plan: RewindPlan, request: RewindRequest | None) -> None:
+        """The calls the voided failures answered go out once more: activities, and failed children."""
+        assert request is not None
+        for call in plan.activities:
+            self._output.send_work(call, self.trace_context)
+        for child in plan.children:
+            self._output.send(RewindRequest(
+                instance_id=child.instance_id, reason=request.reason, by=request.by or self.instance_id,
+                parent_instance_id=self.instance_id, parent_execution_id=self.execution_id,
+                parent_event_id=child.event_id))
+
+    def _refuse_rewind(self, request: RewindRequest, refused: RewindRefused) -> None:
+        """A rewind that cannot happen changes nothing; a rewinding parent hears its child's failure again."""
+        _log.warning("instance %r: rewind refused: %s", self.instance_id, refused.why,
+                     extra=self._commands.log_fields())
+        answer = rewind_refusal(request, self.instance_id, refused)
+        if answer is not None:
+            self._output.send(answer)
 
     def _settle(self) -> None:
         """Run until blocked, then see whether the execution has ended."""
@@ -422,9 +561,7 @@ class Execution:
         if self.outcome is not None:
             return
         self.outcome = outcome
-        last = self.history[-1] if self.history else None
-        if (self.replaying and self._fatal is None and last is not None
-                and _TERMINAL_EVENTS.get(type(last)) == outcome.status):
+        if self.replaying and self._fatal is None and self._recorded_end == outcome.status:
             return  # a finished history ending the same way: its end and its messages are recorded
         self._record_terminal(outcome)
         self._commands.drop_open_timers()  # timers still pending belong to an execution that has ended

@@ -29,8 +29,12 @@ from ..messages import (
     ExternalEvent,
     OrchestratorMessage,
     PoisonNotice,
+    RestartRequest,
+    ResumeRequest,
+    RewindRequest,
     StartOrchestration,
     SubOrchestrationResult,
+    SuspendRequest,
     TimerFired,
 )
 from .commands import CommandKind, DurableFuture
@@ -70,9 +74,12 @@ class Completions(Protocol):
 class Inbox:
     """Turns the messages of a turn into history events; see the module docstring."""
 
-    def __init__(self, completions: Completions, log_fields: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, completions: Completions, log_fields: Callable[[], dict[str, Any]],
+                 suspended: Callable[[], bool]) -> None:
         self._completions = completions
         self._log_fields = log_fields
+        #: Whether the execution is suspended now (a repeated suspend or a stray resume records nothing).
+        self._suspended = suspended
 
     def arrival(self, msg: OrchestratorMessage, event_id: int, now_ms: int) -> Arrival:
         """What ``msg`` records as event ``event_id`` at ``now_ms``."""
@@ -92,6 +99,12 @@ class Inbox:
             return self._apply_poison_notice(msg)
         if isinstance(msg, StartOrchestration):
             return self._apply_start(msg)
+        if isinstance(msg, SuspendRequest):
+            return self._apply_suspend_request(msg, event_id, now_ms)
+        if isinstance(msg, ResumeRequest):
+            return self._apply_resume_request(msg, event_id, now_ms)
+        if isinstance(msg, (RewindRequest, RestartRequest)):
+            return self._apply_late_recovery(msg)
         return None
 
     def _apply_activity_result(self, msg: ActivityResult, event_id: int, ts: int) -> Arrival:
@@ -125,7 +138,7 @@ class Inbox:
                                                result=msg.result or "")
 
     def _apply_external_event(self, msg: ExternalEvent, event_id: int, ts: int) -> Arrival:
-        return Event.EventRaised(event_id=event_id, timestamp_ms=ts, name=msg.name, data=msg.data)
+        return Event.EventRaised(event_id=event_id, timestamp_ms=ts, name=msg.name, data=msg.data, by=msg.by)
 
     def _apply_client_update(self, msg: ClientUpdate, event_id: int, ts: int) -> Arrival:
         if self._completions.update_seen(msg.request_id):
@@ -139,10 +152,31 @@ class Inbox:
     def _apply_cancel_request(self, msg: CancelRequest, event_id: int, ts: int) -> Arrival:
         grace = DEFAULT_CANCEL_GRACE_MS if msg.grace_ms is None else msg.grace_ms
         return Event.OrchestrationCancelRequested(event_id=event_id, timestamp_ms=ts, reason=msg.reason,
-                                                  grace_ms=grace)
+                                                  grace_ms=grace, by=msg.by)
 
     def _apply_poison_notice(self, msg: PoisonNotice) -> Arrival:
         return EndExecution(ErrorDetails("PoisonMessageError", msg.reason))
+
+    def _apply_suspend_request(self, msg: SuspendRequest, event_id: int, ts: int) -> Arrival:
+        if self._suspended():
+            _log.info("instance %r: already suspended; suspend request dropped", msg.instance_id,
+                      extra=self._log_fields())
+            return None
+        return Event.OrchestrationSuspended(event_id=event_id, timestamp_ms=ts, reason=msg.reason, by=msg.by)
+
+    def _apply_resume_request(self, msg: ResumeRequest, event_id: int, ts: int) -> Arrival:
+        if not self._suspended():
+            _log.info("instance %r: not suspended; resume request dropped", msg.instance_id,
+                      extra=self._log_fields())
+            return None
+        return Event.OrchestrationResumed(event_id=event_id, timestamp_ms=ts, reason=msg.reason, by=msg.by)
+
+    def _apply_late_recovery(self, msg: RewindRequest | RestartRequest) -> Arrival:
+        # The client checked the status, but the instance moved on before the request
+        # arrived (say, it was rewound twice): a running execution has nothing to redo.
+        _log.info("instance %r: %s request dropped, the instance is running", msg.instance_id, msg.kind,
+                  extra=self._log_fields())
+        return None
 
     def _apply_start(self, msg: StartOrchestration) -> Arrival:
         _log.warning("instance %r: duplicate start for execution %s ignored", msg.instance_id, msg.execution_id,

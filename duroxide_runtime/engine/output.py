@@ -31,6 +31,8 @@ class Status(enum.StrEnum):
     """
 
     RUNNING = "Running"
+    #: Running, but ``suspend_instance`` stopped its code until ``resume_instance``.
+    SUSPENDED = "Suspended"
     COMPLETED = "Completed"
     FAILED = "Failed"
     CONTINUED_AS_NEW = "ContinuedAsNew"
@@ -40,8 +42,9 @@ class Status(enum.StrEnum):
 #: "terminal". Stores never decide it; they get it as data (``only_if_status_in=...``).
 TERMINAL_STATUSES: frozenset[str] = frozenset({Status.COMPLETED.value, Status.FAILED.value})
 #: Stored statuses of an instance that still takes messages: created ("Pending", the status
-#: every store gives a new row) or running (a continued-as-new instance runs on).
-LIVE_STATUSES: frozenset[str] = frozenset({"Pending", Status.RUNNING.value})
+#: every store gives a new row), running (a continued-as-new instance runs on) or suspended
+#: (what arrives is kept for when it resumes).
+LIVE_STATUSES: frozenset[str] = frozenset({"Pending", Status.RUNNING.value, Status.SUSPENDED.value})
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ transaction, so a store round trip is paid per batch, not per instance.
 from __future__ import annotations
 
 
+import base64
+import binascii
 import orjson
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
@@ -25,14 +27,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ErrorDetails
+from ..errors import ErrorDetails, InvalidInputError
 from ..history import HistoryEvent
+from ..limits import check_count, check_lookup_id
 from ..messages import ActivityResult, ActivityWork, OrchestratorMessage, PoisonNotice, StartOrchestration, TimerFired
 
 __all__ = [
     "Provider", "InstanceRecord", "InstanceUpdate", "OrchestrationItem", "QueuedMessage", "TurnCommit",
     "WorkLease", "WorkCompletion", "FetchResult", "now_ms", "decode_error_details", "QueueDepths",
     "ChildStart", "CallKey", "timer_key", "status_admits", "Durability", "HeartbeatWrite", "HeartbeatRecord",
+    "InstanceQuery", "InstancePage", "InstanceCount", "FailureGroup", "StoreOverview", "MAX_PAGE_LIMIT",
+    "MINUTE_MS", "UNKNOWN_ERROR_TYPE", "CORRUPT_ERROR_TYPE", "encode_cursor", "decode_cursor", "check_query", "page_of",
+    "failure_type", "make_overview",
 ]
 
 
@@ -295,6 +301,194 @@ class QueueDepths:
     active_instances: int
 
 
+# -- operator queries (listing, overview) ------------------------------------------
+
+#: Most instances one page of :meth:`Provider.query_instances` holds.
+MAX_PAGE_LIMIT = 1000
+#: Width of one bucket of :attr:`StoreOverview.finished_per_minute`.
+MINUTE_MS = 60_000
+#: The failure group of a failed instance whose row holds no error type.
+UNKNOWN_ERROR_TYPE = "UnknownError"
+#: The failure group of a failed instance whose stored error is unreadable (as :func:`decode_error_details`).
+CORRUPT_ERROR_TYPE = "CorruptHistoryError"
+
+_CURSOR_FIX = "pass the next_cursor of the previous page unchanged, or None for the first page"
+
+
+@dataclass(frozen=True)
+class InstanceQuery:
+    """Which instances :meth:`Provider.query_instances` lists: every filter optional, combined with AND.
+
+    ``status``, ``name`` and ``version`` match exactly (a status is whatever string the
+    runtime stored; stores never interpret it). ``q`` is a case-sensitive substring of the
+    instance id, taken literally (``%`` and ``_`` are plain characters). ``cursor`` is the
+    :attr:`InstancePage.next_cursor` of the previous page (``None``: the first page);
+    ``limit`` is 1 to :data:`MAX_PAGE_LIMIT`.
+
+    Example::
+
+        page = await store.query_instances(InstanceQuery(status="Failed", limit=20))
+        older = await store.query_instances(InstanceQuery(status="Failed", limit=20, cursor=page.next_cursor))
+    """
+
+    status: str | None = None
+    name: str | None = None
+    version: str | None = None
+    q: str | None = None
+    cursor: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class InstancePage:
+    """One page of instances, newest first (by creation time, then id, both descending).
+
+    ``next_cursor`` continues after the last row (``None`` on the last page). Pages are
+    keyset-paginated: instances created between two page reads never make a page
+    repeat or skip an older row.
+
+    Example::
+
+        page = await store.query_instances(InstanceQuery(limit=100))
+        while page.next_cursor is not None:
+            page = await store.query_instances(InstanceQuery(limit=100, cursor=page.next_cursor))
+    """
+
+    instances: list[InstanceRecord]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class InstanceCount:
+    """How many instances have one (status, name, version).
+
+    Example: ``InstanceCount("Completed", "Checkout", "1.0.0", 1200)``.
+    """
+
+    status: str
+    name: str
+    version: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Failed instances sharing one error type, and the latest of them.
+
+    ``last_*`` describe the failed instance updated last (ties: the greatest id).
+
+    Example: ``FailureGroup("TimeoutError", 12, "order-77", "no reply in 30 s", 1_704_067_260_000)``.
+    """
+
+    error_type: str
+    count: int
+    last_instance_id: str
+    last_message: str
+    last_at_ms: int
+
+
+@dataclass(frozen=True)
+class StoreOverview:
+    """What :meth:`Provider.overview` reports: instance counts, recent endings and failures, queue depths.
+
+    ``counts``: every (status, name, version) with its count, sorted by status, name, then
+    version (``None`` first). ``finished_per_minute``: ``(minute start ms, status, count)``
+    of the instances with a finished status updated since ``since_ms``, by minute then
+    status. ``failures``: the failed instances updated since ``since_ms``, grouped by
+    error type, biggest group first (ties: by type).
+
+    Example::
+
+        overview = await store.overview(store.clock.now_ms() - 3_600_000)
+        failing = [(g.error_type, g.count) for g in overview.failures]
+    """
+
+    counts: list[InstanceCount]
+    finished_per_minute: list[tuple[int, str, int]]
+    failures: list[FailureGroup]
+    depths: QueueDepths
+
+
+def encode_cursor(created_at_ms: int, instance_id: str) -> str:
+    """The opaque cursor of a page that ended with this row (URL-safe text).
+
+    Example: ``decode_cursor(encode_cursor(1_704_067_200_000, "order-1")) == (1_704_067_200_000, "order-1")``.
+    """
+    return base64.urlsafe_b64encode(orjson.dumps([created_at_ms, instance_id])).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: object) -> tuple[int, str]:
+    """The ``(created_at_ms, instance_id)`` an :func:`encode_cursor` cursor holds.
+
+    Anything else raises :class:`InvalidInputError` naming ``cursor`` (every store
+    decodes through here, so all refuse the same cursors alike).
+
+    Example: ``decode_cursor("bogus")`` raises ``InvalidInputError: cursor is not a cursor ...``.
+    """
+    if not isinstance(cursor, str):
+        raise InvalidInputError("cursor", f"must be str or None, got {type(cursor).__name__}", fix=_CURSOR_FIX)
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        value = orjson.loads(raw)
+    except (binascii.Error, ValueError):  # orjson.JSONDecodeError is a ValueError
+        value = None
+    if (isinstance(value, list) and len(value) == 2 and type(value[0]) is int and isinstance(value[1], str)
+            and -2**63 <= value[0] < 2**63 and "\x00" not in value[1]):
+        return value[0], value[1]
+    raise InvalidInputError("cursor", f"is not a cursor a page of instances returned: {cursor[:60]!r}",
+                            fix=_CURSOR_FIX)
+
+
+def check_query(query: InstanceQuery) -> tuple[int, str] | None:
+    """Check ``query`` as every store must, and return the position its cursor holds (``None``: from the top).
+
+    Raises :class:`InvalidInputError` naming the field: a ``limit`` outside
+    1..:data:`MAX_PAGE_LIMIT`, a filter no store can hold (NUL, lone surrogates), a
+    malformed cursor. Example::
+
+        after = check_query(InstanceQuery(limit=10))   # None: the first page
+    """
+    check_count(query.limit, "limit", 1, MAX_PAGE_LIMIT)
+    for field_name in ("status", "name", "version", "q"):
+        value = getattr(query, field_name)
+        if value is not None:
+            check_lookup_id(value, field_name)
+    return None if query.cursor is None else decode_cursor(query.cursor)
+
+
+def page_of(rows: Sequence[InstanceRecord], limit: int) -> InstancePage:
+    """The page of ``rows``, read with ``LIMIT limit + 1``: one row more than ``limit`` means more pages.
+
+    Example: ``page_of(records[:11], 10)`` holds ten records and the cursor after the tenth.
+    """
+    if len(rows) <= limit:
+        return InstancePage(list(rows), None)
+    last = rows[limit - 1]
+    return InstancePage(list(rows[:limit]), encode_cursor(last.created_at_ms, last.instance_id))
+
+
+def failure_type(error: ErrorDetails | None) -> str:
+    """The failure group of a failed instance's error (:data:`UNKNOWN_ERROR_TYPE` for none).
+
+    Example: ``failure_type(ErrorDetails("ValueError", "bad"))`` is ``"ValueError"``.
+    """
+    return error.error_type if error is not None and error.error_type else UNKNOWN_ERROR_TYPE
+
+
+def make_overview(counts: Sequence[InstanceCount], finished_per_minute: Sequence[tuple[int, str, int]],
+                  failures: Sequence[FailureGroup], depths: QueueDepths) -> StoreOverview:
+    """A :class:`StoreOverview` with its lists in the documented order (the same from every store,
+    whatever order or collation its database has).
+
+    Example: ``make_overview([], [], [], depths)``.
+    """
+    return StoreOverview(
+        sorted(counts, key=lambda c: (c.status, c.name, c.version is not None, c.version or "")),
+        sorted(finished_per_minute),
+        sorted(failures, key=lambda g: (-g.count, g.error_type)),
+        depths)
+
+
 class Provider(ABC):
     """A durable store for instances, histories and queues.
 
@@ -320,9 +514,13 @@ class Provider(ABC):
 
     @abstractmethod
     async def send(self, message: OrchestratorMessage, *,
-                   only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
+                   only_if_status_in: Collection[str] | None = None,
+                   set_status: str | None = None) -> InstanceRecord | None:
         """Enqueue ``message`` if its instance exists (and, guarded, its status is listed), atomically.
 
+        With ``set_status``, the enqueued message also sets the instance's status (and
+        ``updated_at``), in the same transaction: an operator's rewind or restart makes a
+        finished instance live again before its turn runs, so that waiters wait for it.
         Returns the instance row as it was (``None`` if unknown; then nothing is enqueued).
         """
 
@@ -342,6 +540,29 @@ class Provider(ABC):
     async def list_instances(self, *, status: str | None = None, name: str | None = None,
                              limit: int = 1000) -> list[InstanceRecord]:
         """Instances, newest first, optionally filtered."""
+
+    @abstractmethod
+    async def query_instances(self, query: InstanceQuery) -> InstancePage:
+        """One page of instances matching ``query``, newest first (``created_at_ms``, then id, descending).
+
+        Keyset-paginated from ``query.cursor`` (decoded by :func:`check_query`, which also
+        checks the limit and filters): a durable store serves the common filters from
+        indexes, never by sorting the table. Read ``limit + 1`` rows and build the page
+        with :func:`page_of`.
+        """
+
+    @abstractmethod
+    async def overview(self, since_ms: int, *, finished_statuses: Collection[str] = ("Completed", "Failed"),
+                       failed_status: str = "Failed",
+                       active_statuses: Collection[str] = ("Pending", "Running")) -> StoreOverview:
+        """Counts per (status, name, version), endings per minute and failure groups since ``since_ms``,
+        and the queue depths (see :class:`StoreOverview`; build it with :func:`make_overview`).
+
+        The runtime names the statuses (stores never interpret one): ``finished_statuses``
+        are counted per minute of ``updated_at_ms``; rows of ``failed_status`` are grouped
+        by their error's type (:func:`failure_type`); ``active_statuses`` go to
+        :meth:`queue_depths`.
+        """
 
     @abstractmethod
     async def purge_instance(self, instance_id: str, *,

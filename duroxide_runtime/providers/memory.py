@@ -11,8 +11,10 @@ Example::
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
@@ -20,8 +22,10 @@ from ..errors import InstanceAlreadyExistsError
 from ..history import HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
-    CallKey, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, InstanceRecord, OrchestrationItem, Provider,
-    QueuedMessage, TurnCommit, WorkCompletion, WorkLease, status_admits, timer_key,
+    MINUTE_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite, InstanceCount, InstancePage,
+    InstanceQuery, QueueDepths, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, StoreOverview,
+    TurnCommit, WorkCompletion, WorkLease, check_query, failure_type, make_overview, page_of, status_admits,
+    timer_key,
 )
 from ..clock import SYSTEM_CLOCK, Clock
 
@@ -74,10 +78,14 @@ class InMemoryProvider(Provider):
         self._enqueue(start, None)
 
     async def send(self, message: OrchestratorMessage, *,
-                   only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
+                   only_if_status_in: Collection[str] | None = None,
+                   set_status: str | None = None) -> InstanceRecord | None:
         record = self._instances.get(message.instance_id)
         if status_admits(only_if_status_in, record.status if record else None):
             self._enqueue(message, None)
+            if set_status is not None and record is not None:
+                self._instances[message.instance_id] = replace(
+                    record, status=set_status, updated_at_ms=self.clock.now_ms())
         return record
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
@@ -100,6 +108,38 @@ class InMemoryProvider(Provider):
                 if (status is None or r.status == status) and (name is None or r.name == name)]
         rows.sort(key=lambda r: (r.created_at_ms, r.instance_id), reverse=True)
         return rows[:limit]
+
+    async def query_instances(self, query: InstanceQuery) -> InstancePage:
+        after = check_query(query)
+        rows = (r for r in self._instances.values()
+                if (query.status is None or r.status == query.status)
+                and (query.name is None or r.name == query.name)
+                and (query.version is None or r.version == query.version)
+                and (query.q is None or query.q in r.instance_id)
+                and (after is None or (r.created_at_ms, r.instance_id) < after))
+        # A heap keeps the newest limit+1 in one pass: no sort of every instance per page.
+        return page_of(heapq.nlargest(query.limit + 1, rows, key=lambda r: (r.created_at_ms, r.instance_id)),
+                       query.limit)
+
+    async def overview(self, since_ms: int, *, finished_statuses: Collection[str] = ("Completed", "Failed"),
+                       failed_status: str = "Failed",
+                       active_statuses: Collection[str] = ("Pending", "Running")) -> StoreOverview:
+        counts = Counter((r.status, r.name, r.version) for r in self._instances.values())
+        recent = [r for r in self._instances.values() if r.updated_at_ms >= since_ms]
+        per_minute = Counter((r.updated_at_ms // MINUTE_MS * MINUTE_MS, r.status)
+                             for r in recent if r.status in finished_statuses)
+        groups: dict[str, list[InstanceRecord]] = {}
+        for r in recent:
+            if r.status == failed_status:
+                groups.setdefault(failure_type(r.error), []).append(r)
+        failures = []
+        for error_type, rows in groups.items():
+            last = max(rows, key=lambda r: (r.updated_at_ms, r.instance_id))
+            failures.append(FailureGroup(error_type, len(rows), last.instance_id,
+                                         last.error.message if last.error else "", last.updated_at_ms))
+        return make_overview([InstanceCount(s, n, v, c) for (s, n, v), c in counts.items()],
+                             [(m, s, c) for (m, s), c in per_minute.items()], failures,
+                             await self.queue_depths(active_statuses=active_statuses))
 
     async def purge_instance(self, instance_id: str, *,
                              only_if_status_in: Collection[str] | None = None) -> list[str] | None:

@@ -71,9 +71,11 @@ from ..history import HistoryEvent, decode_event, encode_event
 from ..lograte import background_warnings
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstanceRecord, OrchestrationItem, Provider,
-    QueuedMessage, TurnCommit, QueueDepths, WorkCompletion, WorkLease, decode_error_details, status_admits,
+    CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
+    OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, WorkCompletion, WorkLease,
+    check_query, decode_error_details, make_overview, page_of, status_admits,
 )
+from .postgres_queries import listing_sql, overview_parts
 
 if TYPE_CHECKING:
     from ..wake import WakeHub
@@ -414,6 +416,30 @@ CREATE TABLE IF NOT EXISTS {s}.activity_heartbeats (
     instance_id text NOT NULL, execution_id bigint NOT NULL, call_id bigint NOT NULL, event_id bigint NOT NULL,
     details text, updated_at bigint NOT NULL,
     PRIMARY KEY (instance_id, execution_id, call_id));
+"""),
+    # The operator listing (keyset pages newest first, filtered by status or name) and overview
+    # (recent endings and failures by status and update time). Ids compare bytewise (COLLATE "C"),
+    # as in the other stores, whatever the database's collation. The index on created_at alone
+    # is a prefix of ix_instances_created_id, so it goes.
+    (7, """
+CREATE INDEX IF NOT EXISTS ix_instances_created_id ON {s}.instances(created_at, instance_id COLLATE "C");
+CREATE INDEX IF NOT EXISTS ix_instances_status_created ON {s}.instances(status, created_at, instance_id COLLATE "C");
+CREATE INDEX IF NOT EXISTS ix_instances_name_created ON {s}.instances(name, created_at, instance_id COLLATE "C");
+CREATE INDEX IF NOT EXISTS ix_instances_status_updated ON {s}.instances(status, updated_at);
+DROP INDEX IF EXISTS {s}.ix_instances_created;
+
+-- The error type of a stored error (JSON text): NULL without one; p_corrupt when unreadable.
+CREATE OR REPLACE FUNCTION {s}.error_type_m7(p_error bytea, p_corrupt text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+BEGIN
+    IF p_error IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- json, not jsonb: only the field read is unescaped (a message holding an escaped NUL stays readable).
+    RETURN convert_from(p_error, 'UTF8')::json->>'error_type';
+EXCEPTION WHEN others THEN
+    RETURN p_corrupt;
+END $fn$;
 """),
 ]
 
@@ -807,7 +833,8 @@ class PostgresProvider(Provider):
         return await self._one(op)
 
     async def send(self, message: OrchestratorMessage, *,
-                   only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
+                   only_if_status_in: Collection[str] | None = None,
+                   set_status: str | None = None) -> InstanceRecord | None:
         key = uuid.uuid4().hex  # once per call; see _remember
         payload = encode_message(message)
         statuses = None if only_if_status_in is None else sorted(only_if_status_in)
@@ -817,7 +844,7 @@ class PostgresProvider(Provider):
             # stored with the message, enqueues nothing and returns what that attempt saw.
             row = await conn.fetchrow(self._sql.send, key, message.instance_id, statuses, payload,
                                       self.clock.now_ms(), self._key_gc_due(), _REQUEST_KEY_TTL_MS,
-                                      self._orch_channel)
+                                      self._orch_channel, set_status)
             if row["prior"] is not None:
                 return _record_from_outcome(row["prior"])  # the first attempt enqueued it; not again
             return _record(row) if row["instance_id"] is not None else None
@@ -847,9 +874,21 @@ class PostgresProvider(Provider):
                              limit: int = 1000) -> list[InstanceRecord]:
         rows = await self._one(lambda conn: conn.fetch(
             f"SELECT {_INSTANCE_COLS} FROM {self.schema}.instances WHERE ($1::text IS NULL OR status=$1) "
-            "AND ($2::text IS NULL OR name=$2) ORDER BY created_at DESC, instance_id DESC LIMIT $3",
+            "AND ($2::text IS NULL OR name=$2) ORDER BY created_at DESC, instance_id COLLATE \"C\" DESC LIMIT $3",
             status, name, limit))
         return [_record(r) for r in rows]
+
+    async def query_instances(self, query: InstanceQuery) -> InstancePage:
+        sql, args = listing_sql(self.schema, _INSTANCE_COLS, query, check_query(query))
+        rows = await self._one(lambda conn: conn.fetch(sql, *args))
+        return page_of([_record(r) for r in rows], query.limit)
+
+    async def overview(self, since_ms: int, *, finished_statuses: Collection[str] = ("Completed", "Failed"),
+                       failed_status: str = "Failed",
+                       active_statuses: Collection[str] = ("Pending", "Running")) -> StoreOverview:
+        parts = await self._tx(lambda conn: overview_parts(conn, self.schema, since_ms, finished_statuses,
+                                                           failed_status))
+        return make_overview(*parts, await self.queue_depths(active_statuses=active_statuses))
 
     async def purge_instance(self, instance_id: str, *,
                              only_if_status_in: Collection[str] | None = None) -> list[str] | None:
@@ -1210,6 +1249,8 @@ class _Statements:
             "admitted AS (SELECT * FROM inst WHERE $3::text[] IS NULL OR inst.status = ANY($3::text[])), "
             f"queued AS (INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) "
             "SELECT $2::text, $4::bytea, 0 FROM admitted RETURNING 1), "
+            f"flipped AS (UPDATE {s}.instances SET status = $9::text, updated_at = $5::bigint "
+            "WHERE instance_id = $2::text AND $9::text IS NOT NULL AND EXISTS (SELECT 1 FROM admitted) RETURNING 1), "
             f"remembered AS (INSERT INTO {s}.request_keys(request_id, outcome, created_at) "
             "SELECT $1::text, convert_to(json_build_array(a.instance_id, a.name, a.version, a.execution_id, "
             "a.status, a.output, encode(a.error, 'hex'), a.custom_status, a.created_at, a.updated_at, "

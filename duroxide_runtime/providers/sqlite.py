@@ -34,8 +34,10 @@ from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, decode_error_details, InstanceRecord,
-    OrchestrationItem, Provider, QueuedMessage, TurnCommit, WorkCompletion, WorkLease, status_admits, timer_key,
+    InstancePage, InstanceQuery, OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit,
+    WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key,
 )
+from .sqlite_queries import listing_sql, overview_parts
 from ..clock import SYSTEM_CLOCK, Clock
 from .sqlite_thread import ConnectionThread
 
@@ -47,7 +49,7 @@ _T = TypeVar("_T")
 #: Seconds a caller waits for its write to be committed (a stalled disk) before StoreTimeoutError.
 DEFAULT_WRITE_TIMEOUT = 120.0
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -55,7 +57,11 @@ CREATE TABLE IF NOT EXISTS instances (
     status TEXT NOT NULL, output TEXT, error BLOB, custom_status TEXT,
     created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, parent_instance_id TEXT, incarnation TEXT);
 CREATE INDEX IF NOT EXISTS ix_instances_parent ON instances(parent_instance_id);
-CREATE INDEX IF NOT EXISTS ix_instances_created ON instances(created_at);
+CREATE INDEX IF NOT EXISTS ix_instances_created_id ON instances(created_at, instance_id);
+CREATE INDEX IF NOT EXISTS ix_instances_status_created ON instances(status, created_at, instance_id);
+CREATE INDEX IF NOT EXISTS ix_instances_name_created ON instances(name, created_at, instance_id);
+CREATE INDEX IF NOT EXISTS ix_instances_status_updated ON instances(status, updated_at);
+CREATE INDEX IF NOT EXISTS ix_instances_status_name_version ON instances(status, name, version);
 CREATE TABLE IF NOT EXISTS history (
     instance_id TEXT NOT NULL, execution_id INTEGER NOT NULL, event_id INTEGER NOT NULL, event BLOB NOT NULL,
     PRIMARY KEY (instance_id, execution_id, event_id)) WITHOUT ROWID;
@@ -290,6 +296,9 @@ class SqliteProvider(Provider):
                 conn.execute("ALTER TABLE instances ADD COLUMN incarnation TEXT")
             conn.execute("UPDATE instances SET incarnation = lower(hex(randomblob(16))) WHERE incarnation IS NULL")
             # v4: activity_heartbeats (heartbeat details per activity call), created by _SCHEMA above.
+            # v5: the operator listing's indexes (created by _SCHEMA above); the one on created_at
+            # alone is a prefix of ix_instances_created_id, so it goes.
+            conn.execute("DROP INDEX IF EXISTS ix_instances_created")
             conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -350,11 +359,15 @@ class SqliteProvider(Provider):
             raise InstanceAlreadyExistsError(start.instance_id)
 
     async def send(self, message: OrchestratorMessage, *,
-                   only_if_status_in: Collection[str] | None = None) -> InstanceRecord | None:
+                   only_if_status_in: Collection[str] | None = None,
+                   set_status: str | None = None) -> InstanceRecord | None:
         def op(conn: sqlite3.Connection) -> InstanceRecord | None:
             record = _get_instance(conn, message.instance_id)
             if status_admits(only_if_status_in, record.status if record else None):
                 _enqueue(conn, message, None)
+                if set_status is not None:
+                    conn.execute("UPDATE instances SET status=?, updated_at=? WHERE instance_id=?",
+                                 (set_status, self.clock.now_ms(), message.instance_id))
             return record
 
         return await self._write(op, durable=True, what="a message")
@@ -393,6 +406,28 @@ class SqliteProvider(Provider):
         sql = f"SELECT {_INSTANCE_COLS} FROM instances {where} ORDER BY created_at DESC, instance_id DESC LIMIT ?"
         rows = await self._run(lambda conn: conn.execute(sql, (*args, limit)).fetchall())
         return [_row_to_instance(r) for r in rows]
+
+    async def query_instances(self, query: InstanceQuery) -> InstancePage:
+        sql, args = listing_sql(_INSTANCE_COLS, query, check_query(query))
+        rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
+        return page_of([_row_to_instance(r) for r in rows], query.limit)
+
+    async def overview(self, since_ms: int, *, finished_statuses: Collection[str] = ("Completed", "Failed"),
+                       failed_status: str = "Failed",
+                       active_statuses: Collection[str] = ("Pending", "Running")) -> StoreOverview:
+        active = orjson.dumps(sorted(active_statuses)).decode()
+
+        def op(conn: sqlite3.Connection) -> StoreOverview:
+            # One read transaction: the parts agree with each other.
+            conn.execute("BEGIN")
+            try:
+                counts, per_minute, failures = overview_parts(conn, since_ms, finished_statuses, failed_status)
+                depths = _queue_depths(conn, self.clock.now_ms(), active)
+            finally:
+                conn.execute("COMMIT")
+            return make_overview(counts, per_minute, failures, depths)
+
+        return await self._run(op)
 
     async def purge_instance(self, instance_id: str, *,
                              only_if_status_in: Collection[str] | None = None) -> list[str] | None:
