@@ -71,7 +71,7 @@ from .providers.postgres import PostgresProvider
 from .providers.sqlite import SqliteProvider
 from .registry import ActivityRegistry, OrchestrationRegistry, VersionPolicy
 from .runtime import Runtime, RuntimeBuilder
-from .status import InstanceInfo, OrchestrationStatus, StatusOf
+from .status import InstanceInfo, InstanceInfoPage, OrchestrationStatus, StatusOf
 from .current import current_orchestration, orchestration_context, skip_trace_frames_of, trace
 from .discovery import DiscoverySource, load_discovery_entry_points, register_discovery_source
 from .options import to_seconds
@@ -120,7 +120,7 @@ __all__ = [
     "SubOrchestrationFailed",
     "UnknownActivityError", "UnknownOrchestrationError", "Event", "HistoryEvent", "RetryPolicy",
     "RuntimeOptions", "Provider", "Durability", "InMemoryProvider", "SqliteProvider", "PostgresProvider", "ActivityRegistry",
-    "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "OrchestrationStatus", "StatusOf",
+    "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "InstanceInfoPage", "OrchestrationStatus", "StatusOf",
 ]
 
 # Typed events, state, updates and streams (and the codec they decode with).

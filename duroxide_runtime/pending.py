@@ -8,7 +8,8 @@ external event or an update that no arrival has taken. Each carries the
 where in the code the instance stands. Event and update waits are matched to
 arrivals per name, first in first out, as the engine does (an arrival kept before
 its wait is taken by the first wait that comes). An execution that has ended
-waits on nothing.
+waits on nothing; events a rewind voided (``OrchestrationRewound.voided``) count
+as never recorded, so the calls they answered are open again.
 
 Example::
 
@@ -26,7 +27,7 @@ from enum import StrEnum
 
 from .history import Event, HistoryEvent
 
-__all__ = ["PendingKind", "PendingCall", "pending_calls"]
+__all__ = ["PendingKind", "PendingCall", "pending_calls", "voided_events"]
 
 
 class PendingKind(StrEnum):
@@ -80,6 +81,8 @@ def pending_calls(history: Sequence[HistoryEvent]) -> list[PendingCall]:
         calls = pending_calls(await client.read_history("order-1"))
         [c.source for c in calls]   # ['shop/orders.py:42']
     """
+    voided = voided_events(history)
+    history = [e for e in history if e.event_id not in voided]
     if any(isinstance(e, _ENDINGS) for e in history):
         return []
     open_calls: dict[int, PendingCall] = {}
@@ -109,6 +112,17 @@ def pending_calls(history: Sequence[HistoryEvent]) -> list[PendingCall]:
         if source_event_id is not None:
             open_calls.pop(source_event_id, None)
     return list(open_calls.values())
+
+
+def voided_events(history: Sequence[HistoryEvent]) -> set[int]:
+    """The event ids a rewind voided (``OrchestrationRewound.voided``): the failure that ended the
+    execution and the failed answers that caused it, which replay skips; their calls are open again.
+
+    Example::
+
+        voided_events(history)   # {7, 8} after a rewind of a failure at event 8 caused by event 7
+    """
+    return {i for e in history if isinstance(e, Event.OrchestrationRewound) for i in e.voided}
 
 
 def _schedule_of(event: HistoryEvent) -> PendingCall | None:

@@ -152,6 +152,10 @@ async def _status(client: Client, instance_id: str) -> str:
     return (await client.get_instance_info(instance_id)).status
 
 
+async def _is(client: Client, instance_id: str, status: str) -> bool:
+    return await _status(client, instance_id) == status
+
+
 async def _seed(harness: Harness) -> dict[str, str]:
     """Instances in every state; returns the id of each role."""
     client = harness.client
@@ -186,10 +190,6 @@ async def _seed(harness: Harness) -> dict[str, str]:
     got = {role: await _status(client, ids[role]) for role in expected}
     assert got == expected, got
     return ids
-
-
-async def _is(client: Client, instance_id: str, status: str) -> bool:
-    return await _status(client, instance_id) == status
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

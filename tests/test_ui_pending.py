@@ -105,3 +105,15 @@ def test_calls_that_wait_for_nothing_are_never_pending() -> None:
                                           instance_id="o-1", input="")]
     assert pending_calls(history) == []
     assert pending_calls([]) == []
+
+
+def test_a_rewind_opens_the_failed_call_again() -> None:
+    failed = [started(), Event.ActivityScheduled(event_id=2, timestamp_ms=T0, name="Charge", input="",
+                                                 source="shop.py:7"),
+              activity_failed(3, 2),
+              Event.OrchestrationFailed(event_id=4, timestamp_ms=T0 + 2, details=ErrorDetails("E", "m"))]
+    assert pending_calls(failed) == []
+    rewound = [*failed, Event.OrchestrationRewound(event_id=5, timestamp_ms=T0 + 3, reason="fixed", voided=[3, 4])]
+    (call,) = pending_calls(rewound)
+    assert (call.event_id, call.source) == (2, "shop.py:7")
+    assert pending_calls([*rewound, activity_completed(6, 2, "ok")]) == []

@@ -78,3 +78,13 @@ def test_the_chart_fills_the_hour_and_stacks_statuses() -> None:
     completed, failed = last.segments
     assert failed.y + failed.height <= completed.y + 0.01 and completed.y + completed.height <= chart.height + 0.01
     assert per_minute_chart([], now_ms=now).peak == 0
+
+
+def test_a_rewind_reopens_the_bar_it_voided() -> None:
+    history = [started(), activity_scheduled(2, "A"), activity_failed(3, 2),
+               Event.OrchestrationFailed(event_id=4, timestamp_ms=T0 + 2, details=ErrorDetails("E", "m")),
+               Event.OrchestrationRewound(event_id=5, timestamp_ms=T0 + 3, reason="fixed", voided=[3, 4])]
+    tl = timeline_of(history, now_ms=T0 + 100)
+    bars = {b.event_id: b for b in tl.bars}
+    assert bars[2].outcome == "open" and tl.end_ms == T0 + 100
+    assert bars[3].kind == bars[4].kind == "voided"

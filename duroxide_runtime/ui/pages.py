@@ -21,7 +21,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..cli_format import event_json, execution_outcome
-from ..history import HistoryEvent, _VARIANTS
+from ..history import Event, HistoryEvent
+from ..pending import voided_events
 from .api import instances_page
 from .context import UI, instance_id_of, page
 from .filters import STATUSES, parse_filter
@@ -34,7 +35,7 @@ __all__ = ["routes", "history_filter"]
 routes = web.RouteTableDef()
 
 #: Event type names, for the history filter.
-EVENT_KINDS = tuple(sorted(_VARIANTS))
+EVENT_KINDS = tuple(sorted(n for n, c in vars(Event).items() if isinstance(c, type) and issubclass(c, HistoryEvent)))
 #: Longest text the history filter searches for.
 MAX_HISTORY_Q = 200
 
@@ -96,9 +97,11 @@ async def instance(request: web.Request) -> web.Response:
     chart = layout(timeline_of(view.history, now_ms=now))
     start = view.history[0].timestamp_ms if view.history else 0
     done = request.query.get("done")
+    voided = voided_events(view.history)  # a rewound execution did not end with the failure it voided
     return page(request, "instance.html", view=view, chart=chart, start_ms=start,
                 events=history_filter(view.history, kind, text), kind=kind, hq=text, event_kinds=EVENT_KINDS,
-                outcome=execution_outcome(view.history, view.info.status if view.is_current else None),
+                outcome=execution_outcome([e for e in view.history if e.event_id not in voided],
+                                          view.info.status if view.is_current else None),
                 actions=ACTIONS, done=done if done in ACTIONS else None)
 
 

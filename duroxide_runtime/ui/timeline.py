@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..history import Event, HistoryEvent
+from ..pending import voided_events
 
 __all__ = ["Bar", "Timeline", "timeline_of", "ChartRow", "Chart", "layout", "MAX_BARS"]
 
@@ -71,8 +72,12 @@ def timeline_of(history: Sequence[HistoryEvent], *, now_ms: int) -> Timeline:
     waits: dict[tuple[str, str], collections.deque[int]] = collections.defaultdict(collections.deque)
     ended_at: int | None = None
     instants: list[Bar] = []
+    voided = voided_events(history)
     for event in history:
         ts, eid = event.timestamp_ms, event.event_id
+        if eid in voided:  # a rewind undid it: the call it answered is open again
+            instants.append(Bar("voided", f"{type(event).__name__} (voided by a rewind)", eid, ts, ts, "instant"))
+            continue
         match event:
             case Event.ActivityScheduled(name=name, attempt=attempt, source=source):
                 bars[eid] = Bar("activity", _label(name, f"(attempt {attempt})" if attempt > 1 else ""), eid, ts,

@@ -32,7 +32,7 @@ from .filters import STATUSES
 from .httperrors import ApiError
 
 __all__ = ["ACTIONS", "BULK_ACTIONS", "actions_for", "parse_execution", "ChildLink", "InstanceView",
-           "load_instance", "CountRow", "OverviewView", "load_overview", "version_rows", "jsonable"]
+           "load_instance", "history_json", "CountRow", "OverviewView", "load_overview", "version_rows", "jsonable"]
 
 #: Every action on one instance, in the order the page shows them.
 ACTIONS = ("suspend", "resume", "rewind", "restart", "cancel", "raise", "purge")
