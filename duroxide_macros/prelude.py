@@ -56,3 +56,9 @@ __all__ += ["PayloadDecodeError", "StreamItem", "TypedEvent", "UpdateAlreadyRepl
 from duroxide_runtime import ClockPart, IdleAwareClock, StoreCheck, VirtualClock  # virtual time (tests)
 
 __all__ += ["VirtualClock", "IdleAwareClock", "ClockPart", "StoreCheck"]
+from duroxide_runtime import (  # operating instances (issue 15)
+    BulkProgress, InstanceInfoPage, InstanceQuery, InstanceStateError, Operation, StoreOverview, apply_operation, run_bulk,
+)
+
+__all__ += ["BulkProgress", "InstanceInfoPage", "InstanceQuery", "InstanceStateError", "Operation", "StoreOverview",
+            "apply_operation", "run_bulk"]

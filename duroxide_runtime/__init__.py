@@ -65,7 +65,7 @@ from .errors import (
 )
 from .history import Event, HistoryEvent
 from .options import RetryPolicy, RuntimeOptions
-from .providers.base import Durability, Provider
+from .providers.base import Durability, InstanceQuery, Provider, StoreOverview
 from .providers.memory import InMemoryProvider
 from .providers.postgres import PostgresProvider
 from .providers.sqlite import SqliteProvider
@@ -79,6 +79,7 @@ from .registry import DEFAULT_VERSION
 from .readouts import StreamItem
 from .typed import TypedEvent
 from .updates import UpdateRequest
+from .operations import BulkProgress, Operation, apply_operation, run_bulk
 
 if TYPE_CHECKING:
     from .codec import Codec, encode_value
@@ -138,5 +139,8 @@ __all__ += [
 
 # Virtual time (issue 14): the clock that moves by itself, and what the runtime reports to such a clock.
 __all__ += ["VirtualClock", "IdleAwareClock", "ClockPart", "StoreCheck"]
+
+# Operating instances (issue 15): recovery operations one by one or by filter, and the store's listing.
+__all__ += ["InstanceQuery", "StoreOverview", "Operation", "BulkProgress", "apply_operation", "run_bulk"]
 
 __version__ = "0.1.0"

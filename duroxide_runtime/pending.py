@@ -25,9 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .engine.recovery import effective_history
 from .history import Event, HistoryEvent
 
-__all__ = ["PendingKind", "PendingCall", "pending_calls", "voided_events"]
+__all__ = ["PendingKind", "PendingCall", "pending_calls"]
 
 
 class PendingKind(StrEnum):
@@ -81,8 +82,7 @@ def pending_calls(history: Sequence[HistoryEvent]) -> list[PendingCall]:
         calls = pending_calls(await client.read_history("order-1"))
         [c.source for c in calls]   # ['shop/orders.py:42']
     """
-    voided = voided_events(history)
-    history = [e for e in history if e.event_id not in voided]
+    history = effective_history(history)  # what replay applies: a rewind's voided events are not in it
     if any(isinstance(e, _ENDINGS) for e in history):
         return []
     open_calls: dict[int, PendingCall] = {}
@@ -112,17 +112,6 @@ def pending_calls(history: Sequence[HistoryEvent]) -> list[PendingCall]:
         if source_event_id is not None:
             open_calls.pop(source_event_id, None)
     return list(open_calls.values())
-
-
-def voided_events(history: Sequence[HistoryEvent]) -> set[int]:
-    """The event ids a rewind voided (``OrchestrationRewound.voided``): the failure that ended the
-    execution and the failed answers that caused it, which replay skips; their calls are open again.
-
-    Example::
-
-        voided_events(history)   # {7, 8} after a rewind of a failure at event 8 caused by event 7
-    """
-    return {i for e in history if isinstance(e, Event.OrchestrationRewound) for i in e.voided}
 
 
 def _schedule_of(event: HistoryEvent) -> PendingCall | None:

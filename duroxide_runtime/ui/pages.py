@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..cli_format import event_json, execution_outcome
 from ..history import Event, HistoryEvent
-from ..pending import voided_events
+from ..engine.recovery import voided_events
 from .api import instances_page
 from .context import UI, instance_id_of, page
 from .filters import STATUSES, parse_filter

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..history import Event, HistoryEvent
-from ..pending import voided_events
+from ..engine.recovery import voided_events
 
 __all__ = ["Bar", "Timeline", "timeline_of", "ChartRow", "Chart", "layout", "MAX_BARS"]
 
