@@ -23,8 +23,8 @@ import time
 import types
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from datetime import timedelta
-from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from duroxide_runtime import (
     DEFAULT_VERSION,
@@ -34,6 +34,7 @@ from duroxide_runtime import (
     ErrorCode,
     ErrorDetails,
     HistoryEvent,
+    IfExists,
     InstanceInfo,
     InstanceNotFoundError,
     OrchestrationContext,
@@ -353,6 +354,10 @@ class SyncActivity(Activity[P, R]):
         return self._direct(*args, **kwargs)  # type: ignore[no-any-return]
 
 
+#: What ``start(..., if_exists=)`` takes: an :class:`IfExists`, or its string (checked by type checkers).
+_IfExistsArg = IfExists | Literal["fail", "return_existing", "replace"]
+
+
 class Orchestration(Generic[I, O]):
     """A registered orchestration with typed client helpers (start, wait, run, ...)."""
 
@@ -483,21 +488,40 @@ class Orchestration(Generic[I, O]):
         return (client if client is not None else ambient_client()), values
 
     @overload
-    async def start(self, client: Client, instance_id: str, input: I, *, version: str | None = None) -> None: ...
+    async def start(self, client: Client, instance_id: str, input: I, *, version: str | None = None,
+                    if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
+                    deadline: timedelta | datetime | None = None) -> str: ...
     @overload
-    async def start(self, instance_id: str, input: I, *, version: str | None = None) -> None: ...
+    async def start(self, instance_id: str, input: I, *, version: str | None = None,
+                    if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
+                    deadline: timedelta | datetime | None = None) -> str: ...
     @overload
     async def start(self: Orchestration[None, O], client: Client, instance_id: str, *,
-                    version: str | None = None) -> None: ...
+                    version: str | None = None, if_exists: _IfExistsArg = IfExists.FAIL,
+                    idempotency_key: str | None = None, deadline: timedelta | datetime | None = None) -> str: ...
     @overload
-    async def start(self: Orchestration[None, O], instance_id: str, *, version: str | None = None) -> None: ...
+    async def start(self: Orchestration[None, O], instance_id: str, *, version: str | None = None,
+                    if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
+                    deadline: timedelta | datetime | None = None) -> str: ...
 
-    async def start(self, *args: Any, **kwargs: Any) -> None:
-        """Start instance ``instance_id`` with typed ``input``."""
+    async def start(self, *args: Any, **kwargs: Any) -> str:
+        """Start instance ``instance_id`` with typed ``input``; returns the id of the instance that runs.
+
+        ``if_exists`` and ``idempotency_key`` are ``Client.start_orchestration``'s start policies;
+        ``deadline`` (a ``timedelta`` or an aware ``datetime``) is its deadline: an instance still
+        running then is cancelled, with cleanup.
+
+        Example::
+
+            run_id = await checkout.start("order-7", order, idempotency_key="req-81c2",
+                                          deadline=timedelta(hours=1))
+        """
         version = kwargs.pop("version", None)
+        policy = {k: kwargs.pop(k) for k in ("if_exists", "idempotency_key", "deadline") if k in kwargs}
         client, v = self._bind("start", args, kwargs, ("instance_id", "input"))
-        await client.start_orchestration(v["instance_id"], self.name, self.encode_input(v.get("input", _NO_INPUT)),
-                                         version=version or self.version)
+        return await client.start_orchestration(v["instance_id"], self.name,
+                                                self.encode_input(v.get("input", _NO_INPUT)),
+                                                version=version or self.version, **policy)
 
     # The status helpers return StatusOf[O] (OrchestrationStatus[O] as the union of its variants),
     # so that mypy too keeps O through `case OrchestrationStatus.Completed(output=x)`.
@@ -543,21 +567,35 @@ class Orchestration(Generic[I, O]):
         return await client.cancel_instance(v["instance_id"], v["reason"], grace=grace)
 
     @overload
-    async def run(self, client: Client, instance_id: str, input: I, timeout: timedelta | float = 30.0) -> O: ...
+    async def run(self, client: Client, instance_id: str, input: I, timeout: timedelta | float = 30.0, *,
+                  if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
+                  deadline: timedelta | datetime | None = None) -> O: ...
     @overload
-    async def run(self, instance_id: str, input: I, timeout: timedelta | float = 30.0) -> O: ...
+    async def run(self, instance_id: str, input: I, timeout: timedelta | float = 30.0, *,
+                  if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
+                  deadline: timedelta | datetime | None = None) -> O: ...
     @overload
     async def run(self: Orchestration[None, O], client: Client, instance_id: str,
-                  timeout: timedelta | float = 30.0) -> O: ...
+                  timeout: timedelta | float = 30.0, *, if_exists: _IfExistsArg = IfExists.FAIL,
+                  idempotency_key: str | None = None, deadline: timedelta | datetime | None = None) -> O: ...
     @overload
-    async def run(self: Orchestration[None, O], instance_id: str, timeout: timedelta | float = 30.0) -> O: ...
+    async def run(self: Orchestration[None, O], instance_id: str, timeout: timedelta | float = 30.0, *,
+                  if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
+                  deadline: timedelta | datetime | None = None) -> O: ...
 
     async def run(self, *args: Any, **kwargs: Any) -> O:
-        """Start and wait; return the typed output or raise :class:`OrchestrationFailedError`."""
+        """Start and wait; return the typed output or raise :class:`OrchestrationFailedError`.
+
+        With ``if_exists`` or ``idempotency_key`` (see :meth:`start`) it waits for the
+        instance that runs: an existing one, or the one the key's first start named.
+        With ``deadline`` (see :meth:`start`) an instance that runs past it raises
+        :class:`OrchestrationFailedError` (``OrchestrationCancelled: deadline ... passed``).
+        """
+        policy = {k: kwargs.pop(k) for k in ("if_exists", "idempotency_key", "deadline") if k in kwargs}
         client, v = self._bind("run", args, kwargs, ("instance_id", "input", "timeout"), {"timeout": 30.0})
-        instance_id = v["instance_id"]
-        await client.start_orchestration(instance_id, self.name, self.encode_input(v.get("input", _NO_INPUT)),
-                                         version=self.version)
+        instance_id = await client.start_orchestration(v["instance_id"], self.name,
+                                                       self.encode_input(v.get("input", _NO_INPUT)),
+                                                       version=self.version, **policy)
         return self._output_or_raise(instance_id, await self.wait(client, instance_id, v["timeout"]))
 
     @overload

@@ -62,3 +62,6 @@ from duroxide_runtime import (  # operating instances (issue 15)
 
 __all__ += ["BulkProgress", "InstanceInfoPage", "InstanceQuery", "InstanceStateError", "Operation", "StoreOverview",
             "apply_operation", "run_bulk"]
+from duroxide_runtime import IfExists  # start policies (issue 16)
+
+__all__ += ["IfExists"]

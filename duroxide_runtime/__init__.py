@@ -80,6 +80,7 @@ from .readouts import StreamItem
 from .typed import TypedEvent
 from .updates import UpdateRequest
 from .operations import BulkProgress, Operation, apply_operation, run_bulk
+from .start_policy import IfExists
 
 if TYPE_CHECKING:
     from .codec import Codec, encode_value
@@ -142,5 +143,8 @@ __all__ += ["VirtualClock", "IdleAwareClock", "ClockPart", "StoreCheck"]
 
 # Operating instances (issue 15): recovery operations one by one or by filter, and the store's listing.
 __all__ += ["InstanceQuery", "StoreOverview", "Operation", "BulkProgress", "apply_operation", "run_bulk"]
+
+# Start policies (issue 16): what a start does with an id in use (idempotency keys are a parameter).
+__all__ += ["IfExists"]
 
 __version__ = "0.1.0"

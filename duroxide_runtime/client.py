@@ -20,14 +20,15 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .clock import clock_part
+from .deadlines import deadline_cancel, deadline_ms
 from .engine.output import LIVE_STATUSES, TERMINAL_STATUSES
 from .errors import (
-    InstanceNotFoundError, InstanceStateError, InstanceStillRunningError, InvalidInputError, PayloadTooLargeError,
-    UpdateRejectedError, UpdateTimeoutError,
+    InstanceAlreadyExistsError, InstanceNotFoundError, InstanceStateError, InstanceStillRunningError, InvalidInputError,
+    PayloadTooLargeError, UpdateRejectedError, UpdateTimeoutError,
 )
 from .history import Event, HistoryEvent
 from . import local_runtimes
@@ -43,8 +44,9 @@ from .messages import (
 from .operator import operator_name
 from .options import RuntimeOptions
 from .messages import ClientUpdate
-from .providers.base import MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, StoreOverview
+from .providers.base import MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, StartOutcome, StoreOverview
 from .readouts import StreamItem, state_of, stream_of, update_answer
+from .start_policy import IfExists, IfExistsName, check_idempotency_key, check_if_exists
 from .status import InstanceInfo, InstanceInfoPage, OrchestrationStatus
 from .tracecontext import current_traceparent
 from .typed import decode_payload
@@ -114,30 +116,86 @@ class Client:
 
     @_holds_the_clock
     async def start_orchestration(self, instance_id: str, name: str, input: str = "", *,
-                                  version: str | None = None) -> None:
-        """Create instance ``instance_id`` running orchestration ``name`` with ``input``.
+                                  version: str | None = None,
+                                  if_exists: IfExists | IfExistsName = IfExists.FAIL,
+                                  idempotency_key: str | None = None,
+                                  deadline: timedelta | datetime | None = None) -> str:
+        """Create instance ``instance_id`` running orchestration ``name`` with ``input``; returns the
+        id of the instance that runs (``instance_id``, or the one ``idempotency_key`` recorded).
 
         ``version`` pins a version (default: the runtime's version policy picks).
-        Raises :class:`InstanceAlreadyExistsError` if the id is taken (nothing changes).
-        An unregistered ``name`` (or ``version``) raises :class:`UnknownOrchestrationError`
-        when a runtime of this store object runs in this process (see ``check_names``);
-        otherwise the instance is created and the runtimes back off until one knows it,
-        failing it after ``max_attempts``.
+        ``if_exists`` (:class:`IfExists`, or its string) says what happens when the id is
+        taken: ``"fail"`` raises :class:`InstanceAlreadyExistsError` (nothing changes);
+        ``"return_existing"`` changes nothing and returns the id; ``"replace"`` deletes a
+        finished instance (with its history and sub-orchestrations, as :meth:`purge`) and
+        starts afresh in the same store transaction, and refuses a live one (Pending,
+        Running, Suspended) with :class:`InstanceStateError`: cancel it first.
+        ``idempotency_key``: a start with a key used in the last 24 hours
+        (:data:`~duroxide_runtime.start_policy.IDEMPOTENCY_KEY_TTL`) changes nothing and
+        returns the id that key's first start named, even if this call names another id:
+        retry a start whose reply was lost with the same key. A start that raises
+        records no key. An unregistered ``name`` (or ``version``) raises
+        :class:`UnknownOrchestrationError` when a runtime of this store object runs in this
+        process (see ``check_names``); otherwise the instance is created and the runtimes
+        back off until one knows it, failing it after ``max_attempts``.
+        ``deadline`` (a ``timedelta`` from now, or an aware ``datetime``): the instance must
+        have ended by then; one still running (or not started yet) is cancelled then, with
+        cleanup (as :meth:`cancel_instance`, default grace), and ends Failed with
+        ``OrchestrationCancelled: deadline <UTC time> passed``. The cancellation is stored
+        with the start, in its transaction, so it happens even if no runtime ran in between;
+        continue-as-new keeps the deadline. A deadline not after now, or over 100 years ahead,
+        raises :class:`InvalidInputError`; a naive ``datetime`` :class:`ConfigurationError`
+        (both before anything is stored).
+
+        Example::
+
+            run_id = await client.start_orchestration("order-7", "Checkout", order_json,
+                                                      idempotency_key=request.headers["Idempotency-Key"],
+                                                      deadline=timedelta(hours=1))
         """
+        policy = check_if_exists(if_exists)
+        key = check_idempotency_key(idempotency_key)
         check_identifier(instance_id, "instance_id", MAX_ID_CHARS)
         check_identifier(name, "name", MAX_NAME_CHARS)
         if version is not None:
             check_identifier(version, "version", MAX_VERSION_CHARS)
         check_text(input, "input")
         self._check_size(input, "input")
+        due = None if deadline is None else deadline_ms(deadline, self.clock.now_ms())
         if self.check_names:
             refused = local_runtimes.refusal(self.store, name, version)
             if refused is not None:
                 raise refused
-        await self.store.create_instance(StartOrchestration(instance_id=instance_id, name=name,
-                                                            version=version, input=input,
-                                                            trace_context=current_traceparent()))
-        self._wake.notify_orchestrator()
+        start = StartOrchestration(instance_id=instance_id, name=name, version=version, input=input,
+                                   trace_context=current_traceparent(), deadline_ms=due)
+        if policy is IfExists.FAIL and key is None and due is None:
+            # The plain start: the store's cheapest write (PostgreSQL batches concurrent ones).
+            await self.store.create_instance(start)
+            self._wake.notify_orchestrator()
+            return instance_id
+        return self._started(policy, await self.store.start_instance(
+            start, if_exists=policy, replace_if_status_in=TERMINAL_STATUSES, idempotency_key=key,
+            # A deadline is a cancellation the store holds back until then, written with the start.
+            messages=() if due is None else [(deadline_cancel(instance_id, due), due)]))
+
+    def _started(self, policy: IfExists, outcome: StartOutcome) -> str:
+        """The id a policy start returns, or the error it raises (the store wrote nothing then)."""
+        if outcome.created:
+            for iid in outcome.replaced:
+                self._wake.notify_instance(iid)
+            self._wake.notify_orchestrator()
+            return outcome.instance_id
+        existing = outcome.existing
+        if outcome.by_key or existing is None or policy is IfExists.RETURN_EXISTING:
+            return outcome.instance_id
+        if policy is IfExists.REPLACE:
+            raise InstanceStateError(
+                existing.instance_id, "replace", existing.status,
+                f"it is {existing.status}: only a finished instance (Completed or Failed) is replaced, "
+                "a live one is never stopped by a start",
+                fix="cancel it first (client.cancel_instance) and wait for it to end, or start with "
+                    "if_exists='return_existing' to use it as it is")
+        raise InstanceAlreadyExistsError(existing.instance_id)
 
     @_holds_the_clock
     async def raise_event(self, instance_id: str, name: str, data: str = "", *, by: str | None = None) -> bool:

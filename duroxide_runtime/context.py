@@ -36,6 +36,7 @@ from .engine.commands import (
 )
 from .engine.commands import Emit, SetState, UpdateArrival, WaitForUpdate
 from .callsite import caller_source
+from .deadlines import epoch_ms
 from .errors import ActivityTimeoutError, ConfigurationError, DurableTaskFailed
 from .limits import (
     MAX_ID_CHARS, MAX_NAME_CHARS, MAX_VERSION_CHARS, check_identifier, check_seconds, check_text,
@@ -181,6 +182,26 @@ class OrchestrationContext:
         """
         seconds = check_seconds(delay, "timer delay")
         return self._x.issue(CreateTimer(fire_at_ms=self._x.now_ms + round(seconds * 1000)))
+
+    def sleep_until(self, when: datetime) -> DurableFuture[None]:
+        """A durable timer that fires at ``when`` (an aware ``datetime``, any time zone); survives restarts.
+
+        The due time is ``when`` itself, recorded in ``TimerCreated.fire_at_ms``: replay
+        never recomputes it from the clock. A moment already past fires at once (like
+        ``schedule_timer(0)``). A naive ``datetime`` (no ``tzinfo``), another type, or a
+        moment over 100 years ahead raises :class:`ConfigurationError` before anything
+        is recorded. Compose it like any timer (``select2``, ``asyncio.wait_for``...).
+
+        Example::
+
+            await ctx.sleep_until(datetime(2030, 1, 1, 9, 0, tzinfo=ZoneInfo("Europe/Paris")))
+            idx, _ = await ctx.select2(ctx.schedule_wait("approve"), ctx.sleep_until(order.expires_at))
+        """
+        at_ms = epoch_ms(when, "sleep_until time")
+        now_ms = self._x.now_ms
+        if at_ms > now_ms:
+            check_seconds((at_ms - now_ms) / 1000, "sleep_until delay (from now to the time given)")
+        return self._x.issue(CreateTimer(fire_at_ms=max(now_ms, at_ms)))
 
     def schedule_wait(self, name: str) -> DurableFuture[str]:
         """Wait for external event ``name`` (raised with ``client.raise_event``).

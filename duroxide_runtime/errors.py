@@ -193,8 +193,8 @@ class InstanceAlreadyExistsError(DuroxideError):
         self.instance_id = instance_id
         super().__init__(
             f"instance {instance_id!r} already exists; it was not started again",
-            fix="pick a new instance id, check first with get_instance_info(), "
-            "or purge the old instance (client.purge) to reuse its id",
+            fix="pick a new instance id, start with if_exists='return_existing' (to use the instance there) "
+            "or if_exists='replace' (to run a finished one afresh), or purge the old instance (client.purge)",
         )
 
 

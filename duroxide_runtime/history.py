@@ -91,6 +91,9 @@ class Event(metaclass=_EventNamespace):
         state: dict[str, str] | None = None
         #: Offset of this execution's first stream item (items emitted by earlier executions).
         stream_offset: int = 0
+        #: When the instance must have ended (``start_orchestration(deadline=)``, ms since the epoch);
+        #: carried over at continue-as-new. ``None``: no deadline, and in histories recorded before it existed.
+        deadline_ms: int | None = None
 
     @dataclass(frozen=True, kw_only=True)
     class OrchestrationCompleted(HistoryEvent):

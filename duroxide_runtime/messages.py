@@ -65,6 +65,9 @@ class StartOrchestration(OrchestratorMessage):
     #: Continue-as-new: the state the next execution starts with, and its first stream offset.
     state: dict[str, str] | None = None
     stream_offset: int = 0
+    #: ``start_orchestration(deadline=)``: when the instance must have ended (ms since the epoch,
+    #: the store's clock); carried over at continue-as-new. ``None``: no deadline (and in older messages).
+    deadline_ms: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

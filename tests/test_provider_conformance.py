@@ -28,9 +28,10 @@ from duroxide_runtime.messages import (
     TimerFired,
 )
 from duroxide_runtime.providers.base import (
-    CallKey, ChildStart, HeartbeatRecord, HeartbeatWrite, InstanceUpdate, OrchestrationItem, Provider, TurnCommit,
-    WorkCompletion, WorkLease, now_ms,
+    CallKey, ChildStart, HeartbeatRecord, HeartbeatWrite, InstanceUpdate, OrchestrationItem, Provider, StartOutcome,
+    TurnCommit, WorkCompletion, WorkLease, now_ms,
 )
+from duroxide_runtime.start_policy import IDEMPOTENCY_KEY_TTL, IfExists
 from duroxide_runtime.wake import WakeSource, wake_hub
 from duroxide_runtime.testing import ManualClock
 
@@ -176,6 +177,126 @@ async def test_create_existing_instance_raises_and_leaves_original_untouched(sto
     rec = await store.get_instance("i1")
     assert rec is not None and rec.status == "Completed" and rec.name == "First"
     assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+
+
+# -- start_instance (start policies, idempotency keys) -----------------------------------
+
+
+async def queued_starts(store: Provider) -> dict[str, list[object]]:
+    """Every instance with visible messages, and those messages (locks them: read once per test step)."""
+    return {iid: [m.message for m in item.messages] for iid, item in (await fetch_items(store)).items()}
+
+
+async def test_start_instance_on_a_free_id_creates_like_create_instance(store: Provider, clock: ManualClock) -> None:
+    for policy in IfExists:
+        iid = f"free-{policy.value}"
+        outcome = await store.start_instance(start_msg(iid, input=policy.value), if_exists=policy,
+                                             replace_if_status_in=ENDED, idempotency_key=f"k-{policy.value}")
+        assert outcome == StartOutcome(iid, created=True)
+        rec = await store.get_instance(iid)
+        assert rec is not None and (rec.status, rec.execution_id, rec.name) == ("Pending", 1, "Orch")
+        assert rec.created_at_ms == clock.now_ms() and rec.incarnation
+    assert await queued_starts(store) == {f"free-{p.value}": [start_msg(f"free-{p.value}", input=p.value)]
+                                          for p in IfExists}
+
+
+async def test_start_instance_keeps_a_taken_id_and_reports_its_row(store: Provider) -> None:
+    await begin(store, "i1")
+    before = await store.get_instance("i1")
+    for policy in (IfExists.FAIL, IfExists.RETURN_EXISTING):
+        outcome = await store.start_instance(start_msg("i1", name="Other"), if_exists=policy,
+                                             replace_if_status_in=ENDED)
+        assert outcome == StartOutcome("i1", created=False, existing=before)
+    # REPLACE of a status not listed (a live instance): nothing changes either.
+    outcome = await store.start_instance(start_msg("i1", name="Other"), if_exists=IfExists.REPLACE,
+                                         replace_if_status_in=ENDED)
+    assert outcome == StartOutcome("i1", created=False, existing=before)
+    assert await store.get_instance("i1") == before
+    assert len(await store.read_history("i1")) == 1
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+
+
+async def test_replace_deletes_the_finished_tree_and_starts_afresh_atomically(store: Provider) -> None:
+    await begin(store, "p", activities=[activity("p", 2)])
+    await _spawn_child(store, "p", "c", 3)
+    await store.send(event_msg("p", "stale"))  # queued for the old instance: must not reach the new one
+    await finish(store, "p")
+    await store.send(event_msg("p", "late"))
+    await begin(store, "bystander")
+    old = await store.get_instance("p")
+    assert old is not None and old.status == "Completed"
+    fresh = start_msg("p", name="Orch", input="again")
+    outcome = await store.start_instance(fresh, if_exists=IfExists.REPLACE, replace_if_status_in=ENDED)
+    assert outcome.created and outcome.instance_id == "p" and outcome.existing is None
+    assert outcome.replaced[0] == "p" and sorted(outcome.replaced) == ["c", "p"]
+    rec = await store.get_instance("p")
+    assert rec is not None and (rec.status, rec.execution_id, rec.output) == ("Pending", 1, None)
+    assert rec.incarnation != old.incarnation
+    assert await store.get_instance("c") is None
+    assert await store.read_history("p") == [] and await store.list_executions("p") == []
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+    item = await fetch_one(store, "p")
+    assert [m.message for m in item.messages] == [fresh] and item.history_len == 0
+    assert len(await store.read_history("bystander")) == 1
+
+
+async def test_an_idempotency_key_makes_a_repeated_start_a_no_op(store: Provider) -> None:
+    first = await store.start_instance(start_msg("a", input="1"), idempotency_key="k1")
+    assert first == StartOutcome("a", created=True)
+    # The reply was lost; the caller tries again, with the same id or another one, and any policy.
+    for iid, policy in (("a", IfExists.FAIL), ("b", IfExists.FAIL), ("b", IfExists.REPLACE)):
+        again = await store.start_instance(start_msg(iid, input="2"), if_exists=policy,
+                                           replace_if_status_in=ENDED, idempotency_key="k1")
+        assert again == StartOutcome("a", created=False, by_key=True)
+    assert [r.instance_id for r in await store.list_instances()] == ["a"]
+    assert await queued_starts(store) == {"a": [start_msg("a", input="1")]}
+    # Another key is another start.
+    assert (await store.start_instance(start_msg("b"), idempotency_key="k2")).created
+
+
+async def test_a_start_that_keeps_the_id_records_its_key_only_when_returning_it(store: Provider) -> None:
+    await begin(store, "taken")
+    await store.start_instance(start_msg("taken"), if_exists=IfExists.FAIL, idempotency_key="failed")
+    await store.start_instance(start_msg("taken"), if_exists=IfExists.REPLACE, replace_if_status_in=ENDED,
+                               idempotency_key="refused")
+    await store.start_instance(start_msg("taken"), if_exists=IfExists.RETURN_EXISTING, idempotency_key="kept")
+    # A start that failed recorded nothing: its key starts the next instance.
+    assert (await store.start_instance(start_msg("x"), idempotency_key="failed")).created
+    assert (await store.start_instance(start_msg("y"), idempotency_key="refused")).created
+    assert await store.start_instance(start_msg("z"), idempotency_key="kept") == StartOutcome(
+        "taken", created=False, by_key=True)
+    assert await store.get_instance("z") is None
+
+
+async def test_an_idempotency_key_expires_after_its_ttl(store: Provider, clock: ManualClock) -> None:
+    ttl_ms = int(IDEMPOTENCY_KEY_TTL.total_seconds() * 1000)
+    await store.start_instance(start_msg("a"), idempotency_key="k")
+    clock.advance(ttl_ms / 1000 - 0.001)
+    assert (await store.start_instance(start_msg("b"), idempotency_key="k")).by_key
+    clock.advance(0.002)
+    assert await store.start_instance(start_msg("b"), idempotency_key="k") == StartOutcome("b", created=True)
+    # Recorded anew from then on.
+    assert await store.start_instance(start_msg("c"), idempotency_key="k") == StartOutcome(
+        "b", created=False, by_key=True)
+    # A shorter TTL given by the caller counts too.
+    clock.advance(10)
+    assert (await store.start_instance(start_msg("d"), idempotency_key="k", key_ttl_ms=5_000)).created
+
+
+async def test_concurrent_starts_with_one_key_create_exactly_one_instance(store: Provider) -> None:
+    outcomes = await asyncio.gather(*(store.start_instance(start_msg(f"i{n}"), idempotency_key="k")
+                                      for n in range(12)))
+    assert sum(o.created for o in outcomes) == 1
+    winner = next(o.instance_id for o in outcomes if o.created)
+    assert {o.instance_id for o in outcomes} == {winner}
+    assert [r.instance_id for r in await store.list_instances()] == [winner]
+    # And concurrent replaces of one finished instance: one replaces it, the others find the new one live.
+    await begin(store, "r")
+    await finish(store, "r")
+    replaces = await asyncio.gather(*(store.start_instance(start_msg("r", input=str(n)), if_exists=IfExists.REPLACE,
+                                                           replace_if_status_in=ENDED) for n in range(6)))
+    assert sum(o.created for o in replaces) == 1
+    assert all(o.existing is not None and o.existing.status == "Pending" for o in replaces if not o.created)
 
 
 async def test_send_returns_record_and_enqueues_for_live_instance(store: Provider) -> None:

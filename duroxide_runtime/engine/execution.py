@@ -221,6 +221,8 @@ class Execution:
         #: Trace context of this execution and of its starter (recorded in OrchestrationStarted).
         self.trace_context: str | None = None
         self.parent_trace_context: str | None = None
+        #: The instance's deadline (``start_orchestration(deadline=)``), carried over at continue-as-new.
+        self.deadline_ms: int | None = None
         self._output = Output(instance_id, execution_id)
         self._matcher = HistoryMatcher(instance_id)
         self._mailbox: Mailbox[str] = Mailbox()
@@ -370,7 +372,8 @@ class Execution:
             event_id=1, timestamp_ms=self._stamp_ms, name=msg.name, version=self.version, input=msg.input,
             parent_instance_id=msg.parent_instance_id, parent_execution_id=msg.parent_execution_id,
             parent_event_id=msg.parent_event_id, trace_context=child_of(msg.trace_context),
-            parent_trace_context=msg.trace_context, state=msg.state, stream_offset=msg.stream_offset))
+            parent_trace_context=msg.trace_context, state=msg.state, stream_offset=msg.stream_offset,
+            deadline_ms=msg.deadline_ms))
 
     def _deliver(self, msg: OrchestratorMessage) -> None:
         """Apply one new message (a no-op once the execution has ended)."""
@@ -379,8 +382,12 @@ class Execution:
                                                    else f"it ended {self.outcome.status.value}"))
             return
         if self.outcome is not None:
-            if isinstance(msg, (ExternalEvent, ClientUpdate)) and self.outcome.status is Status.CONTINUED_AS_NEW:
-                self._output.send(msg)  # carried over to the next execution
+            # Carried over to the next execution: events and update requests nobody took yet,
+            # and a cancellation (the instance's: a deadline, or cancel_instance) that came too late
+            # for this one.
+            if (isinstance(msg, (ExternalEvent, ClientUpdate, CancelRequest))
+                    and self.outcome.status is Status.CONTINUED_AS_NEW):
+                self._output.send(msg)
             return
         if isinstance(msg, CancelRequest) and self._cancel is not None:
             return  # already cancelled and cleaning up: a repeated cancel changes nothing
@@ -415,6 +422,7 @@ class Execution:
         if isinstance(event, Event.OrchestrationStarted):
             self.trace_context = event.trace_context
             self.parent_trace_context = event.parent_trace_context
+            self.deadline_ms = event.deadline_ms
             self.parent = ((event.parent_instance_id, event.parent_execution_id or 1, event.parent_event_id)
                            if event.parent_instance_id is not None and event.parent_event_id is not None else None)
             self._commands.interaction.begin(event.state, event.stream_offset)
@@ -574,7 +582,8 @@ class Execution:
                 parent_execution_id=self.parent[1] if self.parent else None,
                 parent_event_id=self.parent[2] if self.parent else None,
                 trace_context=self.parent_trace_context,
-                state=dict(interaction.state) or None, stream_offset=interaction.stream_next))
+                state=dict(interaction.state) or None, stream_offset=interaction.stream_next,
+                deadline_ms=self.deadline_ms))  # its cancellation stays queued for the instance
             for name, data in self._mailbox.unconsumed():
                 self._output.send(ExternalEvent(instance_id=self.instance_id, name=name, data=data))
             for name, arrival in interaction.unanswered():  # the next execution may still answer them

@@ -31,6 +31,7 @@ from ..errors import ErrorDetails, InvalidInputError
 from ..history import HistoryEvent
 from ..limits import check_count, check_lookup_id
 from ..messages import ActivityResult, ActivityWork, OrchestratorMessage, PoisonNotice, StartOrchestration, TimerFired
+from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 
 __all__ = [
     "Provider", "InstanceRecord", "InstanceUpdate", "OrchestrationItem", "QueuedMessage", "TurnCommit",
@@ -38,7 +39,7 @@ __all__ = [
     "ChildStart", "CallKey", "timer_key", "status_admits", "Durability", "HeartbeatWrite", "HeartbeatRecord",
     "InstanceQuery", "InstancePage", "InstanceCount", "FailureGroup", "StoreOverview", "MAX_PAGE_LIMIT",
     "MINUTE_MS", "UNKNOWN_ERROR_TYPE", "CORRUPT_ERROR_TYPE", "encode_cursor", "decode_cursor", "check_query", "page_of",
-    "failure_type", "make_overview",
+    "failure_type", "make_overview", "StartOutcome",
 ]
 
 
@@ -132,6 +133,31 @@ class ChildStart:
 
     start: StartOrchestration
     if_taken: OrchestratorMessage | None = None
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    """What :meth:`Provider.start_instance` did.
+
+    ``instance_id``: the instance that runs (the start's, or the one its idempotency key
+    recorded). ``created``: this call wrote a new instance (fresh, or replacing a finished
+    one: then ``replaced`` lists the ids deleted, the old instance's first). ``by_key``: the
+    idempotency key named an earlier start, and nothing was written. Otherwise the id was
+    taken and kept: ``existing`` is its row as found, and the caller decides what that
+    means (fail, return it, refuse the replace).
+
+    Example::
+
+        outcome = await store.start_instance(start, if_exists=IfExists.RETURN_EXISTING)
+        if not outcome.created and outcome.existing is not None:
+            print("already there:", outcome.existing.status)
+    """
+
+    instance_id: str
+    created: bool
+    existing: InstanceRecord | None = None
+    replaced: tuple[str, ...] = ()
+    by_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -510,6 +536,35 @@ class Provider(ABC):
         """Create the instance row (status Pending) and enqueue its start, atomically.
 
         Raises :class:`InstanceAlreadyExistsError` (and changes nothing) if the id is taken.
+        """
+
+    @abstractmethod
+    async def start_instance(self, start: StartOrchestration, *, if_exists: IfExists = IfExists.FAIL,
+                             replace_if_status_in: Collection[str] = (), idempotency_key: str | None = None,
+                             key_ttl_ms: int = IDEMPOTENCY_KEY_TTL_MS,
+                             messages: Sequence[tuple[OrchestratorMessage, int | None]] = ()) -> StartOutcome:
+        """Start ``start``'s instance under a start policy, in one transaction (see :class:`StartOutcome`).
+
+        In this order:
+
+        1. ``idempotency_key`` recorded less than ``key_ttl_ms`` ago (by the store's clock):
+           change nothing; return the instance id it recorded (``by_key``). Of concurrent
+           calls with one key, from any number of processes, exactly one gets past here.
+        2. The id is free: create the row and enqueue the start as :meth:`create_instance`
+           does, then ``messages``, each visible from its time (ms by the store's clock;
+           ``None``: now), as ``TurnCommit.messages`` are (``created``). The runtime puts a
+           start's deadline there: a cancellation held back until it passes.
+        3. The id is taken, ``if_exists`` is ``REPLACE`` and the row's status is in
+           ``replace_if_status_in`` (the runtime names the finished statuses): delete the
+           instance as :meth:`purge_instance` does (descendants, histories, messages,
+           locks, work, heartbeats), then create it afresh as in 2 (``created``, ``replaced``).
+        4. Otherwise nothing is written; ``existing`` is the row.
+
+        The key is recorded (naming ``start.instance_id``, stamped now) with what 2 and 3
+        write, and in 4 only for ``RETURN_EXISTING``: a start that fails records nothing.
+        An expired key counts as absent and is overwritten; expired keys are deleted in
+        the background of later keyed starts. A retry after a reply lost once the store
+        committed must report what the first attempt did (its incarnation, or its key).
         """
 
     @abstractmethod

@@ -23,11 +23,12 @@ from ..history import HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
     MINUTE_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite, InstanceCount, InstancePage,
-    InstanceQuery, QueueDepths, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, StoreOverview,
+    InstanceQuery, QueueDepths, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, StartOutcome, StoreOverview,
     TurnCommit, WorkCompletion, WorkLease, check_query, failure_type, make_overview, page_of, status_admits,
     timer_key,
 )
 from ..clock import SYSTEM_CLOCK, Clock
+from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 
 __all__ = ["InMemoryProvider"]
 
@@ -68,6 +69,9 @@ class InMemoryProvider(Provider):
         self._locks: dict[str, tuple[str, int]] = {}
         self._work: dict[int, _Work] = {}
         self._heartbeats: dict[CallKey, HeartbeatRecord] = {}
+        #: Idempotency key -> (the instance id its start named, when it was recorded).
+        self._start_keys: dict[str, tuple[str, int]] = {}
+        self._next_key_gc = 0.0
 
     # -- client side -------------------------------------------------------------
 
@@ -76,6 +80,42 @@ class InMemoryProvider(Provider):
             raise InstanceAlreadyExistsError(start.instance_id)
         self._create_row(start)
         self._enqueue(start, None)
+
+    async def start_instance(self, start: StartOrchestration, *, if_exists: IfExists = IfExists.FAIL,
+                             replace_if_status_in: Collection[str] = (), idempotency_key: str | None = None,
+                             key_ttl_ms: int = IDEMPOTENCY_KEY_TTL_MS,
+                             messages: Sequence[tuple[OrchestratorMessage, int | None]] = ()) -> StartOutcome:
+        # No await in here: the whole start is one step of the event loop, as atomic as a transaction.
+        now = self.clock.now_ms()
+        if idempotency_key is not None:
+            self._collect_keys(now - key_ttl_ms)
+            recorded = self._start_keys.get(idempotency_key)
+            if recorded is not None and recorded[1] >= now - key_ttl_ms:
+                return StartOutcome(recorded[0], created=False, by_key=True)
+        iid = start.instance_id
+        record = self._instances.get(iid)
+        replaced: list[str] = []
+        if record is not None:
+            if if_exists is not IfExists.REPLACE or record.status not in replace_if_status_in:
+                if if_exists is IfExists.RETURN_EXISTING and idempotency_key is not None:
+                    self._start_keys[idempotency_key] = (iid, now)
+                return StartOutcome(iid, created=False, existing=record)
+            replaced = self._delete_tree(iid)
+        self._create_row(start)
+        self._enqueue(start, None)
+        for message, visible_at in messages:
+            self._enqueue(message, visible_at)
+        if idempotency_key is not None:
+            self._start_keys[idempotency_key] = (iid, now)
+        return StartOutcome(iid, created=True, replaced=tuple(replaced))
+
+    def _collect_keys(self, expired_before: int) -> None:
+        """Forget expired idempotency keys, at most once a minute (a scan of every key)."""
+        if self.clock.monotonic() < self._next_key_gc:
+            return
+        self._next_key_gc = self.clock.monotonic() + 60.0
+        for key in [k for k, (_, at) in self._start_keys.items() if at < expired_before]:
+            del self._start_keys[key]
 
     async def send(self, message: OrchestratorMessage, *,
                    only_if_status_in: Collection[str] | None = None,
@@ -148,10 +188,14 @@ class InMemoryProvider(Provider):
             return []
         if not status_admits(only_if_status_in, record.status):
             return None
+        return self._delete_tree(instance_id)
+
+    def _delete_tree(self, instance_id: str) -> list[str]:
+        """Delete an instance and its descendants with everything they own; the ids deleted."""
         doomed = [instance_id]
         for child in list(self._instances.values()):
             if child.parent_instance_id == instance_id:
-                doomed += await self.purge_instance(child.instance_id) or []
+                doomed += self._delete_tree(child.instance_id)
         self._instances.pop(instance_id, None)
         self._locks.pop(instance_id, None)
         for key in [k for k in self._history if k[0] == instance_id]:

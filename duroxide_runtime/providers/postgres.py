@@ -73,13 +73,14 @@ from ..messages import OrchestratorMessage, StartOrchestration, decode_message, 
 from .base import (
     CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
     OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, WorkCompletion, WorkLease,
-    check_query, decode_error_details, make_overview, page_of, status_admits,
+    check_query, decode_error_details, make_overview, page_of, status_admits, StartOutcome,
 )
 from .postgres_queries import listing_sql, overview_parts
 
 if TYPE_CHECKING:
     from ..wake import WakeHub
 from ..clock import SYSTEM_CLOCK, Clock
+from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 
 __all__ = ["PostgresProvider"]
 
@@ -441,6 +442,14 @@ EXCEPTION WHEN others THEN
     RETURN p_corrupt;
 END $fn$;
 """),
+    # Idempotency keys of starts (start_instance): which instance id a key's first start named,
+    # kept for IDEMPOTENCY_KEY_TTL (24 h). Not request_keys: those are made per call and kept an
+    # hour, these are the user's own and kept a day, and the two must never collide.
+    (8, """
+CREATE TABLE IF NOT EXISTS {s}.start_keys (
+    idempotency_key text PRIMARY KEY, instance_id text NOT NULL, created_at bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_start_keys_created ON {s}.start_keys(created_at);
+"""),
 ]
 
 #: How long a request key is kept: far longer than a call keeps retrying (about 30 s).
@@ -588,6 +597,7 @@ class PostgresProvider(Provider):
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
         self._next_key_gc = 0.0
+        self._next_start_key_gc = 0.0
         #: Test seam: awaited with the connection right after each statement or transaction
         #: committed, before the result is returned. A hook that kills the connection there makes
         #: the caller see what a reply lost after the server committed looks like
@@ -832,6 +842,94 @@ class PostgresProvider(Provider):
 
         return await self._one(op)
 
+    async def start_instance(self, start: StartOrchestration, *, if_exists: IfExists = IfExists.FAIL,
+                             replace_if_status_in: Collection[str] = (), idempotency_key: str | None = None,
+                             key_ttl_ms: int = IDEMPOTENCY_KEY_TTL_MS,
+                             messages: Sequence[tuple[OrchestratorMessage, int | None]] = ()) -> StartOutcome:
+        """One transaction: claim the idempotency key, then create, keep or replace the instance."""
+        s = self.schema
+        iid = start.instance_id
+        # Made once per call: a retry (after a reply lost once the server committed) that finds
+        # the row holding it knows the row is its own first attempt's (as in create_instance).
+        incarnation = uuid.uuid4().hex
+        payload = encode_message(start)
+        also = [(m.instance_id, encode_message(m), visible_at or 0) for m, visible_at in messages]
+        collect = idempotency_key is not None and self._start_key_gc_due()
+
+        async def op(conn: _Conn) -> StartOutcome:
+            now = self.clock.now_ms()
+            if idempotency_key is not None:
+                if collect:
+                    await conn.execute(
+                        f"DELETE FROM {s}.start_keys WHERE idempotency_key IN (SELECT idempotency_key "
+                        f"FROM {s}.start_keys WHERE created_at < $1 LIMIT 1000 FOR UPDATE SKIP LOCKED)",
+                        now - key_ttl_ms)
+                # The key row is the lock of every start with this key: a concurrent insert of the
+                # same key waits here until this transaction ends, then finds it (or, rolled back
+                # or deleted, takes it). An expired row is taken over.
+                claimed = await conn.fetchval(
+                    f"INSERT INTO {s}.start_keys AS k (idempotency_key, instance_id, created_at) "
+                    "VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO UPDATE SET instance_id = "
+                    "EXCLUDED.instance_id, created_at = EXCLUDED.created_at WHERE k.created_at < $4 RETURNING true",
+                    idempotency_key, iid, now, now - key_ttl_ms)
+                if not claimed:
+                    recorded = await conn.fetchval(
+                        f"SELECT instance_id FROM {s}.start_keys WHERE idempotency_key = $1", idempotency_key)
+                    return StartOutcome(recorded, created=False, by_key=True)
+            replaced: list[str] = []
+            # Twice at most: a start of the same id (without this key) may create the row between
+            # this look and the insert; the insert then finds it, and the policy applies to it.
+            for _ in range(2):
+                row = await conn.fetchrow(
+                    f"SELECT {_INSTANCE_COLS} FROM {s}.instances WHERE instance_id = $1 FOR UPDATE", iid)
+                if row is not None:
+                    if row["incarnation"] == incarnation:
+                        return StartOutcome(iid, created=True)  # this call's first attempt committed
+                    record = _record(row)
+                    if if_exists is not IfExists.REPLACE or record.status not in replace_if_status_in:
+                        if idempotency_key is not None and if_exists is not IfExists.RETURN_EXISTING:
+                            # A start that fails records no key.
+                            await conn.execute(f"DELETE FROM {s}.start_keys WHERE idempotency_key = $1",
+                                               idempotency_key)
+                        return StartOutcome(iid, created=False, existing=record)
+                    replaced = await self._delete_tree(conn, iid)
+                created = await conn.fetchrow(
+                    self._sql.create_instance, iid, start.name, start.version, start.execution_id,
+                    start.parent_instance_id, incarnation, payload, now, self._orch_channel)
+                if created["created"]:
+                    if also:  # after the start (ids ascending): a turn that takes both sees the start first
+                        await conn.executemany(
+                            f"INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) VALUES ($1, $2, $3)",
+                            also)
+                    return StartOutcome(iid, created=True, replaced=tuple(replaced))
+            raise StoreError(f"instance {iid!r} was created and deleted again while this start ran",
+                             fix="retry the start")
+
+        return await self._tx(op)
+
+    def _start_key_gc_due(self) -> bool:
+        """Whether this start also deletes expired idempotency keys (once a minute per provider)."""
+        now = self.clock.monotonic()
+        if now < self._next_start_key_gc:
+            return False
+        self._next_start_key_gc = now + _REQUEST_KEY_GC_INTERVAL
+        return True
+
+    async def _delete_tree(self, conn: _Conn, instance_id: str) -> list[str]:
+        """In ``conn``'s transaction: delete an instance and its descendants with everything they
+        own, and tell the processes waiting on them; the ids deleted (it first)."""
+        s = self.schema
+        rows = await conn.fetch(
+            f"WITH RECURSIVE tree(id) AS (SELECT $1::text UNION SELECT i.instance_id FROM {s}.instances i "
+            "JOIN tree t ON i.parent_instance_id = t.id) SELECT id FROM tree", instance_id)
+        doomed = [r[0] for r in rows]
+        for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue",
+                      "activity_heartbeats"):
+            await conn.execute(f"DELETE FROM {s}.{table} WHERE instance_id = ANY($1::text[])", doomed)
+        for iid in doomed:
+            await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, iid)
+        return doomed
+
     async def send(self, message: OrchestratorMessage, *,
                    only_if_status_in: Collection[str] | None = None,
                    set_status: str | None = None) -> InstanceRecord | None:
@@ -909,15 +1007,7 @@ class PostgresProvider(Provider):
                 return []
             if not status_admits(only_if_status_in, status):
                 return None
-            rows = await conn.fetch(
-                f"WITH RECURSIVE tree(id) AS (SELECT $1::text UNION SELECT i.instance_id FROM {s}.instances i "
-                "JOIN tree t ON i.parent_instance_id = t.id) SELECT id FROM tree", instance_id)
-            doomed = [r[0] for r in rows]
-            for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue",
-                          "activity_heartbeats"):
-                await conn.execute(f"DELETE FROM {s}.{table} WHERE instance_id = ANY($1::text[])", doomed)
-            for iid in doomed:
-                await conn.execute("SELECT pg_notify($1, $2)", self._done_channel, iid)
+            doomed = await self._delete_tree(conn, instance_id)
             await self._remember(conn, key, orjson.dumps(doomed))
             return doomed
 

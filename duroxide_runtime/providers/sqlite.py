@@ -35,10 +35,11 @@ from ..messages import OrchestratorMessage, StartOrchestration, decode_message, 
 from .base import (
     CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, decode_error_details, InstanceRecord,
     InstancePage, InstanceQuery, OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit,
-    WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key,
+    WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key, StartOutcome,
 )
 from .sqlite_queries import listing_sql, overview_parts
 from ..clock import SYSTEM_CLOCK, Clock
+from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 from .sqlite_thread import ConnectionThread
 
 __all__ = ["SqliteProvider"]
@@ -49,7 +50,7 @@ _T = TypeVar("_T")
 #: Seconds a caller waits for its write to be committed (a stalled disk) before StoreTimeoutError.
 DEFAULT_WRITE_TIMEOUT = 120.0
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -84,6 +85,9 @@ CREATE TABLE IF NOT EXISTS activity_heartbeats (
     instance_id TEXT NOT NULL, execution_id INTEGER NOT NULL, call_id INTEGER NOT NULL, event_id INTEGER NOT NULL,
     details TEXT, updated_at INTEGER NOT NULL,
     PRIMARY KEY (instance_id, execution_id, call_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS start_keys (
+    idempotency_key TEXT PRIMARY KEY, instance_id TEXT NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_start_keys_created ON start_keys(created_at);
 """
 
 _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
@@ -125,6 +129,7 @@ _REQUIRED_COLUMNS = {
     "worker_queue": {"id", "instance_id", "execution_id", "event_id", "message", "visible_at", "lock_token",
                      "locked_until", "dequeue_count", "cancelled"},
     "activity_heartbeats": {"instance_id", "execution_id", "call_id", "event_id", "details", "updated_at"},
+    "start_keys": {"idempotency_key", "instance_id", "created_at"},
 }
 
 
@@ -222,6 +227,7 @@ class SqliteProvider(Provider):
         self.write_timeout = write_timeout
         self._db: ConnectionThread | None = None
         self._connecting: asyncio.Lock | None = None
+        self._next_key_gc = 0.0
 
     @classmethod
     async def new(cls, url: str, *, clock: Clock = SYSTEM_CLOCK, durability: Durability = Durability.FULL,
@@ -299,6 +305,7 @@ class SqliteProvider(Provider):
             # v5: the operator listing's indexes (created by _SCHEMA above); the one on created_at
             # alone is a prefix of ix_instances_created_id, so it goes.
             conn.execute("DROP INDEX IF EXISTS ix_instances_created")
+            # v6: start_keys (the idempotency keys of starts), created by _SCHEMA above.
             conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -357,6 +364,49 @@ class SqliteProvider(Provider):
 
         if not await self._write(op, durable=True, what="a start"):
             raise InstanceAlreadyExistsError(start.instance_id)
+
+    async def start_instance(self, start: StartOrchestration, *, if_exists: IfExists = IfExists.FAIL,
+                             replace_if_status_in: Collection[str] = (), idempotency_key: str | None = None,
+                             key_ttl_ms: int = IDEMPOTENCY_KEY_TTL_MS,
+                             messages: Sequence[tuple[OrchestratorMessage, int | None]] = ()) -> StartOutcome:
+        iid = start.instance_id
+        collect = idempotency_key is not None and self._key_gc_due()
+
+        def op(conn: sqlite3.Connection) -> StartOutcome:
+            # One write transaction (BEGIN IMMEDIATE): starts from every process take turns, so
+            # of those sharing a key exactly one finds it absent.
+            now = self.clock.now_ms()
+            if idempotency_key is not None:
+                if collect:
+                    conn.execute("DELETE FROM start_keys WHERE created_at < ?", (now - key_ttl_ms,))
+                row = conn.execute("SELECT instance_id FROM start_keys WHERE idempotency_key=? AND created_at >= ?",
+                                   (idempotency_key, now - key_ttl_ms)).fetchone()
+                if row is not None:
+                    return StartOutcome(row[0], created=False, by_key=True)
+            record = _get_instance(conn, iid)
+            replaced: list[str] = []
+            if record is not None:
+                if if_exists is not IfExists.REPLACE or record.status not in replace_if_status_in:
+                    if if_exists is IfExists.RETURN_EXISTING:
+                        _remember_key(conn, idempotency_key, iid, now)
+                    return StartOutcome(iid, created=False, existing=record)
+                replaced = _delete_tree(conn, iid)
+            _insert_instance(conn, start, now)
+            _enqueue(conn, start, None)
+            for message, visible_at in messages:
+                _enqueue(conn, message, visible_at)
+            _remember_key(conn, idempotency_key, iid, now)
+            return StartOutcome(iid, created=True, replaced=tuple(replaced))
+
+        return await self._write(op, durable=True, what="a start")
+
+    def _key_gc_due(self) -> bool:
+        """Whether this start also deletes expired idempotency keys (once a minute per provider)."""
+        now = self.clock.monotonic()
+        if now < self._next_key_gc:
+            return False
+        self._next_key_gc = now + 60.0
+        return True
 
     async def send(self, message: OrchestratorMessage, *,
                    only_if_status_in: Collection[str] | None = None,
@@ -437,17 +487,7 @@ class SqliteProvider(Provider):
                 return []
             if not status_admits(only_if_status_in, record.status):
                 return None
-            doomed, frontier = [instance_id], [instance_id]
-            while frontier:
-                marks = ",".join("?" * len(frontier))
-                frontier = [r[0] for r in conn.execute(
-                    f"SELECT instance_id FROM instances WHERE parent_instance_id IN ({marks})", frontier)]
-                doomed += frontier
-            for iid in doomed:
-                for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue",
-                              "activity_heartbeats"):
-                    conn.execute(f"DELETE FROM {table} WHERE instance_id=?", (iid,))
-            return doomed
+            return _delete_tree(conn, instance_id)
 
         return await self._write(op, durable=True, what="a purge")
 
@@ -742,6 +782,28 @@ def _insert_instance(conn: sqlite3.Connection, start: StartOrchestration, now: i
                  "parent_instance_id, incarnation) VALUES (?,?,?,?, 'Pending', ?, ?, ?, ?)",
                  (start.instance_id, start.name, start.version, start.execution_id, now, now,
                   start.parent_instance_id, uuid.uuid4().hex))
+
+
+def _delete_tree(conn: sqlite3.Connection, instance_id: str) -> list[str]:
+    """Delete an instance and its descendants with everything they own; the ids deleted (it first)."""
+    doomed, frontier = [instance_id], [instance_id]
+    while frontier:
+        marks = ",".join("?" * len(frontier))
+        frontier = [r[0] for r in conn.execute(
+            f"SELECT instance_id FROM instances WHERE parent_instance_id IN ({marks})", frontier)]
+        doomed += frontier
+    for iid in doomed:
+        for table in ("instances", "history", "orchestrator_queue", "instance_locks", "worker_queue",
+                      "activity_heartbeats"):
+            conn.execute(f"DELETE FROM {table} WHERE instance_id=?", (iid,))
+    return doomed
+
+
+def _remember_key(conn: sqlite3.Connection, key: str | None, instance_id: str, now: int) -> None:
+    """Record idempotency ``key`` for a start of ``instance_id`` (over an expired record of it)."""
+    if key is not None:
+        conn.execute("INSERT OR REPLACE INTO start_keys(idempotency_key, instance_id, created_at) VALUES (?,?,?)",
+                     (key, instance_id, now))
 
 
 def _enqueue(conn: sqlite3.Connection, message: OrchestratorMessage, visible_at: int | None) -> None:
