@@ -261,13 +261,16 @@ async def test_rewinding_a_parent_rewinds_its_failed_child(harness: Harness) -> 
     assert isinstance(await harness.run("p-1", "Parent", "job"), OrchestrationStatus.Failed)
     assert (await harness.client.get_instance_info("p-1-child")).status == "Failed"
     broken["on"] = False
-    await harness.client.rewind_instance("p-1")
+    await harness.client.rewind_instance("p-1", by="ana@ops")
     status = await finish(harness, "p-1")
     assert isinstance(status, OrchestrationStatus.Completed) and status.output == "parent got job ok"
     assert (await harness.client.get_instance_info("p-1-child")).status == "Completed"
     child_history = await history_of(harness, "p-1-child")
     rewound = next(e for e in child_history if isinstance(e, Event.OrchestrationRewound))
-    assert rewound.by == "p-1" or rewound.by is not None
+    # The child's rewind names the operator who rewound the parent, and the parent's reason.
+    parent_rewound = next(e for e in await history_of(harness, "p-1") if isinstance(e, Event.OrchestrationRewound))
+    assert rewound.by == parent_rewound.by == "ana@ops"
+    assert rewound.reason == parent_rewound.reason
 
 
 async def test_rewind_refuses_what_did_not_fail_and_what_was_cancelled(harness: Harness) -> None:
