@@ -45,6 +45,7 @@ from .operator import operator_name
 from .options import RuntimeOptions
 from .messages import ClientUpdate
 from .providers.base import MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, StartOutcome, StoreOverview
+from .queues import check_concurrency_key, check_priority
 from .readouts import StreamItem, state_of, stream_of, update_answer
 from .start_policy import IfExists, IfExistsName, check_idempotency_key, check_if_exists
 from .status import InstanceInfo, InstanceInfoPage, OrchestrationStatus
@@ -119,7 +120,9 @@ class Client:
                                   version: str | None = None,
                                   if_exists: IfExists | IfExistsName = IfExists.FAIL,
                                   idempotency_key: str | None = None,
-                                  deadline: timedelta | datetime | None = None) -> str:
+                                  deadline: timedelta | datetime | None = None,
+                                  concurrency_key: str | None = None,
+                                  priority: int | None = None) -> str:
         """Create instance ``instance_id`` running orchestration ``name`` with ``input``; returns the
         id of the instance that runs (``instance_id``, or the one ``idempotency_key`` recorded).
 
@@ -146,15 +149,21 @@ class Client:
         continue-as-new keeps the deadline. A deadline not after now, or over 100 years ahead,
         raises :class:`InvalidInputError`; a naive ``datetime`` :class:`ConfigurationError`
         (both before anything is stored).
+        ``concurrency_key`` groups the instance's work under a key for the queues'
+        ``per_key_concurrency`` limits, and ``priority`` (higher first; ``None``: each
+        queue's own) orders its activity calls; both pass to its sub-orchestrations and
+        through continue-as-new (see :mod:`duroxide_runtime.queues`).
 
         Example::
 
             run_id = await client.start_orchestration("order-7", "Checkout", order_json,
                                                       idempotency_key=request.headers["Idempotency-Key"],
-                                                      deadline=timedelta(hours=1))
+                                                      deadline=timedelta(hours=1), concurrency_key="customer-42")
         """
         policy = check_if_exists(if_exists)
         key = check_idempotency_key(idempotency_key)
+        concurrency_key = check_concurrency_key(concurrency_key)
+        priority = check_priority(priority)
         check_identifier(instance_id, "instance_id", MAX_ID_CHARS)
         check_identifier(name, "name", MAX_NAME_CHARS)
         if version is not None:
@@ -167,7 +176,8 @@ class Client:
             if refused is not None:
                 raise refused
         start = StartOrchestration(instance_id=instance_id, name=name, version=version, input=input,
-                                   trace_context=current_traceparent(), deadline_ms=due)
+                                   trace_context=current_traceparent(), deadline_ms=due,
+                                   concurrency_key=concurrency_key, priority=priority)
         if policy is IfExists.FAIL and key is None and due is None:
             # The plain start: the store's cheapest write (PostgreSQL batches concurrent ones).
             await self.store.create_instance(start)

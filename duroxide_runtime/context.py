@@ -42,6 +42,7 @@ from .limits import (
     MAX_ID_CHARS, MAX_NAME_CHARS, MAX_VERSION_CHARS, check_identifier, check_seconds, check_text,
 )
 from .options import RetryPolicy
+from .queues import check_queue_name, known_queue
 from .typed import EventOf, TypedEvent, decode_payload, decoder, encode_payload
 from .updates import UpdateRequest
 
@@ -109,7 +110,8 @@ class OrchestrationContext:
 
     def schedule_activity(self, name: str, input: str = "", *, retry: RetryPolicy | None = None,
                           timeout: timedelta | float | None = None,
-                          heartbeat_timeout: timedelta | float | None = None) -> asyncio.Future[str]:
+                          heartbeat_timeout: timedelta | float | None = None,
+                          queue: str | None = None) -> asyncio.Future[str]:
         """Run activity ``name`` with ``input``; the future yields its result string.
 
         With ``retry``, failed attempts are retried after durable back-off timers
@@ -120,15 +122,21 @@ class OrchestrationContext:
         an attempt that goes longer without ``activity_context().heartbeat()`` is
         considered lost (say, its process died): it fails with
         ``ActivityHeartbeatTimeout`` and is retried, and the next attempt reads
-        the last recorded details.
+        the last recorded details. ``queue`` sends the call to a queue configured in
+        ``RuntimeOptions(queues=...)``, whose limits it then counts against
+        (:mod:`duroxide_runtime.queues`); ``None``: the ``"default"`` queue. A queue that
+        is not configured raises :class:`UnknownQueueError` here, before anything is recorded.
 
         Example::
 
             receipt = await ctx.schedule_activity("Charge", order_json, retry=RetryPolicy(max_attempts=5),
-                                                  timeout=timedelta(seconds=10), heartbeat_timeout=30)
+                                                  timeout=timedelta(seconds=10), heartbeat_timeout=30,
+                                                  queue="payments")
         """
         check_identifier(name, "activity name", MAX_NAME_CHARS)
         check_text(input, "activity input")
+        if queue is not None:
+            known_queue(check_queue_name(queue), self._x.queues)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry= of activity {name!r} must be a RetryPolicy, got {type(retry).__name__}",
                                      fix="pass e.g. retry=RetryPolicy(max_attempts=3, backoff=timedelta(seconds=1))")
@@ -139,15 +147,15 @@ class OrchestrationContext:
                 raise ConfigurationError(f"heartbeat_timeout of activity {name!r} must be at least 1 ms",
                                          fix="pass a positive duration, e.g. heartbeat_timeout=timedelta(seconds=30)")
         if retry is None and timeout is None:
-            return self._x.issue(ScheduleActivity(name=name, input=input, heartbeat_timeout_ms=beat_ms))
+            return self._x.issue(ScheduleActivity(name=name, input=input, heartbeat_timeout_ms=beat_ms, queue=queue))
         limit = None if timeout is None else check_seconds(timeout, "activity timeout")
         # The attempts run in a task of their own, where the caller is no longer on the
         # stack: its line is taken now, for every attempt and timer of the call.
         return self._x.loop.create_task(
-            self._activity_with_policy(name, input, retry or RetryPolicy(1), limit, beat_ms, caller_source()))
+            self._activity_with_policy(name, input, retry or RetryPolicy(1), limit, beat_ms, queue, caller_source()))
 
     async def _activity_with_policy(self, name: str, input: str, retry: RetryPolicy, limit: float | None,
-                                    beat_ms: int | None, source: str | None) -> str:
+                                    beat_ms: int | None, queue: str | None, source: str | None) -> str:
         # Each attempt is its own ActivityScheduled, numbered, naming the call's first attempt
         # (its heartbeat details live under that event). Whether to retry reads only the
         # recorded failure, so every replay decides alike.
@@ -155,7 +163,7 @@ class OrchestrationContext:
         while True:
             try:
                 call = self._x.issue(ScheduleActivity(name=name, input=input, attempt=attempt, first_event_id=first,
-                                                      heartbeat_timeout_ms=beat_ms, source=source))
+                                                      heartbeat_timeout_ms=beat_ms, queue=queue, source=source))
                 if first is None:
                     first = call.event_id
                 if limit is None:

@@ -53,6 +53,7 @@ __all__ = [
     "UpdateRejectedError",
     "UpdateTimeoutError",
     "UpdateAlreadyRepliedError",
+    "UnknownQueueError",
     "ErrorDetails",
 ]
 
@@ -104,6 +105,7 @@ class ErrorCode(enum.StrEnum):
     UPDATE_REJECTED = "UPDATE_REJECTED"
     UPDATE_TIMEOUT = "UPDATE_TIMEOUT"
     UPDATE_ALREADY_REPLIED = "UPDATE_ALREADY_REPLIED"
+    UNKNOWN_QUEUE = "UNKNOWN_QUEUE"
     # Declared by duroxide_macros (decorators.py) and the command-line tool (cli.py).
     DURABLE_NOT_EXPANDED = "DURABLE_NOT_EXPANDED"
     ORCHESTRATION_FAILED = "ORCHESTRATION_FAILED"
@@ -685,3 +687,20 @@ class UpdateAlreadyRepliedError(DuroxideError):
         super().__init__(f"instance {instance_id!r}: update {name!r} (request {request_id!r}) was already answered; "
                          "this second answer is ignored",
                          fix="answer each request once (reply or reject, not both)")
+
+
+class UnknownQueueError(DuroxideError):
+    """Work names a queue that ``RuntimeOptions(queues=...)`` does not configure.
+
+    Raised where the work is declared or started, before anything is stored, so that
+    a misspelt queue name never silently escapes its limits.
+    """
+
+    code = ErrorCode.UNKNOWN_QUEUE
+
+    def __init__(self, queue: str, known: list[str]) -> None:
+        listed = ", ".join(repr(q) for q in known)
+        super().__init__(f"queue {queue!r} is not configured (configured: {listed})",
+                         fix=f"add {queue!r}: QueueOptions(...) to RuntimeOptions(queues=...) in every process, "
+                             "or name a configured queue")
+        self.queue = queue

@@ -94,6 +94,10 @@ class Event(metaclass=_EventNamespace):
         #: When the instance must have ended (``start_orchestration(deadline=)``, ms since the epoch);
         #: carried over at continue-as-new. ``None``: no deadline, and in histories recorded before it existed.
         deadline_ms: int | None = None
+        #: The instance's concurrency key and priority (``start_orchestration(concurrency_key=, priority=)``),
+        #: stamped on its activity calls and children; ``None``: none given (and in older histories).
+        concurrency_key: str | None = None
+        priority: int | None = None
 
     @dataclass(frozen=True, kw_only=True)
     class OrchestrationCompleted(HistoryEvent):
@@ -193,6 +197,8 @@ class Event(metaclass=_EventNamespace):
         attempt: int = 1
         first_event_id: int | None = None
         heartbeat_timeout_ms: int | None = None
+        #: The queue the call was sent to (``schedule_activity(queue=)``); ``None``: the default queue.
+        queue: str | None = None
         source: str | None = field(default=None, compare=False)
 
     @dataclass(frozen=True, kw_only=True)

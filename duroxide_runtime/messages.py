@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from .queues import DEFAULT_QUEUE
 from .records import encode_record
 from .errors import ErrorDetails
 
@@ -68,6 +69,10 @@ class StartOrchestration(OrchestratorMessage):
     #: ``start_orchestration(deadline=)``: when the instance must have ended (ms since the epoch,
     #: the store's clock); carried over at continue-as-new. ``None``: no deadline (and in older messages).
     deadline_ms: int | None = None
+    #: ``start_orchestration(concurrency_key=, priority=)``: the instance's place in its queues'
+    #: limits and order, inherited by its activity calls and children; kept at continue-as-new.
+    concurrency_key: str | None = None
+    priority: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,6 +219,11 @@ class ActivityWork:
     first_event_id: int | None = None
     #: The call's heartbeat timeout: the lease then lasts only this long past the last heartbeat.
     heartbeat_timeout_ms: int | None = None
+    #: The queue whose limits the call counts against (see :mod:`duroxide_runtime.queues`), the
+    #: concurrency key of its instance (``None``: none), and its priority (higher is leased first).
+    queue: str = DEFAULT_QUEUE
+    concurrency_key: str | None = None
+    priority: int = 0
 
     @property
     def call_event_id(self) -> int:

@@ -13,12 +13,12 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-from collections.abc import Sequence
-
 from .errors import ConfigurationError, ErrorDetails, NonRetryableError, class_path
+from .queues import QueueOptions, check_queues
 
 __all__ = ["RuntimeOptions", "RetryPolicy", "to_seconds"]
 
@@ -189,8 +189,13 @@ class RuntimeOptions:
     #: How long ``shutdown`` waits for running activities before abandoning them
     #: (abandoned work is delivered again; nothing is lost).
     shutdown_grace: float = 10.0
+    #: Named queues and their limits (:mod:`duroxide_runtime.queues`): queue name -> ``QueueOptions``.
+    #: Limits hold across every process sharing the store; configure them alike in each.
+    #: Work naming a queue not listed here (other than ``"default"``) raises ``UnknownQueueError``.
+    queues: Mapping[str, QueueOptions] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "queues", check_queues(self.queues))  # frozen; a checked copy
         for name in ("orchestration_batch_size", "orchestration_concurrency", "activity_concurrency",
                      "activity_threads", "max_attempts"):
             if getattr(self, name) < 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from duroxide_runtime.providers.base import (
     CallKey, ChildStart, HeartbeatRecord, HeartbeatWrite, InstanceUpdate, OrchestrationItem, Provider, StartOutcome,
     TurnCommit, WorkCompletion, WorkLease, now_ms,
 )
+from duroxide_runtime.queues import QueueOptions, RateLimit
 from duroxide_runtime.start_policy import IDEMPOTENCY_KEY_TTL, IfExists
 from duroxide_runtime.wake import WakeSource, wake_hub
 from duroxide_runtime.testing import ManualClock
@@ -950,6 +952,78 @@ async def test_cancelled_leased_activity_is_not_redelivered_after_lease_expiry(s
     clock.advance(PAST_SHORT_LOCK)  # the worker died without completing
     assert await store.fetch_work_items(10, LONG_LOCK) == []
     assert lease.work.event_id == 2
+
+
+# -- queue limits (fetch_work_items(queues=...)) -------------------------------------------------
+
+
+def queued(iid: str, event_id: int, queue: str = "q", key: str | None = None, priority: int = 0) -> ActivityWork:
+    return ActivityWork(instance_id=iid, execution_id=1, event_id=event_id, name="Act", input="x", queue=queue,
+                        concurrency_key=key, priority=priority)
+
+
+async def test_queue_concurrency_counts_leases_of_every_fetch(store: Provider, clock: ManualClock) -> None:
+    limits = {"q": QueueOptions(concurrency=2)}
+    await begin(store, "i1", activities=[queued("i1", n) for n in range(2, 7)])
+    first = await store.fetch_work_items(1, SHORT_LOCK, queues=limits)
+    second = await store.fetch_work_items(10, LONG_LOCK, queues=limits)  # another process, say
+    assert [len(first), len(second)] == [1, 1]
+    assert await store.fetch_work_items(10, LONG_LOCK, queues=limits) == []
+    # A lapsed lease frees its slot; a completed call frees its own.
+    clock.advance(PAST_SHORT_LOCK)
+    again = await store.fetch_work_items(10, LONG_LOCK, queues=limits)
+    assert [w.work.event_id for w in again] == [2]
+    await store.complete_work_items([WorkCompletion(second[0].lock_token, ActivityResult(
+        instance_id="i1", execution_id=1, event_id=second[0].work.event_id, result="ok"))])
+    assert [w.work.event_id for w in await store.fetch_work_items(10, LONG_LOCK, queues=limits)] == [4]
+
+
+async def test_a_full_queue_does_not_hold_back_other_queues(store: Provider) -> None:
+    limits = {"q": QueueOptions(concurrency=1)}
+    backlog = [queued("i1", n) for n in range(2, 40)]
+    await begin(store, "i1", activities=[*backlog, queued("i1", 40, queue="other"), queued("i1", 41, queue="default")])
+    leased = await store.fetch_work_items(5, LONG_LOCK, queues=limits)
+    assert sorted(w.work.event_id for w in leased) == [2, 40, 41]
+    assert {w.work.queue for w in leased} == {"q", "other", "default"}
+
+
+async def test_per_key_concurrency_limits_each_key_alone(store: Provider) -> None:
+    limits = {"q": QueueOptions(per_key_concurrency=1)}
+    await begin(store, "i1", activities=[queued("i1", 2, key="a"), queued("i1", 3, key="a"), queued("i1", 4, key="b"),
+                                         queued("i1", 5, key=None), queued("i1", 6, key=None)])
+    leased = await store.fetch_work_items(10, LONG_LOCK, queues=limits)
+    # One call per key; calls without a key are bound only by the queue's concurrency (none here).
+    assert sorted(w.work.event_id for w in leased) == [2, 4, 5, 6]
+    assert await store.fetch_work_items(10, LONG_LOCK, queues=limits) == []
+
+
+async def test_rate_limit_counts_leases_in_a_sliding_window(store: Provider, clock: ManualClock) -> None:
+    limits = {"q": QueueOptions(rate_limit=RateLimit(2, per=timedelta(seconds=10)))}
+    await begin(store, "i1", activities=[queued("i1", n) for n in range(2, 8)])
+    assert len(await store.fetch_work_items(10, LONG_LOCK, queues=limits)) == 2
+    clock.advance(6)
+    assert await store.fetch_work_items(10, LONG_LOCK, queues=limits) == []
+    assert len(await store.fetch_work_items(1, LONG_LOCK, queues={})) == 1  # no limit given: none applies
+    clock.advance(4)  # the first two leases leave the window
+    assert len(await store.fetch_work_items(10, LONG_LOCK, queues=limits)) == 2
+    assert await store.fetch_work_items(10, LONG_LOCK, queues=limits) == []
+
+
+async def test_work_is_leased_by_priority_then_arrival(store: Provider) -> None:
+    # (The calls of one batch may come back in any order: fetch them one at a time.)
+    one_by_one = []
+    await begin(store, "i2", activities=[queued("i2", 2, priority=0), queued("i2", 3, priority=5),
+                                         queued("i2", 4, priority=-1), queued("i2", 5, priority=5)])
+    for _ in range(4):
+        (lease,) = await store.fetch_work_items(1, LONG_LOCK)
+        one_by_one.append(lease.work.event_id)
+    assert one_by_one == [3, 5, 2, 4]
+
+
+async def test_queued_work_keeps_its_queue_key_and_priority(store: Provider) -> None:
+    await begin(store, "i1", activities=[queued("i1", 2, queue="payments", key="customer-42", priority=7)])
+    (lease,) = await store.fetch_work_items(10, LONG_LOCK, queues={"payments": QueueOptions(concurrency=5)})
+    assert (lease.work.queue, lease.work.concurrency_key, lease.work.priority) == ("payments", "customer-42", 7)
 
 
 # -- purge_instance ------------------------------------------------------------------------------

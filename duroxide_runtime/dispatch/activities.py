@@ -147,7 +147,7 @@ class ActivityWorker:
             try:
                 leases = await self.store.fetch_work_items(
                     free, self.options.activity_lock_timeout, known_names=self._known,
-                    foreign_delay=self.options.foreign_activity_delay)
+                    foreign_delay=self.options.foreign_activity_delay, queues=self.options.queues)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -420,6 +420,8 @@ class ActivityWorker:
         """Record results (dropped for instances that have ended) and wake the dispatchers."""
         await self.store.complete_work_items(batch, only_if_status_in=LIVE_STATUSES)
         self.wake.notify_orchestrator()
+        if self.options.queues:
+            self.wake.notify_worker()  # the calls that ended freed queue slots: waiting calls may go now
 
     async def drain(self, grace: float) -> None:
         """Shutdown: let running calls finish for ``grace`` seconds, then stop what can be stopped.

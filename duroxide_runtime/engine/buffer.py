@@ -126,6 +126,8 @@ class CommandBuffer:
         self.name = identity.name
         self.version = identity.version
         self._options = options
+        #: ``RuntimeOptions.queues``: the queues work may name.
+        self.queues = options.queues
         self._matcher = matcher
         self._mailbox = mailbox
         self._output = output
@@ -400,7 +402,8 @@ class CommandBuffer:
         if isinstance(command, ScheduleActivity):
             return Event.ActivityScheduled(event_id=event_id, timestamp_ms=ts, name=command.name, input=command.input,
                                            attempt=command.attempt, first_event_id=command.first_event_id,
-                                           heartbeat_timeout_ms=command.heartbeat_timeout_ms, source=src)
+                                           heartbeat_timeout_ms=command.heartbeat_timeout_ms, queue=command.queue,
+                                           source=src)
         if isinstance(command, CreateTimer):
             return Event.TimerCreated(event_id=event_id, timestamp_ms=ts, fire_at_ms=command.fire_at_ms, source=src)
         if isinstance(command, (ScheduleSubOrchestration, StartDetached)):

@@ -78,7 +78,8 @@ class ScheduleActivity:
 
     ``attempt`` and ``first_event_id`` place it in a retried call (attempt 2 of the call
     first scheduled as event 4: ``attempt=2, first_event_id=4``); ``heartbeat_timeout_ms``
-    is the call's heartbeat timeout (``None``: none). Only name and input are matched on replay.
+    is the call's heartbeat timeout (``None``: none); ``queue`` the queue it is sent to (``None``:
+    the default queue). Only name and input are matched on replay.
     ``source`` is the ``file:line`` of the call when it is known before the command is issued
     (a retried call's later attempts run in a task of their own); ``None``: found on the stack.
     """
@@ -88,6 +89,7 @@ class ScheduleActivity:
     attempt: int = 1
     first_event_id: int | None = None
     heartbeat_timeout_ms: int | None = None
+    queue: str | None = None
     source: str | None = field(default=None, compare=False)
     kind: ClassVar[CommandKind] = CommandKind.ACTIVITY
 

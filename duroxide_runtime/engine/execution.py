@@ -223,7 +223,7 @@ class Execution:
         self.parent_trace_context: str | None = None
         #: The instance's deadline (``start_orchestration(deadline=)``), carried over at continue-as-new.
         self.deadline_ms: int | None = None
-        self._output = Output(instance_id, execution_id)
+        self._output = Output(instance_id, execution_id, options.queues)
         self._matcher = HistoryMatcher(instance_id)
         self._mailbox: Mailbox[str] = Mailbox()
         self._commands = CommandBuffer(Identity(instance_id, execution_id, name, version), options,
@@ -373,7 +373,7 @@ class Execution:
             parent_instance_id=msg.parent_instance_id, parent_execution_id=msg.parent_execution_id,
             parent_event_id=msg.parent_event_id, trace_context=child_of(msg.trace_context),
             parent_trace_context=msg.trace_context, state=msg.state, stream_offset=msg.stream_offset,
-            deadline_ms=msg.deadline_ms))
+            deadline_ms=msg.deadline_ms, concurrency_key=msg.concurrency_key, priority=msg.priority))
 
     def _deliver(self, msg: OrchestratorMessage) -> None:
         """Apply one new message (a no-op once the execution has ended)."""
@@ -423,6 +423,7 @@ class Execution:
             self.trace_context = event.trace_context
             self.parent_trace_context = event.parent_trace_context
             self.deadline_ms = event.deadline_ms
+            self._output.concurrency_key, self._output.priority = event.concurrency_key, event.priority
             self.parent = ((event.parent_instance_id, event.parent_execution_id or 1, event.parent_event_id)
                            if event.parent_instance_id is not None and event.parent_event_id is not None else None)
             self._commands.interaction.begin(event.state, event.stream_offset)
@@ -583,7 +584,8 @@ class Execution:
                 parent_event_id=self.parent[2] if self.parent else None,
                 trace_context=self.parent_trace_context,
                 state=dict(interaction.state) or None, stream_offset=interaction.stream_next,
-                deadline_ms=self.deadline_ms))  # its cancellation stays queued for the instance
+                deadline_ms=self.deadline_ms,  # its cancellation stays queued for the instance
+                concurrency_key=self._output.concurrency_key, priority=self._output.priority))
             for name, data in self._mailbox.unconsumed():
                 self._output.send(ExternalEvent(instance_id=self.instance_id, name=name, data=data))
             for name, arrival in interaction.unanswered():  # the next execution may still answer them

@@ -15,11 +15,13 @@ Example::
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ErrorDetails
 from ..history import Event, HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration, TimerFired
+from ..queues import DEFAULT_QUEUE, QueueOptions
 
 __all__ = ["Status", "Outcome", "TurnOutput", "Output", "TERMINAL_STATUSES", "LIVE_STATUSES"]
 
@@ -85,12 +87,21 @@ class TurnOutput:
 
 
 class Output:
-    """Builds the :class:`TurnOutput` of the running turn for one execution."""
+    """Builds the :class:`TurnOutput` of the running turn for one execution.
 
-    def __init__(self, instance_id: str, execution_id: int) -> None:
+    ``queues`` (``RuntimeOptions.queues``) gives the priority of activity calls whose
+    instance was started without one.
+    """
+
+    def __init__(self, instance_id: str, execution_id: int,
+                 queues: Mapping[str, QueueOptions] | None = None) -> None:
         self._instance_id = instance_id
         self._execution_id = execution_id
+        self._queues = queues or {}
         self._out = TurnOutput()
+        #: The instance's concurrency key and priority (set from ``OrchestrationStarted``).
+        self.concurrency_key: str | None = None
+        self.priority: int | None = None
 
     def take(self) -> TurnOutput:
         """This turn's output; the next turn starts empty."""
@@ -109,10 +120,16 @@ class Output:
         """The outgoing work of a new schedule event: an activity, a timer, a child's start."""
         iid, xid = self._instance_id, self._execution_id
         if isinstance(event, Event.ActivityScheduled):
+            queue = event.queue or DEFAULT_QUEUE
+            priority = self.priority
+            if priority is None:
+                options = self._queues.get(queue)
+                priority = 0 if options is None else options.priority
             self._out.activities.append(ActivityWork(instance_id=iid, execution_id=xid, event_id=event.event_id,
                                                      name=event.name, input=event.input, trace_context=trace_context,
                                                      attempt=event.attempt, first_event_id=event.first_event_id,
-                                                     heartbeat_timeout_ms=event.heartbeat_timeout_ms))
+                                                     heartbeat_timeout_ms=event.heartbeat_timeout_ms, queue=queue,
+                                                     concurrency_key=self.concurrency_key, priority=priority))
         elif isinstance(event, Event.TimerCreated):
             self.send(TimerFired(instance_id=iid, execution_id=xid, event_id=event.event_id,
                                  fire_at_ms=event.fire_at_ms), event.fire_at_ms)
@@ -121,7 +138,8 @@ class Output:
             self.send(StartOrchestration(
                 instance_id=event.instance_id, name=event.name, version=event.version, input=event.input,
                 parent_instance_id=iid if is_sub else None, parent_execution_id=xid if is_sub else None,
-                parent_event_id=event.event_id if is_sub else None, trace_context=trace_context))
+                parent_event_id=event.event_id if is_sub else None, trace_context=trace_context,
+                concurrency_key=self.concurrency_key if is_sub else None, priority=self.priority if is_sub else None))
 
     def cancel_activity(self, event_id: int) -> None:
         """Tell the activity of ``event_id`` to stop (a lost select, a dropped future, a cancelled instance)."""

@@ -22,7 +22,7 @@ import base64
 import binascii
 import orjson
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -31,6 +31,7 @@ from ..errors import ErrorDetails, InvalidInputError
 from ..history import HistoryEvent
 from ..limits import check_count, check_lookup_id
 from ..messages import ActivityResult, ActivityWork, OrchestratorMessage, PoisonNotice, StartOrchestration, TimerFired
+from ..queues import QueueOptions
 from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 
 __all__ = [
@@ -664,13 +665,26 @@ class Provider(ABC):
     @abstractmethod
     async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
                                known_names: Collection[str] | None = None,
-                               foreign_delay: float = 1.0) -> list[WorkLease]:
-        """Lock up to ``max_items`` visible activity calls.
+                               foreign_delay: float = 1.0,
+                               queues: Mapping[str, QueueOptions] | None = None) -> list[WorkLease]:
+        """Lock up to ``max_items`` visible activity calls, highest ``ActivityWork.priority`` first,
+        then in the order they were enqueued.
 
         With ``known_names``, calls of other activities are taken only once they
         have been visible for ``foreign_delay`` seconds: during a rolling deploy a
         node that knows the activity gets it first, and a name no node knows still
         reaches a worker (which backs off and finally poisons it).
+
+        With ``queues``, a call whose ``ActivityWork.queue`` sets a limit there is leased
+        only while, counting the calls of that queue leased now in any process (a lapsed
+        lease does not count; a cancelled call still leased does) and those this fetch
+        takes: fewer than ``concurrency`` are leased; its ``concurrency_key`` is ``None`` or
+        fewer than ``per_key_concurrency`` with that key are leased; and fewer than
+        ``rate_limit.n`` calls of the queue were leased in the last ``rate_limit.per`` (the
+        store records each such lease's time). Counting and leasing are one transaction,
+        serialised with every other fetch of the store: the limits hold across processes.
+        Calls that must wait stay queued, and are passed over without being read one by
+        one (count them with :class:`~duroxide_runtime.providers.queue_slots.QueueSlots`).
         """
 
     @abstractmethod

@@ -15,7 +15,7 @@ import heapq
 import itertools
 import uuid
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import InstanceAlreadyExistsError
@@ -28,7 +28,9 @@ from .base import (
     timer_key,
 )
 from ..clock import SYSTEM_CLOCK, Clock
+from ..queues import QueueOptions
 from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
+from .queue_slots import QueueSlots, limited_queues
 
 __all__ = ["InMemoryProvider"]
 
@@ -68,6 +70,8 @@ class InMemoryProvider(Provider):
         self._queue: dict[int, _Queued] = {}
         self._locks: dict[str, tuple[str, int]] = {}
         self._work: dict[int, _Work] = {}
+        #: Lease times of the rate-limited queues' calls within their windows.
+        self._queue_leases: dict[str, list[int]] = {}
         self._heartbeats: dict[CallKey, HeartbeatRecord] = {}
         #: Idempotency key -> (the instance id its start named, when it was recorded).
         self._start_keys: dict[str, tuple[str, int]] = {}
@@ -320,22 +324,45 @@ class InMemoryProvider(Provider):
 
     async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
                                known_names: Collection[str] | None = None,
-                               foreign_delay: float = 1.0) -> list[WorkLease]:
+                               foreign_delay: float = 1.0,
+                               queues: Mapping[str, QueueOptions] | None = None) -> list[WorkLease]:
         now = self.clock.now_ms()
         foreign_before = now - int(foreign_delay * 1000)
         leases: list[WorkLease] = []
-        for w in self._work.values():
+        limited = limited_queues(queues)
+        slots = self._slots(now, limited) if limited else None
+        # Highest priority first, then arrival (ids grow with arrival).
+        for w in sorted(self._work.values(), key=lambda w: (-w.work.priority, w.id)):
             if len(leases) >= max_items:
                 break
             if w.visible_at > now or w.cancelled or (w.lock_token is not None and w.locked_until > now):
                 continue
             if known_names is not None and w.work.name not in known_names and w.visible_at > foreign_before:
                 continue
+            if slots is not None:
+                if not slots.admits(w.work.queue, w.work.concurrency_key):
+                    continue
+                if slots.take(w.work.queue, w.work.concurrency_key):
+                    self._queue_leases.setdefault(w.work.queue, []).append(now)
             w.lock_token = uuid.uuid4().hex
             w.locked_until = now + int(lock_timeout * 1000)
             w.dequeue_count += 1
             leases.append(WorkLease(w.lock_token, w.work, w.dequeue_count))
         return leases
+
+    def _slots(self, now: int, limited: Mapping[str, QueueOptions]) -> QueueSlots:
+        running: dict[tuple[str, str | None], int] = {}
+        for w in self._work.values():
+            if w.work.queue in limited and w.lock_token is not None and w.locked_until > now:
+                key = (w.work.queue, w.work.concurrency_key)
+                running[key] = running.get(key, 0) + 1
+        started = {}
+        for queue, options in limited.items():
+            if options.rate_limit is not None:
+                since = now - options.rate_limit.per_ms
+                kept = self._queue_leases[queue] = [t for t in self._queue_leases.get(queue, []) if t > since]
+                started[queue] = len(kept)
+        return QueueSlots(limited, [(q, k, n) for (q, k), n in running.items()], started)
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
                                   only_if_status_in: Collection[str] | None = None) -> None:

@@ -76,10 +76,12 @@ from .base import (
     check_query, decode_error_details, make_overview, page_of, status_admits, StartOutcome,
 )
 from .postgres_queries import listing_sql, overview_parts
+from .queue_slots import QueueSlots, limited_queues
 
 if TYPE_CHECKING:
     from ..wake import WakeHub
 from ..clock import SYSTEM_CLOCK, Clock
+from ..queues import QueueOptions
 from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 
 __all__ = ["PostgresProvider"]
@@ -449,6 +451,34 @@ END $fn$;
 CREATE TABLE IF NOT EXISTS {s}.start_keys (
     idempotency_key text PRIMARY KEY, instance_id text NOT NULL, created_at bigint NOT NULL);
 CREATE INDEX IF NOT EXISTS ix_start_keys_created ON {s}.start_keys(created_at);
+"""),
+    # Queues (duroxide_runtime.queues): each work item's queue, concurrency key and priority,
+    # filled from its message by a trigger, so the turn commit (commit_turns_m5) is unchanged
+    # and nodes of older versions sharing the schema fill them too; lease times of rate-limited
+    # queues; indexes to lease by priority and to count a queue's leases.
+    (9, """
+ALTER TABLE {s}.worker_queue ADD COLUMN IF NOT EXISTS queue text NOT NULL DEFAULT 'default';
+ALTER TABLE {s}.worker_queue ADD COLUMN IF NOT EXISTS ckey text;
+ALTER TABLE {s}.worker_queue ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0;
+CREATE OR REPLACE FUNCTION {s}.work_placement_m9() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+    body json;
+BEGIN
+    body := convert_from(NEW.message, 'UTF8')::json;
+    NEW.queue := COALESCE(body->>'queue', 'default');
+    NEW.ckey := body->>'concurrency_key';
+    NEW.priority := COALESCE((body->>'priority')::integer, 0);
+    RETURN NEW;
+EXCEPTION WHEN others THEN
+    RETURN NEW;  -- an unreadable message keeps the defaults; the fetch that meets it drops it
+END $fn$;
+DROP TRIGGER IF EXISTS work_placement ON {s}.worker_queue;
+CREATE TRIGGER work_placement BEFORE INSERT ON {s}.worker_queue
+    FOR EACH ROW EXECUTE FUNCTION {s}.work_placement_m9();
+CREATE INDEX IF NOT EXISTS ix_wq_priority ON {s}.worker_queue(priority DESC, id);
+CREATE INDEX IF NOT EXISTS ix_wq_queue_lease ON {s}.worker_queue(queue, locked_until);
+CREATE TABLE IF NOT EXISTS {s}.queue_leases (queue text NOT NULL, leased_at bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_queue_leases ON {s}.queue_leases(queue, leased_at);
 """),
 ]
 
@@ -1148,9 +1178,12 @@ class PostgresProvider(Provider):
 
     async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
                                known_names: Collection[str] | None = None,
-                               foreign_delay: float = 1.0) -> list[WorkLease]:
+                               foreign_delay: float = 1.0,
+                               queues: Mapping[str, QueueOptions] | None = None) -> list[WorkLease]:
         s = self.schema
         names = None if known_names is None else sorted(known_names)
+        limited = limited_queues(queues)
+        lock_ms, foreign_ms = int(lock_timeout * 1000), int(foreign_delay * 1000)
 
         async def op(conn: _Conn) -> list[asyncpg.Record]:
             now = self.clock.now_ms()
@@ -1160,13 +1193,17 @@ class PostgresProvider(Provider):
                 f"WHERE w.id IN (SELECT id FROM {s}.worker_queue WHERE visible_at <= $5 "
                 "AND (lock_token IS NULL OR locked_until <= $5) AND NOT cancelled "
                 "AND ($3::text[] IS NULL OR name = ANY($3::text[]) OR visible_at <= $5::bigint - $4) "
-                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+                "ORDER BY priority DESC, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
                 "RETURNING w.id, w.lock_token, w.message, w.dequeue_count, (SELECT off FROM no_flush)",
-                max_items, int(lock_timeout * 1000), names, int(foreign_delay * 1000), now)
+                max_items, lock_ms, names, foreign_ms, now)
             return rows
 
+        async def limited_op(conn: _Conn) -> list[asyncpg.Record]:
+            return await self._lease_limited(conn, max_items, lock_ms, names, foreign_ms, limited)
+
+        rows = await (self._tx(limited_op) if limited else self._one(op))
         leases, unreadable = [], []
-        for r in sorted(await self._one(op), key=lambda r: r["id"]):
+        for r in sorted(rows, key=lambda r: r["id"]):
             try:
                 leases.append(WorkLease(r["lock_token"], decode_message(r["message"]), r["dequeue_count"]))
             except ValueError:
@@ -1176,6 +1213,61 @@ class PostgresProvider(Provider):
             await self._one(lambda conn: conn.execute(
                 f"DELETE FROM {s}.worker_queue WHERE id = ANY($1::bigint[])", unreadable))
         return leases
+
+    async def _lease_limited(self, conn: _Conn, max_items: int, lock_ms: int, names: list[str] | None,
+                             foreign_ms: int, limited: Mapping[str, QueueOptions]) -> list[asyncpg.Record]:
+        """The fetch under queue limits, in one transaction: count, then lease what the slots admit.
+
+        A transaction-level advisory lock per limited queue (taken in name order, so two
+        fetches never wait on each other in a cycle) serialises the fetches that count
+        that queue's slots, in every process: the count each one reads is the count there is.
+        """
+        s = self.schema
+        now = self.clock.now_ms()
+        names_of_limited = sorted(limited)
+        await conn.execute("SELECT set_config('synchronous_commit', 'off', true), "
+                           "pg_advisory_xact_lock(hashtextextended($1 || ':' || q, 0)) "
+                           "FROM unnest($2::text[]) AS q ORDER BY q", f"duroxide-queue:{s}", names_of_limited)
+        running = await conn.fetch(
+            f"SELECT queue, ckey, count(*)::int AS n FROM {s}.worker_queue WHERE queue = ANY($1::text[]) "
+            "AND locked_until > $2 AND lock_token IS NOT NULL GROUP BY queue, ckey", names_of_limited, now)
+        rated = {q: o.rate_limit.per_ms for q, o in limited.items() if o.rate_limit is not None}
+        started: dict[str, int] = {}
+        if rated:
+            counted = await conn.fetch(
+                f"WITH gone AS (DELETE FROM {s}.queue_leases l USING unnest($1::text[], $2::bigint[]) AS r(q, since) "
+                "WHERE l.queue = r.q AND l.leased_at <= r.since) "
+                f"SELECT r.q, (SELECT count(*)::int FROM {s}.queue_leases l WHERE l.queue = r.q AND l.leased_at > r.since) "
+                "AS n FROM unnest($1::text[], $2::bigint[]) AS r(q, since)",
+                list(rated), [now - per for per in rated.values()])
+            started = {r["q"]: r["n"] for r in counted}
+        slots = QueueSlots(limited, [(r["queue"], r["ckey"], r["n"]) for r in running], started)
+        leased: list[asyncpg.Record] = []
+        while len(leased) < max_items:
+            rows = await conn.fetch(
+                f"SELECT id, queue, ckey FROM {s}.worker_queue WHERE visible_at <= $2 "
+                "AND (lock_token IS NULL OR locked_until <= $2) AND NOT cancelled "
+                "AND ($3::text[] IS NULL OR name = ANY($3::text[]) OR visible_at <= $2::bigint - $4) "
+                "AND queue <> ALL($5::text[]) AND (ckey IS NULL OR (queue || chr(31) || ckey) <> ALL($6::text[])) "
+                "ORDER BY priority DESC, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                max_items - len(leased), now, names, foreign_ms, slots.full_queues(), slots.full_keys())
+            admitted, rate_logged = [], []
+            for r in rows:
+                if slots.admits(r["queue"], r["ckey"]):
+                    admitted.append(r["id"])
+                    if slots.take(r["queue"], r["ckey"]):
+                        rate_logged.append(r["queue"])
+            if admitted:
+                leased += await conn.fetch(
+                    f"UPDATE {s}.worker_queue w SET lock_token = md5(random()::text || w.id::text), "
+                    "locked_until = $2::bigint + $3, dequeue_count = w.dequeue_count + 1 WHERE w.id = ANY($1::bigint[]) "
+                    "RETURNING w.id, w.lock_token, w.message, w.dequeue_count", admitted, now, lock_ms)
+            if rate_logged:
+                await conn.execute(f"INSERT INTO {s}.queue_leases(queue, leased_at) SELECT q, $2 FROM unnest($1::text[]) q",
+                                   rate_logged, now)
+            if not rows:
+                break
+        return leased
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
                                   only_if_status_in: Collection[str] | None = None) -> None:

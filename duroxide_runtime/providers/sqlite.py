@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -37,8 +37,10 @@ from .base import (
     InstancePage, InstanceQuery, OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit,
     WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key, StartOutcome,
 )
+from .queue_slots import QueueSlots, limited_queues
 from .sqlite_queries import listing_sql, overview_parts
 from ..clock import SYSTEM_CLOCK, Clock
+from ..queues import QueueOptions
 from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 from .sqlite_thread import ConnectionThread
 
@@ -50,7 +52,7 @@ _T = TypeVar("_T")
 #: Seconds a caller waits for its write to be committed (a stalled disk) before StoreTimeoutError.
 DEFAULT_WRITE_TIMEOUT = 120.0
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -77,8 +79,13 @@ CREATE TABLE IF NOT EXISTS worker_queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, execution_id INTEGER NOT NULL,
     event_id INTEGER NOT NULL, message BLOB NOT NULL, visible_at INTEGER NOT NULL,
     lock_token TEXT, locked_until INTEGER NOT NULL DEFAULT 0, dequeue_count INTEGER NOT NULL DEFAULT 0,
-    cancelled INTEGER NOT NULL DEFAULT 0, name TEXT NOT NULL DEFAULT '');
+    cancelled INTEGER NOT NULL DEFAULT 0, name TEXT NOT NULL DEFAULT '',
+    queue TEXT NOT NULL DEFAULT 'default', ckey TEXT, priority INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS ix_wq_visible ON worker_queue(visible_at);
+CREATE INDEX IF NOT EXISTS ix_wq_priority ON worker_queue(priority DESC, id);
+CREATE INDEX IF NOT EXISTS ix_wq_queue_lease ON worker_queue(queue, locked_until);
+CREATE TABLE IF NOT EXISTS queue_leases (queue TEXT NOT NULL, leased_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_queue_leases ON queue_leases(queue, leased_at);
 CREATE INDEX IF NOT EXISTS ix_wq_call ON worker_queue(instance_id, execution_id, event_id);
 CREATE INDEX IF NOT EXISTS ix_wq_token ON worker_queue(lock_token);
 CREATE TABLE IF NOT EXISTS activity_heartbeats (
@@ -285,6 +292,7 @@ class SqliteProvider(Provider):
         except StoreError:
             conn.execute("ROLLBACK")
             raise
+        _add_queue_columns(conn)  # before _SCHEMA: its indexes name them
         for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
             conn.execute(statement)
         row = conn.execute("SELECT version FROM duroxide_schema").fetchone()
@@ -306,6 +314,8 @@ class SqliteProvider(Provider):
             # alone is a prefix of ix_instances_created_id, so it goes.
             conn.execute("DROP INDEX IF EXISTS ix_instances_created")
             # v6: start_keys (the idempotency keys of starts), created by _SCHEMA above.
+            # v7: queue, concurrency key and priority on work items (_add_queue_columns) and
+            # queue_leases (lease times of rate-limited queues), created by _SCHEMA above.
             conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -616,28 +626,46 @@ class SqliteProvider(Provider):
 
     async def fetch_work_items(self, max_items: int, lock_timeout: float, *,
                                known_names: Collection[str] | None = None,
-                               foreign_delay: float = 1.0) -> list[WorkLease]:
+                               foreign_delay: float = 1.0,
+                               queues: Mapping[str, QueueOptions] | None = None) -> list[WorkLease]:
         lock_ms = int(lock_timeout * 1000)
         names = None if known_names is None else orjson.dumps(sorted(known_names)).decode()
+        limited = limited_queues(queues)
 
         def op(conn: sqlite3.Connection) -> list[WorkLease]:
+            # BEGIN IMMEDIATE serialises this with every other writer, so the slots counted
+            # here are the slots there are: a limit holds across processes.
             now = self.clock.now_ms()
-            rows = conn.execute(
-                "SELECT id, message, dequeue_count FROM worker_queue WHERE visible_at <= ? "
-                "AND (lock_token IS NULL OR locked_until <= ?) AND cancelled = 0 "
-                "AND (? IS NULL OR name IN (SELECT value FROM json_each(?)) OR visible_at <= ?) "
-                "ORDER BY id LIMIT ?",
-                (now, now, names, names, now - int(foreign_delay * 1000), max_items)).fetchall()
-            leases = []
-            for wid, raw, count in rows:
-                token = uuid.uuid4().hex
-                conn.execute("UPDATE worker_queue SET lock_token=?, locked_until=?, dequeue_count=? WHERE id=?",
-                             (token, now + lock_ms, count + 1, wid))
-                try:
-                    leases.append(WorkLease(token, decode_message(raw), count + 1))
-                except ValueError:
-                    _log.error("dropping unreadable activity message %s", wid)
-                    conn.execute("DELETE FROM worker_queue WHERE id=?", (wid,))
+            slots = _load_slots(conn, now, limited) if limited else None
+            leases: list[WorkLease] = []
+            while len(leases) < max_items:
+                full_queues = "[]" if slots is None else orjson.dumps(slots.full_queues()).decode()
+                full_keys = "[]" if slots is None else orjson.dumps(slots.full_keys()).decode()
+                rows = conn.execute(
+                    "SELECT id, message, dequeue_count, queue, ckey FROM worker_queue WHERE visible_at <= ? "
+                    "AND (lock_token IS NULL OR locked_until <= ?) AND cancelled = 0 "
+                    "AND (? IS NULL OR name IN (SELECT value FROM json_each(?)) OR visible_at <= ?) "
+                    "AND queue NOT IN (SELECT value FROM json_each(?)) "
+                    "AND (ckey IS NULL OR queue || char(31) || ckey NOT IN (SELECT value FROM json_each(?))) "
+                    "ORDER BY priority DESC, id LIMIT ?",
+                    (now, now, names, names, now - int(foreign_delay * 1000), full_queues, full_keys,
+                     max_items - len(leases))).fetchall()
+                for wid, raw, count, queue, ckey in rows:
+                    if slots is not None:
+                        if not slots.admits(queue, ckey):
+                            continue  # its queue or key filled during this fetch: the next read leaves it out
+                        if slots.take(queue, ckey):
+                            conn.execute("INSERT INTO queue_leases(queue, leased_at) VALUES (?,?)", (queue, now))
+                    token = uuid.uuid4().hex
+                    conn.execute("UPDATE worker_queue SET lock_token=?, locked_until=?, dequeue_count=? WHERE id=?",
+                                 (token, now + lock_ms, count + 1, wid))
+                    try:
+                        leases.append(WorkLease(token, decode_message(raw), count + 1))
+                    except ValueError:
+                        _log.error("dropping unreadable activity message %s", wid)
+                        conn.execute("DELETE FROM worker_queue WHERE id=?", (wid,))
+                if slots is None or not rows:
+                    break
             return leases
 
         return await self._write(op, durable=False, what="a fetch of activity work")
@@ -734,6 +762,32 @@ class SqliteProvider(Provider):
 # -- helpers that run on the connection thread --------------------------------------
 
 
+def _load_slots(conn: sqlite3.Connection, now: int, limited: Mapping[str, QueueOptions]) -> QueueSlots:
+    """The leased calls of the limited queues, and their rate windows' lease counts (older lease times go)."""
+    names = orjson.dumps(sorted(limited)).decode()
+    running = conn.execute(
+        "SELECT queue, ckey, COUNT(*) FROM worker_queue INDEXED BY ix_wq_queue_lease "
+        "WHERE queue IN (SELECT value FROM json_each(?)) AND locked_until > ? AND lock_token IS NOT NULL "
+        "GROUP BY queue, ckey", (names, now)).fetchall()
+    started = {}
+    for queue, options in limited.items():
+        if options.rate_limit is not None:
+            since = now - options.rate_limit.per_ms
+            conn.execute("DELETE FROM queue_leases WHERE queue=? AND leased_at <= ?", (queue, since))
+            started[queue] = conn.execute("SELECT COUNT(*) FROM queue_leases WHERE queue=? AND leased_at > ?",
+                                          (queue, since)).fetchone()[0]
+    return QueueSlots(limited, running, started)
+
+
+def _add_queue_columns(conn: sqlite3.Connection) -> None:
+    """Schema v7 on an older database: the work items' queue, concurrency key and priority."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(worker_queue)")}
+    if columns and "queue" not in columns:
+        conn.execute("ALTER TABLE worker_queue ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'")
+        conn.execute("ALTER TABLE worker_queue ADD COLUMN ckey TEXT")
+        conn.execute("ALTER TABLE worker_queue ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+
+
 def _due_unlocked_instances(conn: sqlite3.Connection, now: int, max_items: int) -> list[str]:
     """Up to ``max_items`` instances with a due message and no live lock, oldest due first.
 
@@ -819,9 +873,10 @@ def _apply_commit(conn: sqlite3.Connection, c: TurnCommit, now: int) -> None:
                          [(c.instance_id, c.execution_id, e.event_id, encode_event(e)) for e in c.new_events])
     if c.activities:
         conn.executemany(
-            "INSERT INTO worker_queue(instance_id, execution_id, event_id, name, message, visible_at) "
-            "VALUES (?,?,?,?,?,?)",
-            [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w), now) for w in c.activities])
+            "INSERT INTO worker_queue(instance_id, execution_id, event_id, name, message, visible_at, queue, ckey, "
+            "priority) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w), now, w.queue, w.concurrency_key,
+              w.priority) for w in c.activities])
     for call in c.cancel_activities:
         key = (call.instance_id, call.execution_id, call.event_id)
         conn.execute("DELETE FROM worker_queue WHERE instance_id=? AND execution_id=? AND event_id=? "
