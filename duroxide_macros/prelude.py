@@ -65,3 +65,6 @@ __all__ += ["BulkProgress", "InstanceInfoPage", "InstanceQuery", "InstanceStateE
 from duroxide_runtime import IfExists  # start policies (issue 16)
 
 __all__ += ["IfExists"]
+from duroxide_runtime import QueueOptions, RateLimit, UnknownQueueError  # queues (issue 16)
+
+__all__ += ["QueueOptions", "RateLimit", "UnknownQueueError"]

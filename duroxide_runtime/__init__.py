@@ -81,6 +81,8 @@ from .typed import TypedEvent
 from .updates import UpdateRequest
 from .operations import BulkProgress, Operation, apply_operation, run_bulk
 from .start_policy import IfExists
+from .queues import DEFAULT_QUEUE, QueueOptions, RateLimit
+from .errors import UnknownQueueError
 
 if TYPE_CHECKING:
     from .codec import Codec, encode_value
@@ -146,5 +148,8 @@ __all__ += ["InstanceQuery", "StoreOverview", "Operation", "BulkProgress", "appl
 
 # Start policies (issue 16): what a start does with an id in use (idempotency keys are a parameter).
 __all__ += ["IfExists"]
+
+# Queues (issue 16): limits that hold across processes, concurrency keys and priorities.
+__all__ += ["QueueOptions", "RateLimit", "UnknownQueueError", "DEFAULT_QUEUE"]
 
 __version__ = "0.1.0"
