@@ -43,6 +43,7 @@ from duroxide_runtime import (
     RetryPolicy,
     StatusOf,
     StreamItem,
+    check_queue_name,
     TypedEvent,
     current_orchestration,
     to_seconds,
@@ -174,8 +175,11 @@ class Activity(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[P, Any], *, name: str | None, typed: bool,
-                 policy: ActivityPolicy | None = None, telemetry: ActivityTelemetry | None = None) -> None:
+                 policy: ActivityPolicy | None = None, telemetry: ActivityTelemetry | None = None,
+                 queue: str | None = None) -> None:
         self.fn = fn
+        #: The queue of every call (``RuntimeOptions(queues=...)`` sets its limits); ``None``: ``"default"``.
+        self.queue = None if queue is None else check_queue_name(queue, f"queue of activity {name or fn.__name__!r}")
         self._call_any: Callable[..., Any] = fn
         self.name = name or fn.__name__
         self.typed = typed
@@ -262,7 +266,7 @@ class Activity(Generic[P, R]):
 
     def _schedule(self, ctx: OrchestrationContext, policy: ActivityPolicy, input: str) -> Awaitable[R]:
         fut = ctx.schedule_activity(self.name, input, retry=policy.retry, timeout=policy.timeout,
-                                    heartbeat_timeout=policy.heartbeat_timeout)
+                                    heartbeat_timeout=policy.heartbeat_timeout, queue=self.queue)
         return _typed_future(ctx, fut, self._result_codec)
 
     async def invoke(self, input: str) -> str:
@@ -748,14 +752,14 @@ def activity(fn: Callable[P, R], /) -> SyncActivity[P, R]: ...
 def activity(*, typed: bool = False, name: str | None = None, retry: RetryPolicy | int | None = None,
              backoff_ms: float | None = None, timeout: timedelta | float | None = None,
              timeout_ms: float | None = None, heartbeat_timeout: timedelta | float | None = None,
-             instrument: bool = False, metrics: bool = False) -> _ActivityDecorator: ...
+             instrument: bool = False, metrics: bool = False, queue: str | None = None) -> _ActivityDecorator: ...
 
 
 def activity(fn: Callable[..., Any] | None = None, /, *, typed: bool = False, name: str | None = None,
              retry: RetryPolicy | int | None = None, backoff_ms: float | None = None,
              timeout: timedelta | float | None = None, timeout_ms: float | None = None,
              heartbeat_timeout: timedelta | float | None = None, instrument: bool = False,
-             metrics: bool = False) -> Any:
+             metrics: bool = False, queue: str | None = None) -> Any:
     """Declare an activity; registered under ``name`` (default: the function name) when decorated.
 
     ``typed=True`` encodes arguments and result as JSON from the annotations;
@@ -773,10 +777,14 @@ def activity(fn: Callable[..., Any] | None = None, /, *, typed: bool = False, na
     ``event_id``; ``metrics=True`` counts each run in Prometheus (see
     :mod:`duroxide_macros.telemetry`).
 
+    ``queue`` sends every call to that queue, whose limits ``RuntimeOptions(queues=...)``
+    sets (see :mod:`duroxide_runtime.queues`); ``duroxide_main`` refuses to start, with
+    :class:`UnknownQueueError`, when its options do not configure it.
+
     Example::
 
         @activity(typed=True, retry=RetryPolicy(max_attempts=3, backoff=timedelta(seconds=1)),
-                  timeout=timedelta(seconds=5))
+                  timeout=timedelta(seconds=5), queue="payments")
         async def charge(order: Order) -> str: ...
     """
     def wrap(f: Callable[..., Any]) -> Activity[Any, Any]:
@@ -785,7 +793,7 @@ def activity(fn: Callable[..., Any] | None = None, /, *, typed: bool = False, na
                                        timeout=timeout, timeout_ms=timeout_ms, heartbeat_timeout=heartbeat_timeout)
         telemetry = ActivityTelemetry(act_name, instrument=instrument, metrics=metrics)
         cls = AsyncActivity if inspect.iscoroutinefunction(f) else SyncActivity
-        act: Activity[Any, Any] = cls(f, name=name, typed=typed, policy=policy, telemetry=telemetry)
+        act: Activity[Any, Any] = cls(f, name=name, typed=typed, policy=policy, telemetry=telemetry, queue=queue)
         register_activity(act)
         return act
 

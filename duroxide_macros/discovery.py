@@ -16,13 +16,16 @@ Declare them in the package's ``pyproject.toml``::
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from duroxide_runtime import (
+    DEFAULT_QUEUE,
     ActivityRegistry,
     ConfigurationError,
     DiscoverySource,
     OrchestrationRegistry,
+    UnknownQueueError,
     load_discovery_entry_points,
     register_discovery_source,
 )
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from .decorators import Activity, Orchestration
 
 __all__ = ["register_activity", "register_orchestration", "discovered_activities",
-           "discovered_orchestrations"]
+           "discovered_orchestrations", "check_activity_queues"]
 
 _log = logging.getLogger("duroxide.discovery")
 _activities: dict[str, Activity[Any, Any]] = {}
@@ -70,6 +73,17 @@ def discovered_activities() -> ActivityRegistry:
     for name, act in _activities.items():
         builder.register(name, act.registered_function())
     return builder.build()
+
+
+def check_activity_queues(queues: Collection[str]) -> None:
+    """Refuse to start when a decorated activity names a queue ``queues`` does not configure.
+
+    Raises :class:`UnknownQueueError` naming the first such queue and its activity, so a
+    misspelt ``@activity(queue=...)`` stops the program at start, not at its first call.
+    """
+    for act in _activities.values():
+        if act.queue is not None and act.queue != DEFAULT_QUEUE and act.queue not in queues:
+            raise UnknownQueueError(act.queue, [DEFAULT_QUEUE, *sorted(queues)])
 
 
 def discovered_orchestrations() -> OrchestrationRegistry:

@@ -54,6 +54,7 @@ from .extras import require_extra
 if TYPE_CHECKING:
     from duroxide_runtime import PrometheusMetrics  # loads prometheus_client: imported where metrics are on
 
+from .discovery import check_activity_queues
 from .ambient import set_ambient_client
 from .otlp import TracingSetup
 
@@ -297,8 +298,10 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], config: _Config) -
         tracer_provider = None
         ui = None
         try:
+            options = config.options or RuntimeOptions()
+            check_activity_queues(options.queues)
             builder = (Runtime.builder().store(store).discover_activities().discover_orchestrations()
-                       .options(config.options or RuntimeOptions()))
+                       .options(options))
             if config.metrics:
                 metrics = _process_metrics()
                 builder.observer(metrics)

@@ -81,7 +81,7 @@ from .typed import TypedEvent
 from .updates import UpdateRequest
 from .operations import BulkProgress, Operation, apply_operation, run_bulk
 from .start_policy import IfExists
-from .queues import DEFAULT_QUEUE, QueueOptions, RateLimit
+from .queues import DEFAULT_QUEUE, QueueOptions, RateLimit, check_queue_name
 from .errors import UnknownQueueError
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ __all__ += [
 __all__ += [
     "current_activity", "orchestration_context", "current_orchestration", "trace", "skip_trace_frames_of",
     "DiscoverySource", "register_discovery_source", "load_discovery_entry_points", "to_seconds",
-    "DEFAULT_VERSION", "PrometheusMetrics", "ActivityMetrics", "serve_ui",
+    "DEFAULT_VERSION", "PrometheusMetrics", "ActivityMetrics", "serve_ui", "check_queue_name",
 ]
 
 # Virtual time (issue 14): the clock that moves by itself, and what the runtime reports to such a clock.

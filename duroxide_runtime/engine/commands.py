@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol, TypeVar, Union
+
+from ..queues import QueueOptions
 
 __all__ = ["CommandKind", "SystemOp", "ScheduleActivity", "CreateTimer", "ScheduleSubOrchestration",
            "StartDetached", "WaitForEvent", "SystemCall", "SetState", "Emit", "WaitForUpdate", "ReplyUpdate",
@@ -302,6 +304,11 @@ class CommandSink(Protocol):
     @property
     def now_ms(self) -> int:
         """Orchestration time: the timestamp of the history event being applied."""
+        ...
+
+    @property
+    def queues(self) -> Mapping[str, QueueOptions]:
+        """The queues work may name (``RuntimeOptions.queues``)."""
         ...
 
     def issue(self, command: Command) -> DurableFuture[Any]:
