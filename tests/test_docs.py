@@ -44,6 +44,7 @@ resolve, so it links the repository's files by absolute URL
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -702,7 +703,8 @@ def test_api_reference_states_the_option_defaults() -> None:
     text = (ROOT / "docs" / "api.md").read_text()
     for cls in (duroxide_runtime.RuntimeOptions, duroxide_runtime.RetryPolicy):
         for f in cls.__dataclass_fields__.values():
-            shown = f"{f.name}={f.default!r}"
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            shown = f"{f.name}={default!r}"
             assert shown in text, f"docs/api.md should show `{shown}` for {cls.__name__}"
 
 

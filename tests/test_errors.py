@@ -90,6 +90,7 @@ EXAMPLES: list[BaseException] = [
     errors.UpdateRejectedError("cart-1", "add_item", "r-7", "sold out"),
     errors.UpdateTimeoutError("cart-1", "add_item", "r-7", 10.0),
     errors.UpdateAlreadyRepliedError("cart-1", "add_item", "r-7"),
+    errors.UnknownQueueError("paymnets", ["default", "payments"]),
     # duroxide_macros and the command-line tool
     DurableNotExpandedError("durable(charge(...))"),
     DurableNotExpandedError("durable(charge(...))", "a cause", "a fix"),
