@@ -45,7 +45,7 @@ from .operator import operator_name
 from .options import RuntimeOptions
 from .messages import ClientUpdate
 from .providers.base import MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, StartOutcome, StoreOverview
-from .queues import check_concurrency_key, check_priority
+from .queues import DEFAULT_QUEUE, check_concurrency_key, check_priority, check_queue_name
 from .readouts import StreamItem, state_of, stream_of, update_answer
 from .start_policy import IfExists, IfExistsName, check_idempotency_key, check_if_exists
 from .status import InstanceInfo, InstanceInfoPage, OrchestrationStatus
@@ -122,7 +122,8 @@ class Client:
                                   idempotency_key: str | None = None,
                                   deadline: timedelta | datetime | None = None,
                                   concurrency_key: str | None = None,
-                                  priority: int | None = None) -> str:
+                                  priority: int | None = None,
+                                  queue: str | None = None) -> str:
         """Create instance ``instance_id`` running orchestration ``name`` with ``input``; returns the
         id of the instance that runs (``instance_id``, or the one ``idempotency_key`` recorded).
 
@@ -152,7 +153,13 @@ class Client:
         ``concurrency_key`` groups the instance's work under a key for the queues'
         ``per_key_concurrency`` limits, and ``priority`` (higher first; ``None``: each
         queue's own) orders its activity calls; both pass to its sub-orchestrations and
-        through continue-as-new (see :mod:`duroxide_runtime.queues`).
+        through continue-as-new (see :mod:`duroxide_runtime.queues`). ``queue`` makes the
+        instance wait for a slot of that queue before it starts: the runtimes admit it when
+        the queue's ``RuntimeOptions.queues`` limits allow (instances of the queue that are
+        running count; ``priority`` orders the waiting ones, ``concurrency_key`` counts
+        against ``per_key_concurrency``). A queue the runtimes do not configure keeps it
+        waiting; with a runtime of this store object in this process, such a queue raises
+        :class:`UnknownQueueError` here instead. ``"default"`` (or ``None``) starts it at once.
 
         Example::
 
@@ -164,6 +171,8 @@ class Client:
         key = check_idempotency_key(idempotency_key)
         concurrency_key = check_concurrency_key(concurrency_key)
         priority = check_priority(priority)
+        if queue is not None:
+            queue = None if check_queue_name(queue) == DEFAULT_QUEUE else queue
         check_identifier(instance_id, "instance_id", MAX_ID_CHARS)
         check_identifier(name, "name", MAX_NAME_CHARS)
         if version is not None:
@@ -172,12 +181,13 @@ class Client:
         self._check_size(input, "input")
         due = None if deadline is None else deadline_ms(deadline, self.clock.now_ms())
         if self.check_names:
-            refused = local_runtimes.refusal(self.store, name, version)
+            refused = local_runtimes.refusal(self.store, name, version) or (
+                None if queue is None else local_runtimes.queue_refusal(self.store, queue))
             if refused is not None:
                 raise refused
         start = StartOrchestration(instance_id=instance_id, name=name, version=version, input=input,
                                    trace_context=current_traceparent(), deadline_ms=due,
-                                   concurrency_key=concurrency_key, priority=priority)
+                                   concurrency_key=concurrency_key, priority=priority, queue=queue)
         if policy is IfExists.FAIL and key is None and due is None:
             # The plain start: the store's cheapest write (PostgreSQL batches concurrent ones).
             await self.store.create_instance(start)

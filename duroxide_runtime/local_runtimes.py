@@ -27,28 +27,47 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING
 
-from .errors import UnknownOrchestrationError
+from collections.abc import Collection
+
+from .errors import UnknownOrchestrationError, UnknownQueueError
 from .providers.base import Provider
+from .queues import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from .registry import OrchestrationRegistry
 
-__all__ = ["register", "unregister", "refusal"]
+__all__ = ["register", "unregister", "refusal", "queue_refusal"]
 
 _local: weakref.WeakKeyDictionary[Provider, weakref.WeakKeyDictionary[object, OrchestrationRegistry]] = (
     weakref.WeakKeyDictionary())
+_queues: weakref.WeakKeyDictionary[Provider, weakref.WeakKeyDictionary[object, frozenset[str]]] = (
+    weakref.WeakKeyDictionary())
 
 
-def register(store: Provider, runtime: object, registry: OrchestrationRegistry) -> None:
-    """``runtime`` runs ``registry``'s orchestrations on ``store`` in this process."""
+def register(store: Provider, runtime: object, registry: OrchestrationRegistry,
+             queues: Collection[str] = ()) -> None:
+    """``runtime`` runs ``registry``'s orchestrations on ``store`` in this process, with ``queues`` configured."""
     _local.setdefault(store, weakref.WeakKeyDictionary())[runtime] = registry
+    _queues.setdefault(store, weakref.WeakKeyDictionary())[runtime] = frozenset(queues)
 
 
 def unregister(store: Provider, runtime: object) -> None:
     """``runtime`` no longer runs on ``store`` (harmless if it was not registered)."""
-    runtimes = _local.get(store)
-    if runtimes is not None:
-        runtimes.pop(runtime, None)
+    for table in (_local, _queues):
+        runtimes = table.get(store)
+        if runtimes is not None:
+            runtimes.pop(runtime, None)
+
+
+def queue_refusal(store: Provider, queue: str) -> UnknownQueueError | None:
+    """Why starting an instance in ``queue`` must be refused here, or ``None``.
+
+    ``None`` when no runtime of ``store`` runs in this process, or one configures the queue.
+    """
+    configured = list((_queues.get(store) or {}).values())
+    if not configured or any(queue in q for q in configured):
+        return None
+    return UnknownQueueError(queue, [DEFAULT_QUEUE, *sorted(set().union(*configured))])
 
 
 def refusal(store: Provider, name: str, version: str | None) -> UnknownOrchestrationError | None:

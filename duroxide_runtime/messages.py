@@ -73,6 +73,9 @@ class StartOrchestration(OrchestratorMessage):
     #: limits and order, inherited by its activity calls and children; kept at continue-as-new.
     concurrency_key: str | None = None
     priority: int | None = None
+    #: ``start_orchestration(queue=)``: the queue whose limits the new instance waits for
+    #: (see ``Provider.create_instance``). ``None``: it starts at once (children, next executions).
+    queue: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -274,3 +274,113 @@ async def test_the_queue_is_recorded_with_the_call(harness: Harness) -> None:
     assert isinstance(status, OrchestrationStatus.Completed) and status.output == "hi"
     scheduled = [e for e in await harness.store.read_history("e-1") if isinstance(e, Event.ActivityScheduled)]
     assert [e.queue for e in scheduled] == ["emails"]
+
+
+# -- orchestration queues: instances wait for a slot before they start -------------------------------
+
+
+def held_orch(gate: Gate):  # type: ignore[no-untyped-def]
+    async def orch(ctx: OrchestrationContext, x: str) -> str:
+        return await ctx.schedule_activity("Act", x)  # the default queue: only the instance's slot counts
+    return orch
+
+
+async def _history_started(harness: Harness, iid: str) -> bool:
+    return bool(await harness.store.read_history(iid))
+
+
+async def test_an_orchestration_queue_limits_the_instances_running_at_once(harness: Harness) -> None:
+    gate = Gate()
+    await harness.start({"Job": held_orch(gate)}, {"Act": gate.act}, queues={"jobs": QueueOptions(concurrency=2)})
+    ids = [f"j-{n}" for n in range(5)]
+    for iid in ids:
+        await harness.client.start_orchestration(iid, "Job", f"{iid}/0", queue="jobs")
+    await gate.until("two instances run", lambda: len(gate.running) == 2)
+    waiting = [iid for iid in ids if not await _history_started(harness, iid)]
+    assert len(waiting) == 3
+    assert (await harness.store.queue_depths()).waiting_instances == 3
+    assert {(await harness.client.get_instance_info(iid)).status for iid in waiting} == {"Pending"}
+    while len(gate.started) < 5:
+        current = list(gate.running)
+        for x in current:
+            gate.release(x)
+        await gate.until("the next instances start", lambda c=current: all(x not in gate.running for x in c)
+                         and (len(gate.started) == 5 or bool(gate.running)))
+    for x in list(gate.running):
+        gate.release(x)
+    for iid in ids:
+        status = await harness.client.wait_for_orchestration(iid, timedelta(seconds=BOUND))
+        assert isinstance(status, OrchestrationStatus.Completed) and status.output == f"{iid}/0"
+    assert gate.most == 2
+    assert (await harness.store.queue_depths()).waiting_instances == 0
+
+
+async def test_waiting_instances_start_by_priority_and_per_key(harness: Harness) -> None:
+    gate = Gate()
+    await harness.start({"Job": held_orch(gate)}, {"Act": gate.act},
+                        queues={"jobs": QueueOptions(concurrency=2, per_key_concurrency=1)})
+    await harness.client.start_orchestration("hold", "Job", "acme/hold", queue="jobs", concurrency_key="acme")
+    await harness.client.start_orchestration("other", "Job", "x/hold", queue="jobs")
+    await gate.until("both slots are taken", lambda: len(gate.running) == 2)
+    await harness.client.start_orchestration("acme-2", "Job", "acme/2", queue="jobs", concurrency_key="acme",
+                                             priority=9)
+    await harness.client.start_orchestration("low", "Job", "low/0", queue="jobs", priority=-1)
+    await harness.client.start_orchestration("globex", "Job", "globex/0", queue="jobs", concurrency_key="globex")
+    # A free slot: acme's instance must wait for its key, whatever its priority; globex goes.
+    gate.release("x/hold")
+    await gate.until("globex runs", lambda: "globex/0" in gate.running)
+    assert sorted(gate.running) == ["acme/hold", "globex/0"]
+    gate.release("acme/hold")  # acme's key is free: its priority 9 beats low's -1
+    await gate.until("acme's second runs", lambda: "acme/2" in gate.running)
+    assert not await _history_started(harness, "low")
+    gate.release("globex/0")
+    await gate.until("low runs", lambda: "low/0" in gate.running)
+    for x in ("acme/2", "low/0"):
+        gate.release(x)
+    assert gate.started[2:] == ["globex/0", "acme/2", "low/0"]
+
+
+async def test_an_event_sent_to_a_waiting_instance_reaches_it_once_it_starts(harness: Harness) -> None:
+    async def waits(ctx: OrchestrationContext, _: str) -> str:
+        return await ctx.schedule_wait("go")
+
+    await harness.start({"Waits": waits}, queues={"jobs": QueueOptions(concurrency=1)})
+    await harness.client.start_orchestration("first", "Waits", queue="jobs")
+    await harness.client.start_orchestration("second", "Waits", queue="jobs")
+    await harness.client.raise_event("second", "go", "early")  # while it waits for a slot
+    assert not await _history_started(harness, "second")
+    await harness.client.raise_event("first", "go", "now")
+    for iid, data in (("first", "now"), ("second", "early")):
+        status = await harness.client.wait_for_orchestration(iid, timedelta(seconds=BOUND))
+        assert isinstance(status, OrchestrationStatus.Completed) and status.output == data
+
+
+async def test_a_queue_the_runtime_does_not_configure_is_refused_at_start(harness: Harness) -> None:
+    await harness.start({"Job": held_orch(Gate())}, queues={"jobs": QueueOptions(concurrency=1)})
+    with pytest.raises(UnknownQueueError, match="'jbos'"):
+        await harness.client.start_orchestration("typo-1", "Job", "", queue="jbos")
+    assert await harness.store.get_instance("typo-1") is None
+    with pytest.raises(InvalidInputError):
+        await harness.client.start_orchestration("typo-2", "Job", "", queue="")
+    assert await harness.store.get_instance("typo-2") is None
+
+
+async def test_instance_admissions_keep_to_the_rate_limit(clocked: Harness) -> None:
+    clock = clocked.store.clock
+    assert isinstance(clock, ManualClock)
+    started_at: list[int] = []
+
+    async def job(ctx: OrchestrationContext, _: str) -> str:
+        if not ctx.is_replaying:
+            started_at.append(clock.now_ms())
+        return "ok"
+
+    await clocked.start({"Job": job}, queues={"jobs": QueueOptions(rate_limit=RateLimit(2, per=timedelta(seconds=10)))})
+    t0 = clock.now_ms()
+    for n in range(5):
+        await clocked.client.start_orchestration(f"r-{n}", "Job", queue="jobs")
+    for expected in (2, 4, 5):
+        await _until_started(clock, started_at, expected)
+        assert len(started_at) == expected
+        clock.advance(10)
+    assert [(t - t0) // 10_000 for t in started_at] == [0, 0, 1, 1, 2]

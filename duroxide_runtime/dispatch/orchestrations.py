@@ -33,7 +33,7 @@ from ..wake import wake_hub
 from ..clock import Clock, ClockPart, clock_part
 from ..registry import OrchestrationRegistry
 from ..engine.execution import Execution, TurnInput, TurnResult
-from ..engine.output import TERMINAL_STATUSES, Status
+from ..engine.output import LIVE_STATUSES, TERMINAL_STATUSES, Status
 from ..engine.payloads import storable_text
 from ..engine.recovery import RewindRefused, rewind_refusal
 from .leases import BatchSizer, LockKeeper
@@ -218,7 +218,9 @@ class OrchestrationDispatcher:
             raise_if_cancel_requested()
             try:
                 wanted = self._sizer.size()
-                fetched = await self.store.fetch_orchestration_items(wanted, self.options.orchestration_lock_timeout)
+                fetched = await self.store.fetch_orchestration_items(
+                    wanted, self.options.orchestration_lock_timeout, queues=self.options.queues or None,
+                    live_statuses=LIVE_STATUSES)
                 if len(fetched.items) >= wanted:
                     self.wake.notify_orchestrator()  # there may be more: wake another pipeline
                 if not fetched.items:

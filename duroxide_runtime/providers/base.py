@@ -40,7 +40,7 @@ __all__ = [
     "ChildStart", "CallKey", "timer_key", "status_admits", "Durability", "HeartbeatWrite", "HeartbeatRecord",
     "InstanceQuery", "InstancePage", "InstanceCount", "FailureGroup", "StoreOverview", "MAX_PAGE_LIMIT",
     "MINUTE_MS", "UNKNOWN_ERROR_TYPE", "CORRUPT_ERROR_TYPE", "encode_cursor", "decode_cursor", "check_query", "page_of",
-    "failure_type", "make_overview", "StartOutcome",
+    "failure_type", "make_overview", "StartOutcome", "WAITING_OFFSET_MS", "WAITING_LOCK_TOKEN", "WAITING_LOCK_UNTIL",
 ]
 
 
@@ -326,6 +326,16 @@ class QueueDepths:
     worker: int
     #: Instances that are Pending or Running.
     active_instances: int
+    #: Instances waiting for a slot of their queue (counted in ``active_instances`` too).
+    waiting_instances: int = 0
+
+
+#: A start waiting for its queue's admission is stored this far in the future (added to the
+#: moment it was written; admission takes it off again), so that no fetch walks past it.
+WAITING_OFFSET_MS = 2**60
+#: The lock an instance waiting for its queue holds until admitted: no dispatcher fetches it.
+WAITING_LOCK_TOKEN = "waiting-for-queue"
+WAITING_LOCK_UNTIL = 2**62
 
 
 # -- operator queries (listing, overview) ------------------------------------------
@@ -537,6 +547,11 @@ class Provider(ABC):
         """Create the instance row (status Pending) and enqueue its start, atomically.
 
         Raises :class:`InstanceAlreadyExistsError` (and changes nothing) if the id is taken.
+        A start naming a ``queue`` creates an instance *waiting* for that queue: its start
+        is held back and the instance is not fetched (messages sent to it wait with it)
+        until :meth:`fetch_orchestration_items` admits it. The same holds for every other
+        way a start creates an instance (:meth:`start_instance`; a :class:`ChildStart`
+        names no queue).
         """
 
     @abstractmethod
@@ -633,8 +648,23 @@ class Provider(ABC):
     # -- orchestration dispatcher --------------------------------------------------
 
     @abstractmethod
-    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
-        """Lock up to ``max_items`` instances with visible messages (instance-level exclusivity)."""
+    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float, *,
+                                        queues: Mapping[str, QueueOptions] | None = None,
+                                        live_statuses: Collection[str] = ()) -> FetchResult:
+        """Lock up to ``max_items`` instances with visible messages (instance-level exclusivity).
+
+        First, in the same transaction, admit instances waiting for a queue (see
+        :meth:`create_instance`) of each queue listed in ``queues``: in order of their
+        start's ``priority`` (highest first; ``None`` counts as 0), then creation, as many as
+        the queue's limits allow, counting the instances of that queue admitted earlier whose
+        status is in ``live_statuses`` (the runtime names them; an admitted instance whose
+        status is not listed frees its slot for good) per queue and per concurrency key, and
+        the admissions of the last ``rate_limit.per`` (recorded with their time). An admitted
+        instance's start becomes visible and its waiting lock goes, so this fetch may lock it.
+        Instances of a queue not listed keep waiting. Serialised with every other fetch that
+        admits for the same queue, in any process: a limit holds across processes.
+        ``FetchResult.next_due_ms`` never names a waiting start.
+        """
 
     @abstractmethod
     async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:

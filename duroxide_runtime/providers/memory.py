@@ -22,6 +22,7 @@ from ..errors import InstanceAlreadyExistsError
 from ..history import HistoryEvent
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
+    WAITING_OFFSET_MS,
     MINUTE_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite, InstanceCount, InstancePage,
     InstanceQuery, QueueDepths, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, StartOutcome, StoreOverview,
     TurnCommit, WorkCompletion, WorkLease, check_query, failure_type, make_overview, page_of, status_admits,
@@ -42,6 +43,16 @@ class _Queued:
     visible_at: int
     dequeue_count: int = 0
     lock_token: str | None = None
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where an instance started with a ``queue`` stands in it."""
+
+    queue: str
+    key: str | None
+    priority: int
+    order: int
 
 
 @dataclass
@@ -72,6 +83,11 @@ class InMemoryProvider(Provider):
         self._work: dict[int, _Work] = {}
         #: Lease times of the rate-limited queues' calls within their windows.
         self._queue_leases: dict[str, list[int]] = {}
+        #: Instances waiting for their queue, and those admitted that still hold a slot.
+        self._waiting: dict[str, _Placement] = {}
+        self._admitted: dict[str, _Placement] = {}
+        #: Admission times of the rate-limited queues' instances within their windows.
+        self._queue_admissions: dict[str, list[int]] = {}
         self._heartbeats: dict[CallKey, HeartbeatRecord] = {}
         #: Idempotency key -> (the instance id its start named, when it was recorded).
         self._start_keys: dict[str, tuple[str, int]] = {}
@@ -82,8 +98,7 @@ class InMemoryProvider(Provider):
     async def create_instance(self, start: StartOrchestration) -> None:
         if start.instance_id in self._instances:
             raise InstanceAlreadyExistsError(start.instance_id)
-        self._create_row(start)
-        self._enqueue(start, None)
+        self._create(start)
 
     async def start_instance(self, start: StartOrchestration, *, if_exists: IfExists = IfExists.FAIL,
                              replace_if_status_in: Collection[str] = (), idempotency_key: str | None = None,
@@ -105,8 +120,7 @@ class InMemoryProvider(Provider):
                     self._start_keys[idempotency_key] = (iid, now)
                 return StartOutcome(iid, created=False, existing=record)
             replaced = self._delete_tree(iid)
-        self._create_row(start)
-        self._enqueue(start, None)
+        self._create(start)
         for message, visible_at in messages:
             self._enqueue(message, visible_at)
         if idempotency_key is not None:
@@ -202,6 +216,8 @@ class InMemoryProvider(Provider):
                 doomed += self._delete_tree(child.instance_id)
         self._instances.pop(instance_id, None)
         self._locks.pop(instance_id, None)
+        self._waiting.pop(instance_id, None)
+        self._admitted.pop(instance_id, None)
         for key in [k for k in self._history if k[0] == instance_id]:
             del self._history[key]
         for qid in [q.id for q in self._queue.values() if q.message.instance_id == instance_id]:
@@ -214,12 +230,18 @@ class InMemoryProvider(Provider):
 
     # -- orchestration dispatcher --------------------------------------------------
 
-    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
+    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float, *,
+                                        queues: Mapping[str, QueueOptions] | None = None,
+                                        live_statuses: Collection[str] = ()) -> FetchResult:
         now = self.clock.now_ms()
+        if queues and self._waiting:
+            self._admit(now, queues, live_statuses)
         chosen: dict[str, list[_Queued]] = {}
         next_due: int | None = None
         for q in self._queue.values():
             iid = q.message.instance_id
+            if iid in self._waiting:
+                continue
             if q.visible_at > now:
                 next_due = q.visible_at if next_due is None else min(next_due, q.visible_at)
                 continue
@@ -244,6 +266,35 @@ class InMemoryProvider(Provider):
                 iid, token, [QueuedMessage(q.id, q.message) for q in queued], record, hlen,
                 max(q.dequeue_count for q in queued)))
         return FetchResult(items, next_due)
+
+    def _admit(self, now: int, queues: Mapping[str, QueueOptions], live_statuses: Collection[str]) -> None:
+        """Admit the waiting instances of each queue of ``queues`` that its limits let start now."""
+        for iid in [i for i, p in self._admitted.items()
+                    if p.queue in queues and (i not in self._instances or self._instances[i].status not in live_statuses)]:
+            del self._admitted[iid]  # ended: its slot is free for good
+        for queue, options in queues.items():
+            limits = {queue: options} if options.limited else {}
+            running: dict[str | None, int] = {}
+            for p in self._admitted.values():
+                if p.queue == queue:
+                    running[p.key] = running.get(p.key, 0) + 1
+            started = {}
+            if options.rate_limit is not None:
+                since = now - options.rate_limit.per_ms
+                kept = self._queue_admissions[queue] = [t for t in self._queue_admissions.get(queue, []) if t > since]
+                started[queue] = len(kept)
+            slots = QueueSlots(limits, [(queue, k, n) for k, n in running.items()], started)
+            waiting = sorted((p.priority * -1, p.order, iid) for iid, p in self._waiting.items() if p.queue == queue)
+            for _, _, iid in waiting:
+                place = self._waiting[iid]
+                if not slots.admits(queue, place.key):
+                    continue
+                if slots.take(queue, place.key):
+                    self._queue_admissions.setdefault(queue, []).append(now)
+                self._admitted[iid] = self._waiting.pop(iid)
+                for q in self._queue.values():
+                    if q.message.instance_id == iid and q.visible_at >= WAITING_OFFSET_MS:
+                        q.visible_at -= WAITING_OFFSET_MS
 
     async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:
         return {iid: list(self._history.get((iid, ex), ())) for iid, ex in keys}
@@ -429,10 +480,21 @@ class InMemoryProvider(Provider):
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         now = self.clock.now_ms()
         due = sum(1 for q in self._queue.values() if q.visible_at <= now)
-        return QueueDepths(due, len(self._queue) - due, len(self._work),
-                           sum(1 for r in self._instances.values() if r.status in active_statuses))
+        later = sum(1 for q in self._queue.values() if now < q.visible_at < WAITING_OFFSET_MS)
+        return QueueDepths(due, later, len(self._work),
+                           sum(1 for r in self._instances.values() if r.status in active_statuses), len(self._waiting))
 
     # -- helpers -------------------------------------------------------------------
+
+    def _create(self, start: StartOrchestration) -> None:
+        """The row and the start of a new instance; one naming a queue waits for its admission."""
+        self._create_row(start)
+        if start.queue is None:
+            self._enqueue(start, None)
+            return
+        self._waiting[start.instance_id] = _Placement(start.queue, start.concurrency_key, start.priority or 0,
+                                                      next(self._ids))
+        self._enqueue(start, self.clock.now_ms() + WAITING_OFFSET_MS)
 
     def _create_row(self, start: StartOrchestration) -> None:
         now = self.clock.now_ms()

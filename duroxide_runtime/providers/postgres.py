@@ -71,7 +71,7 @@ from ..history import HistoryEvent, decode_event, encode_event
 from ..lograte import background_warnings
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
+    WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
     OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, WorkCompletion, WorkLease,
     check_query, decode_error_details, make_overview, page_of, status_admits, StartOutcome,
 )
@@ -477,13 +477,25 @@ CREATE TRIGGER work_placement BEFORE INSERT ON {s}.worker_queue
     FOR EACH ROW EXECUTE FUNCTION {s}.work_placement_m9();
 CREATE INDEX IF NOT EXISTS ix_wq_priority ON {s}.worker_queue(priority DESC, id);
 CREATE INDEX IF NOT EXISTS ix_wq_queue_lease ON {s}.worker_queue(queue, locked_until);
-CREATE TABLE IF NOT EXISTS {s}.queue_leases (queue text NOT NULL, leased_at bigint NOT NULL);
-CREATE INDEX IF NOT EXISTS ix_queue_leases ON {s}.queue_leases(queue, leased_at);
+-- kind 0: a lease of an activity call; 1: an admission of an instance waiting for its queue.
+CREATE TABLE IF NOT EXISTS {s}.queue_leases (
+    kind smallint NOT NULL DEFAULT 0, queue text NOT NULL, leased_at bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_queue_leases ON {s}.queue_leases(kind, queue, leased_at);
+-- Instances started in a queue: gate 1 while waiting for a slot, 2 while holding one.
+ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS queue text;
+ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS ckey text;
+ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS priority integer;
+ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS gate smallint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS ix_instances_waiting ON {s}.instances(queue, priority DESC, created_at, instance_id)
+    WHERE gate = 1;
+CREATE INDEX IF NOT EXISTS ix_instances_admitted ON {s}.instances(queue, ckey) WHERE gate = 2;
 """),
 ]
 
 #: How long a request key is kept: far longer than a call keeps retrying (about 30 s).
 _REQUEST_KEY_TTL_MS = 3_600_000
+#: ``queue_leases.kind``: a lease of an activity call, an admission of a waiting instance.
+_CALLS, _INSTANCES = 0, 1
 #: How often one provider deletes expired request keys (seconds).
 _REQUEST_KEY_GC_INTERVAL = 60.0
 
@@ -799,6 +811,10 @@ class PostgresProvider(Provider):
     async def create_instance(self, start: StartOrchestration) -> None:
         """Create the row and enqueue the start in one statement, shared with the starts that
         are waiting at the same moment (many starts at once cost one commit, not one each)."""
+        if start.queue is not None:  # waits for its queue: the transaction of start_instance
+            if not (await self.start_instance(start)).created:
+                raise InstanceAlreadyExistsError(start.instance_id)
+            return
         # The incarnation is made once per call, before the first attempt: if a retry (after
         # a reply lost once the server committed) finds the id taken by this incarnation,
         # the row is this call's own insert and the call succeeded.
@@ -927,6 +943,8 @@ class PostgresProvider(Provider):
                     self._sql.create_instance, iid, start.name, start.version, start.execution_id,
                     start.parent_instance_id, incarnation, payload, now, self._orch_channel)
                 if created["created"]:
+                    if start.queue is not None:
+                        await self._wait_for_queue(conn, start, now)
                     if also:  # after the start (ids ascending): a turn that takes both sees the start first
                         await conn.executemany(
                             f"INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) VALUES ($1, $2, $3)",
@@ -936,6 +954,19 @@ class PostgresProvider(Provider):
                              fix="retry the start")
 
         return await self._tx(op)
+
+    async def _wait_for_queue(self, conn: _Conn, start: StartOrchestration, now: int) -> None:
+        """Make the instance just created wait for its queue: its start held back, a lock that never lapses."""
+        s = self.schema
+        await conn.execute(
+            f"WITH i AS (UPDATE {s}.instances SET queue = $2, ckey = $3, priority = $4, gate = 1 "
+            "WHERE instance_id = $1 RETURNING 1), "
+            f"l AS (INSERT INTO {s}.instance_locks(instance_id, lock_token, locked_until) VALUES ($1, $5, $6) "
+            "ON CONFLICT (instance_id) DO UPDATE SET lock_token = EXCLUDED.lock_token, "
+            "locked_until = EXCLUDED.locked_until RETURNING 1) "
+            f"UPDATE {s}.orchestrator_queue SET visible_at = $7 WHERE instance_id = $1",
+            start.instance_id, start.queue, start.concurrency_key, start.priority or 0, WAITING_LOCK_TOKEN,
+            WAITING_LOCK_UNTIL, now + WAITING_OFFSET_MS)
 
     def _start_key_gc_due(self) -> bool:
         """Whether this start also deletes expired idempotency keys (once a minute per provider)."""
@@ -1045,8 +1076,12 @@ class PostgresProvider(Provider):
 
     # -- orchestration dispatcher --------------------------------------------------
 
-    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
+    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float, *,
+                                        queues: Mapping[str, QueueOptions] | None = None,
+                                        live_statuses: Collection[str] = ()) -> FetchResult:
         lock_ms = int(lock_timeout * 1000)
+        if queues:
+            await self._admit_waiting(queues, live_statuses)
 
         async def op(conn: _Conn) -> list[asyncpg.Record]:
             now = self.clock.now_ms()
@@ -1056,7 +1091,8 @@ class PostgresProvider(Provider):
 
         rows = await self._one(op)
         if not rows or rows[0]["o_instance_id"] is None:
-            return FetchResult([], rows[0]["o_next_due"] if rows else None)
+            due = rows[0]["o_next_due"] if rows else None
+            return FetchResult([], due if due is None or due < WAITING_OFFSET_MS else None)
         items, unreadable = [], []
         for row in rows:
             iid = row["o_instance_id"]
@@ -1225,9 +1261,7 @@ class PostgresProvider(Provider):
         s = self.schema
         now = self.clock.now_ms()
         names_of_limited = sorted(limited)
-        await conn.execute("SELECT set_config('synchronous_commit', 'off', true), "
-                           "pg_advisory_xact_lock(hashtextextended($1 || ':' || q, 0)) "
-                           "FROM unnest($2::text[]) AS q ORDER BY q", f"duroxide-queue:{s}", names_of_limited)
+        await self._lock_queues(conn, names_of_limited, "calls")
         running = await conn.fetch(
             f"SELECT queue, ckey, count(*)::int AS n FROM {s}.worker_queue WHERE queue = ANY($1::text[]) "
             "AND locked_until > $2 AND lock_token IS NOT NULL GROUP BY queue, ckey", names_of_limited, now)
@@ -1235,11 +1269,7 @@ class PostgresProvider(Provider):
         started: dict[str, int] = {}
         if rated:
             counted = await conn.fetch(
-                f"WITH gone AS (DELETE FROM {s}.queue_leases l USING unnest($1::text[], $2::bigint[]) AS r(q, since) "
-                "WHERE l.queue = r.q AND l.leased_at <= r.since) "
-                f"SELECT r.q, (SELECT count(*)::int FROM {s}.queue_leases l WHERE l.queue = r.q AND l.leased_at > r.since) "
-                "AS n FROM unnest($1::text[], $2::bigint[]) AS r(q, since)",
-                list(rated), [now - per for per in rated.values()])
+                self._sql.rate_counts, list(rated), [now - per for per in rated.values()], _CALLS)
             started = {r["q"]: r["n"] for r in counted}
         slots = QueueSlots(limited, [(r["queue"], r["ckey"], r["n"]) for r in running], started)
         leased: list[asyncpg.Record] = []
@@ -1263,11 +1293,69 @@ class PostgresProvider(Provider):
                     "locked_until = $2::bigint + $3, dequeue_count = w.dequeue_count + 1 WHERE w.id = ANY($1::bigint[]) "
                     "RETURNING w.id, w.lock_token, w.message, w.dequeue_count", admitted, now, lock_ms)
             if rate_logged:
-                await conn.execute(f"INSERT INTO {s}.queue_leases(queue, leased_at) SELECT q, $2 FROM unnest($1::text[]) q",
-                                   rate_logged, now)
+                await conn.execute(f"INSERT INTO {s}.queue_leases(kind, queue, leased_at) "
+                                   "SELECT $3, q, $2 FROM unnest($1::text[]) q", rate_logged, now, _CALLS)
             if not rows:
                 break
         return leased
+
+    async def _lock_queues(self, conn: _Conn, queues: list[str], kind: str) -> None:
+        """Serialise, with every other process, what this transaction counts and takes of ``queues``
+        (their ``kind`` of slots); locks taken in name order, so no two transactions wait in a cycle.
+        Leases and admissions need not survive a server crash (a lost one is taken again)."""
+        await conn.execute("SELECT set_config('synchronous_commit', 'off', true), "
+                           "pg_advisory_xact_lock(hashtextextended($1 || ':' || $3 || ':' || q, 0)) "
+                           "FROM unnest($2::text[]) AS q ORDER BY q", self._sql.queue_lock, sorted(queues), kind)
+
+    async def _admit_waiting(self, queues: Mapping[str, QueueOptions], live_statuses: Collection[str]) -> None:
+        """Admit the instances waiting for each queue of ``queues`` that its limits let start now
+        (see ``Provider.fetch_orchestration_items``): a look first, a transaction only if any wait."""
+        s = self.schema
+        names = sorted(queues)
+        waiting: list[str] = [r[0] for r in await self._one(lambda conn: conn.fetch(
+            f"SELECT DISTINCT queue FROM {s}.instances WHERE gate = 1 AND queue = ANY($1::text[])", names))]
+        if not waiting:
+            return
+
+        async def op(conn: _Conn) -> None:
+            now = self.clock.now_ms()
+            await self._lock_queues(conn, waiting, "instances")
+            for queue in sorted(waiting):
+                options = queues[queue]
+                await conn.execute(f"UPDATE {s}.instances SET gate = 0 WHERE queue = $1 AND gate = 2 "
+                                   "AND NOT (status = ANY($2::text[]))", queue, sorted(live_statuses))
+                limits = {queue: options} if options.limited else {}
+                running = await conn.fetch(f"SELECT ckey, count(*)::int AS n FROM {s}.instances "
+                                           "WHERE queue = $1 AND gate = 2 GROUP BY ckey", queue)
+                started: dict[str, int] = {}
+                if options.rate_limit is not None:
+                    counted = await conn.fetch(self._sql.rate_counts, [queue], [now - options.rate_limit.per_ms],
+                                               _INSTANCES)
+                    started = {r["q"]: r["n"] for r in counted}
+                slots = QueueSlots(limits, [(queue, r["ckey"], r["n"]) for r in running], started)
+                while slots.admits(queue, None):
+                    rows = await conn.fetch(
+                        f"SELECT instance_id, ckey FROM {s}.instances WHERE queue = $1 AND gate = 1 "
+                        "AND (ckey IS NULL OR ($1 || chr(31) || ckey) <> ALL($2::text[])) "
+                        "ORDER BY priority DESC, created_at, instance_id LIMIT 64", queue, slots.full_keys())
+                    if not rows:
+                        break
+                    admitted, rated = [], 0
+                    for r in rows:
+                        if slots.admits(queue, r["ckey"]):
+                            admitted.append(r["instance_id"])
+                            rated += slots.take(queue, r["ckey"])
+                    await conn.execute(
+                        f"WITH a AS (UPDATE {s}.instances SET gate = 2 WHERE instance_id = ANY($1::text[]) RETURNING 1), "
+                        f"l AS (DELETE FROM {s}.instance_locks WHERE instance_id = ANY($1::text[]) AND lock_token = $2 "
+                        "RETURNING 1), "
+                        f"r AS (INSERT INTO {s}.queue_leases(kind, queue, leased_at) "
+                        "SELECT $5, $6, $3 FROM generate_series(1, $7) RETURNING 1) "
+                        f"UPDATE {s}.orchestrator_queue SET visible_at = visible_at - $4 "
+                        "WHERE instance_id = ANY($1::text[]) AND visible_at >= $4",
+                        admitted, WAITING_LOCK_TOKEN, now, WAITING_OFFSET_MS, _INSTANCES, queue, rated)
+
+        await self._tx(op)
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
                                   only_if_status_in: Collection[str] | None = None) -> None:
@@ -1334,11 +1422,12 @@ class PostgresProvider(Provider):
         async def op(conn: _Conn) -> QueueDepths:
             row = await conn.fetchrow(
                 f"SELECT (SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at <= $1) AS due, "
-                f"(SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at > $1) AS later, "
+                f"(SELECT COUNT(*) FROM {s}.orchestrator_queue WHERE visible_at > $1 AND visible_at < $3) AS later, "
                 f"(SELECT COUNT(*) FROM {s}.worker_queue) AS worker, "
-                f"(SELECT COUNT(*) FROM {s}.instances WHERE status = ANY($2::text[])) AS active",
-                self.clock.now_ms(), sorted(active_statuses))
-            return QueueDepths(row["due"], row["later"], row["worker"], row["active"])
+                f"(SELECT COUNT(*) FROM {s}.instances WHERE status = ANY($2::text[])) AS active, "
+                f"(SELECT COUNT(*) FROM {s}.instances WHERE gate = 1) AS waiting",
+                self.clock.now_ms(), sorted(active_statuses), WAITING_OFFSET_MS)
+            return QueueDepths(row["due"], row["later"], row["worker"], row["active"], row["waiting"])
 
         return await self._one(op)
 
@@ -1392,6 +1481,16 @@ class _Statements:
         # The advisory-lock namespace of this schema's fetches (see fetch_items_m5).
         self.fetch_key = zlib.crc32(f"duroxide-fetch:{s}".encode()) - 2**31
         self.fetch_items = f"SELECT * FROM {s}.fetch_items_m5($1, $2, $3, $4, $5)"
+        # Per rate-limited queue ($1, with its window's start $2), the leases or admissions of one
+        # kind ($3) in the window; older ones are deleted. (The count's snapshot still holds the
+        # deleted rows, which its own condition leaves out.)
+        self.rate_counts = (
+            f"WITH gone AS (DELETE FROM {s}.queue_leases l USING unnest($1::text[], $2::bigint[]) AS r(q, since) "
+            "WHERE l.kind = $3 AND l.queue = r.q AND l.leased_at <= r.since) "
+            f"SELECT r.q, (SELECT count(*)::int FROM {s}.queue_leases l WHERE l.kind = $3 AND l.queue = r.q "
+            "AND l.leased_at > r.since) AS n FROM unnest($1::text[], $2::bigint[]) AS r(q, since)")
+        # The advisory-lock namespace of the fetches that count a queue's slots.
+        self.queue_lock = f"duroxide-queue:{s}"
         # An instance row and its start message, unless the id is taken; `held` tells a
         # retry whether the taken id is its own first attempt's row.
         self.create_instance = (

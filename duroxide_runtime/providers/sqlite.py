@@ -33,7 +33,7 @@ from ..errors import (
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, decode_error_details, InstanceRecord,
+    WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, decode_error_details, InstanceRecord,
     InstancePage, InstanceQuery, OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit,
     WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key, StartOutcome,
 )
@@ -58,8 +58,10 @@ CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
     instance_id TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT, execution_id INTEGER NOT NULL,
     status TEXT NOT NULL, output TEXT, error BLOB, custom_status TEXT,
-    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, parent_instance_id TEXT, incarnation TEXT);
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, parent_instance_id TEXT, incarnation TEXT,
+    queue TEXT, ckey TEXT, priority INTEGER, gate INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS ix_instances_parent ON instances(parent_instance_id);
+CREATE INDEX IF NOT EXISTS ix_instances_gate ON instances(queue, gate, priority DESC, created_at) WHERE gate > 0;
 CREATE INDEX IF NOT EXISTS ix_instances_created_id ON instances(created_at, instance_id);
 CREATE INDEX IF NOT EXISTS ix_instances_status_created ON instances(status, created_at, instance_id);
 CREATE INDEX IF NOT EXISTS ix_instances_name_created ON instances(name, created_at, instance_id);
@@ -75,6 +77,7 @@ CREATE INDEX IF NOT EXISTS ix_oq_visible ON orchestrator_queue(visible_at);
 CREATE INDEX IF NOT EXISTS ix_oq_instance ON orchestrator_queue(instance_id, visible_at);
 CREATE TABLE IF NOT EXISTS instance_locks (
     instance_id TEXT PRIMARY KEY, lock_token TEXT NOT NULL, locked_until INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_locks_until ON instance_locks(locked_until);
 CREATE TABLE IF NOT EXISTS worker_queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, execution_id INTEGER NOT NULL,
     event_id INTEGER NOT NULL, message BLOB NOT NULL, visible_at INTEGER NOT NULL,
@@ -84,8 +87,9 @@ CREATE TABLE IF NOT EXISTS worker_queue (
 CREATE INDEX IF NOT EXISTS ix_wq_visible ON worker_queue(visible_at);
 CREATE INDEX IF NOT EXISTS ix_wq_priority ON worker_queue(priority DESC, id);
 CREATE INDEX IF NOT EXISTS ix_wq_queue_lease ON worker_queue(queue, locked_until);
-CREATE TABLE IF NOT EXISTS queue_leases (queue TEXT NOT NULL, leased_at INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS ix_queue_leases ON queue_leases(queue, leased_at);
+CREATE TABLE IF NOT EXISTS queue_leases (
+    kind INTEGER NOT NULL DEFAULT 0, queue TEXT NOT NULL, leased_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_queue_leases ON queue_leases(kind, queue, leased_at);
 CREATE INDEX IF NOT EXISTS ix_wq_call ON worker_queue(instance_id, execution_id, event_id);
 CREATE INDEX IF NOT EXISTS ix_wq_token ON worker_queue(lock_token);
 CREATE TABLE IF NOT EXISTS activity_heartbeats (
@@ -314,8 +318,9 @@ class SqliteProvider(Provider):
             # alone is a prefix of ix_instances_created_id, so it goes.
             conn.execute("DROP INDEX IF EXISTS ix_instances_created")
             # v6: start_keys (the idempotency keys of starts), created by _SCHEMA above.
-            # v7: queue, concurrency key and priority on work items (_add_queue_columns) and
-            # queue_leases (lease times of rate-limited queues), created by _SCHEMA above.
+            # v7: queue, concurrency key and priority on work items and instances, and an
+            # instance's admission state (_add_queue_columns); queue_leases (lease and
+            # admission times of rate-limited queues) and the indexes, created by _SCHEMA above.
             conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -368,8 +373,7 @@ class SqliteProvider(Provider):
         def op(conn: sqlite3.Connection) -> bool:
             if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (start.instance_id,)).fetchone():
                 return False
-            _insert_instance(conn, start, self.clock.now_ms())
-            _enqueue(conn, start, None)
+            _create(conn, start, self.clock.now_ms())
             return True
 
         if not await self._write(op, durable=True, what="a start"):
@@ -401,8 +405,7 @@ class SqliteProvider(Provider):
                         _remember_key(conn, idempotency_key, iid, now)
                     return StartOutcome(iid, created=False, existing=record)
                 replaced = _delete_tree(conn, iid)
-            _insert_instance(conn, start, now)
-            _enqueue(conn, start, None)
+            _create(conn, start, now)
             for message, visible_at in messages:
                 _enqueue(conn, message, visible_at)
             _remember_key(conn, idempotency_key, iid, now)
@@ -503,11 +506,16 @@ class SqliteProvider(Provider):
 
     # -- orchestration dispatcher --------------------------------------------------
 
-    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float) -> FetchResult:
+    async def fetch_orchestration_items(self, max_items: int, lock_timeout: float, *,
+                                        queues: Mapping[str, QueueOptions] | None = None,
+                                        live_statuses: Collection[str] = ()) -> FetchResult:
         lock_ms = int(lock_timeout * 1000)
+        live = orjson.dumps(sorted(live_statuses)).decode()
 
         def op(conn: sqlite3.Connection) -> FetchResult:
             now = self.clock.now_ms()
+            if queues:
+                _admit_waiting(conn, now, queues, live)
             candidates = _due_unlocked_instances(conn, now, max_items)
             items = []
             for iid in candidates:
@@ -535,8 +543,8 @@ class SqliteProvider(Provider):
                 items.append(OrchestrationItem(iid, token, messages, record, hlen, dequeues))
             next_due = None
             if not items:
-                next_due = conn.execute("SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?",
-                                        (now,)).fetchone()[0]
+                next_due = conn.execute("SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ? "
+                                        "AND visible_at < ?", (now, WAITING_OFFSET_MS)).fetchone()[0]
             return FetchResult(items, next_due)
 
         return await self._write(op, durable=False, what="a fetch of orchestration work")
@@ -655,7 +663,8 @@ class SqliteProvider(Provider):
                         if not slots.admits(queue, ckey):
                             continue  # its queue or key filled during this fetch: the next read leaves it out
                         if slots.take(queue, ckey):
-                            conn.execute("INSERT INTO queue_leases(queue, leased_at) VALUES (?,?)", (queue, now))
+                            conn.execute("INSERT INTO queue_leases(kind, queue, leased_at) VALUES (?,?,?)",
+                                         (_CALLS, queue, now))
                     token = uuid.uuid4().hex
                     conn.execute("UPDATE worker_queue SET lock_token=?, locked_until=?, dequeue_count=? WHERE id=?",
                                  (token, now + lock_ms, count + 1, wid))
@@ -762,6 +771,10 @@ class SqliteProvider(Provider):
 # -- helpers that run on the connection thread --------------------------------------
 
 
+#: ``queue_leases.kind``: a lease of an activity call, an admission of a waiting instance.
+_CALLS, _INSTANCES = 0, 1
+
+
 def _load_slots(conn: sqlite3.Connection, now: int, limited: Mapping[str, QueueOptions]) -> QueueSlots:
     """The leased calls of the limited queues, and their rate windows' lease counts (older lease times go)."""
     names = orjson.dumps(sorted(limited)).decode()
@@ -769,14 +782,53 @@ def _load_slots(conn: sqlite3.Connection, now: int, limited: Mapping[str, QueueO
         "SELECT queue, ckey, COUNT(*) FROM worker_queue INDEXED BY ix_wq_queue_lease "
         "WHERE queue IN (SELECT value FROM json_each(?)) AND locked_until > ? AND lock_token IS NOT NULL "
         "GROUP BY queue, ckey", (names, now)).fetchall()
+    return QueueSlots(limited, running, _rate_counts(conn, now, limited, _CALLS))
+
+
+def _rate_counts(conn: sqlite3.Connection, now: int, limited: Mapping[str, QueueOptions], kind: int) -> dict[str, int]:
+    """Per rate-limited queue, the leases (or admissions) of ``kind`` in its window; older ones are deleted."""
     started = {}
     for queue, options in limited.items():
         if options.rate_limit is not None:
             since = now - options.rate_limit.per_ms
-            conn.execute("DELETE FROM queue_leases WHERE queue=? AND leased_at <= ?", (queue, since))
-            started[queue] = conn.execute("SELECT COUNT(*) FROM queue_leases WHERE queue=? AND leased_at > ?",
-                                          (queue, since)).fetchone()[0]
-    return QueueSlots(limited, running, started)
+            conn.execute("DELETE FROM queue_leases WHERE kind=? AND queue=? AND leased_at <= ?", (kind, queue, since))
+            started[queue] = conn.execute("SELECT COUNT(*) FROM queue_leases WHERE kind=? AND queue=? AND leased_at > ?",
+                                          (kind, queue, since)).fetchone()[0]
+    return started
+
+
+def _admit_waiting(conn: sqlite3.Connection, now: int, queues: Mapping[str, QueueOptions],
+                   live_statuses: str) -> None:
+    """Admit the instances waiting for each queue of ``queues`` that its limits let start now."""
+    for queue, options in queues.items():
+        if conn.execute("SELECT 1 FROM instances WHERE queue=? AND gate > 0 AND gate=1 LIMIT 1", (queue,)).fetchone() is None:
+            continue
+        # Admitted instances that have ended give their slot back, once and for all.
+        conn.execute("UPDATE instances SET gate=0 WHERE queue=? AND gate > 0 AND gate=2 "
+                     "AND status NOT IN (SELECT value FROM json_each(?))", (queue, live_statuses))
+        limits = {queue: options} if options.limited else {}
+        running = conn.execute("SELECT queue, ckey, COUNT(*) FROM instances WHERE queue=? AND gate > 0 AND gate=2 "
+                               "GROUP BY ckey", (queue,)).fetchall()
+        slots = QueueSlots(limits, running, _rate_counts(conn, now, limits, _INSTANCES))
+        while slots.admits(queue, None):
+            rows = conn.execute(
+                "SELECT instance_id, ckey FROM instances WHERE queue=? AND gate > 0 AND gate=1 "
+                "AND (ckey IS NULL OR ? || char(31) || ckey NOT IN (SELECT value FROM json_each(?))) "
+                "ORDER BY priority DESC, created_at, instance_id LIMIT 64",
+                (queue, queue, orjson.dumps(slots.full_keys()).decode())).fetchall()
+            if not rows:
+                break
+            for iid, ckey in rows:
+                if not slots.admits(queue, ckey):
+                    continue  # its key filled during this pass: the next read leaves it out
+                if slots.take(queue, ckey):
+                    conn.execute("INSERT INTO queue_leases(kind, queue, leased_at) VALUES (?,?,?)",
+                                 (_INSTANCES, queue, now))
+                conn.execute("UPDATE instances SET gate=2 WHERE instance_id=?", (iid,))
+                conn.execute("DELETE FROM instance_locks WHERE instance_id=? AND lock_token=?",
+                             (iid, WAITING_LOCK_TOKEN))
+                conn.execute("UPDATE orchestrator_queue SET visible_at = visible_at - ? "
+                             "WHERE instance_id=? AND visible_at >= ?", (WAITING_OFFSET_MS, iid, WAITING_OFFSET_MS))
 
 
 def _add_queue_columns(conn: sqlite3.Connection) -> None:
@@ -786,6 +838,10 @@ def _add_queue_columns(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE worker_queue ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'")
         conn.execute("ALTER TABLE worker_queue ADD COLUMN ckey TEXT")
         conn.execute("ALTER TABLE worker_queue ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(instances)")}
+    if columns and "gate" not in columns:
+        for column in ("queue TEXT", "ckey TEXT", "priority INTEGER", "gate INTEGER NOT NULL DEFAULT 0"):
+            conn.execute(f"ALTER TABLE instances ADD COLUMN {column}")
 
 
 def _due_unlocked_instances(conn: sqlite3.Connection, now: int, max_items: int) -> list[str]:
@@ -794,14 +850,23 @@ def _due_unlocked_instances(conn: sqlite3.Connection, now: int, max_items: int) 
     Walks the queue's ``visible_at`` index from the oldest due message and stops as soon
     as it has enough: the cost is the messages it passes (those of locked instances, a
     few batches' worth), not the length of the queue or the number of waiting timers.
+    Instances waiting for a queue hold a lock that never lapses: they are looked up only
+    when a message of theirs is met (their start is far in the future; an event sent to
+    one is the rare case), so a backlog of waiting instances costs a fetch nothing.
     """
-    locked = {r[0] for r in conn.execute("SELECT instance_id FROM instance_locks WHERE locked_until > ?", (now,))}
+    locked = {r[0] for r in conn.execute("SELECT instance_id FROM instance_locks INDEXED BY ix_locks_until "
+                                         "WHERE locked_until > ? AND locked_until < ?", (now, WAITING_LOCK_UNTIL))}
     found: dict[str, None] = {}
     cursor = conn.execute("SELECT instance_id FROM orchestrator_queue INDEXED BY ix_oq_visible "
                           "WHERE visible_at <= ? ORDER BY visible_at, id", (now,))
     try:
         while len(found) < max_items and (rows := cursor.fetchmany(64)):
-            for (iid,) in rows:
+            fresh = [iid for (iid,) in rows if iid not in locked and iid not in found]
+            if fresh:
+                locked.update(r[0] for r in conn.execute(
+                    "SELECT instance_id FROM instance_locks WHERE locked_until >= ? "
+                    "AND instance_id IN (SELECT value FROM json_each(?))", (WAITING_LOCK_UNTIL, orjson.dumps(fresh).decode())))
+            for iid in fresh:
                 if iid not in locked:
                     found[iid] = None
                     if len(found) == max_items:
@@ -812,12 +877,13 @@ def _due_unlocked_instances(conn: sqlite3.Connection, now: int, max_items: int) 
 
 
 def _queue_depths(conn: sqlite3.Connection, now: int, active_statuses: str) -> QueueDepths:
-    due, later = conn.execute("SELECT COALESCE(SUM(visible_at <= ?), 0), COALESCE(SUM(visible_at > ?), 0) "
-                              "FROM orchestrator_queue", (now, now)).fetchone()
+    due, later = conn.execute("SELECT COALESCE(SUM(visible_at <= ?), 0), COALESCE(SUM(visible_at > ? AND visible_at < ?), 0) "
+                              "FROM orchestrator_queue", (now, now, WAITING_OFFSET_MS)).fetchone()
     worker = conn.execute("SELECT COUNT(*) FROM worker_queue").fetchone()[0]
     active = conn.execute("SELECT COUNT(*) FROM instances WHERE status IN (SELECT value FROM json_each(?))",
                           (active_statuses,)).fetchone()[0]
-    return QueueDepths(due, later, worker, active)
+    waiting = conn.execute("SELECT COUNT(*) FROM instances INDEXED BY ix_instances_gate WHERE gate > 0 AND gate = 1").fetchone()[0]
+    return QueueDepths(due, later, worker, active, waiting)
 
 
 def _get_instance(conn: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
@@ -836,6 +902,19 @@ def _insert_instance(conn: sqlite3.Connection, start: StartOrchestration, now: i
                  "parent_instance_id, incarnation) VALUES (?,?,?,?, 'Pending', ?, ?, ?, ?)",
                  (start.instance_id, start.name, start.version, start.execution_id, now, now,
                   start.parent_instance_id, uuid.uuid4().hex))
+
+
+def _create(conn: sqlite3.Connection, start: StartOrchestration, now: int) -> None:
+    """The row and the start of a new instance; one naming a queue waits for its admission."""
+    _insert_instance(conn, start, now)
+    if start.queue is None:
+        _enqueue(conn, start, None)
+        return
+    conn.execute("UPDATE instances SET queue=?, ckey=?, priority=?, gate=1 WHERE instance_id=?",
+                 (start.queue, start.concurrency_key, start.priority or 0, start.instance_id))
+    conn.execute("INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) VALUES (?,?,?)",
+                 (start.instance_id, WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL))
+    _enqueue(conn, start, now + WAITING_OFFSET_MS)
 
 
 def _delete_tree(conn: sqlite3.Connection, instance_id: str) -> list[str]:
@@ -905,6 +984,8 @@ def _apply_commit(conn: sqlite3.Connection, c: TurnCommit, now: int) -> None:
             conn.execute("UPDATE instances SET name=?, version=?, execution_id=?, status=?, output=?, error=?, "
                          "updated_at=? WHERE instance_id=?",
                          (u.name, u.version, u.execution_id, u.status, u.output, error, now, c.instance_id))
+    if c.ends_instance:  # an instance admitted by its queue gives its slot back
+        conn.execute("UPDATE instances SET gate=0 WHERE instance_id=? AND gate=2", (c.instance_id,))
     conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (c.instance_id,))
 
 
