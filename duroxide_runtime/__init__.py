@@ -65,7 +65,7 @@ from .errors import (
 )
 from .history import Event, HistoryEvent
 from .options import RetryPolicy, RuntimeOptions
-from .providers.base import Durability, InstanceQuery, Provider, StoreOverview
+from .providers.base import Durability, InstanceQuery, Provider, QueueStats, StoreOverview
 from .providers.memory import InMemoryProvider
 from .providers.postgres import PostgresProvider
 from .providers.sqlite import SqliteProvider
@@ -150,6 +150,6 @@ __all__ += ["InstanceQuery", "StoreOverview", "Operation", "BulkProgress", "appl
 __all__ += ["IfExists"]
 
 # Queues (issue 16): limits that hold across processes, concurrency keys and priorities.
-__all__ += ["QueueOptions", "RateLimit", "UnknownQueueError", "DEFAULT_QUEUE"]
+__all__ += ["QueueOptions", "RateLimit", "UnknownQueueError", "DEFAULT_QUEUE", "QueueStats"]
 
 __version__ = "0.1.0"

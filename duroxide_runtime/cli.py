@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -143,7 +144,7 @@ def _global_options() -> _Parser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``duroxide`` argument parser with its eleven commands (recovery operations: :mod:`cli_operations`)."""
+    """The ``duroxide`` argument parser with its twelve commands (recovery operations: :mod:`cli_operations`)."""
     common = _global_options()
     parser = _Parser(prog="duroxide", parents=[common],
                      description="Inspect and steer duroxide orchestration instances in a store.",
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bulk: only those last updated at least this long ago")
     p.add_argument("--yes", action="store_true", help="bulk: do not ask for confirmation")
     p.add_argument("--progress", action="store_true", help="bulk: show progress even if stderr is not a terminal")
+
+    commands.add_parser("queues", parents=[common],
+                        help="per queue: instances waiting for a slot or running, activity calls queued or running")
 
     ops.add_operation_commands(commands, common, _status_arg)
     add_ui_command(commands, common)
@@ -499,8 +503,16 @@ async def cmd_purge(client: Client, opts: Options, out: Output) -> int:
     return await (_purge_one if opts.args.id is not None else _purge_bulk)(client, opts, out)
 
 
+async def cmd_queues(client: Client, opts: Options, out: Output) -> int:
+    """``queues``: what waits in each queue and what holds its slots now."""
+    stats = await client.queue_stats()
+    text = fmt.queue_table(stats) if stats else "no queued or running work"
+    out.emit(text, [dataclasses.asdict(q) for q in stats])
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
-    "list": cmd_list, "show": cmd_show, "history": cmd_history,
+    "list": cmd_list, "show": cmd_show, "history": cmd_history, "queues": cmd_queues,
     "cancel": cmd_cancel, "raise": cmd_raise, "purge": cmd_purge, **ops.COMMANDS,
     "ui": cmd_ui,
 }

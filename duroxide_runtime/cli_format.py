@@ -26,6 +26,7 @@ import orjson
 
 from .errors import ErrorDetails
 from .history import Event, HistoryEvent, encode_event
+from .providers.base import QueueStats
 from .status import InstanceInfo
 
 __all__ = [
@@ -102,6 +103,13 @@ def instance_table(infos: Sequence[InstanceInfo]) -> str:
              format_time(i.updated_at_ms), short(i.custom_status, CUSTOM_STATUS_WIDTH) if i.custom_status else "-")
             for i in infos]
     return table(headers, rows)
+
+
+def queue_table(stats: Sequence[QueueStats]) -> str:
+    """The ``queues`` table: per queue, instances waiting for a slot and running, calls queued and running."""
+    headers = ("QUEUE", "INSTANCES WAITING", "INSTANCES RUNNING", "CALLS QUEUED", "CALLS RUNNING")
+    return table(headers, [(inert(q.queue), str(q.waiting_instances), str(q.running_instances), str(q.queued_calls),
+                            str(q.running_calls)) for q in stats])
 
 
 def instance_json(info: InstanceInfo) -> JsonObject:

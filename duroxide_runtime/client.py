@@ -44,7 +44,9 @@ from .messages import (
 from .operator import operator_name
 from .options import RuntimeOptions
 from .messages import ClientUpdate
-from .providers.base import MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, StartOutcome, StoreOverview
+from .providers.base import (
+    MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, QueueStats, StartOutcome, StoreOverview,
+)
 from .queues import DEFAULT_QUEUE, check_concurrency_key, check_priority, check_queue_name
 from .readouts import StreamItem, state_of, stream_of, update_answer
 from .start_policy import IfExists, IfExistsName, check_idempotency_key, check_if_exists
@@ -684,6 +686,17 @@ class Client:
         return await self.store.overview(self.clock.now_ms() - int(seconds * 1000),
                                          finished_statuses=TERMINAL_STATUSES, failed_status="Failed",
                                          active_statuses=LIVE_STATUSES)
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Per queue holding work now: instances waiting for a slot and running, activity calls
+        queued and running (see :class:`~duroxide_runtime.providers.base.QueueStats`), by queue name.
+
+        Example::
+
+            for q in await client.queue_stats():
+                print(q.queue, "waiting:", q.waiting_instances + q.queued_calls)
+        """
+        return await self.store.queue_stats(live_statuses=LIVE_STATUSES)
 
     @_holds_the_clock
     async def purge(self, instance_id: str, *, force: bool = False) -> list[str]:

@@ -11,7 +11,7 @@ Names follow the design's monitoring section:
 ``duroxide_activity_completed_total``         activity calls ended {name, outcome}
 ``duroxide_activity_duration_seconds``        activity call time {name}
 ``duroxide_activity_retries_total``           calls run again (a retry, or a redelivery) {name}
-``duroxide_queue_depth``                      waiting work {queue: orchestrator, timer, worker}
+``duroxide_queue_depth``                      waiting work {queue: orchestrator, timer, worker, waiting}
 ``duroxide_active_instances``                 Pending or Running instances
 ``duroxide_replay_duration_seconds``          rebuilding an instance from history {name}
 ==========================================  ===========================================
@@ -174,6 +174,7 @@ class PrometheusMetrics(RuntimeObserver):
         self.queue_depth.labels("orchestrator").set(depths.orchestrator)
         self.queue_depth.labels("timer").set(depths.timers)
         self.queue_depth.labels("worker").set(depths.worker)
+        self.queue_depth.labels("waiting").set(depths.waiting_instances)  # instances waiting for a queue slot
         self.active_instances.set(depths.active_instances)
 
     def start_sampling(self, store: Provider, interval: float = 5.0) -> asyncio.Task[None]:

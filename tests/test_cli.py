@@ -492,3 +492,21 @@ async def test_help_exits_0(tmp_path: Path) -> None:
         assert command in result.out
     sub = await Cli([], tmp_path)("purge", "--help")
     assert sub.code == 0 and "--older-than SECONDS" in sub.out
+
+
+# -- queues ----------------------------------------------------------------------------------
+
+
+async def test_queues_shows_instances_waiting_for_a_queue_no_runtime_serves(world: World) -> None:
+    assert (await world.cli("queues")).out.strip() == "no queued or running work"
+    starter = Client(world.harness.store, check_names=False)  # the runtime here configures no queue
+    for n in range(2):
+        await starter.start_orchestration(f"queued-{n}", "Hello", '"x"', queue="jobs", priority=n)
+    text = await world.cli("queues")
+    assert text.code == 0, text.err
+    assert text.out.splitlines() == [
+        "QUEUE  INSTANCES WAITING  INSTANCES RUNNING  CALLS QUEUED  CALLS RUNNING",
+        "jobs   2                  0                  0             0"]
+    data = await world.cli("--json", "queues")
+    assert data.json() == [{"queue": "jobs", "waiting_instances": 2, "running_instances": 0, "queued_calls": 0,
+                            "running_calls": 0}]

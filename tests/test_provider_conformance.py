@@ -1026,6 +1026,48 @@ async def test_queued_work_keeps_its_queue_key_and_priority(store: Provider) -> 
     assert (lease.work.queue, lease.work.concurrency_key, lease.work.priority) == ("payments", "customer-42", 7)
 
 
+async def test_a_start_in_a_queue_waits_until_a_fetch_admits_it(store: Provider, clock: ManualClock) -> None:
+    jobs = {"jobs": QueueOptions(concurrency=1)}
+    await store.create_instance(start_msg("w1", queue="jobs", concurrency_key="k", priority=1))
+    await store.start_instance(start_msg("w2", queue="jobs", priority=5))
+    await store.send(event_msg("w2", "early"))  # waits with its instance
+    # Not fetched without the queue's options; no timer is reported for the held starts.
+    result = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert result.items == [] and result.next_due_ms is None
+    depths = await store.queue_depths()
+    assert (depths.orchestrator, depths.timers, depths.waiting_instances) == (1, 0, 2)
+    # Admitted by priority: w2 first; then the queue is full.
+    (item,) = (await store.fetch_orchestration_items(10, LONG_LOCK, queues=jobs, live_statuses=LIVE)).items
+    assert item.instance_id == "w2"
+    assert [type(m.message).__name__ for m in item.messages] == ["StartOrchestration", "ExternalEvent"]
+    await commit_one(store, commit_for(item, new_events=[started()], update=running()))
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK, queues=jobs, live_statuses=LIVE)).items == []
+    stats = await store.queue_stats(live_statuses=LIVE)
+    assert [(q.queue, q.waiting_instances, q.running_instances) for q in stats] == [("jobs", 1, 1)]
+    # w2 ends: its slot is free, w1 goes.
+    item = await next_turn(store, "w2")
+    await commit_one(store, commit_for(item, update=completed(), ends_instance=True))
+    (item,) = (await store.fetch_orchestration_items(10, LONG_LOCK, queues=jobs, live_statuses=LIVE)).items
+    assert item.instance_id == "w1"
+    assert (await store.queue_depths()).waiting_instances == 0
+
+
+async def test_waiting_instances_can_be_purged_and_replaced(store: Provider) -> None:
+    await store.create_instance(start_msg("w1", queue="jobs"))
+    assert await store.purge_instance("w1") == ["w1"]
+    await store.create_instance(start_msg("w1"))  # the id is free again, and this start does not wait
+    assert (await fetch_items(store))["w1"].instance is not None
+    assert await store.queue_stats(live_statuses=LIVE) == []
+
+
+async def test_queue_stats_count_calls_per_queue(store: Provider) -> None:
+    await begin(store, "i1", activities=[queued("i1", 2, queue="payments"), queued("i1", 3, queue="payments"),
+                                         queued("i1", 4, queue="default")])
+    await store.fetch_work_items(1, LONG_LOCK, queues={"payments": QueueOptions(concurrency=1)})
+    stats = {q.queue: (q.queued_calls, q.running_calls) for q in await store.queue_stats(live_statuses=LIVE)}
+    assert stats == {"payments": (1, 1), "default": (1, 0)}  # the oldest call (event 2) was leased
+
+
 # -- purge_instance ------------------------------------------------------------------------------
 
 

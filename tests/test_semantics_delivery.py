@@ -195,8 +195,8 @@ class HoldTracker:
         self.fetched: Counter[str] = Counter()
         fetch, commit, abandon = store.fetch_orchestration_items, store.commit_turns, store.abandon_orchestration_item
 
-        async def tracked_fetch(max_items: int, lock_timeout: float) -> Any:
-            result = await fetch(max_items, lock_timeout)
+        async def tracked_fetch(max_items: int, lock_timeout: float, **kwargs: Any) -> Any:
+            result = await fetch(max_items, lock_timeout, **kwargs)
             for item in result.items:
                 if item.instance_id in self.held:
                     self.violations.append(item.instance_id)
@@ -269,8 +269,8 @@ async def test_message_arriving_during_a_turn_waits_for_the_next_turn(env: Env) 
     consumed_per_commit: list[int] = []
     raised: list[bool] = []
 
-    async def fetch_then_raise(max_items: int, lock_timeout: float) -> Any:
-        result = await fetch(max_items, lock_timeout)
+    async def fetch_then_raise(max_items: int, lock_timeout: float, **kwargs: Any) -> Any:
+        result = await fetch(max_items, lock_timeout, **kwargs)
         if any(i.instance_id == "late" for i in result.items) and not raised:
             raised.append(await h.client.raise_event("late", "e", "arrived-mid-turn"))
         return result

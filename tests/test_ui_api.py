@@ -16,7 +16,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from duroxide_runtime import Event, InstanceNotFoundError
+from duroxide_runtime import Client, Event, InstanceNotFoundError
 from duroxide_runtime.replayer import history_from_json, replay_history
 
 from .support import eventually
@@ -39,10 +39,24 @@ async def test_overview_counts_failures_depths_and_minutes(api: Api, world: Worl
     assert {(r["name"], r["version"]) for r in body["by_version"]} >= {("Greet", "1.0.0"), ("Approval", "1.0.0")}
     failures = {f["error_type"]: f for f in body["failures"]}
     assert failures["ValueError"]["last_instance_id"] == XSS_ID and failures["ValueError"]["count"] == 1
-    assert set(body["depths"]) == {"orchestrator", "timers", "worker", "active_instances"}
+    assert set(body["depths"]) == {"orchestrator", "timers", "worker", "active_instances", "waiting_instances"}
+    assert body["queues"] == []  # nothing waits for or runs in a queue
     assert len(body["finished_per_minute"]) == 60
     assert sum(m.get("Completed", 0) for m in body["finished_per_minute"]) == 1
     assert sum(m.get("Failed", 0) for m in body["finished_per_minute"]) == 2
+
+
+async def test_overview_shows_instances_waiting_for_a_queue(api: Api, world: World) -> None:
+    starter = Client(world.store, check_names=False)  # the runtime here configures no queue: they wait
+    for n in range(3):
+        await starter.start_orchestration(f"queued-{n}", "Greet", '{"who": "Q"}', queue="reports")
+    body = await api.get("/api/overview")
+    assert body["depths"]["waiting_instances"] == 3
+    assert body["queues"] == [{"queue": "reports", "waiting_instances": 3, "running_instances": 0,
+                               "queued_calls": 0, "running_calls": 0}]
+    async with api.http.get(api.base + "/") as response:
+        page = await response.text()
+    assert 'data-testid="depth-waiting">3<' in page and "<td>reports</td>" in page
 
 
 async def test_filters_select_by_status_name_version_and_id_text(api: Api, world: World) -> None:

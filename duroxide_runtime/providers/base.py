@@ -40,7 +40,7 @@ __all__ = [
     "ChildStart", "CallKey", "timer_key", "status_admits", "Durability", "HeartbeatWrite", "HeartbeatRecord",
     "InstanceQuery", "InstancePage", "InstanceCount", "FailureGroup", "StoreOverview", "MAX_PAGE_LIMIT",
     "MINUTE_MS", "UNKNOWN_ERROR_TYPE", "CORRUPT_ERROR_TYPE", "encode_cursor", "decode_cursor", "check_query", "page_of",
-    "failure_type", "make_overview", "StartOutcome", "WAITING_OFFSET_MS", "WAITING_LOCK_TOKEN", "WAITING_LOCK_UNTIL",
+    "failure_type", "make_overview", "StartOutcome", "QueueStats", "WAITING_OFFSET_MS", "WAITING_LOCK_TOKEN", "WAITING_LOCK_UNTIL",
 ]
 
 
@@ -328,6 +328,24 @@ class QueueDepths:
     active_instances: int
     #: Instances waiting for a slot of their queue (counted in ``active_instances`` too).
     waiting_instances: int = 0
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One queue's work now (:meth:`Provider.queue_stats`): what waits for it and what holds its slots.
+
+    ``waiting_instances``: instances started in the queue that wait for a slot;
+    ``running_instances``: admitted ones still live; ``queued_calls``: activity calls of
+    the queue not leased now (waiting for a worker or a slot); ``running_calls``: leased ones.
+
+    Example: ``QueueStats("payments", 0, 0, 120, 10)``: 10 calls run, 120 wait.
+    """
+
+    queue: str
+    waiting_instances: int
+    running_instances: int
+    queued_calls: int
+    running_calls: int
 
 
 #: A start waiting for its queue's admission is stored this far in the future (added to the
@@ -762,6 +780,14 @@ class Provider(ABC):
     @abstractmethod
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         """Counts of waiting work, and of instances whose status is in ``active_statuses``."""
+
+    @abstractmethod
+    async def queue_stats(self, *, live_statuses: Collection[str] = ()) -> list[QueueStats]:
+        """Per queue that holds anything now, its :class:`QueueStats`, sorted by queue name.
+
+        An admitted instance counts as running while its status is in ``live_statuses``
+        (the runtime names them). A queue with nothing waiting or running is left out.
+        """
 
     # -- lifecycle -----------------------------------------------------------------
 

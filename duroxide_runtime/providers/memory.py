@@ -24,7 +24,7 @@ from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
     WAITING_OFFSET_MS,
     MINUTE_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite, InstanceCount, InstancePage,
-    InstanceQuery, QueueDepths, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, StartOutcome, StoreOverview,
+    InstanceQuery, QueueDepths, QueueStats, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, StartOutcome, StoreOverview,
     TurnCommit, WorkCompletion, WorkLease, check_query, failure_type, make_overview, page_of, status_admits,
     timer_key,
 )
@@ -483,6 +483,20 @@ class InMemoryProvider(Provider):
         later = sum(1 for q in self._queue.values() if now < q.visible_at < WAITING_OFFSET_MS)
         return QueueDepths(due, later, len(self._work),
                            sum(1 for r in self._instances.values() if r.status in active_statuses), len(self._waiting))
+
+    async def queue_stats(self, *, live_statuses: Collection[str] = ()) -> list[QueueStats]:
+        now = self.clock.now_ms()
+        stats: dict[str, list[int]] = {}
+        for p in self._waiting.values():
+            stats.setdefault(p.queue, [0, 0, 0, 0])[0] += 1
+        for iid, p in self._admitted.items():
+            record = self._instances.get(iid)
+            if record is not None and record.status in live_statuses:
+                stats.setdefault(p.queue, [0, 0, 0, 0])[1] += 1
+        for w in self._work.values():
+            leased = w.lock_token is not None and w.locked_until > now
+            stats.setdefault(w.work.queue, [0, 0, 0, 0])[3 if leased else 2] += 1
+        return [QueueStats(q, *n) for q, n in sorted(stats.items()) if any(n)]
 
     # -- helpers -------------------------------------------------------------------
 

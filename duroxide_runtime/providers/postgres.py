@@ -72,7 +72,7 @@ from ..lograte import background_warnings
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
-    OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, WorkCompletion, WorkLease,
+    OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, QueueStats, WorkCompletion, WorkLease,
     check_query, decode_error_details, make_overview, page_of, status_admits, StartOutcome,
 )
 from .postgres_queries import listing_sql, overview_parts
@@ -1430,6 +1430,22 @@ class PostgresProvider(Provider):
             return QueueDepths(row["due"], row["later"], row["worker"], row["active"], row["waiting"])
 
         return await self._one(op)
+
+    async def queue_stats(self, *, live_statuses: Collection[str] = ()) -> list[QueueStats]:
+        s = self.schema
+
+        async def op(conn: _Conn) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                f"SELECT queue, sum(w)::int AS w, sum(r)::int AS r, sum(q)::int AS q, sum(l)::int AS l FROM ("
+                f"SELECT queue, (gate = 1)::int AS w, (gate = 2 AND status = ANY($2::text[]))::int AS r, 0 AS q, 0 AS l "
+                f"FROM {s}.instances WHERE gate > 0 "
+                "UNION ALL SELECT queue, 0, 0, (lock_token IS NULL OR locked_until <= $1)::int, "
+                f"(lock_token IS NOT NULL AND locked_until > $1)::int FROM {s}.worker_queue) x "
+                "GROUP BY queue ORDER BY queue", self.clock.now_ms(), sorted(live_statuses))
+            return rows
+
+        return [QueueStats(r["queue"], r["w"], r["r"], r["q"], r["l"]) for r in await self._one(op)
+                if r["w"] or r["r"] or r["q"] or r["l"]]
 
     # -- helpers -------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from ..errors import (
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
-    WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, decode_error_details, InstanceRecord,
+    WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, QueueStats, decode_error_details, InstanceRecord,
     InstancePage, InstanceQuery, OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit,
     WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key, StartOutcome,
 )
@@ -707,6 +707,24 @@ class SqliteProvider(Provider):
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         statuses = orjson.dumps(sorted(active_statuses)).decode()
         return await self._run(lambda conn: _queue_depths(conn, self.clock.now_ms(), statuses))
+
+    async def queue_stats(self, *, live_statuses: Collection[str] = ()) -> list[QueueStats]:
+        live = orjson.dumps(sorted(live_statuses)).decode()
+
+        def op(conn: sqlite3.Connection) -> list[QueueStats]:
+            now = self.clock.now_ms()
+            stats: dict[str, list[int]] = {}
+            for queue, waiting, running in conn.execute(
+                    "SELECT queue, SUM(gate = 1), SUM(gate = 2 AND status IN (SELECT value FROM json_each(?))) "
+                    "FROM instances INDEXED BY ix_instances_gate WHERE gate > 0 GROUP BY queue", (live,)):
+                stats[queue] = [waiting, running, 0, 0]
+            for queue, queued, leased in conn.execute(
+                    "SELECT queue, SUM(lock_token IS NULL OR locked_until <= ?), "
+                    "SUM(lock_token IS NOT NULL AND locked_until > ?) FROM worker_queue GROUP BY queue", (now, now)):
+                stats.setdefault(queue, [0, 0, 0, 0])[2:] = [queued, leased]
+            return [QueueStats(q, *n) for q, n in sorted(stats.items()) if any(n)]
+
+        return await self._run(op)
 
     async def renew_work_item(self, lock_token: str, lock_timeout: float, *,
                               only_if_status_in: Collection[str] | None = None,

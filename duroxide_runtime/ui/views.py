@@ -25,7 +25,7 @@ from ..errors import ErrorDetails
 from ..history import Event, HistoryEvent
 from ..limits import MAX_EXECUTION_ID
 from ..pending import PendingCall, pending_calls
-from ..providers.base import FailureGroup, QueueDepths
+from ..providers.base import FailureGroup, QueueDepths, QueueStats
 from ..status import InstanceInfo, OrchestrationStatus
 from .charts import MinuteChart, per_minute_chart
 from .filters import STATUSES
@@ -175,12 +175,15 @@ class OverviewView:
     failures: list[FailureGroup]
     depths: QueueDepths
     chart: MinuteChart
+    #: Per queue holding work: instances waiting for a slot or running, calls queued or running.
+    queues: list[QueueStats]
 
     def as_json(self) -> dict[str, Any]:
         """``GET /api/overview``."""
         return {"by_status": self.by_status, "by_name": [r.as_json() for r in self.by_name],
                 "by_version": [r.as_json() for r in self.by_version],
                 "failures": [jsonable(f) for f in self.failures], "depths": jsonable(self.depths),
+                "queues": [jsonable(q) for q in self.queues],
                 "finished_per_minute": [{"minute_ms": b.minute_ms, **{s.status: s.count for s in b.segments}}
                                         for b in self.chart.bars]}
 
@@ -203,7 +206,8 @@ async def load_overview(client: Client) -> OverviewView:
         by_status[c.status] = by_status.get(c.status, 0) + c.count
     return OverviewView(by_status, _rows(overview.counts, with_version=False),
                         _rows(overview.counts, with_version=True), list(overview.failures), overview.depths,
-                        per_minute_chart(overview.finished_per_minute, now_ms=client.clock.now_ms()))
+                        per_minute_chart(overview.finished_per_minute, now_ms=client.clock.now_ms()),
+                        await client.queue_stats())
 
 
 async def version_rows(client: Client) -> list[CountRow]:
