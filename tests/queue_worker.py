@@ -3,7 +3,8 @@
 Run:  python tests/queue_worker.py STORE LEDGER      (STORE: sqlite:///path, or a PostgreSQL URL#schema)
 
 It runs ``QFlow`` (three ``Hold`` calls at once in queue ``limited``, then two
-``Tick`` calls in queue ``rated``) with the queues below, prints ``READY <pid>``
+``Tick`` calls in queue ``rated``; the test starts its instances in queue ``flows``,
+so that at most 6 run at once) with the queues below, prints ``READY <pid>``
 once the runtime is started, and runs until SIGTERM or SIGKILL. Every activity
 run appends a JSON line when it begins and one when it ends, each with a single
 ``os.write`` on an ``O_APPEND`` file (no torn or interleaved lines, even at SIGKILL).
@@ -32,7 +33,10 @@ FLOW = "QFlow"
 QUEUES = {
     "limited": QueueOptions(concurrency=4, per_key_concurrency=1),
     "rated": QueueOptions(rate_limit=RateLimit(10, per=timedelta(seconds=1))),
+    "flows": QueueOptions(concurrency=6),
 }
+#: Most instances of queue ``flows`` running at once.
+FLOWS = 6
 HOLDS, TICKS = 3, 2
 _LEDGER = -1
 

@@ -3,11 +3,13 @@
 Real processes (tests/queue_worker.py) share one store: 3 on PostgreSQL, 2 on a
 SQLite file. Instances, each under one of six concurrency keys, run three ``Hold``
 calls at once in a queue with ``concurrency=4, per_key_concurrency=1``, then two
-``Tick`` calls in a queue limited to 10 starts a second. Once a third of the
+``Tick`` calls in a queue limited to 10 starts a second; the instances themselves
+wait in a queue that lets 6 run at once. Once a third of the
 ``Hold`` calls have ended, a process with a call in flight is SIGKILLed. The
 ledger of activity start and end times (each logged inside the call's lease)
 then proves that at no moment more than 4 calls, or more than 1 call of a key,
-ran; that ``Tick`` starts kept to 10 a second within one period's tolerance; and
+ran, nor more than 6 instances (from an instance's first call to its last: inside
+the time it held its slot); that ``Tick`` starts kept to 10 a second within one period's tolerance; and
 every instance completed with the right output. The waits are for the ledger and
 the store, bounded; nothing depends on the machine's speed.
 """
@@ -72,7 +74,7 @@ async def test_limits_hold_across_processes_with_one_killed(kind: str, processes
         client = Client(store)
         keys = {f"q-{i}": f"k{i % KEYS}" for i in range(INSTANCES)}
         for iid, key in keys.items():
-            await client.start_orchestration(iid, qw.FLOW, key, concurrency_key=key)
+            await client.start_orchestration(iid, qw.FLOW, key, concurrency_key=key, queue="flows")
 
         async def a_third_of_holds_ended() -> bool:
             return sum(1 for r in _ledger(ledger) if r["kind"] == "hold" and r["phase"] == "end") \
@@ -111,6 +113,14 @@ async def test_limits_hold_across_processes_with_one_killed(kind: str, processes
     assert _most_at_once([(s, e) for s, e, _ in holds]) <= 4
     per_key = {key: _most_at_once([(s, e) for s, e, k in holds if k == key]) for key in keys.values()}
     assert per_key == {key: 1 for key in keys.values()}
+    spans: dict[str, list[float]] = {}
+    for r in lines:
+        iid = r["call"][0]
+        end = ends.get((tuple(r["call"]), r["pid"]), killed_at) if r["phase"] == "start" else r["t"]
+        first, last = spans.setdefault(iid, [r["t"], end])
+        spans[iid] = [min(first, r["t"]), max(last, end)]
+    assert len(spans) == INSTANCES
+    assert _most_at_once([(s, e) for s, e in spans.values()]) <= qw.FLOWS
     assert {r["pid"] for r in lines if r["kind"] == "hold"} >= {w.pid for w in workers if w is not victim}, \
         "every surviving process took part"
     # Ticks: at most 10 in any second, within one second's tolerance (a start line is written
