@@ -384,3 +384,16 @@ async def test_instance_admissions_keep_to_the_rate_limit(clocked: Harness) -> N
         assert len(started_at) == expected
         clock.advance(10)
     assert [(t - t0) // 10_000 for t in started_at] == [0, 0, 1, 1, 2]
+
+
+async def test_a_cancelled_waiting_instance_ends_once_admitted_without_running_its_work(harness: Harness) -> None:
+    gate = Gate()
+    await harness.start({"Job": held_orch(gate)}, {"Act": gate.act}, queues={"jobs": QueueOptions(concurrency=1)})
+    await harness.client.start_orchestration("busy", "Job", "busy/0", queue="jobs")
+    await gate.until("the slot is taken", lambda: "busy/0" in gate.running)
+    await harness.client.start_orchestration("doomed", "Job", "doomed/0", queue="jobs")
+    assert await harness.client.cancel_instance("doomed", "not needed any more")
+    gate.release("busy/0")
+    status = await harness.client.wait_for_orchestration("doomed", timedelta(seconds=BOUND))
+    assert isinstance(status, OrchestrationStatus.Failed) and "not needed any more" in status.details.message
+    assert "doomed/0" not in gate.started  # its activity call was cancelled before any worker took it
