@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from duroxide_runtime import Provider
+from duroxide_runtime.testing import ManualClock
 
 from .pg_session import ADMIN_URL, SESSION
 from .support import PROVIDERS, REPLAY_MODES, Harness, drop_store, make_store
@@ -62,6 +63,25 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def replay_mode(request: pytest.FixtureRequest) -> str:
     """'cached' keeps instances live between turns; 'from_scratch' replays every turn."""
     return str(request.param)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A ManualClock the test moves by hand (``clocked`` runs its store on it)."""
+    return ManualClock()
+
+
+@pytest.fixture(params=PROVIDERS)
+async def clocked(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock,
+                  replay_mode: str) -> AsyncIterator[Harness]:
+    """A harness whose store runs on the test's ``clock``, of each provider kind and replay mode."""
+    store = await make_store(request.param, tmp_path, clock=clock)
+    h = Harness(store, replay_mode)
+    try:
+        yield h
+    finally:
+        await h.stop()
+        await drop_store(store)
 
 
 @pytest.fixture

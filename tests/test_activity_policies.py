@@ -16,7 +16,7 @@ import math
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,30 +37,12 @@ from duroxide_runtime.testing import ManualClock
 from duroxide_runtime.wake import wake_hub
 
 from . import engine_factories as f
-from .support import PG_URL, PROVIDERS, Harness, drop_store, make_store
+from .support import PG_URL, PROVIDERS, Harness, drop_store
 
 pytestmark = pytest.mark.timeout(120)
 
 #: Real-time bound on waits for the runtime (a safety net; the tests never need it).
 BOUND = 30.0
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture(params=PROVIDERS)
-async def clocked(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock,
-                  replay_mode: str) -> AsyncIterator[Harness]:
-    """A harness whose store runs on the test's ManualClock, in each replay mode."""
-    store = await make_store(request.param, tmp_path, clock=clock)
-    h = Harness(store, replay_mode)
-    try:
-        yield h
-    finally:
-        await h.stop()
-        await drop_store(store)
 
 
 class Beats(RuntimeObserver):
