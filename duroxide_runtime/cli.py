@@ -50,6 +50,7 @@ from . import cli_format as fmt
 from . import cli_operations as ops
 from .cli_operations import EXIT_FAILED, EXIT_OK, Aborted, confirm
 from .operations import Operation
+from .pending import pending_calls
 from .ui.command import add_ui_command, cmd_ui, resolve_token
 
 __all__ = ["main", "build_parser", "open_store", "UsageError", "StoreNotFoundError", "Aborted"]
@@ -398,9 +399,11 @@ async def cmd_show(client: Client, opts: Options, out: Output) -> int:
     details = status.details if isinstance(status, OrchestrationStatus.Failed) else None
     executions = await client.list_executions(instance_id)
     state = await client.get_states(instance_id)
-    suspension = fmt.suspension_of(await client.read_history(instance_id)) if info.status == "Suspended" else None
-    out.emit(fmt.show_text(info, details, executions, state, suspension),
-             fmt.show_json(info, details, executions, state, suspension))
+    history = await client.read_history(instance_id)
+    suspension = fmt.suspension_of(history) if info.status == "Suspended" else None
+    pending = pending_calls(history)
+    out.emit(fmt.show_text(info, details, executions, state, suspension, pending),
+             fmt.show_json(info, details, executions, state, suspension, pending))
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ import orjson
 
 from .errors import ErrorDetails
 from .history import Event, HistoryEvent, encode_event
+from .pending import PendingCall
 from .providers.base import QueueStats
 from .status import InstanceInfo
 
@@ -145,18 +146,23 @@ def _suspension_json(suspension: Event.OrchestrationSuspended | None) -> JsonObj
 
 def show_json(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int],
               state: Mapping[str, str] | None = None,
-              suspension: Event.OrchestrationSuspended | None = None) -> JsonObject:
+              suspension: Event.OrchestrationSuspended | None = None,
+              pending: Sequence[PendingCall] = ()) -> JsonObject:
     """``show --json``: the instance's fields, its execution ids, its state, the error with its traceback,
-    and for a suspended instance ``suspended``: who suspended it, why and when (else ``null``)."""
+    for a suspended instance ``suspended``: who suspended it, why and when (else ``null``), and
+    ``waiting_on``: the durable calls its current execution waits on, each with its ``source``."""
     return {**instance_json(info), "executions": list(executions), "state": dict(state or {}),
-            "error_details": _details_json(details), "suspended": _suspension_json(suspension)}
+            "error_details": _details_json(details), "suspended": _suspension_json(suspension),
+            "waiting_on": [call.as_json() for call in pending]}
 
 
 def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequence[int],
               state: Mapping[str, str] | None = None,
-              suspension: Event.OrchestrationSuspended | None = None) -> str:
-    """``show``: one labelled line per field, the state (``ctx.set_state``) one key a line; output or error
-    (with traceback) last. A suspended instance says since when, by whom and why after its status."""
+              suspension: Event.OrchestrationSuspended | None = None,
+              pending: Sequence[PendingCall] = ()) -> str:
+    """``show``: one labelled line per field, the state (``ctx.set_state``) one key a line, the calls it
+    waits on one a line with the ``file:line`` that made each; output or error (with traceback) last.
+    A suspended instance says since when, by whom and why after its status."""
     fields = [
         ("instance", inert(info.instance_id)),
         ("name", inert(info.name)),
@@ -172,6 +178,7 @@ def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequ
     lines = [f"{label + ':':<15}{value}" for label, value in fields]
     lines += [f"{'state:' if i == 0 else '':<15}{inert(key)} = {short(value)}"
               for i, (key, value) in enumerate(sorted((state or {}).items()))]
+    lines += [f"{'waiting on:' if i == 0 else '':<15}{_pending_text(call)}" for i, call in enumerate(pending)]
     if info.output is not None:
         lines.append(f"{'output:':<15}{inert(info.output)}")
     if info.error is not None:
@@ -180,6 +187,12 @@ def show_text(info: InstanceInfo, details: ErrorDetails | None, executions: Sequ
         lines.append("traceback:")
         lines += ["  " + inert(line) for line in details.traceback.rstrip("\n").split("\n")]
     return "\n".join(lines)
+
+
+def _pending_text(call: PendingCall) -> str:
+    """``activity 'Charge' at shop/orders.py:42``; a timer says when it fires."""
+    due = f" until {format_time(call.fire_at_ms)}" if call.fire_at_ms is not None else ""
+    return f"{inert(call.describe())}{due} at {inert(call.source or '?')}"
 
 
 def _suspended_text(suspension: Event.OrchestrationSuspended) -> str:

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -68,6 +69,10 @@ class PendingCall:
     def describe(self) -> str:
         """A few words for people: ``activity 'Charge'``, ``timer``, ``event 'approval'``."""
         return self.kind.value if self.name is None else f"{self.kind.value} {self.name!r}"
+
+    def as_json(self) -> dict[str, object]:
+        """Its fields as JSON values (``kind`` as its string), as the UI's API and ``duroxide show --json`` give it."""
+        return {**dataclasses.asdict(self), "kind": str(self.kind)}
 
 
 #: Events that end an execution: after one, nothing is pending.

@@ -242,6 +242,12 @@ async def test_show_text_and_json(world: World) -> None:
     waiting = await world.cli("show", "wait-1")
     assert "status:        Running" in waiting.out and "custom status: waiting for approval" in waiting.out
     assert "execution:     1 (executions: 1)" in waiting.out
+    # Where it stands in the code: the wait's file:line, as the history recorded it.
+    assert f"waiting on:    event 'approval' at {_line_of(wait_approval, 'schedule_wait')}" in waiting.out
+    [call] = (await world.cli("--json", "show", "wait-1")).json()["waiting_on"]
+    assert call["kind"] == "event" and call["name"] == "approval"
+    assert call["source"] == _line_of(wait_approval, "schedule_wait")
+    assert (await world.cli("--json", "show", "count-1")).json()["waiting_on"] == []  # it has ended
 
 
 # -- history ---------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ class InstanceView:
         return {"instance": dataclasses.asdict(self.info), "input": self.input,
                 "error_details": dataclasses.asdict(self.details) if self.details is not None else None,
                 "executions": self.executions, "execution_id": self.execution_id, "state": self.state,
-                "pending": [{**dataclasses.asdict(p), "kind": str(p.kind)} for p in self.pending],
+                "pending": [p.as_json() for p in self.pending],
                 "parent_instance_id": self.info.parent_instance_id,
                 "children": [dataclasses.asdict(c) for c in self.children], "actions": list(self.actions)}
 
