@@ -55,7 +55,9 @@ REGISTERED_FRESH_MS = 30_000
 class CatchUp(enum.StrEnum):
     """Which missed ticks a schedule starts when the runtimes reach it late (all were stopped).
 
-    ``SKIP``: none; only ticks reached on time (within :data:`SKIP_GRACE_MS`) start.
+    ``SKIP``: none; a tick starts only if it is reached on time: at most
+    :data:`SKIP_GRACE_MS` late, before the next tick is due (a pass that finds two or
+    more ticks due was away: it starts none of them).
     ``LATEST``: the most recent missed tick only. ``ALL``: every missed tick, oldest
     first (at most :data:`MAX_TICKS_PER_PASS` per pass; the next pass goes on). Strings
     (``"skip"``, ``"latest"``, ``"all"``) are accepted wherever a policy is.
@@ -140,11 +142,12 @@ def plan_ticks(spec: CronSpec, catch_up: CatchUp, next_tick: int, now_ms: int,
 
     Ticks from ``next_tick`` up to ``now_ms`` are due. ``ALL`` starts them in order (at most
     ``limit``; the next tick is then the first not started, already due); ``LATEST`` the
-    last of them; ``SKIP`` the last only if it is at most :data:`SKIP_GRACE_MS` old. The
-    next tick of those two is the first after ``now_ms``.
+    last of them; ``SKIP`` the only one, if only one is due and it is at most
+    :data:`SKIP_GRACE_MS` old. The next tick of those two is the first after ``now_ms``.
 
     Example: every second, due at 10 s, now 13.2 s: ``ALL`` -> ``[10 s, 11 s, 12 s, 13 s]``,
-    ``LATEST`` -> ``[13 s]``, ``SKIP`` -> ``[13 s]`` (0.2 s late); next tick 14 s for each.
+    ``LATEST`` -> ``[13 s]``, ``SKIP`` -> ``[]``; next tick 14 s for each. Now 10.2 s:
+    ``[10 s]`` for each.
     """
     if next_tick > now_ms:
         return [], next_tick
@@ -156,7 +159,7 @@ def plan_ticks(spec: CronSpec, catch_up: CatchUp, next_tick: int, now_ms: int,
             tick = next_tick_ms(spec, tick)
         return ticks, tick
     latest = max(next_tick, _latest_tick_ms(spec, now_ms))
-    on_time = catch_up is CatchUp.LATEST or now_ms - latest <= SKIP_GRACE_MS
+    on_time = catch_up is CatchUp.LATEST or (latest == next_tick and now_ms - latest <= SKIP_GRACE_MS)
     return ([latest] if on_time else []), next_tick_ms(spec, now_ms)
 
 
