@@ -84,7 +84,7 @@ from .start_policy import IfExists
 from .queues import DEFAULT_QUEUE, QueueOptions, RateLimit, check_queue_name
 from .errors import UnknownQueueError
 from .errors import InvalidScheduleError, ScheduleExistsError, ScheduleNotFoundError
-from .schedules import CatchUp, ScheduleInfo
+from .schedules import CatchUp, ScheduleInfo, check_catch_up, check_cron
 
 if TYPE_CHECKING:
     from .codec import Codec, encode_value
@@ -155,6 +155,7 @@ __all__ += ["IfExists"]
 __all__ += ["QueueOptions", "RateLimit", "UnknownQueueError", "DEFAULT_QUEUE", "QueueStats"]
 
 # Schedules (issue 16): cron schedules that start one instance per tick across processes.
-__all__ += ["CatchUp", "ScheduleInfo", "InvalidScheduleError", "ScheduleExistsError", "ScheduleNotFoundError"]
+__all__ += ["CatchUp", "ScheduleInfo", "InvalidScheduleError", "ScheduleExistsError", "ScheduleNotFoundError",
+            "check_cron", "check_catch_up"]
 
 __version__ = "0.1.0"
