@@ -138,8 +138,9 @@ class Scheduler:
                                      version=row.version, input=row.input) for tick in ticks]
         fired = await self.store.fire_schedule(ScheduleFire(
             row.schedule_id, row.next_tick_ms, starts, ticks[-1] if ticks else None, next_tick))
-        if fired:
-            _log.info("schedule %r: started %d tick(s)%s", row.schedule_id, len(starts),
-                      f", last {starts[-1].instance_id!r}" if starts else " (missed ticks skipped)")
+        if fired:  # what the pass found and did (the cross-process test reads this line)
+            _log.info("schedule %r fired at %d ms, ticks due from %d ms (%s): started %d: %s", row.schedule_id, now,
+                      row.next_tick_ms, catch_up.value, len(starts),
+                      " ".join(s.instance_id for s in starts) or "none (missed ticks skipped)")
         # Lost to another process's pass: it moved the tick; re-read soon (at once if still due).
         return (next_tick if fired else now, fired and bool(starts))

@@ -42,7 +42,7 @@ def test_a_malformed_schedule_is_refused_at_declaration_and_nothing_is_registere
         async def ms_bad(ctx: OrchestrationContext) -> None:
             return None
     with pytest.raises(InvalidScheduleError, match="catch_up 'often'"):
-        @orchestration(schedule="* * * * *", catch_up="often")  # type: ignore[call-overload]
+        @orchestration(schedule="* * * * *", catch_up="often")  # type: ignore[call-overload, untyped-decorator]
         async def ms_bad2(ctx: OrchestrationContext) -> None:
             return None
     assert discovery._orchestrations == before
