@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["Scheduler", "schedules_changed"]
 
 _log = logging.getLogger("duroxide.scheduler")
+#: After a pass lost a schedule to another process's, the schedule is read again this much later (ms).
+_LOST_RETRY_MS = 100
 
 #: The schedulers running in this process, per store object (woken by this process's clients).
 _running: weakref.WeakKeyDictionary[Provider, weakref.WeakSet[Scheduler]] = weakref.WeakKeyDictionary()
@@ -142,5 +144,5 @@ class Scheduler:
             _log.info("schedule %r fired at %d ms, ticks due from %d ms (%s): started %d: %s", row.schedule_id, now,
                       row.next_tick_ms, catch_up.value, len(starts),
                       " ".join(s.instance_id for s in starts) or "none (missed ticks skipped)")
-        # Lost to another process's pass: it moved the tick; re-read soon (at once if still due).
-        return (next_tick if fired else now, fired and bool(starts))
+        # Lost to another process's pass (it moved the tick, or holds the row now): re-read shortly.
+        return (next_tick if fired else now + _LOST_RETRY_MS, fired and bool(starts))

@@ -11,6 +11,7 @@ tests/test_provider_conformance.py.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from duroxide_runtime import (
     ScheduleNotFoundError, UnknownOrchestrationError,
 )
 from duroxide_runtime.errors import ErrorCode
+from duroxide_runtime.lograte import background_warnings
+from duroxide_runtime.providers.base import ScheduleRecord
 from duroxide_runtime.registry import OrchestrationRegistry
 from duroxide_runtime.schedules import (
     SKIP_GRACE_MS, check_cron, next_tick_ms, plan_ticks, tick_instance_id,
@@ -223,3 +226,17 @@ async def test_an_unregistered_orchestration_is_refused_here_and_flagged_when_sc
     # Never silently skipped: its tick started an instance, which waits for a runtime that knows it.
     typo = await eventually(lambda: h.store.get_instance(tick_id("typo", 1)), what="the unregistered tick")
     assert typo.name == "Ecoh" and typo.status == "Pending"
+
+
+async def test_an_unreadable_schedule_row_is_logged_and_skipped_and_the_others_run(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    # Written past the client's checks (by another version, or by hand): the scheduler must not stop.
+    await h.store.put_schedule(ScheduleRecord("broken", "not a cron", "Echo", "x", None, "all", False, T0 + 1000))
+    await h.client.create_schedule("tick", EVERY_SECOND, "Echo", "x")
+    background_warnings.reset()  # the warning is rate-limited process-wide; an earlier test may have logged it
+    with caplog.at_level(logging.WARNING, logger="duroxide.scheduler"):
+        await h.start({"Echo": echo})
+        await tick_until(h, 1)
+        await tick_until(h, 2)
+    assert any("schedule 'broken' cannot be run" in r.getMessage() for r in caplog.records)
+    assert await scheduled_ids(h, "broken") == []
