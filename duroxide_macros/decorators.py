@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import sys
@@ -28,6 +29,7 @@ from typing import Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from duroxide_runtime import (
     DEFAULT_VERSION,
+    CatchUp,
     Client,
     ConfigurationError,
     DuroxideError,
@@ -43,6 +45,8 @@ from duroxide_runtime import (
     RetryPolicy,
     StatusOf,
     StreamItem,
+    check_catch_up,
+    check_cron,
     check_queue_name,
     TypedEvent,
     current_orchestration,
@@ -362,6 +366,15 @@ class SyncActivity(Activity[P, R]):
 _IfExistsArg = IfExists | Literal["fail", "return_existing", "replace"]
 
 
+@dataclasses.dataclass(frozen=True)
+class DeclaredSchedule:
+    """What ``@orchestration(schedule=...)`` declared: the cron, the catch-up policy, the encoded input."""
+
+    cron: str
+    catch_up: CatchUp
+    input: str
+
+
 class Orchestration(Generic[I, O]):
     """A registered orchestration with typed client helpers (start, wait, run, ...)."""
 
@@ -390,6 +403,8 @@ class Orchestration(Generic[I, O]):
                                declared=f"return type of orchestration {self.name!r} ({_where(fn)})")
         #: The string-API function registered with the runtime (one object, see Activity.registered_function).
         self.registered_function: Callable[[OrchestrationContext, str], Coroutine[Any, Any, str]] = self.entry
+        #: ``@orchestration(schedule=...)``: the schedule ``duroxide_main`` creates for it at start.
+        self.schedule: DeclaredSchedule | None = None
 
     # A no-input orchestration (``async def f(ctx) -> O``) is an ``Orchestration[None, O]``: its
     # ``__call__``/``call``/``start``/``run``/``continue_as_new`` take no input (the overloads
@@ -820,17 +835,36 @@ def orchestration(fn: Callable[[OrchestrationContext, I], Coroutine[Any, Any, O]
 @overload
 def orchestration(fn: Callable[[OrchestrationContext], Coroutine[Any, Any, O]], /) -> Orchestration[None, O]: ...
 @overload
-def orchestration(*, name: str | None = None, version: str = DEFAULT_VERSION) -> _OrchestrationDecorator: ...
+def orchestration(*, name: str | None = None, version: str = DEFAULT_VERSION, schedule: str | None = None,
+                  catch_up: CatchUp | Literal["skip", "latest", "all"] = CatchUp.SKIP,
+                  schedule_input: Any = None) -> _OrchestrationDecorator: ...
 
 
 def orchestration(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
-                  version: str = DEFAULT_VERSION) -> Any:
-    """Declare an orchestration (``async def f(ctx, input) -> output``), registered when decorated."""
+                  version: str = DEFAULT_VERSION, schedule: str | None = None,
+                  catch_up: CatchUp | Literal["skip", "latest", "all"] = CatchUp.SKIP,
+                  schedule_input: Any = None) -> Any:
+    """Declare an orchestration (``async def f(ctx, input) -> output``), registered when decorated.
+
+    ``schedule`` (a cron expression, UTC; 6 fields: seconds first) starts it at every tick:
+    ``duroxide_main`` creates (or updates) the schedule named after the orchestration at
+    start, with ``catch_up`` and ``schedule_input`` (encoded as the input type). A
+    malformed cron raises :class:`InvalidScheduleError` here, at decoration.
+
+    Example::
+
+        @orchestration(schedule="*/5 * * * *", catch_up="latest")
+        async def sweep(ctx: OrchestrationContext) -> int: ...
+    """
+    planned = None if schedule is None else (check_cron(schedule, "schedule"), check_catch_up(catch_up))
+
     def wrap(f: Callable[..., Any]) -> Orchestration[Any, Any]:
         if not inspect.iscoroutinefunction(f):
             raise ConfigurationError(f"orchestration {getattr(f, '__qualname__', f)!r} is not `async def`",
                                      fix="declare it as `async def f(ctx: OrchestrationContext, input) -> output`")
         orch: Orchestration[Any, Any] = Orchestration(f, name=name, version=version)
+        if planned is not None:
+            orch.schedule = DeclaredSchedule(planned[0].text, planned[1], orch.encode_input(schedule_input))
         register_orchestration(orch)
         return orch
 

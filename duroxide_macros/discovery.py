@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from duroxide_runtime import (
     DEFAULT_QUEUE,
     ActivityRegistry,
+    Client,
     ConfigurationError,
     DiscoverySource,
     OrchestrationRegistry,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .decorators import Activity, Orchestration
 
 __all__ = ["register_activity", "register_orchestration", "discovered_activities",
-           "discovered_orchestrations", "check_activity_queues"]
+           "discovered_orchestrations", "check_activity_queues", "create_declared_schedules"]
 
 _log = logging.getLogger("duroxide.discovery")
 _activities: dict[str, Activity[Any, Any]] = {}
@@ -93,6 +94,23 @@ def discovered_orchestrations() -> OrchestrationRegistry:
     for (name, version), orch in _orchestrations.items():
         builder.register_versioned(name, version, orch.registered_function)
     return builder.build()
+
+
+async def create_declared_schedules(client: Client) -> list[str]:
+    """Create or update the schedule of every ``@orchestration(schedule=...)``; returns their ids.
+
+    The id is the orchestration's name. ``replace=True``: a schedule whose cron is unchanged
+    keeps its next tick, so every process of a deployment may do this at start. A
+    schedule whose declaration was removed stays in the store (delete it with
+    ``duroxide schedule delete STORE ID`` or ``client.delete_schedule``).
+    """
+    made = []
+    for orch in _orchestrations.values():
+        if orch.schedule is not None:
+            await client.create_schedule(orch.name, orch.schedule.cron, orch.name, orch.schedule.input,
+                                         catch_up=orch.schedule.catch_up, replace=True)
+            made.append(orch.name)
+    return made
 
 
 register_discovery_source(DiscoverySource(

@@ -54,7 +54,7 @@ from .extras import require_extra
 if TYPE_CHECKING:
     from duroxide_runtime import PrometheusMetrics  # loads prometheus_client: imported where metrics are on
 
-from .discovery import check_activity_queues
+from .discovery import check_activity_queues, create_declared_schedules
 from .ambient import set_ambient_client
 from .otlp import TracingSetup
 
@@ -320,6 +320,7 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], config: _Config) -
                 ui = await serve_ui(store, port=config.ui_port)
                 _log.info("web UI at %s", ui.url)
             client = rt.client()
+            await create_declared_schedules(client)  # @orchestration(schedule=...)
             token = set_ambient_client(client)
             return await body()
         finally:

@@ -68,3 +68,6 @@ __all__ += ["IfExists"]
 from duroxide_runtime import QueueOptions, RateLimit, UnknownQueueError  # queues (issue 16)
 
 __all__ += ["QueueOptions", "RateLimit", "UnknownQueueError"]
+from duroxide_runtime import CatchUp, InvalidScheduleError, ScheduleInfo  # schedules (issue 16)
+
+__all__ += ["CatchUp", "InvalidScheduleError", "ScheduleInfo"]

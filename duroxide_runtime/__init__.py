@@ -83,6 +83,8 @@ from .operations import BulkProgress, Operation, apply_operation, run_bulk
 from .start_policy import IfExists
 from .queues import DEFAULT_QUEUE, QueueOptions, RateLimit, check_queue_name
 from .errors import UnknownQueueError
+from .errors import InvalidScheduleError, ScheduleExistsError, ScheduleNotFoundError
+from .schedules import CatchUp, ScheduleInfo, check_catch_up, check_cron
 
 if TYPE_CHECKING:
     from .codec import Codec, encode_value
@@ -151,5 +153,9 @@ __all__ += ["IfExists"]
 
 # Queues (issue 16): limits that hold across processes, concurrency keys and priorities.
 __all__ += ["QueueOptions", "RateLimit", "UnknownQueueError", "DEFAULT_QUEUE", "QueueStats"]
+
+# Schedules (issue 16): cron schedules that start one instance per tick across processes.
+__all__ += ["CatchUp", "ScheduleInfo", "InvalidScheduleError", "ScheduleExistsError", "ScheduleNotFoundError",
+            "check_cron", "check_catch_up"]
 
 __version__ = "0.1.0"

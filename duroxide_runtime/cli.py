@@ -145,7 +145,7 @@ def _global_options() -> _Parser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``duroxide`` argument parser with its twelve commands (recovery operations: :mod:`cli_operations`)."""
+    """The ``duroxide`` argument parser with its commands (recovery operations: :mod:`cli_operations`)."""
     common = _global_options()
     parser = _Parser(prog="duroxide", parents=[common],
                      description="Inspect and steer duroxide orchestration instances in a store.",
@@ -187,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("queues", parents=[common],
                         help="per queue: instances waiting for a slot or running, activity calls queued or running")
+
+    p = commands.add_parser("schedules", parents=[common],
+                            help="the cron schedules: next and last tick, paused, orchestration not registered")
+    p.add_argument("store_arg", metavar="STORE", nargs="?", help="the store (instead of --store)")
+    p = commands.add_parser("schedule", parents=[common], help="pause, resume or delete a cron schedule")
+    p.add_argument("action", choices=("pause", "resume", "delete"))
+    p.add_argument("store_arg", metavar="STORE", help="the store (as --store)")
+    p.add_argument("id", metavar="ID", help="the schedule")
 
     ops.add_operation_commands(commands, common, _status_arg)
     add_ui_command(commands, common)
@@ -514,8 +522,33 @@ async def cmd_queues(client: Client, opts: Options, out: Output) -> int:
     return EXIT_OK
 
 
+async def cmd_schedules(client: Client, opts: Options, out: Output) -> int:
+    """``schedules [STORE]``: every schedule; one whose orchestration no runtime registers is flagged."""
+    schedules = await client.list_schedules()
+    text = fmt.schedule_table(schedules) if schedules else "no schedules"
+    out.emit(text, [fmt.schedule_json(s) for s in schedules])
+    unregistered = [s for s in schedules if not s.orchestration_registered]
+    if unregistered:
+        out.note("not registered by any running runtime (their ticks' instances wait unstarted): "
+                 + ", ".join(f"{fmt.inert(s.schedule_id)} -> {fmt.inert(s.orchestration)}" for s in unregistered))
+    return EXIT_OK
+
+
+async def cmd_schedule(client: Client, opts: Options, out: Output) -> int:
+    """``schedule pause|resume|delete STORE ID``."""
+    action, schedule_id = opts.text("action"), opts.text("id")
+    if action == "delete":
+        await client.delete_schedule(schedule_id)
+        out.emit(f"deleted schedule {fmt.inert(schedule_id)}", {"schedule_id": schedule_id, "deleted": True})
+        return EXIT_OK
+    info = await (client.pause_schedule if action == "pause" else client.resume_schedule)(schedule_id)
+    out.emit(f"schedule {fmt.inert(schedule_id)}: {fmt.schedule_state(info)}", fmt.schedule_json(info))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "list": cmd_list, "show": cmd_show, "history": cmd_history, "queues": cmd_queues,
+    "schedules": cmd_schedules, "schedule": cmd_schedule,
     "cancel": cmd_cancel, "raise": cmd_raise, "purge": cmd_purge, **ops.COMMANDS,
     "ui": cmd_ui,
 }

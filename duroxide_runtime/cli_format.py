@@ -28,6 +28,7 @@ from .errors import ErrorDetails
 from .history import Event, HistoryEvent, encode_event
 from .pending import PendingCall
 from .providers.base import QueueStats
+from .schedules import ScheduleInfo
 from .status import InstanceInfo
 
 __all__ = [
@@ -111,6 +112,31 @@ def queue_table(stats: Sequence[QueueStats]) -> str:
     headers = ("QUEUE", "INSTANCES WAITING", "INSTANCES RUNNING", "CALLS QUEUED", "CALLS RUNNING")
     return table(headers, [(inert(q.queue), str(q.waiting_instances), str(q.running_instances), str(q.queued_calls),
                             str(q.running_calls)) for q in stats])
+
+
+def schedule_table(schedules: Sequence[ScheduleInfo]) -> str:
+    """The ``schedules`` table: id, cron, orchestration, catch-up, state, next and last tick, last instance.
+
+    The state says ``NOT REGISTERED`` for a schedule whose orchestration no runtime registers:
+    its ticks start instances that no runtime runs.
+    """
+    headers = ("ID", "CRON (UTC)", "ORCHESTRATION", "CATCH-UP", "STATE", "NEXT TICK", "LAST TICK", "LAST INSTANCE")
+    rows = [(inert(s.schedule_id), inert(s.cron), inert(s.orchestration), s.catch_up.value, schedule_state(s),
+             "-" if s.paused else format_time(s.next_tick_ms),
+             "-" if s.last_tick_ms is None else format_time(s.last_tick_ms), inert(s.last_instance_id or "-"))
+            for s in schedules]
+    return table(headers, rows)
+
+
+def schedule_state(info: ScheduleInfo) -> str:
+    """``paused`` or ``active``, with ``NOT REGISTERED`` when no runtime registers its orchestration."""
+    state = "paused" if info.paused else "active"
+    return state if info.orchestration_registered else f"{state}, NOT REGISTERED"
+
+
+def schedule_json(info: ScheduleInfo) -> JsonObject:
+    """A schedule as ``--json`` prints it (every :class:`ScheduleInfo` field)."""
+    return {**dataclasses.asdict(info), "catch_up": info.catch_up.value}
 
 
 def instance_json(info: InstanceInfo) -> JsonObject:

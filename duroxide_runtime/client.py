@@ -28,7 +28,7 @@ from .deadlines import deadline_cancel, deadline_ms
 from .engine.output import LIVE_STATUSES, TERMINAL_STATUSES
 from .errors import (
     InstanceAlreadyExistsError, InstanceNotFoundError, InstanceStateError, InstanceStillRunningError, InvalidInputError,
-    PayloadTooLargeError, UpdateRejectedError, UpdateTimeoutError,
+    PayloadTooLargeError, ScheduleExistsError, ScheduleNotFoundError, UpdateRejectedError, UpdateTimeoutError,
 )
 from .history import Event, HistoryEvent
 from . import local_runtimes
@@ -45,10 +45,15 @@ from .operator import operator_name
 from .options import RuntimeOptions
 from .messages import ClientUpdate
 from .providers.base import (
-    MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, QueueStats, StartOutcome, StoreOverview,
+    MAX_PAGE_LIMIT, InstanceQuery, InstanceRecord, Provider, QueueStats, ScheduleRecord, StartOutcome, StoreOverview,
 )
 from .queues import DEFAULT_QUEUE, check_concurrency_key, check_priority, check_queue_name
 from .readouts import StreamItem, state_of, stream_of, update_answer
+from .scheduler import schedules_changed
+from .schedules import (
+    MAX_SCHEDULE_ID_CHARS, REGISTERED_FRESH_MS, CatchUp, CatchUpName, ScheduleInfo, check_catch_up, check_cron,
+    next_tick_ms,
+)
 from .start_policy import IfExists, IfExistsName, check_idempotency_key, check_if_exists
 from .status import InstanceInfo, InstanceInfoPage, OrchestrationStatus
 from .tracecontext import current_traceparent
@@ -697,6 +702,115 @@ class Client:
                 print(q.queue, "waiting:", q.waiting_instances + q.queued_calls)
         """
         return await self.store.queue_stats(live_statuses=LIVE_STATUSES)
+
+    # -- schedules ------------------------------------------------------------------------
+
+    @_holds_the_clock
+    async def create_schedule(self, schedule_id: str, cron: str, orchestration: str, input: str = "", *,
+                              catch_up: CatchUp | CatchUpName = CatchUp.SKIP, version: str | None = None,
+                              replace: bool = False) -> ScheduleInfo:
+        """Start ``orchestration`` with ``input`` at every tick of ``cron`` (UTC), from the next tick on.
+
+        ``cron`` has 5 fields (``minute hour day-of-month month day-of-week``) or 6 with
+        seconds first (``"*/10 * * * * *"``: every 10 s). Each tick starts exactly one
+        instance, ``f"{schedule_id}@{tick}"`` (e.g. ``nightly@2026-03-01T02:00:00Z``),
+        whichever and however many runtimes run (``RuntimeOptions.run_schedules``).
+        ``catch_up`` says which ticks missed while no runtime ran are started: ``"skip"``
+        (none), ``"latest"`` (the last one) or ``"all"`` (see :class:`CatchUp`). ``version``
+        pins the orchestration's version (default: the runtime's policy picks per tick).
+
+        A malformed ``cron`` or ``catch_up`` raises :class:`InvalidScheduleError` and an
+        unregistered ``orchestration`` (with a runtime of this store object in this process)
+        :class:`UnknownOrchestrationError`, before anything is stored. A taken id raises
+        :class:`ScheduleExistsError`, unless ``replace``: then the schedule takes the new
+        values and keeps its next tick if the cron is unchanged (so every process of a
+        deployment may create its schedules at start), its paused state and its history.
+
+        Example::
+
+            await client.create_schedule("nightly", "0 2 * * *", "cleanup", input_json, catch_up="skip")
+        """
+        check_identifier(schedule_id, "schedule_id", MAX_SCHEDULE_ID_CHARS)
+        spec = check_cron(cron)
+        policy = check_catch_up(catch_up)
+        check_identifier(orchestration, "orchestration", MAX_NAME_CHARS)
+        if version is not None:
+            check_identifier(version, "version", MAX_VERSION_CHARS)
+        check_text(input, "input")
+        self._check_size(input, "input")
+        if not isinstance(replace, bool):
+            raise InvalidInputError("replace", f"must be True or False, got {type(replace).__name__}",
+                                    fix="pass replace=True or replace=False")
+        if self.check_names:
+            refused = local_runtimes.refusal(self.store, orchestration, version)
+            if refused is not None:
+                raise refused
+        record = await self.store.put_schedule(ScheduleRecord(
+            schedule_id, spec.text, orchestration, input, version, policy.value, False,
+            next_tick_ms(spec, self.clock.now_ms())), replace=replace)
+        if record is None:
+            raise ScheduleExistsError(schedule_id)
+        schedules_changed(self.store)
+        return self._schedule_info(record)
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """One schedule; raises :class:`ScheduleNotFoundError` for an unknown id."""
+        check_lookup_id(schedule_id, "schedule_id")
+        record = await self.store.get_schedule(schedule_id)
+        if record is None:
+            raise ScheduleNotFoundError(schedule_id, "get_schedule")
+        return self._schedule_info(record)
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule of the store, by id (see :class:`ScheduleInfo`).
+
+        Example::
+
+            for s in await client.list_schedules():
+                if not s.orchestration_registered:
+                    print(s.schedule_id, "runs", s.orchestration, "which no runtime registers")
+        """
+        return [self._schedule_info(r) for r in await self.store.list_schedules()]
+
+    async def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Start no more ticks of a schedule until :meth:`resume_schedule` (harmless if paused);
+        raises :class:`ScheduleNotFoundError` for an unknown id."""
+        check_lookup_id(schedule_id, "schedule_id")
+        record = await self.store.set_schedule_paused(schedule_id, True)
+        if record is None:
+            raise ScheduleNotFoundError(schedule_id, "pause_schedule")
+        return self._schedule_info(record)
+
+    @_holds_the_clock
+    async def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Start a paused schedule's ticks again from its next tick after now: ticks that fell
+        while it was paused are never started, whatever its catch-up policy. Harmless on a
+        running schedule; raises :class:`ScheduleNotFoundError` for an unknown id."""
+        check_lookup_id(schedule_id, "schedule_id")
+        current = await self.store.get_schedule(schedule_id)
+        if current is None:
+            raise ScheduleNotFoundError(schedule_id, "resume_schedule")
+        if not current.paused:
+            return self._schedule_info(current)
+        record = await self.store.set_schedule_paused(
+            schedule_id, False, next_tick_ms=next_tick_ms(check_cron(current.cron), self.clock.now_ms()))
+        if record is None:
+            raise ScheduleNotFoundError(schedule_id, "resume_schedule")
+        schedules_changed(self.store)
+        return self._schedule_info(record)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the instances it started stay. Raises :class:`ScheduleNotFoundError`
+        for an unknown id."""
+        check_lookup_id(schedule_id, "schedule_id")
+        if not await self.store.delete_schedule(schedule_id):
+            raise ScheduleNotFoundError(schedule_id, "delete_schedule")
+
+    def _schedule_info(self, r: ScheduleRecord) -> ScheduleInfo:
+        fresh = r.registered_at_ms is not None and self.clock.now_ms() - r.registered_at_ms <= 2 * REGISTERED_FRESH_MS
+        return ScheduleInfo(r.schedule_id, r.cron, r.orchestration, r.input, r.version, CatchUp(r.catch_up), r.paused,
+                            r.next_tick_ms, r.last_tick_ms, r.last_instance_id, r.created_at_ms, r.updated_at_ms,
+                            fresh)
 
     @_holds_the_clock
     async def purge(self, instance_id: str, *, force: bool = False) -> list[str]:

@@ -54,6 +54,9 @@ __all__ = [
     "UpdateTimeoutError",
     "UpdateAlreadyRepliedError",
     "UnknownQueueError",
+    "InvalidScheduleError",
+    "ScheduleNotFoundError",
+    "ScheduleExistsError",
     "ErrorDetails",
 ]
 
@@ -106,6 +109,9 @@ class ErrorCode(enum.StrEnum):
     UPDATE_TIMEOUT = "UPDATE_TIMEOUT"
     UPDATE_ALREADY_REPLIED = "UPDATE_ALREADY_REPLIED"
     UNKNOWN_QUEUE = "UNKNOWN_QUEUE"
+    INVALID_SCHEDULE = "INVALID_SCHEDULE"
+    SCHEDULE_NOT_FOUND = "SCHEDULE_NOT_FOUND"
+    SCHEDULE_EXISTS = "SCHEDULE_EXISTS"
     # Declared by duroxide_macros (decorators.py) and the command-line tool (cli.py).
     DURABLE_NOT_EXPANDED = "DURABLE_NOT_EXPANDED"
     ORCHESTRATION_FAILED = "ORCHESTRATION_FAILED"
@@ -704,3 +710,48 @@ class UnknownQueueError(DuroxideError):
                          fix=f"add {queue!r}: QueueOptions(...) to RuntimeOptions(queues=...) in every process, "
                              "or name a configured queue")
         self.queue = queue
+
+
+class InvalidScheduleError(InvalidInputError):
+    """A schedule's cron expression (or catch-up policy) cannot be used.
+
+    Raised by ``Client.create_schedule`` and by ``@orchestration(schedule=...)`` at
+    decoration, before anything is stored. ``field`` names the argument (``"cron"``,
+    ``"catch_up"``), ``value`` is what was given.
+
+    Example::
+
+        InvalidScheduleError("cron", "*/0 * * * *", "step '0' in field 0 is not acceptable")
+    """
+
+    code = ErrorCode.INVALID_SCHEDULE
+
+    def __init__(self, field: str, value: str, problem: str, *, fix: str | None = None) -> None:
+        self.value = value
+        super().__init__(
+            field, f"{value[:80]!r} is not a usable schedule: {problem}",
+            fix=fix or "write 5 fields 'minute hour day-of-month month day-of-week' (e.g. '*/5 * * * *'), or 6 "
+                       "with seconds first ('*/10 * * * * *' = every 10 s); times are UTC")
+
+
+class ScheduleNotFoundError(DuroxideError, LookupError):
+    """An operation named a schedule id the store does not know."""
+
+    code = ErrorCode.SCHEDULE_NOT_FOUND
+
+    def __init__(self, schedule_id: str, operation: str) -> None:
+        self.schedule_id = schedule_id
+        super().__init__(f"{operation}: no schedule {schedule_id!r} in this store",
+                         fix="check the id (client.list_schedules() or `duroxide schedules STORE` shows what exists)")
+
+
+class ScheduleExistsError(DuroxideError):
+    """``create_schedule`` was given an id that is already used (and not ``replace=True``)."""
+
+    code = ErrorCode.SCHEDULE_EXISTS
+
+    def __init__(self, schedule_id: str) -> None:
+        self.schedule_id = schedule_id
+        super().__init__(f"schedule {schedule_id!r} already exists; it was not changed",
+                         fix="pass replace=True to change it (its next tick is kept if the cron is unchanged), "
+                             "delete it first, or pick another id")

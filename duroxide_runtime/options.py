@@ -193,6 +193,13 @@ class RuntimeOptions:
     #: Limits hold across every process sharing the store; configure them alike in each.
     #: Work naming a queue not listed here (other than ``"default"``) raises ``UnknownQueueError``.
     queues: Mapping[str, QueueOptions] = field(default_factory=dict)
+    #: Start the ticks of the store's cron schedules (:mod:`duroxide_runtime.schedules`) from this
+    #: runtime. Any number of runtimes may: each tick starts one instance. ``False`` for a
+    #: process that must not start scheduled work.
+    run_schedules: bool = True
+    #: Longest time between two reads of the schedules: a schedule made or changed by another
+    #: process is seen this late at most (this process's clients wake the scheduler at once).
+    schedule_poll_interval: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "queues", check_queues(self.queues))  # frozen; a checked copy
@@ -201,6 +208,6 @@ class RuntimeOptions:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"RuntimeOptions.{name} must be >= 1", fix=f"set {name} to 1 or more")
         for name in ("orchestration_lock_timeout", "activity_lock_timeout", "poll_interval", "turn_timeout",
-                     "heartbeat_interval"):
+                     "heartbeat_interval", "schedule_poll_interval"):
             if not 0 < getattr(self, name) < math.inf:  # also NaN
                 raise ConfigurationError(f"RuntimeOptions.{name} must be > 0", fix=f"set {name} to a positive number of seconds")

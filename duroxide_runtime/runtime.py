@@ -27,6 +27,7 @@ from .observe import Observers, RuntimeObserver
 from .options import RuntimeOptions
 from .providers.base import Provider
 from .registry import ActivityRegistry, OrchestrationRegistry
+from .scheduler import Scheduler
 from .wake import wake_hub
 
 __all__ = ["Runtime", "RuntimeBuilder"]
@@ -164,6 +165,9 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._dispatcher.run(self._stopping),
                                                    name=f"duroxide-orchestrations-{i}"))
         self._tasks.append(asyncio.create_task(self._worker.run(self._stopping), name="duroxide-activities"))
+        if self.options.run_schedules:
+            scheduler = Scheduler(self.store, self.orchestration_registry, self.options)
+            self._tasks.append(asyncio.create_task(scheduler.run(self._stopping), name="duroxide-schedules"))
         self._flusher = asyncio.create_task(self._worker.flush_results(self._stopping), name="duroxide-results")
         for task in (*self._tasks, self._flusher):
             task.add_done_callback(_report_crash)

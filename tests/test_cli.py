@@ -516,3 +516,40 @@ async def test_queues_shows_instances_waiting_for_a_queue_no_runtime_serves(worl
     data = await world.cli("--json", "queues")
     assert data.json() == [{"queue": "jobs", "waiting_instances": 2, "running_instances": 0, "queued_calls": 0,
                             "running_calls": 0}]
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+async def test_schedules_table_flags_an_unregistered_orchestration_and_pause_resume_delete(world: World) -> None:
+    assert (await world.cli("schedules")).out.strip() == "no schedules"
+    await world.client.create_schedule("hourly", "0 * * * *", "Hello", '"x"', catch_up="latest")
+    await Client(world.harness.store, check_names=False).create_schedule("typo", "0 * * * *", "Helo")
+
+    async def confirmed() -> bool:  # the runtime's scheduler says it registers Hello
+        return (await world.client.get_schedule("hourly")).orchestration_registered
+
+    await eventually(confirmed, what="the runtime confirming the schedule")
+    text = await world.cli("schedules")
+    assert text.code == 0, text.err
+    header, hourly, typo = text.out.splitlines()
+    assert header.split() == ["ID", "CRON", "(UTC)", "ORCHESTRATION", "CATCH-UP", "STATE", "NEXT", "TICK", "LAST",
+                              "TICK", "LAST", "INSTANCE"]
+    assert hourly.startswith("hourly") and "0 * * * *" in hourly and " latest " in hourly
+    assert " active " in hourly and "NOT REGISTERED" not in hourly
+    assert typo.startswith("typo") and "active, NOT REGISTERED" in typo
+    assert "not registered by any running runtime" in text.err and "typo -> Helo" in text.err
+    data = (await world.cli("--json", "schedules")).json()
+    assert [(d["schedule_id"], d["orchestration_registered"], d["catch_up"]) for d in data] == [
+        ("hourly", True, "latest"), ("typo", False, "skip")]
+
+    paused = await world.cli("schedule", "pause", world.url, "hourly")
+    assert paused.code == 0 and paused.out.strip() == "schedule hourly: paused", paused.err
+    assert (await world.client.get_schedule("hourly")).paused
+    resumed = await world.cli("--json", "schedule", "resume", world.url, "hourly")
+    assert resumed.code == 0 and resumed.json()["paused"] is False, resumed.err
+    deleted = await world.cli("schedule", "delete", world.url, "typo")
+    assert deleted.code == 0 and deleted.out.strip() == "deleted schedule typo"
+    assert [s.schedule_id for s in await world.client.list_schedules()] == ["hourly"]
+    missing = await world.cli("schedule", "delete", world.url, "typo")
+    assert missing.code == 1 and "no schedule 'typo'" in missing.err and "list_schedules" in missing.err

@@ -91,6 +91,9 @@ EXAMPLES: list[BaseException] = [
     errors.UpdateTimeoutError("cart-1", "add_item", "r-7", 10.0),
     errors.UpdateAlreadyRepliedError("cart-1", "add_item", "r-7"),
     errors.UnknownQueueError("paymnets", ["default", "payments"]),
+    errors.InvalidScheduleError("cron", "*/0 * * * *", "step '0' is not acceptable"),
+    errors.ScheduleNotFoundError("nightly", "pause_schedule"),
+    errors.ScheduleExistsError("nightly"),
     # duroxide_macros and the command-line tool
     DurableNotExpandedError("durable(charge(...))"),
     DurableNotExpandedError("durable(charge(...))", "a cause", "a fix"),

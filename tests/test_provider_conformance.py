@@ -16,6 +16,7 @@ tests/test_wake.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,8 +30,8 @@ from duroxide_runtime.messages import (
     TimerFired,
 )
 from duroxide_runtime.providers.base import (
-    CallKey, ChildStart, HeartbeatRecord, HeartbeatWrite, InstanceUpdate, OrchestrationItem, Provider, StartOutcome,
-    TurnCommit, WorkCompletion, WorkLease, now_ms,
+    CallKey, ChildStart, HeartbeatRecord, HeartbeatWrite, InstanceUpdate, OrchestrationItem, Provider, ScheduleFire,
+    ScheduleRecord, StartOutcome, TurnCommit, WorkCompletion, WorkLease, now_ms,
 )
 from duroxide_runtime.queues import QueueOptions, RateLimit
 from duroxide_runtime.start_policy import IDEMPOTENCY_KEY_TTL, IfExists
@@ -1393,3 +1394,106 @@ async def test_the_client_refuses_what_a_store_cannot_hold_before_storing_it(sto
             await client.start_orchestration("i1", "Orch", bad)
     assert await store.list_instances() == []
     assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+
+
+# -- schedules ------------------------------------------------------------------------
+
+
+def schedule_row(sid: str = "nightly", *, cron: str = "0 2 * * *", next_tick: int = 10_000,
+                 orchestration: str = "Orch") -> ScheduleRecord:
+    return ScheduleRecord(sid, cron, orchestration, "in", None, "skip", False, next_tick)
+
+
+async def test_a_schedule_is_put_once_and_read_back_and_listed_by_id(store: Provider, clock: ManualClock) -> None:
+    created = await store.put_schedule(schedule_row("b"))
+    assert created is not None and created.created_at_ms == clock.now_ms() == created.updated_at_ms
+    assert (created.cron, created.next_tick_ms, created.paused, created.last_tick_ms) == ("0 2 * * *", 10_000, False, None)
+    await store.put_schedule(schedule_row("a", cron="* * * * *"))
+    assert await store.put_schedule(schedule_row("b", cron="5 * * * *")) is None  # taken: nothing changes
+    assert await store.get_schedule("b") == created
+    assert [r.schedule_id for r in await store.list_schedules()] == ["a", "b"]
+    assert await store.get_schedule("nope") is None
+
+
+async def test_replacing_a_schedule_keeps_its_next_tick_unless_the_cron_changed(store: Provider,
+                                                                                clock: ManualClock) -> None:
+    await store.put_schedule(schedule_row(next_tick=10_000))
+    await store.fire_schedule(ScheduleFire("nightly", 10_000, [start_msg("nightly@1")], 10_000, 20_000))
+    await store.set_schedule_paused("nightly", True)
+    clock.advance(5)
+    same = await store.put_schedule(dataclasses.replace(schedule_row(next_tick=99_000), input="new"), replace=True)
+    assert same is not None and (same.next_tick_ms, same.input, same.paused) == (20_000, "new", True)
+    assert (same.last_tick_ms, same.last_instance_id) == (10_000, "nightly@1")
+    assert same.updated_at_ms == clock.now_ms() > same.created_at_ms
+    changed = await store.put_schedule(schedule_row(cron="0 3 * * *", next_tick=99_000), replace=True)
+    assert changed is not None and (changed.cron, changed.next_tick_ms) == ("0 3 * * *", 99_000)
+
+
+async def test_pause_resume_and_delete_of_a_schedule(store: Provider) -> None:
+    await store.put_schedule(schedule_row(next_tick=10_000))
+    paused = await store.set_schedule_paused("nightly", True)
+    assert paused is not None and paused.paused and paused.next_tick_ms == 10_000
+    resumed = await store.set_schedule_paused("nightly", False, next_tick_ms=50_000)
+    assert resumed is not None and not resumed.paused and resumed.next_tick_ms == 50_000
+    assert await store.set_schedule_paused("nope", True) is None
+    await store.fire_schedule(ScheduleFire("nightly", 50_000, [start_msg("nightly@5")], 50_000, 60_000))
+    assert await store.delete_schedule("nightly") is True
+    assert await store.delete_schedule("nightly") is False
+    assert await store.get_schedule("nightly") is None
+    assert await store.get_instance("nightly@5") is not None  # its instances stay
+
+
+async def test_fire_schedule_starts_the_ticks_and_moves_on_only_from_the_expected_tick(store: Provider) -> None:
+    await store.put_schedule(schedule_row(next_tick=10_000))
+    fire = ScheduleFire("nightly", 10_000, [start_msg("nightly@1"), start_msg("nightly@2")], 11_000, 12_000)
+    assert await store.fire_schedule(fire) is True
+    row = await store.get_schedule("nightly")
+    assert row is not None and (row.next_tick_ms, row.last_tick_ms, row.last_instance_id) == (12_000, 11_000, "nightly@2")
+    for iid in ("nightly@1", "nightly@2"):
+        record = await store.get_instance(iid)
+        assert record is not None and record.status == "Pending" and record.name == "Orch"
+    # The same pass again (another process, or a retry): the tick moved, nothing is written.
+    assert await store.fire_schedule(dataclasses.replace(fire, starts=[start_msg("nightly@3")])) is False
+    assert await store.get_instance("nightly@3") is None
+    # A pass that starts nothing (a skipped tick) still moves the next tick, keeping the last.
+    assert await store.fire_schedule(ScheduleFire("nightly", 12_000, [], None, 13_000)) is True
+    row = await store.get_schedule("nightly")
+    assert row is not None and (row.next_tick_ms, row.last_instance_id) == (13_000, "nightly@2")
+    item = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert sorted(i.instance_id for i in item.items) == ["nightly@1", "nightly@2"]
+
+
+async def test_fire_schedule_never_replaces_an_instance_and_never_fires_a_paused_or_gone_schedule(
+        store: Provider) -> None:
+    await store.create_instance(start_msg("nightly@1", input="first"))
+    await store.put_schedule(schedule_row(next_tick=10_000))
+    assert await store.fire_schedule(ScheduleFire("nightly", 10_000, [start_msg("nightly@1", input="x")],
+                                                  10_000, 11_000)) is True
+    assert len(await store.list_instances()) == 1
+    await store.set_schedule_paused("nightly", True)
+    assert await store.fire_schedule(ScheduleFire("nightly", 11_000, [start_msg("nightly@2")], 11_000, 12_000)) is False
+    await store.delete_schedule("nightly")
+    assert await store.fire_schedule(ScheduleFire("nightly", 11_000, [start_msg("nightly@2")], 11_000, 12_000)) is False
+    assert await store.get_instance("nightly@2") is None
+
+
+async def test_concurrent_passes_of_one_tick_start_it_exactly_once(store: Provider) -> None:
+    await store.put_schedule(schedule_row(next_tick=10_000))
+    results = await asyncio.gather(*(
+        store.fire_schedule(ScheduleFire("nightly", 10_000, [start_msg("nightly@1", input=str(n))], 10_000, 11_000))
+        for n in range(8)))
+    assert results.count(True) == 1
+    assert [r.instance_id for r in await store.list_instances()] == ["nightly@1"]
+    items = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert [len(i.messages) for i in items.items] == [1]
+
+
+async def test_confirm_schedules_stamps_the_listed_schedules_now(store: Provider, clock: ManualClock) -> None:
+    await store.put_schedule(schedule_row("a"))
+    await store.put_schedule(schedule_row("b"))
+    clock.advance(3)
+    await store.confirm_schedules(["a", "missing"])
+    await store.confirm_schedules([])
+    a, b = await store.get_schedule("a"), await store.get_schedule("b")
+    assert a is not None and a.registered_at_ms == clock.now_ms()
+    assert b is not None and b.registered_at_ms is None

@@ -544,3 +544,36 @@ async def _payloads_stay_text(tab: Tab, world: World) -> None:
         # The store holds the same text the page shows.
         info = await world.client.get_instance_info(payload)
         assert info.custom_status == payload and payload in (info.error or "")
+
+
+# -- schedules ------------------------------------------------------------------------------------
+
+
+async def test_the_schedules_page_marks_the_unregistered_and_pauses_through_its_button(tab: Tab, world: World) -> None:
+    client = world.client
+    await client.create_schedule("browser-hourly", "0 0 1 1 *", "Greet", '{"who": "cron"}')
+    await Client(client.store, check_names=False).create_schedule("browser-ghost", "0 0 1 1 *", "NoSuchOrchestration")
+
+    async def confirmed() -> bool:
+        return (await client.get_schedule("browser-hourly")).orchestration_registered
+
+    await eventually(confirmed, STORE_TIMEOUT, what="the runtime confirming the schedule")
+    page = tab.page
+    await page.goto(world.url("/"))
+    await page.click('[data-testid="nav-schedules"]')
+    await page.wait_for_selector('[data-testid="schedules-table"]')
+    rows = dict(zip(await _attrs(page, "schedule-row", "data-schedule-id"),
+                    await _attrs(page, "schedule-row", "data-registered")))
+    assert rows["browser-hourly"] == "yes" and rows["browser-ghost"] == "no"
+    ghost = page.locator('[data-testid="schedule-row"][data-schedule-id="browser-ghost"]')
+    assert await ghost.locator('[data-testid="schedule-unregistered"]').count() == 1
+    await tab.shot("schedules")
+
+    hourly = page.locator('[data-testid="schedule-row"][data-schedule-id="browser-hourly"]')
+    await hourly.locator('[data-testid="schedule-action-pause"] button').click()
+    await page.wait_for_selector('[data-testid="schedule-done"]')
+    assert (await client.get_schedule("browser-hourly")).paused
+    assert await hourly.locator('[data-testid="schedule-state"]').text_content() == "paused"
+    await hourly.locator('[data-testid="schedule-action-delete"] button').click()
+    await page.wait_for_selector('[data-testid="schedule-done"]')
+    assert [s.schedule_id for s in await client.list_schedules()] == ["browser-ghost"]

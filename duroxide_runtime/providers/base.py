@@ -41,6 +41,7 @@ __all__ = [
     "InstanceQuery", "InstancePage", "InstanceCount", "FailureGroup", "StoreOverview", "MAX_PAGE_LIMIT",
     "MINUTE_MS", "UNKNOWN_ERROR_TYPE", "CORRUPT_ERROR_TYPE", "encode_cursor", "decode_cursor", "check_query", "page_of",
     "failure_type", "make_overview", "StartOutcome", "QueueStats", "WAITING_OFFSET_MS", "WAITING_LOCK_TOKEN", "WAITING_LOCK_UNTIL",
+    "ScheduleRecord", "ScheduleFire",
 ]
 
 
@@ -354,6 +355,54 @@ WAITING_OFFSET_MS = 2**60
 #: The lock an instance waiting for its queue holds until admitted: no dispatcher fetches it.
 WAITING_LOCK_TOKEN = "waiting-for-queue"
 WAITING_LOCK_UNTIL = 2**62
+
+
+# -- schedules -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """A schedule's row (see :mod:`duroxide_runtime.schedules`; the runtime reads the cron, stores never do).
+
+    ``catch_up`` is the policy's string; times are ms by the store's clock.
+    ``registered_at_ms``: when a runtime that registers ``orchestration`` last said so
+    (:meth:`Provider.confirm_schedules`); ``None`` if none ever did.
+
+    Example: ``ScheduleRecord("nightly", "0 2 * * *", "Cleanup", "", None, "skip", False, next_tick_ms)``.
+    """
+
+    schedule_id: str
+    cron: str
+    orchestration: str
+    input: str
+    version: str | None
+    catch_up: str
+    paused: bool
+    next_tick_ms: int
+    last_tick_ms: int | None = None
+    last_instance_id: str | None = None
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+    registered_at_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleFire:
+    """One pass of a schedule (:meth:`Provider.fire_schedule`): the ticks' starts and where it goes next.
+
+    Applied only if the row still has ``expected_next_tick_ms`` and is not paused.
+    ``starts`` (one per tick, oldest first) create their instances unless the id exists;
+    then the row's next tick becomes ``next_tick_ms`` and, if ``starts`` is not empty,
+    its last tick ``last_tick_ms`` and last instance the last start's id.
+
+    Example: ``ScheduleFire("nightly", due, [start], last_tick_ms=due, next_tick_ms=due + 86_400_000)``.
+    """
+
+    schedule_id: str
+    expected_next_tick_ms: int
+    starts: Sequence[StartOrchestration]
+    last_tick_ms: int | None
+    next_tick_ms: int
 
 
 # -- operator queries (listing, overview) ------------------------------------------
@@ -788,6 +837,53 @@ class Provider(ABC):
         An admitted instance counts as running while its status is in ``live_statuses``
         (the runtime names them). A queue with nothing waiting or running is left out.
         """
+
+    # -- schedules -----------------------------------------------------------------
+
+    @abstractmethod
+    async def put_schedule(self, record: ScheduleRecord, *, replace: bool = False) -> ScheduleRecord | None:
+        """Create the schedule row ``record`` (stamped now); returns it as stored.
+
+        If the id is taken: without ``replace`` change nothing and return ``None``; with it,
+        set the cron, orchestration, input, version and catch-up from ``record`` and keep
+        the paused flag, last tick, last instance, creation time and confirmation; the next
+        tick becomes ``record``'s only if the cron changed (an unchanged schedule keeps its
+        place, so every process may put it at start).
+        """
+
+    @abstractmethod
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        """The schedule row, or ``None``."""
+
+    @abstractmethod
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule row, by id."""
+
+    @abstractmethod
+    async def set_schedule_paused(self, schedule_id: str, paused: bool, *,
+                                  next_tick_ms: int | None = None) -> ScheduleRecord | None:
+        """Set the paused flag (and, if given, the next tick) of a schedule; returns the row as
+        it now is, or ``None`` (nothing written) if there is none."""
+
+    @abstractmethod
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        """Delete the schedule row (never the instances it started); whether there was one."""
+
+    @abstractmethod
+    async def fire_schedule(self, fire: ScheduleFire) -> bool:
+        """Apply one pass of a schedule (see :class:`ScheduleFire`) in one transaction; whether it applied.
+
+        Nothing is written (``False``) unless the row exists, is not paused and its next tick
+        is ``fire.expected_next_tick_ms``: of passes from any number of processes for one
+        tick exactly one applies, and no tick is started twice. Each start creates its
+        instance as :meth:`create_instance` does, or nothing if the id is taken (never a
+        replace).
+        """
+
+    @abstractmethod
+    async def confirm_schedules(self, schedule_ids: Collection[str]) -> None:
+        """Stamp the schedules' ``registered_at_ms`` with now: a runtime that registers their
+        orchestrations runs (ids that do not exist are ignored)."""
 
     # -- lifecycle -----------------------------------------------------------------
 

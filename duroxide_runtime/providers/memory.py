@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import uuid
@@ -24,7 +25,8 @@ from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration
 from .base import (
     WAITING_OFFSET_MS,
     MINUTE_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite, InstanceCount, InstancePage,
-    InstanceQuery, QueueDepths, QueueStats, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, StartOutcome, StoreOverview,
+    InstanceQuery, QueueDepths, QueueStats, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, ScheduleFire,
+    ScheduleRecord, StartOutcome, StoreOverview,
     TurnCommit, WorkCompletion, WorkLease, check_query, failure_type, make_overview, page_of, status_admits,
     timer_key,
 )
@@ -92,6 +94,7 @@ class InMemoryProvider(Provider):
         #: Idempotency key -> (the instance id its start named, when it was recorded).
         self._start_keys: dict[str, tuple[str, int]] = {}
         self._next_key_gc = 0.0
+        self._schedules: dict[str, ScheduleRecord] = {}
 
     # -- client side -------------------------------------------------------------
 
@@ -499,6 +502,62 @@ class InMemoryProvider(Provider):
         return [QueueStats(q, *n) for q, n in sorted(stats.items()) if any(n)]
 
     # -- helpers -------------------------------------------------------------------
+
+    # -- schedules (each method has no await: one step of the loop, as atomic as a transaction) --
+
+    async def put_schedule(self, record: ScheduleRecord, *, replace: bool = False) -> ScheduleRecord | None:
+        now = self.clock.now_ms()
+        old = self._schedules.get(record.schedule_id)
+        if old is None:
+            stored = dataclasses.replace(record, created_at_ms=now, updated_at_ms=now, last_tick_ms=None,
+                                    last_instance_id=None, registered_at_ms=None)
+        elif not replace:  # the argument, not dataclasses.replace
+            return None
+        else:
+            stored = dataclasses.replace(old, cron=record.cron, orchestration=record.orchestration, input=record.input,
+                                    version=record.version, catch_up=record.catch_up, updated_at_ms=now,
+                                    next_tick_ms=old.next_tick_ms if old.cron == record.cron else record.next_tick_ms)
+        self._schedules[record.schedule_id] = stored
+        return stored
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        return self._schedules.get(schedule_id)
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        return [self._schedules[k] for k in sorted(self._schedules)]
+
+    async def set_schedule_paused(self, schedule_id: str, paused: bool, *,
+                                  next_tick_ms: int | None = None) -> ScheduleRecord | None:
+        old = self._schedules.get(schedule_id)
+        if old is None:
+            return None
+        new = replace(old, paused=paused, updated_at_ms=self.clock.now_ms(),
+                             next_tick_ms=old.next_tick_ms if next_tick_ms is None else next_tick_ms)
+        self._schedules[schedule_id] = new
+        return new
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return self._schedules.pop(schedule_id, None) is not None
+
+    async def fire_schedule(self, fire: ScheduleFire) -> bool:
+        old = self._schedules.get(fire.schedule_id)
+        if old is None or old.paused or old.next_tick_ms != fire.expected_next_tick_ms:
+            return False
+        for start in fire.starts:
+            if start.instance_id not in self._instances:
+                self._create(start)
+        last = (fire.last_tick_ms, fire.starts[-1].instance_id) if fire.starts else (old.last_tick_ms,
+                                                                                        old.last_instance_id)
+        self._schedules[fire.schedule_id] = replace(
+            old, next_tick_ms=fire.next_tick_ms, last_tick_ms=last[0], last_instance_id=last[1],
+            updated_at_ms=self.clock.now_ms())
+        return True
+
+    async def confirm_schedules(self, schedule_ids: Collection[str]) -> None:
+        now = self.clock.now_ms()
+        for sid in schedule_ids:
+            if sid in self._schedules:
+                self._schedules[sid] = replace(self._schedules[sid], registered_at_ms=now)
 
     def _create(self, start: StartOrchestration) -> None:
         """The row and the start of a new instance; one naming a queue waits for its admission."""

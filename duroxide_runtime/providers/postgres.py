@@ -73,7 +73,8 @@ from ..messages import OrchestratorMessage, StartOrchestration, decode_message, 
 from .base import (
     WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
     OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, QueueStats, WorkCompletion, WorkLease,
-    check_query, decode_error_details, make_overview, page_of, status_admits, StartOutcome,
+    check_query, decode_error_details, make_overview, page_of, status_admits, StartOutcome, ScheduleFire,
+    ScheduleRecord,
 )
 from .postgres_queries import listing_sql, overview_parts
 from .queue_slots import QueueSlots, limited_queues
@@ -490,6 +491,15 @@ CREATE INDEX IF NOT EXISTS ix_instances_waiting ON {s}.instances(queue, priority
     WHERE gate = 1;
 CREATE INDEX IF NOT EXISTS ix_instances_admitted ON {s}.instances(queue, ckey) WHERE gate = 2;
 """),
+    # Cron schedules (duroxide_runtime.schedules): one row per schedule; its next tick moves in
+    # the transaction that starts the tick's instance (fire_schedule).
+    (10, """
+CREATE TABLE IF NOT EXISTS {s}.schedules (
+    schedule_id text PRIMARY KEY, cron text NOT NULL, orchestration text NOT NULL, input text NOT NULL,
+    version text, catch_up text NOT NULL, paused boolean NOT NULL DEFAULT false, next_tick bigint NOT NULL,
+    last_tick bigint, last_instance_id text, created_at bigint NOT NULL, updated_at bigint NOT NULL,
+    registered_at bigint);
+"""),
 ]
 
 #: How long a request key is kept: far longer than a call keeps retrying (about 30 s).
@@ -526,6 +536,16 @@ _COMMIT_ARRAYS = (
 
 #: The array names of each group (``t``, ``u``, ``c``, ...), in parameter order.
 _ARRAYS_OF = {p: [n for n in _COMMIT_ARRAYS if n.split("_", 1)[0] == p] for p in "tuchakdsm"}
+
+
+_SCHEDULE_COLS = ("schedule_id, cron, orchestration, input, version, catch_up, paused, next_tick, last_tick, "
+                  "last_instance_id, created_at, updated_at, registered_at")
+
+
+def _schedule(row: Mapping[str, Any]) -> ScheduleRecord:
+    return ScheduleRecord(row["schedule_id"], row["cron"], row["orchestration"], row["input"], row["version"],
+                          row["catch_up"], row["paused"], row["next_tick"], row["last_tick"], row["last_instance_id"],
+                          row["created_at"], row["updated_at"], row["registered_at"])
 
 
 def _record(row: Mapping[str, Any]) -> InstanceRecord:
@@ -1415,6 +1435,84 @@ class PostgresProvider(Provider):
             "WHERE instance_id=$1 AND execution_id=$2 AND call_id=$3",
             call.instance_id, call.execution_id, call.event_id))
         return None if row is None else HeartbeatRecord(row["details"], row["event_id"], row["updated_at"])
+
+    # -- schedules -------------------------------------------------------------------
+
+    async def put_schedule(self, record: ScheduleRecord, *, replace: bool = False) -> ScheduleRecord | None:
+        s = self.schema
+
+        async def op(conn: _Conn) -> ScheduleRecord | None:
+            now = self.clock.now_ms()
+            # ON CONFLICT: concurrent puts of one id (every process at start) never fail on the key.
+            row = await conn.fetchrow(
+                f"INSERT INTO {s}.schedules AS t ({_SCHEDULE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,NULL,NULL,$9,$9,NULL) "
+                "ON CONFLICT (schedule_id) DO UPDATE SET cron = EXCLUDED.cron, orchestration = EXCLUDED.orchestration, "
+                "input = EXCLUDED.input, version = EXCLUDED.version, catch_up = EXCLUDED.catch_up, "
+                "next_tick = CASE WHEN t.cron = EXCLUDED.cron THEN t.next_tick ELSE EXCLUDED.next_tick END, "
+                f"updated_at = EXCLUDED.updated_at WHERE $10::boolean RETURNING {_SCHEDULE_COLS}",
+                record.schedule_id, record.cron, record.orchestration, record.input, record.version,
+                record.catch_up, record.paused, record.next_tick_ms, now, replace)
+            return None if row is None else _schedule(row)
+
+        return await self._tx(op)
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        row = await self._one(lambda conn: conn.fetchrow(
+            f"SELECT {_SCHEDULE_COLS} FROM {self.schema}.schedules WHERE schedule_id = $1", schedule_id))
+        return None if row is None else _schedule(row)
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        rows = await self._one(lambda conn: conn.fetch(
+            f"SELECT {_SCHEDULE_COLS} FROM {self.schema}.schedules ORDER BY schedule_id COLLATE \"C\""))
+        return [_schedule(r) for r in rows]
+
+    async def set_schedule_paused(self, schedule_id: str, paused: bool, *,
+                                  next_tick_ms: int | None = None) -> ScheduleRecord | None:
+        row = await self._one(lambda conn: conn.fetchrow(
+            f"UPDATE {self.schema}.schedules SET paused = $2, next_tick = COALESCE($3::bigint, next_tick), "
+            f"updated_at = $4 WHERE schedule_id = $1 RETURNING {_SCHEDULE_COLS}",
+            schedule_id, paused, next_tick_ms, self.clock.now_ms()))
+        return None if row is None else _schedule(row)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        deleted = await self._one(lambda conn: conn.fetchval(
+            f"DELETE FROM {self.schema}.schedules WHERE schedule_id = $1 RETURNING true", schedule_id))
+        return bool(deleted)
+
+    async def fire_schedule(self, fire: ScheduleFire) -> bool:
+        s = self.schema
+        starts = [(st, uuid.uuid4().hex, encode_message(st)) for st in fire.starts]
+
+        async def op(conn: _Conn) -> bool:
+            now = self.clock.now_ms()
+            # SKIP LOCKED: a pass of another process holds the row; it moves the tick, this one
+            # changes nothing. (A retry after a reply lost once the server committed finds the
+            # tick moved and changes nothing either: its instances were created once.)
+            moved = await conn.fetchval(
+                f"UPDATE {s}.schedules SET next_tick = $1, updated_at = $2 WHERE schedule_id = "
+                f"(SELECT schedule_id FROM {s}.schedules WHERE schedule_id = $3 AND NOT paused AND next_tick = $4 "
+                "FOR UPDATE SKIP LOCKED) RETURNING true",
+                fire.next_tick_ms, now, fire.schedule_id, fire.expected_next_tick_ms)
+            if not moved:
+                return False
+            for start, incarnation, payload in starts:
+                await conn.fetchrow(self._sql.create_instance, start.instance_id, start.name, start.version,
+                                    start.execution_id, start.parent_instance_id, incarnation, payload, now,
+                                    self._orch_channel)
+            if starts:
+                await conn.execute(f"UPDATE {s}.schedules SET last_tick = $2, last_instance_id = $3 "
+                                   "WHERE schedule_id = $1", fire.schedule_id, fire.last_tick_ms,
+                                   starts[-1][0].instance_id)
+            return True
+
+        return await self._tx(op)
+
+    async def confirm_schedules(self, schedule_ids: Collection[str]) -> None:
+        ids = list(schedule_ids)
+        if ids:
+            await self._one(lambda conn: conn.execute(
+                f"UPDATE {self.schema}.schedules SET registered_at = $2 WHERE schedule_id = ANY($1::text[])",
+                ids, self.clock.now_ms()))
 
     async def queue_depths(self, *, active_statuses: Collection[str] = ("Pending", "Running")) -> QueueDepths:
         s = self.schema

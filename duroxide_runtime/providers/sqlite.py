@@ -35,7 +35,7 @@ from ..messages import OrchestratorMessage, StartOrchestration, decode_message, 
 from .base import (
     WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, QueueStats, decode_error_details, InstanceRecord,
     InstancePage, InstanceQuery, OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit,
-    WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key, StartOutcome,
+    WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key, StartOutcome, ScheduleFire, ScheduleRecord,
 )
 from .queue_slots import QueueSlots, limited_queues
 from .sqlite_queries import listing_sql, overview_parts
@@ -52,7 +52,7 @@ _T = TypeVar("_T")
 #: Seconds a caller waits for its write to be committed (a stalled disk) before StoreTimeoutError.
 DEFAULT_WRITE_TIMEOUT = 120.0
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -99,7 +99,15 @@ CREATE TABLE IF NOT EXISTS activity_heartbeats (
 CREATE TABLE IF NOT EXISTS start_keys (
     idempotency_key TEXT PRIMARY KEY, instance_id TEXT NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_start_keys_created ON start_keys(created_at);
+CREATE TABLE IF NOT EXISTS schedules (
+    schedule_id TEXT PRIMARY KEY, cron TEXT NOT NULL, orchestration TEXT NOT NULL, input TEXT NOT NULL,
+    version TEXT, catch_up TEXT NOT NULL, paused INTEGER NOT NULL DEFAULT 0, next_tick INTEGER NOT NULL,
+    last_tick INTEGER, last_instance_id TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    registered_at INTEGER) WITHOUT ROWID;
 """
+
+_SCHEDULE_COLS = ("schedule_id, cron, orchestration, input, version, catch_up, paused, next_tick, last_tick, "
+                  "last_instance_id, created_at, updated_at, registered_at")
 
 _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, error, custom_status, "
                   "created_at, updated_at, parent_instance_id, incarnation")
@@ -321,6 +329,7 @@ class SqliteProvider(Provider):
             # v7: queue, concurrency key and priority on work items and instances, and an
             # instance's admission state (_add_queue_columns); queue_leases (lease and
             # admission times of rate-limited queues) and the indexes, created by _SCHEMA above.
+            # v8: schedules (cron schedules, duroxide_runtime.schedules), created by _SCHEMA above.
             conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -785,12 +794,95 @@ class SqliteProvider(Provider):
             (call.instance_id, call.execution_id, call.event_id)).fetchone())
         return None if row is None else HeartbeatRecord(row[0], row[1], row[2])
 
+    # -- schedules -------------------------------------------------------------------
+
+    async def put_schedule(self, record: ScheduleRecord, *, replace: bool = False) -> ScheduleRecord | None:
+        def op(conn: sqlite3.Connection) -> ScheduleRecord | None:
+            now = self.clock.now_ms()
+            old = _get_schedule(conn, record.schedule_id)
+            if old is None:
+                conn.execute(f"INSERT INTO schedules({_SCHEDULE_COLS}) VALUES (?,?,?,?,?,?,?,?,NULL,NULL,?,?,NULL)",
+                             (record.schedule_id, record.cron, record.orchestration, record.input, record.version,
+                              record.catch_up, int(record.paused), record.next_tick_ms, now, now))
+            elif not replace:
+                return None
+            else:
+                conn.execute("UPDATE schedules SET cron=?, orchestration=?, input=?, version=?, catch_up=?, "
+                             "next_tick=CASE WHEN cron=? THEN next_tick ELSE ? END, updated_at=? WHERE schedule_id=?",
+                             (record.cron, record.orchestration, record.input, record.version, record.catch_up,
+                              record.cron, record.next_tick_ms, now, record.schedule_id))
+            return _get_schedule(conn, record.schedule_id)
+
+        return await self._write(op, durable=True, what="a schedule")
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        return await self._run(lambda conn: _get_schedule(conn, schedule_id))
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        return await self._run(lambda conn: [_row_to_schedule(r) for r in conn.execute(
+            f"SELECT {_SCHEDULE_COLS} FROM schedules ORDER BY schedule_id")])
+
+    async def set_schedule_paused(self, schedule_id: str, paused: bool, *,
+                                  next_tick_ms: int | None = None) -> ScheduleRecord | None:
+        def op(conn: sqlite3.Connection) -> ScheduleRecord | None:
+            conn.execute("UPDATE schedules SET paused=?, next_tick=COALESCE(?, next_tick), updated_at=? "
+                         "WHERE schedule_id=?", (int(paused), next_tick_ms, self.clock.now_ms(), schedule_id))
+            return _get_schedule(conn, schedule_id)
+
+        return await self._write(op, durable=True, what="a schedule")
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM schedules WHERE schedule_id=?", (schedule_id,)).rowcount > 0
+
+        return await self._write(op, durable=True, what="a schedule")
+
+    async def fire_schedule(self, fire: ScheduleFire) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            # One write transaction (BEGIN IMMEDIATE): passes from every process take turns, and
+            # the one that finds the expected next tick moves it, so the others change nothing.
+            now = self.clock.now_ms()
+            moved = conn.execute("UPDATE schedules SET next_tick=?, updated_at=? WHERE schedule_id=? AND paused=0 "
+                                 "AND next_tick=?", (fire.next_tick_ms, now, fire.schedule_id,
+                                                     fire.expected_next_tick_ms)).rowcount
+            if not moved:
+                return False
+            for start in fire.starts:
+                if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (start.instance_id,)).fetchone() is None:
+                    _create(conn, start, now)
+            if fire.starts:
+                conn.execute("UPDATE schedules SET last_tick=?, last_instance_id=? WHERE schedule_id=?",
+                             (fire.last_tick_ms, fire.starts[-1].instance_id, fire.schedule_id))
+            return True
+
+        return await self._write(op, durable=True, what="a schedule's ticks")
+
+    async def confirm_schedules(self, schedule_ids: Collection[str]) -> None:
+        ids = list(schedule_ids)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE schedules SET registered_at=? WHERE schedule_id=?",
+                             [(self.clock.now_ms(), sid) for sid in ids])
+
+        if ids:
+            await self._write(op, durable=False, what="schedule confirmations")
+
 
 # -- helpers that run on the connection thread --------------------------------------
 
 
 #: ``queue_leases.kind``: a lease of an activity call, an admission of a waiting instance.
 _CALLS, _INSTANCES = 0, 1
+
+
+def _get_schedule(conn: sqlite3.Connection, schedule_id: str) -> ScheduleRecord | None:
+    row = conn.execute(f"SELECT {_SCHEDULE_COLS} FROM schedules WHERE schedule_id=?", (schedule_id,)).fetchone()
+    return _row_to_schedule(row) if row else None
+
+
+def _row_to_schedule(row: Sequence[Any]) -> ScheduleRecord:
+    return ScheduleRecord(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8], row[9],
+                          row[10], row[11], row[12])
 
 
 def _load_slots(conn: sqlite3.Connection, now: int, limited: Mapping[str, QueueOptions]) -> QueueSlots:

@@ -25,7 +25,7 @@ from aiohttp.typedefs import Handler
 from ..client import Client
 from ..options import RuntimeOptions
 from ..providers.base import Provider
-from . import api, pages
+from . import api, pages, schedules
 from .bulk import BulkJobs
 from .context import UI, UIContext, page
 from .httperrors import ApiError, Problem, problem_of
@@ -125,6 +125,7 @@ class UIServer:
         app[UI] = UIContext(self.client, self.security, environment(), self._jobs)
         app.add_routes(api.routes)
         app.add_routes(pages.routes)
+        app.add_routes(schedules.routes)
         app.router.add_static("/static/", STATIC, follow_symlinks=False)
         return app
 

@@ -93,6 +93,36 @@
     });
   }
 
+  // The schedules page: pause, resume, delete through the API (a plain form post carries
+  // Origin: null under the page's no-referrer policy, which the UI refuses), then reload.
+  function setupScheduleActions() {
+    var result = document.querySelector('[data-testid="schedule-result"]');
+    document.querySelectorAll("form.schedule-action").forEach(function (form) {
+      form.addEventListener("submit", function (event) {
+        event.preventDefault();
+        var action = form.getAttribute("data-action");
+        var button = form.querySelector("button[type=submit]");
+        button.disabled = true;
+        post(form.getAttribute("action"), fieldsOf(form)).then(function (answer) {
+          button.disabled = false;
+          if (!answer.ok) {
+            result.hidden = false;
+            result.className = "flash error";
+            result.setAttribute("data-code", answer.body.error || "");
+            result.textContent = problemText(answer.body);
+            return;
+          }
+          window.location.assign("/schedules?done=" + encodeURIComponent(action));
+        }, function (error) {
+          button.disabled = false;
+          result.hidden = false;
+          result.className = "flash error";
+          result.textContent = "request failed: " + error;
+        });
+      });
+    });
+  }
+
   function setupBulk() {
     var form = document.querySelector('[data-testid="bulk-form"]');
     if (!form) { return; }
@@ -179,6 +209,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     setupActions();
+    setupScheduleActions();
     setupBulk();
   });
 })();
