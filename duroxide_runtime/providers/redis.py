@@ -45,13 +45,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import InstanceAlreadyExistsError, StoreError
+from ..errors import ConfigurationError, InstanceAlreadyExistsError, StoreError
 from ..history import HistoryEvent, decode_event, encode_event
 from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from ..queues import QueueOptions
@@ -64,12 +64,14 @@ from .base import (
 )
 from .queue_slots import QueueSlots, limited_queues
 
-try:  # the optional `redis` extra
+try:
     import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError, TimeoutError as RedisTimeoutError, WatchError
-except ImportError:  # pragma: no cover - exercised only without the extra
-    aioredis = None  # type: ignore[assignment]
+except ModuleNotFoundError:  # the `redis` extra is not installed: importing works, connecting says so
+    if TYPE_CHECKING:  # type checkers see redis as always there (it is wherever a store is made)
+        raise
+    aioredis = None
 
 __all__ = ["RedisProvider"]
 
@@ -82,9 +84,10 @@ _SEP = "\x1f"
 
 
 def _require_redis() -> None:
+    """Raise :class:`ConfigurationError` naming the ``redis`` extra unless the client is installed."""
     if aioredis is None:
-        raise StoreError("RedisProvider needs the `redis` package",
-                         fix="pip install 'duroxide[redis]' (or pip install 'redis>=5')")
+        raise ConfigurationError("Redis stores need the redis package, which is not installed",
+                                 fix="pip install 'duroxide[redis]' (or add the `redis` extra to your requirements)")
 
 
 def _call_field(instance_id: str, execution_id: int, event_id: int) -> str:
@@ -759,7 +762,7 @@ class RedisProvider(Provider):
             for call in c.cancel_activities:
                 wid_raw = await pipe.hget(k.wcall, _call_field(call.instance_id, call.execution_id, call.event_id))
                 raw_w = None if wid_raw is None else await pipe.hget(k.work, wid_raw)
-                if raw_w is None:
+                if wid_raw is None or raw_w is None:
                     continue
                 item = _Work.load(int(wid_raw), raw_w)
                 if item.lock_token is None:
