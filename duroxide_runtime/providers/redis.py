@@ -1077,6 +1077,12 @@ class RedisProvider(Provider):
             self._listener = None
         await self._drop_client()
 
+    async def holds_store(self) -> bool:
+        """Whether a store was ever written under this prefix (the CLI opens only existing stores)."""
+        if self._r is None:
+            return False
+        return bool(await self._r.exists(self._k.ver, self._k.inst))
+
     async def drop_keys(self) -> int:
         """Delete every key under this store's prefix (tests; an application leaving a shared server)."""
         if self._r is None:
