@@ -22,7 +22,8 @@ applications can share one server:
 * ``waiting`` / ``admitted`` (hashes) instances of a queue; ``qleases`` / ``qadm``
   (hashes) the recent lease and admission times of rate-limited queues;
   ``keys`` (hash) idempotency keys; ``seq`` ids; ``ver`` the transaction fence;
-  ``wake`` the pub/sub channel that wakes other processes.
+  ``tx:<id>`` short-lived markers of committed transactions (a retry after a lost
+  reply finds them); ``wake`` the pub/sub channel that wakes other processes.
 
 Durability is the server's: see ``docs/redis.md``. With ``appendonly yes`` and
 ``appendfsync always`` an acknowledged write survives a crash of the server or the
@@ -322,16 +323,23 @@ class RedisProvider(Provider):
         """Run ``body`` (reads on the watched pipeline, then writes queued in ``_Writes``) atomically.
 
         Redone from its reads when another writer committed in between (``WatchError``),
-        and on a lost connection (a commit whose reply was lost is recognised by its reads:
-        a turn finds its lock gone, a start finds its own incarnation).
+        and on a lost connection. Each transaction also writes a marker key of its own
+        (expiring after ten minutes): when the connection drops after ``EXEC`` was sent,
+        the retry finds the marker if the transaction committed, and returns what it
+        computed instead of applying its writes twice (an event sent once, not twice).
         """
         if self._r is None:
             raise StoreError("RedisProvider is closed", fix="create a new one with RedisProvider.new(url)")
         delay = 0.01
         failures = 0
+        marker = f"{self.prefix}:tx:{uuid.uuid4().hex}"
+        sent: list[_T] = []  # the result of an attempt whose EXEC was sent
         async with self._tx_lock:
             while True:
                 try:
+                    if sent and await self._r.exists(marker):
+                        return sent[0]  # committed; only the reply was lost
+                    sent.clear()
                     async with self._r.pipeline(transaction=True) as pipe:
                         await pipe.watch(self._k.ver)
                         writes = _Writes()
@@ -343,11 +351,14 @@ class RedisProvider(Provider):
                         for command, args in writes.ops:
                             getattr(pipe, command)(*args)
                         pipe.incr(self._k.ver)
+                        pipe.set(marker, b"1", ex=600)
                         for wake in writes.wakes:
                             pipe.publish(self._k.wake, wake)
+                        sent.append(result)
                         await pipe.execute()
                         return result
                 except WatchError:
+                    sent.clear()  # EXEC answered: nothing was written
                     continue  # overtaken by another writer: redo from the reads
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     if self._closed:
