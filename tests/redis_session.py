@@ -47,8 +47,10 @@ class RedisServer:
             server.stop()
     """
 
-    def __init__(self, fsync: str = "always") -> None:
+    def __init__(self, fsync: str = "always", extra: tuple[str, ...] = ()) -> None:
         self.fsync = fsync
+        #: More command-line options (e.g. ``("--rename-command", "WATCH", "")``).
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir: Path | None = None
         self.port = 0
@@ -72,7 +74,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
              "--appendonly", "yes", "--appendfsync", self.fsync, "--save", "", "--daemonize", "no",
-             "--protected-mode", "yes", "--logfile", str(self.dir / "redis.log")],
+             "--protected-mode", "yes", "--logfile", str(self.dir / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

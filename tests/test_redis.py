@@ -67,6 +67,16 @@ async def test_keys_of_the_wrong_type_under_the_prefix_raise_a_store_error() -> 
         await r.aclose()
 
 
+async def test_a_server_without_watch_raises_a_store_error_naming_the_fix() -> None:
+    server = RedisServer(extra=("--rename-command", "WATCH", ""))
+    try:
+        with pytest.raises(StoreError) as info:
+            await RedisProvider.new(server.url())
+        assert "lacks WATCH" in str(info.value) and "Redis 6.2" in (info.value.fix or "")
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("prefix", ["", "has space", "tab\there"])
 async def test_a_bad_prefix_raises_a_store_error(prefix: str) -> None:
     with pytest.raises(StoreError):

@@ -280,14 +280,17 @@ class RedisProvider(Provider):
 
     async def _check_server(self, require_fsync_always: bool) -> None:
         """The commands this store uses, persistence, and the types of the keys under the prefix."""
-        try:
-            found = await self._r.execute_command("COMMAND", "INFO", "watch", "multi", "exec", "publish", "zadd")
+        try:  # each command the store needs, used once harmlessly (renamed or missing ones fail here)
+            async with self._r.pipeline(transaction=True) as pipe:
+                await pipe.watch(self._k.ver)
+                pipe.multi()
+                pipe.zcount(self._k.qvis, "-inf", "+inf")
+                await pipe.execute()
+            await self._r.publish(self._k.wake, b"")  # an empty wake-up: listeners ignore it
         except ResponseError as exc:
-            raise StoreError(f"the Redis server at {_redact(self.url)} cannot list its commands: {exc}",
-                             fix="use Redis 6.2 or newer (or a compatible server with WATCH/MULTI/EXEC and pub/sub)") from exc
-        if any(entry is None for entry in found):
-            raise StoreError(f"the Redis server at {_redact(self.url)} lacks WATCH, MULTI, EXEC, PUBLISH or ZADD",
-                             fix="use Redis 6.2 or newer (or a compatible server with WATCH/MULTI/EXEC and pub/sub)")
+            raise StoreError(f"the Redis server at {_redact(self.url)} lacks WATCH, MULTI, EXEC, ZCOUNT or PUBLISH: "
+                             f"{exc}", fix="use Redis 6.2 or newer (or a compatible server with WATCH/MULTI/EXEC, "
+                                           "sorted sets and pub/sub), without those commands renamed") from exc
         await self._check_persistence(require_fsync_always)
         async with self._r.pipeline(transaction=False) as pipe:
             for key in self._k.typed:
