@@ -324,7 +324,8 @@ async def open_store(spec: str, schema: str | None) -> Provider:
         await check_postgres_store(spec, schema)
         return await PostgresProvider.new(spec, schema=schema, pool_size=2)
     if schema is not None:
-        raise UsageError("--schema applies to PostgreSQL and Redis stores only", fix="drop --schema for a SQLite store")
+        raise UsageError("--schema applies to PostgreSQL stores only (and to Redis ones: the key prefix)",
+                         fix="drop --schema for a SQLite store")
     if "://" in spec and not spec.startswith("sqlite:"):
         raise UsageError(f"unsupported store {spec!r}",
                          fix="pass a SQLite file path, a sqlite:// URL, a postgresql:// URL or a redis:// URL")

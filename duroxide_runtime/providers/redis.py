@@ -767,8 +767,11 @@ class RedisProvider(Provider):
             if c.new_events:
                 w("rpush", k.hist(c.instance_id, c.execution_id), *[encode_event(e) for e in c.new_events])
                 w("sadd", k.execs(c.instance_id), c.execution_id)
+            cancelled = {_call_field(k_.instance_id, k_.execution_id, k_.event_id) for k_ in c.cancel_activities}
             for work in c.activities:
                 wid = next(ids)
+                if _work_key(work) in cancelled:
+                    continue  # scheduled and cancelled by one turn: queued and deleted at once, never leased
                 raw = encode_message(work)
                 w("hset", k.work, wid, _Work(wid, work, raw, now).dump())
                 w("hset", k.wcall, _work_key(work), wid)
