@@ -28,10 +28,13 @@ from typing import Any
 
 import pytest
 
-from duroxide_runtime import InMemoryProvider, OrchestrationContext, OrchestrationStatus, Provider, SqliteProvider
+from duroxide_runtime import (
+    InMemoryProvider, OrchestrationContext, OrchestrationStatus, Provider, RedisProvider, SqliteProvider,
+)
 from duroxide_runtime.runtime import Runtime
 from duroxide_runtime.wake import wake_hub
 
+from . import redis_raw
 from .support import PG_URL, PROVIDERS, Harness, clean_env, drop_store, eventually
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +71,8 @@ async def _locked_until(store: Provider) -> int:
     if isinstance(store, InMemoryProvider):
         (work,) = store._work.values()
         return work.locked_until
+    if isinstance(store, RedisProvider):
+        return await redis_raw.locked_until(store)
     if isinstance(store, SqliteProvider):
         row = await store._run(lambda conn: conn.execute("SELECT locked_until FROM worker_queue").fetchone())
         return int(row[0])
