@@ -245,3 +245,19 @@ def test_redis_url_with_another_provider_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError) as info:
         duroxide_main(provider="sqlite", redis_url="redis://127.0.0.1:6379/0")
     assert "provider='redis'" in (info.value.fix or "")
+
+
+# -- the duroxide CLI ----------------------------------------------------------------------------------
+# (tests/test_cli.py runs every command on a populated Redis store; here: what it refuses)
+
+
+async def test_the_cli_never_creates_a_redis_store_and_names_an_unreachable_server(tmp_path: Path) -> None:
+    from .test_cli import Cli
+
+    cli = Cli([], tmp_path)
+    prefix = _prefix()
+    missing = await cli("--store", REDIS.url(), "--schema", prefix, "list")
+    assert missing.code == 1 and f"no duroxide store under the key prefix '{prefix}'" in missing.err, missing
+    assert not [k for k in await _server_keys() if k.startswith(prefix.encode())]
+    down = await cli("--json", "--store", f"redis://127.0.0.1:{free_port()}/0", "list")
+    assert down.code == 1 and down.err_json()["code"] == "STORE" and "cannot connect to Redis" in down.err_json()["message"]
