@@ -30,7 +30,7 @@ async def rewrite_history(store: RedisProvider, iid: str, execution_id: int,
     r = _client(store)
     key = f"{store.prefix}:h:{execution_id}:{iid}"
     try:
-        events = change([decode_event(raw) for raw in await r.lrange(key, 0, -1)])  # type: ignore[misc]
+        events = change([decode_event(raw) for raw in await r.lrange(key, 0, -1)])
         async with r.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             if events:
@@ -44,7 +44,7 @@ async def stored_keys(store: RedisProvider) -> set[str]:
     """The idempotency keys the store holds, expired or not."""
     r = _client(store)
     try:
-        return {k.decode() for k in await r.hkeys(f"{store.prefix}:keys")}  # type: ignore[misc]
+        return {k.decode() if isinstance(k, bytes) else k for k in await r.hkeys(f"{store.prefix}:keys")}
     finally:
         await r.aclose()
 
@@ -53,9 +53,11 @@ async def break_error(store: RedisProvider, iid: str, raw: bytes) -> None:
     """Overwrite the stored error of ``iid`` with ``raw`` (as text: not JSON the store wrote)."""
     r = _client(store)
     try:
-        row = orjson.loads(await r.hget(f"{store.prefix}:inst", iid))  # type: ignore[misc]
+        stored = await r.hget(f"{store.prefix}:inst", iid)
+        assert stored is not None, iid
+        row = orjson.loads(stored)
         row["err"] = raw.decode("latin-1")
-        await r.hset(f"{store.prefix}:inst", iid, orjson.dumps(row))  # type: ignore[misc]
+        await r.hset(f"{store.prefix}:inst", iid, orjson.dumps(row))
     finally:
         await r.aclose()
 
@@ -64,7 +66,7 @@ async def locked_until(store: RedisProvider) -> int:
     """The lease expiry of the one activity call in the store."""
     r = _client(store)
     try:
-        (raw,) = (await r.hgetall(f"{store.prefix}:work")).values()  # type: ignore[misc]
+        (raw,) = (await r.hgetall(f"{store.prefix}:work")).values()
         return int(orjson.loads(raw)["u"])
     finally:
         await r.aclose()

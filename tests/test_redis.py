@@ -188,8 +188,8 @@ async def test_connections_killed_while_turns_commit_are_survived() -> None:
         nonlocal kills
         while not stop.is_set():
             # every normal client but this one (SKIPME yes): the store's pipelines and its pub/sub
-            kills += int(await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
-            kills += int(await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub", "SKIPME", "yes"))
+            kills += await admin.client_kill_filter(_type="normal", skipme=True)
+            kills += await admin.client_kill_filter(_type="pubsub", skipme=True)
             await asyncio.sleep(0.05)
 
     await harness.start({"Flow": flow}, {"Work": work})
