@@ -313,8 +313,11 @@ class RedisProvider(Provider):
         aof, fsync = settings.get("appendonly"), settings.get("appendfsync")
         if aof == "yes" and fsync == "always":
             return
-        why = (f"the Redis server runs with appendonly={aof or '?'} appendfsync={fsync or '?'}: "
-               "an acknowledged start or commit can be lost if the server restarts")
+        if aof == "yes":
+            loss = "about the last second of acknowledged starts and commits can be lost on power loss or an OS crash"
+        else:
+            loss = "acknowledged starts and commits since the last snapshot are lost when the server restarts"
+        why = f"the Redis server runs with appendonly={aof or '?'} appendfsync={fsync or '?'}: {loss}"
         if require_fsync_always:
             raise StoreError(why, fix="set `appendonly yes` and `appendfsync always` on the server "
                                       "(CONFIG SET or redis.conf), or drop require_fsync_always=True")
