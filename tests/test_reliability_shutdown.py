@@ -35,6 +35,7 @@ from duroxide_runtime.runtime import Runtime
 from duroxide_runtime.wake import wake_hub
 
 from . import redis_raw
+from .redis_session import REDIS
 from .support import PG_URL, PROVIDERS, Harness, clean_env, drop_store, eventually
 
 REPO = Path(__file__).resolve().parent.parent
@@ -226,6 +227,9 @@ _SCRIPT = textwrap.dedent('''
             store = InMemoryProvider()
         elif kind == "sqlite":
             store = await SqliteProvider.new(url)
+        elif kind == "redis":
+            from duroxide_runtime.providers.redis import RedisProvider
+            store = await RedisProvider.new(url, prefix=sys.argv[4])
         else:
             from duroxide_runtime.providers.postgres import PostgresProvider
             store = await PostgresProvider.new(url, schema=sys.argv[4])
@@ -254,7 +258,7 @@ async def _run_script(tmp_path: Path, kind: str, how: str) -> tuple[int, str]:
     script = tmp_path / "hang.py"
     script.write_text(_SCRIPT)
     schema = f"t_{int(time.time() * 1000) % 10**9}_{how}"
-    url = f"sqlite://{tmp_path / 'hang.db'}" if kind == "sqlite" else PG_URL
+    url = {"sqlite": f"sqlite://{tmp_path / 'hang.db'}", "redis": REDIS.url()}.get(kind, PG_URL)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(script), kind, url, how, schema, cwd=str(REPO), env=clean_env(PYTHONPATH=str(REPO)),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -278,6 +282,10 @@ async def _run_script(tmp_path: Path, kind: str, how: str) -> tuple[int, str]:
 
             store = await PostgresProvider.new(PG_URL, schema=schema)
             await drop_store(store)
+        if kind == "redis":
+            from duroxide_runtime.providers.redis import RedisProvider
+
+            await drop_store(await RedisProvider.new(REDIS.url(), prefix=schema))
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)

@@ -197,7 +197,7 @@ class _Keys:
         self.ver, self.seq, self.inst, self.q, self.qvis = p + "ver", p + "seq", p + "inst", p + "q", p + "qvis"
         self.tk, self.locks, self.work, self.wcall, self.hb = p + "tk", p + "locks", p + "work", p + "wcall", p + "hb"
         self.waiting, self.admitted, self.qleases, self.qadm = p + "waiting", p + "admitted", p + "qleases", p + "qadm"
-        self.keys, self.wake = p + "keys", p + "wake"
+        self.keys, self.wake, self.probe = p + "keys", p + "wake", p + "probe"
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
         self.typed = {self.ver: "string", self.seq: "string", self.inst: "hash", self.q: "hash", self.qvis: "zset",
                       self.tk: "hash", self.locks: "hash", self.work: "hash", self.wcall: "hash", self.hb: "hash",
@@ -282,7 +282,7 @@ class RedisProvider(Provider):
         """The commands this store uses, persistence, and the types of the keys under the prefix."""
         try:  # each command the store needs, used once harmlessly (renamed or missing ones fail here)
             async with self._r.pipeline(transaction=True) as pipe:
-                await pipe.watch(self._k.ver)
+                await pipe.watch(self._k.probe)  # a key never written: other processes' writes cannot abort this
                 pipe.multi()
                 pipe.zcount(self._k.qvis, "-inf", "+inf")
                 await pipe.execute()
