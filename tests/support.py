@@ -35,7 +35,7 @@ from duroxide_runtime.observe import RuntimeObserver
 from .pg_session import ADMIN_URL, SESSION, url_of
 from .redis_session import REDIS
 
-PROVIDERS = os.environ.get("DUROXIDE_TEST_PROVIDERS", "memory,sqlite,postgres").split(",")
+PROVIDERS = os.environ.get("DUROXIDE_TEST_PROVIDERS", "memory,sqlite,postgres,redis").split(",")
 #: This test session's own PostgreSQL database (tests/pg_session.py), on the server DUROXIDE_PG_URL names;
 #: tests make their schemas here and drop them. CI fails (never skips) when the server is unreachable.
 PG_URL = SESSION.url
