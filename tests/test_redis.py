@@ -12,6 +12,7 @@ import logging
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,7 +24,7 @@ from duroxide_runtime.testing import ManualClock
 from .redis_session import REDIS, RedisServer, free_port
 from .support import Harness, drop_store
 from .test_duroxide_main import _assert_shut_down, _program, _run, _values
-from .test_provider_conformance import commit_for, fetch_one, start_msg
+from .test_provider_conformance import commit_for, event_msg, fetch_one, start_msg
 
 
 def _prefix() -> str:
@@ -261,3 +262,82 @@ async def test_the_cli_never_creates_a_redis_store_and_names_an_unreachable_serv
     assert not [k for k in await _server_keys() if k.startswith(prefix.encode())]
     down = await cli("--json", "--store", f"redis://127.0.0.1:{free_port()}/0", "list")
     assert down.code == 1 and down.err_json()["code"] == "STORE" and "cannot connect to Redis" in down.err_json()["message"]
+
+
+# -- a reply lost after the server applied the transaction -----------------------------------------
+
+
+class LoseExecReply:
+    """A TCP proxy to the session's server that, once armed, passes one ``EXEC`` on and drops the
+    connection before its reply reaches the client: the transaction committed, the client cannot know."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self.host, self.port_to = parts.hostname or "127.0.0.1", parts.port or 6379
+        self.armed = False
+        self.lost = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> LoseExecReply:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection(self.host, self.port_to)
+        cut = asyncio.Event()
+
+        async def up() -> None:
+            while data := await cr.read(65536):
+                if self.armed and b"EXEC" in data:
+                    self.armed = False
+                    cut.set()  # nothing more reaches the client
+                    sw.write(data)
+                    await sw.drain()
+                    await asyncio.sleep(0.3)  # the server applies it
+                    self.lost += 1
+                    break
+                sw.write(data)
+                await sw.drain()
+            cw.transport.abort()
+            sw.close()
+
+        async def down() -> None:
+            while data := await sr.read(65536):
+                if cut.is_set():
+                    break
+                cw.write(data)
+                await cw.drain()
+
+        await asyncio.gather(up(), down(), return_exceptions=True)
+
+
+async def test_a_send_whose_reply_was_lost_is_enqueued_once() -> None:
+    async with LoseExecReply(REDIS.url()) as proxy:
+        store = await RedisProvider.new(proxy.url, prefix=_prefix())
+        try:
+            await store.create_instance(start_msg("i1"))
+            proxy.armed = True
+            assert await store.send(event_msg("i1", "e1")) is not None
+            assert proxy.lost == 1
+            proxy.armed = True
+            await store.create_instance(start_msg("i2"))  # not InstanceAlreadyExistsError: it was its own
+            assert proxy.lost == 2
+            await store.create_instance(start_msg("i3"))
+            proxy.armed = True
+            assert await store.purge_instance("i3") == ["i3"]  # what the committed purge deleted
+            assert proxy.lost == 3
+            items = (await store.fetch_orchestration_items(10, 60)).items
+            assert {i.instance_id: [type(m.message).__name__ for m in i.messages] for i in items} == {
+                "i1": ["StartOrchestration", "ExternalEvent"], "i2": ["StartOrchestration"]}
+        finally:
+            await drop_store(store)

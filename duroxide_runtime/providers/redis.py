@@ -364,8 +364,10 @@ class RedisProvider(Provider):
                         await pipe.execute()
                         return result
                 except WatchError:
-                    sent.clear()  # EXEC answered: nothing was written
-                    continue  # overtaken by another writer: redo from the reads
+                    # Overtaken by another writer: redo from the reads. (redis-py also reports a
+                    # connection lost during a watched EXEC as a WatchError: the marker check at
+                    # the top of the loop tells a transaction that did commit.)
+                    continue
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     if self._closed:
                         raise StoreError("RedisProvider is closed", fix="create a new one") from exc
