@@ -35,6 +35,13 @@ of its own inside that database.
     python benchmarks/run.py --quick                  # smoke run: 1 run, smaller sizes
     python benchmarks/run.py W1 W2 --runs 5 --durability relaxed
     python benchmarks/run.py --store postgres         # W1 W2 W2-10k W2x3 W3 W4 on PostgreSQL
+    python benchmarks/run.py --store redis            # W1 W2 W3 W4 on Redis
+
+``--store redis`` uses the server ``DUROXIDE_REDIS_URL`` names, each run under a key prefix of
+its own (deleted afterwards); without it, it starts a ``redis-server`` of its own on a free
+loopback port (``appendonly yes``, ``appendfsync always``: acknowledged writes are fsynced, as
+``--durability full`` promises; ``relaxed`` runs it with ``appendfsync everysec``), data in a
+temp dir, stopped at the end.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from _protocol import FULL, MARK, QUICK, Sizes  # noqa: E402
 ADMIN_URL = os.environ.get("DUROXIDE_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SQLITE_WORKLOADS = ["baseline", "W1", "W2", "W2-10k", "W3", "W4"]
 POSTGRES_WORKLOADS = ["W1", "W2", "W2-10k", "W2x3", "W3", "W4"]
+REDIS_WORKLOADS = ["W1", "W2", "W3", "W4"]
 ALL_WORKLOADS = ["baseline", "W1", "W2", "W2-10k", "W2x3", "W3", "W4"]
 
 
@@ -91,6 +99,7 @@ class Config:
     store: str
     durability: str
     quick: bool
+    #: The PostgreSQL database's URL (--store postgres), or the Redis server's (--store redis).
     pg_url: str
 
     @property
@@ -145,6 +154,11 @@ class Bench:
         """The store, with ``durability=`` when the store takes it (noted when it does not)."""
         from duroxide_runtime import PostgresProvider, SqliteProvider
 
+        if self.cfg.store == "redis":
+            from duroxide_runtime import RedisProvider
+
+            # Durability is the server's (its appendfsync), chosen when the parent started it.
+            return await RedisProvider.new(self.cfg.pg_url, prefix=self.schema)
         cls: Any = PostgresProvider if self.cfg.store == "postgres" else SqliteProvider
         kwargs: dict[str, Any] = {}
         try:
@@ -191,6 +205,8 @@ class Bench:
         if self.store is not None:
             if self.cfg.store == "postgres":
                 await self.store.drop_schema()
+            if self.cfg.store == "redis":
+                await self.store.drop_keys()
             await self.store.close()
 
 
@@ -562,13 +578,62 @@ def create_database() -> PgDatabase:
     return db
 
 
+@dataclass
+class _RedisServer:
+    """A redis-server this script started (for --store redis without DUROXIDE_REDIS_URL)."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    dir: tempfile.TemporaryDirectory[str]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.dir.cleanup()
+
+
+def start_redis(durability: str) -> _RedisServer | None:
+    """A redis-server of this run's own (None when DUROXIDE_REDIS_URL names one)."""
+    if os.environ.get("DUROXIDE_REDIS_URL"):
+        return None
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--store redis needs redis-server (apt-get install -y redis-server) or DUROXIDE_REDIS_URL")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tempfile.TemporaryDirectory(prefix="duroxide-bench-redis-")
+    fsync = "always" if durability == "full" else "everysec"
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", data.name,
+                             "--appendonly", "yes", "--appendfsync", fsync, "--save", ""],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            data.cleanup()
+            raise SystemExit("redis-server did not start")
+        time.sleep(0.05)
+    return _RedisServer(proc, f"redis://127.0.0.1:{port}/0", data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
                         help=f"any of {', '.join(ALL_WORKLOADS)} (default: all that the store supports)")
     parser.add_argument("--runs", type=int, default=None, help="runs per workload (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 run, smaller sizes")
-    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--store", choices=["sqlite", "postgres", "redis"], default="sqlite")
     parser.add_argument("--durability", choices=["full", "relaxed"], default="full")
     parser.add_argument("--json", action="store_true", help="also print each run's result as a JSON line")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -584,17 +649,22 @@ def main() -> None:
             print(MARK + json.dumps(asyncio.run(child(cfg, args.child))), flush=True)
         return
 
-    workloads = args.workloads or (POSTGRES_WORKLOADS if args.store == "postgres" else SQLITE_WORKLOADS)
+    workloads = args.workloads or {"postgres": POSTGRES_WORKLOADS, "redis": REDIS_WORKLOADS}.get(
+        args.store, SQLITE_WORKLOADS)
     unknown = [w for w in workloads if w not in ALL_WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(ALL_WORKLOADS)}")
+    if args.store == "redis" and ("baseline" in workloads or "W2x3" in workloads):
+        parser.error("the baseline and W2x3 run on SQLite and PostgreSQL only")
     if args.store == "postgres" and "baseline" in workloads:
         parser.error("the baseline is plain sqlite3: run it with --store sqlite")
     if args.store == "sqlite" and "W2x3" in workloads:
         parser.error("W2x3 shares one PostgreSQL store between processes: run it with --store postgres")
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     db = create_database() if args.store == "postgres" else None
-    cfg = Config(args.store, args.durability, args.quick, db.url if db else "")
+    redis_server = start_redis(args.durability) if args.store == "redis" else None
+    redis_url = os.environ.get("DUROXIDE_REDIS_URL") or (redis_server.url if redis_server else "")
+    cfg = Config(args.store, args.durability, args.quick, db.url if db else redis_url)
     print(f"store: {args.store}, durability: {args.durability}, {runs} run(s) per workload, each in a fresh "
           f"process{', QUICK sizes (not the defined workloads)' if args.quick else ''}; median [min-max]",
           flush=True)
@@ -630,6 +700,8 @@ def main() -> None:
     finally:
         if db is not None:
             db.drop()
+        if redis_server is not None:
+            redis_server.stop()
     if "W2" in medians and "W2-10k" in medians:
         print(f"W2-10k / W2: {medians['W2-10k'] / medians['W2']:.2f}")
     if "W2" in medians and "W2x3" in medians:

@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from duroxide_runtime import ConfigurationError, InMemoryProvider, PostgresProvider, Provider, Runtime, RuntimeOptions
+from duroxide_runtime import (
+    ConfigurationError, InMemoryProvider, PostgresProvider, Provider, RedisProvider, Runtime, RuntimeOptions,
+)
 from duroxide_runtime import SqliteProvider
 
 from .extras import require_extra
@@ -61,7 +63,7 @@ from .otlp import TracingSetup
 __all__ = ["duroxide_main"]
 
 T = TypeVar("T")
-_PROVIDERS = ("sqlite", "memory", "postgres", "custom")
+_PROVIDERS = ("sqlite", "memory", "postgres", "redis", "custom")
 _log = logging.getLogger("duroxide.main")
 
 
@@ -73,7 +75,7 @@ def duroxide_main(*, provider: str = "sqlite", db_path: str | os.PathLike[str] |
                   connection_pool_size: int | None = None, log_level: str = "info",
                   options: RuntimeOptions | None = None, metrics: bool = False, prometheus_port: int | None = None,
                   tracing_backend: str | None = None, otlp_endpoint: str | None = None,
-                  jaeger_endpoint: str | None = None, ui_port: int | None = None
+                  jaeger_endpoint: str | None = None, ui_port: int | None = None, redis_url: str | None = None
                   ) -> Callable[[Callable[[], Coroutine[Any, Any, T]]], Callable[[], T]]: ...
 
 
@@ -83,13 +85,13 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
                   log_level: str = "info", options: RuntimeOptions | None = None, metrics: bool = False,
                   prometheus_port: int | None = None, tracing_backend: str | None = None,
                   otlp_endpoint: str | None = None, jaeger_endpoint: str | None = None,
-                  ui_port: int | None = None) -> Any:
+                  ui_port: int | None = None, redis_url: str | None = None) -> Any:
     """Turn ``async def main()`` into a plain function that runs the whole program.
 
     ``provider``: ``"sqlite"`` (default; ``db_path`` or a temp dir), ``"memory"``,
     ``"postgres"`` (``connection_string``, alias ``database_url``, or the ``DATABASE_URL``
-    environment variable; ``connection_pool_size`` connections at most), or
-    ``"custom"`` (the module's ``async def duroxide_provider() -> Provider``).
+    environment variable; ``connection_pool_size`` connections at most), ``"redis"``
+    (``redis_url``, or the ``REDIS_URL`` environment variable), or ``"custom"`` (the module's ``async def duroxide_provider() -> Provider``).
     ``db_path``: the SQLite file; a relative path is relative to the directory of the
     file that defines the decorated function (``~`` is the home directory), whatever
     the working directory.
@@ -118,6 +120,7 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
                                  fix="use debug, info, warning or error")
     url = _connection_string(provider, connection_string, database_url)
     pool_size = _pool_size(provider, connection_pool_size)
+    redis_url = _redis_url(provider, redis_url)
     if metrics or prometheus_port is not None:
         require_extra("prometheus_client", "prometheus_client", "metrics",
                       f"duroxide_main({'metrics=True' if metrics else f'prometheus_port={prometheus_port}'})")
@@ -126,7 +129,8 @@ def duroxide_main(fn: Callable[[], Coroutine[Any, Any, Any]] | None = None, /, *
         _check_ui_port(ui_port)
 
     def wrap(body: Callable[[], Coroutine[Any, Any, Any]]) -> Callable[[], Any]:
-        config = _Config(provider=provider, db_path=_resolve_db_path(db_path, body), url=url, pool_size=pool_size,
+        config = _Config(provider=provider, db_path=_resolve_db_path(db_path, body), url=redis_url or url,
+                         pool_size=pool_size,
                          options=options, metrics=metrics or prometheus_port is not None,
                          prometheus_port=prometheus_port,
                          tracing=TracingSetup.of(tracing_backend, otlp_endpoint, jaeger_endpoint,
@@ -153,7 +157,8 @@ class _Config:
 
     provider: str
     db_path: Path | None
-    #: The PostgreSQL URL given (``connection_string`` or ``database_url``); None: ``DATABASE_URL``.
+    #: The PostgreSQL URL given (``connection_string`` or ``database_url``; None: ``DATABASE_URL``),
+    #: or for Redis ``redis_url`` (None: ``REDIS_URL``).
     url: str | None
     pool_size: int | None
     options: RuntimeOptions | None
@@ -188,6 +193,19 @@ def _connection_string(provider: str, connection_string: str | None, database_ur
     if provider != "postgres":
         raise ConfigurationError(f"duroxide_main({name}=...) names a PostgreSQL database, but provider="
                                  f"{provider!r}", fix="add provider='postgres' (for SQLite, pass db_path=... instead)")
+    return url
+
+
+def _redis_url(provider: str, url: str | None) -> str | None:
+    """``redis_url``: a non-empty string, and only with ``provider="redis"``."""
+    if url is None:
+        return None
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError("duroxide_main(redis_url=...) must be a non-empty URL string",
+                                 fix="pass e.g. redis_url='redis://127.0.0.1:6379/0'")
+    if provider != "redis":
+        raise ConfigurationError(f"duroxide_main(redis_url=...) names a Redis server, but provider={provider!r}",
+                                 fix="add provider='redis'")
     return url
 
 
@@ -268,6 +286,14 @@ async def _open_store(body: Callable[..., Any], config: _Config, tmp: str) -> Pr
               else await PostgresProvider.new(url, pool_size=config.pool_size))
         _log.info("store: PostgreSQL database %s (schema %s)", _redacted(url), pg.schema)
         return pg
+    if provider == "redis":
+        url = config.url or os.environ.get("REDIS_URL")
+        if not url:
+            raise ConfigurationError("duroxide_main(provider='redis') needs a Redis URL",
+                                     fix="set REDIS_URL=redis://host:6379/0 or pass redis_url=...")
+        redis_store = await RedisProvider.new(url)
+        _log.info("store: Redis %s (prefix %s)", _redacted(url), redis_store.prefix)
+        return redis_store
     if provider == "custom":
         factory = body.__globals__.get("duroxide_provider")
         if factory is None:

@@ -17,6 +17,7 @@ from duroxide_runtime import (
     OrchestrationRegistry,
     OrchestrationStatus,
     PostgresProvider,
+    RedisProvider,
     Provider,
     RetryPolicy,
     Runtime,
@@ -44,7 +45,7 @@ from duroxide_runtime import (  # typed events, state, updates, streams
 __all__ = [
     "timedelta", "ActivityContext", "ActivityFailed", "ActivityRegistry", "Client", "DurableTaskFailed", "Event",
     "InMemoryProvider", "InstanceInfo", "NonDeterminismError", "NonRetryableError", "OrchestrationContext", "OrchestrationRegistry",
-    "OrchestrationStatus", "PostgresProvider", "Provider", "RetryPolicy", "Runtime", "RuntimeOptions",
+    "OrchestrationStatus", "PostgresProvider", "RedisProvider", "Provider", "RetryPolicy", "Runtime", "RuntimeOptions",
     "SqliteProvider", "StatusOf", "SubOrchestrationFailed", "VersionPolicy", "activity_context", "orchestration_context", "duroxide_main", "client",
     "Activity", "ActivityPolicy", "ActivityWithOptions", "AsyncActivity", "DurableNotExpandedError", "Orchestration", "OrchestrationFailedError",
     "SyncActivity", "activity", "durable", "durable_guid", "durable_newguid", "durable_now", "durable_trace_debug",

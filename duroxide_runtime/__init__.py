@@ -68,6 +68,7 @@ from .options import RetryPolicy, RuntimeOptions
 from .providers.base import Durability, InstanceQuery, Provider, QueueStats, StoreOverview
 from .providers.memory import InMemoryProvider
 from .providers.postgres import PostgresProvider
+from .providers.redis import RedisProvider
 from .providers.sqlite import SqliteProvider
 from .registry import ActivityRegistry, OrchestrationRegistry, VersionPolicy
 from .runtime import Runtime, RuntimeBuilder
@@ -125,7 +126,7 @@ __all__ = [
     "OrchestrationStuckError", "PayloadError", "PayloadTooLargeError", "InvalidInputError", "PoisonMessageError", "StoreError", "StoreTimeoutError",
     "SubOrchestrationFailed",
     "UnknownActivityError", "UnknownOrchestrationError", "Event", "HistoryEvent", "RetryPolicy",
-    "RuntimeOptions", "Provider", "Durability", "InMemoryProvider", "SqliteProvider", "PostgresProvider", "ActivityRegistry",
+    "RuntimeOptions", "Provider", "Durability", "InMemoryProvider", "SqliteProvider", "PostgresProvider", "RedisProvider", "ActivityRegistry",
     "OrchestrationRegistry", "VersionPolicy", "Runtime", "RuntimeBuilder", "InstanceInfo", "InstanceInfoPage", "OrchestrationStatus", "StatusOf",
 ]
 

@@ -136,9 +136,9 @@ def _global_options() -> _Parser:
     """Options accepted before or after the command (defaults are applied in :func:`main`)."""
     common = _Parser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, metavar="URL_OR_PATH",
-                        help=f"SQLite path or sqlite:// URL, or postgresql:// URL (default: ${STORE_ENV})")
+                        help=f"SQLite path or sqlite:// URL, postgresql:// URL or redis:// URL (default: ${STORE_ENV})")
     common.add_argument("--schema", default=argparse.SUPPRESS, metavar="NAME",
-                        help="PostgreSQL schema of the store (default: duroxide)")
+                        help="PostgreSQL schema, or Redis key prefix, of the store (default: duroxide)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output on stdout; errors as JSON on stderr")
     return common
@@ -310,7 +310,18 @@ async def check_postgres_store(url: str, schema: str) -> None:
 
 
 async def open_store(spec: str, schema: str | None) -> Provider:
-    """Open an existing store: PostgreSQL for ``postgresql://`` URLs, else a SQLite file."""
+    """Open an existing store: PostgreSQL for ``postgresql://`` URLs, Redis for ``redis://`` ones
+    (``--schema`` is then the key prefix), else a SQLite file."""
+    if spec.startswith(("redis://", "rediss://")):
+        from .providers.redis import RedisProvider
+
+        redis_store = await RedisProvider.new(spec, prefix=schema or "duroxide")
+        if not await redis_store.holds_store():
+            await redis_store.close()
+            raise StoreNotFoundError(f"no duroxide store under the key prefix {redis_store.prefix!r} at {_redact(spec)}",
+                                     fix="pass the prefix the runtime uses with --schema (default: duroxide); "
+                                         "this tool never creates a store")
+        return redis_store
     if spec.startswith(("postgresql://", "postgres://")):
         from .providers.postgres import PostgresProvider
 
@@ -321,10 +332,11 @@ async def open_store(spec: str, schema: str | None) -> Provider:
         await check_postgres_store(spec, schema)
         return await PostgresProvider.new(spec, schema=schema, pool_size=2)
     if schema is not None:
-        raise UsageError("--schema applies to PostgreSQL stores only", fix="drop --schema for a SQLite store")
+        raise UsageError("--schema applies to PostgreSQL stores only (and to Redis ones: the key prefix)",
+                         fix="drop --schema for a SQLite store")
     if "://" in spec and not spec.startswith("sqlite:"):
         raise UsageError(f"unsupported store {spec!r}",
-                         fix="pass a SQLite file path, a sqlite:// URL or a postgresql:// URL")
+                         fix="pass a SQLite file path, a sqlite:// URL, a postgresql:// URL or a redis:// URL")
     from .providers.sqlite import SqliteProvider
 
     check_sqlite_store(_sqlite_path(spec))

@@ -12,6 +12,7 @@ from duroxide_runtime import Provider
 from duroxide_runtime.testing import ManualClock
 
 from .pg_session import ADMIN_URL, SESSION
+from .redis_session import REDIS
 from .support import PROVIDERS, REPLAY_MODES, Harness, drop_store, make_store
 
 
@@ -39,6 +40,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Drop the session's database; whatever a test left behind in it (or beside it) fails the session."""
+    REDIS.stop()  # the session's own redis-server, if a test started it
     left = SESSION.drop()
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -33,8 +33,9 @@ from duroxide_runtime.clock import SYSTEM_CLOCK, Clock
 from duroxide_runtime.observe import RuntimeObserver
 
 from .pg_session import ADMIN_URL, SESSION, url_of
+from .redis_session import REDIS
 
-PROVIDERS = os.environ.get("DUROXIDE_TEST_PROVIDERS", "memory,sqlite,postgres").split(",")
+PROVIDERS = os.environ.get("DUROXIDE_TEST_PROVIDERS", "memory,sqlite,postgres,redis").split(",")
 #: This test session's own PostgreSQL database (tests/pg_session.py), on the server DUROXIDE_PG_URL names;
 #: tests make their schemas here and drop them. CI fails (never skips) when the server is unreachable.
 PG_URL = SESSION.url
@@ -56,12 +57,17 @@ async def make_store(kind: str, tmp_path: Path, *, clock: Clock = SYSTEM_CLOCK) 
 
         # Each test in its own schema, dropped by drop_store().
         return await PostgresProvider.new(PG_URL, schema=f"t_{uuid.uuid4().hex[:16]}", clock=clock)
+    if kind == "redis":
+        from duroxide_runtime.providers.redis import RedisProvider
+
+        # Each test under its own key prefix, deleted by drop_store(); the session's own server.
+        return await RedisProvider.new(REDIS.url(), prefix=f"t{uuid.uuid4().hex[:16]}", clock=clock)
     raise ValueError(kind)
 
 
 async def drop_store(store: Provider) -> None:
-    """Close a store made by make_store, deleting a PostgreSQL test schema."""
-    drop = getattr(store, "drop_schema", None)
+    """Close a store made by make_store, deleting a PostgreSQL test schema (a Redis test prefix's keys)."""
+    drop = getattr(store, "drop_schema", None) or getattr(store, "drop_keys", None)
     try:
         if drop is not None:
             await drop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from duroxide_macros.prelude import (
 from duroxide_runtime import ConfigurationError, PrometheusMetrics
 from duroxide_runtime.tracing import OpenTelemetryTracing
 
+from .redis_session import REDIS
 from .support import PROVIDERS, Harness, dedent_src, own_pg_database, run_cmd
 
 pytestmark = pytest.mark.timeout(120)
@@ -219,6 +221,8 @@ OWN_SPAN_PROGRAM = dedent_src('''
             return InMemoryProvider()
         if kind == "sqlite":
             return await SqliteProvider.new(f"sqlite://{where}/{mode}.db")
+        if kind == "redis":
+            return await RedisProvider.new(where, prefix=f"at{sys.argv[3]}{mode}")
         return await PostgresProvider.new(where, schema=mode)
 
     async def main(kind, where):
@@ -233,6 +237,8 @@ OWN_SPAN_PROGRAM = dedent_src('''
             events[mode] = [[e.event_id, e.name] for e in await rt.client().read_history(mode)
                             if isinstance(e, Event.ActivityScheduled)]
             await rt.shutdown()
+            if kind == "redis":
+                await s.drop_keys()
             await s.close()
         spans = [{"name": sp.name, "attrs": dict(sp.attributes or {}), "error": sp.status.status_code.name,
                   "events": [e.name for e in sp.events], "span_id": sp.context.span_id,
@@ -251,6 +257,8 @@ async def test_without_runtime_tracing_the_decorator_opens_the_span(kind: str, t
     if kind == "postgres":
         async with own_pg_database("at_span") as url:
             proc = run_cmd([sys.executable, str(prog), kind, url], tmp_path, timeout=120)
+    elif kind == "redis":  # the session's server, under prefixes of this test's own
+        proc = run_cmd([sys.executable, str(prog), kind, REDIS.url(), uuid.uuid4().hex[:12]], tmp_path, timeout=120)
     else:
         proc = run_cmd([sys.executable, str(prog), kind, str(tmp_path)], tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -26,6 +26,7 @@ import pytest
 from duroxide_runtime import Client, OrchestrationContext, OrchestrationStatus
 from duroxide_runtime.history import encode_event
 
+from .redis_session import REDIS
 from .support import PG_URL, Harness, clean_env, drop_store, eventually, make_store
 
 pytestmark = pytest.mark.timeout(120)
@@ -148,13 +149,15 @@ async def _subscribed(client: Client, instance_id: str) -> bool:
     return any(type(e).__name__ == "EventSubscribed" for e in await client.read_history(instance_id))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
     """A store of each kind, filled by a real runtime that keeps running during the test."""
     kind = str(request.param)
     store = await make_store(kind, tmp_path)  # PostgreSQL unreachable: the test fails here, never skips
     if kind == "sqlite":
         url, store_args = f"sqlite://{tmp_path / 'test.db'}", ["--store", str(tmp_path / "test.db")]
+    elif kind == "redis":  # --schema names the key prefix
+        url, store_args = REDIS.url(), ["--store", REDIS.url(), "--schema", getattr(store, "prefix")]
     else:
         schema = getattr(store, "schema")
         url, store_args = PG_URL, ["--store", PG_URL, "--schema", schema]

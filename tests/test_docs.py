@@ -75,6 +75,7 @@ from duroxide_macros.main import duroxide_main
 from duroxide_macros.nondeterminism import RULES
 from duroxide_macros import hook as macro_hook
 
+from .redis_session import REDIS
 from .support import clean_env, own_pg_database
 
 pytestmark = pytest.mark.timeout(180)
@@ -240,13 +241,16 @@ def _assert_prints(block: Block, stdout: str, expected: Block) -> None:
         pos += 1
 
 
-def _env(database_url: str | None) -> dict[str, str]:
+def _env(database_url: str | None, redis_url: str | None = None) -> dict[str, str]:
     """A reader's shell: the venv (where duroxide is installed) first on PATH, nothing put on sys.path."""
     env = clean_env()
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
     if database_url is not None:
         env["DATABASE_URL"] = database_url
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
     return env
 
 
@@ -276,7 +280,7 @@ def _command(b: Block, name: str) -> list[str] | None:
     return [sys.executable, name]
 
 
-def _run_page(page: Path, database_url: str | None) -> None:
+def _run_page(page: Path, database_url: str | None, redis_url: str | None = None) -> None:
     blocks = parse(page)
     with tempfile.TemporaryDirectory(prefix="duroxide-doc-") as tmp:
         last: tuple[Block, str] | None = None
@@ -293,7 +297,7 @@ def _run_page(page: Path, database_url: str | None) -> None:
             if cmd is None:
                 continue
             merged = b.lang == "sh" or b.kind == "pytest"
-            proc = subprocess.run(cmd, cwd=tmp, env=_env(database_url), stdout=subprocess.PIPE, text=True,
+            proc = subprocess.run(cmd, cwd=tmp, env=_env(database_url, redis_url), stdout=subprocess.PIPE, text=True,
                                   timeout=90, stderr=subprocess.STDOUT if merged else subprocess.PIPE)
             m = re.search(r"\bexit=(\d+)", b.marker or "")
             want = int(m.group(1)) if m else 0
@@ -313,11 +317,13 @@ PAGES_THAT_RUN = [p for p in PAGES if any(b.kind in ("run", "pytest") for b in p
 @pytest.mark.parametrize("page", PAGES_THAT_RUN, ids=lambda p: p.name)
 async def test_run_blocks(page: Path) -> None:
     """Run, pytest and file blocks of a page, in order, in one working directory; outputs are compared."""
+    # ``redis`` in a marker sets REDIS_URL to the session's own redis-server (tests/redis_session.py).
+    redis_url = REDIS.url() if any("redis" in b.words for b in parse(page)) else None
     if any("postgres" in b.words for b in parse(page)):
         async with own_pg_database("doc") as url:  # PostgreSQL unreachable: fails here, never skips
-            _run_page(page, url)
+            _run_page(page, url, redis_url)
     else:
-        _run_page(page, None)
+        _run_page(page, None, redis_url)
 
 
 # -- type checking ----------------------------------------------------------------------

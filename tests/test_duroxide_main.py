@@ -37,7 +37,7 @@ def _watch(cls, method, label):
     setattr(cls, method, wrapped)
 
 _watch(_Runtime, "shutdown", "RUNTIME SHUTDOWN")
-for _cls in (SqliteProvider, InMemoryProvider, PostgresProvider):
+for _cls in (SqliteProvider, InMemoryProvider, PostgresProvider, RedisProvider):
     _watch(_cls, "close", "STORE CLOSED")
 
 @activity(typed=True)

@@ -28,10 +28,14 @@ from typing import Any
 
 import pytest
 
-from duroxide_runtime import InMemoryProvider, OrchestrationContext, OrchestrationStatus, Provider, SqliteProvider
+from duroxide_runtime import (
+    InMemoryProvider, OrchestrationContext, OrchestrationStatus, Provider, RedisProvider, SqliteProvider,
+)
 from duroxide_runtime.runtime import Runtime
 from duroxide_runtime.wake import wake_hub
 
+from . import redis_raw
+from .redis_session import REDIS
 from .support import PG_URL, PROVIDERS, Harness, clean_env, drop_store, eventually
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +72,8 @@ async def _locked_until(store: Provider) -> int:
     if isinstance(store, InMemoryProvider):
         (work,) = store._work.values()
         return work.locked_until
+    if isinstance(store, RedisProvider):
+        return await redis_raw.locked_until(store)
     if isinstance(store, SqliteProvider):
         row = await store._run(lambda conn: conn.execute("SELECT locked_until FROM worker_queue").fetchone())
         return int(row[0])
@@ -221,6 +227,9 @@ _SCRIPT = textwrap.dedent('''
             store = InMemoryProvider()
         elif kind == "sqlite":
             store = await SqliteProvider.new(url)
+        elif kind == "redis":
+            from duroxide_runtime.providers.redis import RedisProvider
+            store = await RedisProvider.new(url, prefix=sys.argv[4])
         else:
             from duroxide_runtime.providers.postgres import PostgresProvider
             store = await PostgresProvider.new(url, schema=sys.argv[4])
@@ -249,7 +258,7 @@ async def _run_script(tmp_path: Path, kind: str, how: str) -> tuple[int, str]:
     script = tmp_path / "hang.py"
     script.write_text(_SCRIPT)
     schema = f"t_{int(time.time() * 1000) % 10**9}_{how}"
-    url = f"sqlite://{tmp_path / 'hang.db'}" if kind == "sqlite" else PG_URL
+    url = {"sqlite": f"sqlite://{tmp_path / 'hang.db'}", "redis": REDIS.url()}.get(kind, PG_URL)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(script), kind, url, how, schema, cwd=str(REPO), env=clean_env(PYTHONPATH=str(REPO)),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -273,6 +282,10 @@ async def _run_script(tmp_path: Path, kind: str, how: str) -> tuple[int, str]:
 
             store = await PostgresProvider.new(PG_URL, schema=schema)
             await drop_store(store)
+        if kind == "redis":
+            from duroxide_runtime.providers.redis import RedisProvider
+
+            await drop_store(await RedisProvider.new(REDIS.url(), prefix=schema))
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)

@@ -37,7 +37,9 @@ from duroxide_runtime import (
 )
 from duroxide_runtime.history import decode_event, encode_event
 from duroxide_runtime.providers.postgres import PostgresProvider
+from duroxide_runtime.providers.redis import RedisProvider
 
+from . import redis_raw
 from .support import PG_URL, Harness
 
 # --------------------------------------------------------------------------- helpers
@@ -138,6 +140,8 @@ async def rewrite_history(h: Harness, iid: str, execution_id: int,
                                        [(iid, execution_id, e.event_id, encode_event(e)) for e in events])
         finally:
             await conn.close()
+    elif isinstance(h.store, RedisProvider):
+        await redis_raw.rewrite_history(h.store, iid, execution_id, change)
     else:
         stored = h.store._history[(iid, execution_id)]  # type: ignore[attr-defined]
         stored[:] = change(list(stored))

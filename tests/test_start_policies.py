@@ -28,10 +28,12 @@ from duroxide_runtime import (
 )
 from duroxide_runtime.messages import ExternalEvent, StartOrchestration
 from duroxide_runtime.providers.memory import InMemoryProvider
+from duroxide_runtime.providers.redis import RedisProvider
 from duroxide_runtime.providers.sqlite import SqliteProvider
 from duroxide_runtime.start_policy import IDEMPOTENCY_KEY_TTL, MAX_IDEMPOTENCY_KEY_CHARS
 from duroxide_runtime.testing import ManualClock
 
+from . import redis_raw
 from .support import PROVIDERS, Harness, drop_store, eventually, make_store
 from .test_semantics_replay import finish, until_waiting
 
@@ -250,6 +252,8 @@ async def _stored_keys(store: Provider) -> set[str]:
     """The idempotency keys a store holds, expired or not (read behind its back)."""
     if isinstance(store, InMemoryProvider):
         return set(store._start_keys)
+    if isinstance(store, RedisProvider):
+        return await redis_raw.stored_keys(store)
     if isinstance(store, SqliteProvider):
         conn = sqlite3.connect(store.path)
         try:

@@ -26,10 +26,12 @@ from duroxide_runtime.providers.base import (
     MAX_PAGE_LIMIT, FailureGroup, InstanceCount, InstanceQuery, InstanceRecord, InstanceUpdate, Provider,
     TurnCommit, decode_cursor, encode_cursor,
 )
+from duroxide_runtime.providers.redis import RedisProvider
 from duroxide_runtime.providers.sqlite import SCHEMA_VERSION, SqliteProvider, _INSTANCE_COLS
 from duroxide_runtime.providers.sqlite_queries import COUNTS_SQL, FAILURES_SQL, listing_sql, per_minute_sql
 from duroxide_runtime.testing import ManualClock
 
+from . import redis_raw
 from .support import PG_URL, PROVIDERS, drop_store, make_store
 
 MINUTE = 60.0
@@ -421,6 +423,9 @@ async def test_sqlite_schema_4_is_upgraded(tmp_path: Path) -> None:
 
 async def _break_error(store: Provider, iid: str, raw: bytes) -> None:
     """Overwrite the stored error of ``iid`` with ``raw`` (not JSON a store wrote), behind the store's back."""
+    if isinstance(store, RedisProvider):
+        await redis_raw.break_error(store, iid, raw)
+        return
     if isinstance(store, SqliteProvider):
         conn = sqlite3.connect(store.path)
         try:

@@ -177,9 +177,9 @@ async def _status_is(client: Client, instance_id: str, status: str) -> bool:
 # -- fixtures (import them into a test module to use them) ------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 async def ui_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Provider]:
-    """A fresh SQLite or PostgreSQL store."""
+    """A fresh SQLite, PostgreSQL or Redis store."""
     store = await make_store(request.param, tmp_path)
     try:
         yield store

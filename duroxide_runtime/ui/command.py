@@ -44,7 +44,7 @@ def add_ui_command(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``ui`` to the ``duroxide`` sub-commands (``commands`` is their ``add_subparsers()`` object)."""
     p = commands.add_parser("ui", parents=[common], help="serve the web UI and its JSON API for the store")
     p.add_argument("store_arg", metavar="STORE", nargs="?",
-                   help="SQLite path or sqlite:// URL, or postgresql:// URL (default: --store or $DUROXIDE_STORE)")
+                   help="SQLite path or sqlite:// URL, postgresql:// URL or redis:// URL (default: --store or $DUROXIDE_STORE)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other needs --token)")
     p.add_argument("--port", type=_port, default=8765, help="port to listen on (default 8765; 0: any free port)")
