@@ -60,7 +60,8 @@ from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 from .base import (
     MINUTE_MS, WAITING_OFFSET_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite,
     InstanceCount, InstancePage, InstanceQuery, InstanceRecord, OrchestrationItem, Provider, QueueDepths,
-    QueuedMessage, QueueStats, StartOutcome, StoreOverview, TurnCommit, WorkCompletion, WorkLease, check_query,
+    QueuedMessage, QueueStats, ScheduleFire, ScheduleRecord, StartOutcome, StoreOverview, TurnCommit, WorkCompletion,
+    WorkLease, check_query,
     decode_error_details, failure_type, make_overview, page_of, status_admits, timer_key,
 )
 from .queue_slots import QueueSlots, limited_queues
@@ -197,12 +198,12 @@ class _Keys:
         self.ver, self.seq, self.inst, self.q, self.qvis = p + "ver", p + "seq", p + "inst", p + "q", p + "qvis"
         self.tk, self.locks, self.work, self.wcall, self.hb = p + "tk", p + "locks", p + "work", p + "wcall", p + "hb"
         self.waiting, self.admitted, self.qleases, self.qadm = p + "waiting", p + "admitted", p + "qleases", p + "qadm"
-        self.keys, self.wake, self.probe = p + "keys", p + "wake", p + "probe"
+        self.keys, self.wake, self.probe, self.sched = p + "keys", p + "wake", p + "probe", p + "sched"
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
         self.typed = {self.ver: "string", self.seq: "string", self.inst: "hash", self.q: "hash", self.qvis: "zset",
                       self.tk: "hash", self.locks: "hash", self.work: "hash", self.wcall: "hash", self.hb: "hash",
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
-                      self.keys: "hash"}
+                      self.keys: "hash", self.sched: "hash"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -1089,6 +1090,95 @@ class RedisProvider(Provider):
             if not self._closed:
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
+
+    # -- schedules (one hash: id -> the row as JSON) -------------------------------
+
+    async def _schedule(self, pipe: Any, schedule_id: str) -> ScheduleRecord | None:
+        raw = await pipe.hget(self._k.sched, schedule_id)
+        return None if raw is None else ScheduleRecord(**orjson.loads(raw))
+
+    def _put_schedule_row(self, w: _Writes, record: ScheduleRecord) -> None:
+        w("hset", self._k.sched, record.schedule_id, orjson.dumps(dataclasses.asdict(record)))
+
+    async def put_schedule(self, record: ScheduleRecord, *, replace: bool = False) -> ScheduleRecord | None:
+        async def body(pipe: Any, w: _Writes) -> ScheduleRecord | None:
+            now = self.clock.now_ms()
+            old = await self._schedule(pipe, record.schedule_id)
+            if old is None:
+                stored = dataclasses.replace(record, created_at_ms=now, updated_at_ms=now, last_tick_ms=None,
+                                             last_instance_id=None, registered_at_ms=None)
+            elif not replace:
+                return None
+            else:  # an unchanged cron keeps its place, so every process may put it at start
+                stored = dataclasses.replace(
+                    old, cron=record.cron, orchestration=record.orchestration, input=record.input,
+                    version=record.version, catch_up=record.catch_up, updated_at_ms=now,
+                    next_tick_ms=old.next_tick_ms if old.cron == record.cron else record.next_tick_ms)
+            self._put_schedule_row(w, stored)
+            return stored
+
+        return await self._tx(body)
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        return await self._read(lambda pipe: self._schedule(pipe, schedule_id))
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        async def body(pipe: Any) -> list[ScheduleRecord]:
+            rows = [ScheduleRecord(**orjson.loads(raw)) for raw in (await pipe.hgetall(self._k.sched)).values()]
+            return sorted(rows, key=lambda r: r.schedule_id)
+
+        return await self._read(body)
+
+    async def set_schedule_paused(self, schedule_id: str, paused: bool, *,
+                                  next_tick_ms: int | None = None) -> ScheduleRecord | None:
+        async def body(pipe: Any, w: _Writes) -> ScheduleRecord | None:
+            old = await self._schedule(pipe, schedule_id)
+            if old is None:
+                return None
+            new = dataclasses.replace(old, paused=paused, updated_at_ms=self.clock.now_ms(),
+                                      next_tick_ms=old.next_tick_ms if next_tick_ms is None else next_tick_ms)
+            self._put_schedule_row(w, new)
+            return new
+
+        return await self._tx(body)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        async def body(pipe: Any, w: _Writes) -> bool:
+            if not await pipe.hexists(self._k.sched, schedule_id):
+                return False
+            w("hdel", self._k.sched, schedule_id)
+            return True
+
+        return await self._tx(body)
+
+    async def fire_schedule(self, fire: ScheduleFire) -> bool:
+        first = await self._ids(2 * len(fire.starts))
+
+        async def body(pipe: Any, w: _Writes) -> bool:
+            old = await self._schedule(pipe, fire.schedule_id)
+            if old is None or old.paused or old.next_tick_ms != fire.expected_next_tick_ms:
+                return False
+            for i, start in enumerate(fire.starts):
+                if await self._row(pipe, start.instance_id) is None:  # an id taken is never replaced
+                    self._create(w, start, uuid.uuid4().hex, first + 2 * i, first + 2 * i + 1)
+            last = ((fire.last_tick_ms, fire.starts[-1].instance_id) if fire.starts
+                    else (old.last_tick_ms, old.last_instance_id))
+            self._put_schedule_row(w, dataclasses.replace(
+                old, next_tick_ms=fire.next_tick_ms, last_tick_ms=last[0], last_instance_id=last[1],
+                updated_at_ms=self.clock.now_ms()))
+            return True
+
+        return await self._tx(body)
+
+    async def confirm_schedules(self, schedule_ids: Collection[str]) -> None:
+        async def body(pipe: Any, w: _Writes) -> None:
+            now = self.clock.now_ms()
+            for sid in schedule_ids:
+                old = await self._schedule(pipe, sid)
+                if old is not None:
+                    self._put_schedule_row(w, dataclasses.replace(old, registered_at_ms=now))
+
+        await self._tx(body)
 
     async def close(self) -> None:
         self._closed = True
