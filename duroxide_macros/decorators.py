@@ -362,6 +362,10 @@ class SyncActivity(Activity[P, R]):
         return self._direct(*args, **kwargs)  # type: ignore[no-any-return]
 
 
+#: The keyword options ``start()``/``run()`` pass to ``Client.start_orchestration``.
+_START_OPTIONS = ("if_exists", "idempotency_key", "deadline", "concurrency_key", "priority", "queue", "debounce",
+                  "debounce_key")
+
 #: What ``start(..., if_exists=)`` takes: an :class:`IfExists`, or its string (checked by type checkers).
 _IfExistsArg = IfExists | Literal["fail", "return_existing", "replace"]
 
@@ -379,10 +383,13 @@ class Orchestration(Generic[I, O]):
     """A registered orchestration with typed client helpers (start, wait, run, ...)."""
 
     def __init__(self, fn: Callable[[OrchestrationContext, I], Coroutine[Any, Any, O]], *, name: str | None,
-                 version: str) -> None:
+                 version: str, queue: str | None = None) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.version = version
+        #: The queue its starts through ``start()``/``run()`` wait in unless they name one (``None``: none;
+        #: ``duroxide_main`` refuses to start when ``RuntimeOptions(queues=...)`` does not configure it).
+        self.queue = None if queue is None else check_queue_name(queue, f"queue of orchestration {self.name!r}")
         functools.update_wrapper(self, fn)
         params = list(inspect.signature(fn).parameters.values())
         if not params:
@@ -509,38 +516,57 @@ class Orchestration(Generic[I, O]):
     @overload
     async def start(self, client: Client, instance_id: str, input: I, *, version: str | None = None,
                     if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
-                    deadline: timedelta | datetime | None = None) -> str: ...
+                    deadline: timedelta | datetime | None = None, concurrency_key: str | None = None,
+                    priority: int | None = None, queue: str | None = None,
+                    debounce: timedelta | float | None = None, debounce_key: str | None = None) -> str: ...
     @overload
     async def start(self, instance_id: str, input: I, *, version: str | None = None,
                     if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
-                    deadline: timedelta | datetime | None = None) -> str: ...
+                    deadline: timedelta | datetime | None = None, concurrency_key: str | None = None,
+                    priority: int | None = None, queue: str | None = None,
+                    debounce: timedelta | float | None = None, debounce_key: str | None = None) -> str: ...
     @overload
     async def start(self: Orchestration[None, O], client: Client, instance_id: str, *,
-                    version: str | None = None, if_exists: _IfExistsArg = IfExists.FAIL,
-                    idempotency_key: str | None = None, deadline: timedelta | datetime | None = None) -> str: ...
+                    version: str | None = None, if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
+                    deadline: timedelta | datetime | None = None, concurrency_key: str | None = None,
+                    priority: int | None = None, queue: str | None = None,
+                    debounce: timedelta | float | None = None, debounce_key: str | None = None) -> str: ...
     @overload
     async def start(self: Orchestration[None, O], instance_id: str, *, version: str | None = None,
                     if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
-                    deadline: timedelta | datetime | None = None) -> str: ...
+                    deadline: timedelta | datetime | None = None, concurrency_key: str | None = None,
+                    priority: int | None = None, queue: str | None = None,
+                    debounce: timedelta | float | None = None, debounce_key: str | None = None) -> str: ...
 
     async def start(self, *args: Any, **kwargs: Any) -> str:
         """Start instance ``instance_id`` with typed ``input``; returns the id of the instance that runs.
 
-        ``if_exists`` and ``idempotency_key`` are ``Client.start_orchestration``'s start policies;
-        ``deadline`` (a ``timedelta`` or an aware ``datetime``) is its deadline: an instance still
-        running then is cancelled, with cleanup.
+        The keyword options are ``Client.start_orchestration``'s: ``if_exists`` and
+        ``idempotency_key`` (start policies); ``deadline`` (a ``timedelta`` or an aware
+        ``datetime``: an instance still running then is cancelled, with cleanup);
+        ``concurrency_key`` and ``priority`` (queue limits and order); ``queue`` (default: the
+        ``@orchestration(queue=...)`` one, else none); ``debounce`` and ``debounce_key`` (one
+        instance after the quiet period, with the last input: see "Debounced starts" in
+        docs/runtime.md).
 
         Example::
 
             run_id = await checkout.start("order-7", order, idempotency_key="req-81c2",
-                                          deadline=timedelta(hours=1))
+                                          deadline=timedelta(hours=1), concurrency_key="customer-42")
         """
         version = kwargs.pop("version", None)
-        policy = {k: kwargs.pop(k) for k in ("if_exists", "idempotency_key", "deadline") if k in kwargs}
+        options = self._start_options(kwargs)
         client, v = self._bind("start", args, kwargs, ("instance_id", "input"))
         return await client.start_orchestration(v["instance_id"], self.name,
                                                 self.encode_input(v.get("input", _NO_INPUT)),
-                                                version=version or self.version, **policy)
+                                                version=version or self.version, **options)
+
+    def _start_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The start options ``kwargs`` holds (taken out of it), with this orchestration's default queue."""
+        options = {k: kwargs.pop(k) for k in _START_OPTIONS if k in kwargs}
+        if self.queue is not None and options.get("queue") is None:
+            options["queue"] = self.queue
+        return options
 
     # The status helpers return StatusOf[O] (OrchestrationStatus[O] as the union of its variants),
     # so that mypy too keeps O through `case OrchestrationStatus.Completed(output=x)`.
@@ -588,33 +614,42 @@ class Orchestration(Generic[I, O]):
     @overload
     async def run(self, client: Client, instance_id: str, input: I, timeout: timedelta | float = 30.0, *,
                   if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
-                  deadline: timedelta | datetime | None = None) -> O: ...
+                  deadline: timedelta | datetime | None = None, concurrency_key: str | None = None,
+                  priority: int | None = None, queue: str | None = None,
+                  debounce: timedelta | float | None = None, debounce_key: str | None = None) -> O: ...
     @overload
     async def run(self, instance_id: str, input: I, timeout: timedelta | float = 30.0, *,
                   if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
-                  deadline: timedelta | datetime | None = None) -> O: ...
+                  deadline: timedelta | datetime | None = None, concurrency_key: str | None = None,
+                  priority: int | None = None, queue: str | None = None,
+                  debounce: timedelta | float | None = None, debounce_key: str | None = None) -> O: ...
     @overload
     async def run(self: Orchestration[None, O], client: Client, instance_id: str,
-                  timeout: timedelta | float = 30.0, *, if_exists: _IfExistsArg = IfExists.FAIL,
-                  idempotency_key: str | None = None, deadline: timedelta | datetime | None = None) -> O: ...
+                  timeout: timedelta | float = 30.0, *, if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
+                  deadline: timedelta | datetime | None = None, concurrency_key: str | None = None,
+                  priority: int | None = None, queue: str | None = None,
+                  debounce: timedelta | float | None = None, debounce_key: str | None = None) -> O: ...
     @overload
     async def run(self: Orchestration[None, O], instance_id: str, timeout: timedelta | float = 30.0, *,
                   if_exists: _IfExistsArg = IfExists.FAIL, idempotency_key: str | None = None,
-                  deadline: timedelta | datetime | None = None) -> O: ...
+                  deadline: timedelta | datetime | None = None, concurrency_key: str | None = None,
+                  priority: int | None = None, queue: str | None = None,
+                  debounce: timedelta | float | None = None, debounce_key: str | None = None) -> O: ...
 
     async def run(self, *args: Any, **kwargs: Any) -> O:
         """Start and wait; return the typed output or raise :class:`OrchestrationFailedError`.
 
-        With ``if_exists`` or ``idempotency_key`` (see :meth:`start`) it waits for the
-        instance that runs: an existing one, or the one the key's first start named.
+        Takes :meth:`start`'s options. With ``if_exists``, ``idempotency_key`` or ``debounce``
+        it waits for the instance that runs: an existing one, the one the key's first start
+        named, or the one whose debounce window this start joined.
         With ``deadline`` (see :meth:`start`) an instance that runs past it raises
         :class:`OrchestrationFailedError` (``OrchestrationCancelled: deadline ... passed``).
         """
-        policy = {k: kwargs.pop(k) for k in ("if_exists", "idempotency_key", "deadline") if k in kwargs}
+        options = self._start_options(kwargs)
         client, v = self._bind("run", args, kwargs, ("instance_id", "input", "timeout"), {"timeout": 30.0})
         instance_id = await client.start_orchestration(v["instance_id"], self.name,
                                                        self.encode_input(v.get("input", _NO_INPUT)),
-                                                       version=self.version, **policy)
+                                                       version=self.version, **options)
         return self._output_or_raise(instance_id, await self.wait(client, instance_id, v["timeout"]))
 
     @overload
@@ -837,13 +872,13 @@ def orchestration(fn: Callable[[OrchestrationContext], Coroutine[Any, Any, O]], 
 @overload
 def orchestration(*, name: str | None = None, version: str = DEFAULT_VERSION, schedule: str | None = None,
                   catch_up: CatchUp | Literal["skip", "latest", "all"] = CatchUp.SKIP,
-                  schedule_input: Any = None) -> _OrchestrationDecorator: ...
+                  schedule_input: Any = None, queue: str | None = None) -> _OrchestrationDecorator: ...
 
 
 def orchestration(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
                   version: str = DEFAULT_VERSION, schedule: str | None = None,
                   catch_up: CatchUp | Literal["skip", "latest", "all"] = CatchUp.SKIP,
-                  schedule_input: Any = None) -> Any:
+                  schedule_input: Any = None, queue: str | None = None) -> Any:
     """Declare an orchestration (``async def f(ctx, input) -> output``), registered when decorated.
 
     ``schedule`` (a cron expression, UTC; 6 fields: seconds first) starts it at every tick:
@@ -851,10 +886,19 @@ def orchestration(fn: Callable[..., Any] | None = None, /, *, name: str | None =
     start, with ``catch_up`` and ``schedule_input`` (encoded as the input type). A
     malformed cron raises :class:`InvalidScheduleError` here, at decoration.
 
+    ``queue`` is the queue its instances wait in for a slot when started through
+    ``start()``/``run()`` (an explicit ``queue=`` there overrides it; ``queue="default"``
+    starts at once). A malformed name raises :class:`InvalidInputError` here;
+    ``duroxide_main`` refuses to start, with :class:`UnknownQueueError`, when its
+    ``RuntimeOptions(queues=...)`` do not configure it.
+
     Example::
 
         @orchestration(schedule="*/5 * * * *", catch_up="latest")
         async def sweep(ctx: OrchestrationContext) -> int: ...
+
+        @orchestration(queue="emails")
+        async def send_digest(ctx: OrchestrationContext, user: str) -> None: ...
     """
     planned = None if schedule is None else (check_cron(schedule, "schedule"), check_catch_up(catch_up))
 
@@ -862,7 +906,7 @@ def orchestration(fn: Callable[..., Any] | None = None, /, *, name: str | None =
         if not inspect.iscoroutinefunction(f):
             raise ConfigurationError(f"orchestration {getattr(f, '__qualname__', f)!r} is not `async def`",
                                      fix="declare it as `async def f(ctx: OrchestrationContext, input) -> output`")
-        orch: Orchestration[Any, Any] = Orchestration(f, name=name, version=version)
+        orch: Orchestration[Any, Any] = Orchestration(f, name=name, version=version, queue=queue)
         if planned is not None:
             orch.schedule = DeclaredSchedule(planned[0].text, planned[1], orch.encode_input(schedule_input))
         register_orchestration(orch)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .decorators import Activity, Orchestration
 
 __all__ = ["register_activity", "register_orchestration", "discovered_activities",
-           "discovered_orchestrations", "check_activity_queues", "create_declared_schedules"]
+           "discovered_orchestrations", "check_declared_queues", "create_declared_schedules"]
 
 _log = logging.getLogger("duroxide.discovery")
 _activities: dict[str, Activity[Any, Any]] = {}
@@ -76,15 +76,18 @@ def discovered_activities() -> ActivityRegistry:
     return builder.build()
 
 
-def check_activity_queues(queues: Collection[str]) -> None:
-    """Refuse to start when a decorated activity names a queue ``queues`` does not configure.
+def check_declared_queues(queues: Collection[str]) -> None:
+    """Refuse to start when a decorated activity or orchestration names a queue ``queues`` does not configure.
 
-    Raises :class:`UnknownQueueError` naming the first such queue and its activity, so a
-    misspelt ``@activity(queue=...)`` stops the program at start, not at its first call.
+    Raises :class:`UnknownQueueError` naming the first such queue and who declared it, so a
+    misspelt ``@activity(queue=...)`` or ``@orchestration(queue=...)`` stops the program at
+    start, not at its first call or start.
     """
-    for act in _activities.values():
-        if act.queue is not None and act.queue != DEFAULT_QUEUE and act.queue not in queues:
-            raise UnknownQueueError(act.queue, [DEFAULT_QUEUE, *sorted(queues)])
+    declared = [(act.queue, f"activity {act.name!r}") for act in _activities.values()]
+    declared += [(orch.queue, f"orchestration {orch.name!r}") for orch in _orchestrations.values()]
+    for queue, who in declared:
+        if queue is not None and queue != DEFAULT_QUEUE and queue not in queues:
+            raise UnknownQueueError(queue, [DEFAULT_QUEUE, *sorted(queues)], declared_by=who)
 
 
 def discovered_orchestrations() -> OrchestrationRegistry:

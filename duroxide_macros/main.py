@@ -56,7 +56,7 @@ from .extras import require_extra
 if TYPE_CHECKING:
     from duroxide_runtime import PrometheusMetrics  # loads prometheus_client: imported where metrics are on
 
-from .discovery import check_activity_queues, create_declared_schedules
+from .discovery import check_declared_queues, create_declared_schedules
 from .ambient import set_ambient_client
 from .otlp import TracingSetup
 
@@ -325,7 +325,7 @@ async def _main(body: Callable[[], Coroutine[Any, Any, Any]], config: _Config) -
         ui = None
         try:
             options = config.options or RuntimeOptions()
-            check_activity_queues(options.queues)
+            check_declared_queues(options.queues)
             builder = (Runtime.builder().store(store).discover_activities().discover_orchestrations()
                        .options(options))
             if config.metrics:

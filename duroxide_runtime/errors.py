@@ -704,9 +704,10 @@ class UnknownQueueError(DuroxideError):
 
     code = ErrorCode.UNKNOWN_QUEUE
 
-    def __init__(self, queue: str, known: list[str]) -> None:
+    def __init__(self, queue: str, known: list[str], *, declared_by: str | None = None) -> None:
         listed = ", ".join(repr(q) for q in known)
-        super().__init__(f"queue {queue!r} is not configured (configured: {listed})",
+        by = "" if declared_by is None else f" ({declared_by} names it)"
+        super().__init__(f"queue {queue!r}{by} is not configured (configured: {listed})",
                          fix=f"add {queue!r}: QueueOptions(...) to RuntimeOptions(queues=...) in every process, "
                              "or name a configured queue")
         self.queue = queue

@@ -147,7 +147,7 @@ def test_correct_code_is_clean(checker: str, checked: dict[str, CheckerRun]) -> 
 def test_wrong_argument_types_are_reported_on_their_lines(checker: str, checked: dict[str, CheckerRun]) -> None:
     run = checked[checker]
     expected = markers("typing_bad_args.py", "E")
-    assert len(expected) == 22
+    assert len(expected) == 25
     reported = run.error_lines("typing_bad_args.py")
     missing = {line: why for line, why in expected.items() if line not in reported}
     assert not missing, f"{checker} missed {missing}:\n{_listing(run, 'typing_bad_args.py')}"
