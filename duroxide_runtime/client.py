@@ -25,6 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .clock import clock_part
 from .deadlines import deadline_cancel, deadline_ms
+from .debounce import check_debounce
 from .engine.output import LIVE_STATUSES, TERMINAL_STATUSES
 from .errors import (
     InstanceAlreadyExistsError, InstanceNotFoundError, InstanceStateError, InstanceStillRunningError, InvalidInputError,
@@ -130,7 +131,9 @@ class Client:
                                   deadline: timedelta | datetime | None = None,
                                   concurrency_key: str | None = None,
                                   priority: int | None = None,
-                                  queue: str | None = None) -> str:
+                                  queue: str | None = None,
+                                  debounce: timedelta | float | None = None,
+                                  debounce_key: str | None = None) -> str:
         """Create instance ``instance_id`` running orchestration ``name`` with ``input``; returns the
         id of the instance that runs (``instance_id``, or the one ``idempotency_key`` recorded).
 
@@ -167,6 +170,16 @@ class Client:
         against ``per_key_concurrency``). A queue the runtimes do not configure keeps it
         waiting; with a runtime of this store object in this process, such a queue raises
         :class:`UnknownQueueError` here instead. ``"default"`` (or ``None``) starts it at once.
+        ``debounce`` (a ``timedelta`` or seconds, up to 7 days) holds the start back for that
+        quiet period, per (``name``, ``debounce_key``; default: ``instance_id``): the first
+        such start creates the instance (Pending) and returns its id; each later one while
+        the held start has not been picked up replaces its input (the last input wins),
+        pushes its start to now + ``debounce`` and returns the held instance's id, whatever
+        id it named. Once a runtime picked the start up, the next one opens a new window
+        (a new instance: its id must be free). Refused before anything is stored, with
+        :class:`InvalidInputError`: a ``debounce`` not above 0 or over 7 days, and
+        ``debounce`` with ``idempotency_key``, ``deadline``, ``if_exists="replace"`` or a
+        ``queue`` (see :mod:`duroxide_runtime.debounce`).
 
         Example::
 
@@ -186,6 +199,8 @@ class Client:
             check_identifier(version, "version", MAX_VERSION_CHARS)
         check_text(input, "input")
         self._check_size(input, "input")
+        debounced = check_debounce(debounce, debounce_key, instance_id, if_exists=policy, idempotency_key=key,
+                                   deadline=deadline, queue=queue)
         due = None if deadline is None else deadline_ms(deadline, self.clock.now_ms())
         if self.check_names:
             refused = local_runtimes.refusal(self.store, name, version) or (
@@ -195,6 +210,9 @@ class Client:
         start = StartOrchestration(instance_id=instance_id, name=name, version=version, input=input,
                                    trace_context=current_traceparent(), deadline_ms=due,
                                    concurrency_key=concurrency_key, priority=priority, queue=queue)
+        if debounced is not None:
+            return self._started(policy, await self.store.debounce_start(
+                start, debounce_key=debounced[1], quiet_ms=debounced[0]))
         if policy is IfExists.FAIL and key is None and due is None:
             # The plain start: the store's cheapest write (PostgreSQL batches concurrent ones).
             await self.store.create_instance(start)
@@ -213,6 +231,9 @@ class Client:
             self._wake.notify_orchestrator()
             return outcome.instance_id
         existing = outcome.existing
+        if outcome.debounced:
+            self._wake.notify_orchestrator()  # the held start's due time moved: dispatchers re-read it
+            return outcome.instance_id
         if outcome.by_key or existing is None or policy is IfExists.RETURN_EXISTING:
             return outcome.instance_id
         if policy is IfExists.REPLACE:

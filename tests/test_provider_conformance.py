@@ -302,6 +302,82 @@ async def test_concurrent_starts_with_one_key_create_exactly_one_instance(store:
     assert all(o.existing is not None and o.existing.status == "Pending" for o in replaces if not o.created)
 
 
+# -- debounce_start (debounced starts) ------------------------------------------------------
+
+
+async def test_a_debounced_start_opens_a_window_whose_start_is_held_until_its_quiet_period_ends(
+        store: Provider, clock: ManualClock) -> None:
+    outcome = await store.debounce_start(start_msg("d1", input="1"), debounce_key="k", quiet_ms=5_000)
+    assert outcome == StartOutcome("d1", created=True)
+    rec = await store.get_instance("d1")
+    assert rec is not None and rec.status == "Pending"
+    result = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert result.items == [] and result.next_due_ms == clock.now_ms() + 5_000
+    clock.advance(5)
+    item = await fetch_one(store, "d1")
+    assert [m.message for m in item.messages] == [start_msg("d1", input="1")]
+
+
+async def test_a_debounced_start_joins_an_open_window_with_its_input_and_pushes_its_due_time(
+        store: Provider, clock: ManualClock) -> None:
+    await store.debounce_start(start_msg("d1", input="1"), debounce_key="k", quiet_ms=5_000)
+    clock.advance(4)
+    # Another id named: the window's instance is returned, with this call's input; nothing else is made.
+    joined = await store.debounce_start(start_msg("d2", input="2"), debounce_key="k", quiet_ms=5_000)
+    assert joined == StartOutcome("d1", created=False, debounced=True)
+    clock.advance(2)  # past the first call's due time, not the second's
+    result = await store.fetch_orchestration_items(10, LONG_LOCK)
+    assert result.items == [] and result.next_due_ms == clock.now_ms() + 3_000
+    clock.advance(3)
+    item = await fetch_one(store, "d1")
+    assert [m.message for m in item.messages] == [start_msg("d1", input="2")]
+    assert [r.instance_id for r in await store.list_instances()] == ["d1"]
+
+
+async def test_a_window_closes_when_its_start_is_picked_up_and_the_next_start_opens_a_new_one(
+        store: Provider, clock: ManualClock) -> None:
+    await store.debounce_start(start_msg("d1", input="1"), debounce_key="k", quiet_ms=1_000)
+    clock.advance(1)
+    item = await fetch_one(store, "d1")
+    # Picked up (its turn not committed yet): the window is closed, and an abandoned fetch keeps it so.
+    await store.abandon_orchestration_item("d1", item.lock_token, 0)
+    second = await store.debounce_start(start_msg("d2", input="2"), debounce_key="k", quiet_ms=1_000)
+    assert second == StartOutcome("d2", created=True)
+    # The new window's instance id must be free: a taken one is reported, nothing is written.
+    await commit_one(store, commit_for(await fetch_one(store, "d1"), new_events=[started(input="1")],
+                                       update=running()))
+    clock.advance(1)
+    await commit_one(store, commit_for(await fetch_one(store, "d2"), new_events=[started(input="2")],
+                                       update=running()))
+    taken = await store.debounce_start(start_msg("d1", input="3"), debounce_key="k", quiet_ms=1_000)
+    assert not taken.created and not taken.debounced and taken.existing is not None
+    assert taken.existing.status == "Running"
+    assert sorted(r.instance_id for r in await store.list_instances()) == ["d1", "d2"]
+    assert (await store.fetch_orchestration_items(10, LONG_LOCK)).items == []
+
+
+async def test_debounce_windows_are_per_orchestration_name_and_key(store: Provider, clock: ManualClock) -> None:
+    a = await store.debounce_start(start_msg("a", name="A", input="a"), debounce_key="k", quiet_ms=1_000)
+    b = await store.debounce_start(start_msg("b", name="B", input="b"), debounce_key="k", quiet_ms=1_000)
+    c = await store.debounce_start(start_msg("c", name="A", input="c"), debounce_key="other", quiet_ms=1_000)
+    assert (a.created, b.created, c.created) == (True, True, True)
+    clock.advance(1)
+    items = await fetch_items(store)
+    assert {iid: [m.message.input for m in item.messages if isinstance(m.message, StartOrchestration)]
+            for iid, item in items.items()} == {"a": ["a"], "b": ["b"], "c": ["c"]}
+
+
+async def test_concurrent_debounced_starts_of_one_key_make_one_instance(store: Provider, clock: ManualClock) -> None:
+    outcomes = await asyncio.gather(*(store.debounce_start(start_msg(f"d{n}", input=str(n)), debounce_key="k",
+                                                           quiet_ms=1_000) for n in range(10)))
+    assert sum(o.created for o in outcomes) == 1 and sum(o.debounced for o in outcomes) == 9
+    winner = next(o.instance_id for o in outcomes if o.created)
+    assert {o.instance_id for o in outcomes} == {winner}
+    clock.advance(1)
+    item = await fetch_one(store, winner)
+    assert len(item.messages) == 1 and [r.instance_id for r in await store.list_instances()] == [winner]
+
+
 async def test_send_returns_record_and_enqueues_for_live_instance(store: Provider) -> None:
     await begin(store, "i1")
     rec = await store.send(event_msg("i1", "a", "1"))

@@ -41,7 +41,7 @@ __all__ = [
     "InstanceQuery", "InstancePage", "InstanceCount", "FailureGroup", "StoreOverview", "MAX_PAGE_LIMIT",
     "MINUTE_MS", "UNKNOWN_ERROR_TYPE", "CORRUPT_ERROR_TYPE", "encode_cursor", "decode_cursor", "check_query", "page_of",
     "failure_type", "make_overview", "StartOutcome", "QueueStats", "WAITING_OFFSET_MS", "WAITING_LOCK_TOKEN", "WAITING_LOCK_UNTIL",
-    "ScheduleRecord", "ScheduleFire",
+    "ScheduleRecord", "ScheduleFire", "check_debounced_start",
 ]
 
 
@@ -144,9 +144,11 @@ class StartOutcome:
     ``instance_id``: the instance that runs (the start's, or the one its idempotency key
     recorded). ``created``: this call wrote a new instance (fresh, or replacing a finished
     one: then ``replaced`` lists the ids deleted, the old instance's first). ``by_key``: the
-    idempotency key named an earlier start, and nothing was written. Otherwise the id was
-    taken and kept: ``existing`` is its row as found, and the caller decides what that
-    means (fail, return it, refuse the replace).
+    idempotency key named an earlier start, and nothing was written. ``debounced``: a
+    debounced start (:meth:`Provider.debounce_start`) joined the open window of
+    ``instance_id``: its held start took this call's input and due time, nothing was created.
+    Otherwise the id was taken and kept: ``existing`` is its row as found, and the caller
+    decides what that means (fail, return it, refuse the replace).
 
     Example::
 
@@ -160,6 +162,7 @@ class StartOutcome:
     existing: InstanceRecord | None = None
     replaced: tuple[str, ...] = ()
     by_key: bool = False
+    debounced: bool = False
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,20 @@ WAITING_OFFSET_MS = 2**60
 #: The lock an instance waiting for its queue holds until admitted: no dispatcher fetches it.
 WAITING_LOCK_TOKEN = "waiting-for-queue"
 WAITING_LOCK_UNTIL = 2**62
+
+
+def check_debounced_start(start: StartOrchestration, quiet_ms: int) -> None:
+    """What every store's :meth:`Provider.debounce_start` requires (the client checks it first):
+    a start waiting in no queue, and a positive quiet period. Else :class:`InvalidInputError`.
+
+    Example: ``check_debounced_start(start, 5000)`` passes for a start with ``queue=None``.
+    """
+    if start.queue is not None:
+        raise InvalidInputError("queue", "is set on a debounced start: a held start waits in no queue",
+                                fix="start without queue= (or queue='default') when debouncing")
+    if isinstance(quiet_ms, bool) or not isinstance(quiet_ms, int) or quiet_ms <= 0:
+        raise InvalidInputError("debounce", f"is {quiet_ms!r} ms, not a positive whole number",
+                                fix="pass a positive quiet period")
 
 
 # -- schedules -----------------------------------------------------------------------
@@ -648,6 +665,29 @@ class Provider(ABC):
         An expired key counts as absent and is overwritten; expired keys are deleted in
         the background of later keyed starts. A retry after a reply lost once the store
         committed must report what the first attempt did (its incarnation, or its key).
+        """
+
+    @abstractmethod
+    async def debounce_start(self, start: StartOrchestration, *, debounce_key: str, quiet_ms: int) -> StartOutcome:
+        """A debounced start, in one transaction: one instance per quiet period of (``start.name``, ``debounce_key``).
+
+        The store keeps one window per (orchestration name, ``debounce_key``), naming an
+        instance and its held start (the queued ``StartOrchestration``). The window is
+        *open* while that start is still queued and was never fetched (its delivery count
+        is 0): no dispatcher has picked it up. Then:
+
+        1. Open window: the held start becomes ``start`` (with the held instance's id: the
+           last call's input wins) and becomes visible at now + ``quiet_ms`` (by the store's
+           clock); returns the held instance's id, ``debounced``. Nothing is created.
+        2. No window, or a closed one: if ``start.instance_id`` is taken, nothing is written
+           and ``existing`` is its row. Otherwise the instance is created (status Pending)
+           with its start held back until now + ``quiet_ms`` (invisible to fetches until
+           then, as a ``TurnCommit`` message with a visible-at time), and the window names
+           it (``created``). A closed window is overwritten here (collected lazily).
+
+        Of concurrent calls for one (name, key), from any number of processes, each sees
+        the window as the one before it left it: one instance per open window, never two.
+        ``start`` names no queue (:func:`check_debounced_start`); ``quiet_ms`` is positive.
         """
 
     @abstractmethod

@@ -27,7 +27,7 @@ from .base import (
     MINUTE_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite, InstanceCount, InstancePage,
     InstanceQuery, QueueDepths, QueueStats, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, ScheduleFire,
     ScheduleRecord, StartOutcome, StoreOverview,
-    TurnCommit, WorkCompletion, WorkLease, check_query, failure_type, make_overview, page_of, status_admits,
+    TurnCommit, WorkCompletion, WorkLease, check_debounced_start, check_query, failure_type, make_overview, page_of, status_admits,
     timer_key,
 )
 from ..clock import SYSTEM_CLOCK, Clock
@@ -95,6 +95,8 @@ class InMemoryProvider(Provider):
         self._start_keys: dict[str, tuple[str, int]] = {}
         self._next_key_gc = 0.0
         self._schedules: dict[str, ScheduleRecord] = {}
+        #: Debounce windows: (orchestration name, debounce key) -> (instance id, queue id of its held start).
+        self._debounce: dict[tuple[str, str], tuple[str, int]] = {}
 
     # -- client side -------------------------------------------------------------
 
@@ -129,6 +131,26 @@ class InMemoryProvider(Provider):
         if idempotency_key is not None:
             self._start_keys[idempotency_key] = (iid, now)
         return StartOutcome(iid, created=True, replaced=tuple(replaced))
+
+    async def debounce_start(self, start: StartOrchestration, *, debounce_key: str, quiet_ms: int) -> StartOutcome:
+        check_debounced_start(start, quiet_ms)
+        # No await in here: one step of the event loop, as atomic as a transaction.
+        due = self.clock.now_ms() + quiet_ms
+        window = self._debounce.get((start.name, debounce_key))
+        if window is not None:
+            held_id, qid = window
+            held = self._queue.get(qid)
+            if held is not None and held.dequeue_count == 0 and held.message.instance_id == held_id:
+                held.message = replace(start, instance_id=held_id)  # the last input wins
+                held.visible_at = due
+                return StartOutcome(held_id, created=False, debounced=True)
+        record = self._instances.get(start.instance_id)
+        if record is not None:
+            return StartOutcome(start.instance_id, created=False, existing=record)
+        self._create_row(start)
+        qid = self._enqueue(start, due)
+        self._debounce[(start.name, debounce_key)] = (start.instance_id, qid)
+        return StartOutcome(start.instance_id, created=True)
 
     def _collect_keys(self, expired_before: int) -> None:
         """Forget expired idempotency keys, at most once a minute (a scan of every key)."""
@@ -576,9 +598,10 @@ class InMemoryProvider(Provider):
             created_at_ms=now, updated_at_ms=now, parent_instance_id=start.parent_instance_id,
             incarnation=uuid.uuid4().hex)
 
-    def _enqueue(self, message: OrchestratorMessage, visible_at: int | None) -> None:
+    def _enqueue(self, message: OrchestratorMessage, visible_at: int | None) -> int:
         qid = next(self._ids)
         self._queue[qid] = _Queued(qid, message, visible_at if visible_at is not None else 0)
+        return qid
 
 
 def _call_key(work: ActivityWork) -> CallKey:

@@ -74,7 +74,7 @@ from .base import (
     WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
     OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, QueueStats, WorkCompletion, WorkLease,
     check_query, decode_error_details, make_overview, page_of, status_admits, StartOutcome, ScheduleFire,
-    ScheduleRecord,
+    ScheduleRecord, check_debounced_start,
 )
 from .postgres_queries import listing_sql, overview_parts
 from .queue_slots import QueueSlots, limited_queues
@@ -499,6 +499,13 @@ CREATE TABLE IF NOT EXISTS {s}.schedules (
     version text, catch_up text NOT NULL, paused boolean NOT NULL DEFAULT false, next_tick bigint NOT NULL,
     last_tick bigint, last_instance_id text, created_at bigint NOT NULL, updated_at bigint NOT NULL,
     registered_at bigint);
+"""),
+    # Debounced starts (Provider.debounce_start): one window per (orchestration name, key), naming
+    # the held instance and its queued start; the row is the lock every start of that key takes.
+    (11, """
+CREATE TABLE IF NOT EXISTS {s}.debounce_windows (
+    name text NOT NULL, debounce_key text NOT NULL, instance_id text NOT NULL, message_id bigint NOT NULL,
+    PRIMARY KEY (name, debounce_key));
 """),
 ]
 
@@ -972,6 +979,60 @@ class PostgresProvider(Provider):
                     return StartOutcome(iid, created=True, replaced=tuple(replaced))
             raise StoreError(f"instance {iid!r} was created and deleted again while this start ran",
                              fix="retry the start")
+
+        return await self._tx(op)
+
+    async def debounce_start(self, start: StartOrchestration, *, debounce_key: str, quiet_ms: int) -> StartOutcome:
+        """One transaction that first locks the window row of (name, key), creating it if absent:
+        concurrent debounced starts of one key, from any process, take turns there."""
+        check_debounced_start(start, quiet_ms)
+        s = self.schema
+        # Made once per call: a retry after a reply lost once the server committed finds its own row.
+        incarnation = uuid.uuid4().hex
+
+        async def op(conn: _Conn) -> StartOutcome:
+            now = self.clock.now_ms()
+            due = now + quiet_ms
+            # INSERT ... ON CONFLICT DO UPDATE locks the row whether it inserts or finds it; a
+            # concurrent first insert of the same key waits for this transaction, then sees its row.
+            # ('', 0) is "no window yet".
+            window = await conn.fetchrow(
+                f"INSERT INTO {s}.debounce_windows AS d (name, debounce_key, instance_id, message_id) "
+                "VALUES ($1, $2, '', 0) ON CONFLICT (name, debounce_key) DO UPDATE SET message_id = d.message_id "
+                "RETURNING d.instance_id, d.message_id", start.name, debounce_key)
+            held_id = window["instance_id"]
+            if held_id:
+                # Open while its start was never fetched; a fetch that locked the row first has
+                # raised its delivery count, and this update then finds nothing (the window closed).
+                joined = await conn.fetchval(
+                    f"UPDATE {s}.orchestrator_queue SET message = $1, visible_at = $2 "
+                    "WHERE id = $3 AND instance_id = $4 AND dequeue_count = 0 RETURNING true",
+                    encode_message(dataclasses.replace(start, instance_id=held_id)), due, window["message_id"],
+                    held_id)
+                if joined:
+                    await conn.execute("SELECT pg_notify($1, '')", self._orch_channel)  # dispatchers re-read the due time
+                    return StartOutcome(held_id, created=False, debounced=True)
+            iid = start.instance_id
+            created = await conn.fetchval(
+                f"INSERT INTO {s}.instances(instance_id, name, version, execution_id, status, created_at, updated_at, "
+                "parent_instance_id, incarnation) VALUES ($1, $2, $3, $4, 'Pending', $5, $5, $6, $7) "
+                "ON CONFLICT (instance_id) DO NOTHING RETURNING true",
+                iid, start.name, start.version, start.execution_id, now, start.parent_instance_id, incarnation)
+            if not created:
+                row = await conn.fetchrow(f"SELECT {_INSTANCE_COLS} FROM {s}.instances WHERE instance_id = $1", iid)
+                if row is None:
+                    raise StoreError(f"instance {iid!r} was deleted while this start ran", fix="retry the start")
+                if row["incarnation"] == incarnation:
+                    return StartOutcome(iid, created=True)  # this call's first attempt committed
+                return StartOutcome(iid, created=False, existing=_record(row))
+            qid = await conn.fetchval(
+                f"INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at) VALUES ($1, $2, $3) RETURNING id",
+                iid, encode_message(start), due)
+            await conn.execute(
+                f"UPDATE {s}.debounce_windows SET instance_id = $3, message_id = $4 WHERE name = $1 AND debounce_key = $2",
+                start.name, debounce_key, iid, qid)
+            await conn.execute("SELECT pg_notify($1, '')", self._orch_channel)
+            return StartOutcome(iid, created=True)
 
         return await self._tx(op)
 

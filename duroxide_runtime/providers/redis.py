@@ -21,7 +21,8 @@ applications can share one server:
   ``wcall`` (hash) call key -> work id; ``hb`` (hash) heartbeats.
 * ``waiting`` / ``admitted`` (hashes) instances of a queue; ``qleases`` / ``qadm``
   (hashes) the recent lease and admission times of rate-limited queues;
-  ``keys`` (hash) idempotency keys; ``seq`` ids; ``ver`` the transaction fence;
+  ``keys`` (hash) idempotency keys; ``debounce`` (hash) debounce windows, ``[name, key]``
+  (JSON) -> ``[instance id, message id]``; ``seq`` ids; ``ver`` the transaction fence;
   ``tx:<id>`` short-lived markers of committed transactions (a retry after a lost
   reply finds them); ``wake`` the pub/sub channel that wakes other processes.
 
@@ -61,7 +62,7 @@ from .base import (
     MINUTE_MS, WAITING_OFFSET_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite,
     InstanceCount, InstancePage, InstanceQuery, InstanceRecord, OrchestrationItem, Provider, QueueDepths,
     QueuedMessage, QueueStats, ScheduleFire, ScheduleRecord, StartOutcome, StoreOverview, TurnCommit, WorkCompletion,
-    WorkLease, check_query,
+    WorkLease, check_debounced_start, check_query,
     decode_error_details, failure_type, make_overview, page_of, status_admits, timer_key,
 )
 from .queue_slots import QueueSlots, limited_queues
@@ -199,11 +200,12 @@ class _Keys:
         self.tk, self.locks, self.work, self.wcall, self.hb = p + "tk", p + "locks", p + "work", p + "wcall", p + "hb"
         self.waiting, self.admitted, self.qleases, self.qadm = p + "waiting", p + "admitted", p + "qleases", p + "qadm"
         self.keys, self.wake, self.probe, self.sched = p + "keys", p + "wake", p + "probe", p + "sched"
+        self.debounce = p + "debounce"
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
         self.typed = {self.ver: "string", self.seq: "string", self.inst: "hash", self.q: "hash", self.qvis: "zset",
                       self.tk: "hash", self.locks: "hash", self.work: "hash", self.wcall: "hash", self.hb: "hash",
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
-                      self.keys: "hash", self.sched: "hash"}
+                      self.keys: "hash", self.sched: "hash", self.debounce: "hash"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -512,6 +514,41 @@ class RedisProvider(Provider):
             if idempotency_key is not None:
                 w("hset", k.keys, idempotency_key, orjson.dumps([iid, now]))
             return StartOutcome(iid, created=True, replaced=tuple(replaced))
+
+        return await self._tx(body)
+
+    async def debounce_start(self, start: StartOrchestration, *, debounce_key: str, quiet_ms: int) -> StartOutcome:
+        check_debounced_start(start, quiet_ms)
+        incarnation = uuid.uuid4().hex
+        qid = await self._ids(1)
+        window_field = orjson.dumps([start.name, debounce_key])
+
+        async def body(pipe: Any, w: _Writes) -> StartOutcome:
+            # Watched like every write: a concurrent start of the same key (any process) that
+            # commits first makes this one redo its reads, and find its window.
+            k = self._k
+            due = self.clock.now_ms() + quiet_ms
+            window = await pipe.hget(k.debounce, window_field)
+            if window is not None:
+                held_id, held_qid = orjson.loads(window)
+                raw = await pipe.hget(k.q, held_qid)
+                held = None if raw is None else _Queued.load(held_qid, raw)
+                if held is not None and held.dequeue_count == 0 and held.message.instance_id == held_id:
+                    message = dataclasses.replace(start, instance_id=held_id)  # the last input wins
+                    w("hset", k.q, held_qid, _Queued(held_qid, message, encode_message(message), due, 0,
+                                                     held.lock_token).dump())
+                    w("zadd", k.qvis, {str(held_qid): due})
+                    w.wakes.add(b"o")  # dispatchers re-read the next due time
+                    return StartOutcome(held_id, created=False, debounced=True)
+            record = await self._row(pipe, start.instance_id)
+            if record is not None:
+                if record.incarnation == incarnation:  # our own commit, whose reply was lost
+                    return StartOutcome(start.instance_id, created=True)
+                return StartOutcome(start.instance_id, created=False, existing=record)
+            w("hset", k.inst, start.instance_id, _dump_row(self._new_row(start, incarnation)))
+            self._enqueue(w, qid, start, due)
+            w("hset", k.debounce, window_field, orjson.dumps([start.instance_id, qid]))
+            return StartOutcome(start.instance_id, created=True)
 
         return await self._tx(body)
 

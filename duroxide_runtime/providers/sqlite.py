@@ -23,6 +23,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -36,6 +37,7 @@ from .base import (
     WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, QueueStats, decode_error_details, InstanceRecord,
     InstancePage, InstanceQuery, OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit,
     WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key, StartOutcome, ScheduleFire, ScheduleRecord,
+    check_debounced_start,
 )
 from .queue_slots import QueueSlots, limited_queues
 from .sqlite_queries import listing_sql, overview_parts
@@ -52,7 +54,7 @@ _T = TypeVar("_T")
 #: Seconds a caller waits for its write to be committed (a stalled disk) before StoreTimeoutError.
 DEFAULT_WRITE_TIMEOUT = 120.0
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS duroxide_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -104,6 +106,9 @@ CREATE TABLE IF NOT EXISTS schedules (
     version TEXT, catch_up TEXT NOT NULL, paused INTEGER NOT NULL DEFAULT 0, next_tick INTEGER NOT NULL,
     last_tick INTEGER, last_instance_id TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
     registered_at INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS debounce_windows (
+    name TEXT NOT NULL, debounce_key TEXT NOT NULL, instance_id TEXT NOT NULL, message_id INTEGER NOT NULL,
+    PRIMARY KEY (name, debounce_key)) WITHOUT ROWID;
 """
 
 _SCHEDULE_COLS = ("schedule_id, cron, orchestration, input, version, catch_up, paused, next_tick, last_tick, "
@@ -330,6 +335,7 @@ class SqliteProvider(Provider):
             # instance's admission state (_add_queue_columns); queue_leases (lease and
             # admission times of rate-limited queues) and the indexes, created by _SCHEMA above.
             # v8: schedules (cron schedules, duroxide_runtime.schedules), created by _SCHEMA above.
+            # v9: debounce_windows (debounced starts' windows, Provider.debounce_start), created by _SCHEMA above.
             conn.execute("UPDATE duroxide_schema SET version=?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -421,6 +427,35 @@ class SqliteProvider(Provider):
             return StartOutcome(iid, created=True, replaced=tuple(replaced))
 
         return await self._write(op, durable=True, what="a start")
+
+    async def debounce_start(self, start: StartOrchestration, *, debounce_key: str, quiet_ms: int) -> StartOutcome:
+        check_debounced_start(start, quiet_ms)
+
+        def op(conn: sqlite3.Connection) -> StartOutcome:
+            # One write transaction (BEGIN IMMEDIATE): debounced starts from every process take
+            # turns, so each finds the window as the one before it left it.
+            now = self.clock.now_ms()
+            window = conn.execute("SELECT instance_id, message_id FROM debounce_windows WHERE name=? AND debounce_key=?",
+                                  (start.name, debounce_key)).fetchone()
+            if window is not None:
+                held_id, qid = window
+                # Open while its start was never fetched: then it takes this call's input and due time.
+                if conn.execute("UPDATE orchestrator_queue SET message=?, visible_at=? "
+                                "WHERE id=? AND instance_id=? AND dequeue_count=0",
+                                (encode_message(replace(start, instance_id=held_id)), now + quiet_ms, qid,
+                                 held_id)).rowcount:
+                    return StartOutcome(held_id, created=False, debounced=True)
+            record = _get_instance(conn, start.instance_id)
+            if record is not None:
+                return StartOutcome(start.instance_id, created=False, existing=record)
+            _insert_instance(conn, start, now)
+            cursor = conn.execute("INSERT INTO orchestrator_queue(instance_id, message, visible_at) VALUES (?,?,?)",
+                                  (start.instance_id, encode_message(start), now + quiet_ms))
+            conn.execute("INSERT OR REPLACE INTO debounce_windows(name, debounce_key, instance_id, message_id) "
+                         "VALUES (?,?,?,?)", (start.name, debounce_key, start.instance_id, cursor.lastrowid))
+            return StartOutcome(start.instance_id, created=True)
+
+        return await self._write(op, durable=True, what="a debounced start")
 
     def _key_gc_due(self) -> bool:
         """Whether this start also deletes expired idempotency keys (once a minute per provider)."""
