@@ -378,6 +378,36 @@ async def test_concurrent_debounced_starts_of_one_key_make_one_instance(store: P
     assert len(item.messages) == 1 and [r.instance_id for r in await store.list_instances()] == [winner]
 
 
+async def test_a_pickup_racing_debounced_starts_either_takes_the_first_input_or_none(
+        store: Provider, clock: ManualClock) -> None:
+    # The held start is due; a fetch and five debounced starts of its key run at once. A start
+    # that joined the window pushed the held start past now, so the fetch cannot have taken it;
+    # a fetch that took it closed the window, so every start after it went to one new instance.
+    for round_ in range(4):
+        key, first = f"k{round_}", f"r{round_}-0"
+        await store.debounce_start(start_msg(first, input="first"), debounce_key=key, quiet_ms=1_000)
+        clock.advance(1)
+        # Tasks start in the order they are made: the fetch first in even rounds, last in odd ones
+        # (a store that serialises its calls sees both orders).
+        fetch = None if round_ % 2 else asyncio.ensure_future(store.fetch_orchestration_items(100, LONG_LOCK))
+        starts = [asyncio.ensure_future(store.debounce_start(start_msg(f"r{round_}-{n}", input=str(n)),
+                                                             debounce_key=key, quiet_ms=1_000)) for n in range(1, 6)]
+        fetch = fetch or asyncio.ensure_future(store.fetch_orchestration_items(100, LONG_LOCK))
+        await asyncio.gather(fetch, *starts)
+        fetched, outcomes = fetch.result(), [t.result() for t in starts]
+        taken = [m.message for i in fetched.items if i.instance_id == first for m in i.messages
+                 if isinstance(m.message, StartOrchestration)]
+        joined_first = [o for o in outcomes if o.instance_id == first]
+        assert all(o.debounced for o in joined_first)
+        if taken:
+            assert [m.input for m in taken] == ["first"] and joined_first == []
+            created = [o for o in outcomes if o.created]
+            assert len(created) == 1 and all(o.debounced for o in outcomes if not o.created), outcomes
+            assert {o.instance_id for o in outcomes} == {created[0].instance_id}
+        else:
+            assert len(joined_first) == 5, outcomes
+
+
 async def test_send_returns_record_and_enqueues_for_live_instance(store: Provider) -> None:
     await begin(store, "i1")
     rec = await store.send(event_msg("i1", "a", "1"))
