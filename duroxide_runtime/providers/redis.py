@@ -65,6 +65,7 @@ from .base import (
     decode_error_details, failure_type, make_overview, page_of, status_admits, timer_key,
 )
 from .queue_slots import QueueSlots, limited_queues
+from .redis_scripts import COMMIT, COMPLETE, FETCH_ORCH, FETCH_WORK, FIRST_EXTRA, FIXED, RENEW_ORCH, SEND, START
 
 try:
     import redis.asyncio as aioredis
@@ -126,8 +127,9 @@ class _Queued:
     lock_token: str | None
 
     def dump(self) -> bytes:
-        return orjson.dumps({"m": self.raw.decode(), "v": self.visible_at, "d": self.dequeue_count,
-                             "t": self.lock_token})
+        # "i" (the instance) lets the fetch script group messages without decoding each message.
+        return orjson.dumps({"i": self.message.instance_id, "m": self.raw.decode(), "v": self.visible_at,
+                             "d": self.dequeue_count, "t": self.lock_token})
 
     @classmethod
     def load(cls, qid: int, raw: bytes) -> _Queued:
@@ -148,8 +150,11 @@ class _Work:
     cancelled: bool = False
 
     def dump(self) -> bytes:
+        # "n", "p", "k" (name, priority, call key) let the scripts filter, order and complete the call
+        # without decoding the message itself.
         return orjson.dumps({"w": self.raw.decode(), "v": self.visible_at, "d": self.dequeue_count,
-                             "t": self.lock_token, "u": self.locked_until, "c": self.cancelled})
+                             "t": self.lock_token, "u": self.locked_until, "c": self.cancelled,
+                             "n": self.work.name, "p": self.work.priority, "k": _work_key(self.work)})
 
     @classmethod
     def load(cls, wid: int, raw: bytes) -> _Work:
@@ -199,11 +204,15 @@ class _Keys:
         self.tk, self.locks, self.work, self.wcall, self.hb = p + "tk", p + "locks", p + "work", p + "wcall", p + "hb"
         self.waiting, self.admitted, self.qleases, self.qadm = p + "waiting", p + "admitted", p + "qleases", p + "qadm"
         self.keys, self.wake, self.probe, self.sched = p + "keys", p + "wake", p + "probe", p + "sched"
+        #: Lease token -> work id, for the completion script (entries are checked against the item).
+        self.wtok = p + "wtok"
+        #: The keys every script receives (redis_scripts.FIXED), in that order.
+        self.fixed = [getattr(self, name) for name in FIXED]
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
         self.typed = {self.ver: "string", self.seq: "string", self.inst: "hash", self.q: "hash", self.qvis: "zset",
                       self.tk: "hash", self.locks: "hash", self.work: "hash", self.wcall: "hash", self.hb: "hash",
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
-                      self.keys: "hash", self.sched: "hash"}
+                      self.keys: "hash", self.sched: "hash", self.wtok: "hash"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -234,6 +243,11 @@ class RedisProvider(Provider):
         self._r: Any = None
         #: One transaction at a time per process: tasks of one process never overtake each other's WATCH.
         self._tx_lock = asyncio.Lock()
+        #: Cleared while a WATCH transaction of this process redoes its reads: this process's scripts
+        #: then wait, so that a stream of them cannot starve it (scripts bump the watched version).
+        self._scripts_may_run = asyncio.Event()
+        self._scripts_may_run.set()
+        self._scripts: dict[str, Any] = {}
         self._hubs: list[Any] = []
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
@@ -341,44 +355,83 @@ class RedisProvider(Provider):
         failures = 0
         marker = f"{self.prefix}:tx:{uuid.uuid4().hex}"
         sent: list[_T] = []  # the result of an attempt whose EXEC was sent
+        gated = False
         async with self._tx_lock:
-            while True:
-                try:
-                    if sent and await self._r.exists(marker):
-                        return sent[0]  # committed; only the reply was lost
-                    sent.clear()
-                    async with self._r.pipeline(transaction=True) as pipe:
-                        await pipe.watch(self._k.ver)
-                        writes = _Writes()
-                        result = await body(pipe, writes)
-                        if not writes.ops and not writes.wakes:
-                            await pipe.unwatch()
+            try:
+                while True:
+                    try:
+                        if sent and await self._r.exists(marker):
+                            return sent[0]  # committed; only the reply was lost
+                        sent.clear()
+                        async with self._r.pipeline(transaction=True) as pipe:
+                            await pipe.watch(self._k.ver)
+                            writes = _Writes()
+                            result = await body(pipe, writes)
+                            if not writes.ops and not writes.wakes:
+                                await pipe.unwatch()
+                                return result
+                            pipe.multi()
+                            for command, args in writes.ops:
+                                getattr(pipe, command)(*args)
+                            pipe.incr(self._k.ver)
+                            pipe.set(marker, b"1", ex=600)
+                            for wake in writes.wakes:
+                                pipe.publish(self._k.wake, wake)
+                            sent.append(result)
+                            await pipe.execute()
                             return result
-                        pipe.multi()
-                        for command, args in writes.ops:
-                            getattr(pipe, command)(*args)
-                        pipe.incr(self._k.ver)
-                        pipe.set(marker, b"1", ex=600)
-                        for wake in writes.wakes:
-                            pipe.publish(self._k.wake, wake)
-                        sent.append(result)
-                        await pipe.execute()
-                        return result
-                except WatchError:
-                    # Overtaken by another writer: redo from the reads. (redis-py also reports a
-                    # connection lost during a watched EXEC as a WatchError: the marker check at
-                    # the top of the loop tells a transaction that did commit.)
-                    continue
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    if self._closed:
-                        raise StoreError("RedisProvider is closed", fix="create a new one") from exc
-                    failures += 1
-                    if failures > 40:
-                        raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
-                                         fix="check the Redis server and the network; the runtime keeps retrying") from exc
-                    _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(1.0, delay * 2)
+                    except WatchError:
+                        # Overtaken by another writer: redo from the reads. (redis-py also reports a
+                        # connection lost during a watched EXEC as a WatchError: the marker check at
+                        # the top of the loop tells a transaction that did commit.)
+                        if not gated:  # hold this process's scripts back until this transaction is through
+                            gated = True
+                            self._scripts_may_run.clear()
+                        continue
+                    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                        if self._closed:
+                            raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+                        failures += 1
+                        if failures > 40:
+                            raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
+                                             fix="check the Redis server and the network; the runtime keeps retrying") from exc
+                        _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
+                        await asyncio.sleep(delay)
+                        delay = min(1.0, delay * 2)
+            finally:
+                if gated:
+                    self._scripts_may_run.set()
+
+    async def _eval(self, source: str, spec: Any, extra_keys: Sequence[str] = ()) -> Any:
+        """Run one of ``redis_scripts``' scripts on ``spec`` (JSON) and return its decoded reply.
+
+        One round trip (``EVALSHA``; redis-py loads the script when the server lacks it, e.g.
+        after a restart). The script gets a fresh marker key: a retry after a lost reply sends
+        the same marker and gets back the reply the applied script stored under it, so a
+        script is never applied twice.
+        """
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._r.register_script(source)
+        if not self._scripts_may_run.is_set():
+            await self._scripts_may_run.wait()
+        keys = [f"{self.prefix}:tx:{uuid.uuid4().hex}", *self._k.fixed, *extra_keys]
+        args = [self._k.wake, orjson.dumps(spec)]
+        delay = 0.01
+        failures = 0
+        while True:
+            try:
+                return orjson.loads(await script(keys=keys, args=args))
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if self._closed:
+                    raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+                failures += 1
+                if failures > 40:
+                    raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
+                                     fix="check the Redis server and the network; the runtime keeps retrying") from exc
+                _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
 
     async def _read(self, body: Callable[[Any], Awaitable[_T]]) -> _T:
         """A read-only operation, retried on a lost connection."""
@@ -409,6 +462,15 @@ class RedisProvider(Provider):
         if key is not None:
             w("hset", self._k.tk, _call_field(key.instance_id, key.execution_id, key.event_id), qid)
         w.wakes.add(b"o")
+
+    @staticmethod
+    def _entry(message: OrchestratorMessage, visible_at: int | None) -> list[str]:
+        """A message as the scripts enqueue it: [stored value, visible-at score, timer field or '']."""
+        raw = encode_message(message)
+        vis = visible_at if visible_at is not None else 0
+        key = timer_key(message)
+        tk = "" if key is None else _call_field(key.instance_id, key.execution_id, key.event_id)
+        return [_Queued(0, message, raw, vis, 0, None).dump().decode(), str(vis), tk]
 
     def _create(self, w: _Writes, start: StartOrchestration, incarnation: str, qid: int, order: int) -> None:
         """The row and the start of a new instance; one naming a queue waits for its admission."""
@@ -459,6 +521,8 @@ class RedisProvider(Provider):
             if item.work.instance_id in gone:
                 w("hdel", k.work, wid)
                 w("hdel", k.wcall, _work_key(item.work))
+                if item.lock_token is not None:
+                    w("hdel", k.wtok, item.lock_token)
         beats = [f for f in hb if f.decode().split(_SEP)[0] in gone]
         if beats:
             w("hdel", k.hb, *beats)
@@ -482,6 +546,19 @@ class RedisProvider(Provider):
                              key_ttl_ms: int = IDEMPOTENCY_KEY_TTL_MS,
                              messages: Sequence[tuple[OrchestratorMessage, int | None]] = ()) -> StartOutcome:
         incarnation = uuid.uuid4().hex
+        if idempotency_key is None and start.queue is None and if_exists is not IfExists.REPLACE:
+            # The common start: one script (the row, the start message and ``messages``).
+            extra: list[str] = [self._k.qi(start.instance_id)]
+            more = []
+            for message, visible_at in messages:
+                extra.append(self._k.qi(message.instance_id))
+                more.append([FIRST_EXTRA + len(extra) - 1, self._entry(message, visible_at)])
+            reply = await self._eval(START, {
+                "i": start.instance_id, "inc": incarnation, "row": _dump_row(self._new_row(start, incarnation)).decode(),
+                "e": self._entry(start, None), "more": more}, extra)
+            if reply[0] == "c":
+                return StartOutcome(start.instance_id, created=True)
+            return StartOutcome(start.instance_id, created=False, existing=_load_row(start.instance_id, reply[1].encode()))
         first = await self._ids(len(messages) + 2)
         if idempotency_key is not None:
             await self._collect_keys(self.clock.now_ms() - key_ttl_ms)
@@ -531,18 +608,14 @@ class RedisProvider(Provider):
     async def send(self, message: OrchestratorMessage, *,
                    only_if_status_in: Collection[str] | None = None,
                    set_status: str | None = None) -> InstanceRecord | None:
-        qid = await self._ids(1)
-
-        async def body(pipe: Any, w: _Writes) -> InstanceRecord | None:
-            record = await self._row(pipe, message.instance_id)
-            if status_admits(only_if_status_in, record.status if record else None):
-                self._enqueue(w, qid, message, None)
-                if set_status is not None and record is not None:
-                    row = dataclasses.replace(record, status=set_status, updated_at_ms=self.clock.now_ms())
-                    w("hset", self._k.inst, message.instance_id, _dump_row(row))
-            return record
-
-        return await self._tx(body)
+        spec: dict[str, Any] = {"i": message.instance_id, "now": str(self.clock.now_ms()),
+                                "e": self._entry(message, None)}
+        if only_if_status_in is not None:
+            spec["s"] = list(only_if_status_in)
+        if set_status is not None:
+            spec["set"] = set_status
+        (raw,) = await self._eval(SEND, spec, [self._k.qi(message.instance_id)])
+        return None if not raw else _load_row(message.instance_id, raw.encode())
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         return await self._read(lambda pipe: self._row(pipe, instance_id))
@@ -634,6 +707,13 @@ class RedisProvider(Provider):
                                         queues: Mapping[str, QueueOptions] | None = None,
                                         live_statuses: Collection[str] = ()) -> FetchResult:
         k = self._k
+        now = self.clock.now_ms()
+        n = max(0, max_items)
+        reply = await self._eval(FETCH_ORCH, {
+            "now": str(now), "until": str(now + int(lock_timeout * 1000)), "max": n, "scan": max(1000, 20 * n),
+            "woff": str(WAITING_OFFSET_MS), "tokens": [uuid.uuid4().hex for _ in range(n)], "queues": bool(queues)})
+        if reply != ["slow"]:  # else waiting instances must be admitted first: the transaction below does that
+            return await self._fetched(reply)
 
         async def body(pipe: Any, w: _Writes) -> FetchResult:
             now = self.clock.now_ms()
@@ -685,6 +765,36 @@ class RedisProvider(Provider):
             return FetchResult(items, next_due)
 
         return await self._tx(body)
+
+    async def _fetched(self, reply: list[Any]) -> FetchResult:
+        """The fetch script's reply as a ``FetchResult``, with each item's history length."""
+        raw_items, next_due = reply
+        parts = []
+        for iid, token, msgs, row, dequeues in _seq(raw_items):
+            record = _load_row(iid, row.encode()) if row else None
+            parts.append((iid, token, [QueuedMessage(int(qid), decode_message(m)) for qid, m in _seq(msgs)],
+                          record, int(dequeues)))
+        # The history of a locked instance only grows by its holder's commit, so reading its length
+        # after the lock was taken (one pipelined round trip) is as good as reading it inside the script.
+        keys = [self._k.hist(iid, record.execution_id) for iid, _, _, record, _ in parts if record is not None]
+        lens = iter(await self._pipelined(lambda pipe: [pipe.llen(key) for key in keys]) if keys else [])
+        items = [OrchestrationItem(iid, token, msgs, record, int(next(lens)) if record is not None else 0, dequeues)
+                 for iid, token, msgs, record, dequeues in parts]
+        return FetchResult(items, None if next_due is False else int(next_due))
+
+    async def _pipelined(self, queue: Callable[[Any], object]) -> list[Any]:
+        """Plain reads sent in one pipelined round trip (``queue`` adds them), retried on a lost connection."""
+        for attempt in range(40):
+            try:
+                async with self._r.pipeline(transaction=False) as pipe:
+                    queue(pipe)
+                    return list(await pipe.execute())
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if self._closed or attempt == 39:
+                    raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
+                                     fix="check the Redis server and the network; the runtime keeps retrying") from exc
+                await asyncio.sleep(min(1.0, 0.01 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     async def _admit(self, pipe: Any, w: _Writes, now: int, queues: Mapping[str, QueueOptions],
                      live_statuses: Collection[str], waiting: dict[str, _Placement]) -> dict[int, _Queued]:
@@ -753,93 +863,59 @@ class RedisProvider(Provider):
         return await self._read(body)
 
     async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
-        # One transaction per turn: each is atomic and fenced by its lock; a batch is not one unit.
-        return [await self._commit(c) for c in commits]
+        # One script for the batch; each turn is fenced by its own lock and applied whole or not at
+        # all, the batch is not one unit. Batches are cut so that one script's work stays bounded.
+        results: list[bool] = []
+        for start in range(0, len(commits), _COMMIT_BATCH):
+            results.extend(await self._commit_batch(commits[start:start + _COMMIT_BATCH]))
+        return results
 
-    async def _commit(self, c: TurnCommit) -> bool:
+    async def _commit_batch(self, commits: Sequence[TurnCommit]) -> list[bool]:
+        keys: dict[str, int] = {}
+
+        def key(name: str) -> int:  # the KEYS index of a per-operation key
+            return keys.setdefault(name, FIRST_EXTRA + len(keys))
+
         k = self._k
-        first = await self._ids(len(c.activities) + len(c.children) + len(c.messages))
-
-        async def body(pipe: Any, w: _Writes) -> bool:
-            lock = await pipe.hget(k.locks, c.instance_id)
-            if lock is None or lock.decode().split("|")[0] != c.lock_token:
-                return False  # the lease lapsed and someone else holds (or held) the instance: fenced
-            now = self.clock.now_ms()
-            ids = iter(range(first, first + 10**9))
-            for qid in c.consumed:
-                w("hdel", k.q, qid)
-                w("zrem", k.qvis, qid)
-                w("srem", k.qi(c.instance_id), qid)
-            if c.new_events:
-                w("rpush", k.hist(c.instance_id, c.execution_id), *[encode_event(e) for e in c.new_events])
-                w("sadd", k.execs(c.instance_id), c.execution_id)
-            cancelled = {_call_field(k_.instance_id, k_.execution_id, k_.event_id) for k_ in c.cancel_activities}
-            for work in c.activities:
-                wid = next(ids)
-                if _work_key(work) in cancelled:
-                    continue  # scheduled and cancelled by one turn: queued and deleted at once, never leased
-                raw = encode_message(work)
-                w("hset", k.work, wid, _Work(wid, work, raw, now).dump())
-                w("hset", k.wcall, _work_key(work), wid)
-                w.wakes.add(b"w")
-            for call in c.cancel_activities:
-                wid_raw = await pipe.hget(k.wcall, _call_field(call.instance_id, call.execution_id, call.event_id))
-                raw_w = None if wid_raw is None else await pipe.hget(k.work, wid_raw)
-                if wid_raw is None or raw_w is None:
-                    continue
-                item = _Work.load(int(wid_raw), raw_w)
-                if item.lock_token is None:
-                    w("hdel", k.work, wid_raw)
-                    w("hdel", k.wcall, _work_key(item.work))
-                else:
-                    item.cancelled = True
-                    w("hset", k.work, wid_raw, item.dump())
-            for key in c.delete_timers:
-                field_ = _call_field(key.instance_id, key.execution_id, key.event_id)
-                qid_raw = await pipe.hget(k.tk, field_)
-                if qid_raw is not None:
-                    w("hdel", k.tk, field_)
-                    w("hdel", k.q, qid_raw)
-                    w("zrem", k.qvis, qid_raw)
-                    w("srem", k.qi(key.instance_id), qid_raw)
-            for child in c.children:
-                if await pipe.hexists(k.inst, child.start.instance_id):
-                    if child.if_taken is not None:
-                        self._enqueue(w, next(ids), child.if_taken, None)
-                    continue
-                w("hset", k.inst, child.start.instance_id, _dump_row(self._new_row(child.start, uuid.uuid4().hex)))
-                self._enqueue(w, next(ids), child.start, None)
-            for msg, visible_at in c.messages:
-                self._enqueue(w, next(ids), msg, visible_at)
+        now = self.clock.now_ms()
+        turns = []
+        for c in commits:
+            cancelled = {_call_field(x.instance_id, x.execution_id, x.event_id) for x in c.cancel_activities}
+            turn: dict[str, Any] = {
+                "i": c.instance_id, "t": c.lock_token, "qi": key(k.qi(c.instance_id)),
+                "h": key(k.hist(c.instance_id, c.execution_id)), "x": key(k.execs(c.instance_id)),
+                "ex": c.execution_id, "c": list(c.consumed), "ev": [encode_event(e).decode() for e in c.new_events],
+                # scheduled and cancelled by one turn: never queued, never leased
+                "a": [[_Work(0, work, raw, now).dump().decode(), _work_key(work)]
+                      for work in c.activities if _work_key(work) not in cancelled
+                      for raw in (encode_message(work),)],
+                "cx": sorted(cancelled),
+                "dt": [[_call_field(t.instance_id, t.execution_id, t.event_id), key(k.qi(t.instance_id))]
+                       for t in c.delete_timers],
+                "ch": [{"i": ch.start.instance_id, "qi": key(k.qi(ch.start.instance_id)),
+                        "row": _dump_row(self._new_row(ch.start, uuid.uuid4().hex)).decode(),
+                        "e": self._entry(ch.start, None),
+                        **({} if ch.if_taken is None else {"tq": key(k.qi(ch.if_taken.instance_id)),
+                                                           "it": self._entry(ch.if_taken, None)})}
+                       for ch in c.children],
+                "m": [[key(k.qi(msg.instance_id)), self._entry(msg, visible_at)] for msg, visible_at in c.messages],
+                "fin": c.ends_instance}
             if c.update is not None:
                 u = c.update
-                old = await self._row(pipe, c.instance_id)
-                if old is not None:
-                    row = InstanceRecord(
-                        old.instance_id, u.name, u.version, u.execution_id, u.status, u.output, u.error,
-                        u.custom_status if u.custom_status_changed else old.custom_status,
-                        old.created_at_ms, now, old.parent_instance_id, old.incarnation)
-                    w("hset", k.inst, c.instance_id, _dump_row(row))
-            w("hdel", k.locks, c.instance_id)
-            if c.ends_instance:
-                w.wakes.add(b"i:" + c.instance_id.encode())
-            return True
-
-        return await self._tx(body)
+                turn["u"] = {"n": u.name, "v": u.version, "e": u.execution_id, "s": u.status, "o": u.output,
+                             "err": None if u.error is None else orjson.dumps(u.error.to_dict()).decode(),
+                             **({"cs": u.custom_status} if u.custom_status_changed else {})}
+            turns.append(turn)
+        # The marker, the fixed keys, then `keys` in index order (dicts keep insertion order).
+        reply = await self._eval(COMMIT, {"now": str(now), "turns": turns}, list(keys))
+        return [bool(x) for x in _seq(reply)]
 
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
-        async def body(pipe: Any, w: _Writes) -> list[bool]:
-            until = self.clock.now_ms() + int(lock_timeout * 1000)
-            renewed = []
-            for iid, token in locks:
-                lock = await pipe.hget(self._k.locks, iid)
-                held = lock is not None and lock.decode().split("|")[0] == token
-                if held:
-                    w("hset", self._k.locks, iid, f"{token}|{until}")
-                renewed.append(held)
-            return renewed
-
-        return await self._tx(body)
+        if not locks:
+            return []
+        until = self.clock.now_ms() + int(lock_timeout * 1000)
+        reply = await self._eval(RENEW_ORCH, {"until": str(until), "locks": [list(x) for x in locks]})
+        return [bool(x) for x in _seq(reply)]
 
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
         k = self._k
@@ -874,13 +950,23 @@ class RedisProvider(Provider):
                                foreign_delay: float = 1.0,
                                queues: Mapping[str, QueueOptions] | None = None) -> list[WorkLease]:
         k = self._k
+        limited = limited_queues(queues)
+        if not limited:  # one script; queues with limits count their slots in the transaction below
+            now = self.clock.now_ms()
+            n = max(0, max_items)
+            spec: dict[str, Any] = {"now": str(now), "until": str(now + int(lock_timeout * 1000)),
+                                    "fb": str(now - int(foreign_delay * 1000)), "max": n,
+                                    "tokens": [uuid.uuid4().hex for _ in range(n)]}
+            if known_names is not None:
+                spec["names"] = list(known_names)
+            return [WorkLease(token, decode_message(raw), int(dequeues))
+                    for token, raw, dequeues in _seq(await self._eval(FETCH_WORK, spec))]
 
         async def body(pipe: Any, w: _Writes) -> list[WorkLease]:
             now = self.clock.now_ms()
             foreign_before = now - int(foreign_delay * 1000)
             leases: list[WorkLease] = []
             items = await self._all_work(pipe)
-            limited = limited_queues(queues)
             slots, times = (await self._slots(pipe, items, now, limited)) if limited else (None, {})
             for item in sorted(items, key=lambda x: (-x.work.priority, x.id)):
                 if len(leases) >= max_items:
@@ -894,10 +980,13 @@ class RedisProvider(Provider):
                         continue
                     if slots.take(item.work.queue, item.work.concurrency_key):
                         times.setdefault(item.work.queue, []).append(now)
+                if item.lock_token is not None:
+                    w("hdel", k.wtok, item.lock_token)
                 item.lock_token = uuid.uuid4().hex
                 item.locked_until = now + int(lock_timeout * 1000)
                 item.dequeue_count += 1
                 w("hset", k.work, item.id, item.dump())
+                w("hset", k.wtok, item.lock_token, item.id)
                 leases.append(WorkLease(item.lock_token, item.work, item.dequeue_count))
             for queue, kept in times.items():
                 w("hset", k.qleases, queue, orjson.dumps(kept))
@@ -936,31 +1025,27 @@ class RedisProvider(Provider):
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
                                   only_if_status_in: Collection[str] | None = None) -> None:
-        k = self._k
-        first = await self._ids(len(completions))
-
-        async def body(pipe: Any, w: _Writes) -> None:
-            items = await self._all_work(pipe)
-            for i, done in enumerate(completions):
-                held = [x for x in items if x.lock_token == done.lock_token]
-                for x in held:
-                    w("hdel", k.work, x.id)
-                    w("hdel", k.wcall, _work_key(x.work))
-                if not held:
-                    continue  # lease gone (purged, or taken over by another worker): the result is stale
-                if done.forget_heartbeat is not None:
-                    b = done.forget_heartbeat
-                    w("hdel", k.hb, _call_field(b.instance_id, b.execution_id, b.event_id))
-                record = await self._row(pipe, done.result.instance_id)
-                if status_admits(only_if_status_in, record.status if record else None):
-                    self._enqueue(w, first + i, done.result, None)
-
-        await self._tx(body)
+        # A lease gone (purged, or taken over by another worker) makes its result stale: the script
+        # drops it. The lease token finds the item through the `wtok` index.
+        if not completions:
+            return
+        keys: dict[str, int] = {}
+        done = []
+        for c in completions:
+            b = c.forget_heartbeat
+            qi = keys.setdefault(self._k.qi(c.result.instance_id), FIRST_EXTRA + len(keys))
+            done.append([c.lock_token, "" if b is None else _call_field(b.instance_id, b.execution_id, b.event_id),
+                         self._entry(c.result, None), qi, c.result.instance_id])
+        spec: dict[str, Any] = {"done": done}
+        if only_if_status_in is not None:
+            spec["s"] = list(only_if_status_in)
+        await self._eval(COMPLETE, spec, list(keys))
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         async def body(pipe: Any, w: _Writes) -> None:
             for item in await self._all_work(pipe):
                 if item.lock_token == lock_token:
+                    w("hdel", self._k.wtok, lock_token)
                     item.lock_token = None
                     item.locked_until = 0
                     item.visible_at = self.clock.now_ms() + int(delay * 1000)
@@ -1203,6 +1288,15 @@ class RedisProvider(Provider):
         for i in range(0, len(doomed), 500):
             await self._r.delete(*doomed[i:i + 500])
         return len(doomed)
+
+
+#: Turns per commit script (the runtime's batches are usually smaller).
+_COMMIT_BATCH = 64
+
+
+def _seq(value: Any) -> list[Any]:
+    """A list from a script's JSON reply (``cjson`` encodes an empty Lua table as ``{}``)."""
+    return value if isinstance(value, list) else []
 
 
 def _glob_escape(text: str) -> str:
