@@ -65,7 +65,9 @@ from .base import (
     decode_error_details, failure_type, make_overview, page_of, status_admits, timer_key,
 )
 from .queue_slots import QueueSlots, limited_queues
-from .redis_scripts import COMMIT, COMPLETE, FETCH_ORCH, FETCH_WORK, FIRST_EXTRA, FIXED, RENEW_ORCH, SEND, START
+from .redis_scripts import (
+    COMMIT, COMPLETE, FETCH_ORCH, FETCH_WORK, FIRST_EXTRA, FIXED, RENEW_ORCH, SEND, START, immediate_score, wq_member,
+)
 
 try:
     import redis.asyncio as aioredis
@@ -206,13 +208,16 @@ class _Keys:
         self.keys, self.wake, self.probe, self.sched = p + "keys", p + "wake", p + "probe", p + "sched"
         #: Lease token -> work id, for the completion script (entries are checked against the item).
         self.wtok = p + "wtok"
+        #: The activity calls not done nor cancelled, by priority then id (what the work fetch reads).
+        self.wq = p + "wq"
         #: The keys every script receives (redis_scripts.FIXED), in that order.
         self.fixed = [getattr(self, name) for name in FIXED]
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
         self.typed = {self.ver: "string", self.seq: "string", self.inst: "hash", self.q: "hash", self.qvis: "zset",
                       self.tk: "hash", self.locks: "hash", self.work: "hash", self.wcall: "hash", self.hb: "hash",
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
-                      self.keys: "hash", self.sched: "hash", self.wtok: "hash"}
+                      self.keys: "hash", self.sched: "hash", self.wtok: "hash",
+                      self.wq: "zset"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -434,8 +439,22 @@ class RedisProvider(Provider):
                 delay = min(1.0, delay * 2)
 
     async def _read(self, body: Callable[[Any], Awaitable[_T]]) -> _T:
-        """A read-only operation, retried on a lost connection."""
-        return await self._tx(lambda pipe, _w: body(pipe))
+        """A read-only operation on the client itself (no WATCH, no lock), retried on a lost connection.
+
+        Each command reads atomically; an operation of several reads (a row, then its history)
+        is not one snapshot, and needs none: what it reads only grows or is replaced whole.
+        """
+        for attempt in range(41):
+            try:
+                return await body(self._r)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if self._closed:
+                    raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+                if attempt == 40:
+                    raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
+                                     fix="check the Redis server and the network; the runtime keeps retrying") from exc
+                await asyncio.sleep(min(1.0, 0.01 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     async def _ids(self, n: int) -> int:
         """Reserve ``n`` ids (ascending with arrival); the first is returned."""
@@ -456,7 +475,7 @@ class RedisProvider(Provider):
         raw = encode_message(message)
         vis = visible_at if visible_at is not None else 0
         w("hset", self._k.q, qid, _Queued(qid, message, raw, vis, 0, None).dump())
-        w("zadd", self._k.qvis, {str(qid): vis})
+        w("zadd", self._k.qvis, {str(qid): vis if visible_at is not None else immediate_score(qid)})
         w("sadd", self._k.qi(message.instance_id), qid)
         key = timer_key(message)
         if key is not None:
@@ -470,7 +489,8 @@ class RedisProvider(Provider):
         vis = visible_at if visible_at is not None else 0
         key = timer_key(message)
         tk = "" if key is None else _call_field(key.instance_id, key.execution_id, key.event_id)
-        return [_Queued(0, message, raw, vis, 0, None).dump().decode(), str(vis), tk]
+        # no score: the script scores it by its id (immediate_score)
+        return [_Queued(0, message, raw, vis, 0, None).dump().decode(), "" if visible_at is None else str(vis), tk]
 
     def _create(self, w: _Writes, start: StartOrchestration, incarnation: str, qid: int, order: int) -> None:
         """The row and the start of a new instance; one naming a queue waits for its admission."""
@@ -520,6 +540,7 @@ class RedisProvider(Provider):
             item = _Work.load(int(wid), raw)
             if item.work.instance_id in gone:
                 w("hdel", k.work, wid)
+                w("zrem", k.wq, wq_member(int(wid)))
                 w("hdel", k.wcall, _work_key(item.work))
                 if item.lock_token is not None:
                     w("hdel", k.wtok, item.lock_token)
@@ -711,7 +732,7 @@ class RedisProvider(Provider):
         n = max(0, max_items)
         reply = await self._eval(FETCH_ORCH, {
             "now": str(now), "until": str(now + int(lock_timeout * 1000)), "max": n, "scan": max(1000, 20 * n),
-            "woff": str(WAITING_OFFSET_MS), "tokens": [uuid.uuid4().hex for _ in range(n)], "queues": bool(queues)})
+            "woff": str(WAITING_OFFSET_MS), "tok": uuid.uuid4().hex, "queues": bool(queues)})
         if reply != ["slow"]:  # else waiting instances must be admitted first: the transaction below does that
             return await self._fetched(reply)
 
@@ -886,7 +907,7 @@ class RedisProvider(Provider):
                 "h": key(k.hist(c.instance_id, c.execution_id)), "x": key(k.execs(c.instance_id)),
                 "ex": c.execution_id, "c": list(c.consumed), "ev": [encode_event(e).decode() for e in c.new_events],
                 # scheduled and cancelled by one turn: never queued, never leased
-                "a": [[_Work(0, work, raw, now).dump().decode(), _work_key(work)]
+                "a": [[_Work(0, work, raw, now).dump().decode(), _work_key(work), work.priority]
                       for work in c.activities if _work_key(work) not in cancelled
                       for raw in (encode_message(work),)],
                 "cx": sorted(cancelled),
@@ -955,8 +976,8 @@ class RedisProvider(Provider):
             now = self.clock.now_ms()
             n = max(0, max_items)
             spec: dict[str, Any] = {"now": str(now), "until": str(now + int(lock_timeout * 1000)),
-                                    "fb": str(now - int(foreign_delay * 1000)), "max": n,
-                                    "tokens": [uuid.uuid4().hex for _ in range(n)]}
+                                    "fb": str(now - int(foreign_delay * 1000)), "max": n, "scan": max(1000, 20 * n),
+                                    "tok": uuid.uuid4().hex}
             if known_names is not None:
                 spec["names"] = list(known_names)
             return [WorkLease(token, decode_message(raw), int(dequeues))

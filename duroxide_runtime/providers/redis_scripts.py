@@ -8,11 +8,23 @@ writes together (``appendfsync always`` syncs once per event-loop pass).
 
 Every script has the same calling convention (:func:`keys_of`):
 
-* ``KEYS[1]`` a fresh marker key, ``KEYS[2..13]`` the store's fixed keys
-  (:data:`FIXED`), ``KEYS[14..]`` the per-instance keys the operation names
+* ``KEYS[1]`` a fresh marker key, ``KEYS[2..14]`` the store's fixed keys
+  (:data:`FIXED`), ``KEYS[15..]`` the per-instance keys the operation names
   (queue sets, histories, executions), so that every key a script touches is declared;
 * ``ARGV[1]`` the wake-up channel, ``ARGV[2]`` the operation as JSON (timestamps as
   strings: Lua numbers print with 14 digits, ids and ms times stay far below that).
+
+Leases are not made durable (as SQLite's store, which commits locks and leases
+without waiting for its fsync): the fetch and renewal scripts call
+``redis.set_repl(redis.REPL_NONE)``, so their writes (locks, lease tokens, delivery
+counts) stay in memory and never wait for an fsync. What they write is consistent
+to lose: after a server crash an instance is unlocked and a call unleased, as if
+the lease had expired; every later durable write (a commit, a result) is replicated
+whole. The cost: delivery counts made since the last AOF rewrite restart lower.
+
+An orchestrator message visible at once is scored ``id - 2**53`` in ``qvis``
+(:func:`immediate_score`): always due, and ordered by arrival (ids ascend), so the
+fetch reads the oldest first with ``LIMIT``; a timer is scored by its due time.
 
 A script that wrote anything increments ``ver`` (so the remaining ``WATCH``
 transactions, which watch it, redo their reads), stores its reply under the
@@ -24,9 +36,10 @@ Replies are one JSON string (``cjson``; an empty Lua table encodes as ``{}``).
 from __future__ import annotations
 
 #: The fixed keys every script receives, in this order, as KEYS[2..13] (attribute names of ``_Keys``).
-FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok")
+FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq")
 #: The first KEYS index of a script's per-operation keys.
 FIRST_EXTRA = len(FIXED) + 2
+assert FIRST_EXTRA == 15  # the prelude's X
 
 _PRELUDE = """
 local done = redis.call('GET', KEYS[1])
@@ -35,13 +48,17 @@ local CH = ARGV[1]
 local S = cjson.decode(ARGV[2])
 local VER, SEQ, INST, Q, QVIS, TK = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local LOCKS, WORK, WCALL, HB, WAITING, WTOK = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local WQ = KEYS[14]
+local X = 15  -- the first per-operation key (FIRST_EXTRA)
 local wrote, wakes = false, {}
 
--- A queued orchestrator message e = {value, visible_at, timer field or ''} for the set KEYS[qi].
+-- A queued orchestrator message e = {value, visible-at score ('' = now), timer field or ''} for KEYS[qi].
 local function enqueue(qi, e)
   local id = redis.call('INCR', SEQ)
+  local score = e[2]
+  if score == '' then score = string.format('%.0f', id - 9007199254740992) end
   redis.call('HSET', Q, id, e[1])
-  redis.call('ZADD', QVIS, e[2], id)
+  redis.call('ZADD', QVIS, score, id)
   redis.call('SADD', KEYS[qi], id)
   if e[3] ~= '' then redis.call('HSET', TK, e[3], id) end
   wrote = true
@@ -69,6 +86,18 @@ local function owner(body)
   return iid
 end
 
+-- The same from the stored text: a pattern match on what Python wrote ('{"i":"<id>",...'), else a decode.
+local function owner_of(raw)
+  local iid = string.match(raw, '^{"i":"([^"\\]*)",')
+  if iid then return iid end
+  return owner(cjson.decode(raw))
+end
+
+-- A work item's place in WQ (the calls not yet done): higher priority first, then by id.
+local function wq_member(wid)
+  return string.format('%020d', wid)
+end
+
 local function finish(result)
   local out = cjson.encode(result)
   if wrote then
@@ -80,11 +109,11 @@ local function finish(result)
 end
 """
 
-#: send: S = {i, s (statuses, absent: any), set (new status, absent: none), now, e (entry)}; KEYS[14] qi.
+#: send: S = {i, s (statuses, absent: any), set (new status, absent: none), now, e (entry)}; KEYS[X] qi.
 SEND = _PRELUDE + """
 local row = redis.call('HGET', INST, S.i)
 if admits(S.s, row) then
-  enqueue(14, S.e)
+  enqueue(X, S.e)
   if S.set and row then
     local r = cjson.decode(row)
     r['s'] = S.set
@@ -95,7 +124,7 @@ end
 return finish({row})
 """
 
-#: a start without queue, key or replacement: S = {i, inc, row, e, more: [[qi, entry]]}; KEYS[14] qi.
+#: a start without queue, key or replacement: S = {i, inc, row, e, more: [[qi, entry]]}; KEYS[X] qi.
 #: Reply ['c'] created (or our own earlier commit), ['x', row] the id is taken.
 START = _PRELUDE + """
 local row = redis.call('HGET', INST, S.i)
@@ -105,31 +134,30 @@ if row then
 end
 redis.call('HSET', INST, S.i, S.row)
 wrote = true
-enqueue(14, S.e)
+enqueue(X, S.e)
 for _, m in ipairs(S.more) do enqueue(m[1], m[2]) end
 return finish({'c'})
 """
 
-#: S = {now, until, max, scan, woff, tokens, queues (bool)}. Reply ['slow'] when waiting instances
-#: must be admitted first (the WATCH path does that), else [items, next_due or false] with items
-#: [iid, token, [[qid, message]...], row or false, dequeue count].
+#: S = {now, until, max, scan, woff, tok (token stem), queues (bool)}. Reply ['slow'] when waiting
+#: instances must be admitted first (the WATCH path does that), else [items, next_due or false] with
+#: items [iid, token, [[qid, message]...], row or false, dequeue count].
 FETCH_ORCH = _PRELUDE + """
 if S.queues and redis.call('HLEN', WAITING) > 0 then return cjson.encode({'slow'}) end
+redis.set_repl(redis.REPL_NONE)  -- a lease: kept in memory, never waits for an fsync (see above)
 local now = tonumber(S.now)
-local ids = {}
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', QVIS, '-inf', S.now, 'LIMIT', 0, S.scan)) do
-  ids[#ids + 1] = tonumber(m)
-end
-table.sort(ids)  -- oldest message first, as ids ascend with arrival
 local chosen, order, skip, n = {}, {}, {}, 0
-for _, qid in ipairs(ids) do
+-- oldest first (the scores order by arrival); a bounded window of the due messages
+for _, qid in ipairs(redis.call('ZRANGEBYSCORE', QVIS, '-inf', S.now, 'LIMIT', 0, S.scan)) do
   local raw = redis.call('HGET', Q, qid)
-  if raw then
-    local body = cjson.decode(raw)
-    local iid = owner(body)
-    if chosen[iid] then
-      table.insert(chosen[iid], {qid, body})
-    elseif not skip[iid] then
+  local iid = raw and owner_of(raw)
+  if iid and chosen[iid] then
+    table.insert(chosen[iid], {qid, cjson.decode(raw)})
+  elseif iid and not skip[iid] then
+    if n >= S.max then
+      skip[iid] = true
+    else
+      local body = cjson.decode(raw)
       local ok = n < S.max and redis.call('HEXISTS', WAITING, iid) == 0
       if ok then
         local lock = redis.call('HGET', LOCKS, iid)
@@ -150,7 +178,7 @@ for _, qid in ipairs(ids) do
 end
 local items = {}
 for j, iid in ipairs(order) do
-  local token = S.tokens[j]
+  local token = S.tok .. j
   redis.call('HSET', LOCKS, iid, token .. '|' .. S['until'])
   local msgs, deq = {}, 0
   for _, pair in ipairs(chosen[iid]) do
@@ -202,6 +230,7 @@ for n, T in ipairs(S.turns) do
       local wid = redis.call('INCR', SEQ)
       redis.call('HSET', WORK, wid, a[1])
       redis.call('HSET', WCALL, a[2], wid)
+      redis.call('ZADD', WQ, -a[3], wq_member(wid))
       wakes['w'] = true
     end
     for _, f in ipairs(T.cx) do
@@ -209,6 +238,7 @@ for n, T in ipairs(S.turns) do
       local raw = wid and redis.call('HGET', WORK, wid)
       if raw then
         local item = cjson.decode(raw)
+        redis.call('ZREM', WQ, wq_member(wid))  -- never leased again
         if item['t'] == cjson.null then
           redis.call('HDEL', WORK, wid)
           redis.call('HDEL', WCALL, f)
@@ -253,45 +283,45 @@ end
 return finish(results)
 """
 
-#: S = {now, until, fb (foreign-before ms), names (absent: any), max, tokens}. Reply [[token, work, dequeues]...].
+#: S = {now, until, fb (foreign-before ms), names (absent: any), max, scan, tok}. Reply [[token, work, dequeues]...].
+#: Reads WQ in order (priority, then id) and skips what is leased, not yet visible, cancelled or foreign,
+#: at most ``scan`` entries.
 FETCH_WORK = _PRELUDE + """
+redis.set_repl(redis.REPL_NONE)  -- a lease: kept in memory, never waits for an fsync (see above)
 local now, fb = tonumber(S.now), tonumber(S.fb)
 local names = nil
 if S.names then
   names = {}
   for _, x in ipairs(S.names) do names[x] = true end
 end
-local all = redis.call('HGETALL', WORK)
-local cands = {}
-for j = 1, #all, 2 do
-  local item = cjson.decode(all[j + 1])
-  local v = tonumber(item['v'])
-  local leased = item['t'] ~= cjson.null and tonumber(item['u']) > now
-  if v <= now and not item['c'] and not leased then
-    local name, prio = item['n'], item['p']
-    if name == nil then
-      local w = cjson.decode(item['w'])
-      name, prio = w['name'], w['priority']
+local leases, n = {}, 0
+for _, member in ipairs(redis.call('ZRANGE', WQ, 0, S.scan - 1)) do
+  if n >= S.max then break end
+  local wid = tonumber(member)
+  local raw = redis.call('HGET', WORK, wid)
+  if not raw then
+    redis.call('ZREM', WQ, member)  -- done or purged by a transaction that left its entry
+  else
+    local item = cjson.decode(raw)
+    local v = tonumber(item['v'])
+    local leased = item['t'] ~= cjson.null and tonumber(item['u']) > now
+    if v <= now and not item['c'] and not leased then
+      local name = item['n']
+      if name == nil then name = cjson.decode(item['w'])['name'] end
+      if names == nil or names[name] or v <= fb then
+        n = n + 1
+        local token = S.tok .. n
+        if item['t'] ~= cjson.null then redis.call('HDEL', WTOK, item['t']) end
+        item['t'] = token
+        item['u'] = tonumber(S['until'])
+        item['d'] = item['d'] + 1
+        redis.call('HSET', WORK, wid, cjson.encode(item))
+        redis.call('HSET', WTOK, token, wid)
+        leases[n] = {token, item['w'], item['d']}
+        wrote = true
+      end
     end
-    if prio == nil or prio == cjson.null then prio = 0 end
-    if names == nil or names[name] or v <= fb then cands[#cands + 1] = {tonumber(all[j]), prio, item} end
   end
-end
-table.sort(cands, function(a, b)
-  if a[2] ~= b[2] then return a[2] > b[2] end
-  return a[1] < b[1]
-end)
-local leases = {}
-for j = 1, math.min(#cands, S.max) do
-  local wid, item = cands[j][1], cands[j][3]
-  if item['t'] ~= cjson.null then redis.call('HDEL', WTOK, item['t']) end
-  item['t'] = S.tokens[j]
-  item['u'] = tonumber(S['until'])
-  item['d'] = item['d'] + 1
-  redis.call('HSET', WORK, wid, cjson.encode(item))
-  redis.call('HSET', WTOK, S.tokens[j], wid)
-  leases[j] = {S.tokens[j], item['w'], item['d']}
-  wrote = true
 end
 return finish(leases)
 """
@@ -312,6 +342,7 @@ for _, d in ipairs(S.done) do
         k = w['instance_id'] .. '\\31' .. w['execution_id'] .. '\\31' .. w['event_id']
       end
       redis.call('HDEL', WORK, wid)
+      redis.call('ZREM', WQ, wq_member(wid))
       redis.call('HDEL', WCALL, k)
       if d[2] ~= '' then redis.call('HDEL', HB, d[2]) end
       if admits(S.s, redis.call('HGET', INST, d[5])) then enqueue(d[4], d[3]) end
@@ -323,6 +354,7 @@ return finish({})
 
 #: S = {until, locks: [[iid, token]]}. Reply: one boolean per lock.
 RENEW_ORCH = _PRELUDE + """
+redis.set_repl(redis.REPL_NONE)  -- a lease: kept in memory, never waits for an fsync (see above)
 local res = {}
 for j, p in ipairs(S.locks) do
   if holds(redis.call('HGET', LOCKS, p[1]), p[2]) then
@@ -335,3 +367,13 @@ for j, p in ipairs(S.locks) do
 end
 return finish(res)
 """
+
+
+def immediate_score(qid: int) -> int:
+    """The ``qvis`` score of message ``qid`` visible at once: due at any time, in arrival order."""
+    return qid - 2**53
+
+
+def wq_member(wid: int) -> str:
+    """A work item's member in ``wq`` (zero-padded: equal priorities order by id)."""
+    return f"{wid:020d}"
