@@ -17,7 +17,7 @@ applications can share one server:
   message ids by the time they become visible: durable timers are entries with a
   future score; ``qi:<id>`` (set) an instance's queued message ids; ``tk`` (hash)
   a timer's key -> its message id (for ``delete_timers``).
-* ``locks`` (hash) instance id -> ``token|until``; ``work`` (hash) activity calls;
+* ``locks`` (hash) instance id -> ``token|until|parked ids``; ``work`` (hash) activity calls;
   ``wcall`` (hash) call key -> work id; ``hb`` (hash) heartbeats.
 * ``waiting`` / ``admitted`` (hashes) instances of a queue; ``qleases`` / ``qadm``
   (hashes) the recent lease and admission times of rate-limited queues;
@@ -210,6 +210,8 @@ class _Keys:
         self.wtok = p + "wtok"
         #: The activity calls not done nor cancelled, by priority then id (what the work fetch reads).
         self.wq = p + "wq"
+        #: Orchestrator messages of a lease, by its expiry (taken out of qvis while it holds; redis_scripts).
+        self.qpark = p + "qpark"
         #: The keys every script receives (redis_scripts.FIXED), in that order.
         self.fixed = [getattr(self, name) for name in FIXED]
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
@@ -217,7 +219,7 @@ class _Keys:
                       self.tk: "hash", self.locks: "hash", self.work: "hash", self.wcall: "hash", self.hb: "hash",
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
                       self.keys: "hash", self.sched: "hash", self.wtok: "hash",
-                      self.wq: "zset"}
+                      self.wq: "zset", self.qpark: "zset"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -527,6 +529,7 @@ class RedisProvider(Provider):
             for qid in qids:
                 w("hdel", k.q, qid)
                 w("zrem", k.qvis, qid)
+                w("zrem", k.qpark, qid)
             timers = [f for f in await pipe.hkeys(k.tk) if f.decode().split(_SEP)[0] == iid]
             if timers:
                 w("hdel", k.tk, *timers)
@@ -742,8 +745,15 @@ class RedisProvider(Provider):
             freed: dict[int, _Queued] = {}
             if queues and waiting:
                 freed = await self._admit(pipe, w, now, queues, live_statuses, waiting)
+            # Messages parked by a lease that lapsed go back to qvis (this path does not park what it leases).
+            lapsed = [int(x) for x in await pipe.zrangebyscore(k.qpark, "-inf", now)]
+            for qid, raw in zip(lapsed, await pipe.hmget(k.q, lapsed) if lapsed else []):
+                w("zrem", k.qpark, qid)
+                if raw is not None:
+                    v = _Queued.load(qid, raw).visible_at
+                    w("zadd", k.qvis, {str(qid): v if v > 0 else immediate_score(qid)})
             # The admitted starts' new visibility is queued in `w`, not yet in the sorted set: merged here.
-            due_ids = sorted({int(x) for x in await pipe.zrangebyscore(k.qvis, "-inf", now)}
+            due_ids = sorted({int(x) for x in await pipe.zrangebyscore(k.qvis, "-inf", now)} | set(lapsed)
                              | {qid for qid, q in freed.items() if q.visible_at <= now})
             later = await pipe.zrangebyscore(k.qvis, f"({now}", f"({WAITING_OFFSET_MS}", start=0, num=200,
                                              withscores=True)
@@ -955,6 +965,7 @@ class RedisProvider(Provider):
                     q.lock_token = None
                     q.visible_at = max(q.visible_at, visible)
                     w("hset", k.q, q.id, q.dump())
+                    w("zrem", k.qpark, q.id)
                     w("zadd", k.qvis, {str(q.id): q.visible_at})
             w("hdel", k.locks, instance_id)
             w.wakes.add(b"o")
@@ -1127,6 +1138,7 @@ class RedisProvider(Provider):
             k = self._k
             due = int(await pipe.zcount(k.qvis, "-inf", now))
             later = int(await pipe.zcount(k.qvis, f"({now}", f"({WAITING_OFFSET_MS}"))
+            due += int(await pipe.zcard(k.qpark))  # a lease's messages (redis_scripts): visible, only leased
             worker = int(await pipe.hlen(k.work))
             rows = await pipe.hgetall(k.inst)
             active = sum(1 for raw in rows.values() if orjson.loads(raw)["s"] in active_statuses)

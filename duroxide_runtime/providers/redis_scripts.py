@@ -25,6 +25,12 @@ whole. The cost: delivery counts made since the last AOF rewrite restart lower.
 An orchestrator message visible at once is scored ``id - 2**53`` in ``qvis``
 (:func:`immediate_score`): always due, and ordered by arrival (ids ascend), so the
 fetch reads the oldest first with ``LIMIT``; a timer is scored by its due time.
+A fetched message is parked: moved from ``qvis`` to ``qpark``, scored by its
+lease's expiry, so later fetches never read it while the lease holds; a fetch
+first moves the parked messages whose lease lapsed back. The lock (``locks``:
+``token|until|id,id,...``) lists the parked ids: a commit deletes the consumed
+ones and puts any other back, a renewal moves them to the new expiry, an abandon
+puts them back.
 
 A script that wrote anything increments ``ver`` (so the remaining ``WATCH``
 transactions, which watch it, redo their reads), stores its reply under the
@@ -36,10 +42,10 @@ Replies are one JSON string (``cjson``; an empty Lua table encodes as ``{}``).
 from __future__ import annotations
 
 #: The fixed keys every script receives, in this order, as KEYS[2..13] (attribute names of ``_Keys``).
-FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq")
+FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq", "qpark")
 #: The first KEYS index of a script's per-operation keys.
 FIRST_EXTRA = len(FIXED) + 2
-assert FIRST_EXTRA == 15  # the prelude's X
+assert FIRST_EXTRA == 16  # the prelude's X
 
 _PRELUDE = """
 local done = redis.call('GET', KEYS[1])
@@ -48,8 +54,8 @@ local CH = ARGV[1]
 local S = cjson.decode(ARGV[2])
 local VER, SEQ, INST, Q, QVIS, TK = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local LOCKS, WORK, WCALL, HB, WAITING, WTOK = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
-local WQ = KEYS[14]
-local X = 15  -- the first per-operation key (FIRST_EXTRA)
+local WQ, QPARK = KEYS[14], KEYS[15]
+local X = 16  -- the first per-operation key (FIRST_EXTRA)
 local wrote, wakes = false, {}
 
 -- A queued orchestrator message e = {value, visible-at score ('' = now), timer field or ''} for KEYS[qi].
@@ -91,6 +97,23 @@ local function owner_of(raw)
   local iid = string.match(raw, '^{"i":"([^"\\]*)",')
   if iid then return iid end
   return owner(cjson.decode(raw))
+end
+
+-- A queued message's stored text, "i" first as Python writes it (what owner_of matches cheaply).
+local function dump_q(b)
+  return '{"i":' .. cjson.encode(b['i']) .. ',"m":' .. cjson.encode(b['m']) .. ',"v":' .. cjson.encode(b['v']) ..
+    ',"d":' .. cjson.encode(b['d']) .. ',"t":' .. cjson.encode(b['t']) .. '}'
+end
+
+-- Put a parked message back in qvis at its own score: its visibility, or its arrival order.
+local function unpark(qid)
+  redis.call('ZREM', QPARK, qid)
+  local raw = redis.call('HGET', Q, qid)
+  if not raw then return end
+  local v = tonumber(cjson.decode(raw)['v'])
+  local score = string.format('%.0f', v)
+  if v <= 0 then score = string.format('%.0f', tonumber(qid) - 9007199254740992) end
+  redis.call('ZADD', QVIS, score, qid)
 end
 
 -- A work item's place in WQ (the calls not yet done): higher priority first, then by id.
@@ -146,32 +169,43 @@ FETCH_ORCH = _PRELUDE + """
 if S.queues and redis.call('HLEN', WAITING) > 0 then return cjson.encode({'slow'}) end
 redis.set_repl(redis.REPL_NONE)  -- a lease: kept in memory, never waits for an fsync (see above)
 local now = tonumber(S.now)
+for _, qid in ipairs(redis.call('ZRANGEBYSCORE', QPARK, '-inf', S.now, 'LIMIT', 0, S.scan)) do
+  unpark(qid)  -- its lease lapsed
+end
 local chosen, order, skip, n = {}, {}, {}, 0
--- oldest first (the scores order by arrival); a bounded window of the due messages
-for _, qid in ipairs(redis.call('ZRANGEBYSCORE', QVIS, '-inf', S.now, 'LIMIT', 0, S.scan)) do
-  local raw = redis.call('HGET', Q, qid)
-  local iid = raw and owner_of(raw)
-  if iid and chosen[iid] then
-    table.insert(chosen[iid], {qid, cjson.decode(raw)})
-  elseif iid and not skip[iid] then
-    if n >= S.max then
-      skip[iid] = true
-    else
-      local body = cjson.decode(raw)
-      local ok = n < S.max and redis.call('HEXISTS', WAITING, iid) == 0
-      if ok then
-        local lock = redis.call('HGET', LOCKS, iid)
-        if lock then
-          local held_until = tonumber(string.match(lock, '|(%d+)$'))
-          if held_until and held_until > now then ok = false end
-        end
-      end
-      if ok then
-        n = n + 1
-        chosen[iid] = {{qid, body}}
-        order[n] = iid
-      else
+-- Oldest first (the scores order by arrival), in chunks: at most S.scan due messages, and once
+-- S.max instances are chosen, one more chunk for their other messages (the rest wait a turn).
+local offset, after_full = 0, 0
+while offset < S.scan and after_full < 128 do
+  local chunk = redis.call('ZRANGEBYSCORE', QVIS, '-inf', S.now, 'LIMIT', offset, 128)
+  offset = offset + 128
+  if #chunk < 128 then offset = S.scan end
+  for _, qid in ipairs(chunk) do
+    if n >= S.max then after_full = after_full + 1 end
+    local raw = redis.call('HGET', Q, qid)
+    local iid = raw and owner_of(raw)
+    if iid and chosen[iid] then
+      table.insert(chosen[iid], {qid, cjson.decode(raw)})
+    elseif iid and not skip[iid] then
+      if n >= S.max then
         skip[iid] = true
+      else
+        local body = cjson.decode(raw)
+        local ok = n < S.max and redis.call('HEXISTS', WAITING, iid) == 0
+        if ok then
+          local lock = redis.call('HGET', LOCKS, iid)
+          if lock then
+            local held_until = tonumber(string.match(lock, '^[^|]*|(%d+)'))
+            if held_until and held_until > now then ok = false end
+          end
+        end
+        if ok then
+          n = n + 1
+          chosen[iid] = {{qid, body}}
+          order[n] = iid
+        else
+          skip[iid] = true
+        end
       end
     end
   end
@@ -179,24 +213,28 @@ end
 local items = {}
 for j, iid in ipairs(order) do
   local token = S.tok .. j
-  redis.call('HSET', LOCKS, iid, token .. '|' .. S['until'])
-  local msgs, deq = {}, 0
+  local msgs, parked, deq = {}, {}, 0
   for _, pair in ipairs(chosen[iid]) do
     local body = pair[2]
     body['d'] = body['d'] + 1
     body['t'] = token
     if body['d'] > deq then deq = body['d'] end
-    redis.call('HSET', Q, pair[1], cjson.encode(body))
+    if body['i'] == nil then body['i'] = iid end
+    redis.call('HSET', Q, pair[1], dump_q(body))
+    redis.call('ZREM', QVIS, pair[1])
+    redis.call('ZADD', QPARK, S['until'], pair[1])  -- parked until the lease lapses
     msgs[#msgs + 1] = {pair[1], body['m']}
+    parked[#parked + 1] = pair[1]
   end
+  redis.call('HSET', LOCKS, iid, token .. '|' .. S['until'] .. '|' .. table.concat(parked, ','))
   items[j] = {iid, token, msgs, redis.call('HGET', INST, iid), deq}
   wrote = true
 end
-local next_due = false
+local next_due = false  -- the first message to come due that is not of a waiting instance
 local later = redis.call('ZRANGEBYSCORE', QVIS, '(' .. S.now, '(' .. S.woff, 'WITHSCORES', 'LIMIT', 0, 200)
 for j = 1, #later, 2 do
   local raw = redis.call('HGET', Q, later[j])
-  if raw and redis.call('HEXISTS', WAITING, owner(cjson.decode(raw))) == 0 then
+  if raw and redis.call('HEXISTS', WAITING, owner_of(raw)) == 0 then
     next_due = later[j + 1]
     break
   end
@@ -210,15 +248,22 @@ return finish({items, next_due})
 COMMIT = _PRELUDE + """
 local results = {}
 for n, T in ipairs(S.turns) do
-  if not holds(redis.call('HGET', LOCKS, T.i), T.t) then
+  local lock = redis.call('HGET', LOCKS, T.i)
+  if not holds(lock, T.t) then
     results[n] = false  -- the lease lapsed and someone else holds (or held) the instance: fenced
   else
     wrote = true
     local qi = KEYS[T.qi]
+    local consumed = {}
     for _, qid in ipairs(T.c) do
       redis.call('HDEL', Q, qid)
       redis.call('ZREM', QVIS, qid)
+      redis.call('ZREM', QPARK, qid)
       redis.call('SREM', qi, qid)
+      consumed[tostring(qid)] = true
+    end
+    for qid in string.gmatch(string.match(lock, '^[^|]*|[^|]*|(.*)$') or '', '[^,]+') do
+      if not consumed[qid] then unpark(qid) end  -- fetched, not consumed: back in the queue
     end
     if #T.ev > 0 then
       for s = 1, #T.ev, 500 do
@@ -254,6 +299,7 @@ for n, T in ipairs(S.turns) do
         redis.call('HDEL', TK, d[1])
         redis.call('HDEL', Q, qid)
         redis.call('ZREM', QVIS, qid)
+        redis.call('ZREM', QPARK, qid)
         redis.call('SREM', KEYS[d[2]], qid)
       end
     end
@@ -357,8 +403,11 @@ RENEW_ORCH = _PRELUDE + """
 redis.set_repl(redis.REPL_NONE)  -- a lease: kept in memory, never waits for an fsync (see above)
 local res = {}
 for j, p in ipairs(S.locks) do
-  if holds(redis.call('HGET', LOCKS, p[1]), p[2]) then
-    redis.call('HSET', LOCKS, p[1], p[2] .. '|' .. S['until'])
+  local lock = redis.call('HGET', LOCKS, p[1])
+  if holds(lock, p[2]) then
+    local parked = string.match(lock, '^[^|]*|[^|]*|(.*)$') or ''
+    for qid in string.gmatch(parked, '[^,]+') do redis.call('ZADD', QPARK, 'XX', S['until'], qid) end
+    redis.call('HSET', LOCKS, p[1], p[2] .. '|' .. S['until'] .. '|' .. parked)
     wrote = true
     res[j] = true
   else
