@@ -212,6 +212,8 @@ class _Keys:
         self.wq = p + "wq"
         #: Orchestrator messages of a lease, by its expiry (taken out of qvis while it holds; redis_scripts).
         self.qpark = p + "qpark"
+        #: Instance id -> ``incarnation|execution|length`` of its current history (redis_scripts).
+        self.hlen = p + "hlen"
         #: The keys every script receives (redis_scripts.FIXED), in that order.
         self.fixed = [getattr(self, name) for name in FIXED]
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
@@ -219,7 +221,8 @@ class _Keys:
                       self.tk: "hash", self.locks: "hash", self.work: "hash", self.wcall: "hash", self.hb: "hash",
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
                       self.keys: "hash", self.sched: "hash", self.wtok: "hash",
-                      self.wq: "zset", self.qpark: "zset"}
+                      self.wq: "zset", self.qpark: "zset",
+                      self.hlen: "hash"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -536,7 +539,7 @@ class RedisProvider(Provider):
             for ex in await pipe.smembers(k.execs(iid)):
                 w("delete", k.hist(iid, int(ex)))
             w("delete", k.qi(iid), k.execs(iid))
-            for name in (k.inst, k.locks, k.waiting, k.admitted):
+            for name in (k.inst, k.locks, k.waiting, k.admitted, k.hlen):
                 w("hdel", name, iid)
         gone = set(doomed)
         for wid, raw in work.items():
@@ -737,7 +740,7 @@ class RedisProvider(Provider):
             "now": str(now), "until": str(now + int(lock_timeout * 1000)), "max": n, "scan": max(1000, 20 * n),
             "woff": str(WAITING_OFFSET_MS), "tok": uuid.uuid4().hex, "queues": bool(queues)})
         if reply != ["slow"]:  # else waiting instances must be admitted first: the transaction below does that
-            return await self._fetched(reply)
+            return self._fetched(reply)
 
         async def body(pipe: Any, w: _Writes) -> FetchResult:
             now = self.clock.now_ms()
@@ -797,35 +800,14 @@ class RedisProvider(Provider):
 
         return await self._tx(body)
 
-    async def _fetched(self, reply: list[Any]) -> FetchResult:
-        """The fetch script's reply as a ``FetchResult``, with each item's history length."""
+    @staticmethod
+    def _fetched(reply: list[Any]) -> FetchResult:
+        """The fetch script's reply as a ``FetchResult``."""
         raw_items, next_due = reply
-        parts = []
-        for iid, token, msgs, row, dequeues in _seq(raw_items):
-            record = _load_row(iid, row.encode()) if row else None
-            parts.append((iid, token, [QueuedMessage(int(qid), decode_message(m)) for qid, m in _seq(msgs)],
-                          record, int(dequeues)))
-        # The history of a locked instance only grows by its holder's commit, so reading its length
-        # after the lock was taken (one pipelined round trip) is as good as reading it inside the script.
-        keys = [self._k.hist(iid, record.execution_id) for iid, _, _, record, _ in parts if record is not None]
-        lens = iter(await self._pipelined(lambda pipe: [pipe.llen(key) for key in keys]) if keys else [])
-        items = [OrchestrationItem(iid, token, msgs, record, int(next(lens)) if record is not None else 0, dequeues)
-                 for iid, token, msgs, record, dequeues in parts]
+        items = [OrchestrationItem(iid, token, [QueuedMessage(int(qid), decode_message(m)) for qid, m in _seq(msgs)],
+                                   _load_row(iid, row.encode()) if row else None, int(hlen), int(dequeues))
+                 for iid, token, msgs, row, dequeues, hlen in _seq(raw_items)]
         return FetchResult(items, None if next_due is False else int(next_due))
-
-    async def _pipelined(self, queue: Callable[[Any], object]) -> list[Any]:
-        """Plain reads sent in one pipelined round trip (``queue`` adds them), retried on a lost connection."""
-        for attempt in range(40):
-            try:
-                async with self._r.pipeline(transaction=False) as pipe:
-                    queue(pipe)
-                    return list(await pipe.execute())
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if self._closed or attempt == 39:
-                    raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
-                                     fix="check the Redis server and the network; the runtime keeps retrying") from exc
-                await asyncio.sleep(min(1.0, 0.01 * 2 ** attempt))
-        raise AssertionError("unreachable")
 
     async def _admit(self, pipe: Any, w: _Writes, now: int, queues: Mapping[str, QueueOptions],
                      live_statuses: Collection[str], waiting: dict[str, _Placement]) -> dict[int, _Queued]:

@@ -32,6 +32,11 @@ first moves the parked messages whose lease lapsed back. The lock (``locks``:
 ones and puts any other back, a renewal moves them to the new expiry, an abandon
 puts them back.
 
+The length of an instance's current history is kept in ``hlen`` (``incarnation|
+execution|length``, written by the commit that appends): the fetch reports it
+without reading the history list, which it could not declare in advance. An entry
+of another incarnation or execution means no history yet (length 0).
+
 A script that wrote anything increments ``ver`` (so the remaining ``WATCH``
 transactions, which watch it, redo their reads), stores its reply under the
 marker for 10 minutes, and publishes its wake-ups. A retry after a lost reply
@@ -42,10 +47,10 @@ Replies are one JSON string (``cjson``; an empty Lua table encodes as ``{}``).
 from __future__ import annotations
 
 #: The fixed keys every script receives, in this order, as KEYS[2..13] (attribute names of ``_Keys``).
-FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq", "qpark")
+FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq", "qpark", "hlen")
 #: The first KEYS index of a script's per-operation keys.
 FIRST_EXTRA = len(FIXED) + 2
-assert FIRST_EXTRA == 16  # the prelude's X
+assert FIRST_EXTRA == 17  # the prelude's X
 
 _PRELUDE = """
 local done = redis.call('GET', KEYS[1])
@@ -54,8 +59,8 @@ local CH = ARGV[1]
 local S = cjson.decode(ARGV[2])
 local VER, SEQ, INST, Q, QVIS, TK = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local LOCKS, WORK, WCALL, HB, WAITING, WTOK = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
-local WQ, QPARK = KEYS[14], KEYS[15]
-local X = 16  -- the first per-operation key (FIRST_EXTRA)
+local WQ, QPARK, HLEN = KEYS[14], KEYS[15], KEYS[16]
+local X = 17  -- the first per-operation key (FIRST_EXTRA)
 local wrote, wakes = false, {}
 
 -- A queued orchestrator message e = {value, visible-at score ('' = now), timer field or ''} for KEYS[qi].
@@ -164,7 +169,7 @@ return finish({'c'})
 
 #: S = {now, until, max, scan, woff, tok (token stem), queues (bool)}. Reply ['slow'] when waiting
 #: instances must be admitted first (the WATCH path does that), else [items, next_due or false] with
-#: items [iid, token, [[qid, message]...], row or false, dequeue count].
+#: items [iid, token, [[qid, message]...], row or false, dequeue count, history length].
 FETCH_ORCH = _PRELUDE + """
 if S.queues and redis.call('HLEN', WAITING) > 0 then return cjson.encode({'slow'}) end
 redis.set_repl(redis.REPL_NONE)  -- a lease: kept in memory, never waits for an fsync (see above)
@@ -227,7 +232,16 @@ for j, iid in ipairs(order) do
     parked[#parked + 1] = pair[1]
   end
   redis.call('HSET', LOCKS, iid, token .. '|' .. S['until'] .. '|' .. table.concat(parked, ','))
-  items[j] = {iid, token, msgs, redis.call('HGET', INST, iid), deq}
+  local row, hlen = redis.call('HGET', INST, iid), 0
+  if row then
+    local r = cjson.decode(row)
+    local known = redis.call('HGET', HLEN, iid)
+    if known then
+      local inc, ex, len = string.match(known, '^(.*)|(%d+)|(%d+)$')
+      if inc == tostring(r['inc']) and tonumber(ex) == r['e'] then hlen = tonumber(len) end
+    end
+  end
+  items[j] = {iid, token, msgs, row, deq, hlen}
   wrote = true
 end
 local next_due = false  -- the first message to come due that is not of a waiting instance
@@ -266,10 +280,13 @@ for n, T in ipairs(S.turns) do
       if not consumed[qid] then unpark(qid) end  -- fetched, not consumed: back in the queue
     end
     if #T.ev > 0 then
+      local len = 0
       for s = 1, #T.ev, 500 do
-        redis.call('RPUSH', KEYS[T.h], unpack(T.ev, s, math.min(s + 499, #T.ev)))
+        len = redis.call('RPUSH', KEYS[T.h], unpack(T.ev, s, math.min(s + 499, #T.ev)))
       end
       redis.call('SADD', KEYS[T.x], T.ex)
+      local row = redis.call('HGET', INST, T.i)
+      if row then redis.call('HSET', HLEN, T.i, tostring(cjson.decode(row)['inc']) .. '|' .. T.ex .. '|' .. len) end
     end
     for _, a in ipairs(T.a) do
       local wid = redis.call('INCR', SEQ)
