@@ -214,6 +214,8 @@ class _Keys:
         self.qpark = p + "qpark"
         #: Instance id -> ``incarnation|execution|length`` of its current history (redis_scripts).
         self.hlen = p + "hlen"
+        #: The leased activity calls by lease expiry (wq holds those to lease; redis_scripts).
+        self.wlease = p + "wlease"
         #: The keys every script receives (redis_scripts.FIXED), in that order.
         self.fixed = [getattr(self, name) for name in FIXED]
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
@@ -222,7 +224,7 @@ class _Keys:
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
                       self.keys: "hash", self.sched: "hash", self.wtok: "hash",
                       self.wq: "zset", self.qpark: "zset",
-                      self.hlen: "hash"}
+                      self.hlen: "hash", self.wlease: "zset"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -531,7 +533,7 @@ class RedisProvider(Provider):
             qids = await pipe.smembers(k.qi(iid))
             for qid in qids:
                 w("hdel", k.q, qid)
-                w("zrem", k.qvis, qid)
+                _zdel(w, k.qvis, qid)
                 w("zrem", k.qpark, qid)
             timers = [f for f in await pipe.hkeys(k.tk) if f.decode().split(_SEP)[0] == iid]
             if timers:
@@ -546,7 +548,8 @@ class RedisProvider(Provider):
             item = _Work.load(int(wid), raw)
             if item.work.instance_id in gone:
                 w("hdel", k.work, wid)
-                w("zrem", k.wq, wq_member(int(wid)))
+                _zdel(w, k.wq, wq_member(int(wid)))
+                _zdel(w, k.wlease, wq_member(int(wid)))
                 w("hdel", k.wcall, _work_key(item.work))
                 if item.lock_token is not None:
                     w("hdel", k.wtok, item.lock_token)
@@ -1001,6 +1004,8 @@ class RedisProvider(Provider):
                 item.dequeue_count += 1
                 w("hset", k.work, item.id, item.dump())
                 w("hset", k.wtok, item.lock_token, item.id)
+                w("zrem", k.wq, wq_member(item.id))
+                w("zadd", k.wlease, {wq_member(item.id): item.locked_until})
                 leases.append(WorkLease(item.lock_token, item.work, item.dequeue_count))
             for queue, kept in times.items():
                 w("hset", k.qleases, queue, orjson.dumps(kept))
@@ -1064,6 +1069,9 @@ class RedisProvider(Provider):
                     item.locked_until = 0
                     item.visible_at = self.clock.now_ms() + int(delay * 1000)
                     w("hset", self._k.work, item.id, item.dump())
+                    if not item.cancelled:  # to lease again (the scripts' work index)
+                        w("zrem", self._k.wlease, wq_member(item.id))
+                        w("zadd", self._k.wq, {wq_member(item.id): -item.work.priority})
                     w.wakes.add(b"w")
 
         await self._tx(body)
@@ -1077,6 +1085,7 @@ class RedisProvider(Provider):
                 return False
             item.locked_until = self.clock.now_ms() + int(lock_timeout * 1000)
             w("hset", self._k.work, item.id, item.dump())
+            w("zadd", self._k.wlease, {wq_member(item.id): item.locked_until}, False, True)  # XX: only if indexed
             return True
 
         return await self._tx(body)
@@ -1099,6 +1108,7 @@ class RedisProvider(Provider):
                 if beat.lock_timeout is not None:
                     item.locked_until = now + int(beat.lock_timeout * 1000)
                     w("hset", self._k.work, item.id, item.dump())
+                    w("zadd", self._k.wlease, {wq_member(item.id): item.locked_until}, False, True)  # XX
                 recorded.append(True)
             return recorded
 
@@ -1303,6 +1313,14 @@ class RedisProvider(Provider):
         for i in range(0, len(doomed), 500):
             await self._r.delete(*doomed[i:i + 500])
         return len(doomed)
+
+
+def _zdel(w: _Writes, key: str, member: str | bytes) -> None:
+    """Remove ``member`` so that the removal reaches the AOF even if a lease's unreplicated write
+    already took it out of memory (the server propagates only writes that change memory; see
+    redis_scripts): set it, then remove it."""
+    w("zadd", key, {member: 0})
+    w("zrem", key, member)
 
 
 #: Turns per commit script (the runtime's batches are usually smaller).

@@ -21,6 +21,11 @@ counts) stay in memory and never wait for an fsync. What they write is consisten
 to lose: after a server crash an instance is unlocked and a call unleased, as if
 the lease had expired; every later durable write (a commit, a result) is replicated
 whole. The cost: delivery counts made since the last AOF rewrite restart lower.
+One trap: the server propagates only writes that change its memory, so removing a
+member that a lease's unreplicated write already took out of a sorted set (a
+parked message from ``qvis``, a leased call from ``wq``) would never reach the
+AOF, and would come back after a restart. ``zdel`` removes such a member so that
+the removal is written.
 
 An orchestrator message visible at once is scored ``id - 2**53`` in ``qvis``
 (:func:`immediate_score`): always due, and ordered by arrival (ids ascend), so the
@@ -30,7 +35,8 @@ lease's expiry, so later fetches never read it while the lease holds; a fetch
 first moves the parked messages whose lease lapsed back. The lock (``locks``:
 ``token|until|id,id,...``) lists the parked ids: a commit deletes the consumed
 ones and puts any other back, a renewal moves them to the new expiry, an abandon
-puts them back.
+puts them back. Activity calls likewise: ``wq`` holds the calls to lease (by
+priority, then id), ``wlease`` the leased ones by lease expiry.
 
 The length of an instance's current history is kept in ``hlen`` (``incarnation|
 execution|length``, written by the commit that appends): the fetch reports it
@@ -47,10 +53,10 @@ Replies are one JSON string (``cjson``; an empty Lua table encodes as ``{}``).
 from __future__ import annotations
 
 #: The fixed keys every script receives, in this order, as KEYS[2..13] (attribute names of ``_Keys``).
-FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq", "qpark", "hlen")
+FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq", "qpark", "hlen", "wlease")
 #: The first KEYS index of a script's per-operation keys.
 FIRST_EXTRA = len(FIXED) + 2
-assert FIRST_EXTRA == 17  # the prelude's X
+assert FIRST_EXTRA == 18  # the prelude's X
 
 _PRELUDE = """
 local done = redis.call('GET', KEYS[1])
@@ -59,8 +65,8 @@ local CH = ARGV[1]
 local S = cjson.decode(ARGV[2])
 local VER, SEQ, INST, Q, QVIS, TK = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local LOCKS, WORK, WCALL, HB, WAITING, WTOK = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
-local WQ, QPARK, HLEN = KEYS[14], KEYS[15], KEYS[16]
-local X = 17  -- the first per-operation key (FIRST_EXTRA)
+local WQ, QPARK, HLEN, WLEASE = KEYS[14], KEYS[15], KEYS[16], KEYS[17]
+local X = 18  -- the first per-operation key (FIRST_EXTRA)
 local wrote, wakes = false, {}
 
 -- A queued orchestrator message e = {value, visible-at score ('' = now), timer field or ''} for KEYS[qi].
@@ -84,6 +90,14 @@ local function admits(statuses, row)
   local s = cjson.decode(row)['s']
   for _, x in ipairs(statuses) do if x == s then return true end end
   return false
+end
+
+-- ZREM whose removal reaches the AOF even when memory no longer holds the member (see above).
+local function zdel(key, member)
+  if redis.call('ZREM', key, member) == 0 then
+    redis.call('ZADD', key, 0, member)
+    redis.call('ZREM', key, member)
+  end
 end
 
 local function holds(lock, token)
@@ -112,6 +126,7 @@ end
 
 -- Put a parked message back in qvis at its own score: its visibility, or its arrival order.
 local function unpark(qid)
+  wrote = true
   redis.call('ZREM', QPARK, qid)
   local raw = redis.call('HGET', Q, qid)
   if not raw then return end
@@ -121,9 +136,15 @@ local function unpark(qid)
   redis.call('ZADD', QVIS, score, qid)
 end
 
--- A work item's place in WQ (the calls not yet done): higher priority first, then by id.
+-- A work item's place in WQ (the calls to lease) and WLEASE (the leased): higher priority first, then by id.
 local function wq_member(wid)
   return string.format('%020d', wid)
+end
+
+-- A call out of both indexes (done, or cancelled: never leased again).
+local function unindex(wid)
+  zdel(WQ, wq_member(wid))
+  zdel(WLEASE, wq_member(wid))
 end
 
 local function finish(result)
@@ -188,6 +209,7 @@ while offset < S.scan and after_full < 128 do
   for _, qid in ipairs(chunk) do
     if n >= S.max then after_full = after_full + 1 end
     local raw = redis.call('HGET', Q, qid)
+    if not raw then redis.call('ZREM', QVIS, qid) end  -- a leftover without its message
     local iid = raw and owner_of(raw)
     if iid and chosen[iid] then
       table.insert(chosen[iid], {qid, cjson.decode(raw)})
@@ -271,7 +293,7 @@ for n, T in ipairs(S.turns) do
     local consumed = {}
     for _, qid in ipairs(T.c) do
       redis.call('HDEL', Q, qid)
-      redis.call('ZREM', QVIS, qid)
+      zdel(QVIS, qid)
       redis.call('ZREM', QPARK, qid)
       redis.call('SREM', qi, qid)
       consumed[tostring(qid)] = true
@@ -300,7 +322,7 @@ for n, T in ipairs(S.turns) do
       local raw = wid and redis.call('HGET', WORK, wid)
       if raw then
         local item = cjson.decode(raw)
-        redis.call('ZREM', WQ, wq_member(wid))  -- never leased again
+        unindex(wid)  -- never leased again
         if item['t'] == cjson.null then
           redis.call('HDEL', WORK, wid)
           redis.call('HDEL', WCALL, f)
@@ -315,7 +337,7 @@ for n, T in ipairs(S.turns) do
       if qid then
         redis.call('HDEL', TK, d[1])
         redis.call('HDEL', Q, qid)
-        redis.call('ZREM', QVIS, qid)
+        zdel(QVIS, qid)
         redis.call('ZREM', QPARK, qid)
         redis.call('SREM', KEYS[d[2]], qid)
       end
@@ -357,6 +379,19 @@ if S.names then
   names = {}
   for _, x in ipairs(S.names) do names[x] = true end
 end
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', WLEASE, '-inf', S.now, 'LIMIT', 0, S.scan)) do
+  -- a lease that lapsed: the call is to lease again
+  wrote = true
+  redis.call('ZREM', WLEASE, member)
+  local raw = redis.call('HGET', WORK, tonumber(member))
+  local item = raw and cjson.decode(raw)
+  if item and not item['c'] then
+    local prio = item['p']
+    if prio == nil then prio = cjson.decode(item['w'])['priority'] end
+    if prio == nil or prio == cjson.null then prio = 0 end
+    redis.call('ZADD', WQ, -prio, member)
+  end
+end
 local leases, n = {}, 0
 for _, member in ipairs(redis.call('ZRANGE', WQ, 0, S.scan - 1)) do
   if n >= S.max then break end
@@ -368,6 +403,7 @@ for _, member in ipairs(redis.call('ZRANGE', WQ, 0, S.scan - 1)) do
     local item = cjson.decode(raw)
     local v = tonumber(item['v'])
     local leased = item['t'] ~= cjson.null and tonumber(item['u']) > now
+    if item['c'] then redis.call('ZREM', WQ, member) end  -- cancelled: never leased again
     if v <= now and not item['c'] and not leased then
       local name = item['n']
       if name == nil then name = cjson.decode(item['w'])['name'] end
@@ -380,6 +416,8 @@ for _, member in ipairs(redis.call('ZRANGE', WQ, 0, S.scan - 1)) do
         item['d'] = item['d'] + 1
         redis.call('HSET', WORK, wid, cjson.encode(item))
         redis.call('HSET', WTOK, token, wid)
+        redis.call('ZREM', WQ, member)
+        redis.call('ZADD', WLEASE, S['until'], member)
         leases[n] = {token, item['w'], item['d']}
         wrote = true
       end
@@ -405,7 +443,7 @@ for _, d in ipairs(S.done) do
         k = w['instance_id'] .. '\\31' .. w['execution_id'] .. '\\31' .. w['event_id']
       end
       redis.call('HDEL', WORK, wid)
-      redis.call('ZREM', WQ, wq_member(wid))
+      unindex(wid)
       redis.call('HDEL', WCALL, k)
       if d[2] ~= '' then redis.call('HDEL', HB, d[2]) end
       if admits(S.s, redis.call('HGET', INST, d[5])) then enqueue(d[4], d[3]) end
