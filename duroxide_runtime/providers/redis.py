@@ -1,12 +1,14 @@
 """``RedisProvider``: a durable store on a Redis server (``redis`` client, asyncio API).
 
-Every write is one optimistic transaction: ``WATCH`` the store's version key, read
-what the operation needs, then ``MULTI`` / the writes / ``INCR`` of the version /
-``EXEC``. A transaction that another writer overtook (in any process) is redone
-from its reads, so each operation is atomic and serialised with every other write
-of the store. That is also what fences leases: a turn's commit re-reads its
-instance's lock inside the transaction that writes the turn, so a runtime whose
-lock expired and was taken over cannot commit, however late its ``EXEC`` arrives.
+The hot paths (a start without queue, idempotency key or replacement; ``send``; the
+orchestration and activity fetches; turn commits; activity results; lock renewals)
+are Lua scripts (``redis_scripts``): one round trip each, atomic on the server,
+with the lease check inside the script, so a runtime whose lock expired and was
+taken over cannot commit, however late its script arrives. Everything else is one
+optimistic transaction: ``WATCH`` the store's version key, read what the operation
+needs, then ``MULTI`` / the writes / ``INCR`` of the version / ``EXEC``, redone
+from its reads when another writer (a script, or another transaction) overtook it.
+Reads are plain commands.
 
 Layout, every key under ``<prefix>:`` (``prefix=``, default ``duroxide``), so two
 applications can share one server:
@@ -14,10 +16,15 @@ applications can share one server:
 * ``inst`` (hash) instance id -> the row (JSON); ``ex:<id>`` (set) its executions;
   ``h:<execution>:<id>`` (list) the events of one execution.
 * ``q`` (hash) message id -> the queued orchestrator message; ``qvis`` (sorted set)
-  message ids by the time they become visible: durable timers are entries with a
-  future score; ``qi:<id>`` (set) an instance's queued message ids; ``tk`` (hash)
-  a timer's key -> its message id (for ``delete_timers``).
-* ``locks`` (hash) instance id -> ``token|until|parked ids``; ``work`` (hash) activity calls;
+  message ids by the time they become visible (``id - 2**53`` for "at once": in
+  arrival order): durable timers are entries with a future score; ``qpark`` (sorted
+  set) the messages of a lease, by its expiry; ``qi:<id>`` (set) an instance's
+  queued message ids; ``tk`` (hash) a timer's key -> its message id (for
+  ``delete_timers``); ``hlen`` (hash) instance id -> ``incarnation|execution|length``
+  of its current history.
+* ``locks`` (hash) instance id -> ``token|until|parked ids``; ``work`` (hash) activity
+  calls; ``wq`` / ``wlease`` (sorted sets) the calls to lease (by priority, then id)
+  and the leased ones (by lease expiry); ``wtok`` (hash) lease token -> work id;
   ``wcall`` (hash) call key -> work id; ``hb`` (hash) heartbeats.
 * ``waiting`` / ``admitted`` (hashes) instances of a queue; ``qleases`` / ``qadm``
   (hashes) the recent lease and admission times of rate-limited queues;
@@ -584,11 +591,13 @@ class RedisProvider(Provider):
                 extra.append(self._k.qi(message.instance_id))
                 more.append([FIRST_EXTRA + len(extra) - 1, self._entry(message, visible_at)])
             reply = await self._eval(START, {
-                "i": start.instance_id, "inc": incarnation, "row": _dump_row(self._new_row(start, incarnation)).decode(),
-                "e": self._entry(start, None), "more": more}, extra)
+                "i": start.instance_id, "inc": incarnation,
+                "row": _dump_row(self._new_row(start, incarnation)).decode(), "e": self._entry(start, None),
+                "more": more}, extra)
             if reply[0] == "c":
                 return StartOutcome(start.instance_id, created=True)
-            return StartOutcome(start.instance_id, created=False, existing=_load_row(start.instance_id, reply[1].encode()))
+            existing = _load_row(start.instance_id, reply[1].encode())
+            return StartOutcome(start.instance_id, created=False, existing=existing)
         first = await self._ids(len(messages) + 2)
         if idempotency_key is not None:
             await self._collect_keys(self.clock.now_ms() - key_ttl_ms)

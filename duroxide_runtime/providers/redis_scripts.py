@@ -8,8 +8,8 @@ writes together (``appendfsync always`` syncs once per event-loop pass).
 
 Every script has the same calling convention (:func:`keys_of`):
 
-* ``KEYS[1]`` a fresh marker key, ``KEYS[2..14]`` the store's fixed keys
-  (:data:`FIXED`), ``KEYS[15..]`` the per-instance keys the operation names
+* ``KEYS[1]`` a fresh marker key, ``KEYS[2..17]`` the store's fixed keys
+  (:data:`FIXED`), ``KEYS[18..]`` the per-instance keys the operation names
   (queue sets, histories, executions), so that every key a script touches is declared;
 * ``ARGV[1]`` the wake-up channel, ``ARGV[2]`` the operation as JSON (timestamps as
   strings: Lua numbers print with 14 digits, ids and ms times stay far below that).
@@ -52,8 +52,9 @@ Replies are one JSON string (``cjson``; an empty Lua table encodes as ``{}``).
 
 from __future__ import annotations
 
-#: The fixed keys every script receives, in this order, as KEYS[2..13] (attribute names of ``_Keys``).
-FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq", "qpark", "hlen", "wlease")
+#: The fixed keys every script receives, in this order, as KEYS[2..17] (attribute names of ``_Keys``).
+FIXED = ("ver", "seq", "inst", "q", "qvis", "tk", "locks", "work", "wcall", "hb", "waiting", "wtok", "wq", "qpark",
+         "hlen", "wlease")
 #: The first KEYS index of a script's per-operation keys.
 FIRST_EXTRA = len(FIXED) + 2
 assert FIRST_EXTRA == 18  # the prelude's X
