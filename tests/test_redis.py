@@ -298,7 +298,7 @@ class LoseExecReply:
 
         async def up() -> None:
             while data := await cr.read(65536):
-                if self.armed and b"EXEC" in data:
+                if self.armed and (b"EXEC" in data or b"EVALSHA" in data):
                     self.armed = False
                     cut.set()  # nothing more reaches the client
                     sw.write(data)

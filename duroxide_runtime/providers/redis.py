@@ -1,12 +1,14 @@
 """``RedisProvider``: a durable store on a Redis server (``redis`` client, asyncio API).
 
-Every write is one optimistic transaction: ``WATCH`` the store's version key, read
-what the operation needs, then ``MULTI`` / the writes / ``INCR`` of the version /
-``EXEC``. A transaction that another writer overtook (in any process) is redone
-from its reads, so each operation is atomic and serialised with every other write
-of the store. That is also what fences leases: a turn's commit re-reads its
-instance's lock inside the transaction that writes the turn, so a runtime whose
-lock expired and was taken over cannot commit, however late its ``EXEC`` arrives.
+The hot paths (a start without queue, idempotency key or replacement; ``send``; the
+orchestration and activity fetches; turn commits; activity results; lock renewals)
+are Lua scripts (``redis_scripts``): one round trip each, atomic on the server,
+with the lease check inside the script, so a runtime whose lock expired and was
+taken over cannot commit, however late its script arrives. Everything else is one
+optimistic transaction: ``WATCH`` the store's version key, read what the operation
+needs, then ``MULTI`` / the writes / ``INCR`` of the version / ``EXEC``, redone
+from its reads when another writer (a script, or another transaction) overtook it.
+Reads are plain commands.
 
 Layout, every key under ``<prefix>:`` (``prefix=``, default ``duroxide``), so two
 applications can share one server:
@@ -14,10 +16,15 @@ applications can share one server:
 * ``inst`` (hash) instance id -> the row (JSON); ``ex:<id>`` (set) its executions;
   ``h:<execution>:<id>`` (list) the events of one execution.
 * ``q`` (hash) message id -> the queued orchestrator message; ``qvis`` (sorted set)
-  message ids by the time they become visible: durable timers are entries with a
-  future score; ``qi:<id>`` (set) an instance's queued message ids; ``tk`` (hash)
-  a timer's key -> its message id (for ``delete_timers``).
-* ``locks`` (hash) instance id -> ``token|until``; ``work`` (hash) activity calls;
+  message ids by the time they become visible (``id - 2**53`` for "at once": in
+  arrival order): durable timers are entries with a future score; ``qpark`` (sorted
+  set) the messages of a lease, by its expiry; ``qi:<id>`` (set) an instance's
+  queued message ids; ``tk`` (hash) a timer's key -> its message id (for
+  ``delete_timers``); ``hlen`` (hash) instance id -> ``incarnation|execution|length``
+  of its current history.
+* ``locks`` (hash) instance id -> ``token|until|parked ids``; ``work`` (hash) activity
+  calls; ``wq`` / ``wlease`` (sorted sets) the calls to lease (by priority, then id)
+  and the leased ones (by lease expiry); ``wtok`` (hash) lease token -> work id;
   ``wcall`` (hash) call key -> work id; ``hb`` (hash) heartbeats.
 * ``waiting`` / ``admitted`` (hashes) instances of a queue; ``qleases`` / ``qadm``
   (hashes) the recent lease and admission times of rate-limited queues;
@@ -66,6 +73,9 @@ from .base import (
     decode_error_details, failure_type, make_overview, page_of, status_admits, timer_key,
 )
 from .queue_slots import QueueSlots, limited_queues
+from .redis_scripts import (
+    COMMIT, COMPLETE, FETCH_ORCH, FETCH_WORK, FIRST_EXTRA, FIXED, RENEW_ORCH, SEND, START, immediate_score, wq_member,
+)
 
 try:
     import redis.asyncio as aioredis
@@ -127,8 +137,9 @@ class _Queued:
     lock_token: str | None
 
     def dump(self) -> bytes:
-        return orjson.dumps({"m": self.raw.decode(), "v": self.visible_at, "d": self.dequeue_count,
-                             "t": self.lock_token})
+        # "i" (the instance) lets the fetch script group messages without decoding each message.
+        return orjson.dumps({"i": self.message.instance_id, "m": self.raw.decode(), "v": self.visible_at,
+                             "d": self.dequeue_count, "t": self.lock_token})
 
     @classmethod
     def load(cls, qid: int, raw: bytes) -> _Queued:
@@ -149,8 +160,11 @@ class _Work:
     cancelled: bool = False
 
     def dump(self) -> bytes:
+        # "n", "p", "k" (name, priority, call key) let the scripts filter, order and complete the call
+        # without decoding the message itself.
         return orjson.dumps({"w": self.raw.decode(), "v": self.visible_at, "d": self.dequeue_count,
-                             "t": self.lock_token, "u": self.locked_until, "c": self.cancelled})
+                             "t": self.lock_token, "u": self.locked_until, "c": self.cancelled,
+                             "n": self.work.name, "p": self.work.priority, "k": _work_key(self.work)})
 
     @classmethod
     def load(cls, wid: int, raw: bytes) -> _Work:
@@ -200,12 +214,27 @@ class _Keys:
         self.tk, self.locks, self.work, self.wcall, self.hb = p + "tk", p + "locks", p + "work", p + "wcall", p + "hb"
         self.waiting, self.admitted, self.qleases, self.qadm = p + "waiting", p + "admitted", p + "qleases", p + "qadm"
         self.keys, self.wake, self.probe, self.sched = p + "keys", p + "wake", p + "probe", p + "sched"
+        #: Debounce windows: orjson ``[name, key]`` -> ``[instance id, queued message id]``.
         self.debounce = p + "debounce"
+        #: Lease token -> work id, for the completion script (entries are checked against the item).
+        self.wtok = p + "wtok"
+        #: The activity calls not done nor cancelled, by priority then id (what the work fetch reads).
+        self.wq = p + "wq"
+        #: Orchestrator messages of a lease, by its expiry (taken out of qvis while it holds; redis_scripts).
+        self.qpark = p + "qpark"
+        #: Instance id -> ``incarnation|execution|length`` of its current history (redis_scripts).
+        self.hlen = p + "hlen"
+        #: The leased activity calls by lease expiry (wq holds those to lease; redis_scripts).
+        self.wlease = p + "wlease"
+        #: The keys every script receives (redis_scripts.FIXED), in that order.
+        self.fixed = [getattr(self, name) for name in FIXED]
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
         self.typed = {self.ver: "string", self.seq: "string", self.inst: "hash", self.q: "hash", self.qvis: "zset",
                       self.tk: "hash", self.locks: "hash", self.work: "hash", self.wcall: "hash", self.hb: "hash",
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
-                      self.keys: "hash", self.sched: "hash", self.debounce: "hash"}
+                      self.keys: "hash", self.sched: "hash", self.debounce: "hash", self.wtok: "hash",
+                      self.wq: "zset", self.qpark: "zset",
+                      self.hlen: "hash", self.wlease: "zset"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -236,6 +265,11 @@ class RedisProvider(Provider):
         self._r: Any = None
         #: One transaction at a time per process: tasks of one process never overtake each other's WATCH.
         self._tx_lock = asyncio.Lock()
+        #: Cleared while a WATCH transaction of this process redoes its reads: this process's scripts
+        #: then wait, so that a stream of them cannot starve it (scripts bump the watched version).
+        self._scripts_may_run = asyncio.Event()
+        self._scripts_may_run.set()
+        self._scripts: dict[str, Any] = {}
         self._hubs: list[Any] = []
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
@@ -343,48 +377,101 @@ class RedisProvider(Provider):
         failures = 0
         marker = f"{self.prefix}:tx:{uuid.uuid4().hex}"
         sent: list[_T] = []  # the result of an attempt whose EXEC was sent
+        gated = False
         async with self._tx_lock:
-            while True:
-                try:
-                    if sent and await self._r.exists(marker):
-                        return sent[0]  # committed; only the reply was lost
-                    sent.clear()
-                    async with self._r.pipeline(transaction=True) as pipe:
-                        await pipe.watch(self._k.ver)
-                        writes = _Writes()
-                        result = await body(pipe, writes)
-                        if not writes.ops and not writes.wakes:
-                            await pipe.unwatch()
+            try:
+                while True:
+                    try:
+                        if sent and await self._r.exists(marker):
+                            return sent[0]  # committed; only the reply was lost
+                        sent.clear()
+                        async with self._r.pipeline(transaction=True) as pipe:
+                            await pipe.watch(self._k.ver)
+                            writes = _Writes()
+                            result = await body(pipe, writes)
+                            if not writes.ops and not writes.wakes:
+                                await pipe.unwatch()
+                                return result
+                            pipe.multi()
+                            for command, args in writes.ops:
+                                getattr(pipe, command)(*args)
+                            pipe.incr(self._k.ver)
+                            pipe.set(marker, b"1", ex=600)
+                            for wake in writes.wakes:
+                                pipe.publish(self._k.wake, wake)
+                            sent.append(result)
+                            await pipe.execute()
                             return result
-                        pipe.multi()
-                        for command, args in writes.ops:
-                            getattr(pipe, command)(*args)
-                        pipe.incr(self._k.ver)
-                        pipe.set(marker, b"1", ex=600)
-                        for wake in writes.wakes:
-                            pipe.publish(self._k.wake, wake)
-                        sent.append(result)
-                        await pipe.execute()
-                        return result
-                except WatchError:
-                    # Overtaken by another writer: redo from the reads. (redis-py also reports a
-                    # connection lost during a watched EXEC as a WatchError: the marker check at
-                    # the top of the loop tells a transaction that did commit.)
-                    continue
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    if self._closed:
-                        raise StoreError("RedisProvider is closed", fix="create a new one") from exc
-                    failures += 1
-                    if failures > 40:
-                        raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
-                                         fix="check the Redis server and the network; the runtime keeps retrying") from exc
-                    _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(1.0, delay * 2)
+                    except WatchError:
+                        # Overtaken by another writer: redo from the reads. (redis-py also reports a
+                        # connection lost during a watched EXEC as a WatchError: the marker check at
+                        # the top of the loop tells a transaction that did commit.)
+                        if not gated:  # hold this process's scripts back until this transaction is through
+                            gated = True
+                            self._scripts_may_run.clear()
+                        continue
+                    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                        if self._closed:
+                            raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+                        failures += 1
+                        if failures > 40:
+                            raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
+                                             fix="check the Redis server and the network; the runtime keeps retrying") from exc
+                        _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
+                        await asyncio.sleep(delay)
+                        delay = min(1.0, delay * 2)
+            finally:
+                if gated:
+                    self._scripts_may_run.set()
+
+    async def _eval(self, source: str, spec: Any, extra_keys: Sequence[str] = ()) -> Any:
+        """Run one of ``redis_scripts``' scripts on ``spec`` (JSON) and return its decoded reply.
+
+        One round trip (``EVALSHA``; redis-py loads the script when the server lacks it, e.g.
+        after a restart). The script gets a fresh marker key: a retry after a lost reply sends
+        the same marker and gets back the reply the applied script stored under it, so a
+        script is never applied twice.
+        """
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._r.register_script(source)
+        if not self._scripts_may_run.is_set():
+            await self._scripts_may_run.wait()
+        keys = [f"{self.prefix}:tx:{uuid.uuid4().hex}", *self._k.fixed, *extra_keys]
+        args = [self._k.wake, orjson.dumps(spec)]
+        delay = 0.01
+        failures = 0
+        while True:
+            try:
+                return orjson.loads(await script(keys=keys, args=args))
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if self._closed:
+                    raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+                failures += 1
+                if failures > 40:
+                    raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
+                                     fix="check the Redis server and the network; the runtime keeps retrying") from exc
+                _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
 
     async def _read(self, body: Callable[[Any], Awaitable[_T]]) -> _T:
-        """A read-only operation, retried on a lost connection."""
-        return await self._tx(lambda pipe, _w: body(pipe))
+        """A read-only operation on the client itself (no WATCH, no lock), retried on a lost connection.
+
+        Each command reads atomically; an operation of several reads (a row, then its history)
+        is not one snapshot, and needs none: what it reads only grows or is replaced whole.
+        """
+        for attempt in range(41):
+            try:
+                return await body(self._r)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if self._closed:
+                    raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+                if attempt == 40:
+                    raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
+                                     fix="check the Redis server and the network; the runtime keeps retrying") from exc
+                await asyncio.sleep(min(1.0, 0.01 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     async def _ids(self, n: int) -> int:
         """Reserve ``n`` ids (ascending with arrival); the first is returned."""
@@ -405,12 +492,22 @@ class RedisProvider(Provider):
         raw = encode_message(message)
         vis = visible_at if visible_at is not None else 0
         w("hset", self._k.q, qid, _Queued(qid, message, raw, vis, 0, None).dump())
-        w("zadd", self._k.qvis, {str(qid): vis})
+        w("zadd", self._k.qvis, {str(qid): vis if visible_at is not None else immediate_score(qid)})
         w("sadd", self._k.qi(message.instance_id), qid)
         key = timer_key(message)
         if key is not None:
             w("hset", self._k.tk, _call_field(key.instance_id, key.execution_id, key.event_id), qid)
         w.wakes.add(b"o")
+
+    @staticmethod
+    def _entry(message: OrchestratorMessage, visible_at: int | None) -> list[str]:
+        """A message as the scripts enqueue it: [stored value, visible-at score, timer field or '']."""
+        raw = encode_message(message)
+        vis = visible_at if visible_at is not None else 0
+        key = timer_key(message)
+        tk = "" if key is None else _call_field(key.instance_id, key.execution_id, key.event_id)
+        # no score: the script scores it by its id (immediate_score)
+        return [_Queued(0, message, raw, vis, 0, None).dump().decode(), "" if visible_at is None else str(vis), tk]
 
     def _create(self, w: _Writes, start: StartOrchestration, incarnation: str, qid: int, order: int) -> None:
         """The row and the start of a new instance; one naming a queue waits for its admission."""
@@ -446,21 +543,26 @@ class RedisProvider(Provider):
             qids = await pipe.smembers(k.qi(iid))
             for qid in qids:
                 w("hdel", k.q, qid)
-                w("zrem", k.qvis, qid)
+                _zdel(w, k.qvis, qid)
+                w("zrem", k.qpark, qid)
             timers = [f for f in await pipe.hkeys(k.tk) if f.decode().split(_SEP)[0] == iid]
             if timers:
                 w("hdel", k.tk, *timers)
             for ex in await pipe.smembers(k.execs(iid)):
                 w("delete", k.hist(iid, int(ex)))
             w("delete", k.qi(iid), k.execs(iid))
-            for name in (k.inst, k.locks, k.waiting, k.admitted):
+            for name in (k.inst, k.locks, k.waiting, k.admitted, k.hlen):
                 w("hdel", name, iid)
         gone = set(doomed)
         for wid, raw in work.items():
             item = _Work.load(int(wid), raw)
             if item.work.instance_id in gone:
                 w("hdel", k.work, wid)
+                _zdel(w, k.wq, wq_member(int(wid)))
+                _zdel(w, k.wlease, wq_member(int(wid)))
                 w("hdel", k.wcall, _work_key(item.work))
+                if item.lock_token is not None:
+                    w("hdel", k.wtok, item.lock_token)
         beats = [f for f in hb if f.decode().split(_SEP)[0] in gone]
         if beats:
             w("hdel", k.hb, *beats)
@@ -484,6 +586,21 @@ class RedisProvider(Provider):
                              key_ttl_ms: int = IDEMPOTENCY_KEY_TTL_MS,
                              messages: Sequence[tuple[OrchestratorMessage, int | None]] = ()) -> StartOutcome:
         incarnation = uuid.uuid4().hex
+        if idempotency_key is None and start.queue is None and if_exists is not IfExists.REPLACE:
+            # The common start: one script (the row, the start message and ``messages``).
+            extra: list[str] = [self._k.qi(start.instance_id)]
+            more = []
+            for message, visible_at in messages:
+                extra.append(self._k.qi(message.instance_id))
+                more.append([FIRST_EXTRA + len(extra) - 1, self._entry(message, visible_at)])
+            reply = await self._eval(START, {
+                "i": start.instance_id, "inc": incarnation,
+                "row": _dump_row(self._new_row(start, incarnation)).decode(), "e": self._entry(start, None),
+                "more": more}, extra)
+            if reply[0] == "c":
+                return StartOutcome(start.instance_id, created=True)
+            existing = _load_row(start.instance_id, reply[1].encode())
+            return StartOutcome(start.instance_id, created=False, existing=existing)
         first = await self._ids(len(messages) + 2)
         if idempotency_key is not None:
             await self._collect_keys(self.clock.now_ms() - key_ttl_ms)
@@ -568,18 +685,14 @@ class RedisProvider(Provider):
     async def send(self, message: OrchestratorMessage, *,
                    only_if_status_in: Collection[str] | None = None,
                    set_status: str | None = None) -> InstanceRecord | None:
-        qid = await self._ids(1)
-
-        async def body(pipe: Any, w: _Writes) -> InstanceRecord | None:
-            record = await self._row(pipe, message.instance_id)
-            if status_admits(only_if_status_in, record.status if record else None):
-                self._enqueue(w, qid, message, None)
-                if set_status is not None and record is not None:
-                    row = dataclasses.replace(record, status=set_status, updated_at_ms=self.clock.now_ms())
-                    w("hset", self._k.inst, message.instance_id, _dump_row(row))
-            return record
-
-        return await self._tx(body)
+        spec: dict[str, Any] = {"i": message.instance_id, "now": str(self.clock.now_ms()),
+                                "e": self._entry(message, None)}
+        if only_if_status_in is not None:
+            spec["s"] = list(only_if_status_in)
+        if set_status is not None:
+            spec["set"] = set_status
+        (raw,) = await self._eval(SEND, spec, [self._k.qi(message.instance_id)])
+        return None if not raw else _load_row(message.instance_id, raw.encode())
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         return await self._read(lambda pipe: self._row(pipe, instance_id))
@@ -671,6 +784,13 @@ class RedisProvider(Provider):
                                         queues: Mapping[str, QueueOptions] | None = None,
                                         live_statuses: Collection[str] = ()) -> FetchResult:
         k = self._k
+        now = self.clock.now_ms()
+        n = max(0, max_items)
+        reply = await self._eval(FETCH_ORCH, {
+            "now": str(now), "until": str(now + int(lock_timeout * 1000)), "max": n, "scan": max(1000, 20 * n),
+            "woff": str(WAITING_OFFSET_MS), "tok": uuid.uuid4().hex, "queues": bool(queues)})
+        if reply != ["slow"]:  # else waiting instances must be admitted first: the transaction below does that
+            return self._fetched(reply)
 
         async def body(pipe: Any, w: _Writes) -> FetchResult:
             now = self.clock.now_ms()
@@ -678,8 +798,15 @@ class RedisProvider(Provider):
             freed: dict[int, _Queued] = {}
             if queues and waiting:
                 freed = await self._admit(pipe, w, now, queues, live_statuses, waiting)
+            # Messages parked by a lease that lapsed go back to qvis (this path does not park what it leases).
+            lapsed = [int(x) for x in await pipe.zrangebyscore(k.qpark, "-inf", now)]
+            for qid, raw in zip(lapsed, await pipe.hmget(k.q, lapsed) if lapsed else []):
+                w("zrem", k.qpark, qid)
+                if raw is not None:
+                    v = _Queued.load(qid, raw).visible_at
+                    w("zadd", k.qvis, {str(qid): v if v > 0 else immediate_score(qid)})
             # The admitted starts' new visibility is queued in `w`, not yet in the sorted set: merged here.
-            due_ids = sorted({int(x) for x in await pipe.zrangebyscore(k.qvis, "-inf", now)}
+            due_ids = sorted({int(x) for x in await pipe.zrangebyscore(k.qvis, "-inf", now)} | set(lapsed)
                              | {qid for qid, q in freed.items() if q.visible_at <= now})
             later = await pipe.zrangebyscore(k.qvis, f"({now}", f"({WAITING_OFFSET_MS}", start=0, num=200,
                                              withscores=True)
@@ -722,6 +849,15 @@ class RedisProvider(Provider):
             return FetchResult(items, next_due)
 
         return await self._tx(body)
+
+    @staticmethod
+    def _fetched(reply: list[Any]) -> FetchResult:
+        """The fetch script's reply as a ``FetchResult``."""
+        raw_items, next_due = reply
+        items = [OrchestrationItem(iid, token, [QueuedMessage(int(qid), decode_message(m)) for qid, m in _seq(msgs)],
+                                   _load_row(iid, row.encode()) if row else None, int(hlen), int(dequeues))
+                 for iid, token, msgs, row, dequeues, hlen in _seq(raw_items)]
+        return FetchResult(items, None if next_due is False else int(next_due))
 
     async def _admit(self, pipe: Any, w: _Writes, now: int, queues: Mapping[str, QueueOptions],
                      live_statuses: Collection[str], waiting: dict[str, _Placement]) -> dict[int, _Queued]:
@@ -790,93 +926,59 @@ class RedisProvider(Provider):
         return await self._read(body)
 
     async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
-        # One transaction per turn: each is atomic and fenced by its lock; a batch is not one unit.
-        return [await self._commit(c) for c in commits]
+        # One script for the batch; each turn is fenced by its own lock and applied whole or not at
+        # all, the batch is not one unit. Batches are cut so that one script's work stays bounded.
+        results: list[bool] = []
+        for start in range(0, len(commits), _COMMIT_BATCH):
+            results.extend(await self._commit_batch(commits[start:start + _COMMIT_BATCH]))
+        return results
 
-    async def _commit(self, c: TurnCommit) -> bool:
+    async def _commit_batch(self, commits: Sequence[TurnCommit]) -> list[bool]:
+        keys: dict[str, int] = {}
+
+        def key(name: str) -> int:  # the KEYS index of a per-operation key
+            return keys.setdefault(name, FIRST_EXTRA + len(keys))
+
         k = self._k
-        first = await self._ids(len(c.activities) + len(c.children) + len(c.messages))
-
-        async def body(pipe: Any, w: _Writes) -> bool:
-            lock = await pipe.hget(k.locks, c.instance_id)
-            if lock is None or lock.decode().split("|")[0] != c.lock_token:
-                return False  # the lease lapsed and someone else holds (or held) the instance: fenced
-            now = self.clock.now_ms()
-            ids = iter(range(first, first + 10**9))
-            for qid in c.consumed:
-                w("hdel", k.q, qid)
-                w("zrem", k.qvis, qid)
-                w("srem", k.qi(c.instance_id), qid)
-            if c.new_events:
-                w("rpush", k.hist(c.instance_id, c.execution_id), *[encode_event(e) for e in c.new_events])
-                w("sadd", k.execs(c.instance_id), c.execution_id)
-            cancelled = {_call_field(k_.instance_id, k_.execution_id, k_.event_id) for k_ in c.cancel_activities}
-            for work in c.activities:
-                wid = next(ids)
-                if _work_key(work) in cancelled:
-                    continue  # scheduled and cancelled by one turn: queued and deleted at once, never leased
-                raw = encode_message(work)
-                w("hset", k.work, wid, _Work(wid, work, raw, now).dump())
-                w("hset", k.wcall, _work_key(work), wid)
-                w.wakes.add(b"w")
-            for call in c.cancel_activities:
-                wid_raw = await pipe.hget(k.wcall, _call_field(call.instance_id, call.execution_id, call.event_id))
-                raw_w = None if wid_raw is None else await pipe.hget(k.work, wid_raw)
-                if wid_raw is None or raw_w is None:
-                    continue
-                item = _Work.load(int(wid_raw), raw_w)
-                if item.lock_token is None:
-                    w("hdel", k.work, wid_raw)
-                    w("hdel", k.wcall, _work_key(item.work))
-                else:
-                    item.cancelled = True
-                    w("hset", k.work, wid_raw, item.dump())
-            for key in c.delete_timers:
-                field_ = _call_field(key.instance_id, key.execution_id, key.event_id)
-                qid_raw = await pipe.hget(k.tk, field_)
-                if qid_raw is not None:
-                    w("hdel", k.tk, field_)
-                    w("hdel", k.q, qid_raw)
-                    w("zrem", k.qvis, qid_raw)
-                    w("srem", k.qi(key.instance_id), qid_raw)
-            for child in c.children:
-                if await pipe.hexists(k.inst, child.start.instance_id):
-                    if child.if_taken is not None:
-                        self._enqueue(w, next(ids), child.if_taken, None)
-                    continue
-                w("hset", k.inst, child.start.instance_id, _dump_row(self._new_row(child.start, uuid.uuid4().hex)))
-                self._enqueue(w, next(ids), child.start, None)
-            for msg, visible_at in c.messages:
-                self._enqueue(w, next(ids), msg, visible_at)
+        now = self.clock.now_ms()
+        turns = []
+        for c in commits:
+            cancelled = {_call_field(x.instance_id, x.execution_id, x.event_id) for x in c.cancel_activities}
+            turn: dict[str, Any] = {
+                "i": c.instance_id, "t": c.lock_token, "qi": key(k.qi(c.instance_id)),
+                "h": key(k.hist(c.instance_id, c.execution_id)), "x": key(k.execs(c.instance_id)),
+                "ex": c.execution_id, "c": list(c.consumed), "ev": [encode_event(e).decode() for e in c.new_events],
+                # scheduled and cancelled by one turn: never queued, never leased
+                "a": [[_Work(0, work, raw, now).dump().decode(), _work_key(work), work.priority]
+                      for work in c.activities if _work_key(work) not in cancelled
+                      for raw in (encode_message(work),)],
+                "cx": sorted(cancelled),
+                "dt": [[_call_field(t.instance_id, t.execution_id, t.event_id), key(k.qi(t.instance_id))]
+                       for t in c.delete_timers],
+                "ch": [{"i": ch.start.instance_id, "qi": key(k.qi(ch.start.instance_id)),
+                        "row": _dump_row(self._new_row(ch.start, uuid.uuid4().hex)).decode(),
+                        "e": self._entry(ch.start, None),
+                        **({} if ch.if_taken is None else {"tq": key(k.qi(ch.if_taken.instance_id)),
+                                                           "it": self._entry(ch.if_taken, None)})}
+                       for ch in c.children],
+                "m": [[key(k.qi(msg.instance_id)), self._entry(msg, visible_at)] for msg, visible_at in c.messages],
+                "fin": c.ends_instance}
             if c.update is not None:
                 u = c.update
-                old = await self._row(pipe, c.instance_id)
-                if old is not None:
-                    row = InstanceRecord(
-                        old.instance_id, u.name, u.version, u.execution_id, u.status, u.output, u.error,
-                        u.custom_status if u.custom_status_changed else old.custom_status,
-                        old.created_at_ms, now, old.parent_instance_id, old.incarnation)
-                    w("hset", k.inst, c.instance_id, _dump_row(row))
-            w("hdel", k.locks, c.instance_id)
-            if c.ends_instance:
-                w.wakes.add(b"i:" + c.instance_id.encode())
-            return True
-
-        return await self._tx(body)
+                turn["u"] = {"n": u.name, "v": u.version, "e": u.execution_id, "s": u.status, "o": u.output,
+                             "err": None if u.error is None else orjson.dumps(u.error.to_dict()).decode(),
+                             **({"cs": u.custom_status} if u.custom_status_changed else {})}
+            turns.append(turn)
+        # The marker, the fixed keys, then `keys` in index order (dicts keep insertion order).
+        reply = await self._eval(COMMIT, {"now": str(now), "turns": turns}, list(keys))
+        return [bool(x) for x in _seq(reply)]
 
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
-        async def body(pipe: Any, w: _Writes) -> list[bool]:
-            until = self.clock.now_ms() + int(lock_timeout * 1000)
-            renewed = []
-            for iid, token in locks:
-                lock = await pipe.hget(self._k.locks, iid)
-                held = lock is not None and lock.decode().split("|")[0] == token
-                if held:
-                    w("hset", self._k.locks, iid, f"{token}|{until}")
-                renewed.append(held)
-            return renewed
-
-        return await self._tx(body)
+        if not locks:
+            return []
+        until = self.clock.now_ms() + int(lock_timeout * 1000)
+        reply = await self._eval(RENEW_ORCH, {"until": str(until), "locks": [list(x) for x in locks]})
+        return [bool(x) for x in _seq(reply)]
 
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
         k = self._k
@@ -895,6 +997,7 @@ class RedisProvider(Provider):
                     q.lock_token = None
                     q.visible_at = max(q.visible_at, visible)
                     w("hset", k.q, q.id, q.dump())
+                    w("zrem", k.qpark, q.id)
                     w("zadd", k.qvis, {str(q.id): q.visible_at})
             w("hdel", k.locks, instance_id)
             w.wakes.add(b"o")
@@ -911,13 +1014,23 @@ class RedisProvider(Provider):
                                foreign_delay: float = 1.0,
                                queues: Mapping[str, QueueOptions] | None = None) -> list[WorkLease]:
         k = self._k
+        limited = limited_queues(queues)
+        if not limited:  # one script; queues with limits count their slots in the transaction below
+            now = self.clock.now_ms()
+            n = max(0, max_items)
+            spec: dict[str, Any] = {"now": str(now), "until": str(now + int(lock_timeout * 1000)),
+                                    "fb": str(now - int(foreign_delay * 1000)), "max": n, "scan": max(1000, 20 * n),
+                                    "tok": uuid.uuid4().hex}
+            if known_names is not None:
+                spec["names"] = list(known_names)
+            return [WorkLease(token, decode_message(raw), int(dequeues))
+                    for token, raw, dequeues in _seq(await self._eval(FETCH_WORK, spec))]
 
         async def body(pipe: Any, w: _Writes) -> list[WorkLease]:
             now = self.clock.now_ms()
             foreign_before = now - int(foreign_delay * 1000)
             leases: list[WorkLease] = []
             items = await self._all_work(pipe)
-            limited = limited_queues(queues)
             slots, times = (await self._slots(pipe, items, now, limited)) if limited else (None, {})
             for item in sorted(items, key=lambda x: (-x.work.priority, x.id)):
                 if len(leases) >= max_items:
@@ -931,10 +1044,15 @@ class RedisProvider(Provider):
                         continue
                     if slots.take(item.work.queue, item.work.concurrency_key):
                         times.setdefault(item.work.queue, []).append(now)
+                if item.lock_token is not None:
+                    w("hdel", k.wtok, item.lock_token)
                 item.lock_token = uuid.uuid4().hex
                 item.locked_until = now + int(lock_timeout * 1000)
                 item.dequeue_count += 1
                 w("hset", k.work, item.id, item.dump())
+                w("hset", k.wtok, item.lock_token, item.id)
+                w("zrem", k.wq, wq_member(item.id))
+                w("zadd", k.wlease, {wq_member(item.id): item.locked_until})
                 leases.append(WorkLease(item.lock_token, item.work, item.dequeue_count))
             for queue, kept in times.items():
                 w("hset", k.qleases, queue, orjson.dumps(kept))
@@ -973,35 +1091,34 @@ class RedisProvider(Provider):
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
                                   only_if_status_in: Collection[str] | None = None) -> None:
-        k = self._k
-        first = await self._ids(len(completions))
-
-        async def body(pipe: Any, w: _Writes) -> None:
-            items = await self._all_work(pipe)
-            for i, done in enumerate(completions):
-                held = [x for x in items if x.lock_token == done.lock_token]
-                for x in held:
-                    w("hdel", k.work, x.id)
-                    w("hdel", k.wcall, _work_key(x.work))
-                if not held:
-                    continue  # lease gone (purged, or taken over by another worker): the result is stale
-                if done.forget_heartbeat is not None:
-                    b = done.forget_heartbeat
-                    w("hdel", k.hb, _call_field(b.instance_id, b.execution_id, b.event_id))
-                record = await self._row(pipe, done.result.instance_id)
-                if status_admits(only_if_status_in, record.status if record else None):
-                    self._enqueue(w, first + i, done.result, None)
-
-        await self._tx(body)
+        # A lease gone (purged, or taken over by another worker) makes its result stale: the script
+        # drops it. The lease token finds the item through the `wtok` index.
+        if not completions:
+            return
+        keys: dict[str, int] = {}
+        done = []
+        for c in completions:
+            b = c.forget_heartbeat
+            qi = keys.setdefault(self._k.qi(c.result.instance_id), FIRST_EXTRA + len(keys))
+            done.append([c.lock_token, "" if b is None else _call_field(b.instance_id, b.execution_id, b.event_id),
+                         self._entry(c.result, None), qi, c.result.instance_id])
+        spec: dict[str, Any] = {"done": done}
+        if only_if_status_in is not None:
+            spec["s"] = list(only_if_status_in)
+        await self._eval(COMPLETE, spec, list(keys))
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         async def body(pipe: Any, w: _Writes) -> None:
             for item in await self._all_work(pipe):
                 if item.lock_token == lock_token:
+                    w("hdel", self._k.wtok, lock_token)
                     item.lock_token = None
                     item.locked_until = 0
                     item.visible_at = self.clock.now_ms() + int(delay * 1000)
                     w("hset", self._k.work, item.id, item.dump())
+                    if not item.cancelled:  # to lease again (the scripts' work index)
+                        w("zrem", self._k.wlease, wq_member(item.id))
+                        w("zadd", self._k.wq, {wq_member(item.id): -item.work.priority})
                     w.wakes.add(b"w")
 
         await self._tx(body)
@@ -1015,6 +1132,7 @@ class RedisProvider(Provider):
                 return False
             item.locked_until = self.clock.now_ms() + int(lock_timeout * 1000)
             w("hset", self._k.work, item.id, item.dump())
+            w("zadd", self._k.wlease, {wq_member(item.id): item.locked_until}, False, True)  # XX: only if indexed
             return True
 
         return await self._tx(body)
@@ -1037,6 +1155,7 @@ class RedisProvider(Provider):
                 if beat.lock_timeout is not None:
                     item.locked_until = now + int(beat.lock_timeout * 1000)
                     w("hset", self._k.work, item.id, item.dump())
+                    w("zadd", self._k.wlease, {wq_member(item.id): item.locked_until}, False, True)  # XX
                 recorded.append(True)
             return recorded
 
@@ -1058,6 +1177,7 @@ class RedisProvider(Provider):
             k = self._k
             due = int(await pipe.zcount(k.qvis, "-inf", now))
             later = int(await pipe.zcount(k.qvis, f"({now}", f"({WAITING_OFFSET_MS}"))
+            due += int(await pipe.zcard(k.qpark))  # a lease's messages (redis_scripts): visible, only leased
             worker = int(await pipe.hlen(k.work))
             rows = await pipe.hgetall(k.inst)
             active = sum(1 for raw in rows.values() if orjson.loads(raw)["s"] in active_statuses)
@@ -1240,6 +1360,23 @@ class RedisProvider(Provider):
         for i in range(0, len(doomed), 500):
             await self._r.delete(*doomed[i:i + 500])
         return len(doomed)
+
+
+def _zdel(w: _Writes, key: str, member: str | bytes) -> None:
+    """Remove ``member`` so that the removal reaches the AOF even if a lease's unreplicated write
+    already took it out of memory (the server propagates only writes that change memory; see
+    redis_scripts): set it, then remove it."""
+    w("zadd", key, {member: 0})
+    w("zrem", key, member)
+
+
+#: Turns per commit script (the runtime's batches are usually smaller).
+_COMMIT_BATCH = 64
+
+
+def _seq(value: Any) -> list[Any]:
+    """A list from a script's JSON reply (``cjson`` encodes an empty Lua table as ``{}``)."""
+    return value if isinstance(value, list) else []
 
 
 def _glob_escape(text: str) -> str:
