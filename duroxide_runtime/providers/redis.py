@@ -246,6 +246,31 @@ class _Keys:
         return f"{self.prefix}:qi:{instance_id}"
 
 
+class _Retry:
+    """One operation's retries on connection trouble: 10 ms doubling to 1 s, at most 40.
+
+    Then :class:`StoreError` (the runtime retries whole turns); at once when the
+    provider was closed meanwhile.
+    """
+
+    def __init__(self, provider: RedisProvider) -> None:
+        self._provider = provider
+        self._delay = 0.01
+        self._failures = 0
+
+    async def after(self, exc: Exception) -> None:
+        """Wait before the next attempt after ``exc``, or raise when there is none."""
+        if self._provider._closed:
+            raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+        self._failures += 1
+        if self._failures > 40:
+            raise StoreError(f"Redis at {_redact(self._provider.url)} stayed unreachable: {exc}",
+                             fix="check the Redis server and the network; the runtime keeps retrying") from exc
+        _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
+        await asyncio.sleep(self._delay)
+        self._delay = min(1.0, self._delay * 2)
+
+
 class RedisProvider(Provider):
     """A durable provider on Redis; several runtime processes can share one server (and one prefix).
 
@@ -373,8 +398,7 @@ class RedisProvider(Provider):
         """
         if self._r is None:
             raise StoreError("RedisProvider is closed", fix="create a new one with RedisProvider.new(url)")
-        delay = 0.01
-        failures = 0
+        retry = _Retry(self)
         marker = f"{self.prefix}:tx:{uuid.uuid4().hex}"
         sent: list[_T] = []  # the result of an attempt whose EXEC was sent
         gated = False
@@ -411,15 +435,7 @@ class RedisProvider(Provider):
                             self._scripts_may_run.clear()
                         continue
                     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                        if self._closed:
-                            raise StoreError("RedisProvider is closed", fix="create a new one") from exc
-                        failures += 1
-                        if failures > 40:
-                            raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
-                                             fix="check the Redis server and the network; the runtime keeps retrying") from exc
-                        _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
-                        await asyncio.sleep(delay)
-                        delay = min(1.0, delay * 2)
+                        await retry.after(exc)
             finally:
                 if gated:
                     self._scripts_may_run.set()
@@ -439,21 +455,12 @@ class RedisProvider(Provider):
             await self._scripts_may_run.wait()
         keys = [f"{self.prefix}:tx:{uuid.uuid4().hex}", *self._k.fixed, *extra_keys]
         args = [self._k.wake, orjson.dumps(spec)]
-        delay = 0.01
-        failures = 0
+        retry = _Retry(self)
         while True:
             try:
                 return orjson.loads(await script(keys=keys, args=args))
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if self._closed:
-                    raise StoreError("RedisProvider is closed", fix="create a new one") from exc
-                failures += 1
-                if failures > 40:
-                    raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
-                                     fix="check the Redis server and the network; the runtime keeps retrying") from exc
-                _log.warning("Redis connection trouble (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(delay)
-                delay = min(1.0, delay * 2)
+                await retry.after(exc)
 
     async def _read(self, body: Callable[[Any], Awaitable[_T]]) -> _T:
         """A read-only operation on the client itself (no WATCH, no lock), retried on a lost connection.
@@ -461,17 +468,12 @@ class RedisProvider(Provider):
         Each command reads atomically; an operation of several reads (a row, then its history)
         is not one snapshot, and needs none: what it reads only grows or is replaced whole.
         """
-        for attempt in range(41):
+        retry = _Retry(self)
+        while True:
             try:
                 return await body(self._r)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if self._closed:
-                    raise StoreError("RedisProvider is closed", fix="create a new one") from exc
-                if attempt == 40:
-                    raise StoreError(f"Redis at {_redact(self.url)} stayed unreachable: {exc}",
-                                     fix="check the Redis server and the network; the runtime keeps retrying") from exc
-                await asyncio.sleep(min(1.0, 0.01 * 2 ** attempt))
-        raise AssertionError("unreachable")
+                await retry.after(exc)
 
     async def _ids(self, n: int) -> int:
         """Reserve ``n`` ids (ascending with arrival); the first is returned."""
