@@ -67,8 +67,6 @@ from .history import Event, HistoryEvent
 from .options import RetryPolicy, RuntimeOptions
 from .providers.base import Durability, InstanceQuery, Provider, QueueStats, StoreOverview
 from .providers.memory import InMemoryProvider
-from .providers.postgres import PostgresProvider
-from .providers.redis import RedisProvider
 from .providers.sqlite import SqliteProvider
 from .registry import ActivityRegistry, OrchestrationRegistry, VersionPolicy
 from .runtime import Runtime, RuntimeBuilder
@@ -94,6 +92,8 @@ if TYPE_CHECKING:
     from .tracing import OpenTelemetryTracing as OpenTelemetryTracing
     from .tracing import current_activity_span as current_activity_span
     from .ui import serve as serve_ui
+    from .providers.postgres import PostgresProvider
+    from .providers.redis import RedisProvider
 else:
     def __getattr__(name: str) -> object:
         # The codec imports pydantic (~70 ms): only for programs that use typed payloads.
@@ -110,6 +110,16 @@ else:
             from . import tracing
 
             return getattr(tracing, name)
+        # The stores with extras: the redis client alone takes ~70 ms to import (asyncpg ~15 ms), paid by
+        # every process (the CLI, each worker) that never connects to one.
+        if name == "PostgresProvider":
+            from .providers.postgres import PostgresProvider
+
+            return PostgresProvider
+        if name == "RedisProvider":
+            from .providers.redis import RedisProvider
+
+            return RedisProvider
         # The web UI (its server loads aiohttp and Jinja2 only when started).
         if name == "serve_ui":
             from .ui import serve

@@ -207,3 +207,19 @@ def test_cli_on_postgres_names_the_extra(no_asyncpg: dict[str, str], tmp_path: P
     assert proc.returncode == 1, proc
     assert "error: PostgreSQL stores need the asyncpg package" in proc.stderr and EXTRA_HINT in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_importing_the_runtime_loads_no_optional_package(tmp_path: Path) -> None:
+    # Every worker process and each `duroxide` command pays for what `import duroxide_runtime` loads: the
+    # extras' packages (the redis client alone takes ~70 ms) load only when their feature is used.
+    probe = _python("""
+        import sys
+        import duroxide_runtime
+        from duroxide_runtime import Client, Runtime, SqliteProvider
+        optional = ("redis", "asyncpg", "pydantic", "prometheus_client", "opentelemetry", "aiohttp", "jinja2")
+        print(sorted(name for name in optional if name in sys.modules))
+        from duroxide_runtime import RedisProvider, PostgresProvider
+        print(RedisProvider.__name__, PostgresProvider.__name__, "redis" in sys.modules, "asyncpg" in sys.modules)
+    """, clean_env(), tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.splitlines() == ["[]", "RedisProvider PostgresProvider True True"]
