@@ -20,19 +20,15 @@ import json
 import sys
 from datetime import timedelta
 
-from duroxide_runtime import Client, PostgresProvider, Provider, SqliteProvider
+from duroxide_runtime import Client
+from race_worker import open_store, wait_for_go
 
 
 async def main(kind: str, target: str, schema: str, number: int, round_: int, keys: int, calls: int) -> None:
-    store: Provider
-    if kind == "sqlite":
-        store = await SqliteProvider.new(f"sqlite://{target}")
-    else:
-        store = await PostgresProvider.new(target, schema=schema, pool_size=4)
+    store = await open_store(kind, target, schema)
     try:
         client = Client(store)
-        print("READY", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await wait_for_go()
 
         async def burst(key: str) -> list[str]:
             return [await client.start_orchestration(f"{key}-r{round_}-p{number}-t{t}", "Digest", f"p{number}-t{t}",

@@ -18,19 +18,15 @@ import asyncio
 import json
 import sys
 
-from duroxide_runtime import Client, PostgresProvider, Provider, SqliteProvider
+from duroxide_runtime import Client
+from race_worker import open_store, wait_for_go
 
 
 async def main(kind: str, target: str, schema: str, number: int, keys: int, tasks: int) -> None:
-    store: Provider
-    if kind == "sqlite":
-        store = await SqliteProvider.new(f"sqlite://{target}")
-    else:
-        store = await PostgresProvider.new(target, schema=schema, pool_size=4)
+    store = await open_store(kind, target, schema)
     try:
         client = Client(store)
-        print("READY", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await wait_for_go()
         names = [(f"key-{k}", f"key-{k}-p{number}-t{t}") for k in range(keys) for t in range(tasks)]
         ids = await asyncio.gather(*(client.start_orchestration(iid, "Raced", "", idempotency_key=key)
                                      for key, iid in names))

@@ -17,9 +17,6 @@ system clock); nothing waits for real time to pass.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +29,7 @@ from duroxide_runtime.providers.base import now_ms
 from duroxide_runtime.testing import ManualClock
 
 from .support import PROVIDERS, drop_store, make_store
+from .worker_process import release_together
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,31 +39,9 @@ PROCESSES, KEYS, CALLS = 3, 4, 5
 
 async def _burst(kind: str, target: str, schema: str, round_: int) -> list[dict[str, list[str]]]:
     """Run the workers of one round together; what each returned, per key."""
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        for number in range(PROCESSES):
-            procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, str(WORKER), kind, target, schema, str(number), str(round_), str(KEYS), str(CALLS),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE))
-        for proc in procs:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert line.startswith(b"READY"), line + (await proc.stderr.read() if proc.stderr else b"")
-        for proc in procs:  # let them go together
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-        outputs = []
-        for proc in procs:
-            out, err = await asyncio.wait_for(proc.communicate(), 90)
-            assert proc.returncode == 0, err.decode()
-            outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
-        return outputs
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    argvs = [[kind, target, schema, str(number), str(round_), str(KEYS), str(CALLS)] for number in range(PROCESSES)]
+    outputs: list[dict[str, list[str]]] = await release_together(WORKER, argvs)
+    return outputs
 
 
 async def _pick_up(store: Provider) -> dict[str, str]:

@@ -13,9 +13,7 @@ macro layer's ``start``/``run`` pass both through.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from duroxide_runtime.testing import ManualClock
 from . import redis_raw
 from .support import PROVIDERS, Harness, drop_store, eventually, make_store
 from .test_semantics_replay import finish, until_waiting
+from .worker_process import release_together
 
 WORKER = Path(__file__).with_name("start_policy_worker.py")
 
@@ -212,27 +211,11 @@ async def test_concurrent_starts_with_one_key_from_many_tasks(store: Provider) -
 async def test_concurrent_starts_with_one_key_from_three_processes(kind: str, tmp_path: Path) -> None:
     keys, tasks = 8, 3
     store = await make_store(kind, tmp_path)
-    procs: list[asyncio.subprocess.Process] = []
     try:
         target, schema = (str(getattr(store, "path")), "-") if kind == "sqlite" else (
             str(getattr(store, "url")), str(getattr(store, "schema")))
-        for number in range(3):
-            procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, str(WORKER), kind, target, schema, str(number), str(keys), str(tasks),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE))
-        for proc in procs:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            assert line.startswith(b"READY"), line + (await proc.stderr.read() if proc.stderr else b"")
-        for proc in procs:  # let them go together
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-        outputs = []
-        for proc in procs:
-            out, err = await asyncio.wait_for(proc.communicate(), 60)
-            assert proc.returncode == 0, err.decode()
-            outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
+        argvs = [[kind, target, schema, str(number), str(keys), str(tasks)] for number in range(3)]
+        outputs = await release_together(WORKER, argvs, ready_timeout=30, run_timeout=60)
         instances = await store.list_instances()
         assert len(instances) == keys  # exactly one instance per key, whoever made it
         by_key = {i.instance_id.split("-p")[0]: i.instance_id for i in instances}
@@ -241,10 +224,6 @@ async def test_concurrent_starts_with_one_key_from_three_processes(kind: str, tm
             returned = [iid for output in outputs for iid in output[key]]
             assert len(returned) == 3 * tasks and set(returned) == {by_key[key]}, (key, Counter(returned))
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         await drop_store(store)
 
 

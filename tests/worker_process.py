@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "release_together"]
 
 
 class WorkerProcess:
@@ -78,3 +80,38 @@ class WorkerProcess:
                 self.proc.kill()
                 await self.proc.wait()
         return self.proc.returncode if self.proc.returncode is not None else -1
+
+
+async def release_together(script: Path, argvs: list[list[str]], ready_timeout: float = 60.0,
+                           run_timeout: float = 90.0) -> list[Any]:
+    """Start ``script`` once per argument list, wait until each says READY, then let them all go at once.
+
+    The race workers (tests/race_worker.py) wait for a line on stdin after READY. Returns the
+    JSON value each printed on its last line, in order; a process that fails fails the test
+    with its stderr, and none is left running.
+    """
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for argv in argvs:
+            procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, str(script), *argv,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE))
+        for proc in procs:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), ready_timeout)
+            assert line.startswith(b"READY"), line + (await proc.stderr.read() if proc.stderr else b"")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+        outputs = []
+        for proc in procs:
+            out, err = await asyncio.wait_for(proc.communicate(), run_timeout)
+            assert proc.returncode == 0, err.decode()
+            outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
+        return outputs
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
