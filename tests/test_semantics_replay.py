@@ -172,6 +172,31 @@ async def test_turn_processes_every_queued_message_at_once(harness: Harness) -> 
                               "EventRaised", "OrchestrationCompleted"]
 
 
+# Ids that JSON escapes, or that look like the stores' own separators and patterns: each names its own instance.
+ESCAPED_IDS = ['a\\b', 'q"uote', '{"i":"x"}', 'back\\"slash-quote', 'ends-with\\', 'e\u0301\U0001f600', '%s%d*?[]', 'a|b']
+
+
+async def test_ids_with_escaped_characters_run_their_own_instances(harness: Harness) -> None:
+    async def flow(ctx: OrchestrationContext, data: str) -> str:
+        echoed = await ctx.schedule_activity("Echo", data)
+        await ctx.schedule_timer(0.01)
+        event = await ctx.schedule_wait("go")
+        return f"{ctx.instance_id}|{echoed}|{event}"
+
+    async def echo(data: str) -> str:
+        return data
+
+    await harness.start({"Flow": flow}, {"Echo": echo})
+    for iid in ESCAPED_IDS:
+        await harness.client.start_orchestration(iid, "Flow", f"in:{iid}")
+    for iid in ESCAPED_IDS:
+        await until_waiting(harness, iid, "go")
+        assert await harness.client.raise_event(iid, "go", f"ev:{iid}")
+    for iid in ESCAPED_IDS:
+        assert await finish(harness, iid) == OrchestrationStatus.Completed(output=f"{iid}|in:{iid}|ev:{iid}")
+    assert sorted(i.instance_id for i in await harness.client.list_instances()) == sorted(ESCAPED_IDS)
+
+
 async def test_event_ids_increase_and_completions_name_their_schedule(harness: Harness) -> None:
     calls: list[str] = []
 

@@ -114,7 +114,7 @@ end
 
 -- The same from the stored text: a pattern match on what Python wrote ('{"i":"<id>",...'), else a decode.
 local function owner_of(raw)
-  local iid = string.match(raw, '^{"i":"([^"\\]*)",')
+  local iid = string.match(raw, '^{"i":"([^"\\\\]*)",')
   if iid then return iid end
   return owner(cjson.decode(raw))
 end
