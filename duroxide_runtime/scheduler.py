@@ -31,6 +31,7 @@ import math
 import weakref
 from typing import TYPE_CHECKING
 
+from .cancelling import raise_if_cancel_requested
 from .clock import clock_part
 from .errors import DuroxideError
 from .lograte import background_warnings
@@ -91,6 +92,7 @@ class Scheduler:
                     due_in = min(30.0, 0.05 * 2 ** min(failures, 10))
                 # `due` is the next tick (a self-moving clock may move time to it); the
                 # timeout only bounds how late another process's new schedule is seen.
+                raise_if_cancel_requested()  # one the pass's store calls may have dropped
                 await part.wait(self.wake, self.options.schedule_poll_interval, due=due_in)
         finally:
             stop_watch.cancel()

@@ -29,8 +29,10 @@ from typing import Any
 import pytest
 
 from duroxide_runtime import (
-    InMemoryProvider, OrchestrationContext, OrchestrationStatus, Provider, RedisProvider, SqliteProvider,
+    ActivityRegistry, InMemoryProvider, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus, Provider,
+    RedisProvider, RuntimeOptions, SqliteProvider,
 )
+from duroxide_runtime.testing import ManualClock
 from duroxide_runtime.runtime import Runtime
 from duroxide_runtime.wake import wake_hub
 
@@ -194,6 +196,54 @@ async def test_cancelling_the_runtime_tasks_stops_them_even_when_a_wakeup_coinci
     done, pending = await asyncio.wait(tasks, timeout=30)
     assert not pending, f"tasks that ignored their cancel: {[t.get_name() for t in pending]}"
     h.runtime = None  # its tasks are gone; nothing to shut down
+
+
+class _DropsCancels(InMemoryProvider):
+    """A store whose fetches drop a cancel that arrives together with their reply.
+
+    Python 3.11's ``asyncio.wait_for`` returns the result and drops such a cancel, and
+    redis-py runs every command through one: a runtime whose tasks asyncio cancels
+    (Ctrl-C, or an exception after ``start()``) must still stop. Each fetch waits at a
+    gate of its own until the test opens them all in the same loop step as the cancel.
+    """
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.gates: list[asyncio.Future[None]] = []
+        self.dropped = 0
+
+    async def _gate(self) -> None:
+        gate = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        try:
+            await gate
+        except asyncio.CancelledError:
+            self.dropped += 1  # the reply was there too: dropped, as wait_for does
+
+    async def fetch_orchestration_items(self, *args: Any, **kwargs: Any) -> Any:
+        await self._gate()
+        return await super().fetch_orchestration_items(*args, **kwargs)
+
+    async def fetch_work_items(self, *args: Any, **kwargs: Any) -> Any:
+        await self._gate()
+        return await super().fetch_work_items(*args, **kwargs)
+
+
+async def test_a_cancel_the_store_client_drops_still_stops_the_runtime() -> None:
+    store = _DropsCancels(ManualClock())  # the poll interval never passes: only the cancel can end a wait
+    rt = await (Runtime.builder().store(store).orchestrations(OrchestrationRegistry.builder().build())
+                .activities(ActivityRegistry.builder().build())
+                .options(RuntimeOptions(poll_interval=30, orchestration_concurrency=2)).start())
+    tasks = [*rt._tasks, rt._flusher]
+    await eventually(lambda: len([g for g in store.gates if not g.done()]) == 3, 30,
+                     "both dispatcher pipelines and the worker in a fetch")
+    for gate in store.gates:
+        gate.set_result(None)
+    for task in tasks:
+        task.cancel()
+    done, pending = await asyncio.wait(tasks, timeout=30)
+    assert store.dropped == 3
+    assert not pending, f"tasks that slept on after their cancel was dropped: {[t.get_name() for t in pending]}"
 
 
 _SCRIPT = textwrap.dedent('''

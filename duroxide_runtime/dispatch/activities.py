@@ -53,7 +53,8 @@ from ..engine.output import LIVE_STATUSES
 from ..engine.payloads import safe_error_details, storable_text, text_problem
 from ..wake import wake_hub
 from .heartbeats import CallBeats, HeartbeatWriter
-from .orchestrations import raise_if_cancel_requested, wait_unless_stopping
+from ..cancelling import raise_if_cancel_requested
+from .orchestrations import wait_unless_stopping
 
 __all__ = ["ActivityWorker", "is_store_trouble"]
 
@@ -141,8 +142,8 @@ class ActivityWorker:
             raise_if_cancel_requested()
             free = self.options.activity_concurrency - len(self._running)
             if free <= 0:
-                await asyncio.wait(list(self._running), timeout=self.options.poll_interval,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                # Until a slot frees, or shutdown begins (which then waits for the calls itself).
+                await wait_unless_stopping(stopping, self._slot_frees())
                 continue
             try:
                 leases = await self.store.fetch_work_items(
@@ -162,6 +163,7 @@ class ActivityWorker:
                     # Shutdown woke the idle waiters while this fetch ran; the wait's timeout is
                     # the clock's, which a test clock never passes.
                     break
+                raise_if_cancel_requested()  # one the store's client may have dropped with its reply
                 await self.wake.wait_worker(self.options.poll_interval, group=self, part=self._part)
                 continue
             for lease in leases:
@@ -176,6 +178,10 @@ class ActivityWorker:
                 task = asyncio.create_task(self._execute(call), name=f"activity {w.name}")
                 self._running[task] = call
                 task.add_done_callback(self._running_done)
+
+    async def _slot_frees(self) -> None:
+        await asyncio.wait(list(self._running), timeout=self.options.poll_interval,
+                           return_when=asyncio.FIRST_COMPLETED)
 
     def cancel_running(self, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
         """Cancel calls of this process that their orchestration no longer waits for."""

@@ -29,6 +29,7 @@ from ..observe import OrchestrationStarted as ObservedStart
 from ..messages import OrchestratorMessage, RestartRequest, RewindRequest, StartOrchestration, SubOrchestrationResult
 from ..options import RuntimeOptions
 from ..providers.base import CallKey, ChildStart, InstanceUpdate, OrchestrationItem, Provider, TurnCommit
+from ..cancelling import raise_if_cancel_requested
 from ..wake import wake_hub
 from ..clock import Clock, ClockPart, clock_part
 from ..registry import OrchestrationRegistry
@@ -40,23 +41,9 @@ from .leases import BatchSizer, LockKeeper
 from ..steps import TurnPreempted
 from .turns import Done, Preempted, Raised, Stuck, TurnOutcome, TurnThread
 
-__all__ = ["OrchestrationDispatcher", "InstanceCache", "raise_if_cancel_requested", "wait_unless_stopping"]
+__all__ = ["OrchestrationDispatcher", "InstanceCache", "wait_unless_stopping"]
 
 _log = logging.getLogger("duroxide.dispatcher")
-
-
-def raise_if_cancel_requested() -> None:
-    """Stop a dispatcher loop whose task was cancelled, even if some await swallowed the cancel.
-
-    Python 3.11's ``asyncio.wait_for`` (used by asyncpg and aiosqlite callers alike)
-    returns normally when a cancel arrives together with the awaited result; a
-    loop that kept going would make ``asyncio.run()`` (an exception after
-    ``start()`` without ``shutdown()``, or Ctrl-C) wait forever for it.
-    ``Task.cancelling()`` still counts the request, so each loop checks it.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling() > 0:
-        raise asyncio.CancelledError()
 
 
 async def wait_unless_stopping(stopping: asyncio.Event, wait: Coroutine[Any, Any, None]) -> None:
@@ -232,6 +219,9 @@ class OrchestrationDispatcher:
                         # Shutdown's wake-up may have been taken by another pipeline while this
                         # one fetched; its timeout is the clock's, which a test clock never passes.
                         break
+                    # A cancel that arrived with the fetch's reply may have been dropped by the store's
+                    # client (Python 3.11's wait_for does): honour it before sleeping a poll interval.
+                    raise_if_cancel_requested()
                     await self.wake.wait_orchestrator(self.options.poll_interval, group=self, part=part, due=due)
                     continue
                 with keeper.holding(fetched.items):

@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from ..cancelling import raise_if_cancel_requested
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, InstanceAlreadyExistsError, StoreError
 from ..history import HistoryEvent, decode_event, encode_event
@@ -262,6 +263,7 @@ class _Retry:
         """Wait before the next attempt after ``exc``, or raise when there is none."""
         if self._provider._closed:
             raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+        raise_if_cancel_requested()  # redis-py's wait_for may have dropped it with the failed reply
         self._failures += 1
         if self._failures > 40:
             raise StoreError(f"Redis at {_redact(self._provider.url)} stayed unreachable: {exc}",
@@ -405,6 +407,7 @@ class RedisProvider(Provider):
         async with self._tx_lock:
             try:
                 while True:
+                    raise_if_cancel_requested()  # a redo must not outlive its caller (see cancelling.py)
                     try:
                         if sent and await self._r.exists(marker):
                             return sent[0]  # committed; only the reply was lost
