@@ -64,14 +64,14 @@ def check_debounce(debounce: object, debounce_key: object, instance_id: str, *, 
                                  fix="pass e.g. debounce=timedelta(seconds=5) or debounce=5.0")
     if isinstance(seconds, float) and math.isnan(seconds):
         raise ConfigurationError("debounce is NaN", fix="pass a positive number of seconds as debounce")
-    quiet_ms = round(seconds * 1000)
-    if quiet_ms <= 0:
-        raise InvalidInputError("debounce", f"is {seconds:g} seconds: the quiet period must be at least 1 ms",
-                                fix="pass a positive debounce, or None to start at once")
-    if seconds > MAX_DEBOUNCE.total_seconds():
+    if seconds > MAX_DEBOUNCE.total_seconds():  # before rounding: infinity has no milliseconds
         raise InvalidInputError("debounce", f"is {seconds:g} seconds, over the limit of {MAX_DEBOUNCE}",
                                 fix="pass a debounce of at most 7 days; for later starts use a schedule "
                                     "(client.create_schedule) or a timer in an orchestration")
+    quiet_ms = round(seconds * 1000) if seconds > 0 else 0  # -inf has no milliseconds either
+    if quiet_ms <= 0:
+        raise InvalidInputError("debounce", f"is {seconds:g} seconds: the quiet period must be at least 1 ms",
+                                fix="pass a positive debounce, or None to start at once")
     key = instance_id if debounce_key is None else check_identifier(debounce_key, "debounce_key",
                                                                       MAX_DEBOUNCE_KEY_CHARS)
     if idempotency_key is not None:

@@ -140,6 +140,8 @@ async def test_bad_debounce_input_is_refused_before_anything_is_stored() -> None
         (dict(debounce=0), InvalidInputError, "at least 1 ms"),
         (dict(debounce=timedelta(seconds=-1)), InvalidInputError, "at least 1 ms"),
         (dict(debounce=timedelta(days=8)), InvalidInputError, "over the limit"),
+        (dict(debounce=float("inf")), InvalidInputError, "over the limit"),
+        (dict(debounce=float("-inf")), InvalidInputError, "at least 1 ms"),
         (dict(debounce=float("nan")), ConfigurationError, "NaN"),
         (dict(debounce="5s"), ConfigurationError, "timedelta or a number of seconds"),
         (dict(debounce_key="k"), InvalidInputError, "without debounce"),

@@ -87,6 +87,21 @@ async def test_a_bad_prefix_raises_a_store_error(prefix: str) -> None:
 # -- sharing one server ----------------------------------------------------------------------------
 
 
+async def test_every_kind_of_call_after_close_raises_a_store_error_naming_the_fix() -> None:
+    store = await RedisProvider.new(REDIS.url(), prefix=f"t{uuid.uuid4().hex[:16]}")
+    await store.create_instance(start_msg("i1"))
+    await store.drop_keys()
+    await store.close()
+    calls = {"a script (fetch)": store.fetch_orchestration_items(4, 5.0),
+             "a script (renewal)": store.renew_orchestration_items([("i1", "token")], 5.0),
+             "a read": store.get_instance("i1"),
+             "a transaction": store.send(event_msg("i1"))}
+    for what, call in calls.items():
+        with pytest.raises(StoreError) as caught:
+            await call
+        assert "closed" in str(caught.value) and caught.value.fix, what
+
+
 async def test_two_prefixes_share_one_server_and_nothing_is_written_outside_them() -> None:
     before = await _server_keys()
     a = await RedisProvider.new(REDIS.url(), prefix=_prefix())

@@ -247,6 +247,10 @@ class _Keys:
         return f"{self.prefix}:qi:{instance_id}"
 
 
+def _closed_error() -> StoreError:
+    return StoreError("RedisProvider is closed", fix="create a new one with RedisProvider.new(url)")
+
+
 class _Retry:
     """One operation's retries on connection trouble: 10 ms doubling to 1 s, at most 40.
 
@@ -262,7 +266,7 @@ class _Retry:
     async def after(self, exc: Exception) -> None:
         """Wait before the next attempt after ``exc``, or raise when there is none."""
         if self._provider._closed:
-            raise StoreError("RedisProvider is closed", fix="create a new one") from exc
+            raise _closed_error() from exc
         raise_if_cancel_requested()  # redis-py's wait_for may have dropped it with the failed reply
         self._failures += 1
         if self._failures > 40:
@@ -399,7 +403,7 @@ class RedisProvider(Provider):
         computed instead of applying its writes twice (an event sent once, not twice).
         """
         if self._r is None:
-            raise StoreError("RedisProvider is closed", fix="create a new one with RedisProvider.new(url)")
+            raise _closed_error()
         retry = _Retry(self)
         marker = f"{self.prefix}:tx:{uuid.uuid4().hex}"
         sent: list[_T] = []  # the result of an attempt whose EXEC was sent
@@ -451,6 +455,8 @@ class RedisProvider(Provider):
         the same marker and gets back the reply the applied script stored under it, so a
         script is never applied twice.
         """
+        if self._r is None:
+            raise _closed_error()
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = self._r.register_script(source)
@@ -471,6 +477,8 @@ class RedisProvider(Provider):
         Each command reads atomically; an operation of several reads (a row, then its history)
         is not one snapshot, and needs none: what it reads only grows or is replaced whole.
         """
+        if self._r is None:
+            raise _closed_error()
         retry = _Retry(self)
         while True:
             try:
