@@ -17,14 +17,15 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
-from duroxide_runtime import Client, OrchestrationContext, OrchestrationStatus, StoreError
+from duroxide_runtime import Client, Event, OrchestrationContext, OrchestrationStatus, StoreError
+from duroxide_runtime.providers.base import now_ms
 from duroxide_runtime.providers.redis import RedisProvider
 from duroxide_runtime.testing import ManualClock
 
 from .redis_session import REDIS, RedisServer, free_port
 from .support import Harness, drop_store
 from .test_duroxide_main import _assert_shut_down, _program, _run, _values
-from .test_provider_conformance import commit_for, event_msg, fetch_one, start_msg
+from .test_provider_conformance import activity, commit_for, event_msg, fetch_one, start_msg, started
 
 
 def _prefix() -> str:
@@ -100,6 +101,33 @@ async def test_every_kind_of_call_after_close_raises_a_store_error_naming_the_fi
         with pytest.raises(StoreError) as caught:
             await call
         assert "closed" in str(caught.value) and caught.value.fix, what
+
+
+async def test_a_keyspace_written_before_the_scripts_indexes_is_upgraded_at_connect() -> None:
+    prefix = f"t{uuid.uuid4().hex[:16]}"
+    store = await RedisProvider.new(REDIS.url(), prefix=prefix)
+    try:
+        await store.create_instance(start_msg("i1"))
+        item = await fetch_one(store, "i1")
+        events = [started(), Event.ActivityScheduled(event_id=2, timestamp_ms=now_ms(), name="Act", input="x")]
+        assert await store.commit_turns([commit_for(item, new_events=events, activities=[activity("i1", 2)])]) == [True]
+    finally:
+        await store.close()
+    # What the earlier layout lacks (it had the rows, histories, queue and calls, not these indexes).
+    raw = aioredis.Redis.from_url(REDIS.url())
+    try:
+        await raw.delete(*(f"{prefix}:{name}" for name in ("hlen", "wq", "wlease", "wtok", "layout")))
+    finally:
+        await raw.aclose()
+    store = await RedisProvider.new(REDIS.url(), prefix=prefix)
+    try:
+        # The queued call is leased, and a message for the instance comes with its real history length.
+        leases = await store.fetch_work_items(4, 30.0)
+        assert [(lease.work.instance_id, lease.work.event_id) for lease in leases] == [("i1", 2)]
+        await store.send(event_msg("i1"))
+        assert (await fetch_one(store, "i1")).history_len == 2
+    finally:
+        await drop_store(store)
 
 
 async def test_two_prefixes_share_one_server_and_nothing_is_written_outside_them() -> None:

@@ -31,7 +31,8 @@ applications can share one server:
   ``keys`` (hash) idempotency keys; ``debounce`` (hash) debounce windows, ``[name, key]``
   (JSON) -> ``[instance id, message id]``; ``seq`` ids; ``ver`` the transaction fence;
   ``tx:<id>`` short-lived markers of committed transactions (a retry after a lost
-  reply finds them); ``wake`` the pub/sub channel that wakes other processes.
+  reply finds them); ``wake`` the pub/sub channel that wakes other processes; ``layout``
+  the layout version (a keyspace written before the scripts' indexes gets them at connect).
 
 Durability is the server's: see ``docs/redis.md``. With ``appendonly yes`` and
 ``appendfsync always`` an acknowledged write survives a crash of the server or the
@@ -93,6 +94,8 @@ _log = logging.getLogger("duroxide.redis")
 _T = TypeVar("_T")
 
 _FIX_URL = "pass a URL like redis://127.0.0.1:6379/0 (rediss:// for TLS); for tests set DUROXIDE_REDIS_URL"
+#: The layout the scripts read: 2 has the hlen/wq/wlease/wtok indexes (a keyspace without it is upgraded at connect).
+_LAYOUT = "2"
 #: Separates the parts of a call key in hash fields (ids hold no control characters).
 _SEP = "\x1f"
 
@@ -227,6 +230,8 @@ class _Keys:
         self.hlen = p + "hlen"
         #: The leased activity calls by lease expiry (wq holds those to lease; redis_scripts).
         self.wlease = p + "wlease"
+        #: The keyspace's layout version (_LAYOUT once the scripts' indexes were built; _upgrade_layout).
+        self.layout = p + "layout"
         #: The keys every script receives (redis_scripts.FIXED), in that order.
         self.fixed = [getattr(self, name) for name in FIXED]
         #: Keys of one fixed type each: what connect checks (a keyspace written by something else).
@@ -235,7 +240,7 @@ class _Keys:
                       self.waiting: "hash", self.admitted: "hash", self.qleases: "hash", self.qadm: "hash",
                       self.keys: "hash", self.sched: "hash", self.debounce: "hash", self.wtok: "hash",
                       self.wq: "zset", self.qpark: "zset",
-                      self.hlen: "hash", self.wlease: "zset"}
+                      self.hlen: "hash", self.wlease: "zset", self.layout: "string"}
 
     def hist(self, instance_id: str, execution_id: int) -> str:
         return f"{self.prefix}:h:{execution_id}:{instance_id}"
@@ -337,8 +342,47 @@ class RedisProvider(Provider):
         except BaseException:
             await provider._drop_client()
             raise
+        await provider._upgrade_layout()
         provider._listener = asyncio.create_task(provider._listen(), name="duroxide-redis-listener")
         return provider
+
+    async def _upgrade_layout(self) -> None:
+        """Build the indexes the scripts read (``hlen``, ``wq``, ``wlease``, ``wtok``) for a keyspace
+        written before them; then mark it with ``layout`` = 2. Once per keyspace, in one transaction.
+
+        Without them a fetch would report an existing history as empty (its messages then
+        handled as if the instance had no past) and never lease the calls queued before.
+        Messages and locks of the earlier layout need nothing: the scripts read both forms.
+        """
+        k = self._k
+
+        async def body(pipe: Any, w: _Writes) -> None:
+            if _text(await pipe.get(k.layout)) == _LAYOUT or not await pipe.exists(k.ver, k.inst):
+                return  # upgraded, or nothing written yet (connecting never creates a store: the CLI relies on it)
+            rows = await pipe.hgetall(k.inst)
+            known = await pipe.hgetall(k.hlen)
+            for raw_iid, raw in rows.items():
+                if raw_iid in known:
+                    continue
+                row = orjson.loads(raw)
+                iid = raw_iid.decode()
+                length = await pipe.llen(k.hist(iid, int(row["e"])))
+                w("hset", k.hlen, iid, f"{row.get('inc')}|{row['e']}|{length}")
+            leased = {m: s for m, s in await pipe.zrange(k.wlease, 0, -1, withscores=True)}
+            queued = {m for m in await pipe.zrange(k.wq, 0, -1)}
+            for raw_wid, raw in (await pipe.hgetall(k.work)).items():
+                item = orjson.loads(raw)
+                member = f"{int(raw_wid):020d}".encode()
+                if item.get("c") or member in leased or member in queued:
+                    continue
+                if item.get("t") is not None:  # leased: back to the queue when the lease lapses
+                    w("zadd", k.wlease, {member: int(item["u"])})
+                    w("hset", k.wtok, item["t"], raw_wid)
+                else:
+                    w("zadd", k.wq, {member: -int(item.get("p") or 0)})
+            w("set", k.layout, _LAYOUT)
+
+        await self._tx(body)
 
     async def _drop_client(self) -> None:
         if self._r is not None:
