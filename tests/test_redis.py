@@ -21,9 +21,10 @@ from duroxide_runtime import Client, Event, OrchestrationContext, OrchestrationS
 from duroxide_runtime.providers.base import now_ms
 from duroxide_runtime.providers.redis import RedisProvider
 from duroxide_runtime.testing import ManualClock
+from duroxide_runtime.wake import wake_hub
 
 from .redis_session import REDIS, RedisServer, free_port
-from .support import Harness, drop_store
+from .support import Harness, drop_store, eventually
 from .test_duroxide_main import _assert_shut_down, _program, _run, _values
 from .test_provider_conformance import activity, commit_for, event_msg, fetch_one, start_msg, started
 
@@ -384,3 +385,82 @@ async def test_a_send_whose_reply_was_lost_is_enqueued_once() -> None:
                 "i1": ["StartOrchestration", "ExternalEvent"], "i2": ["StartOrchestration"]}
         finally:
             await drop_store(store)
+
+
+# -- a pub/sub connection that dies without a word ---------------------------------------------------
+
+
+class FreezeSubscribers:
+    """A TCP proxy to the session's server that, once ``freeze()`` is called, stops passing anything on
+    the connections that subscribed, in either direction, while keeping their sockets open: what a
+    host or a NAT entry that vanished looks like from the client. Other connections keep working."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self.host, self.port_to = parts.hostname or "127.0.0.1", parts.port or 6379
+        self.frozen = asyncio.Event()
+        self.subscribers = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FreezeSubscribers:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection(self.host, self.port_to)
+        subscriber = asyncio.Event()
+        hold = asyncio.Event()  # never set: a frozen direction waits here for good
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
+            while data := await reader.read(65536):
+                if upstream and b"SUBSCRIBE" in data and not subscriber.is_set():
+                    subscriber.set()
+                    self.subscribers += 1
+                if subscriber.is_set() and self.frozen.is_set():
+                    await hold.wait()
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        try:
+            await asyncio.gather(pipe(cr, sw, True), pipe(sr, cw, False), return_exceptions=True)
+        finally:
+            cw.close()
+            sw.close()
+
+
+async def test_a_pub_sub_connection_that_dies_silently_is_replaced(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RedisProvider, "listen_check", 0.2)
+    prefix = f"t{uuid.uuid4().hex[:16]}"
+    async with FreezeSubscribers(REDIS.url()) as proxy:
+        # A test clock: the hub's waits end only on a wake-up, never by their timeout.
+        store = await RedisProvider.new(proxy.url, prefix=prefix, clock=ManualClock())
+        other = await RedisProvider.new(REDIS.url(), prefix=prefix)
+        try:
+            await eventually(lambda: proxy.subscribers == 1, 60, "the listener's subscription")
+            with caplog.at_level(logging.WARNING, logger="duroxide.redis"):
+                proxy.frozen.set()
+                await eventually(lambda: proxy.subscribers == 2, 60, "a new subscription after the old one went silent")
+            assert any("pub/sub connection failed" in r.getMessage() for r in caplog.records), caplog.text
+            # The new subscription carries other processes' wake-ups again.
+            waiting = asyncio.ensure_future(wake_hub(store).wait_worker(3600))
+            await asyncio.sleep(0)
+            await other.create_instance(start_msg("i1"))  # wakes orchestrators, not workers
+            item = await fetch_one(other, "i1")
+            await other.commit_turns([commit_for(item, new_events=[started()], activities=[activity("i1", 2)])])
+            await asyncio.wait_for(waiting, 60)  # a safety net: the wake-up ends it at once
+        finally:
+            await other.close()
+            await drop_store(store)
+

@@ -293,6 +293,9 @@ class RedisProvider(Provider):
         store = await RedisProvider.new("redis://127.0.0.1:6379/0", require_fsync_always=True)
     """
 
+    #: Seconds of silence on the pub/sub connection before the listener checks it with a ping of its own.
+    listen_check = 30.0
+
     def __init__(self, url: str, prefix: str, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.url = url
         self.prefix = prefix
@@ -1284,7 +1287,12 @@ class RedisProvider(Provider):
             notify(hub)
 
     async def _listen(self) -> None:
-        """Keep one pub/sub subscription alive; reconnect when it drops (then wake everyone once)."""
+        """Keep one pub/sub subscription alive; reconnect when it drops (then wake everyone once).
+
+        After :attr:`listen_check` seconds without a message the listener publishes an empty
+        one; when that does not come back within as long again, the subscription is dead
+        though its socket looks open, and it reconnects.
+        """
         delay = 0.05
         while not self._closed:
             pubsub = None
@@ -1293,10 +1301,19 @@ class RedisProvider(Provider):
                 await pubsub.subscribe(self._k.wake)
                 self._wake(lambda hub: hub.wake_everyone())
                 delay = 0.05
+                pinged = False
                 while not self._closed:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.listen_check)
                     if message is None:
+                        # Silence: a quiet store, or a connection that died without a word (a host
+                        # or a NAT entry gone). Our own empty wake-up tells them apart.
+                        if pinged:
+                            raise RedisConnectionError("the pub/sub connection delivered nothing, not even "
+                                                       "this process's own ping")
+                        await self._r.publish(self._k.wake, b"")
+                        pinged = True
                         continue
+                    pinged = False
                     data: bytes = message["data"]
                     if data == b"o":
                         self._wake(lambda hub: hub.notify_orchestrator())
