@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 from datetime import timedelta
+from typing import Self
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -311,19 +312,16 @@ async def test_the_cli_never_creates_a_redis_store_and_names_an_unreachable_serv
 # -- a reply lost after the server applied the transaction -----------------------------------------
 
 
-class LoseExecReply:
-    """A TCP proxy to the session's server that, once armed, passes one ``EXEC`` on and drops the
-    connection before its reply reaches the client: the transaction committed, the client cannot know."""
+class Proxy:
+    """A TCP proxy to a Redis server on a free loopback port (``url``); subclasses pass the bytes on."""
 
     def __init__(self, target: str) -> None:
         parts = urlsplit(target)
         self.host, self.port_to = parts.hostname or "127.0.0.1", parts.port or 6379
-        self.armed = False
-        self.lost = 0
         self.port = 0
         self._server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> LoseExecReply:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -335,6 +333,19 @@ class LoseExecReply:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class LoseExecReply(Proxy):
+    """A TCP proxy to the session's server that, once armed, passes one ``EXEC`` on and drops the
+    connection before its reply reaches the client: the transaction committed, the client cannot know."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.armed = False
+        self.lost = 0
 
     async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sr, sw = await asyncio.open_connection(self.host, self.port_to)
@@ -390,31 +401,15 @@ async def test_a_send_whose_reply_was_lost_is_enqueued_once() -> None:
 # -- a pub/sub connection that dies without a word ---------------------------------------------------
 
 
-class FreezeSubscribers:
+class FreezeSubscribers(Proxy):
     """A TCP proxy to the session's server that, once ``freeze()`` is called, stops passing anything on
     the connections that subscribed, in either direction, while keeping their sockets open: what a
     host or a NAT entry that vanished looks like from the client. Other connections keep working."""
 
     def __init__(self, target: str) -> None:
-        parts = urlsplit(target)
-        self.host, self.port_to = parts.hostname or "127.0.0.1", parts.port or 6379
+        super().__init__(target)
         self.frozen = asyncio.Event()
         self.subscribers = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> FreezeSubscribers:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sr, sw = await asyncio.open_connection(self.host, self.port_to)
