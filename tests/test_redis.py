@@ -15,11 +15,13 @@ from typing import Self
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from duroxide_runtime import Client, Event, OrchestrationContext, OrchestrationStatus, StoreError
-from duroxide_runtime.providers.base import now_ms
+from duroxide_runtime.messages import ActivityResult
+from duroxide_runtime.providers.base import QueueDepths, WorkCompletion, now_ms
 from duroxide_runtime.providers.redis import RedisProvider
 from duroxide_runtime.testing import ManualClock
 from duroxide_runtime.wake import wake_hub
@@ -115,10 +117,13 @@ async def test_a_keyspace_written_before_the_scripts_indexes_is_upgraded_at_conn
         assert await store.commit_turns([commit_for(item, new_events=events, activities=[activity("i1", 2)])]) == [True]
     finally:
         await store.close()
-    # What the earlier layout lacks (it had the rows, histories, queue and calls, not these indexes).
+    # What the earlier layout lacks: these indexes, and the name, priority and call key in each call.
     raw = aioredis.Redis.from_url(REDIS.url())
     try:
         await raw.delete(*(f"{prefix}:{name}" for name in ("hlen", "wq", "wlease", "wtok", "layout")))
+        for wid, entry in (await raw.hgetall(f"{prefix}:work")).items():
+            old = {k: v for k, v in orjson.loads(entry).items() if k not in ("n", "p", "k")}
+            await raw.hset(f"{prefix}:work", wid, orjson.dumps(old))
     finally:
         await raw.aclose()
     store = await RedisProvider.new(REDIS.url(), prefix=prefix)
@@ -128,6 +133,10 @@ async def test_a_keyspace_written_before_the_scripts_indexes_is_upgraded_at_conn
         assert [(lease.work.instance_id, lease.work.event_id) for lease in leases] == [("i1", 2)]
         await store.send(event_msg("i1"))
         assert (await fetch_one(store, "i1")).history_len == 2
+        # The call's result is taken (the completion script finds it by its lease and call key).
+        await store.complete_work_items([WorkCompletion(leases[0].lock_token, ActivityResult(
+            instance_id="i1", execution_id=1, event_id=2, result="done"))])
+        assert await store.queue_depths() == QueueDepths(2, 0, 0, 1)  # the event and the result; no call left
     finally:
         await drop_store(store)
 

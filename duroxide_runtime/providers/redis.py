@@ -342,10 +342,10 @@ class RedisProvider(Provider):
                                  "for tests set DUROXIDE_REDIS_URL") from exc
         try:
             await provider._check_server(require_fsync_always)
+            await provider._upgrade_layout()
         except BaseException:
             await provider._drop_client()
             raise
-        await provider._upgrade_layout()
         provider._listener = asyncio.create_task(provider._listen(), name="duroxide-redis-listener")
         return provider
 
@@ -371,18 +371,19 @@ class RedisProvider(Provider):
                 iid = raw_iid.decode()
                 length = await pipe.llen(k.hist(iid, int(row["e"])))
                 w("hset", k.hlen, iid, f"{row.get('inc')}|{row['e']}|{length}")
-            leased = {m: s for m, s in await pipe.zrange(k.wlease, 0, -1, withscores=True)}
-            queued = {m for m in await pipe.zrange(k.wq, 0, -1)}
+            indexed = {*await pipe.zrange(k.wlease, 0, -1), *await pipe.zrange(k.wq, 0, -1)}
             for raw_wid, raw in (await pipe.hgetall(k.work)).items():
-                item = orjson.loads(raw)
-                member = f"{int(raw_wid):020d}".encode()
-                if item.get("c") or member in leased or member in queued:
+                item = _Work.load(int(raw_wid), raw)
+                member = wq_member(item.id).encode()
+                if b'"k":' not in raw:  # the fields the scripts filter and complete by ("n", "p", "k")
+                    w("hset", k.work, item.id, item.dump())
+                if item.cancelled or member in indexed:
                     continue
-                if item.get("t") is not None:  # leased: back to the queue when the lease lapses
-                    w("zadd", k.wlease, {member: int(item["u"])})
-                    w("hset", k.wtok, item["t"], raw_wid)
+                if item.lock_token is not None:  # leased: back to the queue when the lease lapses
+                    w("zadd", k.wlease, {member: item.locked_until})
+                    w("hset", k.wtok, item.lock_token, item.id)
                 else:
-                    w("zadd", k.wq, {member: -int(item.get("p") or 0)})
+                    w("zadd", k.wq, {member: -item.work.priority})
             w("set", k.layout, _LAYOUT)
 
         await self._tx(body)
