@@ -329,15 +329,30 @@ class Proxy:
         self.host, self.port_to = parts.hostname or "127.0.0.1", parts.port or 6379
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        # Connections still passing bytes (or held frozen) end with the proxy, not at garbage collection.
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._handle(cr, cw)
+        finally:
+            self._connections.discard(task)
+            cw.close()
 
     @property
     def url(self) -> str:
