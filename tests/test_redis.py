@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Self
 from pathlib import Path
@@ -97,13 +98,14 @@ async def test_every_kind_of_call_after_close_raises_a_store_error_naming_the_fi
     await store.create_instance(start_msg("i1"))
     await store.drop_keys()
     await store.close()
-    calls = {"a script (fetch)": store.fetch_orchestration_items(4, 5.0),
-             "a script (renewal)": store.renew_orchestration_items([("i1", "token")], 5.0),
-             "a read": store.get_instance("i1"),
-             "a transaction": store.send(event_msg("i1"))}
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "a script (fetch)": lambda: store.fetch_orchestration_items(4, 5.0),
+        "a script (renewal)": lambda: store.renew_orchestration_items([("i1", "token")], 5.0),
+        "a read": lambda: store.get_instance("i1"),
+        "a transaction": lambda: store.send(event_msg("i1"))}
     for what, call in calls.items():
         with pytest.raises(StoreError) as caught:
-            await call
+            await call()
         assert "closed" in str(caught.value) and caught.value.fix, what
 
 

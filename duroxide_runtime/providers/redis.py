@@ -375,7 +375,7 @@ class RedisProvider(Provider):
             for raw_wid, raw in (await pipe.hgetall(k.work)).items():
                 item = _Work.load(int(raw_wid), raw)
                 member = wq_member(item.id).encode()
-                if b'"k":' not in raw:  # the fields the scripts filter and complete by ("n", "p", "k")
+                if "k" not in orjson.loads(raw):  # the fields the scripts filter and complete by ("n", "p", "k")
                     w("hset", k.work, item.id, item.dump())
                 if item.cancelled or member in indexed:
                     continue
