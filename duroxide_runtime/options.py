@@ -193,6 +193,12 @@ class RuntimeOptions:
     #: Limits hold across every process sharing the store; configure them alike in each.
     #: Work naming a queue not listed here (other than ``"default"``) raises ``UnknownQueueError``.
     queues: Mapping[str, QueueOptions] = field(default_factory=dict)
+    #: Hand work this process commits straight to its own idle worker and dispatcher: a turn's
+    #: activity calls are leased by the commit that enqueues them, and the instance an activity
+    #: result goes to is locked by the write that records it (one store round trip less on each
+    #: hop). Only idle ones are handed work, so nothing older waits for it. ``False``: every call
+    #: and result is fetched from the store's queues, by whichever process asks first.
+    eager_dispatch: bool = True
     #: Start the ticks of the store's cron schedules (:mod:`duroxide_runtime.schedules`) from this
     #: runtime. Any number of runtimes may: each tick starts one instance. ``False`` for a
     #: process that must not start scheduled work.

@@ -144,8 +144,9 @@ class Runtime:
         #: The runtime's time source: always its store's (see RuntimeBuilder.clock).
         self.clock = store.clock
         self._worker = ActivityWorker(store, activities, options, self.observer, clock=self.clock)
-        self._dispatcher = OrchestrationDispatcher(store, orchestrations, options, self._worker.cancel_running,
+        self._dispatcher = OrchestrationDispatcher(store, orchestrations, options, self._worker,
                                                    self.observer, clock=self.clock)
+        self._worker.dispatcher = self._dispatcher
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

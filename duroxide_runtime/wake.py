@@ -132,6 +132,10 @@ class WakeHub:
         for baton in tuple(self._orchestrator.values()):
             baton.notify()
 
+    def wake_group(self, group: object) -> None:
+        """Wake one idle dispatcher pipeline of ``group`` alone (work was handed to that group)."""
+        self._baton(self._orchestrator, group).notify()
+
     def notify_worker(self) -> None:
         """Activity work was enqueued (or given back): wake one idle waiter of each group."""
         for baton in tuple(self._worker.values()):
@@ -156,7 +160,8 @@ class WakeHub:
         """
         if any(c.messages or c.children for c, ok in zip(commits, results) if ok):
             self.notify_orchestrator()
-        if any(c.activities for c, ok in zip(commits, results) if ok):
+        # Calls leased with the commit (LeaseOffer) are running already: only queued ones need a worker.
+        if any(len(c.activities) > len(c.leased) for c, ok in zip(commits, results) if ok):
             self.notify_worker()
         for c, ok in zip(commits, results):
             if ok and c.ends_instance:

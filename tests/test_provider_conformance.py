@@ -30,8 +30,8 @@ from duroxide_runtime.messages import (
     TimerFired,
 )
 from duroxide_runtime.providers.base import (
-    CallKey, ChildStart, HeartbeatRecord, HeartbeatWrite, InstanceUpdate, OrchestrationItem, Provider, ScheduleFire,
-    ScheduleRecord, StartOutcome, TurnCommit, WorkCompletion, WorkLease, now_ms,
+    CallKey, ChildStart, HeartbeatRecord, HeartbeatWrite, InstanceUpdate, LeaseOffer, LockOffer, OrchestrationItem,
+    Provider, ScheduleFire, ScheduleRecord, StartOutcome, TurnCommit, WorkCompletion, WorkLease, now_ms,
 )
 from duroxide_runtime.queues import QueueOptions, RateLimit
 from duroxide_runtime.start_policy import IDEMPOTENCY_KEY_TTL, IfExists
@@ -1059,6 +1059,79 @@ async def test_cancelled_leased_activity_is_not_redelivered_after_lease_expiry(s
     clock.advance(PAST_SHORT_LOCK)  # the worker died without completing
     assert await store.fetch_work_items(10, LONG_LOCK) == []
     assert lease.work.event_id == 2
+
+
+# -- eager dispatch: calls leased by their commit, instances locked by their results ------------
+# A store may decline either offer (then everything is queued and fetched as usual); these tests
+# hold whether it takes them or not: nothing is ever both handed out and left to fetch.
+
+
+async def test_a_lease_offer_hands_out_each_call_at_most_once(store: Provider, clock: ManualClock) -> None:
+    await store.create_instance(start_msg("i1"))
+    item = await fetch_one(store, "i1")
+    calls = [activity("i1", 2), activity("i1", 3, name="Other"), queued("i1", 4, queue="limited"),
+             activity("i1", 5), activity("i1", 6)]
+    commit = commit_for(item, new_events=[started()], activities=calls, update=running())
+    offer = LeaseOffer(2, SHORT_LOCK, frozenset({"Act"}), limited_queues=frozenset({"limited"}))
+    assert await store.commit_turns([commit], lease=offer) == [True]
+    leased = commit.leased
+    assert len(leased) <= 2
+    assert all(lease.work.name == "Act" and lease.work.queue != "limited" and lease.dequeue_count == 1
+               for lease in leased), "only calls the offer admits are leased"
+    fetched = await store.fetch_work_items(10, LONG_LOCK)
+    assert sorted(w.work.event_id for w in [*leased, *fetched]) == [2, 3, 4, 5, 6], "every call exactly once"
+    # A leased call is an ordinary lease: completed like one, or redelivered once it lapses.
+    if leased:
+        await store.complete_work_items([WorkCompletion(leased[0].lock_token, ActivityResult(
+            instance_id="i1", execution_id=1, event_id=leased[0].work.event_id, result="r"))])
+        clock.advance(PAST_SHORT_LOCK)
+        again = await store.fetch_work_items(10, LONG_LOCK)
+        assert [(w.work.event_id, w.dequeue_count) for w in again] == [(w.work.event_id, 2) for w in leased[1:]]
+        assert await store.renew_work_item(leased[0].lock_token, LONG_LOCK) is False
+
+
+async def test_a_lease_offer_is_void_for_a_turn_whose_lock_is_lost(store: Provider, clock: ManualClock) -> None:
+    await store.create_instance(start_msg("i1"))
+    stale = await fetch_one(store, "i1", SHORT_LOCK)
+    clock.advance(PAST_SHORT_LOCK)
+    await fetch_one(store, "i1")  # another dispatcher took the instance over
+    commit = commit_for(stale, new_events=[started()], activities=[activity("i1", 2)], update=running())
+    assert await store.commit_turns([commit], lease=LeaseOffer(5, LONG_LOCK, frozenset({"Act"}))) == [False]
+    assert commit.leased == []
+    assert await store.fetch_work_items(10, LONG_LOCK) == []
+
+
+async def test_a_lock_offer_hands_out_the_instance_at_most_once(store: Provider, clock: ManualClock) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    await begin(store, "other", activities=[activity("other", 2)], name="Unknown")
+    leases = {w.work.instance_id: w for w in await store.fetch_work_items(10, LONG_LOCK)}
+    results = [ActivityResult(instance_id=i, execution_id=1, event_id=2, result=i) for i in ("i1", "other")]
+    assert await store.send(event_msg("i1")) is not None
+    items = await store.complete_work_items([WorkCompletion(leases[r.instance_id].lock_token, r) for r in results],
+                                            lock=LockOffer(5, SHORT_LOCK, frozenset({"Orch"})))
+    assert [i.instance_id for i in items] in ([], ["i1"]), "only instances of the named orchestrations"
+    fetched = await fetch_items(store)
+    assert sorted([*fetched, *(i.instance_id for i in items)]) == ["i1", "other"], "each instance locked once"
+    mine = items[0] if items else fetched["i1"]
+    assert sorted(type(m.message).__name__ for m in mine.messages) == ["ActivityResult", "ExternalEvent"]
+    assert mine.instance is not None and mine.instance.status == "Running" and mine.history_len == 2
+    if items:  # an ordinary lock: it lapses like one, and the messages come back
+        clock.advance(PAST_SHORT_LOCK)
+        again = await fetch_one(store, "i1")
+        assert len(again.messages) == 2 and again.dequeue_count == 2
+        assert await store.commit_turns([commit_for(items[0])]) == [False]
+        await commit_one(store, commit_for(again))
+
+
+async def test_a_lock_offer_leaves_a_locked_instance_alone(store: Provider) -> None:
+    await begin(store, "i1", activities=[activity("i1", 2)])
+    lease = (await store.fetch_work_items(10, LONG_LOCK))[0]
+    held = await next_turn(store, "i1")  # a dispatcher holds the instance
+    result = ActivityResult(instance_id="i1", execution_id=1, event_id=2, result="r")
+    assert await store.complete_work_items([WorkCompletion(lease.lock_token, result)],
+                                           lock=LockOffer(5, LONG_LOCK, frozenset({"Orch"}))) == []
+    await commit_one(store, commit_for(held))
+    assert [m.message for m in (await fetch_one(store, "i1")).messages] == [result]
 
 
 # -- queue limits (fetch_work_items(queues=...)) -------------------------------------------------

@@ -194,23 +194,33 @@ class HoldTracker:
         self.violations: list[str] = []
         self.fetched: Counter[str] = Counter()
         fetch, commit, abandon = store.fetch_orchestration_items, store.commit_turns, store.abandon_orchestration_item
+        complete = store.complete_work_items
 
         async def tracked_fetch(max_items: int, lock_timeout: float, **kwargs: Any) -> Any:
             result = await fetch(max_items, lock_timeout, **kwargs)
-            for item in result.items:
+            await hold(result.items)
+            return result
+
+        async def tracked_complete(completions: Any, **kwargs: Any) -> Any:
+            # Results may lock their instances for this process's dispatcher (eager dispatch).
+            items = await complete(completions, **kwargs)
+            await hold(items)
+            return items
+
+        async def hold(items: Any) -> None:
+            for item in items:
                 if item.instance_id in self.held:
                     self.violations.append(item.instance_id)
                 self.held[item.instance_id] = item.lock_token
                 self.fetched[item.instance_id] += 1
-            if result.items:
+            if items:
                 await asyncio.sleep(0)  # yield while holding, as a networked store would: invites overlap
-            return result
 
-        async def tracked_commit(commits: Any) -> Any:
+        async def tracked_commit(commits: Any, **kwargs: Any) -> Any:
             for c in commits:
                 if self.held.get(c.instance_id) == c.lock_token:
                     del self.held[c.instance_id]
-            return await commit(commits)
+            return await commit(commits, **kwargs)
 
         async def tracked_abandon(instance_id: str, lock_token: str, delay: float) -> None:
             if self.held.get(instance_id) == lock_token:
@@ -220,6 +230,7 @@ class HoldTracker:
         store.fetch_orchestration_items = tracked_fetch
         store.commit_turns = tracked_commit
         store.abandon_orchestration_item = tracked_abandon
+        store.complete_work_items = tracked_complete
 
 
 # -- 11: instance-level exclusivity ----------------------------------------------------
@@ -275,9 +286,9 @@ async def test_message_arriving_during_a_turn_waits_for_the_next_turn(env: Env) 
             raised.append(await h.client.raise_event("late", "e", "arrived-mid-turn"))
         return result
 
-    async def recording_commit(commits: Any) -> Any:
+    async def recording_commit(commits: Any, **kwargs: Any) -> Any:
         consumed_per_commit.extend(len(c.consumed) for c in commits if c.instance_id == "late")
-        return await commit(commits)
+        return await commit(commits, **kwargs)
 
     store.fetch_orchestration_items = fetch_then_raise  # type: ignore[method-assign]
     store.commit_turns = recording_commit  # type: ignore[method-assign]
@@ -791,11 +802,11 @@ async def test_purge_during_an_in_flight_turn_is_not_undone_by_its_commit(env: E
     outcomes: list[bool] = []
     runs: list[str] = []
 
-    async def purge_then_commit(commits: Any) -> Any:
+    async def purge_then_commit(commits: Any, **kwargs: Any) -> Any:
         victim = [c for c in commits if c.instance_id == "victim"]
         if victim and not purged:
             purged.extend(await store.purge_instance("victim") or [])
-        results = await commit(commits)
+        results = await commit(commits, **kwargs)
         outcomes.extend(ok for c, ok in zip(commits, results) if c.instance_id == "victim")
         return results
 

@@ -34,10 +34,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..activity import ActivityContext, _current, decode_heartbeat_details
 from ..clock import Clock, ClockPart, add_store_check, clock_part, is_listening
@@ -46,7 +46,8 @@ from ..lograte import background_warnings
 from ..messages import ActivityResult, ActivityWork, PoisonNotice
 from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
 from ..options import RuntimeOptions
-from ..providers.base import Provider, WorkCompletion, WorkLease
+from ..providers.base import LeaseOffer, Provider, WorkCompletion, WorkLease
+from ..providers.queue_slots import limited_queues
 from ..registry import ActivityRegistry
 from .leases import LeaseKeeper
 from ..engine.output import LIVE_STATUSES
@@ -55,6 +56,9 @@ from ..wake import wake_hub
 from .heartbeats import CallBeats, HeartbeatWriter
 from ..cancelling import raise_if_cancel_requested
 from .orchestrations import wait_unless_stopping
+
+if TYPE_CHECKING:
+    from .orchestrations import OrchestrationDispatcher
 
 __all__ = ["ActivityWorker", "is_store_trouble"]
 
@@ -115,11 +119,19 @@ class ActivityWorker:
         #: Only a self-moving clock needs a part per call (one the runtime reports to).
         self._clock_listens = is_listening(self.clock)
         self._known = frozenset(registry.names())
+        self._limited = frozenset(limited_queues(options.queues))
+        #: Waiting idle for work: only then may a commit lease calls straight to it (see lease_offer).
+        self._idle = False
+        #: Slots promised to commits in flight (lease_offer), until take_leased sets _unreserved.
+        self._reserved = 0
+        self._unreserved = asyncio.Event()
         self.heartbeats = HeartbeatWriter(store, self.clock, options, self.observer, on_lost=self._lost_lease)
         self._leases = LeaseKeeper(store, options.activity_lock_timeout, self.clock)
         #: In-process wake-ups of this store: waited on when idle, fed after our own writes.
         self.wake = wake_hub(store)
         self.wake.join(self)
+        #: This process's dispatcher, which takes the instances its results lock (set by the runtime).
+        self.dispatcher: OrchestrationDispatcher | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and start work until ``stopping`` is set."""
@@ -140,7 +152,7 @@ class ActivityWorker:
         failures = 0
         while not stopping.is_set():
             raise_if_cancel_requested()
-            free = self.options.activity_concurrency - len(self._running)
+            free = self.options.activity_concurrency - len(self._running) - self._reserved
             if free <= 0:
                 # Until a slot frees, or shutdown begins (which then waits for the calls itself).
                 await wait_unless_stopping(stopping, self._slot_frees())
@@ -164,24 +176,61 @@ class ActivityWorker:
                     # the clock's, which a test clock never passes.
                     break
                 raise_if_cancel_requested()  # one the store's client may have dropped with its reply
-                await self.wake.wait_worker(self.options.poll_interval, group=self, part=self._part)
+                self._idle = True
+                try:
+                    await self.wake.wait_worker(self.options.poll_interval, group=self, part=self._part)
+                finally:
+                    self._idle = False
                 continue
             for lease in leases:
-                w = lease.work
-                actx = ActivityContext(w.instance_id, w.execution_id, w.event_id, w.name, w.attempt,
-                                       delivery=lease.dequeue_count,
-                                       heartbeat_timeout=None if w.heartbeat_timeout_ms is None
-                                       else w.heartbeat_timeout_ms / 1000)
-                call = _Call(lease, actx, time.monotonic(),
-                             part=clock_part(self.clock, f"activity {w.name!r} of instance {w.instance_id!r}")
-                             if self._clock_listens else None)
-                task = asyncio.create_task(self._execute(call), name=f"activity {w.name}")
-                self._running[task] = call
-                task.add_done_callback(self._running_done)
+                self._start(lease)
+
+    def _start(self, lease: WorkLease) -> None:
+        """Run a leased call in a task of its own."""
+        w = lease.work
+        actx = ActivityContext(w.instance_id, w.execution_id, w.event_id, w.name, w.attempt,
+                               delivery=lease.dequeue_count,
+                               heartbeat_timeout=None if w.heartbeat_timeout_ms is None
+                               else w.heartbeat_timeout_ms / 1000)
+        call = _Call(lease, actx, time.monotonic(),
+                     part=clock_part(self.clock, f"activity {w.name!r} of instance {w.instance_id!r}")
+                     if self._clock_listens else None)
+        task = asyncio.create_task(self._execute(call), name=f"activity {w.name}")
+        self._running[task] = call
+        task.add_done_callback(self._running_done)
+
+    def lease_offer(self, wanted: int) -> LeaseOffer | None:
+        """Slots for up to ``wanted`` calls a commit of this process may lease straight to this
+        worker (:class:`LeaseOffer`), reserved until :meth:`take_leased`; ``None`` unless the
+        worker waits idle with free slots.
+
+        Only an idle worker is offered calls: its last fetch found nothing it could take,
+        so no older call waits in the store for its slots (a call enqueued since woke it,
+        and it is no longer idle). A busy worker fetches in queue order as usual.
+        """
+        free = self.options.activity_concurrency - len(self._running) - self._reserved
+        if not self._idle or free <= 0 or wanted <= 0 or not self.options.eager_dispatch:
+            return None
+        offer = LeaseOffer(min(free, wanted), self.options.activity_lock_timeout, self._known, self._limited)
+        self._reserved += offer.max_items
+        return offer
+
+    def take_leased(self, offer: LeaseOffer, leases: Sequence[WorkLease]) -> None:
+        """Run the calls a commit leased under ``offer`` (none if it failed) and free the rest of its slots."""
+        self._reserved -= offer.max_items
+        self._unreserved.set()
+        for lease in leases:
+            self._start(lease)
 
     async def _slot_frees(self) -> None:
-        await asyncio.wait(list(self._running), timeout=self.options.poll_interval,
-                           return_when=asyncio.FIRST_COMPLETED)
+        """Until a running call ends or a commit's reserved slots come back (take_leased)."""
+        unreserved = asyncio.ensure_future(self._unreserved.wait())
+        try:
+            await asyncio.wait([*self._running, unreserved], timeout=self.options.poll_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            unreserved.cancel()
+        self._unreserved.clear()
 
     def cancel_running(self, instance_id: str, execution_id: int, event_ids: list[int]) -> None:
         """Cancel calls of this process that their orchestration no longer waits for."""
@@ -423,9 +472,18 @@ class ActivityWorker:
             return exc
 
     async def _complete(self, batch: list[WorkCompletion]) -> None:
-        """Record results (dropped for instances that have ended) and wake the dispatchers."""
-        await self.store.complete_work_items(batch, only_if_status_in=LIVE_STATUSES)
-        self.wake.notify_orchestrator()
+        """Record results (dropped for instances that have ended) and wake the dispatchers.
+
+        While this process's dispatcher waits idle, the instances the results go to come back
+        locked (:class:`LockOffer`) and are handed straight to it, sparing its fetch.
+        """
+        dispatcher = self.dispatcher
+        offer = dispatcher.lock_offer() if dispatcher is not None else None
+        items = await self.store.complete_work_items(batch, only_if_status_in=LIVE_STATUSES, lock=offer)
+        if items and dispatcher is not None:
+            await dispatcher.take_locked(items)
+        if len(items) < len({done.result.instance_id for done in batch}):
+            self.wake.notify_orchestrator()
         if self.options.queues:
             self.wake.notify_worker()  # the calls that ended freed queue slots: waiting calls may go now
 

@@ -18,7 +18,7 @@ import math
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (CorruptHistoryError, ErrorDetails, OrchestrationStuckError, PayloadError, PoisonMessageError,
                       UnknownOrchestrationError)
@@ -28,7 +28,7 @@ from ..observe import OrchestrationFinished, RuntimeObserver, TurnReplayed
 from ..observe import OrchestrationStarted as ObservedStart
 from ..messages import OrchestratorMessage, RestartRequest, RewindRequest, StartOrchestration, SubOrchestrationResult
 from ..options import RuntimeOptions
-from ..providers.base import CallKey, ChildStart, InstanceUpdate, OrchestrationItem, Provider, TurnCommit
+from ..providers.base import CallKey, ChildStart, InstanceUpdate, LockOffer, OrchestrationItem, Provider, TurnCommit
 from ..cancelling import raise_if_cancel_requested
 from ..wake import wake_hub
 from ..clock import Clock, ClockPart, clock_part
@@ -40,6 +40,9 @@ from ..engine.recovery import RewindRefused, rewind_refusal
 from .leases import BatchSizer, LockKeeper
 from ..steps import TurnPreempted
 from .turns import Done, Preempted, Raised, Stuck, TurnOutcome, TurnThread
+
+if TYPE_CHECKING:
+    from .activities import ActivityWorker
 
 __all__ = ["OrchestrationDispatcher", "InstanceCache", "wait_unless_stopping"]
 
@@ -155,7 +158,7 @@ class OrchestrationDispatcher:
     """Runs orchestration turns; see the module docstring."""
 
     def __init__(self, store: Provider, registry: OrchestrationRegistry, options: RuntimeOptions,
-                 on_activities_cancelled: Callable[[str, int, list[int]], None] | None = None,
+                 worker: ActivityWorker | None = None,
                  observer: RuntimeObserver | None = None, *, clock: Clock | None = None) -> None:
         self.store = store
         #: Stamps turns and times idle waits and back-offs (the store's clock by default).
@@ -163,9 +166,18 @@ class OrchestrationDispatcher:
         self.observer = observer or RuntimeObserver()
         #: What each uncommitted turn will report to the observer once it is committed.
         self._reports: dict[str, list[object]] = {}
-        #: Told of committed activity cancellations, so this process stops its own at once
-        #: (other processes notice at their next lease renewal).
-        self._on_activities_cancelled = on_activities_cancelled
+        #: This process's activity worker: told of committed activity cancellations, so this
+        #: process stops its own at once (other processes notice at their next lease renewal),
+        #: and handed the calls a commit leases for it (LeaseOffer).
+        self._worker = worker
+        #: Instances locked for this dispatcher by the worker's results (LockOffer), oldest first.
+        self._handed: collections.deque[OrchestrationItem] = collections.deque()
+        #: Only instances of orchestrations registered here are handed to it (a rolling deploy
+        #: may run processes that know different ones).
+        self._names = frozenset(registry.names())
+        #: Pipelines running, and those waiting idle for work.
+        self._pipelines = 0
+        self._idle = 0
         self.registry = registry
         self.options = options
         self.cache = InstanceCache(0 if options.replay_from_scratch else options.instance_cache_size)
@@ -189,14 +201,52 @@ class OrchestrationDispatcher:
         renewing = asyncio.create_task(keeper.run(), name="duroxide-lock-renewal")
         # Busy (for a self-moving clock) but while the pipeline waits idle for work.
         part = clock_part(self.clock, "orchestration dispatcher")
+        self._pipelines += 1
         try:
             await self._pipeline(stopping, turns, keeper, part)
         finally:
+            self._pipelines -= 1
             part.close()
             turns.close()
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
+            if not self._pipelines:
+                await self._give_back_handed()
+
+    def lock_offer(self) -> LockOffer | None:
+        """Instances the worker's next results may lock for this dispatcher (:class:`LockOffer`);
+        ``None`` unless a pipeline waits idle with nothing handed to it yet.
+
+        Only an idle pipeline is handed work: its last fetch found nothing due, so no older
+        message waits in the store (one enqueued since woke it). Busy pipelines fetch in
+        queue order as usual.
+        """
+        if self._idle <= len(self._handed) or not self.options.eager_dispatch:
+            return None
+        return LockOffer(self._sizer.size(), self.options.orchestration_lock_timeout, self._names)
+
+    async def take_locked(self, items: Sequence[OrchestrationItem]) -> None:
+        """Instances locked for this dispatcher under a :meth:`lock_offer`: the next pipeline
+        to look for work takes them (one is woken); after shutdown their locks are given back."""
+        self._handed.extend(items)
+        if self._pipelines:
+            self.wake.wake_group(self)
+        else:
+            await self._give_back_handed()
+
+    def _take_handed(self, wanted: int) -> list[OrchestrationItem]:
+        return [self._handed.popleft() for _ in range(min(wanted, len(self._handed)))]
+
+    async def _give_back_handed(self) -> None:
+        """Unlock handed instances no pipeline will run (shutdown): another process takes them at once."""
+        while self._handed:
+            item = self._handed.popleft()
+            try:
+                await self.store.abandon_orchestration_item(item.instance_id, item.lock_token, 0.0)
+            except Exception:  # noqa: BLE001 - the lock expires anyway; the messages are redelivered
+                _log.warning("instance %r: could not unlock it at shutdown", item.instance_id, exc_info=True,
+                             extra=_fields(item))
 
     async def _pipeline(self, stopping: asyncio.Event, turns: TurnThread, keeper: LockKeeper,
                         part: ClockPart) -> None:
@@ -205,6 +255,11 @@ class OrchestrationDispatcher:
             raise_if_cancel_requested()
             try:
                 wanted = self._sizer.size()
+                handed = self._take_handed(wanted)
+                if handed:
+                    with keeper.holding(handed):
+                        await self._process_locked(handed, turns)
+                    continue
                 fetched = await self.store.fetch_orchestration_items(
                     wanted, self.options.orchestration_lock_timeout, queues=self.options.queues or None,
                     live_statuses=LIVE_STATUSES)
@@ -222,7 +277,11 @@ class OrchestrationDispatcher:
                     # A cancel that arrived with the fetch's reply may have been dropped by the store's
                     # client (Python 3.11's wait_for does): honour it before sleeping a poll interval.
                     raise_if_cancel_requested()
-                    await self.wake.wait_orchestrator(self.options.poll_interval, group=self, part=part, due=due)
+                    self._idle += 1
+                    try:
+                        await self.wake.wait_orchestrator(self.options.poll_interval, group=self, part=part, due=due)
+                    finally:
+                        self._idle -= 1
                     continue
                 with keeper.holding(fetched.items):
                     await self._process_locked(fetched.items, turns)
@@ -256,13 +315,20 @@ class OrchestrationDispatcher:
             else:
                 commits.append(result)
         if commits:
+            worker = self._worker
+            offer = worker.lease_offer(sum(len(c.activities) for c in commits)) if worker is not None else None
+            committed: list[bool] = []
             try:
-                committed = await self.store.commit_turns(commits)
+                committed = await self.store.commit_turns(commits, lease=offer)
                 self.wake.after_commit(commits, committed)
             except Exception:
                 for c in commits:
                     self._forget(c.instance_id)
                 raise
+            finally:
+                if offer is not None:
+                    assert worker is not None
+                    worker.take_leased(offer, [lease for c, ok in zip(commits, committed) if ok for lease in c.leased])
             refused: list[TurnCommit] = []
             by_id = {item.instance_id: item for item in items}
             for commit, ok in zip(commits, committed):
@@ -274,9 +340,9 @@ class OrchestrationDispatcher:
                     self._forget(commit.instance_id)
                 else:
                     self._after_commit(commit.instance_id)
-                    if commit.cancel_activities and self._on_activities_cancelled is not None:
-                        self._on_activities_cancelled(commit.instance_id, commit.execution_id,
-                                                      [k.event_id for k in commit.cancel_activities])
+                    if commit.cancel_activities and self._worker is not None:
+                        self._worker.cancel_running(commit.instance_id, commit.execution_id,
+                                                    [k.event_id for k in commit.cancel_activities])
             if refused:
                 # Still locked (the refused turn was rolled back, lock included): end those
                 # instances now. If even that is refused, the lock expires and poison follows.

@@ -41,7 +41,7 @@ __all__ = [
     "InstanceQuery", "InstancePage", "InstanceCount", "FailureGroup", "StoreOverview", "MAX_PAGE_LIMIT",
     "MINUTE_MS", "UNKNOWN_ERROR_TYPE", "CORRUPT_ERROR_TYPE", "encode_cursor", "decode_cursor", "check_query", "page_of",
     "failure_type", "make_overview", "StartOutcome", "QueueStats", "WAITING_OFFSET_MS", "WAITING_LOCK_TOKEN", "WAITING_LOCK_UNTIL",
-    "ScheduleRecord", "ScheduleFire", "check_debounced_start",
+    "ScheduleRecord", "ScheduleFire", "check_debounced_start", "LeaseOffer", "LockOffer",
 ]
 
 
@@ -250,6 +250,59 @@ class TurnCommit:
     #: the store cannot hold), not a lost lock; the runtime then fails the instance with
     #: this cause instead of redoing the same turn until it is poisoned.
     refused: str | None = None
+    #: Set by the provider: the calls of ``activities`` it leased with the commit (see
+    #: :class:`LeaseOffer`); the others are queued as usual.
+    leased: list[WorkLease] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LeaseOffer:
+    """Calls a turn commit may lease at once to this process's idle activity worker.
+
+    Fetching a call the process itself just committed costs a store round trip on
+    every activity's path; instead the commit inserts up to ``max_items`` of the new
+    calls already leased for ``lock_timeout`` seconds, exactly as
+    :meth:`Provider.fetch_work_items` would have leased them (a new token, delivery
+    count 1), and reports them in :attr:`TurnCommit.leased`. Only calls whose name is
+    in ``names`` and whose queue is not in ``limited_queues`` (their slots are counted
+    by the fetch) are offered, in the order the turns enqueue them. A store may ignore
+    the offer: the calls are then queued and fetched as usual.
+
+    Example::
+
+        ok = await store.commit_turns(commits, lease=LeaseOffer(4, 30.0, frozenset({"charge"})))
+        leases = [lease for c in commits for lease in c.leased]
+    """
+
+    max_items: int
+    lock_timeout: float
+    names: frozenset[str]
+    limited_queues: frozenset[str] = frozenset()
+
+    def admits(self, work: ActivityWork) -> bool:
+        """Whether ``work`` may be leased with its commit."""
+        return work.name in self.names and work.queue not in self.limited_queues
+
+
+@dataclass(frozen=True)
+class LockOffer:
+    """Instances that recording activity results may lock at once for this process's idle dispatcher.
+
+    The counterpart of :class:`LeaseOffer`: :meth:`Provider.complete_work_items` locks up
+    to ``max_items`` of the instances it enqueued a result for whose orchestration name is
+    in ``names``, for ``lock_timeout`` seconds, exactly as
+    :meth:`Provider.fetch_orchestration_items` would (an instance with a live lock,
+    including one waiting for its queue, is left alone; all its visible messages come with
+    it), and returns them. A store may ignore the offer.
+
+    Example::
+
+        items = await store.complete_work_items(done, lock=LockOffer(1, 5.0, frozenset({"Order"})))
+    """
+
+    max_items: int
+    lock_timeout: float
+    names: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -779,10 +832,11 @@ class Provider(ABC):
         corrupt one maps to its :class:`CorruptHistoryError`."""
 
     @abstractmethod
-    async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
+    async def commit_turns(self, commits: Sequence[TurnCommit], *, lease: LeaseOffer | None = None) -> list[bool]:
         """Commit turns in one transaction where possible; ``False`` where the lock was lost,
         or where the store refused that turn's content (then ``commit.refused`` says why;
-        the other turns of the batch are committed)."""
+        the other turns of the batch are committed). With ``lease``, calls the committed
+        turns enqueue may come back leased in ``commit.leased`` (see :class:`LeaseOffer`)."""
 
     @abstractmethod
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
@@ -826,9 +880,12 @@ class Provider(ABC):
 
     @abstractmethod
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
-                                  only_if_status_in: Collection[str] | None = None) -> None:
+                                  only_if_status_in: Collection[str] | None = None,
+                                  lock: LockOffer | None = None) -> list[OrchestrationItem]:
         """Delete each leased item and enqueue its result for the instance, atomically
-        (and the heartbeat row its ``forget_heartbeat`` names).
+        (and the heartbeat row its ``forget_heartbeat`` names). With ``lock``, the
+        instances the results went to may come back locked (see :class:`LockOffer`);
+        otherwise the list is empty.
 
         A result whose lease no longer exists is dropped: its instance was purged
         (and may have been created again under the same id, which must never get

@@ -28,7 +28,7 @@ from .base import (
     InstanceQuery, QueueDepths, QueueStats, InstanceRecord, OrchestrationItem, Provider, QueuedMessage, ScheduleFire,
     ScheduleRecord, StartOutcome, StoreOverview,
     TurnCommit, WorkCompletion, WorkLease, check_debounced_start, check_query, failure_type, make_overview, page_of, status_admits,
-    timer_key,
+    timer_key, LeaseOffer, LockOffer,
 )
 from ..clock import SYSTEM_CLOCK, Clock
 from ..queues import QueueOptions
@@ -278,19 +278,20 @@ class InMemoryProvider(Provider):
                     continue
                 chosen[iid] = []
             chosen[iid].append(q)
-        items = []
-        for iid, queued in chosen.items():
-            token = uuid.uuid4().hex
-            self._locks[iid] = (token, now + int(lock_timeout * 1000))
-            for q in queued:
-                q.dequeue_count += 1
-                q.lock_token = token
-            record = self._instances.get(iid)
-            hlen = len(self._history.get((iid, record.execution_id), ())) if record else 0
-            items.append(OrchestrationItem(
-                iid, token, [QueuedMessage(q.id, q.message) for q in queued], record, hlen,
-                max(q.dequeue_count for q in queued)))
-        return FetchResult(items, next_due)
+        until = now + int(lock_timeout * 1000)
+        return FetchResult([self._lock(iid, queued, until) for iid, queued in chosen.items()], next_due)
+
+    def _lock(self, iid: str, queued: list[_Queued], until: int) -> OrchestrationItem:
+        """Lock ``iid`` with its visible messages ``queued`` (its caller found no live lock)."""
+        token = uuid.uuid4().hex
+        self._locks[iid] = (token, until)
+        for q in queued:
+            q.dequeue_count += 1
+            q.lock_token = token
+        record = self._instances.get(iid)
+        hlen = len(self._history.get((iid, record.execution_id), ())) if record else 0
+        return OrchestrationItem(iid, token, [QueuedMessage(q.id, q.message) for q in queued], record, hlen,
+                                 max(q.dequeue_count for q in queued))
 
     def _admit(self, now: int, queues: Mapping[str, QueueOptions], live_statuses: Collection[str]) -> None:
         """Admit the waiting instances of each queue of ``queues`` that its limits let start now."""
@@ -324,18 +325,21 @@ class InMemoryProvider(Provider):
     async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:
         return {iid: list(self._history.get((iid, ex), ())) for iid, ex in keys}
 
-    async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
+    async def commit_turns(self, commits: Sequence[TurnCommit], *, lease: LeaseOffer | None = None) -> list[bool]:
         results = []
+        left = 0 if lease is None else lease.max_items
         for c in commits:
+            c.leased = []
             lock = self._locks.get(c.instance_id)
             if lock is None or lock[0] != c.lock_token:
                 results.append(False)
                 continue
-            self._apply_commit(c)
+            left -= self._apply_commit(c, lease, left)
             results.append(True)
         return results
 
-    def _apply_commit(self, c: TurnCommit) -> None:
+    def _apply_commit(self, c: TurnCommit, lease: LeaseOffer | None, left: int) -> int:
+        """Apply one turn; the number of its calls leased with it (at most ``left``, see :class:`LeaseOffer`)."""
         now = self.clock.now_ms()
         for qid in c.consumed:
             self._queue.pop(qid, None)
@@ -343,7 +347,12 @@ class InMemoryProvider(Provider):
             self._history.setdefault((c.instance_id, c.execution_id), []).extend(c.new_events)
         for work in c.activities:
             wid = next(self._ids)
-            self._work[wid] = _Work(wid, work, now)  # visible_at: the oldest moment it could run
+            w = self._work[wid] = _Work(wid, work, now)  # visible_at: the oldest moment it could run
+            if lease is not None and len(c.leased) < left and lease.admits(work):
+                w.lock_token = uuid.uuid4().hex
+                w.locked_until = now + int(lease.lock_timeout * 1000)
+                w.dequeue_count = 1
+                c.leased.append(WorkLease(w.lock_token, work, 1))
         cancel = set(c.cancel_activities)
         for w in [w for w in self._work.values() if _call_key(w.work) in cancel]:
             if w.lock_token is None:
@@ -373,6 +382,7 @@ class InMemoryProvider(Provider):
                     custom_status=u.custom_status if u.custom_status_changed else old.custom_status,
                     updated_at_ms=now)
         self._locks.pop(c.instance_id, None)
+        return len(c.leased)
 
     async def renew_orchestration_items(self, locks: Sequence[tuple[str, str]], lock_timeout: float) -> list[bool]:
         until = self.clock.now_ms() + int(lock_timeout * 1000)
@@ -441,7 +451,9 @@ class InMemoryProvider(Provider):
         return QueueSlots(limited, [(q, k, n) for (q, k), n in running.items()], started)
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
-                                  only_if_status_in: Collection[str] | None = None) -> None:
+                                  only_if_status_in: Collection[str] | None = None,
+                                  lock: LockOffer | None = None) -> list[OrchestrationItem]:
+        delivered: dict[str, None] = {}
         for done in completions:
             held = [w for w in self._work.values() if w.lock_token == done.lock_token]
             for w in held:
@@ -453,6 +465,16 @@ class InMemoryProvider(Provider):
             record = self._instances.get(done.result.instance_id)
             if status_admits(only_if_status_in, record.status if record else None):
                 self._enqueue(done.result, None)
+                if record is not None and lock is not None and record.name in lock.names:
+                    delivered[done.result.instance_id] = None
+        if lock is None:
+            return []
+        now = self.clock.now_ms()
+        free = [iid for iid in delivered
+                if iid not in self._waiting and (iid not in self._locks or self._locks[iid][1] <= now)]
+        until = now + int(lock.lock_timeout * 1000)
+        return [self._lock(iid, [q for q in self._queue.values() if q.message.instance_id == iid
+                                 and q.visible_at <= now], until) for iid in free[:lock.max_items]]
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         for w in self._work.values():

@@ -72,7 +72,7 @@ from ..lograte import background_warnings
 from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
-    OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, QueueStats, WorkCompletion, WorkLease,
+    OrchestrationItem, Provider, LeaseOffer, LockOffer, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, QueueStats, WorkCompletion, WorkLease,
     check_query, decode_error_details, make_overview, page_of, status_admits, StartOutcome, ScheduleFire,
     ScheduleRecord, check_debounced_start,
 )
@@ -1211,7 +1211,7 @@ class PostgresProvider(Provider):
                 out[iid] = exc
         return out
 
-    async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
+    async def commit_turns(self, commits: Sequence[TurnCommit], *, lease: LeaseOffer | None = None) -> list[bool]:
         """Commit the batch in one statement (``commit_turns_m5``).
 
         A turn whose values cannot be encoded is refused without being sent. If the
@@ -1439,7 +1439,8 @@ class PostgresProvider(Provider):
         await self._tx(op)
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
-                                  only_if_status_in: Collection[str] | None = None) -> None:
+                                  only_if_status_in: Collection[str] | None = None,
+                                  lock: LockOffer | None = None) -> list[OrchestrationItem]:
         # Only results whose lease still exists count: otherwise the instance was purged
         # (perhaps created again under the same id), or another worker took the call over.
         tokens = [d.lock_token for d in completions]
@@ -1451,6 +1452,7 @@ class PostgresProvider(Provider):
             self._sql.complete_work_items, tokens, targets, messages, statuses, self._orch_channel,
             [k.instance_id if k else None for k in forget], [k.execution_id if k else None for k in forget],
             [k.event_id if k else None for k in forget]))
+        return []
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         await self._one(lambda conn: conn.execute(

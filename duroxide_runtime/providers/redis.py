@@ -70,7 +70,7 @@ from ..start_policy import IDEMPOTENCY_KEY_TTL_MS, IfExists
 from .base import (
     MINUTE_MS, WAITING_OFFSET_MS, CallKey, FailureGroup, FetchResult, HeartbeatRecord, HeartbeatWrite,
     InstanceCount, InstancePage, InstanceQuery, InstanceRecord, OrchestrationItem, Provider, QueueDepths,
-    QueuedMessage, QueueStats, ScheduleFire, ScheduleRecord, StartOutcome, StoreOverview, TurnCommit, WorkCompletion,
+    QueuedMessage, QueueStats, ScheduleFire, ScheduleRecord, StartOutcome, StoreOverview, TurnCommit, LeaseOffer, LockOffer, WorkCompletion,
     WorkLease, check_debounced_start, check_query,
     decode_error_details, failure_type, make_overview, page_of, status_admits, timer_key,
 )
@@ -986,7 +986,7 @@ class RedisProvider(Provider):
 
         return await self._read(body)
 
-    async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
+    async def commit_turns(self, commits: Sequence[TurnCommit], *, lease: LeaseOffer | None = None) -> list[bool]:
         # One script for the batch; each turn is fenced by its own lock and applied whole or not at
         # all, the batch is not one unit. Batches are cut so that one script's work stays bounded.
         results: list[bool] = []
@@ -1163,11 +1163,13 @@ class RedisProvider(Provider):
         return item
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
-                                  only_if_status_in: Collection[str] | None = None) -> None:
+                                  only_if_status_in: Collection[str] | None = None,
+                                  lock: LockOffer | None = None) -> list[OrchestrationItem]:
         # A lease gone (purged, or taken over by another worker) makes its result stale: the script
-        # drops it. The lease token finds the item through the `wtok` index.
+        # drops it. The lease token finds the item through the `wtok` index. A lock offer is
+        # declined: the dispatcher fetches the instances as usual.
         if not completions:
-            return
+            return []
         keys: dict[str, int] = {}
         done = []
         for c in completions:
@@ -1179,6 +1181,7 @@ class RedisProvider(Provider):
         if only_if_status_in is not None:
             spec["s"] = list(only_if_status_in)
         await self._eval(COMPLETE, spec, list(keys))
+        return []
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         async def body(pipe: Any, w: _Writes) -> None:

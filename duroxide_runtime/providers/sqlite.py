@@ -32,12 +32,12 @@ from ..errors import (
     ConfigurationError, CorruptHistoryError, InstanceAlreadyExistsError, StoreError,
 )
 from ..history import HistoryEvent, decode_event, encode_event
-from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
+from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, QueueDepths, QueueStats, decode_error_details, InstanceRecord,
     InstancePage, InstanceQuery, OrchestrationItem, Provider, QueuedMessage, StoreOverview, TurnCommit,
     WorkCompletion, WorkLease, check_query, make_overview, page_of, status_admits, timer_key, StartOutcome, ScheduleFire, ScheduleRecord,
-    check_debounced_start,
+    check_debounced_start, LeaseOffer, LockOffer,
 )
 from .queue_slots import QueueSlots, limited_queues
 from .sqlite_queries import listing_sql, overview_parts
@@ -560,31 +560,8 @@ class SqliteProvider(Provider):
             now = self.clock.now_ms()
             if queues:
                 _admit_waiting(conn, now, queues, live)
-            candidates = _due_unlocked_instances(conn, now, max_items)
-            items = []
-            for iid in candidates:
-                token = uuid.uuid4().hex
-                conn.execute("INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) "
-                             "VALUES (?,?,?)", (iid, token, now + lock_ms))
-                conn.execute("UPDATE orchestrator_queue SET lock_token=?, dequeue_count=dequeue_count+1 "
-                             "WHERE instance_id=? AND visible_at<=?", (token, iid, now))
-                rows = conn.execute("SELECT id, message, dequeue_count FROM orchestrator_queue "
-                                    "WHERE instance_id=? AND lock_token=? ORDER BY id", (iid, token)).fetchall()
-                messages, dequeues = [], 0
-                for qid, raw, count in rows:
-                    dequeues = max(dequeues, count)
-                    try:
-                        messages.append(QueuedMessage(qid, decode_message(raw)))
-                    except ValueError:
-                        _log.error("instance %r: dropping unreadable queue message %s", iid, qid)
-                        conn.execute("DELETE FROM orchestrator_queue WHERE id=?", (qid,))
-                record = _get_instance(conn, iid)
-                hlen = 0
-                if record is not None:
-                    hlen = conn.execute("SELECT COALESCE(MAX(event_id), 0) FROM history "
-                                        "WHERE instance_id=? AND execution_id=?",
-                                        (iid, record.execution_id)).fetchone()[0]
-                items.append(OrchestrationItem(iid, token, messages, record, hlen, dequeues))
+            items = [_lock_instance(conn, iid, now, now + lock_ms)
+                     for iid in _due_unlocked_instances(conn, now, max_items)]
             next_due = None
             if not items:
                 next_due = conn.execute("SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ? "
@@ -605,11 +582,13 @@ class SqliteProvider(Provider):
 
         return await self._run(op)
 
-    async def commit_turns(self, commits: Sequence[TurnCommit]) -> list[bool]:
+    async def commit_turns(self, commits: Sequence[TurnCommit], *, lease: LeaseOffer | None = None) -> list[bool]:
         def op(conn: sqlite3.Connection) -> list[bool]:
             results = []
             now = self.clock.now_ms()
+            leasing = _Leasing(lease, now)
             for c in commits:
+                c.leased = []  # a batch redone after SQLITE_BUSY starts again
                 row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
                                    (c.instance_id,)).fetchone()
                 if row is None or row[0] != c.lock_token:
@@ -617,7 +596,7 @@ class SqliteProvider(Provider):
                     continue
                 conn.execute("SAVEPOINT turn")
                 try:
-                    _apply_commit(conn, c, now)
+                    _apply_commit(conn, c, now, leasing)
                     conn.execute("RELEASE turn")
                     results.append(True)
                 except sqlite3.OperationalError:
@@ -626,6 +605,7 @@ class SqliteProvider(Provider):
                     _log.warning("instance %r: the store refused the turn (%s: %s)", c.instance_id,
                                  type(exc).__name__, exc)
                     c.refused = f"{type(exc).__name__}: {exc}"
+                    leasing.give_back(c)
                     conn.execute("ROLLBACK TO turn")
                     conn.execute("RELEASE turn")
                     results.append(False)
@@ -724,23 +704,34 @@ class SqliteProvider(Provider):
         return await self._write(op, durable=False, what="a fetch of activity work")
 
     async def complete_work_items(self, completions: Sequence[WorkCompletion], *,
-                                  only_if_status_in: Collection[str] | None = None) -> None:
-        def op(conn: sqlite3.Connection) -> None:
+                                  only_if_status_in: Collection[str] | None = None,
+                                  lock: LockOffer | None = None) -> list[OrchestrationItem]:
+        def op(conn: sqlite3.Connection) -> list[OrchestrationItem]:
+            delivered: dict[str, None] = {}
             for done in completions:
                 if not conn.execute("DELETE FROM worker_queue WHERE lock_token=?", (done.lock_token,)).rowcount:
                     # The lease is gone: the instance was purged (perhaps created again under the
                     # same id), or another worker took the call over and will deliver its own result.
                     continue
-                row = conn.execute("SELECT status FROM instances WHERE instance_id=?",
+                row = conn.execute("SELECT status, name FROM instances WHERE instance_id=?",
                                    (done.result.instance_id,)).fetchone()
                 if status_admits(only_if_status_in, row[0] if row else None):
                     _enqueue(conn, done.result, None)
+                    if row is not None and lock is not None and row[1] in lock.names:
+                        delivered[done.result.instance_id] = None
                 if done.forget_heartbeat is not None:
                     k = done.forget_heartbeat
                     conn.execute("DELETE FROM activity_heartbeats WHERE instance_id=? AND execution_id=? AND call_id=?",
                                  (k.instance_id, k.execution_id, k.event_id))
+            if lock is None or not delivered:
+                return []
+            now = self.clock.now_ms()
+            free = [iid for iid in delivered if not conn.execute(
+                "SELECT 1 FROM instance_locks WHERE instance_id=? AND locked_until > ?", (iid, now)).fetchone()]
+            return [_lock_instance(conn, iid, now, now + int(lock.lock_timeout * 1000))
+                    for iid in free[:lock.max_items]]
 
-        await self._write(op, durable=True, what="activity results")
+        return await self._write(op, durable=True, what="activity results")
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         visible = self.clock.now_ms() + int(delay * 1000)
@@ -1089,18 +1080,69 @@ def _enqueue(conn: sqlite3.Connection, message: OrchestratorMessage, visible_at:
                  (message.instance_id, encode_message(message), visible_at or 0))
 
 
-def _apply_commit(conn: sqlite3.Connection, c: TurnCommit, now: int) -> None:
+class _Leasing:
+    """What is left of a :class:`LeaseOffer` while a batch of turns is applied."""
+
+    def __init__(self, offer: LeaseOffer | None, now: int) -> None:
+        self.offer = offer
+        self.left = 0 if offer is None else offer.max_items
+        self.until = 0 if offer is None else now + int(offer.lock_timeout * 1000)
+
+    def take(self, work: ActivityWork) -> str | None:
+        """A lock token for ``work`` if the offer still covers it."""
+        if self.offer is None or self.left <= 0 or not self.offer.admits(work):
+            return None
+        self.left -= 1
+        return uuid.uuid4().hex
+
+    def give_back(self, c: TurnCommit) -> None:
+        """The turn was rolled back: its leases are void."""
+        self.left += len(c.leased)
+        c.leased = []
+
+
+def _lock_instance(conn: sqlite3.Connection, iid: str, now: int, until: int) -> OrchestrationItem:
+    """Lock ``iid`` (its caller found no live lock) with its visible messages, as a fetch does."""
+    token = uuid.uuid4().hex
+    conn.execute("INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) "
+                 "VALUES (?,?,?)", (iid, token, until))
+    conn.execute("UPDATE orchestrator_queue SET lock_token=?, dequeue_count=dequeue_count+1 "
+                 "WHERE instance_id=? AND visible_at<=?", (token, iid, now))
+    rows = conn.execute("SELECT id, message, dequeue_count FROM orchestrator_queue "
+                        "WHERE instance_id=? AND lock_token=? ORDER BY id", (iid, token)).fetchall()
+    messages, dequeues = [], 0
+    for qid, raw, count in rows:
+        dequeues = max(dequeues, count)
+        try:
+            messages.append(QueuedMessage(qid, decode_message(raw)))
+        except ValueError:
+            _log.error("instance %r: dropping unreadable queue message %s", iid, qid)
+            conn.execute("DELETE FROM orchestrator_queue WHERE id=?", (qid,))
+    record = _get_instance(conn, iid)
+    hlen = 0
+    if record is not None:
+        hlen = conn.execute("SELECT COALESCE(MAX(event_id), 0) FROM history WHERE instance_id=? AND execution_id=?",
+                            (iid, record.execution_id)).fetchone()[0]
+    return OrchestrationItem(iid, token, messages, record, hlen, dequeues)
+
+
+def _apply_commit(conn: sqlite3.Connection, c: TurnCommit, now: int, leasing: _Leasing) -> None:
     if c.consumed:
         conn.executemany("DELETE FROM orchestrator_queue WHERE id=?", [(i,) for i in c.consumed])
     if c.new_events:
         conn.executemany("INSERT INTO history(instance_id, execution_id, event_id, event) VALUES (?,?,?,?)",
                          [(c.instance_id, c.execution_id, e.event_id, encode_event(e)) for e in c.new_events])
     if c.activities:
+        rows = []
+        for w in c.activities:
+            token = leasing.take(w)
+            rows.append((w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w), now, w.queue,
+                         w.concurrency_key, w.priority, token, leasing.until if token else 0, 1 if token else 0))
+            if token is not None:
+                c.leased.append(WorkLease(token, w, 1))
         conn.executemany(
             "INSERT INTO worker_queue(instance_id, execution_id, event_id, name, message, visible_at, queue, ckey, "
-            "priority) VALUES (?,?,?,?,?,?,?,?,?)",
-            [(w.instance_id, w.execution_id, w.event_id, w.name, encode_message(w), now, w.queue, w.concurrency_key,
-              w.priority) for w in c.activities])
+            "priority, lock_token, locked_until, dequeue_count) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
     for call in c.cancel_activities:
         key = (call.instance_id, call.execution_id, call.event_id)
         conn.execute("DELETE FROM worker_queue WHERE instance_id=? AND execution_id=? AND event_id=? "
