@@ -21,8 +21,9 @@ from duroxide_runtime import OrchestrationContext, OrchestrationStatus
 from duroxide_runtime.dispatch.orchestrations import OrchestrationDispatcher
 from duroxide_runtime.messages import ActivityResult, ActivityWork, StartOrchestration
 from duroxide_runtime.options import RuntimeOptions
-from duroxide_runtime.providers.base import LockOffer, Provider, TurnCommit, WorkCompletion
+from duroxide_runtime.providers.base import LeaseOffer, LockOffer, Provider, TurnCommit, WorkCompletion
 from duroxide_runtime.providers.memory import InMemoryProvider
+from duroxide_runtime.providers.postgres import PostgresProvider
 from duroxide_runtime.providers.sqlite import SqliteProvider
 from duroxide_runtime.registry import OrchestrationRegistry
 from duroxide_runtime.testing import ManualClock
@@ -30,7 +31,7 @@ from duroxide_runtime.testing import ManualClock
 from .support import PROVIDERS, Harness, drop_store, make_store
 
 #: Stores that lease calls with their commit and lock instances with their results.
-TAKE_OFFERS = (InMemoryProvider, SqliteProvider)
+TAKE_OFFERS: tuple[type[Provider], ...] = (InMemoryProvider, SqliteProvider, PostgresProvider)
 
 
 class FetchCounter:
@@ -83,7 +84,12 @@ async def test_an_idle_runtime_runs_a_call_and_its_result_without_fetching_them(
     assert await idle.run("warm-up", "OneCall", "w") == OrchestrationStatus.Completed(output="echo:w")
     counter.counts.clear()
     assert await idle.run("a", "OneCall", "x") == OrchestrationStatus.Completed(output="echo:x")
-    if eager and isinstance(idle.store, TAKE_OFFERS):
+    if eager and isinstance(idle.store, PostgresProvider):
+        # The call went to the worker with the turn's commit. The instance comes back locked
+        # with the call's result only if a pipeline waits idle then, and PostgreSQL's NOTIFY
+        # of the process's own writes wakes pipelines at moments the test cannot fix.
+        assert counter.counts["work"] == 0 and counter.counts["orchestration"] in (1, 2)
+    elif eager and isinstance(idle.store, TAKE_OFFERS):
         # Only the start is fetched: the call went to the worker with the turn's commit, and
         # the instance came back locked with the call's result.
         assert counter.counts == Counter(orchestration=1)
@@ -122,7 +128,7 @@ async def test_a_busy_worker_is_not_handed_calls(idle: Harness) -> None:
     assert counter.counts["work"] == before + 1, "the waiting call was fetched from the queue"
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", [k for k in PROVIDERS if k != "redis"])
 async def test_instances_handed_to_a_stopped_dispatcher_are_unlocked_at_once(tmp_path: Path, kind: str) -> None:
     """A result recorded during shutdown may lock its instance after the last pipeline ended:
     the lock is given back, so another process takes the instance now, not after its timeout."""
@@ -145,5 +151,28 @@ async def test_instances_handed_to_a_stopped_dispatcher_are_unlocked_at_once(tmp
         again = (await store.fetch_orchestration_items(1, 30.0)).items  # the clock has not moved
         assert [i.instance_id for i in again] == ["i"]
         assert len(again[0].messages) == 1
+    finally:
+        await drop_store(store)
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_which_stores_take_the_offers(tmp_path: Path, kind: str) -> None:
+    """The stores named in TAKE_OFFERS lease with the commit and lock with the results; Redis
+    declines both (its work goes through the queues)."""
+    store = await make_store(kind, tmp_path, clock=ManualClock())
+    try:
+        await store.create_instance(StartOrchestration(instance_id="i", name="OneCall", version="1.0.0", input=""))
+        item = (await store.fetch_orchestration_items(1, 30.0)).items[0]
+        call = ActivityWork(instance_id="i", execution_id=1, event_id=2, name="Echo", input="")
+        commit = TurnCommit("i", item.lock_token, 1, [m.id for m in item.messages], activities=[call])
+        assert await store.commit_turns([commit], lease=LeaseOffer(1, 30.0, frozenset({"Echo"}))) == [True]
+        takes = isinstance(store, TAKE_OFFERS)
+        assert [lease.work for lease in commit.leased] == ([call] if takes else [])
+        leases = commit.leased or await store.fetch_work_items(1, 30.0)
+        items = await store.complete_work_items(
+            [WorkCompletion(leases[0].lock_token, ActivityResult(instance_id="i", execution_id=1, event_id=2,
+                                                                 result="r"))],
+            lock=LockOffer(1, 30.0, frozenset({"OneCall"})))
+        assert [i.instance_id for i in items] == (["i"] if takes else [])
     finally:
         await drop_store(store)

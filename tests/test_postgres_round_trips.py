@@ -28,7 +28,7 @@ import pytest
 from duroxide_runtime import Durability
 from duroxide_runtime.history import Event
 from duroxide_runtime.messages import ActivityResult, ActivityWork, CancelRequest, ExternalEvent, StartOrchestration
-from duroxide_runtime.providers.base import InstanceUpdate, TurnCommit, WorkCompletion, now_ms
+from duroxide_runtime.providers.base import InstanceUpdate, LeaseOffer, LockOffer, TurnCommit, WorkCompletion, now_ms
 from duroxide_runtime.providers.postgres import PostgresProvider
 
 from .support import PG_URL, PROVIDERS, drop_store
@@ -159,6 +159,38 @@ async def test_each_step_of_an_orchestration_is_one_statement(counted: Counted) 
     await counted.expect(1, s.complete_work_items([WorkCompletion(lease.lock_token, ActivityResult(
         instance_id="x", execution_id=1, event_id=2, result="y"))], only_if_status_in=LIVE))
     await counted.expect(1, s.get_instance("x"))
+
+
+async def eager_orchestration(c: Counted, iid: str) -> list[int]:
+    """One orchestration calling one activity with eager dispatch: the statements of each step."""
+    s = c.store
+    sent = []
+    _, n = await c.step(s.create_instance(start(iid)))
+    sent.append(len(n))
+    fetched, n = await c.step(s.fetch_orchestration_items(10, 30))
+    sent.append(len(n))
+    first = first_turn(iid, fetched.items[0].lock_token, [m.id for m in fetched.items[0].messages])
+    ok, n = await c.step(s.commit_turns([first], lease=LeaseOffer(10, 30, frozenset({"Act"}))))
+    sent.append(len(n))
+    assert ok == [True] and [lease.work.event_id for lease in first.leased] == [2]
+    items, n = await c.step(s.complete_work_items([WorkCompletion(first.leased[0].lock_token, ActivityResult(
+        instance_id=iid, execution_id=1, event_id=2, result="y"))], only_if_status_in=LIVE,
+        lock=LockOffer(10, 30, frozenset({"Orch"}))))
+    sent.append(len(n))
+    assert [type(m.message) for m in items[0].messages] == [ActivityResult]
+    ok, n = await c.step(s.commit_turns([last_turn(iid, items[0].lock_token, [m.id for m in items[0].messages])]))
+    sent.append(len(n))
+    assert ok == [True]
+    record, n = await c.step(s.get_instance(iid))
+    sent.append(len(n))
+    assert record is not None and record.status == "Completed"
+    return sent
+
+
+async def test_eager_dispatch_spares_the_activity_fetch_and_the_second_fetch(counted: Counted) -> None:
+    """docs/postgres.md: 6 statements from start to observed completion when worker and dispatcher are idle."""
+    await eager_orchestration(counted, "warm-up")
+    assert await eager_orchestration(counted, "counted") == [1] * 6
 
 
 async def test_client_writes_and_lease_operations_are_one_statement_each(counted: Counted) -> None:

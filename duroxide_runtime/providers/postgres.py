@@ -69,7 +69,7 @@ except ModuleNotFoundError:  # the `postgres` extra is not installed: importing 
 from ..errors import ConfigurationError, CorruptHistoryError, InstanceAlreadyExistsError, StoreError
 from ..history import HistoryEvent, decode_event, encode_event
 from ..lograte import background_warnings
-from ..messages import OrchestratorMessage, StartOrchestration, decode_message, encode_message
+from ..messages import ActivityWork, OrchestratorMessage, StartOrchestration, decode_message, encode_message
 from .base import (
     WAITING_LOCK_TOKEN, WAITING_LOCK_UNTIL, WAITING_OFFSET_MS, CallKey, Durability, FetchResult, HeartbeatRecord, HeartbeatWrite, InstancePage, InstanceQuery, InstanceRecord,
     OrchestrationItem, Provider, LeaseOffer, LockOffer, QueuedMessage, StoreOverview, TurnCommit, QueueDepths, QueueStats, WorkCompletion, WorkLease,
@@ -506,6 +506,133 @@ CREATE TABLE IF NOT EXISTS {s}.schedules (
 CREATE TABLE IF NOT EXISTS {s}.debounce_windows (
     name text NOT NULL, debounce_key text NOT NULL, instance_id text NOT NULL, message_id bigint NOT NULL,
     PRIMARY KEY (name, debounce_key));
+"""),
+    # Eager dispatch (providers.base.LeaseOffer, LockOffer): a turn commit leases the calls it
+    # enqueues to its own process's idle worker, and recording results locks their instances
+    # for its idle dispatcher, each in the statement that does the write: one round trip less
+    # on each hop of an orchestration.
+    (12, """
+-- Lease up to p_max of the calls the committed turns (p_ok, per turn, as commit_turns_m5
+-- returns it) enqueued: unleased, of a name in p_names, of a queue not in p_limited. Called
+-- after commit_turns_m5 in the same statement; as a VOLATILE function it sees its rows.
+CREATE OR REPLACE FUNCTION {s}.lease_committed_m12(
+    p_ok boolean[], a_turn integer[], a_instance text[], a_execution bigint[], a_event_id bigint[],
+    p_max integer, p_until bigint, p_names text[], p_limited text[])
+RETURNS TABLE(o_token text, o_message bytea) LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+BEGIN
+    RETURN QUERY
+    WITH wanted AS (
+        SELECT w.id FROM unnest(a_turn, a_instance, a_execution, a_event_id) WITH ORDINALITY
+            AS a(turn, instance_id, execution_id, event_id, n)
+        JOIN {s}.worker_queue w ON w.instance_id = a.instance_id AND w.execution_id = a.execution_id
+            AND w.event_id = a.event_id
+        WHERE p_ok[a.turn] AND w.lock_token IS NULL AND w.dequeue_count = 0 AND NOT w.cancelled
+            AND w.name = ANY(p_names) AND NOT (w.queue = ANY(p_limited))
+        ORDER BY a.n LIMIT p_max)
+    UPDATE {s}.worker_queue w SET lock_token = md5(random()::text || clock_timestamp()::text || w.id::text),
+        locked_until = p_until, dequeue_count = 1
+    FROM wanted WHERE w.id = wanted.id
+    RETURNING w.lock_token, w.message;
+END $fn$;
+
+-- The instances ids (locked with tokens) with their messages visible at p_now, instance row
+-- and history length, as fetch_items_m5 returns them.
+CREATE OR REPLACE FUNCTION {s}.locked_items_m12(ids text[], tokens text[], p_now bigint)
+RETURNS TABLE(o_instance_id text, o_lock_token text, o_message_ids bigint[], o_messages bytea[],
+              o_dequeues integer, o_found boolean, o_name text, o_version text, o_execution_id bigint,
+              o_status text, o_output text, o_error bytea, o_custom_status text, o_created_at bigint,
+              o_updated_at bigint, o_parent text, o_incarnation text, o_history_len bigint)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+BEGIN
+    RETURN QUERY
+    WITH msgs AS (
+        UPDATE {s}.orchestrator_queue q SET lock_token = c.token, dequeue_count = q.dequeue_count + 1
+        FROM unnest(ids, tokens) AS c(instance_id, token)
+        WHERE q.instance_id = c.instance_id AND q.visible_at <= p_now
+        RETURNING q.id, q.instance_id, q.message, q.dequeue_count)
+    SELECT c.instance_id, c.token, m.ids, m.messages, m.dequeues, i.instance_id IS NOT NULL,
+        i.name, i.version, i.execution_id, i.status, i.output, i.error, i.custom_status, i.created_at,
+        i.updated_at, i.parent_instance_id, i.incarnation,
+        (SELECT COALESCE(MAX(h.event_id), 0) FROM {s}.history h
+         WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id)::bigint
+    FROM unnest(ids, tokens) AS c(instance_id, token)
+    LEFT JOIN LATERAL (
+        SELECT array_agg(msgs.id ORDER BY msgs.id) AS ids, array_agg(msgs.message ORDER BY msgs.id) AS messages,
+               max(msgs.dequeue_count)::integer AS dequeues
+        FROM msgs WHERE msgs.instance_id = c.instance_id) m ON true
+    LEFT JOIN {s}.instances i ON i.instance_id = c.instance_id;
+END $fn$;
+
+-- Record activity results (as the complete_work_items statement does) and lock up to p_max of
+-- the instances they went to: those of an orchestration named in p_names with no live lock,
+-- claimed as fetch_items_m5 claims (advisory lock p_key, passing by what a fetch holds). The
+-- dispatchers of other processes are woken only for results whose instance was not locked.
+CREATE OR REPLACE FUNCTION {s}.complete_work_m12(
+    p_tokens text[], p_instances text[], p_messages bytea[], p_statuses text[], p_channel text,
+    f_instance text[], f_execution bigint[], f_call bigint[],
+    p_now bigint, p_max integer, p_until bigint, p_names text[], p_key integer)
+RETURNS TABLE(o_instance_id text, o_lock_token text, o_message_ids bigint[], o_messages bytea[],
+              o_dequeues integer, o_found boolean, o_name text, o_version text, o_execution_id bigint,
+              o_status text, o_output text, o_error bytea, o_custom_status text, o_created_at bigint,
+              o_updated_at bigint, o_parent text, o_incarnation text, o_history_len bigint)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+DECLARE
+    done text[];
+    delivered text[];
+    ids text[];
+    tokens text[];
+BEGIN
+    WITH d AS (DELETE FROM {s}.worker_queue WHERE lock_token = ANY(p_tokens) RETURNING lock_token)
+    SELECT array_agg(d.lock_token) INTO done FROM d;
+    IF done IS NULL THEN
+        RETURN;  -- every lease is gone: the results are stale
+    END IF;
+    DELETE FROM {s}.activity_heartbeats h
+        USING unnest(p_tokens, f_instance, f_execution, f_call) AS f(token, instance_id, execution_id, call_id)
+        WHERE f.instance_id IS NOT NULL AND f.token = ANY(done)
+          AND h.instance_id = f.instance_id AND h.execution_id = f.execution_id AND h.call_id = f.call_id;
+    WITH q AS (
+        INSERT INTO {s}.orchestrator_queue(instance_id, message, visible_at)
+        SELECT r.instance_id, r.message, 0
+        FROM unnest(p_tokens, p_instances, p_messages) WITH ORDINALITY AS r(token, instance_id, message, n)
+        WHERE r.token = ANY(done) AND EXISTS (
+            SELECT 1 FROM {s}.instances i WHERE i.instance_id = r.instance_id
+            AND (p_statuses IS NULL OR i.status = ANY(p_statuses)))
+        ORDER BY r.n RETURNING instance_id)
+    SELECT array_agg(DISTINCT q.instance_id) INTO delivered FROM q;
+    IF delivered IS NULL THEN
+        RETURN;
+    END IF;
+    WITH cand AS (
+        SELECT i.instance_id FROM {s}.instances i
+        WHERE i.instance_id = ANY(delivered) AND i.name = ANY(p_names) AND NOT EXISTS (
+            SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = i.instance_id AND l.locked_until > p_now)
+        ORDER BY i.instance_id),
+    wanted AS (
+        SELECT c.instance_id FROM cand c
+        WHERE pg_try_advisory_xact_lock(p_key, hashtext(c.instance_id)) LIMIT p_max),
+    claimed AS (
+        INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until)
+        SELECT w.instance_id, md5(random()::text || clock_timestamp()::text || w.instance_id), p_until
+        FROM wanted w ORDER BY w.instance_id
+        ON CONFLICT (instance_id) DO UPDATE SET lock_token = EXCLUDED.lock_token,
+            locked_until = EXCLUDED.locked_until WHERE l.locked_until <= p_now
+        RETURNING l.instance_id, l.lock_token)
+    SELECT array_agg(c.instance_id ORDER BY c.instance_id), array_agg(c.lock_token ORDER BY c.instance_id)
+    INTO ids, tokens FROM claimed c;
+    IF cardinality(ids) IS DISTINCT FROM cardinality(delivered) THEN
+        PERFORM pg_notify(p_channel, '');
+    END IF;
+    IF ids IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM {s}.locked_items_m12(ids, tokens, p_now);
+    END IF;
+END $fn$;
 """),
 ]
 
@@ -1174,6 +1301,10 @@ class PostgresProvider(Provider):
         if not rows or rows[0]["o_instance_id"] is None:
             due = rows[0]["o_next_due"] if rows else None
             return FetchResult([], due if due is None or due < WAITING_OFFSET_MS else None)
+        return FetchResult(await self._locked_items(rows))
+
+    async def _locked_items(self, rows: Sequence[asyncpg.Record]) -> list[OrchestrationItem]:
+        """The items of rows shaped as ``fetch_items_m5`` returns them (unreadable messages are dropped)."""
         items, unreadable = [], []
         for row in rows:
             iid = row["o_instance_id"]
@@ -1191,7 +1322,7 @@ class PostgresProvider(Provider):
         if unreadable:  # rare: one more statement
             await self._one(lambda conn: conn.execute(
                 f"DELETE FROM {self.schema}.orchestrator_queue WHERE id = ANY($1::bigint[])", unreadable))
-        return FetchResult(items)
+        return items
 
     async def read_histories(self, keys: Sequence[tuple[str, int]]) -> dict[str, list[HistoryEvent] | Exception]:
         s = self.schema
@@ -1223,6 +1354,7 @@ class PostgresProvider(Provider):
         batch: list[tuple[int, dict[str, list[Any]]]] = []
         seen: set[str] = set()
         for n, c in enumerate(commits):
+            c.leased = []
             if c.instance_id in seen:
                 continue  # the first commit of an instance releases its lock: this one has none
             seen.add(c.instance_id)
@@ -1233,7 +1365,7 @@ class PostgresProvider(Provider):
         if not batch:
             return results
         try:
-            committed = await self._commit_rows([rows for _, rows in batch])
+            committed = await self._commit_rows([rows for _, rows in batch], lease)
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - the server refused a value: find the turn at fault
@@ -1242,25 +1374,36 @@ class PostgresProvider(Provider):
                 return results
             for n, _ in batch:
                 try:
-                    results[n] = (await self._commit_rows([_turn_rows(commits[n], 1)]))[0]
+                    results[n] = (await self._commit_rows([_turn_rows(commits[n], 1)]))[0][0]
                 except StoreError:
                     raise
                 except Exception as single:  # noqa: BLE001 - this turn's content
                     self._refuse(commits[n], single)
             return results
-        for (n, _), ok in zip(batch, committed, strict=True):
+        held, leases = committed
+        by_instance = {commits[n].instance_id: commits[n] for n, _ in batch}
+        for lease_ in leases:
+            by_instance[lease_.work.instance_id].leased.append(lease_)
+        for (n, _), ok in zip(batch, held, strict=True):
             results[n] = ok
         return results
 
-    async def _commit_rows(self, turns: Sequence[dict[str, list[Any]]]) -> list[bool]:
-        """Commit turns given as rows of ``commit_turns_m5``'s arrays (turn numbers 1..len)."""
+    async def _commit_rows(self, turns: Sequence[dict[str, list[Any]]],
+                           lease: LeaseOffer | None = None) -> tuple[list[bool], list[WorkLease]]:
+        """Commit turns given as rows of ``commit_turns_m5``'s arrays (turn numbers 1..len); with
+        ``lease``, lease calls they enqueue in the same statement (``lease_committed_m12``)."""
         arrays = [[v for rows in turns for v in rows[name]] for name in _COMMIT_ARRAYS]
 
-        async def op(conn: _Conn) -> list[bool]:
-            held: list[bool] = await conn.fetchval(
-                self._sql.commit_turns, self.clock.now_ms(), self._orch_channel, self._work_channel,
-                self._done_channel, *arrays)
-            return held
+        async def op(conn: _Conn) -> tuple[list[bool], list[WorkLease]]:
+            now = self.clock.now_ms()
+            args = (now, self._orch_channel, self._work_channel, self._done_channel, *arrays)
+            if lease is None:
+                return await conn.fetchval(self._sql.commit_turns, *args), []
+            rows = await conn.fetch(self._sql.commit_and_lease, *args, lease.max_items,
+                                    now + int(lease.lock_timeout * 1000), sorted(lease.names),
+                                    sorted(lease.limited_queues))
+            work = [(r["o_token"], decode_message(r["o_message"])) for r in rows if r["o_token"] is not None]
+            return rows[0]["ok"], [WorkLease(token, w, 1) for token, w in work if isinstance(w, ActivityWork)]
 
         return await self._one(op)
 
@@ -1448,11 +1591,16 @@ class PostgresProvider(Provider):
         messages = [encode_message(d.result) for d in completions]
         statuses = None if only_if_status_in is None else sorted(only_if_status_in)
         forget = [d.forget_heartbeat for d in completions]
-        await self._one(lambda conn: conn.execute(
-            self._sql.complete_work_items, tokens, targets, messages, statuses, self._orch_channel,
-            [k.instance_id if k else None for k in forget], [k.execution_id if k else None for k in forget],
-            [k.event_id if k else None for k in forget]))
-        return []
+        args = (tokens, targets, messages, statuses, self._orch_channel, [k.instance_id if k else None for k in forget],
+                [k.execution_id if k else None for k in forget], [k.event_id if k else None for k in forget])
+        if lock is None:
+            await self._one(lambda conn: conn.execute(self._sql.complete_work_items, *args))
+            return []
+        now = self.clock.now_ms()
+        rows = await self._one(lambda conn: conn.fetch(
+            self._sql.complete_and_lock, *args, now, lock.max_items, now + int(lock.lock_timeout * 1000),
+            sorted(lock.names), self._sql.fetch_key))
+        return await self._locked_items(rows)
 
     async def abandon_work_item(self, lock_token: str, delay: float) -> None:
         await self._one(lambda conn: conn.execute(
@@ -1658,6 +1806,16 @@ class _Statements:
         # The advisory-lock namespace of this schema's fetches (see fetch_items_m5).
         self.fetch_key = zlib.crc32(f"duroxide-fetch:{s}".encode()) - 2**31
         self.fetch_items = f"SELECT * FROM {s}.fetch_items_m5($1, $2, $3, $4, $5)"
+        # A commit that leases calls with it (LeaseOffer): commit_turns_m5 runs first (the lease
+        # takes its result), in a subquery evaluated once (OFFSET 0 keeps it from being merged).
+        n = 5 + len(_COMMIT_ARRAYS)
+        a = {name: f"${i}" for i, name in enumerate(_COMMIT_ARRAYS, start=5)}
+        self.commit_and_lease = (
+            f"SELECT c.ok, l.o_token, l.o_message FROM (SELECT {s}.commit_turns_m5({args}) AS ok OFFSET 0) c "
+            f"LEFT JOIN LATERAL {s}.lease_committed_m12(c.ok, {a['a_turn']}, {a['a_instance']}, "
+            f"{a['a_execution']}, {a['a_event_id']}, ${n}, ${n + 1}, ${n + 2}, ${n + 3}) l ON true")
+        self.complete_and_lock = (f"SELECT * FROM {s}.complete_work_m12("
+                                  + ", ".join(f"${i}" for i in range(1, 14)) + ")")
         # Per rate-limited queue ($1, with its window's start $2), the leases or admissions of one
         # kind ($3) in the window; older ones are deleted. (The count's snapshot still holds the
         # deleted rows, which its own condition leaves out.)
