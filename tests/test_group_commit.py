@@ -217,3 +217,51 @@ def test_stores_are_durable_by_default_and_refuse_an_unknown_durability() -> Non
         SqliteProvider(":memory:", durability="relaxed")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="write_timeout"):
         SqliteProvider(":memory:", write_timeout=0)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "with-other-writes"])
+async def test_a_turn_the_store_refuses_fails_alone_and_the_batch_commits(tmp_path: Path, grouped: bool) -> None:
+    """A batch of turns runs without a savepoint per turn: a turn SQLite refuses (here an event id
+    its history already holds) rolls the transaction back, and the batch is redone without it, alone
+    or inside a group of other callers' writes, each of which still commits once."""
+    from duroxide_runtime.history import Event
+    from duroxide_runtime.messages import StartOrchestration
+    from duroxide_runtime.providers.base import InstanceUpdate, TurnCommit, now_ms
+
+    store = await SqliteProvider.new(f"sqlite://{tmp_path / 'refuse.db'}")
+    try:
+        for iid in ("a", "bad", "c"):
+            await store.create_instance(StartOrchestration(instance_id=iid, name="Orch", version="1.0.0", input=""))
+        items = {i.instance_id: i for i in (await store.fetch_orchestration_items(10, 30)).items}
+
+        def turn(iid: str, *event_ids: int) -> TurnCommit:
+            item = items[iid]
+            return TurnCommit(iid, item.lock_token, 1, [m.id for m in item.messages], new_events=[
+                Event.EventRaised(event_id=e, timestamp_ms=now_ms(), name="x", data="") for e in event_ids],
+                update=InstanceUpdate(name="Orch", version="1.0.0", execution_id=1, status="Running"))
+
+        commits = [turn("a", 1), turn("bad", 1, 1), turn("c", 1)]  # "bad" holds event 1 twice
+        if grouped:
+            gate = _Gate()
+            db = store._db
+            assert db is not None
+            held = asyncio.ensure_future(db.run(gate.hold))
+            await asyncio.wait_for(gate.entered.wait(), SAFETY)
+            batch = asyncio.ensure_future(store.commit_turns(commits))
+            other = asyncio.ensure_future(store.create_instance(
+                StartOrchestration(instance_id="other", name="Orch", version="1.0.0", input="")))
+            for _ in range(3):
+                await asyncio.sleep(0)  # each call queues its write within its first steps (no I/O before)
+            gate.release.set()
+            results = await batch
+            await asyncio.gather(held, other)
+            assert await store.get_instance("other") is not None
+        else:
+            results = await store.commit_turns(commits)
+        assert results == [True, False, True]
+        assert commits[1].refused is not None and "IntegrityError" in commits[1].refused
+        assert [len(await store.read_history(i)) for i in ("a", "bad", "c")] == [1, 0, 1]
+        # The refused turn's lock still holds: the dispatcher ends that instance with it.
+        assert await store.commit_turns([turn("bad", 1)]) == [True]
+    finally:
+        await store.close()

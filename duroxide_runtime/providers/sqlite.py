@@ -583,32 +583,37 @@ class SqliteProvider(Provider):
         return await self._run(op)
 
     async def commit_turns(self, commits: Sequence[TurnCommit], *, lease: LeaseOffer | None = None) -> list[bool]:
+        #: Turns an earlier run of ``op`` found the store cannot hold, by instance id, with why.
+        refused: dict[str, str] = {}
+
         def op(conn: sqlite3.Connection) -> list[bool]:
+            # No savepoint per turn (two statements each): a turn the store refuses raises, the
+            # transaction is rolled back (ConnectionThread: alone, or with its group, whose other
+            # writes are then redone one by one), and the next run of op leaves that turn out.
             results = []
             now = self.clock.now_ms()
             leasing = _Leasing(lease, now)
             for c in commits:
-                c.leased = []  # a batch redone after SQLITE_BUSY starts again
-                row = conn.execute("SELECT lock_token FROM instance_locks WHERE instance_id=?",
-                                   (c.instance_id,)).fetchone()
-                if row is None or row[0] != c.lock_token:
+                c.leased = []  # a batch redone (SQLITE_BUSY, a refused turn) starts again
+                if c.instance_id in refused:
+                    c.refused = refused[c.instance_id]
                     results.append(False)
                     continue
-                conn.execute("SAVEPOINT turn")
+                # The turn's lock goes with it: deleting it is the check that this token holds it.
+                if not conn.execute("DELETE FROM instance_locks WHERE instance_id=? AND lock_token=?",
+                                    (c.instance_id, c.lock_token)).rowcount:
+                    results.append(False)
+                    continue
                 try:
                     _apply_commit(conn, c, now, leasing)
-                    conn.execute("RELEASE turn")
-                    results.append(True)
                 except sqlite3.OperationalError:
-                    raise  # busy: the whole batch is retried
+                    raise  # busy, disk full, I/O: about the database, not this turn
                 except Exception as exc:  # noqa: BLE001 - one bad turn must not sink the batch
                     _log.warning("instance %r: the store refused the turn (%s: %s)", c.instance_id,
                                  type(exc).__name__, exc)
-                    c.refused = f"{type(exc).__name__}: {exc}"
-                    leasing.give_back(c)
-                    conn.execute("ROLLBACK TO turn")
-                    conn.execute("RELEASE turn")
-                    results.append(False)
+                    refused[c.instance_id] = f"{type(exc).__name__}: {exc}"
+                    raise _TurnRefused(c.instance_id) from exc
+                results.append(True)
             return results
 
         # Only a turn that ends its instance acknowledges anything (its waiting clients and its
@@ -616,7 +621,12 @@ class SqliteProvider(Provider):
         # simply redone from the messages it consumed, which come back with it; and the write-
         # ahead log is ordered, so the next durable commit (an activity result, a start, an end)
         # makes it durable too.
-        return await self._write(op, durable=any(c.ends_instance for c in commits), what="a commit of turns")
+        durable = any(c.ends_instance for c in commits)
+        while True:
+            try:
+                return await self._write(op, durable=durable, what="a commit of turns")
+            except _TurnRefused:
+                continue  # op now leaves that turn out (each run refuses a new one, so this ends)
 
     async def abandon_orchestration_item(self, instance_id: str, lock_token: str, delay: float) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -1080,6 +1090,10 @@ def _enqueue(conn: sqlite3.Connection, message: OrchestratorMessage, visible_at:
                  (message.instance_id, encode_message(message), visible_at or 0))
 
 
+class _TurnRefused(Exception):
+    """A turn of a batch holds what the store refuses: the batch is run again without it."""
+
+
 class _Leasing:
     """What is left of a :class:`LeaseOffer` while a batch of turns is applied."""
 
@@ -1095,10 +1109,6 @@ class _Leasing:
         self.left -= 1
         return uuid.uuid4().hex
 
-    def give_back(self, c: TurnCommit) -> None:
-        """The turn was rolled back: its leases are void."""
-        self.left += len(c.leased)
-        c.leased = []
 
 
 def _lock_instance(conn: sqlite3.Connection, iid: str, now: int, until: int) -> OrchestrationItem:
@@ -1118,12 +1128,13 @@ def _lock_instance(conn: sqlite3.Connection, iid: str, now: int, until: int) -> 
         except ValueError:
             _log.error("instance %r: dropping unreadable queue message %s", iid, qid)
             conn.execute("DELETE FROM orchestrator_queue WHERE id=?", (qid,))
-    record = _get_instance(conn, iid)
-    hlen = 0
-    if record is not None:
-        hlen = conn.execute("SELECT COALESCE(MAX(event_id), 0) FROM history WHERE instance_id=? AND execution_id=?",
-                            (iid, record.execution_id)).fetchone()[0]
-    return OrchestrationItem(iid, token, messages, record, hlen, dequeues)
+    # The row and the length of its current execution's history, in one statement.
+    row = conn.execute(f"SELECT {_INSTANCE_COLS}, (SELECT COALESCE(MAX(h.event_id), 0) FROM history h "
+                       "WHERE h.instance_id=i.instance_id AND h.execution_id=i.execution_id) "
+                       "FROM instances i WHERE i.instance_id=?", (iid,)).fetchone()
+    if row is None:
+        return OrchestrationItem(iid, token, messages, None, 0, dequeues)
+    return OrchestrationItem(iid, token, messages, _row_to_instance(row), row[-1], dequeues)
 
 
 def _apply_commit(conn: sqlite3.Connection, c: TurnCommit, now: int, leasing: _Leasing) -> None:
@@ -1173,7 +1184,6 @@ def _apply_commit(conn: sqlite3.Connection, c: TurnCommit, now: int, leasing: _L
                          (u.name, u.version, u.execution_id, u.status, u.output, error, now, c.instance_id))
     if c.ends_instance:  # an instance admitted by its queue gives its slot back
         conn.execute("UPDATE instances SET gate=0 WHERE instance_id=? AND gate=2", (c.instance_id,))
-    conn.execute("DELETE FROM instance_locks WHERE instance_id=?", (c.instance_id,))
 
 
 def _delete_timers(conn: sqlite3.Connection, c: TurnCommit) -> None:
