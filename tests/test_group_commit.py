@@ -151,7 +151,9 @@ async def test_a_full_disk_reaches_the_store_caller_as_a_store_error_naming_the_
         pages = raw.execute("PRAGMA page_count").fetchone()[0]
         raw.close()
         # max_page_count is per connection: set it on the store's own, through its thread.
-        await store._run(lambda conn: conn.execute(f"PRAGMA max_page_count={pages}"))  # noqa: SLF001 - test setup
+        writer = store._db  # noqa: SLF001 - test setup: the connection that writes
+        assert writer is not None
+        await writer.run(lambda conn: conn.execute(f"PRAGMA max_page_count={pages}"))
         with pytest.raises(StoreError, match="full") as caught:
             await client.start_orchestration("after", "Orch", "y" * 300_000)
         assert caught.value.fix is not None and "free disk space" in caught.value.fix

@@ -118,6 +118,13 @@ _INSTANCE_COLS = ("instance_id, name, version, execution_id, status, output, err
                   "created_at, updated_at, parent_instance_id, incarnation")
 
 
+def _reader_connection(path: str) -> sqlite3.Connection:
+    """A connection that only reads (``query_only``): each statement its own read transaction."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
 def _path_from_url(url: str) -> str:
     if url in (":memory:", "sqlite::memory:", "sqlite://:memory:", "sqlite:///:memory:"):
         return ":memory:"
@@ -250,6 +257,9 @@ class SqliteProvider(Provider):
         self.durability = durability
         self.write_timeout = write_timeout
         self._db: ConnectionThread | None = None
+        #: Reads (status, histories, listings) on a connection of their own, so that they never
+        #: wait in line behind the writes (WAL readers see the last commit); none in memory.
+        self._reader: ConnectionThread | None = None
         self._connecting: asyncio.Lock | None = None
         self._next_key_gc = 0.0
 
@@ -291,7 +301,10 @@ class SqliteProvider(Provider):
                     raise _store_error(self.path, exc) from exc
                 self._db = db
                 try:
-                    await self._run(self._migrate)
+                    await self._retrying_busy(lambda db: db.run(self._migrate))
+                    if path != ":memory:":  # another connection to ":memory:" would be another database
+                        self._reader = await ConnectionThread.open(
+                            lambda: _reader_connection(path), name=f"duroxide-sqlite-reads {os.path.basename(path)}")
                 except BaseException:
                     self._db = None
                     await db.close()
@@ -345,8 +358,14 @@ class SqliteProvider(Provider):
         conn.execute("COMMIT")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn(conn)`` on the connection thread (one hop), retrying while the database is busy."""
-        return await self._retrying_busy(lambda db: db.run(fn))
+        """Run the read ``fn(conn)`` on the reading connection's thread (one hop), retrying while the
+        database is busy. It sees every write whose caller has been answered."""
+        if self._db is None:
+            await self._connect()
+        reader = self._reader
+        if reader is None:
+            return await self._retrying_busy(lambda db: db.run(fn))
+        return await self._retrying_busy(lambda _db: reader.run(fn))
 
     async def _write(self, fn: Callable[[sqlite3.Connection], _T], *, durable: bool, what: str) -> _T:
         """Run ``fn(conn)`` in a group-committed transaction (see ConnectionThread.write).
@@ -378,6 +397,9 @@ class SqliteProvider(Provider):
                 delay = min(0.5, delay * 2)
 
     async def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
