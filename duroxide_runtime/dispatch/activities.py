@@ -170,20 +170,22 @@ class ActivityWorker:
                                             exc_info=True)
                 await wait_unless_stopping(stopping, self._part.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
                 continue
-            if not leases:
-                if stopping.is_set():
-                    # Shutdown woke the idle waiters while this fetch ran; the wait's timeout is
-                    # the clock's, which a test clock never passes.
-                    break
-                raise_if_cancel_requested()  # one the store's client may have dropped with its reply
-                self._idle = True
-                try:
-                    await self.wake.wait_worker(self.options.poll_interval, group=self, part=self._part)
-                finally:
-                    self._idle = False
-                continue
             for lease in leases:
                 self._start(lease)
+            if len(leases) >= free:
+                continue  # there may be more
+            # Fewer than asked: nothing more could be taken at the fetch, and work enqueued since
+            # (by this process) has woken the wait below; fetching again at once would find nothing.
+            if stopping.is_set():
+                # Shutdown woke the idle waiters while this fetch ran; the wait's timeout is
+                # the clock's, which a test clock never passes.
+                break
+            raise_if_cancel_requested()  # one the store's client may have dropped with its reply
+            self._idle = True
+            try:
+                await self.wake.wait_worker(self.options.poll_interval, group=self, part=self._part)
+            finally:
+                self._idle = False
 
     def _start(self, lease: WorkLease) -> None:
         """Run a leased call in a task of its own."""
