@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +54,11 @@ class FetchCounter:
         store.fetch_work_items = work
 
 
-@pytest.fixture(params=PROVIDERS)
-async def idle(request: pytest.FixtureRequest, tmp_path: Path, replay_mode: str) -> AsyncIterator[Harness]:
-    """A harness on a ManualClock nobody moves: no poll ever fires, so the runtime is idle
-    between the test's steps, whatever the machine's load."""
-    store = await make_store(request.param, tmp_path, clock=ManualClock())
-    h = Harness(store, replay_mode)
-    try:
-        yield h
-    finally:
-        await h.stop()
-        await drop_store(store)
+@pytest.fixture
+def idle(clocked: Harness) -> Harness:
+    """A harness on a ManualClock nobody moves (conftest's ``clocked``): no poll ever fires, so the
+    runtime is idle between the test's steps, whatever the machine's load."""
+    return clocked
 
 
 async def one_call(ctx: OrchestrationContext, inp: str) -> str:
