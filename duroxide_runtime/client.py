@@ -215,8 +215,14 @@ class Client:
                 start, debounce_key=debounced[1], quiet_ms=debounced[0]))
         if policy is IfExists.FAIL and key is None and due is None:
             # The plain start: the store's cheapest write (PostgreSQL batches concurrent ones).
-            await self.store.create_instance(start)
-            self._wake.notify_orchestrator()
+            # A dispatcher of this process that waits idle may be handed the new instance locked
+            # by the same write (eager dispatch), sparing its fetch.
+            found = local_runtimes.taker(self.store) if queue is None else None
+            item = await self.store.create_instance(start, lock=None if found is None else found[1])
+            if item is not None and found is not None:
+                await found[0].take_locked([item])
+            else:
+                self._wake.notify_orchestrator()
             return instance_id
         return self._started(policy, await self.store.start_instance(
             start, if_exists=policy, replace_if_status_in=TERMINAL_STATUSES, idempotency_key=key,

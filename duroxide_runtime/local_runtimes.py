@@ -25,38 +25,67 @@ Example::
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from .errors import UnknownOrchestrationError, UnknownQueueError
-from .providers.base import Provider
+from .providers.base import LockOffer, OrchestrationItem, Provider
 from .queues import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from .registry import OrchestrationRegistry
 
-__all__ = ["register", "unregister", "refusal", "queue_refusal"]
+__all__ = ["register", "unregister", "refusal", "queue_refusal", "taker", "Taker"]
 
 _local: weakref.WeakKeyDictionary[Provider, weakref.WeakKeyDictionary[object, OrchestrationRegistry]] = (
     weakref.WeakKeyDictionary())
 _queues: weakref.WeakKeyDictionary[Provider, weakref.WeakKeyDictionary[object, frozenset[str]]] = (
     weakref.WeakKeyDictionary())
+_takers: weakref.WeakKeyDictionary[Provider, weakref.WeakKeyDictionary[object, Taker]] = weakref.WeakKeyDictionary()
+
+
+class Taker(Protocol):
+    """A dispatcher of this process that takes instances locked for it (eager dispatch)."""
+
+    def lock_offer(self) -> LockOffer | None:
+        """What a write may lock for it now (``None``: nothing, it is busy)."""
+
+    async def take_locked(self, items: Sequence[OrchestrationItem]) -> None:
+        """Run the turns of ``items``, locked under its offer."""
 
 
 def register(store: Provider, runtime: object, registry: OrchestrationRegistry,
-             queues: Collection[str] = ()) -> None:
-    """``runtime`` runs ``registry``'s orchestrations on ``store`` in this process, with ``queues`` configured."""
+             queues: Collection[str] = (), taker: Taker | None = None) -> None:
+    """``runtime`` runs ``registry``'s orchestrations on ``store`` in this process, with ``queues``
+    configured; its dispatcher ``taker`` may be handed the instances a client starts (:func:`taker`)."""
     _local.setdefault(store, weakref.WeakKeyDictionary())[runtime] = registry
     _queues.setdefault(store, weakref.WeakKeyDictionary())[runtime] = frozenset(queues)
+    if taker is not None:
+        _takers.setdefault(store, weakref.WeakKeyDictionary())[runtime] = taker
 
 
 def unregister(store: Provider, runtime: object) -> None:
     """``runtime`` no longer runs on ``store`` (harmless if it was not registered)."""
-    for table in (_local, _queues):
+    for table in (_local, _queues, _takers):
         runtimes = table.get(store)
         if runtimes is not None:
             runtimes.pop(runtime, None)
+
+
+def taker(store: Provider) -> tuple[Taker, LockOffer] | None:
+    """A dispatcher of this process running on ``store`` that waits idle, with its offer, or ``None``.
+
+    Example::
+
+        found = taker(store)
+        item = await store.create_instance(start, lock=found[1] if found else None)
+    """
+    for candidate in list((_takers.get(store) or {}).values()):
+        offer = candidate.lock_offer()
+        if offer is not None:
+            return candidate, offer
+    return None
 
 
 def queue_refusal(store: Provider, queue: str) -> UnknownQueueError | None:

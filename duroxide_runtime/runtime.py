@@ -161,7 +161,8 @@ class Runtime:
 
     def _start(self) -> None:
         # Clients of this store object in this process now refuse names this runtime does not know.
-        local_runtimes.register(self.store, self, self.orchestration_registry, self.options.queues)
+        local_runtimes.register(self.store, self, self.orchestration_registry, self.options.queues,
+                                taker=self._dispatcher)
         for i in range(self.options.orchestration_concurrency):
             self._tasks.append(asyncio.create_task(self._dispatcher.run(self._stopping),
                                                    name=f"duroxide-orchestrations-{i}"))

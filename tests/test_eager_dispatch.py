@@ -78,14 +78,17 @@ async def test_an_idle_runtime_runs_a_call_and_its_result_without_fetching_them(
     counter.counts.clear()
     assert await idle.run("a", "OneCall", "x") == OrchestrationStatus.Completed(output="echo:x")
     if eager and isinstance(idle.store, PostgresProvider):
-        # The call went to the worker with the turn's commit. The instance comes back locked
-        # with the call's result only if a pipeline waits idle then, and PostgreSQL's NOTIFY
-        # of the process's own writes wakes pipelines at moments the test cannot fix.
+        # The call went to the worker with the turn's commit. The start is fetched (PostgreSQL
+        # shares one statement among concurrent starts, and declines to lock them). The instance
+        # comes back locked with the call's result only if a pipeline waits idle then, and
+        # PostgreSQL's NOTIFY of the process's own writes wakes pipelines at moments the test
+        # cannot fix.
         assert counter.counts["work"] == 0 and counter.counts["orchestration"] in (1, 2)
     elif eager and isinstance(idle.store, TAKE_OFFERS):
-        # Only the start is fetched: the call went to the worker with the turn's commit, and
-        # the instance came back locked with the call's result.
-        assert counter.counts == Counter(orchestration=1)
+        # Nothing is fetched: the client's start locked the new instance for the dispatcher,
+        # the call went to the worker with the turn's commit, and the instance came back
+        # locked with the call's result.
+        assert counter.counts == Counter()
     else:
         assert counter.counts == Counter(orchestration=2, work=1)
 
@@ -150,16 +153,24 @@ async def test_instances_handed_to_a_stopped_dispatcher_are_unlocked_at_once(tmp
 
 @pytest.mark.parametrize("kind", PROVIDERS)
 async def test_which_stores_take_the_offers(tmp_path: Path, kind: str) -> None:
-    """The stores named in TAKE_OFFERS lease with the commit and lock with the results; Redis
-    declines both (its work goes through the queues)."""
+    """The stores named in TAKE_OFFERS lease with the commit and lock with the results, and the
+    in-memory and SQLite stores lock a new instance with its start; Redis declines every offer
+    (its work goes through the queues)."""
     store = await make_store(kind, tmp_path, clock=ManualClock())
     try:
-        await store.create_instance(StartOrchestration(instance_id="i", name="OneCall", version="1.0.0", input=""))
-        item = (await store.fetch_orchestration_items(1, 30.0)).items[0]
+        takes = isinstance(store, TAKE_OFFERS)
+        started = await store.create_instance(StartOrchestration(instance_id="i", name="OneCall", version="1.0.0",
+                                                                 input=""),
+                                              lock=LockOffer(1, 30.0, frozenset({"OneCall"})))
+        locks_starts = isinstance(store, (InMemoryProvider, SqliteProvider))
+        assert (started is not None) == locks_starts
+        item = started or (await store.fetch_orchestration_items(1, 30.0)).items[0]
+        assert [type(m.message).__name__ for m in item.messages] == ["StartOrchestration"]
+        assert item.instance is not None and item.instance.status == "Pending" and item.history_len == 0
+        assert (await store.fetch_orchestration_items(1, 30.0)).items == [], "locked once"
         call = ActivityWork(instance_id="i", execution_id=1, event_id=2, name="Echo", input="")
         commit = TurnCommit("i", item.lock_token, 1, [m.id for m in item.messages], activities=[call])
         assert await store.commit_turns([commit], lease=LeaseOffer(1, 30.0, frozenset({"Echo"}))) == [True]
-        takes = isinstance(store, TAKE_OFFERS)
         assert [lease.work for lease in commit.leased] == ([call] if takes else [])
         leases = commit.leased or await store.fetch_work_items(1, 30.0)
         items = await store.complete_work_items(

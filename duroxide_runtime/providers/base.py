@@ -680,8 +680,13 @@ class Provider(ABC):
     # -- client side -------------------------------------------------------------
 
     @abstractmethod
-    async def create_instance(self, start: StartOrchestration) -> None:
+    async def create_instance(self, start: StartOrchestration, *,
+                              lock: LockOffer | None = None) -> OrchestrationItem | None:
         """Create the instance row (status Pending) and enqueue its start, atomically.
+
+        With ``lock``, a start that names no queue and whose name is in ``lock.names`` may
+        come back locked with the new instance, as a fetch would lock it (see
+        :class:`LockOffer`); otherwise the result is ``None``.
 
         Raises :class:`InstanceAlreadyExistsError` (and changes nothing) if the id is taken.
         A start naming a ``queue`` creates an instance *waiting* for that queue: its start

@@ -100,10 +100,16 @@ class InMemoryProvider(Provider):
 
     # -- client side -------------------------------------------------------------
 
-    async def create_instance(self, start: StartOrchestration) -> None:
+    async def create_instance(self, start: StartOrchestration, *,
+                              lock: LockOffer | None = None) -> OrchestrationItem | None:
         if start.instance_id in self._instances:
             raise InstanceAlreadyExistsError(start.instance_id)
         self._create(start)
+        if lock is None or start.queue is not None or start.name not in lock.names:
+            return None
+        now = self.clock.now_ms()
+        queued = [q for q in self._queue.values() if q.message.instance_id == start.instance_id and q.visible_at <= now]
+        return self._lock(start.instance_id, queued, now + int(lock.lock_timeout * 1000))
 
     async def start_instance(self, start: StartOrchestration, *, if_exists: IfExists = IfExists.FAIL,
                              replace_if_status_in: Collection[str] = (), idempotency_key: str | None = None,

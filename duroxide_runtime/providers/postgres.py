@@ -962,13 +962,15 @@ class PostgresProvider(Provider):
 
     # -- client side -------------------------------------------------------------
 
-    async def create_instance(self, start: StartOrchestration) -> None:
+    async def create_instance(self, start: StartOrchestration, *,
+                              lock: LockOffer | None = None) -> OrchestrationItem | None:
         """Create the row and enqueue the start in one statement, shared with the starts that
-        are waiting at the same moment (many starts at once cost one commit, not one each)."""
+        are waiting at the same moment (many starts at once cost one commit, not one each).
+        A lock offer is declined: the statement is shared, and the dispatcher fetches the start."""
         if start.queue is not None:  # waits for its queue: the transaction of start_instance
             if not (await self.start_instance(start)).created:
                 raise InstanceAlreadyExistsError(start.instance_id)
-            return
+            return None
         # The incarnation is made once per call, before the first attempt: if a retry (after
         # a reply lost once the server committed) finds the id taken by this incarnation,
         # the row is this call's own insert and the call succeeded.
@@ -980,6 +982,7 @@ class PostgresProvider(Provider):
             self._start_flusher = loop.create_task(self._flush_starts(), name="duroxide-pg-starts")
         if not await pending.created:
             raise InstanceAlreadyExistsError(start.instance_id)
+        return None
 
     async def _flush_starts(self) -> None:
         """Write the waiting starts, up to _MAX_STARTS_PER_STATEMENT a statement, until none wait."""

@@ -637,10 +637,12 @@ class RedisProvider(Provider):
 
     # -- client side -------------------------------------------------------------
 
-    async def create_instance(self, start: StartOrchestration) -> None:
-        outcome = await self.start_instance(start)
+    async def create_instance(self, start: StartOrchestration, *,
+                              lock: LockOffer | None = None) -> OrchestrationItem | None:
+        outcome = await self.start_instance(start)  # a lock offer is declined
         if not outcome.created:
             raise InstanceAlreadyExistsError(start.instance_id)
+        return None
 
     async def start_instance(self, start: StartOrchestration, *, if_exists: IfExists = IfExists.FAIL,
                              replace_if_status_in: Collection[str] = (), idempotency_key: str | None = None,

@@ -406,15 +406,21 @@ class SqliteProvider(Provider):
 
     # -- client side -------------------------------------------------------------
 
-    async def create_instance(self, start: StartOrchestration) -> None:
-        def op(conn: sqlite3.Connection) -> bool:
+    async def create_instance(self, start: StartOrchestration, *,
+                              lock: LockOffer | None = None) -> OrchestrationItem | None:
+        def op(conn: sqlite3.Connection) -> tuple[bool, OrchestrationItem | None]:
             if conn.execute("SELECT 1 FROM instances WHERE instance_id=?", (start.instance_id,)).fetchone():
-                return False
-            _create(conn, start, self.clock.now_ms())
-            return True
+                return False, None
+            now = self.clock.now_ms()
+            _create(conn, start, now)
+            if lock is None or start.queue is not None or start.name not in lock.names:
+                return True, None
+            return True, _lock_instance(conn, start.instance_id, now, now + int(lock.lock_timeout * 1000))
 
-        if not await self._write(op, durable=True, what="a start"):
+        created, item = await self._write(op, durable=True, what="a start")
+        if not created:
             raise InstanceAlreadyExistsError(start.instance_id)
+        return item
 
     async def start_instance(self, start: StartOrchestration, *, if_exists: IfExists = IfExists.FAIL,
                              replace_if_status_in: Collection[str] = (), idempotency_key: str | None = None,
