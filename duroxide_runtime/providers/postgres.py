@@ -124,6 +124,49 @@ _TRANSIENT: tuple[type[BaseException], ...] = () if asyncpg is None else (
     asyncio.TimeoutError,
 )
 
+#: Shared by the fetch (fetch_items_m5) and the completion that locks (complete_work_m12): lock each
+#: instance of ``wanted`` (a CTE of instance ids) that no live lock holds, with a new token.
+_CLAIM_LOCKS = """    claimed AS (
+        INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until)
+        SELECT w.instance_id, md5(random()::text || clock_timestamp()::text || w.instance_id), p_until
+        FROM wanted w ORDER BY w.instance_id
+        ON CONFLICT (instance_id) DO UPDATE SET lock_token = EXCLUDED.lock_token,
+            locked_until = EXCLUDED.locked_until WHERE l.locked_until <= p_now
+        RETURNING l.instance_id, l.lock_token)
+"""
+
+
+#: The columns of a locked instance as the functions of migration 12 return it.
+_ITEM_COLUMNS = """RETURNS TABLE(o_instance_id text, o_lock_token text, o_message_ids bigint[], o_messages bytea[],
+              o_dequeues integer, o_found boolean, o_name text, o_version text, o_execution_id bigint,
+              o_status text, o_output text, o_error bytea, o_custom_status text, o_created_at bigint,
+              o_updated_at bigint, o_parent text, o_incarnation text, o_history_len bigint)
+"""
+
+
+def _locked_items(*, next_due_column: bool) -> str:
+    """The query returning each instance of ``ids`` (locked with ``tokens``) with its messages
+    visible at ``p_now`` (now locked with it), its row and its history length; fetch_items_m5
+    adds a NULL next-due column."""
+    return """    WITH msgs AS (
+        UPDATE {s}.orchestrator_queue q SET lock_token = c.token, dequeue_count = q.dequeue_count + 1
+        FROM unnest(ids, tokens) AS c(instance_id, token)
+        WHERE q.instance_id = c.instance_id AND q.visible_at <= p_now
+        RETURNING q.id, q.instance_id, q.message, q.dequeue_count)
+    SELECT c.instance_id, c.token, m.ids, m.messages, m.dequeues, i.instance_id IS NOT NULL,
+        i.name, i.version, i.execution_id, i.status, i.output, i.error, i.custom_status, i.created_at,
+        i.updated_at, i.parent_instance_id, i.incarnation,
+        (SELECT COALESCE(MAX(h.event_id), 0) FROM {s}.history h
+         WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id)::bigint{extra}
+    FROM unnest(ids, tokens) AS c(instance_id, token)
+    LEFT JOIN LATERAL (
+        SELECT array_agg(msgs.id ORDER BY msgs.id) AS ids, array_agg(msgs.message ORDER BY msgs.id) AS messages,
+               max(msgs.dequeue_count)::integer AS dequeues
+        FROM msgs WHERE msgs.instance_id = c.instance_id) m ON true
+    LEFT JOIN {s}.instances i ON i.instance_id = c.instance_id;
+""".replace("{extra}", ",\n        NULL::bigint" if next_due_column else "")
+
+
 _MIGRATIONS: list[tuple[int, str]] = [
     (1, """
 CREATE TABLE IF NOT EXISTS {s}.instances (
@@ -231,14 +274,7 @@ BEGIN
     wanted AS (
         SELECT o.instance_id FROM ordered o
         WHERE pg_try_advisory_xact_lock(p_key, hashtext(o.instance_id)) LIMIT p_max),
-    claimed AS (
-        INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until)
-        SELECT w.instance_id, md5(random()::text || clock_timestamp()::text || w.instance_id), p_until
-        FROM wanted w ORDER BY w.instance_id
-        ON CONFLICT (instance_id) DO UPDATE SET lock_token = EXCLUDED.lock_token,
-            locked_until = EXCLUDED.locked_until WHERE l.locked_until <= p_now
-        RETURNING l.instance_id, l.lock_token)
-    SELECT array_agg(c.instance_id ORDER BY c.instance_id), array_agg(c.lock_token ORDER BY c.instance_id)
+""" + _CLAIM_LOCKS + """    SELECT array_agg(c.instance_id ORDER BY c.instance_id), array_agg(c.lock_token ORDER BY c.instance_id)
     INTO ids, tokens FROM claimed c;
     IF ids IS NULL THEN
         RETURN QUERY SELECT NULL::text, NULL::text, NULL::bigint[], NULL::bytea[], NULL::integer, NULL::boolean,
@@ -249,24 +285,7 @@ BEGIN
     END IF;
     -- A new snapshot: a turn another process committed just before the claim is seen.
     RETURN QUERY
-    WITH msgs AS (
-        UPDATE {s}.orchestrator_queue q SET lock_token = c.token, dequeue_count = q.dequeue_count + 1
-        FROM unnest(ids, tokens) AS c(instance_id, token)
-        WHERE q.instance_id = c.instance_id AND q.visible_at <= p_now
-        RETURNING q.id, q.instance_id, q.message, q.dequeue_count)
-    SELECT c.instance_id, c.token, m.ids, m.messages, m.dequeues, i.instance_id IS NOT NULL,
-        i.name, i.version, i.execution_id, i.status, i.output, i.error, i.custom_status, i.created_at,
-        i.updated_at, i.parent_instance_id, i.incarnation,
-        (SELECT COALESCE(MAX(h.event_id), 0) FROM {s}.history h
-         WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id)::bigint,
-        NULL::bigint
-    FROM unnest(ids, tokens) AS c(instance_id, token)
-    LEFT JOIN LATERAL (
-        SELECT array_agg(msgs.id ORDER BY msgs.id) AS ids, array_agg(msgs.message ORDER BY msgs.id) AS messages,
-               max(msgs.dequeue_count)::integer AS dequeues
-        FROM msgs WHERE msgs.instance_id = c.instance_id) m ON true
-    LEFT JOIN {s}.instances i ON i.instance_id = c.instance_id;
-END $fn$;
+""" + _locked_items(next_due_column=True) + """END $fn$;
 
 -- Commit a batch of turns. Turn n is element n of each t_* array; the other arrays hold
 -- rows with the turn they belong to (*_turn). A turn whose lock token no longer holds
@@ -540,32 +559,12 @@ END $fn$;
 -- The instances ids (locked with tokens) with their messages visible at p_now, instance row
 -- and history length, as fetch_items_m5 returns them.
 CREATE OR REPLACE FUNCTION {s}.locked_items_m12(ids text[], tokens text[], p_now bigint)
-RETURNS TABLE(o_instance_id text, o_lock_token text, o_message_ids bigint[], o_messages bytea[],
-              o_dequeues integer, o_found boolean, o_name text, o_version text, o_execution_id bigint,
-              o_status text, o_output text, o_error bytea, o_custom_status text, o_created_at bigint,
-              o_updated_at bigint, o_parent text, o_incarnation text, o_history_len bigint)
-LANGUAGE plpgsql
+""" + _ITEM_COLUMNS + """LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $fn$
 BEGIN
     RETURN QUERY
-    WITH msgs AS (
-        UPDATE {s}.orchestrator_queue q SET lock_token = c.token, dequeue_count = q.dequeue_count + 1
-        FROM unnest(ids, tokens) AS c(instance_id, token)
-        WHERE q.instance_id = c.instance_id AND q.visible_at <= p_now
-        RETURNING q.id, q.instance_id, q.message, q.dequeue_count)
-    SELECT c.instance_id, c.token, m.ids, m.messages, m.dequeues, i.instance_id IS NOT NULL,
-        i.name, i.version, i.execution_id, i.status, i.output, i.error, i.custom_status, i.created_at,
-        i.updated_at, i.parent_instance_id, i.incarnation,
-        (SELECT COALESCE(MAX(h.event_id), 0) FROM {s}.history h
-         WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id)::bigint
-    FROM unnest(ids, tokens) AS c(instance_id, token)
-    LEFT JOIN LATERAL (
-        SELECT array_agg(msgs.id ORDER BY msgs.id) AS ids, array_agg(msgs.message ORDER BY msgs.id) AS messages,
-               max(msgs.dequeue_count)::integer AS dequeues
-        FROM msgs WHERE msgs.instance_id = c.instance_id) m ON true
-    LEFT JOIN {s}.instances i ON i.instance_id = c.instance_id;
-END $fn$;
+""" + _locked_items(next_due_column=False) + """END $fn$;
 
 -- Record activity results (as the complete_work_items statement does) and lock up to p_max of
 -- the instances they went to: those of an orchestration named in p_names with no live lock,
@@ -575,11 +574,7 @@ CREATE OR REPLACE FUNCTION {s}.complete_work_m12(
     p_tokens text[], p_instances text[], p_messages bytea[], p_statuses text[], p_channel text,
     f_instance text[], f_execution bigint[], f_call bigint[],
     p_now bigint, p_max integer, p_until bigint, p_names text[], p_key integer)
-RETURNS TABLE(o_instance_id text, o_lock_token text, o_message_ids bigint[], o_messages bytea[],
-              o_dequeues integer, o_found boolean, o_name text, o_version text, o_execution_id bigint,
-              o_status text, o_output text, o_error bytea, o_custom_status text, o_created_at bigint,
-              o_updated_at bigint, o_parent text, o_incarnation text, o_history_len bigint)
-LANGUAGE plpgsql
+""" + _ITEM_COLUMNS + """LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $fn$
 DECLARE
@@ -617,14 +612,7 @@ BEGIN
     wanted AS (
         SELECT c.instance_id FROM cand c
         WHERE pg_try_advisory_xact_lock(p_key, hashtext(c.instance_id)) LIMIT p_max),
-    claimed AS (
-        INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until)
-        SELECT w.instance_id, md5(random()::text || clock_timestamp()::text || w.instance_id), p_until
-        FROM wanted w ORDER BY w.instance_id
-        ON CONFLICT (instance_id) DO UPDATE SET lock_token = EXCLUDED.lock_token,
-            locked_until = EXCLUDED.locked_until WHERE l.locked_until <= p_now
-        RETURNING l.instance_id, l.lock_token)
-    SELECT array_agg(c.instance_id ORDER BY c.instance_id), array_agg(c.lock_token ORDER BY c.instance_id)
+""" + _CLAIM_LOCKS + """    SELECT array_agg(c.instance_id ORDER BY c.instance_id), array_agg(c.lock_token ORDER BY c.instance_id)
     INTO ids, tokens FROM claimed c;
     IF cardinality(ids) IS DISTINCT FROM cardinality(delivered) THEN
         PERFORM pg_notify(p_channel, '');
