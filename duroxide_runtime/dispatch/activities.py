@@ -1,5 +1,9 @@
 """The activity worker: lease activity calls, run them, commit results in batches.
 
+Calls come from the worker's fetches, or, while it waits idle, straight from this
+process's turn commits, which lease them for it (eager dispatch, ``lease_offer``);
+the results it records lock their instances for an idle dispatcher of this process.
+
 At most ``activity_concurrency`` calls run at once. ``async def`` activities
 run on the event loop; plain ``def`` ones in a bounded thread pool so they
 never block it. While a call runs its lease is renewed; a renewal that

@@ -1,6 +1,8 @@
 """The orchestration dispatcher: fetch locked instances in batches, run their turns, commit.
 
-Each pipeline loops: fetch up to ``orchestration_batch_size`` instances, read
+Each pipeline loops: take the instances handed to it (eager dispatch: a start
+or an activity result of this process locked them for an idle pipeline, see
+``lock_offer``), or fetch up to ``orchestration_batch_size`` instances, read
 the histories the instance cache lacks (one round trip for the batch), run
 every turn (pure CPU on the deterministic loops), and commit all the turns
 in one store transaction. Idle pipelines sleep until an in-process wake-up,
@@ -170,7 +172,8 @@ class OrchestrationDispatcher:
         #: process stops its own at once (other processes notice at their next lease renewal),
         #: and handed the calls a commit leases for it (LeaseOffer).
         self._worker = worker
-        #: Instances locked for this dispatcher by the worker's results (LockOffer), oldest first.
+        #: Instances locked for this dispatcher by writes of this process (a client's start, the
+        #: worker's results: LockOffer), oldest first.
         self._handed: collections.deque[OrchestrationItem] = collections.deque()
         #: Only instances of orchestrations registered here are handed to it (a rolling deploy
         #: may run processes that know different ones).
@@ -215,8 +218,9 @@ class OrchestrationDispatcher:
                 await self._give_back_handed()
 
     def lock_offer(self) -> LockOffer | None:
-        """Instances the worker's next results may lock for this dispatcher (:class:`LockOffer`);
-        ``None`` unless a pipeline waits idle with nothing handed to it yet.
+        """Instances a write of this process (a client's start, the worker's results) may lock for
+        this dispatcher (:class:`LockOffer`); ``None`` unless a pipeline waits idle with nothing
+        handed to it yet.
 
         Only an idle pipeline is handed work: its last fetch found nothing due, so no older
         message waits in the store (one enqueued since woke it). Busy pipelines fetch in
