@@ -485,3 +485,33 @@ async def test_a_pub_sub_connection_that_dies_silently_is_replaced(
             await other.close()
             await drop_store(store)
 
+
+
+async def test_a_listener_whose_read_drops_a_cancel_still_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py reads through asyncio.wait_for, which on Python 3.11 may return a reply and drop a
+    cancel that came with it: the pub/sub listener must still stop (asyncio.run's shutdown, after
+    Ctrl-C, waits for every task; the listener used to read on for ever)."""
+    from redis.asyncio.client import PubSub
+
+    real = PubSub.get_message
+    reading = asyncio.Event()
+
+    async def drops_cancels(self: PubSub, *args: object, **kwargs: object) -> object:
+        # (redis-py's own read may drop it already; this makes sure it is dropped every time.)
+        reading.set()
+        try:
+            return await real(self, *args, **kwargs)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            return None  # the reply "came with" the cancel: returned, the cancel dropped
+
+    monkeypatch.setattr(PubSub, "get_message", drops_cancels)
+    store = await RedisProvider.new(REDIS.url(), prefix=f"t{uuid.uuid4().hex[:16]}")
+    try:
+        listener = store._listener  # noqa: SLF001 - the task under test
+        assert listener is not None
+        await asyncio.wait_for(reading.wait(), 60)
+        listener.cancel()
+        done, _ = await asyncio.wait({listener}, timeout=30)
+        assert done == {listener}, "the listener read on after its cancel was dropped"
+    finally:
+        await drop_store(store)

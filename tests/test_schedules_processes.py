@@ -97,6 +97,7 @@ async def test_every_tick_has_exactly_one_instance_across_three_processes_one_ki
 
         await _until("8 ticks started", lambda: started_through(first + 7_000))
         assert await workers[0].sigkill() == -signal.SIGKILL
+        killed_by = (await client.get_schedule("beat")).last_tick_ms  # every tick it can have started
         await _until("20 ticks started", lambda: started_through(first + 19_000))
         last = (await client.pause_schedule("beat")).last_tick_ms
         assert last is not None
@@ -113,7 +114,12 @@ async def test_every_tick_has_exactly_one_instance_across_three_processes_one_ki
         history = await client.read_history(iid)
         assert [type(e).__name__ for e in history].count("OrchestrationStarted") == 1
     started = [iid for p in _passes(workers, "beat") for iid in p["ids"]]
-    assert sorted(started) == expected  # each tick started by exactly one pass, in one process
+    assert len(started) == len(set(started))  # no tick started by two passes
+    # Each tick started by a pass, in one process: those the logs name, and at most the last tick
+    # of the killed process, whose log line SIGKILL may have cut between its commit and its write.
+    unlogged = [iid for iid in expected if iid not in started]
+    assert set(started) <= set(expected) and len(unlogged) <= 1, unlogged
+    assert killed_by is not None and all(iid <= tick_instance_id("beat", killed_by) for iid in unlogged), unlogged
     assert len({p["pid"] for p in _passes(workers, "beat") if p["ids"]}) >= 2  # the processes shared the ticks
 
 

@@ -1309,6 +1309,9 @@ class RedisProvider(Provider):
                 delay = 0.05
                 pinged = False
                 while not self._closed:
+                    # redis-py's wait_for may drop a cancel that lands with a message: without this
+                    # check the listener read on, and asyncio.run's shutdown waited for it for ever.
+                    raise_if_cancel_requested()
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.listen_check)
                     if message is None:
                         # Silence: a quiet store, or a connection that died without a word (a host
@@ -1338,6 +1341,10 @@ class RedisProvider(Provider):
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
             if not self._closed:
+                try:
+                    raise_if_cancel_requested()
+                except asyncio.CancelledError:
+                    break
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
 
