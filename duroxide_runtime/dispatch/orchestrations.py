@@ -255,25 +255,33 @@ class OrchestrationDispatcher:
     async def _pipeline(self, stopping: asyncio.Event, turns: TurnThread, keeper: LockKeeper,
                         part: ClockPart) -> None:
         failures = 0
+        #: Whether to fetch before waiting. Not after a batch of handed instances that left nothing
+        #: due behind it (the store says so per turn, ``TurnCommit.more_due``): work enqueued in this
+        #: process since has woken the wait below, and the fetch would find nothing.
+        look = True
+        #: The next timer the last fetch named (ms; ``None``: none), the deadline of a wait without
+        #: a fetch. Only an empty fetch names it: after one that found work, the next wait fetches
+        #: first (that work's writes may have queued timers, a start its deadline).
+        known_due: int | None = None
+        due_known = False
         while not stopping.is_set():
             raise_if_cancel_requested()
             try:
                 wanted = self._sizer.size()
-                handed = self._take_handed(wanted)
-                if handed:
-                    with keeper.holding(handed):
-                        await self._process_locked(handed, turns)
-                    continue
-                fetched = await self.store.fetch_orchestration_items(
-                    wanted, self.options.orchestration_lock_timeout, queues=self.options.queues or None,
-                    live_statuses=LIVE_STATUSES)
-                if len(fetched.items) >= wanted:
-                    self.wake.notify_orchestrator()  # there may be more: wake another pipeline
-                if not fetched.items:
+                items = self._take_handed(wanted)
+                if not items and look:
+                    fetched = await self.store.fetch_orchestration_items(
+                        wanted, self.options.orchestration_lock_timeout, queues=self.options.queues or None,
+                        live_statuses=LIVE_STATUSES)
+                    if len(fetched.items) >= wanted:
+                        self.wake.notify_orchestrator()  # there may be more: wake another pipeline
+                    items = fetched.items
+                    known_due, due_known = fetched.next_due_ms, not items
+                if not items:
                     # The next timer is a deadline a self-moving clock may move to; the poll is not.
                     due = math.inf
-                    if fetched.next_due_ms is not None:
-                        due = max(0.0, (fetched.next_due_ms - self.clock.now_ms()) / 1000)
+                    if known_due is not None:
+                        due = max(0.0, (known_due - self.clock.now_ms()) / 1000)
                     if stopping.is_set():
                         # Shutdown's wake-up may have been taken by another pipeline while this
                         # one fetched; its timeout is the clock's, which a test clock never passes.
@@ -286,9 +294,10 @@ class OrchestrationDispatcher:
                         await self.wake.wait_orchestrator(self.options.poll_interval, group=self, part=part, due=due)
                     finally:
                         self._idle -= 1
+                    look = True
                     continue
-                with keeper.holding(fetched.items):
-                    await self._process_locked(fetched.items, turns)
+                with keeper.holding(items):
+                    look = await self._process_locked(items, turns) or len(items) >= wanted or not due_known
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -298,7 +307,9 @@ class OrchestrationDispatcher:
                                             "(retrying)", exc_info=True)
                 await wait_unless_stopping(stopping, part.sleep(min(2.0, 0.01 * 2 ** min(failures, 8))))
 
-    async def _process_locked(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> None:
+    async def _process_locked(self, items: Sequence[OrchestrationItem], turns: TurnThread) -> bool:
+        """Run and commit the turns of locked ``items``; whether work may be due for this pipeline
+        now (an instance with messages left, a turn not committed, an instance given back)."""
         wanted = [(i.instance_id, i.instance.execution_id) for i in items
                   if i.instance is not None and self._needs_history(i)]
         histories = dict(await self.store.read_histories(wanted)) if wanted else {}
@@ -318,10 +329,10 @@ class OrchestrationDispatcher:
                 abandons.append(result)
             else:
                 commits.append(result)
+        committed: list[bool] = []
         if commits:
             worker = self._worker
             offer = worker.lease_offer(sum(len(c.activities) for c in commits)) if worker is not None else None
-            committed: list[bool] = []
             try:
                 committed = await self.store.commit_turns(commits, lease=offer)
                 self.wake.after_commit(commits, committed)
@@ -355,6 +366,7 @@ class OrchestrationDispatcher:
             await self.store.abandon_orchestration_item(a.item.instance_id, a.item.lock_token, a.delay)
         if abandons:
             self.wake.notify_orchestrator()
+        return bool(abandons) or not all(committed) or any(c.more_due for c in commits)
 
     async def _redo_on_thread(self, items: Sequence[OrchestrationItem], preempted: list[int],
                               outcomes: list[TurnOutcome[TurnCommit | _Abandon]],

@@ -253,6 +253,10 @@ class TurnCommit:
     #: Set by the provider: the calls of ``activities`` it leased with the commit (see
     #: :class:`LeaseOffer`); the others are queued as usual.
     leased: list[WorkLease] = field(default_factory=list)
+    #: Set by the provider to ``False`` when, after the commit, the instance has no message
+    #: visible now: the dispatcher need not look for work again at once (a message enqueued
+    #: in this process since wakes it). A provider that does not tell leaves ``True``.
+    more_due: bool = True
 
 
 @dataclass(frozen=True)

@@ -341,6 +341,8 @@ class InMemoryProvider(Provider):
                 results.append(False)
                 continue
             left -= self._apply_commit(c, lease, left)
+            now = self.clock.now_ms()
+            c.more_due = any(q.message.instance_id == c.instance_id and q.visible_at <= now for q in self._queue.values())
             results.append(True)
         return results
 

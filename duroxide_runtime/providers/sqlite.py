@@ -634,6 +634,8 @@ class SqliteProvider(Provider):
                     continue
                 try:
                     _apply_commit(conn, c, now, leasing)
+                    c.more_due = conn.execute("SELECT 1 FROM orchestrator_queue WHERE instance_id=? AND visible_at<=? "
+                                              "LIMIT 1", (c.instance_id, now)).fetchone() is not None
                 except sqlite3.OperationalError:
                     raise  # busy, disk full, I/O: about the database, not this turn
                 except Exception as exc:  # noqa: BLE001 - one bad turn must not sink the batch
