@@ -40,12 +40,17 @@ class FetchCounter:
         self.counts: Counter[str] = Counter()
         fetch_orch, fetch_work = store.fetch_orchestration_items, store.fetch_work_items
 
+        #: Fetches made, found work or not.
+        self.calls = 0
+
         async def orch(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
             result = await fetch_orch(*args, **kwargs)
             self.counts["orchestration"] += len(result.items)
             return result
 
         async def work(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
             leases = await fetch_work(*args, **kwargs)
             self.counts["work"] += len(leases)
             return leases
@@ -76,6 +81,7 @@ async def test_an_idle_runtime_runs_a_call_and_its_result_without_fetching_them(
     # The first run meets the worker's and the pipelines' first fetches; after it they wait idle.
     assert await idle.run("warm-up", "OneCall", "w") == OrchestrationStatus.Completed(output="echo:w")
     counter.counts.clear()
+    counter.calls = 0
     assert await idle.run("a", "OneCall", "x") == OrchestrationStatus.Completed(output="echo:x")
     if eager and isinstance(idle.store, PostgresProvider):
         # The call went to the worker with the turn's commit. The start is fetched (PostgreSQL
@@ -85,10 +91,11 @@ async def test_an_idle_runtime_runs_a_call_and_its_result_without_fetching_them(
         # cannot fix.
         assert counter.counts["work"] == 0 and counter.counts["orchestration"] in (1, 2)
     elif eager and isinstance(idle.store, TAKE_OFFERS):
-        # Nothing is fetched: the client's start locked the new instance for the dispatcher,
-        # the call went to the worker with the turn's commit, and the instance came back
-        # locked with the call's result.
-        assert counter.counts == Counter()
+        # Nothing is fetched, not even for nothing: the client's start locked the new instance
+        # for the dispatcher, the call went to the worker with the turn's commit, the instance
+        # came back locked with the call's result, and after each commit the store said that
+        # nothing was left due (TurnCommit.more_due), so no pipeline looked again.
+        assert counter.counts == Counter() and counter.calls == 0
     else:
         assert counter.counts == Counter(orchestration=2, work=1)
 
