@@ -41,11 +41,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..activity import ActivityContext, _current, decode_heartbeat_details
 from ..clock import Clock, ClockPart, add_store_check, clock_part, is_listening
 from ..errors import ErrorCode, ErrorDetails, PayloadError, StoreError, UnknownActivityError, exception_types
+from ..local_runtimes import Taker
 from ..lograte import background_warnings
 from ..messages import ActivityResult, ActivityWork, PoisonNotice
 from ..observe import ActivityFinished, ActivityStarted, RuntimeObserver
@@ -60,9 +61,6 @@ from ..wake import wake_hub
 from .heartbeats import CallBeats, HeartbeatWriter
 from ..cancelling import raise_if_cancel_requested
 from .orchestrations import wait_unless_stopping
-
-if TYPE_CHECKING:
-    from .orchestrations import OrchestrationDispatcher
 
 __all__ = ["ActivityWorker", "is_store_trouble"]
 
@@ -135,7 +133,7 @@ class ActivityWorker:
         self.wake = wake_hub(store)
         self.wake.join(self)
         #: This process's dispatcher, which takes the instances its results lock (set by the runtime).
-        self.dispatcher: OrchestrationDispatcher | None = None
+        self.dispatcher: Taker | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and start work until ``stopping`` is set."""

@@ -3,9 +3,9 @@
 Why a thread of its own: SQLite calls block, so they must not run on the event
 loop; and a store operation is a whole transaction written as a plain function
 of the connection, so it should cost one hop to the thread and back however
-many statements it runs. aiosqlite's public API hops once per statement; only
-its private ``Connection._execute`` runs a callable, hence this small module
-over the standard library alone.
+many statements it runs. aiosqlite's public API hops once per statement and
+offers no way to run a whole callable, hence this small module over the
+standard library alone.
 
 What it promises:
 
